@@ -1,0 +1,209 @@
+//! The one configuration type: serde (TOML file, unknown keys refused) with command-line
+//! overrides applied by `main`. Every limit the relay enforces lives here with its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hub::{HubConfig, QueueLimits};
+use crate::rtmp::chunk::DecoderLimits;
+use crate::rtmp::session::SessionConfig;
+
+/// Relay configuration. All durations are in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// One address and port for RTMP over TCP and for QUIC over UDP.
+    pub listen: SocketAddr,
+    /// PEM certificate chain for QUIC and RTMPS; a development CA is made when absent.
+    pub cert: Option<PathBuf>,
+    /// PEM private key matching `cert`.
+    pub key: Option<PathBuf>,
+    /// Where the development CA and localhost certificate are made and reused.
+    pub cert_dir: PathBuf,
+    /// Outbound RTMP chunk size.
+    pub chunk_size: u32,
+    /// Smallest chunk size a peer may set (1-byte chunks cost a header per byte).
+    pub min_chunk_size: u32,
+    /// Largest RTMP message accepted.
+    pub max_message_size: u32,
+    /// Bytes of partial messages one connection may hold.
+    pub max_pending_bytes: usize,
+    /// How long a player waits for a publisher that has not arrived.
+    pub play_wait_ms: u64,
+    /// Per-subscriber queue bound in payload bytes.
+    pub queue_max_bytes: usize,
+    /// Per-subscriber queue bound in media duration.
+    pub queue_max_ms: u64,
+    /// Largest GOP cached for late joiners.
+    pub max_gop_bytes: usize,
+    /// Time allowed for the RTMP handshake and connect.
+    pub handshake_timeout_ms: u64,
+    /// A publisher or not-yet-playing session silent this long is closed.
+    pub idle_timeout_ms: u64,
+    /// A write to a player that makes no progress this long closes it.
+    pub write_timeout_ms: u64,
+    /// QUIC idle timeout.
+    pub quic_idle_timeout_ms: u64,
+    /// QUIC keep-alive interval (must be below the idle timeout).
+    pub quic_keep_alive_ms: u64,
+    /// Bidirectional streams (RTMP sessions) one QUIC connection may open at once.
+    pub max_quic_streams: u32,
+    /// Connections (TCP plus QUIC) at once.
+    pub max_connections: usize,
+    /// Connections from one IP address at once.
+    pub max_connections_per_ip: usize,
+    /// On SIGTERM, how long sessions get to finish before the relay exits anyway.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1935)),
+            cert: None,
+            key: None,
+            cert_dir: PathBuf::from("certs"),
+            chunk_size: 4096,
+            min_chunk_size: 64,
+            max_message_size: 8 * 1024 * 1024,
+            max_pending_bytes: 16 * 1024 * 1024,
+            play_wait_ms: 30_000,
+            queue_max_bytes: 8 * 1024 * 1024,
+            queue_max_ms: 10_000,
+            max_gop_bytes: 32 * 1024 * 1024,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            write_timeout_ms: 30_000,
+            quic_idle_timeout_ms: 30_000,
+            quic_keep_alive_ms: 5_000,
+            max_quic_streams: 16,
+            max_connections: 20_000,
+            max_connections_per_ip: 2_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this type (names the key at fault).
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        source: Box<toml::de::Error>,
+    },
+    /// Values that do not make sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; absent keys keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.to_owned(), source },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text and validates it.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::from("<inline>"), source: Box::new(e) })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.cert.is_some() != self.key.is_some() {
+            return bad("cert and key must be given together");
+        }
+        if !(128..=16 * 1024 * 1024).contains(&self.chunk_size) {
+            return bad("chunk_size must be within 128..=16777216");
+        }
+        if self.min_chunk_size == 0 || self.min_chunk_size > 128 {
+            return bad("min_chunk_size must be within 1..=128 (128 is RTMP's initial size)");
+        }
+        if self.max_message_size < 64 * 1024 {
+            return bad("max_message_size must be at least 65536");
+        }
+        if self.quic_keep_alive_ms == 0 || self.quic_keep_alive_ms >= self.quic_idle_timeout_ms {
+            return bad("quic_keep_alive_ms must be non-zero and below quic_idle_timeout_ms");
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 || self.max_quic_streams == 0 {
+            return bad("connection and stream limits must be non-zero");
+        }
+        Ok(())
+    }
+
+    /// Settings of each RTMP session.
+    pub fn session(&self) -> SessionConfig {
+        SessionConfig {
+            chunk_size: self.chunk_size,
+            window_ack_size: 2_500_000,
+            limits: DecoderLimits {
+                max_message_size: self.max_message_size,
+                min_chunk_size: self.min_chunk_size,
+                max_chunk_size: crate::rtmp::chunk::MAX_CHUNK_SIZE.min(self.max_message_size.max(65_536)),
+                max_pending_bytes: self.max_pending_bytes,
+            },
+        }
+    }
+
+    /// Settings of the hub.
+    pub fn hub(&self) -> HubConfig {
+        HubConfig {
+            queue: QueueLimits {
+                max_bytes: self.queue_max_bytes,
+                max_duration: Duration::from_millis(self.queue_max_ms),
+            },
+            max_gop_bytes: self.max_gop_bytes,
+            play_wait: Duration::from_millis(self.play_wait_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_overrides_some_keys() {
+        let c = Config::from_toml("listen = \"127.0.0.1:2000\"\nplay_wait_ms = 5\n").unwrap();
+        assert_eq!(c.listen.port(), 2000);
+        assert_eq!(c.play_wait_ms, 5);
+        assert_eq!(c.chunk_size, 4096);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let e = Config::from_toml("lisen = \"127.0.0.1:2000\"").unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        assert!(Config::from_toml("chunk_size = 1").is_err());
+        assert!(Config::from_toml("quic_keep_alive_ms = 40000").is_err());
+        assert!(Config::from_toml("cert = \"a.pem\"").is_err());
+    }
+}

@@ -1,0 +1,208 @@
+//! One stream: its publisher claim, the cache a late joiner needs (metadata, sequence
+//! headers, the current GOP), and the list of subscriber queues it fans out to.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::subscriber::{Queue, Subscriber};
+use super::{Hub, HubConfig};
+use crate::media::frame::{Frame, MediaKind};
+
+/// A snapshot of a stream's state for logs and the control API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStats {
+    /// A publisher is sending.
+    pub live: bool,
+    /// Subscribers attached (waiting or playing).
+    pub subscribers: usize,
+    /// Frames published so far in this publish.
+    pub frames: u64,
+    /// Frames in the cached GOP.
+    pub gop_frames: usize,
+    /// Frames subscribers skipped because they fell behind, summed.
+    pub skipped: u64,
+}
+
+#[derive(Debug)]
+pub(super) struct Stream {
+    session_id: String,
+    config: HubConfig,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    live: bool,
+    frames: u64,
+    metadata: Option<Frame>,
+    video_header: Option<Frame>,
+    audio_header: Option<Frame>,
+    /// Frames from the last video keyframe on; empty when the GOP outgrew its bound.
+    gop: Vec<Frame>,
+    gop_bytes: usize,
+    gop_overflowed: bool,
+    has_video: bool,
+    subscribers: Vec<Arc<Queue>>,
+    skipped_by_gone: u64,
+}
+
+impl Stream {
+    pub(super) fn new(session_id: &str, config: HubConfig) -> Self {
+        Self { session_id: session_id.to_owned(), config, state: Mutex::default() }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves State consistent at each await-free step, so a
+        // poisoned lock (a panic elsewhere) still guards valid data.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    pub(super) fn claim_publisher(&self) -> bool {
+        let mut st = self.state();
+        if st.live {
+            return false;
+        }
+        *st = State { live: true, subscribers: std::mem::take(&mut st.subscribers), ..State::default() };
+        for q in &st.subscribers {
+            q.go_live();
+        }
+        true
+    }
+
+    pub(super) fn is_unused(&self) -> bool {
+        let st = self.state();
+        !st.live && st.subscribers.is_empty()
+    }
+
+    pub(super) fn subscribe(self: &Arc<Self>, hub: Hub) -> Subscriber {
+        let mut st = self.state();
+        let queue = Arc::new(Queue::new(self.config.queue));
+        if st.live {
+            let snapshot = st
+                .metadata
+                .iter()
+                .chain(st.video_header.iter())
+                .chain(st.audio_header.iter())
+                .chain(st.gop.iter())
+                .cloned();
+            queue.start_with(snapshot);
+        }
+        st.subscribers.push(queue.clone());
+        Subscriber::new(queue, self.clone(), hub)
+    }
+
+    pub(super) fn unsubscribe(&self, queue: &Arc<Queue>) {
+        let mut st = self.state();
+        if let Some(pos) = st.subscribers.iter().position(|q| Arc::ptr_eq(q, queue)) {
+            let q = st.subscribers.swap_remove(pos);
+            st.skipped_by_gone += q.skipped();
+        }
+    }
+
+    /// Publishes one frame: updates the cache and pushes it to every subscriber queue.
+    /// Never blocks on a subscriber (each push is a short lock and a wake-up).
+    pub(super) fn push(&self, frame: Frame) {
+        let mut st = self.state();
+        st.frames += 1;
+        match frame.kind() {
+            MediaKind::Data => {
+                if crate::rtmp::message::data_name(frame.payload()).as_deref() == Some("onMetaData") {
+                    st.metadata = Some(frame.clone());
+                }
+            }
+            MediaKind::Video if frame.is_sequence_header() => {
+                st.has_video = true;
+                st.video_header = Some(frame.clone());
+            }
+            MediaKind::Audio if frame.is_sequence_header() => st.audio_header = Some(frame.clone()),
+            MediaKind::Video => {
+                st.has_video = true;
+                if frame.is_keyframe() {
+                    st.gop.clear();
+                    st.gop_bytes = 0;
+                    st.gop_overflowed = false;
+                }
+                self.cache_in_gop(&mut st, &frame);
+            }
+            MediaKind::Audio => self.cache_in_gop(&mut st, &frame),
+        }
+        let has_video = st.has_video;
+        for q in &st.subscribers {
+            q.push(&frame, has_video);
+        }
+    }
+
+    fn cache_in_gop(&self, st: &mut State, frame: &Frame) {
+        // A late joiner's first picture must be a keyframe, so the cache starts at one;
+        // audio-only streams need no cache (every audio frame is a starting point).
+        let starts_gop = frame.kind() == MediaKind::Video && frame.is_keyframe();
+        if st.gop_overflowed || !st.has_video || (st.gop.is_empty() && !starts_gop) {
+            return;
+        }
+        st.gop_bytes += frame.payload().len();
+        if st.gop_bytes > self.config.max_gop_bytes {
+            st.gop.clear();
+            st.gop_bytes = 0;
+            st.gop_overflowed = true;
+        } else {
+            st.gop.push(frame.clone());
+        }
+    }
+
+    pub(super) fn end_publish(&self) {
+        let mut st = self.state();
+        st.live = false;
+        st.metadata = None;
+        st.video_header = None;
+        st.audio_header = None;
+        st.gop.clear();
+        st.gop_bytes = 0;
+        for q in &st.subscribers {
+            q.end();
+        }
+    }
+
+    pub(super) fn stats(&self) -> StreamStats {
+        let st = self.state();
+        StreamStats {
+            live: st.live,
+            subscribers: st.subscribers.len(),
+            frames: st.frames,
+            gop_frames: st.gop.len(),
+            skipped: st.skipped_by_gone + st.subscribers.iter().map(|q| q.skipped()).sum::<u64>(),
+        }
+    }
+}
+
+/// The right to publish one session ID; dropping it ends the stream for every subscriber.
+#[derive(Debug)]
+pub struct Publisher {
+    stream: Arc<Stream>,
+    hub: Hub,
+}
+
+impl Publisher {
+    pub(super) fn new(stream: Arc<Stream>, hub: Hub) -> Self {
+        Self { stream, hub }
+    }
+
+    /// Fans a frame out to every subscriber and updates the late-joiner cache.
+    pub fn send(&self, frame: Frame) {
+        self.stream.push(frame);
+    }
+
+    /// The session ID published.
+    pub fn session_id(&self) -> &str {
+        self.stream.session_id()
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.stream.end_publish();
+        self.hub.release(&self.stream);
+    }
+}

@@ -1,0 +1,250 @@
+//! A subscriber's bounded queue and its drop policy.
+//!
+//! The publisher pushes into every queue without waiting. A queue over its bound (bytes
+//! or media duration) drops its media and skips to the next keyframe, keeping only
+//! sequence headers and metadata so the player can decode what comes after the skip.
+//! Memory per subscriber is therefore bounded, and the frames themselves are shared.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::stream::Stream;
+use super::Hub;
+use crate::media::frame::{Frame, MediaKind};
+
+/// Bounds of one subscriber's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Payload bytes queued before the subscriber skips to the next keyframe.
+    pub max_bytes: usize,
+    /// Media duration queued (newest minus oldest timestamp) before it skips.
+    pub max_duration: Duration,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self { max_bytes: 8 * 1024 * 1024, max_duration: Duration::from_secs(10) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Subscribed before the publisher arrived.
+    Waiting,
+    Live,
+    /// The publish this subscriber followed ended.
+    Ended,
+}
+
+#[derive(Debug)]
+struct QueueState {
+    phase: Phase,
+    frames: VecDeque<Frame>,
+    bytes: usize,
+    /// Dropping media until the next keyframe.
+    skipping: bool,
+    skipped: u64,
+}
+
+/// The queue between the publisher and one subscriber.
+#[derive(Debug)]
+pub(super) struct Queue {
+    limits: QueueLimits,
+    state: Mutex<QueueState>,
+    notify: Notify,
+}
+
+impl Queue {
+    pub(super) fn new(limits: QueueLimits) -> Self {
+        Self {
+            limits,
+            state: Mutex::new(QueueState {
+                phase: Phase::Waiting,
+                frames: VecDeque::new(),
+                bytes: 0,
+                skipping: false,
+                skipped: 0,
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn go_live(&self) {
+        let mut st = self.state();
+        if st.phase == Phase::Waiting {
+            st.phase = Phase::Live;
+            drop(st);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Live from the start with a late joiner's snapshot (not subject to the bounds: it
+    /// is at most one cached GOP, and it is what makes the first frame immediate).
+    pub(super) fn start_with(&self, snapshot: impl Iterator<Item = Frame>) {
+        let mut st = self.state();
+        st.phase = Phase::Live;
+        for f in snapshot {
+            st.bytes += f.payload().len();
+            st.frames.push_back(f);
+        }
+    }
+
+    pub(super) fn end(&self) {
+        let mut st = self.state();
+        if st.phase != Phase::Ended {
+            st.phase = Phase::Ended;
+            drop(st);
+            self.notify.notify_one();
+        }
+    }
+
+    pub(super) fn skipped(&self) -> u64 {
+        self.state().skipped
+    }
+
+    pub(super) fn push(&self, frame: &Frame, has_video: bool) {
+        let mut st = self.state();
+        if st.phase != Phase::Live {
+            return;
+        }
+        let is_config = frame.is_sequence_header() || frame.kind() == MediaKind::Data;
+        let resumes = if has_video { frame.kind() == MediaKind::Video && frame.is_keyframe() } else { true };
+        if st.skipping {
+            if resumes {
+                st.skipping = false;
+            } else if !is_config {
+                st.skipped += 1;
+                return;
+            }
+        } else if self.over_limit(&st, frame) {
+            self.drop_media(&mut st);
+            if !resumes {
+                st.skipping = true;
+                st.skipped += 1;
+                return;
+            }
+        }
+        st.bytes += frame.payload().len();
+        st.frames.push_back(frame.clone());
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    fn over_limit(&self, st: &QueueState, frame: &Frame) -> bool {
+        if st.bytes + frame.payload().len() > self.limits.max_bytes {
+            return true;
+        }
+        let oldest = st.frames.iter().find(|f| f.kind() != MediaKind::Data);
+        oldest.is_some_and(|o| {
+            // Timestamps wrap at 2^32 ms; a backwards jump is not lag.
+            let span = frame.timestamp().wrapping_sub(o.timestamp());
+            span < u32::MAX / 2 && u128::from(span) > self.limits.max_duration.as_millis()
+        })
+    }
+
+    /// Drops queued media, keeping sequence headers and metadata: they may have changed
+    /// inside the dropped span and the frames after the skip need them.
+    fn drop_media(&self, st: &mut QueueState) {
+        let before = st.frames.len();
+        st.frames.retain(|f| f.is_sequence_header() || f.kind() == MediaKind::Data);
+        st.skipped += (before - st.frames.len()) as u64;
+        st.bytes = st.frames.iter().map(|f| f.payload().len()).sum();
+    }
+}
+
+/// A player's (or relay's) attachment to a stream. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscriber {
+    queue: Arc<Queue>,
+    stream: Arc<Stream>,
+    hub: Hub,
+}
+
+impl Subscriber {
+    pub(super) fn new(queue: Arc<Queue>, stream: Arc<Stream>, hub: Hub) -> Self {
+        Self { queue, stream, hub }
+    }
+
+    /// Waits until the stream is live. `false` when `timeout` passed first or the
+    /// publish ended.
+    pub async fn wait_live(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.queue.notify.notified();
+                match self.queue.state().phase {
+                    Phase::Live => return true,
+                    Phase::Ended => return false,
+                    Phase::Waiting => {}
+                }
+                notified.await;
+            }
+        };
+        let live = tokio::time::timeout(timeout, wait).await.unwrap_or(false);
+        if live {
+            // The permit consumed by wait may belong to a frame already queued.
+            self.queue.notify.notify_one();
+        }
+        live
+    }
+
+    /// The next frame, or `None` once the publish ended and the queue is drained.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        loop {
+            let notified = self.queue.notify.notified();
+            {
+                let mut st = self.queue.state();
+                if let Some(f) = st.frames.pop_front() {
+                    st.bytes -= f.payload().len();
+                    return Some(f);
+                }
+                if st.phase == Phase::Ended {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Moves every queued frame into `out` without waiting, up to `max_bytes` of payload
+    /// (at least one frame when any is queued). Lets the writer batch many frames into
+    /// one socket write.
+    pub fn drain_into(&mut self, out: &mut Vec<Frame>, max_bytes: usize) {
+        let mut st = self.queue.state();
+        let mut taken = 0;
+        while let Some(f) = st.frames.front() {
+            let len = f.payload().len();
+            if taken > 0 && taken + len > max_bytes {
+                break;
+            }
+            taken += len;
+            st.bytes -= len;
+            if let Some(f) = st.frames.pop_front() {
+                out.push(f);
+            }
+        }
+    }
+
+    /// Frames this subscriber skipped because it fell behind.
+    pub fn skipped(&self) -> u64 {
+        self.queue.skipped()
+    }
+
+    /// Payload bytes queued for this subscriber now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.state().bytes
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stream.unsubscribe(&self.queue);
+        self.hub.release(&self.stream);
+    }
+}

@@ -1,0 +1,333 @@
+//! The server side of an RTMP session: answers connect/createStream/publish/play and
+//! turns a publisher's media into frames. Whether a publish or play may proceed is the
+//! hub's decision, so those arrive as events and the caller answers with
+//! `accept_*`/`reject_*`.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::core::{Core, SessionConfig, SessionError};
+use crate::media::frame::{Frame, MediaKind};
+use crate::rtmp::amf0::{self, Amf0Value};
+use crate::rtmp::chunk::{self, Message};
+use crate::rtmp::handshake::Handshake;
+use crate::rtmp::message::{self, Command, RtmpMessage, UserControl};
+
+/// Streams one connection may create; real clients create one.
+const MAX_STREAMS: u32 = 8;
+/// Longest app or stream key accepted.
+const MAX_NAME_LEN: usize = 1024;
+
+/// What the server session needs its owner to act on.
+#[derive(Debug, Clone)]
+pub enum ServerEvent {
+    /// The client wants to publish; answer with `accept_publish` or `reject_publish`.
+    PublishRequest {
+        /// Message stream the publish arrived on.
+        stream_id: u32,
+        /// Application from `connect`.
+        app: String,
+        /// Stream key with its query.
+        key: String,
+        /// `app/key` without the key's query.
+        session_id: String,
+    },
+    /// The client wants to play; answer with `accept_play` or `reject_play`.
+    PlayRequest {
+        /// Message stream the play arrived on.
+        stream_id: u32,
+        /// Application from `connect`.
+        app: String,
+        /// Stream key with its query.
+        key: String,
+        /// `app/key` without the key's query.
+        session_id: String,
+    },
+    /// A media or data message from the publisher.
+    Media(Frame),
+    /// The publisher stopped (FCUnpublish, closeStream or deleteStream).
+    Unpublish,
+    /// The player stopped (closeStream or deleteStream).
+    StopPlay,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Role {
+    Idle,
+    PublishPending(u32),
+    Publishing(u32),
+    PlayPending(u32),
+    Playing(u32),
+}
+
+/// Server side of one RTMP session.
+#[derive(Debug)]
+pub struct ServerSession {
+    core: Core,
+    config: SessionConfig,
+    app: Option<String>,
+    streams_created: u32,
+    role: Role,
+    events: VecDeque<ServerEvent>,
+}
+
+impl ServerSession {
+    /// A session waiting for C0+C1.
+    pub fn new(config: SessionConfig) -> Self {
+        Self {
+            core: Core::new(Handshake::server(), &config),
+            config,
+            app: None,
+            streams_created: 0,
+            role: Role::Idle,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Feeds bytes from the peer and processes every whole message in them.
+    pub fn handle_input(&mut self, data: &[u8]) -> Result<(), SessionError> {
+        self.core.feed(data)?;
+        while let Some((raw, msg)) = self.core.next_message()? {
+            self.handle_message(raw, msg)?;
+        }
+        Ok(())
+    }
+
+    /// Next event, if any.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// Bytes to send, if any.
+    pub fn take_output(&mut self) -> Option<Bytes> {
+        self.core.take_output()
+    }
+
+    /// Whether `connect` has been answered.
+    pub fn is_connected(&self) -> bool {
+        self.app.is_some()
+    }
+
+    /// Whether the handshake has completed.
+    pub fn handshake_done(&self) -> bool {
+        self.core.handshake_done()
+    }
+
+    /// Bytes received but not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.core.buffered()
+    }
+
+    /// The publish may go ahead.
+    pub fn accept_publish(&mut self) {
+        if let Role::PublishPending(sid) = self.role {
+            self.role = Role::Publishing(sid);
+            self.core.send(&RtmpMessage::UserControl(UserControl::StreamBegin(sid)), 0, 0);
+            self.on_status(sid, "status", "NetStream.Publish.Start", "Start publishing");
+        }
+    }
+
+    /// The publish is refused with a NetStream status code (e.g. `NetStream.Publish.BadName`).
+    pub fn reject_publish(&mut self, code: &str, description: &str) {
+        if let Role::PublishPending(sid) = self.role {
+            self.role = Role::Idle;
+            self.on_status(sid, "error", code, description);
+        }
+    }
+
+    /// The play may start: media follows through [`ServerSession::media_bytes`].
+    pub fn accept_play(&mut self) {
+        if let Role::PlayPending(sid) = self.role {
+            self.role = Role::Playing(sid);
+            self.core.send(&RtmpMessage::UserControl(UserControl::StreamIsRecorded(sid)), 0, 0);
+            self.core.send(&RtmpMessage::UserControl(UserControl::StreamBegin(sid)), 0, 0);
+            self.on_status(sid, "status", "NetStream.Play.Reset", "Playing and resetting");
+            self.on_status(sid, "status", "NetStream.Play.Start", "Started playing");
+            let mut body = bytes::BytesMut::new();
+            amf0::encode_all(
+                &[
+                    Amf0Value::String("|RtmpSampleAccess".into()),
+                    Amf0Value::Boolean(true),
+                    Amf0Value::Boolean(true),
+                ],
+                &mut body,
+            );
+            let access = RtmpMessage::Media { kind: MediaKind::Data, payload: body.freeze() };
+            self.core.send(&access, sid, 0);
+        }
+    }
+
+    /// The play is refused (e.g. `NetStream.Play.StreamNotFound`).
+    pub fn reject_play(&mut self, code: &str, description: &str) {
+        if let Role::PlayPending(sid) = self.role {
+            self.role = Role::Idle;
+            self.on_status(sid, "error", code, description);
+        }
+    }
+
+    /// The stream being played ended: StreamEOF and `NetStream.Play.UnpublishNotify`.
+    pub fn play_ended(&mut self) {
+        if let Role::Playing(sid) = self.role {
+            self.core.send(&RtmpMessage::UserControl(UserControl::StreamEof(sid)), 0, 0);
+            self.on_status(sid, "status", "NetStream.Play.UnpublishNotify", "Stream was unpublished");
+            self.on_status(sid, "status", "NetStream.Play.Stop", "Stopped playing");
+            self.role = Role::Idle;
+        }
+    }
+
+    /// Chunk bytes for a frame to this player. Shared with every other subscriber using
+    /// the same chunk size and message stream id: encoded once per frame, not per player.
+    pub fn media_bytes(&self, frame: &Frame) -> Bytes {
+        let sid = match self.role {
+            Role::Playing(sid) => sid,
+            _ => 1,
+        };
+        let chunk_size = self.core.out_chunk_size;
+        frame.encoded((chunk_size, sid), || {
+            let msg = RtmpMessage::Media { kind: frame.kind(), payload: Bytes::new() }.to_message(sid, 0);
+            let m = Message { timestamp: frame.timestamp(), payload: frame.payload().clone(), ..msg };
+            chunk::encode_to_bytes(&m, chunk_size)
+        })
+    }
+
+    fn on_status(&mut self, sid: u32, level: &str, code: &str, description: &str) {
+        let cmd = Command {
+            name: "onStatus".into(),
+            transaction: 0.0,
+            object: Amf0Value::Null,
+            args: vec![message::status(level, code, description)],
+        };
+        self.core.send(&RtmpMessage::Command(cmd), sid, 0);
+    }
+
+    fn result(&mut self, transaction: f64, object: Amf0Value, args: Vec<Amf0Value>) {
+        // Transaction 0 means the client expects no answer.
+        if transaction != 0.0 {
+            let cmd = Command { name: "_result".into(), transaction, object, args };
+            self.core.send(&RtmpMessage::Command(cmd), 0, 0);
+        }
+    }
+
+    fn handle_message(&mut self, raw: Message, msg: RtmpMessage) -> Result<(), SessionError> {
+        match msg {
+            RtmpMessage::Media { kind, payload } => {
+                if !matches!(self.role, Role::Publishing(_)) {
+                    // Media from a non-publisher is dropped, as nginx-rtmp does.
+                    return Ok(());
+                }
+                let payload = if kind == MediaKind::Data {
+                    message::strip_set_data_frame(&payload)
+                } else {
+                    payload
+                };
+                self.events.push_back(ServerEvent::Media(Frame::new(kind, raw.timestamp, payload)));
+            }
+            RtmpMessage::Command(cmd) => self.handle_command(raw.stream_id, cmd)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn handle_command(&mut self, stream_id: u32, cmd: Command) -> Result<(), SessionError> {
+        match cmd.name.as_str() {
+            "connect" => self.on_connect(cmd),
+            "createStream" => {
+                self.require_connected("createStream")?;
+                if self.streams_created >= MAX_STREAMS {
+                    return Err(SessionError::Protocol(format!("more than {MAX_STREAMS} createStream")));
+                }
+                self.streams_created += 1;
+                let id = self.streams_created;
+                self.result(cmd.transaction, Amf0Value::Null, vec![Amf0Value::Number(f64::from(id))]);
+                Ok(())
+            }
+            "releaseStream" | "FCPublish" | "getStreamLength" => {
+                self.require_connected(&cmd.name)?;
+                self.result(cmd.transaction, Amf0Value::Null, vec![Amf0Value::Undefined]);
+                Ok(())
+            }
+            "publish" => {
+                let (app, key) = self.stream_request("publish", stream_id, &cmd)?;
+                let session_id = crate::url::session_id(&app, &key);
+                self.role = Role::PublishPending(stream_id);
+                self.events.push_back(ServerEvent::PublishRequest { stream_id, app, key, session_id });
+                Ok(())
+            }
+            "play" => {
+                let (app, key) = self.stream_request("play", stream_id, &cmd)?;
+                let session_id = crate::url::session_id(&app, &key);
+                self.role = Role::PlayPending(stream_id);
+                self.events.push_back(ServerEvent::PlayRequest { stream_id, app, key, session_id });
+                Ok(())
+            }
+            "FCUnpublish" | "closeStream" | "deleteStream" => {
+                match self.role {
+                    Role::Publishing(_) | Role::PublishPending(_) => {
+                        self.events.push_back(ServerEvent::Unpublish);
+                        self.role = Role::Idle;
+                    }
+                    Role::Playing(_) | Role::PlayPending(_) if cmd.name != "FCUnpublish" => {
+                        self.events.push_back(ServerEvent::StopPlay);
+                        self.role = Role::Idle;
+                    }
+                    _ => {}
+                }
+                Ok(())
+            }
+            // Answers to anything we might have sent, bandwidth checks, pause and the
+            // receiveAudio/Video toggles need nothing from a live relay.
+            _ => Ok(()),
+        }
+    }
+
+    fn on_connect(&mut self, cmd: Command) -> Result<(), SessionError> {
+        if self.app.is_some() {
+            return Err(SessionError::Protocol("second connect on one session".into()));
+        }
+        let app = cmd
+            .object
+            .get("app")
+            .and_then(Amf0Value::as_str)
+            .map(|a| a.trim_matches('/').to_owned())
+            .unwrap_or_default();
+        if app.is_empty() || app.len() > MAX_NAME_LEN || app.chars().any(char::is_control) {
+            return Err(SessionError::Protocol("connect without a valid app".into()));
+        }
+        self.app = Some(app);
+        self.core.send(&RtmpMessage::WindowAckSize(self.config.window_ack_size), 0, 0);
+        self.core.send(&RtmpMessage::SetPeerBandwidth { size: self.config.window_ack_size, limit: 2 }, 0, 0);
+        self.core.set_out_chunk_size(self.config.chunk_size);
+        let props = amf0::object([
+            ("fmsVer", Amf0Value::String("FMS/3,0,1,123".into())),
+            ("capabilities", Amf0Value::Number(31.0)),
+        ]);
+        let mut info = message::status("status", "NetConnection.Connect.Success", "Connection succeeded.");
+        if let Amf0Value::Object(p) = &mut info {
+            p.push(("objectEncoding".into(), Amf0Value::Number(0.0)));
+        }
+        let cmd = Command { name: "_result".into(), transaction: cmd.transaction, object: props, args: vec![info] };
+        self.core.send(&RtmpMessage::Command(cmd), 0, 0);
+        Ok(())
+    }
+
+    fn require_connected(&self, what: &str) -> Result<&str, SessionError> {
+        self.app.as_deref().ok_or_else(|| SessionError::Protocol(format!("{what} before connect")))
+    }
+
+    /// Validates a publish/play and returns (app, key).
+    fn stream_request(&self, what: &str, stream_id: u32, cmd: &Command) -> Result<(String, String), SessionError> {
+        let app = self.require_connected(what)?.to_owned();
+        if stream_id == 0 || stream_id > self.streams_created {
+            return Err(SessionError::Protocol(format!("{what} on stream {stream_id} that createStream never made")));
+        }
+        if self.role != Role::Idle {
+            return Err(SessionError::Protocol(format!("{what} while already publishing or playing")));
+        }
+        let key = cmd.args.first().and_then(Amf0Value::as_str).unwrap_or_default();
+        if key.is_empty() || key.len() > MAX_NAME_LEN || key.chars().any(char::is_control) {
+            return Err(SessionError::Protocol(format!("{what} without a valid stream key")));
+        }
+        Ok((app, key.to_owned()))
+    }
+}

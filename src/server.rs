@@ -1,0 +1,143 @@
+//! Binds the one port (TCP and UDP), prepares TLS, and runs the accept loops until
+//! shutdown. Graceful shutdown (SIGTERM): stop accepting, end publishers so players drain
+//! and close, wait up to the grace period. Immediate shutdown (SIGINT): stop now.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::connection::ConnContext;
+use crate::hub::Hub;
+use crate::transport::admission::Admission;
+use crate::transport::{quic, tcp, tls};
+
+/// The two shutdown signals.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    /// Stop accepting and let sessions finish (SIGTERM).
+    pub graceful: CancellationToken,
+    /// Stop now (SIGINT).
+    pub immediate: CancellationToken,
+}
+
+/// A bound, not yet running relay.
+pub struct Server {
+    config: Arc<Config>,
+    tcp: TcpListener,
+    endpoint: quinn::Endpoint,
+    tls: TlsAcceptor,
+    local_addr: SocketAddr,
+    dev_ca: Option<PathBuf>,
+    hub: Hub,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("local_addr", &self.local_addr).finish_non_exhaustive()
+    }
+}
+
+/// Tries for a port free on both TCP and UDP when the configured port is 0.
+const PORT_ATTEMPTS: usize = 20;
+
+impl Server {
+    /// Binds TCP and UDP on the same port and loads (or makes) the certificates.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let (identity, created) = match (&config.cert, &config.key) {
+            (Some(cert), Some(key)) => (tls::load_identity(cert, key)?, false),
+            _ => tls::dev_identity(&config.cert_dir)?,
+        };
+        if let Some(ca) = &identity.dev_ca {
+            info!(
+                ca = %ca.display(),
+                created,
+                "development certificate in use; clients trust it with `--ca {}` (or skip checks with --insecure)",
+                ca.display()
+            );
+        }
+        let (tcp, udp) = bind_pair(config.listen).await?;
+        let local_addr = tcp.local_addr()?;
+        let endpoint = quic::server_endpoint(udp, &identity, &config)?;
+        let tls = TlsAcceptor::from(Arc::new(tls::server_config(&identity, &[])?));
+        let hub = Hub::new(config.hub());
+        Ok(Self { config: Arc::new(config), tcp, endpoint, tls, local_addr, dev_ca: identity.dev_ca, hub })
+    }
+
+    /// The address both TCP and UDP are bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The development CA clients must trust, when the generated certificate is in use.
+    pub fn dev_ca(&self) -> Option<&PathBuf> {
+        self.dev_ca.as_ref()
+    }
+
+    /// The stream registry (for tests and the control API).
+    pub fn hub(&self) -> Hub {
+        self.hub.clone()
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let ctx = ConnContext { hub: self.hub.clone(), config: self.config.clone(), shutdown: shutdown.graceful.clone() };
+        let admission = Admission::new(self.config.max_connections, self.config.max_connections_per_ip);
+        let tasks = TaskTracker::new();
+        info!(addr = %self.local_addr, "listening: RTMP on TCP, QUIC on UDP, same port");
+        let accept = TaskTracker::new();
+        accept.spawn(tcp::accept_loop(self.tcp, Some(self.tls), admission.clone(), ctx.clone(), tasks.clone()));
+        accept.spawn(quic::accept_loop(self.endpoint.clone(), admission, ctx, tasks.clone()));
+        accept.close();
+
+        tokio::select! {
+            _ = shutdown.graceful.cancelled() => {}
+            _ = shutdown.immediate.cancelled() => {}
+        }
+        accept.wait().await;
+        tasks.close();
+        if !shutdown.immediate.is_cancelled() {
+            info!(sessions = tasks.len(), "shutting down: waiting for sessions to finish");
+            let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+            tokio::select! {
+                _ = tasks.wait() => {}
+                _ = shutdown.immediate.cancelled() => {}
+                _ = tokio::time::sleep(grace) => warn!(sessions = tasks.len(), "grace period over; closing the rest"),
+            }
+        }
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Binds, then runs: the library entry point tests call on port 0.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    Server::bind(config).await?.run(shutdown).await
+}
+
+async fn bind_pair(addr: SocketAddr) -> anyhow::Result<(TcpListener, UdpSocket)> {
+    let attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
+    let mut last_err = None;
+    for _ in 0..attempts {
+        let tcp = TcpListener::bind(addr).await?;
+        let port_addr = tcp.local_addr()?;
+        match UdpSocket::bind(port_addr) {
+            Ok(udp) => return Ok((tcp, udp)),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "UDP port for QUIC not available next to TCP on {addr}: {}",
+        last_err.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}

@@ -1,0 +1,156 @@
+//! The QUIC side of the one port: one quinn endpoint on one UDP socket for every QUIC
+//! connection, with the mapping chosen by ALPN. `rtmp` (tunnel): each bidirectional
+//! stream carries one whole RTMP session (handshake + chunks), and several sessions may
+//! share a connection. `roqr` is reserved for the RoQR mapping and refused for now.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
+use tokio_util::task::TaskTracker;
+use tracing::{info, info_span, warn, Instrument};
+
+use super::admission::Admission;
+use super::tls::{self, Identity, Trust, ALPN_RTMP};
+use crate::config::Config;
+use crate::connection::{serve_rtmp, ConnContext};
+
+/// Why the QUIC side could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    /// TLS material was refused.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// rustls config unusable for QUIC (e.g. no TLS 1.3).
+    #[error("QUIC TLS config: {0}")]
+    Crypto(String),
+    /// A timeout value out of QUIC's range.
+    #[error("QUIC idle timeout out of range")]
+    IdleTimeout,
+    /// Socket setup failed.
+    #[error("QUIC endpoint: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Transport parameters, set explicitly rather than left to library defaults: the idle
+/// timeout and keep-alive decide how fast a dead peer is noticed, and the stream
+/// windows how much a single RTMP session can have in flight.
+pub fn transport_config(config: &Config) -> Result<TransportConfig, QuicError> {
+    let mut t = TransportConfig::default();
+    let idle = IdleTimeout::try_from(Duration::from_millis(config.quic_idle_timeout_ms))
+        .map_err(|_| QuicError::IdleTimeout)?;
+    t.max_idle_timeout(Some(idle));
+    t.keep_alive_interval(Some(Duration::from_millis(config.quic_keep_alive_ms)));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(config.max_quic_streams));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    // A few seconds of a high-bitrate stream per session: enough for loss recovery on
+    // long paths without letting one session buffer unbounded data.
+    t.stream_receive_window(VarInt::from_u32(4 * 1024 * 1024));
+    t.receive_window(VarInt::from_u32(16 * 1024 * 1024));
+    t.send_window(16 * 1024 * 1024);
+    Ok(t)
+}
+
+/// The server endpoint on an already bound UDP socket (the same port as TCP).
+pub fn server_endpoint(socket: UdpSocket, id: &Identity, config: &Config) -> Result<Endpoint, QuicError> {
+    let tls = tls::server_config(id, &[ALPN_RTMP])?;
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| QuicError::Crypto(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport_config(config)?));
+    socket.set_nonblocking(true)?;
+    let endpoint = Endpoint::new(EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))?;
+    Ok(endpoint)
+}
+
+/// A client endpoint with the given trust, bound to an ephemeral port of `peer`'s family.
+pub fn client_endpoint(peer: SocketAddr, trust: &Trust, config: &Config) -> Result<Endpoint, QuicError> {
+    let tls = tls::client_config(trust, &[ALPN_RTMP])?;
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| QuicError::Crypto(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(transport_config(config)?));
+    let bind: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .map_err(|_| QuicError::Crypto("bad bind address".into()))?;
+    let mut endpoint = Endpoint::client(bind)?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// Accepts QUIC connections until shutdown.
+pub async fn accept_loop(endpoint: Endpoint, admission: Arc<Admission>, ctx: ConnContext, tasks: TaskTracker) {
+    loop {
+        let incoming = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        let peer = incoming.remote_address();
+        let permit = match admission.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(reason) => {
+                warn!(%peer, %reason, "quic connection refused");
+                incoming.refuse();
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        let span = info_span!("quic", %peer);
+        tasks.spawn(
+            async move {
+                let _permit = permit;
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => return warn!(error = %e, "QUIC handshake failed"),
+                };
+                let alpn = conn
+                    .handshake_data()
+                    .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                    .and_then(|h| h.protocol);
+                match alpn.as_deref() {
+                    Some(ALPN_RTMP) => serve_tunnel(conn, peer, ctx).await,
+                    other => {
+                        warn!(alpn = ?other.map(String::from_utf8_lossy), "unsupported ALPN");
+                        conn.close(VarInt::from_u32(0x100), b"unsupported ALPN");
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Tunnel mapping: one RTMP session per bidirectional stream.
+async fn serve_tunnel(conn: Connection, peer: SocketAddr, ctx: ConnContext) {
+    info!("connected (rtmp tunnel)");
+    let sessions = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            a = conn.accept_bi() => a,
+        };
+        let (send, recv) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                info!(reason = %e, "connection closed");
+                break;
+            }
+        };
+        let ctx = ctx.clone();
+        let span = info_span!("conn", %peer, transport = "quic", stream = %send.id(), session_id = tracing::field::Empty);
+        let task = async move {
+            match serve_rtmp(recv, send, &ctx).await {
+                Ok(()) => info!("closed"),
+                Err(e) => warn!(reason = %e, "closed with error"),
+            }
+        };
+        sessions.spawn(task.instrument(span));
+    }
+    // Sessions already running finish on their own terms (a player drains its stream).
+    sessions.close();
+    sessions.wait().await;
+    conn.close(VarInt::from_u32(0), b"done");
+}

@@ -1,0 +1,101 @@
+//! The TCP side of the one port: accepts RTMP, and RTMPS when the first byte is a TLS
+//! handshake record (0x16; plain RTMP starts with version byte 0x03), so both share it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+use tracing::{info, info_span, warn, Instrument};
+
+use super::admission::Admission;
+use crate::connection::{serve_rtmp, ConnContext};
+
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Accepts until shutdown, spawning one task per connection onto `tasks`.
+pub async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    admission: Arc<Admission>,
+    ctx: ConnContext,
+    tasks: TaskTracker,
+) {
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(1);
+                x
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let permit = match admission.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(reason) => {
+                warn!(%peer, %reason, "tcp connection refused");
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        let tls = tls.clone();
+        let span = info_span!("conn", %peer, transport = "tcp", session_id = tracing::field::Empty);
+        tasks.spawn(
+            async move {
+                let _permit = permit;
+                handle(stream, peer, tls, &ctx).await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, ctx: &ConnContext) {
+    // Whole messages are written at once; Nagle would only add latency.
+    if let Err(e) = stream.set_nodelay(true) {
+        warn!(error = %e, "set_nodelay failed");
+    }
+    info!("connected");
+    let mut first = [0u8; 1];
+    let handshake = Duration::from_millis(ctx.config.handshake_timeout_ms);
+    let is_tls = match tokio::time::timeout(handshake, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0] == TLS_HANDSHAKE_RECORD,
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => return info!(error = %e, "closed before the handshake"),
+        Err(_) => return warn!("closed: handshake timed out"),
+    };
+    let result = match (is_tls, tls) {
+        (true, Some(acceptor)) => {
+            tracing::Span::current().record("transport", "tls");
+            match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    let (r, w) = tokio::io::split(tls_stream);
+                    serve_rtmp(r, w, ctx).await
+                }
+                Ok(Err(e)) => return warn!(error = %e, "TLS handshake failed"),
+                Err(_) => return warn!("closed: TLS handshake timed out"),
+            }
+        }
+        (true, None) => return warn!("closed: TLS offered but RTMPS is not configured"),
+        (false, _) => {
+            let (r, w) = stream.into_split();
+            serve_rtmp(r, w, ctx).await
+        }
+    };
+    match result {
+        Ok(()) => info!(peer = %peer, "closed"),
+        Err(e) => warn!(reason = %e, "closed with error"),
+    }
+}

@@ -1,0 +1,230 @@
+//! TLS material for QUIC and RTMPS: loading PEM files, making the development CA and
+//! localhost certificate on first run, and rustls configs for both sides (TLS 1.3 only).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// ALPN of the RTMP tunnel mapping (RTMP bytes on one bidirectional stream).
+pub const ALPN_RTMP: &[u8] = b"rtmp";
+/// ALPN of RoQR (reserved; not served yet).
+pub const ALPN_ROQR: &[u8] = b"roqr";
+
+/// File names inside the certificate directory.
+pub const DEV_CA_FILE: &str = "dev-ca.pem";
+const DEV_CERT_FILE: &str = "localhost.pem";
+const DEV_KEY_FILE: &str = "localhost.key";
+
+/// Why TLS material could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A PEM file held no usable certificate or key.
+    #[error("{0}: no certificate or private key found")]
+    Empty(PathBuf),
+    /// Generating the development certificates failed.
+    #[error("generating certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// rustls refused the material.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io { path: path.to_owned(), source }
+}
+
+/// A certificate chain and its key.
+#[derive(Debug)]
+pub struct Identity {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The development CA a client must trust, when the identity is the generated one.
+    pub dev_ca: Option<PathBuf>,
+}
+
+/// Loads a PEM chain and key.
+pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
+    let chain = load_certs(cert)?;
+    let pem = fs::read(key).map_err(io_err(key))?;
+    let key_der = rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(io_err(key))?
+        .ok_or_else(|| TlsError::Empty(key.to_owned()))?;
+    Ok(Identity { chain, key: key_der, dev_ca: None })
+}
+
+/// Loads every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = fs::read(path).map_err(io_err(path))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<Vec<_>, _>>().map_err(io_err(path))?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty(path.to_owned()));
+    }
+    Ok(certs)
+}
+
+/// The development identity in `dir`: reused when present, made (CA + localhost leaf
+/// signed by it) when not. The CA's private key is not kept: nothing else is ever
+/// signed with it, so a stolen `certs/` cannot mint certificates.
+pub fn dev_identity(dir: &Path) -> Result<(Identity, bool), TlsError> {
+    let ca = dir.join(DEV_CA_FILE);
+    let cert = dir.join(DEV_CERT_FILE);
+    let key = dir.join(DEV_KEY_FILE);
+    if ca.exists() && cert.exists() && key.exists() {
+        let mut id = load_identity(&cert, &key)?;
+        id.dev_ca = Some(ca);
+        return Ok((id, false));
+    }
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "qrelay development CA");
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+
+    let leaf_key = rcgen::KeyPair::generate()?;
+    let mut leaf_params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()])?;
+    leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = leaf_params.signed_by(&leaf_key, &ca_cert, &ca_key)?;
+
+    fs::write(&ca, ca_cert.pem()).map_err(io_err(&ca))?;
+    fs::write(&cert, format!("{}{}", leaf.pem(), ca_cert.pem())).map_err(io_err(&cert))?;
+    write_private(&key, leaf_key.serialize_pem().as_bytes())?;
+    let mut id = load_identity(&cert, &key)?;
+    id.dev_ca = Some(ca);
+    Ok((id, true))
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(io_err(path))?;
+    f.write_all(data).map_err(io_err(path))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Server config (TLS 1.3 only) with the given ALPN list.
+pub fn server_config(id: &Identity, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(id.chain.clone(), id.key.clone_key())?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// How a client decides to trust the server.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// The public web PKI roots.
+    WebPki,
+    /// Certificates from a PEM file (e.g. `certs/dev-ca.pem`).
+    CaFile(PathBuf),
+    /// No verification at all (development only).
+    Insecure,
+}
+
+/// Client config (TLS 1.3 only) with the given ALPN list.
+pub fn client_config(trust: &Trust, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
+    let mut config = match trust {
+        Trust::Insecure => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
+            .with_no_client_auth(),
+        Trust::WebPki | Trust::CaFile(_) => {
+            let mut roots = rustls::RootCertStore::empty();
+            if let Trust::CaFile(path) = trust {
+                for cert in load_certs(path)? {
+                    roots.add(cert)?;
+                }
+            } else {
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// `--insecure`: accepts any server certificate but still checks handshake signatures
+/// so the connection is at least encrypted to whoever answered.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_identity_is_made_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, created) = dev_identity(dir.path()).unwrap();
+        assert!(created);
+        let (b, created) = dev_identity(dir.path()).unwrap();
+        assert!(!created);
+        assert_eq!(a.chain, b.chain);
+        assert!(a.dev_ca.unwrap().ends_with(DEV_CA_FILE));
+        server_config(&b, &[ALPN_RTMP]).unwrap();
+        client_config(&Trust::CaFile(dir.path().join(DEV_CA_FILE)), &[ALPN_RTMP]).unwrap();
+    }
+}

@@ -1,0 +1,692 @@
+//! Stream URL parsing (DESIGN §2): which transport and mapping a URL asks for, where to
+//! connect, and the session's app and stream key. Pure functions, no I/O.
+
+use std::fmt;
+
+/// How the RTMP session is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain RTMP over TCP (`rtmp://`).
+    Tcp,
+    /// RTMP over TLS over TCP (`rtmps://`).
+    Tls,
+    /// RTMP over QUIC (`rtmp+quic://`, `rtmpq://`, `rtmp://...?quic=1`).
+    Quic(QuicMapping),
+}
+
+/// How RTMP maps onto QUIC (selected by ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuicMapping {
+    /// The RTMP byte stream (handshake + chunks) on one bidirectional stream; ALPN `rtmp`.
+    Tunnel,
+    /// RoQR framing (draft-gregoire-rtmp-over-quic); ALPN `roqr`.
+    Roqr,
+}
+
+/// A parsed stream URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamUrl {
+    /// Transport (and QUIC mapping) the URL asks for.
+    pub transport: Transport,
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    /// Port, the scheme's default when absent (1935; 443 for `rtmps`).
+    pub port: u16,
+    /// RTMP application name (first path segment(s) up to the last one).
+    pub app: String,
+    /// Stream key including its own query string, as sent in `publish`/`play`.
+    pub key: String,
+}
+
+/// Why a URL was refused; each variant names the part at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// Not parseable as a URL at all.
+    #[error("invalid URL: {0}")]
+    Syntax(String),
+    /// A scheme other than rtmp, rtmps, rtmp+quic, rtmpq.
+    #[error("unsupported scheme `{0}` (expected rtmp, rtmps, rtmp+quic or rtmpq)")]
+    Scheme(String),
+    /// No host.
+    #[error("missing host")]
+    MissingHost,
+    /// Port is not a valid non-zero u16.
+    #[error("bad port `{0}`")]
+    Port(String),
+    /// No application in the path.
+    #[error("missing app (path must be /app/key)")]
+    MissingApp,
+    /// No stream key in the path.
+    #[error("missing stream key (path must be /app/key)")]
+    MissingKey,
+    /// `mode=` or `quic=` has a value we do not know, or conflicts with the scheme.
+    #[error("bad query parameter `{0}`")]
+    Query(String),
+}
+
+/// Query parameters the relay reads from a URL and removes from the stream key.
+const QUIC_PARAM: &str = "quic";
+const MODE_PARAM: &str = "mode";
+
+impl StreamUrl {
+    /// Parses a stream URL.
+    ///
+    /// Hand-parsed rather than through the `url` crate: `url` treats `rtmp` as a
+    /// non-special scheme, so it accepts `rtmp:///live/x` with no host at all and port 0,
+    /// reports a bad port without its text, and percent-encodes the key, which must reach
+    /// the server byte for byte as the user typed it. RTMP has no fragments, so `#` is an
+    /// ordinary character of the key (OBS sends it as typed).
+    pub fn parse(input: &str) -> Result<Self, UrlError> {
+        let input = input.trim();
+        let (scheme, rest) = input
+            .split_once("://")
+            .ok_or_else(|| UrlError::Syntax(format!("`{input}` has no `scheme://`")))?;
+        let base = scheme_transport(scheme)?;
+        let default_port = if base == Transport::Tls { 443 } else { 1935 };
+
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, rest) = rest.split_at(authority_end);
+        let (host, port) = parse_authority(authority, default_port)?;
+
+        let (path, query) = match rest.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (rest, None),
+        };
+        let (app, key) = split_path(path)?;
+
+        let mut params = RelayParams::default();
+        let mut kept = Vec::new();
+        for param in query.into_iter().flat_map(|q| q.split('&')) {
+            if !param.is_empty() && !params.take(param)? {
+                kept.push(param);
+            }
+        }
+        let transport = params.resolve(base)?;
+
+        let key = if kept.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{key}?{}", kept.join("&"))
+        };
+        Ok(StreamUrl {
+            transport,
+            host,
+            port,
+            app: app.to_owned(),
+            key,
+        })
+    }
+
+    /// Session ID: `app/key` with the key's query removed.
+    pub fn session_id(&self) -> String {
+        session_id(&self.app, &self.key)
+    }
+
+    /// `tcUrl` for the RTMP connect command (`rtmp://host:port/app`).
+    pub fn tc_url(&self) -> String {
+        format!(
+            "{}://{}/{}",
+            scheme_name(self.transport),
+            self.authority(),
+            self.app
+        )
+    }
+
+    /// `host:port` with an IPv6 literal in brackets.
+    fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for StreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.tc_url(), self.key)?;
+        // The mapping is always spelled out so the URL keeps its meaning when the
+        // default mapping for rtmp+quic changes (DESIGN §2 wants RoQR eventually).
+        if let Transport::Quic(mapping) = self.transport {
+            let sep = if self.key.contains('?') { '&' } else { '?' };
+            let mode = match mapping {
+                QuicMapping::Tunnel => "tunnel",
+                QuicMapping::Roqr => "roqr",
+            };
+            write!(f, "{sep}{MODE_PARAM}={mode}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Session ID from an app and a stream key as the server receives them: `app/key` with
+/// the key's query (`?token=...`) removed.
+pub fn session_id(app: &str, key: &str) -> String {
+    let name = key.split_once('?').map_or(key, |(name, _)| name);
+    format!("{app}/{name}")
+}
+
+/// Transport a scheme selects before query parameters are applied.
+fn scheme_transport(scheme: &str) -> Result<Transport, UrlError> {
+    let valid = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !valid {
+        return Err(UrlError::Syntax(format!("`{scheme}` is not a URL scheme")));
+    }
+    match scheme.to_ascii_lowercase().as_str() {
+        "rtmp" => Ok(Transport::Tcp),
+        "rtmps" => Ok(Transport::Tls),
+        "rtmp+quic" | "rtmpq" => Ok(Transport::Quic(QuicMapping::Tunnel)),
+        _ => Err(UrlError::Scheme(scheme.to_owned())),
+    }
+}
+
+/// Canonical scheme for a transport (the mapping travels in `mode=`, not the scheme).
+fn scheme_name(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Tcp => "rtmp",
+        Transport::Tls => "rtmps",
+        Transport::Quic(_) => "rtmp+quic",
+    }
+}
+
+/// Splits `host[:port]` or `[v6]:port`; an empty port (`host:`) means the default, as
+/// RFC 3986 §3.2.3 allows.
+fn parse_authority(authority: &str, default_port: u16) -> Result<(String, u16), UrlError> {
+    if authority.contains('@') {
+        // There is nowhere to carry credentials; dropping them silently would surprise.
+        return Err(UrlError::Syntax(
+            "user info (`user@`) is not supported".into(),
+        ));
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (literal, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| UrlError::Syntax("unclosed `[` in host".into()))?;
+        if literal.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(UrlError::Syntax(format!(
+                "`{literal}` is not an IPv6 address"
+            )));
+        }
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or_else(|| {
+                UrlError::Syntax(format!("unexpected `{after}` after IPv6 address"))
+            })?),
+        };
+        (literal.to_ascii_lowercase(), port)
+    } else {
+        if authority.matches(':').count() > 1 {
+            return Err(UrlError::Syntax(format!(
+                "`{authority}`: an IPv6 host must be in brackets (`[::1]:1935`)"
+            )));
+        }
+        let (host, port) = match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        if host.is_empty() {
+            return Err(UrlError::MissingHost);
+        }
+        let valid = host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~'));
+        if !valid {
+            return Err(UrlError::Syntax(format!("`{host}` is not a valid host")));
+        }
+        (host.to_ascii_lowercase(), port)
+    };
+    let port = match port {
+        None | Some("") => default_port,
+        Some(text) => parse_port(text)?,
+    };
+    Ok((host, port))
+}
+
+/// Digits only: `u16::from_str` would also take `+80`.
+fn parse_port(text: &str) -> Result<u16, UrlError> {
+    let bad = || UrlError::Port(text.to_owned());
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    match text.parse::<u16>() {
+        Ok(0) | Err(_) => Err(bad()),
+        Ok(port) => Ok(port),
+    }
+}
+
+/// `/app/key` where the app may itself contain slashes: the key is the last segment.
+fn split_path(path: &str) -> Result<(&str, &str), UrlError> {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    let (app, key) = path.rsplit_once('/').unwrap_or((path, ""));
+    if app.is_empty() {
+        return Err(UrlError::MissingApp);
+    }
+    if key.is_empty() {
+        return Err(UrlError::MissingKey);
+    }
+    Ok((app, key))
+}
+
+/// The relay's own query parameters, collected while the key's query is filtered.
+#[derive(Default)]
+struct RelayParams {
+    /// `quic=`: the parameter text as written, and whether it asks for QUIC.
+    quic: Option<(String, bool)>,
+    /// `mode=`: the parameter text as written, and the mapping it names.
+    mode: Option<(String, QuicMapping)>,
+}
+
+impl RelayParams {
+    /// Records `param` if it is one of ours (`Ok(true)`: remove it from the key).
+    fn take(&mut self, param: &str) -> Result<bool, UrlError> {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        let bad = || UrlError::Query(param.to_owned());
+        match name {
+            QUIC_PARAM => {
+                let on = match value.to_ascii_lowercase().as_str() {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    _ => return Err(bad()),
+                };
+                // Two values would leave the intent ambiguous.
+                if self.quic.replace((param.to_owned(), on)).is_some() {
+                    return Err(bad());
+                }
+                Ok(true)
+            }
+            MODE_PARAM => {
+                let mapping = match value.to_ascii_lowercase().as_str() {
+                    "tunnel" => QuicMapping::Tunnel,
+                    "roqr" => QuicMapping::Roqr,
+                    _ => return Err(bad()),
+                };
+                if self.mode.replace((param.to_owned(), mapping)).is_some() {
+                    return Err(bad());
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Final transport from the scheme's and the parameters'; a conflict names the
+    /// parameter at fault.
+    fn resolve(self, base: Transport) -> Result<Transport, UrlError> {
+        let quic = match (base, &self.quic) {
+            (Transport::Quic(_), Some((text, false))) => return Err(UrlError::Query(text.clone())),
+            (Transport::Tls, Some((text, true))) => return Err(UrlError::Query(text.clone())),
+            (Transport::Quic(_), _) => true,
+            (_, Some((_, on))) => *on,
+            (_, None) => false,
+        };
+        match (quic, self.mode) {
+            // RoQR is not implemented yet, so QUIC without `mode=` tunnels for now.
+            (true, None) => Ok(Transport::Quic(QuicMapping::Tunnel)),
+            (true, Some((_, mapping))) => Ok(Transport::Quic(mapping)),
+            (false, Some((text, _))) => Err(UrlError::Query(text)),
+            (false, None) => Ok(base),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TCP: Transport = Transport::Tcp;
+    const TLS: Transport = Transport::Tls;
+    const TUNNEL: Transport = Transport::Quic(QuicMapping::Tunnel);
+    const ROQR: Transport = Transport::Quic(QuicMapping::Roqr);
+
+    /// (input, transport, host, port, app, key)
+    const ACCEPTED: &[(&str, Transport, &str, u16, &str, &str)] = &[
+        ("rtmp://host/live/cam1", TCP, "host", 1935, "live", "cam1"),
+        (
+            "rtmp://host:1936/live/cam1",
+            TCP,
+            "host",
+            1936,
+            "live",
+            "cam1",
+        ),
+        ("rtmps://host/live/cam1", TLS, "host", 443, "live", "cam1"),
+        (
+            "rtmps://host:8443/live/cam1",
+            TLS,
+            "host",
+            8443,
+            "live",
+            "cam1",
+        ),
+        (
+            "rtmp+quic://host/live/cam1",
+            TUNNEL,
+            "host",
+            1935,
+            "live",
+            "cam1",
+        ),
+        (
+            "rtmpq://host/live/cam1",
+            TUNNEL,
+            "host",
+            1935,
+            "live",
+            "cam1",
+        ),
+        (
+            "RTMP://Host.Example/live/cam1",
+            TCP,
+            "host.example",
+            1935,
+            "live",
+            "cam1",
+        ),
+        (
+            "rtmp://host/live/cam1?quic=1",
+            TUNNEL,
+            "host",
+            1935,
+            "live",
+            "cam1",
+        ),
+        (
+            "rtmp://host/live/cam1?quic=true",
+            TUNNEL,
+            "host",
+            1935,
+            "live",
+            "cam1",
+        ),
+        (
+            "rtmp://host/live/cam1?quic=0",
+            TCP,
+            "host",
+            1935,
+            "live",
+            "cam1",
+        ),
+        (
+            "rtmp://host/live/cam1?quic=false",
+            TCP,
+            "host",
+            1935,
+            "live",
+            "cam1",
+        ),
+        (
+            "rtmp://host/live/cam1?quic=1&mode=roqr",
+            ROQR,
+            "host",
+            1935,
+            "live",
+            "cam1",
+        ),
+        (
+            "rtmp://host/live/cam1?mode=tunnel&quic=1",
+            TUNNEL,
+            "host",
+            1935,
+            "live",
+            "cam1",
+        ),
+        (
+            "rtmp+quic://host/live/cam1?mode=roqr",
+            ROQR,
+            "host",
+            1935,
+            "live",
+            "cam1",
+        ),
+        (
+            "rtmpq://host/live/cam1?mode=tunnel",
+            TUNNEL,
+            "host",
+            1935,
+            "live",
+            "cam1",
+        ),
+        (
+            "rtmp+quic://host/live/cam1?quic=1",
+            TUNNEL,
+            "host",
+            1935,
+            "live",
+            "cam1",
+        ),
+        (
+            "rtmps://host/live/cam1?quic=0",
+            TLS,
+            "host",
+            443,
+            "live",
+            "cam1",
+        ),
+        ("rtmp://host/a/b/key", TCP, "host", 1935, "a/b", "key"),
+        (
+            "rtmp://host/live/cam1?token=abc",
+            TCP,
+            "host",
+            1935,
+            "live",
+            "cam1?token=abc",
+        ),
+        (
+            "rtmp://host/live/cam1?a=1&quic=1&b=2&mode=roqr&c",
+            ROQR,
+            "host",
+            1935,
+            "live",
+            "cam1?a=1&b=2&c",
+        ),
+        (
+            "rtmp://host/live/cam1?token=a/b",
+            TCP,
+            "host",
+            1935,
+            "live",
+            "cam1?token=a/b",
+        ),
+        ("rtmp://[::1]:1936/live/x", TCP, "::1", 1936, "live", "x"),
+        ("rtmp://[::1]/live/x", TCP, "::1", 1935, "live", "x"),
+        (
+            "rtmp://[2001:DB8::1]/live/x",
+            TCP,
+            "2001:db8::1",
+            1935,
+            "live",
+            "x",
+        ),
+        (
+            "rtmp://127.0.0.1:65535/live/x",
+            TCP,
+            "127.0.0.1",
+            65535,
+            "live",
+            "x",
+        ),
+        ("rtmp://host:/live/x", TCP, "host", 1935, "live", "x"),
+        ("  rtmp://host/live/x \n", TCP, "host", 1935, "live", "x"),
+        ("rtmp://host/live/cam#1", TCP, "host", 1935, "live", "cam#1"),
+        ("rtmp://host/live/cam1?", TCP, "host", 1935, "live", "cam1"),
+        (
+            "rtmp://host/live/cam1?token=x&&quic=0",
+            TCP,
+            "host",
+            1935,
+            "live",
+            "cam1?token=x",
+        ),
+        (
+            "rtmp://host/live/cam1?quic=TRUE",
+            TUNNEL,
+            "host",
+            1935,
+            "live",
+            "cam1",
+        ),
+        (
+            "rtmp://host/live/cam1?Quic=1",
+            TCP,
+            "host",
+            1935,
+            "live",
+            "cam1?Quic=1",
+        ),
+    ];
+
+    /// (input, expected error)
+    fn rejected() -> Vec<(&'static str, UrlError)> {
+        let q = |s: &str| UrlError::Query(s.to_owned());
+        let port = |s: &str| UrlError::Port(s.to_owned());
+        let syntax = UrlError::Syntax(String::new());
+        vec![
+            ("", syntax.clone()),
+            ("host/live/x", syntax.clone()),
+            ("rtmp:/host/live/x", syntax.clone()),
+            ("http://host/live/x", UrlError::Scheme("http".into())),
+            ("srt://host/live/x", UrlError::Scheme("srt".into())),
+            ("rtmpt://host/live/x", UrlError::Scheme("rtmpt".into())),
+            ("://host/live/x", syntax.clone()),
+            ("rtmp:///live/x", UrlError::MissingHost),
+            ("rtmp://:1935/live/x", UrlError::MissingHost),
+            ("rtmp://host:0/live/x", port("0")),
+            ("rtmp://host:65536/live/x", port("65536")),
+            ("rtmp://host:abc/live/x", port("abc")),
+            ("rtmp://host:+80/live/x", port("+80")),
+            ("rtmp://host:-1/live/x", port("-1")),
+            ("rtmp://[::1]:99999/live/x", port("99999")),
+            ("rtmp://host", UrlError::MissingApp),
+            ("rtmp://host/", UrlError::MissingApp),
+            ("rtmp://host//key", UrlError::MissingApp),
+            ("rtmp://host/live", UrlError::MissingKey),
+            ("rtmp://host/live/", UrlError::MissingKey),
+            ("rtmp://host/live?token=a", UrlError::MissingKey),
+            ("rtmp://host/live/x?quic=yes", q("quic=yes")),
+            ("rtmp://host/live/x?quic", q("quic")),
+            ("rtmp://host/live/x?quic=1&mode=webrtc", q("mode=webrtc")),
+            ("rtmp://host/live/x?mode=roqr", q("mode=roqr")),
+            ("rtmp://host/live/x?quic=0&mode=tunnel", q("mode=tunnel")),
+            ("rtmps://host/live/x?quic=1", q("quic=1")),
+            ("rtmps://host/live/x?mode=roqr", q("mode=roqr")),
+            ("rtmp+quic://host/live/x?quic=0", q("quic=0")),
+            ("rtmp://host/live/x?quic=1&quic=1", q("quic=1")),
+            (
+                "rtmp://host/live/x?mode=roqr&quic=1&mode=tunnel",
+                q("mode=tunnel"),
+            ),
+            ("rtmp://user@host/live/x", syntax.clone()),
+            ("rtmp://ho st/live/x", syntax.clone()),
+            ("rtmp://::1/live/x", syntax.clone()),
+            ("rtmp://[::1/live/x", syntax.clone()),
+            ("rtmp://[nope]/live/x", syntax.clone()),
+            ("rtmp://[::1]x/live/x", syntax),
+        ]
+    }
+
+    #[test]
+    fn accepted_urls() {
+        assert!(ACCEPTED.len() >= 25);
+        for &(input, transport, host, port, app, key) in ACCEPTED {
+            let want = StreamUrl {
+                transport,
+                host: host.into(),
+                port,
+                app: app.into(),
+                key: key.into(),
+            };
+            assert_eq!(StreamUrl::parse(input), Ok(want), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn rejected_urls() {
+        let rows = rejected();
+        assert!(rows.len() >= 25);
+        for (input, want) in rows {
+            let got = StreamUrl::parse(input);
+            match (&got, &want) {
+                // Syntax messages are for humans; only the variant is pinned down.
+                (Err(UrlError::Syntax(_)), UrlError::Syntax(_)) => {}
+                _ => assert_eq!(got, Err(want), "{input:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        let inputs = ACCEPTED.iter().map(|row| row.0);
+        for input in inputs {
+            let parsed = StreamUrl::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            let shown = parsed.to_string();
+            assert_eq!(
+                StreamUrl::parse(&shown),
+                Ok(parsed.clone()),
+                "{input} -> {shown}"
+            );
+            // Canonical: printing again changes nothing.
+            assert_eq!(
+                StreamUrl::parse(&shown).map(|u| u.to_string()),
+                Ok(shown.clone())
+            );
+        }
+    }
+
+    #[test]
+    fn display_is_canonical() {
+        let show = |s: &str| StreamUrl::parse(s).map(|u| u.to_string());
+        assert_eq!(show("rtmp://h/live/k"), Ok("rtmp://h:1935/live/k".into()));
+        assert_eq!(
+            show("rtmpq://h/live/k"),
+            Ok("rtmp+quic://h:1935/live/k?mode=tunnel".into())
+        );
+        assert_eq!(
+            show("rtmp://h/live/k?t=1&quic=1&mode=roqr"),
+            Ok("rtmp+quic://h:1935/live/k?t=1&mode=roqr".into())
+        );
+        assert_eq!(
+            show("rtmps://[::1]/a/b/k"),
+            Ok("rtmps://[::1]:443/a/b/k".into())
+        );
+    }
+
+    #[test]
+    fn session_ids() {
+        assert_eq!(session_id("live", "cam1"), "live/cam1");
+        assert_eq!(session_id("live", "cam1?token=abc"), "live/cam1");
+        assert_eq!(session_id("a/b", "k?x=1?y=2"), "a/b/k");
+        let url = StreamUrl::parse("rtmp://h/a/b/cam1?token=abc&quic=1").ok();
+        assert_eq!(url.map(|u| u.session_id()), Some("a/b/cam1".into()));
+    }
+
+    #[test]
+    fn tc_urls() {
+        let tc = |s: &str| StreamUrl::parse(s).map(|u| u.tc_url());
+        assert_eq!(tc("rtmp://h/live/k?t=1"), Ok("rtmp://h:1935/live".into()));
+        assert_eq!(tc("rtmps://h/a/b/k"), Ok("rtmps://h:443/a/b".into()));
+        assert_eq!(
+            tc("rtmp://h/live/k?quic=1&mode=roqr"),
+            Ok("rtmp+quic://h:1935/live".into())
+        );
+        assert_eq!(
+            tc("rtmpq://[::1]:1936/live/k"),
+            Ok("rtmp+quic://[::1]:1936/live".into())
+        );
+    }
+
+    #[test]
+    fn errors_name_the_part_at_fault() {
+        let msg = |s: &str| {
+            StreamUrl::parse(s)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(msg("rtmp://h:99999/live/k").contains("99999"));
+        assert!(msg("foo://h/live/k").contains("foo"));
+        assert!(msg("rtmp://h/live/k?mode=x").contains("mode=x"));
+    }
+}
