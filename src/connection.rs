@@ -239,9 +239,14 @@ async fn player_event(player: Option<&mut Player>) -> PlayerEvent {
 
 /// Writes whole buffers (one vectored write per batch where the transport supports it)
 /// and flushes, failing when no progress is made within `timeout`.
-async fn write_timed<W: AsyncWrite + Unpin>(writer: &mut W, bufs: &[Bytes], timeout: Duration) -> Result<(), ConnError> {
+async fn write_timed<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    bufs: &[Bytes],
+    timeout: Duration,
+) -> Result<(), ConnError> {
     let write = async {
-        let mut slices: Vec<IoSlice<'_>> = bufs.iter().filter(|b| !b.is_empty()).map(|b| IoSlice::new(b)).collect();
+        let mut slices: Vec<IoSlice<'_>> =
+            bufs.iter().filter(|b| !b.is_empty()).map(|b| IoSlice::new(b)).collect();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
             let n = writer.write_vectored(rest).await?;
@@ -252,7 +257,9 @@ async fn write_timed<W: AsyncWrite + Unpin>(writer: &mut W, bufs: &[Bytes], time
         }
         writer.flush().await
     };
-    tokio::time::timeout(timeout, write).await.map_err(|_| ConnError::Timeout("write made no progress"))??;
+    tokio::time::timeout(timeout, write)
+        .await
+        .map_err(|_| ConnError::Timeout("write made no progress"))??;
     Ok(())
 }
 

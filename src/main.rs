@@ -124,8 +124,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Publish { file, url, looped, trust } => {
             let url = StreamUrl::parse(&url).with_context(|| format!("bad URL `{url}`"))?;
-            let t = client::publish_flv(&url, &trust.options(), &file, PublishOptions { looped, unpaced: false })
-                .await?;
+            let t =
+                client::publish_flv(&url, &trust.options(), &file, PublishOptions { looped, unpaced: false })
+                    .await?;
             info!(messages = t.messages, bytes = t.bytes, "publish finished");
             Ok(())
         }
@@ -136,7 +137,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let t = if output == "-" {
                 client::play_to_flv(&url, &opts, &mut tokio::io::stdout(), PlayOptions { duration }).await?
             } else {
-                let mut f = tokio::fs::File::create(&output).await.with_context(|| format!("creating {output}"))?;
+                let mut f =
+                    tokio::fs::File::create(&output).await.with_context(|| format!("creating {output}"))?;
                 client::play_to_flv(&url, &opts, &mut f, PlayOptions { duration }).await?
             };
             info!(messages = t.messages, bytes = t.bytes, "play finished");

@@ -89,12 +89,22 @@ impl Server {
 
     /// Runs until shutdown.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let ctx = ConnContext { hub: self.hub.clone(), config: self.config.clone(), shutdown: shutdown.graceful.clone() };
+        let ctx = ConnContext {
+            hub: self.hub.clone(),
+            config: self.config.clone(),
+            shutdown: shutdown.graceful.clone(),
+        };
         let admission = Admission::new(self.config.max_connections, self.config.max_connections_per_ip);
         let tasks = TaskTracker::new();
         info!(addr = %self.local_addr, "listening: RTMP on TCP, QUIC on UDP, same port");
         let accept = TaskTracker::new();
-        accept.spawn(tcp::accept_loop(self.tcp, Some(self.tls), admission.clone(), ctx.clone(), tasks.clone()));
+        accept.spawn(tcp::accept_loop(
+            self.tcp,
+            Some(self.tls),
+            admission.clone(),
+            ctx.clone(),
+            tasks.clone(),
+        ));
         accept.spawn(quic::accept_loop(self.endpoint.clone(), admission, ctx, tasks.clone()));
         accept.close();
 

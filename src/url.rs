@@ -103,18 +103,8 @@ impl StreamUrl {
         }
         let transport = params.resolve(base)?;
 
-        let key = if kept.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{key}?{}", kept.join("&"))
-        };
-        Ok(StreamUrl {
-            transport,
-            host,
-            port,
-            app: app.to_owned(),
-            key,
-        })
+        let key = if kept.is_empty() { key.to_owned() } else { format!("{key}?{}", kept.join("&")) };
+        Ok(StreamUrl { transport, host, port, app: app.to_owned(), key })
     }
 
     /// Session ID: `app/key` with the key's query removed.
@@ -124,12 +114,7 @@ impl StreamUrl {
 
     /// `tcUrl` for the RTMP connect command (`rtmp://host:port/app`).
     pub fn tc_url(&self) -> String {
-        format!(
-            "{}://{}/{}",
-            scheme_name(self.transport),
-            self.authority(),
-            self.app
-        )
+        format!("{}://{}/{}", scheme_name(self.transport), self.authority(), self.app)
     }
 
     /// `host:port` with an IPv6 literal in brackets.
@@ -169,9 +154,7 @@ pub fn session_id(app: &str, key: &str) -> String {
 /// Transport a scheme selects before query parameters are applied.
 fn scheme_transport(scheme: &str) -> Result<Transport, UrlError> {
     let valid = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
     if !valid {
         return Err(UrlError::Syntax(format!("`{scheme}` is not a URL scheme")));
     }
@@ -197,24 +180,21 @@ fn scheme_name(transport: Transport) -> &'static str {
 fn parse_authority(authority: &str, default_port: u16) -> Result<(String, u16), UrlError> {
     if authority.contains('@') {
         // There is nowhere to carry credentials; dropping them silently would surprise.
-        return Err(UrlError::Syntax(
-            "user info (`user@`) is not supported".into(),
-        ));
+        return Err(UrlError::Syntax("user info (`user@`) is not supported".into()));
     }
     let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-        let (literal, after) = bracketed
-            .split_once(']')
-            .ok_or_else(|| UrlError::Syntax("unclosed `[` in host".into()))?;
+        let (literal, after) =
+            bracketed.split_once(']').ok_or_else(|| UrlError::Syntax("unclosed `[` in host".into()))?;
         if literal.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(UrlError::Syntax(format!(
-                "`{literal}` is not an IPv6 address"
-            )));
+            return Err(UrlError::Syntax(format!("`{literal}` is not an IPv6 address")));
         }
         let port = match after {
             "" => None,
-            _ => Some(after.strip_prefix(':').ok_or_else(|| {
-                UrlError::Syntax(format!("unexpected `{after}` after IPv6 address"))
-            })?),
+            _ => Some(
+                after
+                    .strip_prefix(':')
+                    .ok_or_else(|| UrlError::Syntax(format!("unexpected `{after}` after IPv6 address")))?,
+            ),
         };
         (literal.to_ascii_lowercase(), port)
     } else {
@@ -230,9 +210,7 @@ fn parse_authority(authority: &str, default_port: u16) -> Result<(String, u16), 
         if host.is_empty() {
             return Err(UrlError::MissingHost);
         }
-        let valid = host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~'));
+        let valid = host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~'));
         if !valid {
             return Err(UrlError::Syntax(format!("`{host}` is not a valid host")));
         }
@@ -344,198 +322,37 @@ mod tests {
     /// (input, transport, host, port, app, key)
     const ACCEPTED: &[(&str, Transport, &str, u16, &str, &str)] = &[
         ("rtmp://host/live/cam1", TCP, "host", 1935, "live", "cam1"),
-        (
-            "rtmp://host:1936/live/cam1",
-            TCP,
-            "host",
-            1936,
-            "live",
-            "cam1",
-        ),
+        ("rtmp://host:1936/live/cam1", TCP, "host", 1936, "live", "cam1"),
         ("rtmps://host/live/cam1", TLS, "host", 443, "live", "cam1"),
-        (
-            "rtmps://host:8443/live/cam1",
-            TLS,
-            "host",
-            8443,
-            "live",
-            "cam1",
-        ),
-        (
-            "rtmp+quic://host/live/cam1",
-            TUNNEL,
-            "host",
-            1935,
-            "live",
-            "cam1",
-        ),
-        (
-            "rtmpq://host/live/cam1",
-            TUNNEL,
-            "host",
-            1935,
-            "live",
-            "cam1",
-        ),
-        (
-            "RTMP://Host.Example/live/cam1",
-            TCP,
-            "host.example",
-            1935,
-            "live",
-            "cam1",
-        ),
-        (
-            "rtmp://host/live/cam1?quic=1",
-            TUNNEL,
-            "host",
-            1935,
-            "live",
-            "cam1",
-        ),
-        (
-            "rtmp://host/live/cam1?quic=true",
-            TUNNEL,
-            "host",
-            1935,
-            "live",
-            "cam1",
-        ),
-        (
-            "rtmp://host/live/cam1?quic=0",
-            TCP,
-            "host",
-            1935,
-            "live",
-            "cam1",
-        ),
-        (
-            "rtmp://host/live/cam1?quic=false",
-            TCP,
-            "host",
-            1935,
-            "live",
-            "cam1",
-        ),
-        (
-            "rtmp://host/live/cam1?quic=1&mode=roqr",
-            ROQR,
-            "host",
-            1935,
-            "live",
-            "cam1",
-        ),
-        (
-            "rtmp://host/live/cam1?mode=tunnel&quic=1",
-            TUNNEL,
-            "host",
-            1935,
-            "live",
-            "cam1",
-        ),
-        (
-            "rtmp+quic://host/live/cam1?mode=roqr",
-            ROQR,
-            "host",
-            1935,
-            "live",
-            "cam1",
-        ),
-        (
-            "rtmpq://host/live/cam1?mode=tunnel",
-            TUNNEL,
-            "host",
-            1935,
-            "live",
-            "cam1",
-        ),
-        (
-            "rtmp+quic://host/live/cam1?quic=1",
-            TUNNEL,
-            "host",
-            1935,
-            "live",
-            "cam1",
-        ),
-        (
-            "rtmps://host/live/cam1?quic=0",
-            TLS,
-            "host",
-            443,
-            "live",
-            "cam1",
-        ),
+        ("rtmps://host:8443/live/cam1", TLS, "host", 8443, "live", "cam1"),
+        ("rtmp+quic://host/live/cam1", TUNNEL, "host", 1935, "live", "cam1"),
+        ("rtmpq://host/live/cam1", TUNNEL, "host", 1935, "live", "cam1"),
+        ("RTMP://Host.Example/live/cam1", TCP, "host.example", 1935, "live", "cam1"),
+        ("rtmp://host/live/cam1?quic=1", TUNNEL, "host", 1935, "live", "cam1"),
+        ("rtmp://host/live/cam1?quic=true", TUNNEL, "host", 1935, "live", "cam1"),
+        ("rtmp://host/live/cam1?quic=0", TCP, "host", 1935, "live", "cam1"),
+        ("rtmp://host/live/cam1?quic=false", TCP, "host", 1935, "live", "cam1"),
+        ("rtmp://host/live/cam1?quic=1&mode=roqr", ROQR, "host", 1935, "live", "cam1"),
+        ("rtmp://host/live/cam1?mode=tunnel&quic=1", TUNNEL, "host", 1935, "live", "cam1"),
+        ("rtmp+quic://host/live/cam1?mode=roqr", ROQR, "host", 1935, "live", "cam1"),
+        ("rtmpq://host/live/cam1?mode=tunnel", TUNNEL, "host", 1935, "live", "cam1"),
+        ("rtmp+quic://host/live/cam1?quic=1", TUNNEL, "host", 1935, "live", "cam1"),
+        ("rtmps://host/live/cam1?quic=0", TLS, "host", 443, "live", "cam1"),
         ("rtmp://host/a/b/key", TCP, "host", 1935, "a/b", "key"),
-        (
-            "rtmp://host/live/cam1?token=abc",
-            TCP,
-            "host",
-            1935,
-            "live",
-            "cam1?token=abc",
-        ),
-        (
-            "rtmp://host/live/cam1?a=1&quic=1&b=2&mode=roqr&c",
-            ROQR,
-            "host",
-            1935,
-            "live",
-            "cam1?a=1&b=2&c",
-        ),
-        (
-            "rtmp://host/live/cam1?token=a/b",
-            TCP,
-            "host",
-            1935,
-            "live",
-            "cam1?token=a/b",
-        ),
+        ("rtmp://host/live/cam1?token=abc", TCP, "host", 1935, "live", "cam1?token=abc"),
+        ("rtmp://host/live/cam1?a=1&quic=1&b=2&mode=roqr&c", ROQR, "host", 1935, "live", "cam1?a=1&b=2&c"),
+        ("rtmp://host/live/cam1?token=a/b", TCP, "host", 1935, "live", "cam1?token=a/b"),
         ("rtmp://[::1]:1936/live/x", TCP, "::1", 1936, "live", "x"),
         ("rtmp://[::1]/live/x", TCP, "::1", 1935, "live", "x"),
-        (
-            "rtmp://[2001:DB8::1]/live/x",
-            TCP,
-            "2001:db8::1",
-            1935,
-            "live",
-            "x",
-        ),
-        (
-            "rtmp://127.0.0.1:65535/live/x",
-            TCP,
-            "127.0.0.1",
-            65535,
-            "live",
-            "x",
-        ),
+        ("rtmp://[2001:DB8::1]/live/x", TCP, "2001:db8::1", 1935, "live", "x"),
+        ("rtmp://127.0.0.1:65535/live/x", TCP, "127.0.0.1", 65535, "live", "x"),
         ("rtmp://host:/live/x", TCP, "host", 1935, "live", "x"),
         ("  rtmp://host/live/x \n", TCP, "host", 1935, "live", "x"),
         ("rtmp://host/live/cam#1", TCP, "host", 1935, "live", "cam#1"),
         ("rtmp://host/live/cam1?", TCP, "host", 1935, "live", "cam1"),
-        (
-            "rtmp://host/live/cam1?token=x&&quic=0",
-            TCP,
-            "host",
-            1935,
-            "live",
-            "cam1?token=x",
-        ),
-        (
-            "rtmp://host/live/cam1?quic=TRUE",
-            TUNNEL,
-            "host",
-            1935,
-            "live",
-            "cam1",
-        ),
-        (
-            "rtmp://host/live/cam1?Quic=1",
-            TCP,
-            "host",
-            1935,
-            "live",
-            "cam1?Quic=1",
-        ),
+        ("rtmp://host/live/cam1?token=x&&quic=0", TCP, "host", 1935, "live", "cam1?token=x"),
+        ("rtmp://host/live/cam1?quic=TRUE", TUNNEL, "host", 1935, "live", "cam1"),
+        ("rtmp://host/live/cam1?Quic=1", TCP, "host", 1935, "live", "cam1?Quic=1"),
     ];
 
     /// (input, expected error)
@@ -574,10 +391,7 @@ mod tests {
             ("rtmps://host/live/x?mode=roqr", q("mode=roqr")),
             ("rtmp+quic://host/live/x?quic=0", q("quic=0")),
             ("rtmp://host/live/x?quic=1&quic=1", q("quic=1")),
-            (
-                "rtmp://host/live/x?mode=roqr&quic=1&mode=tunnel",
-                q("mode=tunnel"),
-            ),
+            ("rtmp://host/live/x?mode=roqr&quic=1&mode=tunnel", q("mode=tunnel")),
             ("rtmp://user@host/live/x", syntax.clone()),
             ("rtmp://ho st/live/x", syntax.clone()),
             ("rtmp://::1/live/x", syntax.clone()),
@@ -591,13 +405,7 @@ mod tests {
     fn accepted_urls() {
         assert!(ACCEPTED.len() >= 25);
         for &(input, transport, host, port, app, key) in ACCEPTED {
-            let want = StreamUrl {
-                transport,
-                host: host.into(),
-                port,
-                app: app.into(),
-                key: key.into(),
-            };
+            let want = StreamUrl { transport, host: host.into(), port, app: app.into(), key: key.into() };
             assert_eq!(StreamUrl::parse(input), Ok(want), "{input:?}");
         }
     }
@@ -622,16 +430,9 @@ mod tests {
         for input in inputs {
             let parsed = StreamUrl::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
             let shown = parsed.to_string();
-            assert_eq!(
-                StreamUrl::parse(&shown),
-                Ok(parsed.clone()),
-                "{input} -> {shown}"
-            );
+            assert_eq!(StreamUrl::parse(&shown), Ok(parsed.clone()), "{input} -> {shown}");
             // Canonical: printing again changes nothing.
-            assert_eq!(
-                StreamUrl::parse(&shown).map(|u| u.to_string()),
-                Ok(shown.clone())
-            );
+            assert_eq!(StreamUrl::parse(&shown).map(|u| u.to_string()), Ok(shown.clone()));
         }
     }
 
@@ -639,18 +440,12 @@ mod tests {
     fn display_is_canonical() {
         let show = |s: &str| StreamUrl::parse(s).map(|u| u.to_string());
         assert_eq!(show("rtmp://h/live/k"), Ok("rtmp://h:1935/live/k".into()));
-        assert_eq!(
-            show("rtmpq://h/live/k"),
-            Ok("rtmp+quic://h:1935/live/k?mode=tunnel".into())
-        );
+        assert_eq!(show("rtmpq://h/live/k"), Ok("rtmp+quic://h:1935/live/k?mode=tunnel".into()));
         assert_eq!(
             show("rtmp://h/live/k?t=1&quic=1&mode=roqr"),
             Ok("rtmp+quic://h:1935/live/k?t=1&mode=roqr".into())
         );
-        assert_eq!(
-            show("rtmps://[::1]/a/b/k"),
-            Ok("rtmps://[::1]:443/a/b/k".into())
-        );
+        assert_eq!(show("rtmps://[::1]/a/b/k"), Ok("rtmps://[::1]:443/a/b/k".into()));
     }
 
     #[test]
@@ -667,24 +462,13 @@ mod tests {
         let tc = |s: &str| StreamUrl::parse(s).map(|u| u.tc_url());
         assert_eq!(tc("rtmp://h/live/k?t=1"), Ok("rtmp://h:1935/live".into()));
         assert_eq!(tc("rtmps://h/a/b/k"), Ok("rtmps://h:443/a/b".into()));
-        assert_eq!(
-            tc("rtmp://h/live/k?quic=1&mode=roqr"),
-            Ok("rtmp+quic://h:1935/live".into())
-        );
-        assert_eq!(
-            tc("rtmpq://[::1]:1936/live/k"),
-            Ok("rtmp+quic://[::1]:1936/live".into())
-        );
+        assert_eq!(tc("rtmp://h/live/k?quic=1&mode=roqr"), Ok("rtmp+quic://h:1935/live".into()));
+        assert_eq!(tc("rtmpq://[::1]:1936/live/k"), Ok("rtmp+quic://[::1]:1936/live".into()));
     }
 
     #[test]
     fn errors_name_the_part_at_fault() {
-        let msg = |s: &str| {
-            StreamUrl::parse(s)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        };
+        let msg = |s: &str| StreamUrl::parse(s).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg("rtmp://h:99999/live/k").contains("99999"));
         assert!(msg("foo://h/live/k").contains("foo"));
         assert!(msg("rtmp://h/live/k?mode=x").contains("mode=x"));

@@ -63,7 +63,11 @@ struct TagSource {
 
 impl TagSource {
     async fn open(path: &Path) -> Result<Self, FileError> {
-        Ok(Self { file: tokio::fs::File::open(path).await?, reader: FlvReader::new(MAX_TAG), buf: vec![0; 64 * 1024] })
+        Ok(Self {
+            file: tokio::fs::File::open(path).await?,
+            reader: FlvReader::new(MAX_TAG),
+            buf: vec![0; 64 * 1024],
+        })
     }
 
     async fn next(&mut self) -> Result<Option<FlvTag>, FileError> {

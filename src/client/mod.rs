@@ -4,7 +4,9 @@
 
 mod flv_file;
 
-pub use flv_file::{play_to_flv, publish_flv, read_flv_tags, FileError, PlayOptions, PublishOptions, Transfer};
+pub use flv_file::{
+    play_to_flv, publish_flv, read_flv_tags, FileError, PlayOptions, PublishOptions, Transfer,
+};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +36,11 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { trust: tls::Trust::WebPki, config: Config::default(), connect_timeout: Duration::from_secs(10) }
+        Self {
+            trust: tls::Trust::WebPki,
+            config: Config::default(),
+            connect_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -92,13 +98,21 @@ impl std::fmt::Debug for RtmpClient {
 impl RtmpClient {
     /// Connects and starts publishing or playing (returns once the server said
     /// `NetStream.Publish.Start` / `NetStream.Play.Start`).
-    pub async fn connect(url: &StreamUrl, mode: ClientMode, opts: &ClientOptions) -> Result<Self, ClientError> {
+    pub async fn connect(
+        url: &StreamUrl,
+        mode: ClientMode,
+        opts: &ClientOptions,
+    ) -> Result<Self, ClientError> {
         tokio::time::timeout(opts.connect_timeout, Self::connect_inner(url, mode, opts))
             .await
             .map_err(|_| ClientError::Timeout)?
     }
 
-    async fn connect_inner(url: &StreamUrl, mode: ClientMode, opts: &ClientOptions) -> Result<Self, ClientError> {
+    async fn connect_inner(
+        url: &StreamUrl,
+        mode: ClientMode,
+        opts: &ClientOptions,
+    ) -> Result<Self, ClientError> {
         let addr = resolve(&url.host, url.port).await?;
         let (reader, writer, quic): (Reader, Writer, _) = match url.transport {
             Transport::Tcp => {
@@ -117,7 +131,9 @@ impl RtmpClient {
                 (Box::new(r), Box::new(w), None)
             }
             Transport::Quic(QuicMapping::Roqr) => {
-                return Err(ClientError::Unsupported("the RoQR mapping is not implemented yet; use ?mode=tunnel"))
+                return Err(ClientError::Unsupported(
+                    "the RoQR mapping is not implemented yet; use ?mode=tunnel",
+                ))
             }
             Transport::Quic(QuicMapping::Tunnel) => {
                 let endpoint = quic::client_endpoint(addr, &opts.trust, &opts.config)?;
@@ -126,7 +142,8 @@ impl RtmpClient {
                     .map_err(|e| ClientError::QuicConnect(e.to_string()))?
                     .await
                     .map_err(|e| ClientError::QuicConnect(e.to_string()))?;
-                let (send, recv) = conn.open_bi().await.map_err(|e| ClientError::QuicConnect(e.to_string()))?;
+                let (send, recv) =
+                    conn.open_bi().await.map_err(|e| ClientError::QuicConnect(e.to_string()))?;
                 (Box::new(recv), Box::new(send), Some((endpoint, conn)))
             }
         };
@@ -175,7 +192,12 @@ impl RtmpClient {
     }
 
     /// Sends one media message (publish mode).
-    pub async fn send_media(&mut self, kind: MediaKind, timestamp: u32, payload: Bytes) -> Result<(), ClientError> {
+    pub async fn send_media(
+        &mut self,
+        kind: MediaKind,
+        timestamp: u32,
+        payload: Bytes,
+    ) -> Result<(), ClientError> {
         self.session.send_media(kind, timestamp, payload);
         self.flush().await
     }
@@ -239,10 +261,7 @@ impl RtmpClient {
 }
 
 async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ClientError> {
-    tokio::net::lookup_host((host, port))
-        .await?
-        .next()
-        .ok_or_else(|| ClientError::Resolve(host.to_owned()))
+    tokio::net::lookup_host((host, port)).await?.next().ok_or_else(|| ClientError::Resolve(host.to_owned()))
 }
 
 fn server_name(host: &str) -> Result<ServerName<'static>, ClientError> {

@@ -62,12 +62,7 @@ pub struct FlvReader {
 impl FlvReader {
     /// A reader refusing tags larger than `max_tag_size` bytes.
     pub fn new(max_tag_size: usize) -> Self {
-        Self {
-            buf: BytesMut::new(),
-            header_done: false,
-            skip: 0,
-            max_tag_size,
-        }
+        Self { buf: BytesMut::new(), header_done: false, skip: 0, max_tag_size }
     }
 
     /// Appends input bytes.
@@ -108,8 +103,7 @@ impl FlvReader {
             }
         }
 
-        let Some(&[tag_type, s0, s1, s2, t0, t1, t2, t3, ..]) = self.buf.get(..TAG_HEADER_LEN)
-        else {
+        let Some(&[tag_type, s0, s1, s2, t0, t1, t2, t3, ..]) = self.buf.get(..TAG_HEADER_LEN) else {
             return Ok(None);
         };
         // The top two bits are reserved for FMS and carry nothing for us.
@@ -124,18 +118,13 @@ impl FlvReader {
         // The extension byte holds the timestamp's upper 8 bits.
         let timestamp = u32::from_be_bytes([t3, t0, t1, t2]);
         if self.buf.len() < TAG_HEADER_LEN + size + PREVIOUS_TAG_SIZE_LEN {
-            self.buf
-                .reserve(TAG_HEADER_LEN + size + PREVIOUS_TAG_SIZE_LEN - self.buf.len());
+            self.buf.reserve(TAG_HEADER_LEN + size + PREVIOUS_TAG_SIZE_LEN - self.buf.len());
             return Ok(None);
         }
         self.buf.advance(TAG_HEADER_LEN);
         let payload = self.buf.split_to(size).freeze();
         self.buf.advance(PREVIOUS_TAG_SIZE_LEN);
-        Ok(Some(FlvTag {
-            kind,
-            timestamp,
-            payload,
-        }))
+        Ok(Some(FlvTag { kind, timestamp, payload }))
     }
 }
 
@@ -187,11 +176,7 @@ mod tests {
             payload: Bytes::from_static(payload),
         };
         vec![
-            tag(
-                MediaKind::Data,
-                0,
-                b"\x02\x00\x0aonMetaData\x08\x00\x00\x00\x00",
-            ),
+            tag(MediaKind::Data, 0, b"\x02\x00\x0aonMetaData\x08\x00\x00\x00\x00"),
             tag(MediaKind::Video, 0, &[0x17, 0x00, 0, 0, 0, 1, 0x64]),
             tag(MediaKind::Audio, 0, &[0xAF, 0x00, 0x12, 0x10]),
             tag(MediaKind::Video, 33, &[0x17, 0x01, 0, 0, 0, 0x65, 0x88]),
@@ -290,8 +275,7 @@ mod tests {
         };
         // Payloads are views into the one input buffer: consecutive tags sit exactly one
         // tag trailer plus one tag header apart.
-        let gap = second.payload.as_ptr() as usize
-            - (first.payload.as_ptr() as usize + first.payload.len());
+        let gap = second.payload.as_ptr() as usize - (first.payload.as_ptr() as usize + first.payload.len());
         assert_eq!(gap, PREVIOUS_TAG_SIZE_LEN + TAG_HEADER_LEN);
     }
 
@@ -304,28 +288,16 @@ mod tests {
         // Header plus the 11-byte tag header only.
         reader.push(&out[..13 + 11]);
         assert_eq!(reader.next_tag(), Err(FlvError::TagTooLarge(101)));
-        assert_eq!(
-            reader.next_tag(),
-            Err(FlvError::TagTooLarge(101)),
-            "errors are final"
-        );
+        assert_eq!(reader.next_tag(), Err(FlvError::TagTooLarge(101)), "errors are final");
 
         let mut reader = FlvReader::new(101);
         reader.push(&out);
-        assert_eq!(
-            reader.next_tag().map(|t| t.map(|t| t.payload.len())),
-            Ok(Some(101))
-        );
+        assert_eq!(reader.next_tag().map(|t| t.map(|t| t.payload.len())), Ok(Some(101)));
     }
 
     #[test]
     fn bad_signature() {
-        for input in [
-            &b"FLX\x01\x05\x00\x00\x00\x09"[..],
-            b"GIF89a",
-            b"X",
-            b"FL\x00",
-        ] {
+        for input in [&b"FLX\x01\x05\x00\x00\x00\x09"[..], b"GIF89a", b"X", b"FL\x00"] {
             let mut reader = FlvReader::new(LIMIT);
             reader.push(input);
             assert_eq!(reader.next_tag(), Err(FlvError::BadSignature), "{input:?}");
@@ -345,10 +317,7 @@ mod tests {
         let mut reader = FlvReader::new(LIMIT);
         reader.push(&file);
         let tags = read_all(&mut reader);
-        assert_eq!(
-            tags.map(|t| t.iter().map(|t| t.timestamp).collect()),
-            Ok(vec![7])
-        );
+        assert_eq!(tags.map(|t| t.iter().map(|t| t.timestamp).collect()), Ok(vec![7]));
 
         // A huge DataOffset is skipped as it streams in, never buffered.
         let mut reader = FlvReader::new(LIMIT);
@@ -382,10 +351,7 @@ mod tests {
         file.put_slice(&[0x48, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xAF, 0, 0, 0, 12]);
         let mut reader = FlvReader::new(LIMIT);
         reader.push(&file);
-        assert_eq!(
-            reader.next_tag().map(|t| t.map(|t| t.kind)),
-            Ok(Some(MediaKind::Audio))
-        );
+        assert_eq!(reader.next_tag().map(|t| t.map(|t| t.kind)), Ok(Some(MediaKind::Audio)));
     }
 
     #[test]

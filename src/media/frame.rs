@@ -62,13 +62,7 @@ impl Frame {
             MediaKind::Audio => inspect_audio(&payload),
             MediaKind::Data => Inspection::default(),
         };
-        Frame(Arc::new(FrameInner {
-            kind,
-            timestamp,
-            payload,
-            info,
-            encoded: OnceLock::new(),
-        }))
+        Frame(Arc::new(FrameInner { kind, timestamp, payload, info, encoded: OnceLock::new() }))
     }
 
     /// Audio, video or data.
@@ -154,18 +148,9 @@ const AUDIO_MODEX: u8 = 7;
 /// multitrack byte.
 const MANY_TRACKS_MANY_CODECS: u8 = 2;
 
-const NOTHING: Inspection = Inspection {
-    keyframe: false,
-    sequence_header: false,
-};
-const KEYFRAME: Inspection = Inspection {
-    keyframe: true,
-    sequence_header: false,
-};
-const SEQUENCE_HEADER: Inspection = Inspection {
-    keyframe: false,
-    sequence_header: true,
-};
+const NOTHING: Inspection = Inspection { keyframe: false, sequence_header: false };
+const KEYFRAME: Inspection = Inspection { keyframe: true, sequence_header: false };
+const SEQUENCE_HEADER: Inspection = Inspection { keyframe: false, sequence_header: true };
 
 /// Inspects an FLV/RTMP video payload. Never panics; short or unknown payloads are
 /// neither keyframes nor sequence headers.
@@ -338,35 +323,21 @@ mod tests {
         for fourcc in VIDEO_FOURCCS {
             for (frame_type, packet_type, want) in rows {
                 let tag = ex_video(frame_type, packet_type, fourcc, &[0, 0, 0, 0x65, 0x88]);
-                assert_eq!(
-                    inspect_video(&tag),
-                    want,
-                    "{fourcc:?} {frame_type} {packet_type}"
-                );
+                assert_eq!(inspect_video(&tag), want, "{fourcc:?} {frame_type} {packet_type}");
             }
         }
     }
 
     #[test]
     fn enhanced_video_unknown_fourcc_still_classified() {
-        assert_eq!(
-            inspect_video(&ex_video(1, VIDEO_CODED_FRAMES, b"vvc1", &[1])),
-            KEYFRAME
-        );
-        assert_eq!(
-            inspect_video(&ex_video(1, VIDEO_SEQUENCE_START, b"vvc1", &[1])),
-            SEQUENCE_HEADER
-        );
+        assert_eq!(inspect_video(&ex_video(1, VIDEO_CODED_FRAMES, b"vvc1", &[1])), KEYFRAME);
+        assert_eq!(inspect_video(&ex_video(1, VIDEO_SEQUENCE_START, b"vvc1", &[1])), SEQUENCE_HEADER);
     }
 
     #[test]
     fn enhanced_video_needs_whole_fourcc() {
         let tag = ex_video(1, VIDEO_CODED_FRAMES, b"hvc1", &[]);
-        assert_eq!(
-            inspect_video(&tag),
-            KEYFRAME,
-            "header with no body is still typed"
-        );
+        assert_eq!(inspect_video(&tag), KEYFRAME, "header with no body is still typed");
         for len in 1..tag.len() {
             assert_eq!(inspect_video(&tag[..len]), NOTHING, "prefix {len}");
         }
@@ -382,52 +353,22 @@ mod tests {
         };
         // OneTrack: FourCC, track id, data.
         let one = [b'h', b'v', b'c', b'1', 0, 0xAA];
-        assert_eq!(
-            inspect_video(&multitrack(1, 0, VIDEO_CODED_FRAMES, &one)),
-            KEYFRAME
-        );
-        assert_eq!(
-            inspect_video(&multitrack(1, 0, VIDEO_CODED_FRAMES_X, &one)),
-            KEYFRAME
-        );
-        assert_eq!(
-            inspect_video(&multitrack(2, 0, VIDEO_CODED_FRAMES, &one)),
-            NOTHING
-        );
-        assert_eq!(
-            inspect_video(&multitrack(1, 0, VIDEO_SEQUENCE_START, &one)),
-            SEQUENCE_HEADER
-        );
+        assert_eq!(inspect_video(&multitrack(1, 0, VIDEO_CODED_FRAMES, &one)), KEYFRAME);
+        assert_eq!(inspect_video(&multitrack(1, 0, VIDEO_CODED_FRAMES_X, &one)), KEYFRAME);
+        assert_eq!(inspect_video(&multitrack(2, 0, VIDEO_CODED_FRAMES, &one)), NOTHING);
+        assert_eq!(inspect_video(&multitrack(1, 0, VIDEO_SEQUENCE_START, &one)), SEQUENCE_HEADER);
         // ManyTracks: one FourCC, then (track id, u24 size, data) per track.
         let many = [b'a', b'v', b'0', b'1', 0, 0, 0, 1, 0xAA, 1, 0, 0, 1, 0xBB];
-        assert_eq!(
-            inspect_video(&multitrack(1, 1, VIDEO_CODED_FRAMES, &many)),
-            KEYFRAME
-        );
+        assert_eq!(inspect_video(&multitrack(1, 1, VIDEO_CODED_FRAMES, &many)), KEYFRAME);
         // ManyTracksManyCodecs: no FourCC after the multitrack byte.
         let many_codecs = [b'a', b'v', b'c', b'1', 0, 0, 0, 1, 0xAA];
-        assert_eq!(
-            inspect_video(&multitrack(1, 2, VIDEO_SEQUENCE_START, &many_codecs)),
-            SEQUENCE_HEADER
-        );
-        assert_eq!(
-            inspect_video(&multitrack(1, 2, VIDEO_CODED_FRAMES, &[])),
-            KEYFRAME
-        );
+        assert_eq!(inspect_video(&multitrack(1, 2, VIDEO_SEQUENCE_START, &many_codecs)), SEQUENCE_HEADER);
+        assert_eq!(inspect_video(&multitrack(1, 2, VIDEO_CODED_FRAMES, &[])), KEYFRAME);
         // Cut short: no multitrack byte, or a FourCC that is not all there.
-        assert_eq!(
-            inspect_video(&[VIDEO_EX_HEADER | 1 << 4 | VIDEO_MULTITRACK]),
-            NOTHING
-        );
-        assert_eq!(
-            inspect_video(&multitrack(1, 0, VIDEO_CODED_FRAMES, b"hvc")),
-            NOTHING
-        );
+        assert_eq!(inspect_video(&[VIDEO_EX_HEADER | 1 << 4 | VIDEO_MULTITRACK]), NOTHING);
+        assert_eq!(inspect_video(&multitrack(1, 0, VIDEO_CODED_FRAMES, b"hvc")), NOTHING);
         // Nested multitrack is not defined by the spec.
-        assert_eq!(
-            inspect_video(&multitrack(1, 0, VIDEO_MULTITRACK, &one)),
-            NOTHING
-        );
+        assert_eq!(inspect_video(&multitrack(1, 0, VIDEO_MULTITRACK, &one)), NOTHING);
     }
 
     #[test]
@@ -435,42 +376,12 @@ mod tests {
         let key_modex = VIDEO_EX_HEADER | 1 << 4 | VIDEO_MODEX;
         // One block: size-1 = 2 (three bytes of TimestampOffsetNano), then
         // (ModExType 0 << 4 | CodedFrames), then the FourCC.
-        let tag = [
-            key_modex,
-            2,
-            0x01,
-            0x02,
-            0x03,
-            VIDEO_CODED_FRAMES,
-            b'h',
-            b'v',
-            b'c',
-            b'1',
-            9,
-        ];
+        let tag = [key_modex, 2, 0x01, 0x02, 0x03, VIDEO_CODED_FRAMES, b'h', b'v', b'c', b'1', 9];
         assert_eq!(inspect_video(&tag), KEYFRAME);
-        let header = [
-            key_modex,
-            0,
-            0xFF,
-            VIDEO_SEQUENCE_START,
-            b'a',
-            b'v',
-            b'0',
-            b'1',
-        ];
+        let header = [key_modex, 0, 0xFF, VIDEO_SEQUENCE_START, b'a', b'v', b'0', b'1'];
         assert_eq!(inspect_video(&header), SEQUENCE_HEADER);
         // Two chained blocks.
-        let chained = [
-            key_modex,
-            0,
-            0xAA,
-            0x10 | VIDEO_MODEX,
-            1,
-            1,
-            2,
-            VIDEO_CODED_FRAMES_X,
-        ];
+        let chained = [key_modex, 0, 0xAA, 0x10 | VIDEO_MODEX, 1, 1, 2, VIDEO_CODED_FRAMES_X];
         let mut chained = chained.to_vec();
         chained.extend_from_slice(b"vp09");
         assert_eq!(inspect_video(&chained), KEYFRAME);
@@ -481,43 +392,19 @@ mod tests {
         wide.extend_from_slice(b"avc1");
         assert_eq!(inspect_video(&wide), KEYFRAME);
         // ModEx leading into Multitrack.
-        let into_multitrack = [
-            key_modex,
-            0,
-            0,
-            VIDEO_MULTITRACK,
-            VIDEO_CODED_FRAMES,
-            b'h',
-            b'v',
-            b'c',
-            b'1',
-            0,
-        ];
+        let into_multitrack =
+            [key_modex, 0, 0, VIDEO_MULTITRACK, VIDEO_CODED_FRAMES, b'h', b'v', b'c', b'1', 0];
         assert_eq!(inspect_video(&into_multitrack), KEYFRAME);
         // Every truncation of these is safe and classifies as nothing.
         // (tag, index of its FourCC)
-        let cases = [
-            (&tag[..], 6),
-            (&header[..], 4),
-            (&chained[..], 8),
-            (&wide[..], 305),
-        ];
+        let cases = [(&tag[..], 6), (&header[..], 4), (&chained[..], 8), (&wide[..], 305)];
         for (tag, fourcc_start) in cases {
             for len in 0..fourcc_start + 4 {
-                assert_eq!(
-                    inspect_video(&tag[..len]),
-                    NOTHING,
-                    "prefix {len} of {tag:?}"
-                );
+                assert_eq!(inspect_video(&tag[..len]), NOTHING, "prefix {len} of {tag:?}");
             }
         }
         // Inter frame through ModEx stays inter.
-        let inter = [
-            VIDEO_EX_HEADER | 2 << 4 | VIDEO_MODEX,
-            0,
-            0,
-            VIDEO_CODED_FRAMES,
-        ];
+        let inter = [VIDEO_EX_HEADER | 2 << 4 | VIDEO_MODEX, 0, 0, VIDEO_CODED_FRAMES];
         let mut inter = inter.to_vec();
         inter.extend_from_slice(b"hvc1");
         assert_eq!(inspect_video(&inter), NOTHING);
@@ -530,7 +417,7 @@ mod tests {
             (&[0x17, 0x01, 0, 0, 0, 0x65], KEYFRAME),
             (&[0x27, 0x01, 0, 0, 0, 0x41], NOTHING),
             (&[0x27, 0x00, 0, 0, 0], SEQUENCE_HEADER),
-            (&[0x17, 0x02, 0, 0, 0], NOTHING), // end of sequence
+            (&[0x17, 0x02, 0, 0, 0], NOTHING),         // end of sequence
             (&[0x1C, 0x00, 0, 0, 0], SEQUENCE_HEADER), // HEVC, codec id 12
             (&[0x1C, 0x01, 0, 0, 0], KEYFRAME),
             (&[0x2C, 0x01, 0, 0, 0], NOTHING),
@@ -589,46 +476,15 @@ mod tests {
     #[test]
     fn enhanced_audio_multitrack_and_modex() {
         let multitrack = SOUND_EX_HEADER << 4 | AUDIO_MULTITRACK;
-        let one = [
-            multitrack,
-            AUDIO_CODED_FRAMES,
-            b'O',
-            b'p',
-            b'u',
-            b's',
-            0,
-            0xFC,
-        ];
+        let one = [multitrack, AUDIO_CODED_FRAMES, b'O', b'p', b'u', b's', 0, 0xFC];
         assert_eq!(inspect_audio(&one), KEYFRAME);
-        let many_codecs = [
-            multitrack,
-            2 << 4 | AUDIO_SEQUENCE_START,
-            b'm',
-            b'p',
-            b'4',
-            b'a',
-        ];
+        let many_codecs = [multitrack, 2 << 4 | AUDIO_SEQUENCE_START, b'm', b'p', b'4', b'a'];
         assert_eq!(inspect_audio(&many_codecs), SEQUENCE_HEADER);
-        assert_eq!(
-            inspect_audio(&[multitrack, AUDIO_CODED_FRAMES, b'O', b'p']),
-            NOTHING
-        );
+        assert_eq!(inspect_audio(&[multitrack, AUDIO_CODED_FRAMES, b'O', b'p']), NOTHING);
         assert_eq!(inspect_audio(&[multitrack]), NOTHING);
 
         let modex = SOUND_EX_HEADER << 4 | AUDIO_MODEX;
-        let tag = [
-            modex,
-            2,
-            1,
-            2,
-            3,
-            AUDIO_CODED_FRAMES,
-            b'f',
-            b'L',
-            b'a',
-            b'C',
-            0,
-        ];
+        let tag = [modex, 2, 1, 2, 3, AUDIO_CODED_FRAMES, b'f', b'L', b'a', b'C', 0];
         assert_eq!(inspect_audio(&tag), KEYFRAME);
         let header = [modex, 0, 7, AUDIO_SEQUENCE_START, b'O', b'p', b'u', b's'];
         assert_eq!(inspect_audio(&header), SEQUENCE_HEADER);
@@ -643,10 +499,7 @@ mod tests {
             let _ = (inspect_video(&[a]), inspect_audio(&[a]));
             for b in 0..=255u8 {
                 let _ = (inspect_video(&[a, b]), inspect_audio(&[a, b]));
-                let _ = (
-                    inspect_video(&[a, b, 255, 255]),
-                    inspect_audio(&[a, b, 255, 0]),
-                );
+                let _ = (inspect_video(&[a, b, 255, 255]), inspect_audio(&[a, b, 255, 0]));
             }
         }
         // A small xorshift keeps the test deterministic without a dependency.
@@ -669,11 +522,7 @@ mod tests {
 
     #[test]
     fn frame_uses_inspection() {
-        let key = Frame::new(
-            MediaKind::Video,
-            40,
-            Bytes::from_static(&[0x17, 0x01, 0, 0, 0]),
-        );
+        let key = Frame::new(MediaKind::Video, 40, Bytes::from_static(&[0x17, 0x01, 0, 0, 0]));
         assert!(key.is_keyframe() && !key.is_sequence_header());
         let config = Frame::new(MediaKind::Audio, 0, Bytes::from_static(&[0xAF, 0x00, 0x12]));
         assert!(config.is_sequence_header() && !config.is_keyframe());

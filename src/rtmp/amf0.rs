@@ -132,10 +132,7 @@ impl<'a> Decoder<'a> {
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], Amf0Error> {
-        let (head, rest) = self
-            .rest
-            .split_first_chunk::<N>()
-            .ok_or(Amf0Error::Truncated)?;
+        let (head, rest) = self.rest.split_first_chunk::<N>().ok_or(Amf0Error::Truncated)?;
         self.rest = rest;
         Ok(*head)
     }
@@ -159,9 +156,7 @@ impl<'a> Decoder<'a> {
 
     fn utf8(&mut self, len: usize) -> Result<String, Amf0Error> {
         let bytes = self.take(len)?;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| Amf0Error::BadUtf8)
+        std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| Amf0Error::BadUtf8)
     }
 
     fn short_string(&mut self) -> Result<String, Amf0Error> {
@@ -194,10 +189,8 @@ impl<'a> Decoder<'a> {
                 let inner = enter(depth)?;
                 let count = self.u32()?;
                 // Every value takes at least its marker byte, so the input bounds the count.
-                let hint = usize::try_from(count)
-                    .unwrap_or(usize::MAX)
-                    .min(self.rest.len())
-                    .min(MAX_PREALLOC);
+                let hint =
+                    usize::try_from(count).unwrap_or(usize::MAX).min(self.rest.len()).min(MAX_PREALLOC);
                 let mut items = Vec::with_capacity(hint);
                 for _ in 0..count {
                     items.push(self.value(inner)?);
@@ -398,23 +391,14 @@ mod tests {
 
     #[test]
     fn exact_encodings() {
-        assert_eq!(
-            enc(&[Amf0Value::Number(1.0)]),
-            [0, 0x3F, 0xF0, 0, 0, 0, 0, 0, 0]
-        );
+        assert_eq!(enc(&[Amf0Value::Number(1.0)]), [0, 0x3F, 0xF0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(enc(&[Amf0Value::Boolean(true)]), [1, 1]);
         assert_eq!(enc(&[s("ab")]), [2, 0, 2, b'a', b'b']);
         assert_eq!(enc(&[Amf0Value::Null, Amf0Value::Undefined]), [5, 6]);
         assert_eq!(enc(&[Amf0Value::Object(vec![])]), [3, 0, 0, 9]);
-        assert_eq!(
-            enc(&[Amf0Value::EcmaArray(vec![])]),
-            [8, 0, 0, 0, 0, 0, 0, 9]
-        );
+        assert_eq!(enc(&[Amf0Value::EcmaArray(vec![])]), [8, 0, 0, 0, 0, 0, 0, 9]);
         assert_eq!(enc(&[Amf0Value::StrictArray(vec![])]), [0x0A, 0, 0, 0, 0]);
-        assert_eq!(
-            enc(&[Amf0Value::Date(0.0)]),
-            [0x0B, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-        );
+        assert_eq!(enc(&[Amf0Value::Date(0.0)]), [0x0B, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -454,10 +438,7 @@ mod tests {
         // Typed object: class name, then properties.
         let mut typed = vec![0x10, 0, 3, b'F', b'o', b'o', 0, 1, b'k'];
         typed.extend([0x01, 0x01, 0, 0, 9]);
-        assert_eq!(
-            decode_all(&typed),
-            Ok(vec![object([("k", Amf0Value::Boolean(true))])])
-        );
+        assert_eq!(decode_all(&typed), Ok(vec![object([("k", Amf0Value::Boolean(true))])]));
         // Date with a time zone, which is ignored.
         let mut date = vec![0x0B];
         date.extend(1000.0f64.to_be_bytes());
@@ -467,13 +448,7 @@ mod tests {
         assert_eq!(decode_all(&[1, 7]), Ok(vec![Amf0Value::Boolean(true)]));
         // An empty key followed by a value (not the end marker) is a property.
         let odd = [3, 0, 0, 5, 0, 0, 9];
-        assert_eq!(
-            decode_all(&odd),
-            Ok(vec![Amf0Value::Object(vec![(
-                String::new(),
-                Amf0Value::Null
-            )])])
-        );
+        assert_eq!(decode_all(&odd), Ok(vec![Amf0Value::Object(vec![(String::new(), Amf0Value::Null)])]));
     }
 
     #[test]
@@ -482,23 +457,14 @@ mod tests {
             assert_eq!(decode_all(&[m, 0, 0]), Err(Amf0Error::UnsupportedMarker(m)));
         }
         // Inside a container too.
-        assert_eq!(
-            decode_all(&[0x0A, 0, 0, 0, 1, 0x07, 0, 1]),
-            Err(Amf0Error::UnsupportedMarker(0x07))
-        );
+        assert_eq!(decode_all(&[0x0A, 0, 0, 0, 1, 0x07, 0, 1]), Err(Amf0Error::UnsupportedMarker(0x07)));
     }
 
     #[test]
     fn bad_utf8() {
         assert_eq!(decode_all(&[2, 0, 2, 0xC3, 0x28]), Err(Amf0Error::BadUtf8));
-        assert_eq!(
-            decode_all(&[3, 0, 1, 0xFF, 5, 0, 0, 9]),
-            Err(Amf0Error::BadUtf8)
-        );
-        assert_eq!(
-            decode_all(&[0x0C, 0, 0, 0, 1, 0x80]),
-            Err(Amf0Error::BadUtf8)
-        );
+        assert_eq!(decode_all(&[3, 0, 1, 0xFF, 5, 0, 0, 9]), Err(Amf0Error::BadUtf8));
+        assert_eq!(decode_all(&[0x0C, 0, 0, 0, 1, 0x80]), Err(Amf0Error::BadUtf8));
     }
 
     fn nested(depth: usize) -> Amf0Value {
@@ -517,10 +483,7 @@ mod tests {
     fn nesting_up_to_the_limit() {
         let v = nested(MAX_DEPTH);
         assert_eq!(decode_all(&enc(std::slice::from_ref(&v))), Ok(vec![v]));
-        assert_eq!(
-            decode_all(&enc(&[nested(MAX_DEPTH + 1)])),
-            Err(Amf0Error::TooDeep)
-        );
+        assert_eq!(decode_all(&enc(&[nested(MAX_DEPTH + 1)])), Err(Amf0Error::TooDeep));
     }
 
     #[test]
@@ -561,11 +524,7 @@ mod tests {
         for v in values {
             let bytes = enc(std::slice::from_ref(&v));
             for cut in 1..bytes.len() {
-                assert_eq!(
-                    decode_all(&bytes[..cut]),
-                    Err(Amf0Error::Truncated),
-                    "{cut}"
-                );
+                assert_eq!(decode_all(&bytes[..cut]), Err(Amf0Error::Truncated), "{cut}");
             }
         }
     }
@@ -574,14 +533,8 @@ mod tests {
     fn truncated_objects_at_every_offset() {
         let v = object([
             ("app", s("live")),
-            (
-                "inner",
-                Amf0Value::EcmaArray(vec![("n".into(), Amf0Value::Number(1.0))]),
-            ),
-            (
-                "list",
-                Amf0Value::StrictArray(vec![Amf0Value::Boolean(false)]),
-            ),
+            ("inner", Amf0Value::EcmaArray(vec![("n".into(), Amf0Value::Number(1.0))])),
+            ("list", Amf0Value::StrictArray(vec![Amf0Value::Boolean(false)])),
         ]);
         let bytes = enc(std::slice::from_ref(&v));
         let mut accepted = Vec::new();
@@ -594,9 +547,7 @@ mod tests {
                     let [Amf0Value::Object(props)] = values.as_slice() else {
                         panic!("cut {cut}: {values:?}");
                     };
-                    let Amf0Value::Object(all) = &v else {
-                        unreachable!()
-                    };
+                    let Amf0Value::Object(all) = &v else { unreachable!() };
                     assert!(props.len() <= all.len());
                     accepted.push(cut);
                 }
@@ -606,14 +557,8 @@ mod tests {
         // Key boundaries: after the marker, after each property, inside the inner ECMA
         // array after its count and its one property, and the two end markers' last bytes.
         assert!(accepted.contains(&1));
-        assert!(
-            accepted.contains(&(bytes.len() - 1)),
-            "missing final 0x09 accepted"
-        );
-        assert!(
-            accepted.contains(&(bytes.len() - 3)),
-            "missing whole end marker accepted"
-        );
+        assert!(accepted.contains(&(bytes.len() - 1)), "missing final 0x09 accepted");
+        assert!(accepted.contains(&(bytes.len() - 3)), "missing whole end marker accepted");
     }
 
     #[test]
@@ -631,13 +576,7 @@ mod tests {
         }
         // ECMA count is a hint only: wrong counts are fine either way.
         let ecma = [8, 0xFF, 0xFF, 0xFF, 0xFF, 0, 1, b'a', 5, 0, 0, 9];
-        assert_eq!(
-            decode_all(&ecma),
-            Ok(vec![Amf0Value::EcmaArray(vec![(
-                "a".into(),
-                Amf0Value::Null
-            )])])
-        );
+        assert_eq!(decode_all(&ecma), Ok(vec![Amf0Value::EcmaArray(vec![("a".into(), Amf0Value::Null)])]));
     }
 
     /// ffmpeg's connect command as sent when publishing, written out byte by byte.
@@ -676,18 +615,12 @@ mod tests {
         assert_eq!(values[1].as_number(), Some(1.0));
         let cmd = &values[2];
         assert_eq!(cmd.get("app").and_then(Amf0Value::as_str), Some("live"));
-        assert_eq!(
-            cmd.get("type").and_then(Amf0Value::as_str),
-            Some("nonprivate")
-        );
+        assert_eq!(cmd.get("type").and_then(Amf0Value::as_str), Some("nonprivate"));
         assert_eq!(
             cmd.get("flashVer").and_then(Amf0Value::as_str),
             Some("FMLE/3.0 (compatible; Lavf60.16.100)")
         );
-        assert_eq!(
-            cmd.get("tcUrl").and_then(Amf0Value::as_str),
-            Some("rtmp://127.0.0.1:1935/live")
-        );
+        assert_eq!(cmd.get("tcUrl").and_then(Amf0Value::as_str), Some("rtmp://127.0.0.1:1935/live"));
         assert_eq!(cmd.get("missing"), None);
         // Our encoder produces the same bytes.
         let ours = [

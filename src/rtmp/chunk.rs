@@ -210,12 +210,7 @@ pub struct ChunkDecoder {
 impl ChunkDecoder {
     /// A decoder at the default chunk size of 128.
     pub fn new(limits: DecoderLimits) -> Self {
-        Self {
-            limits,
-            chunk_size: DEFAULT_CHUNK_SIZE,
-            streams: HashMap::new(),
-            pending: 0,
-        }
+        Self { limits, chunk_size: DEFAULT_CHUNK_SIZE, streams: HashMap::new(), pending: 0 }
     }
 
     /// Applies a peer's SetChunkSize (checked against the limits).
@@ -297,14 +292,7 @@ impl ChunkDecoder {
                 let stream_id = r.le32()?;
                 let extended = ts == EXTENDED_TIMESTAMP;
                 let timestamp = if extended { r.be32()? } else { ts };
-                Some(Start {
-                    timestamp,
-                    delta: timestamp,
-                    length,
-                    type_id,
-                    stream_id,
-                    extended,
-                })
+                Some(Start { timestamp, delta: timestamp, length, type_id, stream_id, extended })
             }
             1 => {
                 let p = prev_or_err()?;
@@ -360,20 +348,12 @@ impl ChunkDecoder {
             // A continuation always has a previous state; treat the impossible as empty.
             (None, None) => 0,
         };
-        Ok(ChunkHeader {
-            csid,
-            len: input.len() - r.rest.len(),
-            start,
-            remaining,
-        })
+        Ok(ChunkHeader { csid, len: input.len() - r.rest.len(), start, remaining })
     }
 
     fn check_length(&self, length: u32) -> Result<u32, ChunkError> {
         if length > self.limits.max_message_size {
-            return Err(ChunkError::MessageTooLarge(
-                length,
-                self.limits.max_message_size,
-            ));
+            return Err(ChunkError::MessageTooLarge(length, self.limits.max_message_size));
         }
         Ok(length)
     }
@@ -399,10 +379,7 @@ impl ChunkDecoder {
                 return Err(ChunkError::TooMuchPending(self.limits.max_pending_bytes));
             }
             if need > cap {
-                let total = header
-                    .start
-                    .map_or(stream.length, |s| s.length)
-                    .max(header.remaining) as usize;
+                let total = header.start.map_or(stream.length, |s| s.length).max(header.remaining) as usize;
                 // Double to keep copies amortised, but never past the message length
                 // or the budget: capacity is what the limit counts.
                 let want = cap.saturating_mul(2).min(total).min(budget).max(need);
@@ -489,11 +466,7 @@ pub fn encoded_len(msg: &Message, chunk_size: u32) -> usize {
     }
     let chunk_size = chunk_size.clamp(1, MAX_CHUNK_SIZE) as usize;
     let basic = basic_header_len(msg.csid.clamp(MIN_CSID, MAX_CSID));
-    let ext = if msg.timestamp >= EXTENDED_TIMESTAMP {
-        4
-    } else {
-        0
-    };
+    let ext = if msg.timestamp >= EXTENDED_TIMESTAMP { 4 } else { 0 };
     let continuations = len.div_ceil(chunk_size).saturating_sub(1);
     // Bounded by MAX_MESSAGE_LEN * 8: no overflow.
     basic + 11 + ext + len + continuations * (basic + ext)
@@ -550,27 +523,15 @@ mod tests {
 
     /// Limits that let tests use any chunk size down to 1.
     fn open_limits() -> DecoderLimits {
-        DecoderLimits {
-            min_chunk_size: 1,
-            max_chunk_size: MAX_CHUNK_SIZE,
-            ..DecoderLimits::default()
-        }
+        DecoderLimits { min_chunk_size: 1, max_chunk_size: MAX_CHUNK_SIZE, ..DecoderLimits::default() }
     }
 
     fn msg(csid: u32, timestamp: u32, type_id: u8, stream_id: u32, payload: Vec<u8>) -> Message {
-        Message {
-            csid,
-            timestamp,
-            type_id,
-            stream_id,
-            payload: Bytes::from(payload),
-        }
+        Message { csid, timestamp, type_id, stream_id, payload: Bytes::from(payload) }
     }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
-        (0..len)
-            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-            .collect()
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
     }
 
     fn decode_all(dec: &mut ChunkDecoder, buf: &mut BytesMut) -> Result<Vec<Message>, ChunkError> {
@@ -660,8 +621,7 @@ mod tests {
             let expected_len: usize = sent.iter().map(|m| encoded_len(m, cs)).sum();
             assert_eq!(wire.len(), expected_len, "encoded_len at chunk size {cs}");
             let mut dec = ChunkDecoder::new(open_limits());
-            dec.set_chunk_size(cs)
-                .expect("chunk size within open limits");
+            dec.set_chunk_size(cs).expect("chunk size within open limits");
             let got = decode_all(&mut dec, &mut wire).expect("valid stream");
             assert!(wire.is_empty());
             assert_eq!(got, sent, "chunk size {cs}");
@@ -674,11 +634,7 @@ mod tests {
         let mut wire = BytesMut::new();
         let mut sent = Vec::new();
         for (i, &size) in [0usize, 1, 127, 128, 129, 300, 1000].iter().enumerate() {
-            let ts = if i % 2 == 0 {
-                0x1234_5678
-            } else {
-                i as u32 * 40
-            };
+            let ts = if i % 2 == 0 { 0x1234_5678 } else { i as u32 * 40 };
             let m = msg(4 + (i as u32 % 3) * 300, ts, 9, 1, pattern(size, i as u8));
             encode_message(&m, 128, &mut wire);
             sent.push(m);
@@ -784,10 +740,7 @@ mod tests {
         wire.extend([3, 4]);
         let mut dec = ChunkDecoder::new(DecoderLimits::default());
         let got = decode_all(&mut dec, &mut BytesMut::from(&wire[..])).expect("valid");
-        assert_eq!(
-            got,
-            vec![msg(4, 26, 8, 1, vec![1, 2]), msg(4, 52, 8, 1, vec![3, 4])]
-        );
+        assert_eq!(got, vec![msg(4, 26, 8, 1, vec![1, 2]), msg(4, 52, 8, 1, vec![3, 4])]);
     }
 
     #[test]
@@ -820,10 +773,7 @@ mod tests {
         wire.push(0xC3); // type 3 new message, also empty
         let mut dec = ChunkDecoder::new(DecoderLimits::default());
         let got = decode_all(&mut dec, &mut BytesMut::from(&wire[..])).expect("valid");
-        assert_eq!(
-            got,
-            vec![msg(3, 5, 20, 0, vec![]), msg(3, 10, 20, 0, vec![])]
-        );
+        assert_eq!(got, vec![msg(3, 5, 20, 0, vec![]), msg(3, 10, 20, 0, vec![])]);
     }
 
     #[test]
@@ -937,18 +887,9 @@ mod tests {
         let mut dec = ChunkDecoder::new(DecoderLimits::default());
         assert_eq!(dec.chunk_size(), DEFAULT_CHUNK_SIZE);
         let max = 16 * 1024 * 1024;
-        assert_eq!(
-            dec.set_chunk_size(127),
-            Err(ChunkError::BadChunkSize(127, 128, max))
-        );
-        assert_eq!(
-            dec.set_chunk_size(0),
-            Err(ChunkError::BadChunkSize(0, 128, max))
-        );
-        assert_eq!(
-            dec.set_chunk_size(max + 1),
-            Err(ChunkError::BadChunkSize(max + 1, 128, max))
-        );
+        assert_eq!(dec.set_chunk_size(127), Err(ChunkError::BadChunkSize(127, 128, max)));
+        assert_eq!(dec.set_chunk_size(0), Err(ChunkError::BadChunkSize(0, 128, max)));
+        assert_eq!(dec.set_chunk_size(max + 1), Err(ChunkError::BadChunkSize(max + 1, 128, max)));
         assert_eq!(dec.set_chunk_size(4096), Ok(()));
         assert_eq!(dec.chunk_size(), 4096);
 
@@ -957,17 +898,10 @@ mod tests {
             max_chunk_size: u32::MAX,
             ..DecoderLimits::default()
         });
-        assert_eq!(
-            open.set_chunk_size(0),
-            Err(ChunkError::BadChunkSize(0, 1, MAX_CHUNK_SIZE))
-        );
+        assert_eq!(open.set_chunk_size(0), Err(ChunkError::BadChunkSize(0, 1, MAX_CHUNK_SIZE)));
         assert_eq!(
             open.set_chunk_size(MAX_CHUNK_SIZE + 1),
-            Err(ChunkError::BadChunkSize(
-                MAX_CHUNK_SIZE + 1,
-                1,
-                MAX_CHUNK_SIZE
-            ))
+            Err(ChunkError::BadChunkSize(MAX_CHUNK_SIZE + 1, 1, MAX_CHUNK_SIZE))
         );
         assert_eq!(open.set_chunk_size(MAX_CHUNK_SIZE), Ok(()));
     }
@@ -987,16 +921,10 @@ mod tests {
 
     #[test]
     fn error_message_too_large() {
-        let limits = DecoderLimits {
-            max_message_size: 1000,
-            ..DecoderLimits::default()
-        };
+        let limits = DecoderLimits { max_message_size: 1000, ..DecoderLimits::default() };
         let mut dec = ChunkDecoder::new(limits);
         let mut buf = BytesMut::from(&fmt0(4, 0, 1001, 9, 1)[..]);
-        assert_eq!(
-            dec.decode(&mut buf),
-            Err(ChunkError::MessageTooLarge(1001, 1000))
-        );
+        assert_eq!(dec.decode(&mut buf), Err(ChunkError::MessageTooLarge(1001, 1000)));
 
         let mut dec = ChunkDecoder::new(limits);
         let mut wire = fmt0(4, 0, 1000, 9, 1);
@@ -1007,14 +935,8 @@ mod tests {
         }
         wire.extend(fmt1(4, 0, 0xFF_FFFF, 9));
         let mut buf = BytesMut::from(&wire[..]);
-        assert_eq!(
-            dec.decode(&mut buf).map(|m| m.map(|m| m.payload.len())),
-            Ok(Some(1000))
-        );
-        assert_eq!(
-            dec.decode(&mut buf),
-            Err(ChunkError::MessageTooLarge(0xFF_FFFF, 1000))
-        );
+        assert_eq!(dec.decode(&mut buf).map(|m| m.map(|m| m.payload.len())), Ok(Some(1000)));
+        assert_eq!(dec.decode(&mut buf), Err(ChunkError::MessageTooLarge(0xFF_FFFF, 1000)));
     }
 
     #[test]
@@ -1041,16 +963,10 @@ mod tests {
         for _ in 0..MAX_CHUNK_STREAMS {
             assert!(matches!(dec.decode(&mut buf), Ok(Some(_))));
         }
-        assert_eq!(
-            dec.decode(&mut buf),
-            Err(ChunkError::TooManyChunkStreams(MAX_CHUNK_STREAMS))
-        );
+        assert_eq!(dec.decode(&mut buf), Err(ChunkError::TooManyChunkStreams(MAX_CHUNK_STREAMS)));
         // Known chunk streams keep working.
         let again = encode_to_bytes(&msg(10, 5, 8, 1, vec![2]), 128);
-        assert!(matches!(
-            dec.decode(&mut BytesMut::from(&again[..])),
-            Ok(Some(_))
-        ));
+        assert!(matches!(dec.decode(&mut BytesMut::from(&again[..])), Ok(Some(_))));
     }
 
     #[test]
@@ -1074,10 +990,8 @@ mod tests {
         assert_eq!(held, dec.pending_bytes());
 
         // With a small budget the same traffic is refused once it is exceeded.
-        let mut dec = ChunkDecoder::new(DecoderLimits {
-            max_pending_bytes: 1000,
-            ..DecoderLimits::default()
-        });
+        let mut dec =
+            ChunkDecoder::new(DecoderLimits { max_pending_bytes: 1000, ..DecoderLimits::default() });
         let mut buf = BytesMut::from(&wire[..]);
         assert_eq!(dec.decode(&mut buf), Err(ChunkError::TooMuchPending(1000)));
         assert!(dec.pending_bytes() <= 1000);
@@ -1087,18 +1001,12 @@ mod tests {
     fn pending_limit_counts_bytes_when_tight() {
         // Growth is clamped to the budget, so a message that fits is not refused because
         // doubling overshot.
-        let limits = DecoderLimits {
-            max_pending_bytes: 1000,
-            ..DecoderLimits::default()
-        };
+        let limits = DecoderLimits { max_pending_bytes: 1000, ..DecoderLimits::default() };
         let m = msg(4, 0, 9, 1, pattern(1000 + 128, 1));
         let wire = encode_to_bytes(&m, 128);
         let mut dec = ChunkDecoder::new(limits);
         // Even the completing chunk is buffered, so 1128 bytes would be held: refused.
-        assert_eq!(
-            dec.decode(&mut BytesMut::from(&wire[..])),
-            Err(ChunkError::TooMuchPending(1000))
-        );
+        assert_eq!(dec.decode(&mut BytesMut::from(&wire[..])), Err(ChunkError::TooMuchPending(1000)));
         let m = msg(4, 0, 9, 1, pattern(1000, 1));
         let wire = encode_to_bytes(&m, 128);
         let mut dec = ChunkDecoder::new(limits);
@@ -1108,10 +1016,7 @@ mod tests {
 
     #[test]
     fn refused_chunk_stays_in_buffer() {
-        let limits = DecoderLimits {
-            max_pending_bytes: 100,
-            ..DecoderLimits::default()
-        };
+        let limits = DecoderLimits { max_pending_bytes: 100, ..DecoderLimits::default() };
         let wire = encode_to_bytes(&msg(4, 0, 9, 1, pattern(300, 1)), 128);
         let mut dec = ChunkDecoder::new(limits);
         let mut buf = BytesMut::from(&wire[..]);
@@ -1160,11 +1065,7 @@ mod tests {
             max_pending_bytes: 8192,
         };
         for round in 0..3000 {
-            let limits = if round % 2 == 0 {
-                small
-            } else {
-                DecoderLimits::default()
-            };
+            let limits = if round % 2 == 0 { small } else { DecoderLimits::default() };
             let mut dec = ChunkDecoder::new(limits);
             if round % 3 == 0 {
                 let _ = dec.set_chunk_size(1 + rng.below(64) as u32);
@@ -1199,13 +1100,7 @@ mod tests {
         let mut rng = Rng(42);
         let mut base = BytesMut::new();
         for i in 0..6u32 {
-            let m = msg(
-                3 + i,
-                i * 1000 + 0x00FF_FFF0 * (i % 2),
-                8 + (i % 2) as u8,
-                1,
-                pattern(200, i as u8),
-            );
+            let m = msg(3 + i, i * 1000 + 0x00FF_FFF0 * (i % 2), 8 + (i % 2) as u8, 1, pattern(200, i as u8));
             encode_message(&m, 64, &mut base);
         }
         for _ in 0..3000 {

@@ -327,10 +327,7 @@ mod tests {
         round_trip(RtmpMessage::WindowAckSize(5_000_000));
         round_trip(RtmpMessage::SetPeerBandwidth { size: 5_000_000, limit: 2 });
         round_trip(RtmpMessage::UserControl(UserControl::StreamBegin(1)));
-        round_trip(RtmpMessage::UserControl(UserControl::SetBufferLength {
-            stream_id: 1,
-            ms: 3000,
-        }));
+        round_trip(RtmpMessage::UserControl(UserControl::SetBufferLength { stream_id: 1, ms: 3000 }));
         round_trip(RtmpMessage::UserControl(UserControl::PingRequest(99)));
     }
 
@@ -346,7 +343,8 @@ mod tests {
 
     #[test]
     fn short_control_message_is_an_error() {
-        let m = Message { csid: 2, timestamp: 0, type_id: 1, stream_id: 0, payload: Bytes::from_static(&[0, 1]) };
+        let m =
+            Message { csid: 2, timestamp: 0, type_id: 1, stream_id: 0, payload: Bytes::from_static(&[0, 1]) };
         assert_eq!(RtmpMessage::parse(&m), Err(MessageError::Short(1)));
     }
 

@@ -60,7 +60,8 @@ pub fn server_endpoint(socket: UdpSocket, id: &Identity, config: &Config) -> Res
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport_config(config)?));
     socket.set_nonblocking(true)?;
-    let endpoint = Endpoint::new(EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))?;
+    let endpoint =
+        Endpoint::new(EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))?;
     Ok(endpoint)
 }
 
@@ -79,7 +80,12 @@ pub fn client_endpoint(peer: SocketAddr, trust: &Trust, config: &Config) -> Resu
 }
 
 /// Accepts QUIC connections until shutdown.
-pub async fn accept_loop(endpoint: Endpoint, admission: Arc<Admission>, ctx: ConnContext, tasks: TaskTracker) {
+pub async fn accept_loop(
+    endpoint: Endpoint,
+    admission: Arc<Admission>,
+    ctx: ConnContext,
+    tasks: TaskTracker,
+) {
     loop {
         let incoming = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,

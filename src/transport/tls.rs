@@ -69,7 +69,8 @@ pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
 /// Loads every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = fs::read(path).map_err(io_err(path))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<Vec<_>, _>>().map_err(io_err(path))?;
+    let certs =
+        rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<Vec<_>, _>>().map_err(io_err(path))?;
     if certs.is_empty() {
         return Err(TlsError::Empty(path.to_owned()));
     }
@@ -98,8 +99,11 @@ pub fn dev_identity(dir: &Path) -> Result<(Identity, bool), TlsError> {
     let ca_cert = ca_params.self_signed(&ca_key)?;
 
     let leaf_key = rcgen::KeyPair::generate()?;
-    let mut leaf_params =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()])?;
+    let mut leaf_params = rcgen::CertificateParams::new(vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ])?;
     leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
     leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let leaf = leaf_params.signed_by(&leaf_key, &ca_cert, &ca_key)?;
@@ -149,7 +153,8 @@ pub enum Trust {
 
 /// Client config (TLS 1.3 only) with the given ALPN list.
 pub fn client_config(trust: &Trust, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
     let mut config = match trust {
         Trust::Insecure => builder
             .dangerous()

@@ -171,14 +171,13 @@ impl ClientSession {
 
     fn handle_message(&mut self, raw: Message, msg: RtmpMessage) -> Result<(), SessionError> {
         match msg {
-            RtmpMessage::Media { kind, payload } => {
-                if self.mode == ClientMode::Play && matches!(self.state, State::Active(_)) {
-                    // |RtmpSampleAccess is a player permission flag, not stream content.
-                    if kind == MediaKind::Data && payload.get(3..20) == Some(b"|RtmpSampleAccess") {
-                        return Ok(());
-                    }
-                    self.events.push_back(ClientEvent::Media { kind, timestamp: raw.timestamp, payload });
-                }
+            // |RtmpSampleAccess is a player permission flag, not stream content.
+            RtmpMessage::Media { kind, payload }
+                if self.mode == ClientMode::Play
+                    && matches!(self.state, State::Active(_))
+                    && !(kind == MediaKind::Data && payload.get(3..20) == Some(b"|RtmpSampleAccess")) =>
+            {
+                self.events.push_back(ClientEvent::Media { kind, timestamp: raw.timestamp, payload });
             }
             RtmpMessage::UserControl(UserControl::StreamEof(_)) => self.end_stream(),
             RtmpMessage::Command(cmd) => self.handle_command(cmd)?,
@@ -257,6 +256,7 @@ impl ClientSession {
 
 fn status_fields(cmd: &Command) -> (String, String) {
     let info = cmd.args.first();
-    let field = |name| info.and_then(|i| i.get(name)).and_then(Amf0Value::as_str).unwrap_or_default().to_owned();
+    let field =
+        |name| info.and_then(|i| i.get(name)).and_then(Amf0Value::as_str).unwrap_or_default().to_owned();
     (field("code"), field("description"))
 }

@@ -216,11 +216,8 @@ impl ServerSession {
                     // Media from a non-publisher is dropped, as nginx-rtmp does.
                     return Ok(());
                 }
-                let payload = if kind == MediaKind::Data {
-                    message::strip_set_data_frame(&payload)
-                } else {
-                    payload
-                };
+                let payload =
+                    if kind == MediaKind::Data { message::strip_set_data_frame(&payload) } else { payload };
                 self.events.push_back(ServerEvent::Media(Frame::new(kind, raw.timestamp, payload)));
             }
             RtmpMessage::Command(cmd) => self.handle_command(raw.stream_id, cmd)?,
@@ -306,7 +303,8 @@ impl ServerSession {
         if let Amf0Value::Object(p) = &mut info {
             p.push(("objectEncoding".into(), Amf0Value::Number(0.0)));
         }
-        let cmd = Command { name: "_result".into(), transaction: cmd.transaction, object: props, args: vec![info] };
+        let cmd =
+            Command { name: "_result".into(), transaction: cmd.transaction, object: props, args: vec![info] };
         self.core.send(&RtmpMessage::Command(cmd), 0, 0);
         Ok(())
     }
@@ -316,10 +314,17 @@ impl ServerSession {
     }
 
     /// Validates a publish/play and returns (app, key).
-    fn stream_request(&self, what: &str, stream_id: u32, cmd: &Command) -> Result<(String, String), SessionError> {
+    fn stream_request(
+        &self,
+        what: &str,
+        stream_id: u32,
+        cmd: &Command,
+    ) -> Result<(String, String), SessionError> {
         let app = self.require_connected(what)?.to_owned();
         if stream_id == 0 || stream_id > self.streams_created {
-            return Err(SessionError::Protocol(format!("{what} on stream {stream_id} that createStream never made")));
+            return Err(SessionError::Protocol(format!(
+                "{what} on stream {stream_id} that createStream never made"
+            )));
         }
         if self.role != Role::Idle {
             return Err(SessionError::Protocol(format!("{what} while already publishing or playing")));

@@ -1,0 +1,208 @@
+//! Client and server session machines driven against each other in memory: no sockets,
+//! so every exchange is deterministic.
+
+use bytes::Bytes;
+
+use super::*;
+use crate::media::frame::MediaKind;
+use crate::rtmp::chunk::{self, Message};
+use crate::rtmp::message::RtmpMessage;
+
+/// Moves bytes both ways until neither side has output, collecting server events.
+fn pump(client: &mut ClientSession, server: &mut ServerSession) -> Vec<ServerEvent> {
+    let mut events = Vec::new();
+    loop {
+        let mut moved = false;
+        if let Some(out) = client.take_output() {
+            server.handle_input(&out).unwrap();
+            moved = true;
+        }
+        while let Some(e) = server.poll_event() {
+            events.push(e);
+        }
+        if let Some(out) = server.take_output() {
+            client.handle_input(&out).unwrap();
+            moved = true;
+        }
+        if !moved {
+            return events;
+        }
+    }
+}
+
+fn client(mode: ClientMode) -> ClientSession {
+    ClientSession::new(SessionConfig::default(), mode, "live", "cam1?token=x", "rtmp://127.0.0.1:1935/live")
+        .unwrap()
+}
+
+#[test]
+fn publish_is_requested_accepted_and_media_flows() {
+    let mut c = client(ClientMode::Publish);
+    let mut s = ServerSession::new(SessionConfig::default());
+    let events = pump(&mut c, &mut s);
+    match events.as_slice() {
+        [ServerEvent::PublishRequest { stream_id: 1, app, key, session_id }] => {
+            assert_eq!(app, "live");
+            assert_eq!(key, "cam1?token=x");
+            assert_eq!(session_id, "live/cam1");
+        }
+        other => panic!("unexpected events {other:?}"),
+    }
+    assert!(!c.is_publishing());
+    s.accept_publish();
+    pump(&mut c, &mut s);
+    assert_eq!(c.poll_event(), Some(ClientEvent::PublishStarted));
+    assert!(c.is_publishing());
+
+    let payload = Bytes::from(vec![0x17, 1, 0, 0, 0, 1, 2, 3]);
+    c.send_media(MediaKind::Video, 0x0100_0000, payload.clone());
+    let events = pump(&mut c, &mut s);
+    match events.as_slice() {
+        [ServerEvent::Media(f)] => {
+            assert_eq!(f.payload(), &payload);
+            assert_eq!(f.timestamp(), 0x0100_0000);
+            assert!(f.is_keyframe());
+        }
+        other => panic!("unexpected events {other:?}"),
+    }
+    c.finish();
+    let events = pump(&mut c, &mut s);
+    assert!(matches!(events.as_slice(), [ServerEvent::Unpublish]), "{events:?}");
+}
+
+#[test]
+fn refused_publish_is_reported_to_the_client() {
+    let mut c = client(ClientMode::Publish);
+    let mut s = ServerSession::new(SessionConfig::default());
+    pump(&mut c, &mut s);
+    s.reject_publish("NetStream.Publish.BadName", "taken");
+    let out = s.take_output().unwrap();
+    match c.handle_input(&out) {
+        Err(SessionError::Refused { code, .. }) => assert_eq!(code, "NetStream.Publish.BadName"),
+        other => panic!("expected refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn play_gets_media_and_end_of_stream() {
+    let mut c = client(ClientMode::Play);
+    let mut s = ServerSession::new(SessionConfig::default());
+    let events = pump(&mut c, &mut s);
+    assert!(matches!(events.as_slice(), [ServerEvent::PlayRequest { stream_id: 1, .. }]), "{events:?}");
+    s.accept_play();
+    pump(&mut c, &mut s);
+    assert_eq!(c.poll_event(), Some(ClientEvent::PlayStarted));
+
+    // 10 000 bytes spans several 4096-byte chunks.
+    let frame = crate::media::frame::Frame::new(MediaKind::Video, 40, Bytes::from(vec![0x27; 10_000]));
+    let wire = s.media_bytes(&frame);
+    assert_eq!(s.media_bytes(&frame).as_ptr(), wire.as_ptr(), "encoded once, shared");
+    c.handle_input(&wire).unwrap();
+    assert_eq!(
+        c.poll_event(),
+        Some(ClientEvent::Media { kind: MediaKind::Video, timestamp: 40, payload: frame.payload().clone() })
+    );
+    s.play_ended();
+    pump(&mut c, &mut s);
+    assert_eq!(c.poll_event(), Some(ClientEvent::StreamEnded));
+}
+
+#[test]
+fn set_data_frame_reaches_the_hub_as_on_metadata() {
+    let mut c = client(ClientMode::Publish);
+    let mut s = ServerSession::new(SessionConfig::default());
+    pump(&mut c, &mut s);
+    s.accept_publish();
+    pump(&mut c, &mut s);
+    let mut body = bytes::BytesMut::new();
+    crate::rtmp::amf0::encode_all(
+        &[
+            crate::rtmp::amf0::Amf0Value::String("@setDataFrame".into()),
+            crate::rtmp::amf0::Amf0Value::String("onMetaData".into()),
+            crate::rtmp::amf0::object([("width", crate::rtmp::amf0::Amf0Value::Number(1280.0))]),
+        ],
+        &mut body,
+    );
+    c.send_media(MediaKind::Data, 0, body.freeze());
+    let events = pump(&mut c, &mut s);
+    match events.as_slice() {
+        [ServerEvent::Media(f)] => {
+            assert_eq!(crate::rtmp::message::data_name(f.payload()).as_deref(), Some("onMetaData"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Drives the server with raw chunks, as a hostile or odd client would.
+fn connected_server() -> (ServerSession, ClientSession) {
+    let mut c = client(ClientMode::Play);
+    let mut s = ServerSession::new(SessionConfig::default());
+    // Only the handshake: take the client's C0C1, answer, take C2.
+    let c0c1 = c.take_output().unwrap();
+    s.handle_input(&c0c1).unwrap();
+    let s_out = s.take_output().unwrap();
+    c.handle_input(&s_out).unwrap();
+    // The client's C2 plus its SetChunkSize/connect follow; deliver only C2 (1536 bytes).
+    let out = c.take_output().unwrap();
+    s.handle_input(&out[..1536]).unwrap();
+    assert!(s.handshake_done());
+    (s, c)
+}
+
+fn command(name: &str, txn: f64, stream_id: u32, args: Vec<crate::rtmp::amf0::Amf0Value>) -> Bytes {
+    let cmd = crate::rtmp::message::Command {
+        name: name.into(),
+        transaction: txn,
+        object: crate::rtmp::amf0::Amf0Value::Null,
+        args,
+    };
+    let m = RtmpMessage::Command(cmd).to_message(stream_id, 0);
+    chunk::encode_to_bytes(&m, chunk::DEFAULT_CHUNK_SIZE)
+}
+
+#[test]
+fn commands_out_of_order_end_the_session() {
+    let key = vec![crate::rtmp::amf0::Amf0Value::String("x".into())];
+    let (mut s, _) = connected_server();
+    let err = s.handle_input(&command("publish", 5.0, 1, key.clone())).unwrap_err();
+    assert!(err.to_string().contains("before connect"), "{err}");
+
+    let (mut s, _) = connected_server();
+    let connect = {
+        let cmd = crate::rtmp::message::Command {
+            name: "connect".into(),
+            transaction: 1.0,
+            object: crate::rtmp::amf0::object([("app", crate::rtmp::amf0::Amf0Value::String("live".into()))]),
+            args: vec![],
+        };
+        chunk::encode_to_bytes(&RtmpMessage::Command(cmd).to_message(0, 0), 128)
+    };
+    s.handle_input(&connect).unwrap();
+    let err = s.handle_input(&command("play", 5.0, 1, key)).unwrap_err();
+    assert!(err.to_string().contains("createStream"), "{err}");
+}
+
+#[test]
+fn unknown_message_types_are_ignored() {
+    let (mut s, _) = connected_server();
+    let m =
+        Message { csid: 3, timestamp: 0, type_id: 0x42, stream_id: 0, payload: Bytes::from_static(b"junk") };
+    s.handle_input(&chunk::encode_to_bytes(&m, 128)).unwrap();
+    assert!(s.poll_event().is_none());
+}
+
+#[test]
+fn ping_requests_are_answered() {
+    let (mut s, _) = connected_server();
+    let _ = s.take_output();
+    let ping = RtmpMessage::UserControl(crate::rtmp::message::UserControl::PingRequest(77)).to_message(0, 0);
+    s.handle_input(&chunk::encode_to_bytes(&ping, 128)).unwrap();
+    let out = s.take_output().unwrap();
+    let mut dec = chunk::ChunkDecoder::new(Default::default());
+    let mut buf = bytes::BytesMut::from(&out[..]);
+    let m = dec.decode(&mut buf).unwrap().unwrap();
+    assert_eq!(
+        RtmpMessage::parse(&m).unwrap(),
+        RtmpMessage::UserControl(crate::rtmp::message::UserControl::PingResponse(77))
+    );
+}
