@@ -20,6 +20,9 @@ pub struct StreamStats {
     pub gop_frames: usize,
     /// Frames subscribers skipped because they fell behind, summed.
     pub skipped: u64,
+    /// Largest payload bytes queued for any one subscriber now (bounded by the queue limit
+    /// plus one GOP for a late joiner's start).
+    pub max_queued_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -173,6 +176,7 @@ impl Stream {
             frames: st.frames,
             gop_frames: st.gop.len(),
             skipped: st.skipped_by_gone + st.subscribers.iter().map(|q| q.skipped()).sum::<u64>(),
+            max_queued_bytes: st.subscribers.iter().map(|q| q.queued_bytes()).max().unwrap_or(0),
         }
     }
 }

@@ -109,6 +109,10 @@ impl Queue {
         self.state().skipped
     }
 
+    pub(super) fn queued_bytes(&self) -> usize {
+        self.state().bytes
+    }
+
     pub(super) fn push(&self, frame: &Frame, has_video: bool) {
         let mut st = self.state();
         if st.phase != Phase::Live {
@@ -238,7 +242,7 @@ impl Subscriber {
 
     /// Payload bytes queued for this subscriber now.
     pub fn queued_bytes(&self) -> usize {
-        self.queue.state().bytes
+        self.queue.queued_bytes()
     }
 }
 
