@@ -295,18 +295,23 @@ impl ChunkDecoder {
                 Some(Start { timestamp, delta: timestamp, length, type_id, stream_id, extended })
             }
             1 => {
-                let p = prev_or_err()?;
+                // librtmp (OBS) may open a chunk stream with a type 1 header (its pings
+                // do); like SRS, accept it as starting from timestamp 0 on stream 0.
+                if prev.is_none() && self.streams.len() >= MAX_CHUNK_STREAMS {
+                    return Err(ChunkError::TooManyChunkStreams(MAX_CHUNK_STREAMS).into());
+                }
+                let (base_ts, base_stream) = prev.map_or((0, 0), |p| (p.timestamp, p.stream_id));
                 let delta = r.be24()?;
                 let length = self.check_length(r.be24()?)?;
                 let type_id = r.u8()?;
                 let extended = delta == EXTENDED_TIMESTAMP;
                 let delta = if extended { r.be32()? } else { delta };
                 Some(Start {
-                    timestamp: p.timestamp.wrapping_add(delta),
+                    timestamp: base_ts.wrapping_add(delta),
                     delta,
                     length,
                     type_id,
-                    stream_id: p.stream_id,
+                    stream_id: base_stream,
                     extended,
                 })
             }
@@ -908,15 +913,27 @@ mod tests {
 
     #[test]
     fn error_no_previous_header() {
-        for first in [fmt1(5, 0, 1, 8), fmt2(5, 0), vec![0xC5]] {
+        for first in [fmt2(5, 0), vec![0xC5]] {
             let mut dec = ChunkDecoder::new(DecoderLimits::default());
             let mut buf = BytesMut::from(&first[..]);
             assert_eq!(dec.decode(&mut buf), Err(ChunkError::NoPreviousHeader(5)));
         }
         // Reported from the basic header alone, before the rest of the header arrives.
         let mut dec = ChunkDecoder::new(DecoderLimits::default());
-        let mut buf = BytesMut::from(&[0x45u8][..]);
+        let mut buf = BytesMut::from(&[0x85u8][..]);
         assert_eq!(dec.decode(&mut buf), Err(ChunkError::NoPreviousHeader(5)));
+    }
+
+    #[test]
+    fn type_1_header_may_open_a_chunk_stream() {
+        // librtmp's pings: fmt 1 on csid 2 with no earlier header.
+        let mut dec = ChunkDecoder::new(DecoderLimits::default());
+        let mut wire = fmt1(2, 7, 6, 4);
+        wire.extend_from_slice(&[0, 6, 0, 0, 0, 9]);
+        let mut buf = BytesMut::from(&wire[..]);
+        let m = dec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!((m.csid, m.timestamp, m.type_id, m.stream_id), (2, 7, 4, 0));
+        assert_eq!(&m.payload[..], &[0, 6, 0, 0, 0, 9]);
     }
 
     #[test]

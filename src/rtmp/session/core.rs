@@ -123,7 +123,8 @@ impl Core {
             match parsed {
                 RtmpMessage::SetChunkSize(n) => self.decoder.set_chunk_size(n)?,
                 RtmpMessage::WindowAckSize(n) => self.peer_window = n,
-                RtmpMessage::Abort(_) | RtmpMessage::Acknowledgement(_) => {}
+                RtmpMessage::Abort(csid) => self.decoder.abort(csid),
+                RtmpMessage::Acknowledgement(_) => {}
                 RtmpMessage::SetPeerBandwidth { .. } => {}
                 RtmpMessage::UserControl(UserControl::PingRequest(t)) => {
                     self.send(&RtmpMessage::UserControl(UserControl::PingResponse(t)), 0, 0);
