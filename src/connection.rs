@@ -18,8 +18,10 @@ use crate::hub::{Hub, Publisher, Subscriber};
 use crate::media::frame::Frame;
 use crate::rtmp::session::{ServerEvent, ServerSession, SessionError};
 
-/// Bytes read from the socket at a time.
-const READ_BUF: usize = 64 * 1024;
+/// Read buffer bounds: idle and control-only connections stay small (memory per idle
+/// connection matters at tens of thousands of them); a buffer that a read fills grows.
+const READ_BUF_MIN: usize = 4 * 1024;
+const READ_BUF_MAX: usize = 64 * 1024;
 /// Payload bytes of media gathered into one vectored write to a player.
 const WRITE_BATCH: usize = 256 * 1024;
 
@@ -68,7 +70,7 @@ where
     let handshake_deadline = Instant::now() + Duration::from_millis(config.handshake_timeout_ms);
 
     let mut session = ServerSession::new(config.session());
-    let mut buf = vec![0u8; READ_BUF];
+    let mut buf = vec![0u8; READ_BUF_MIN];
     let mut publisher: Option<Publisher> = None;
     let mut player: Option<Player> = None;
     let mut close_after_flush = false;
@@ -113,6 +115,9 @@ where
                     return Ok(());
                 }
                 session.handle_input(&buf[..n])?;
+                if n == buf.len() && buf.len() < READ_BUF_MAX {
+                    buf.resize(buf.len() * 2, 0);
+                }
                 while let Some(event) = session.poll_event() {
                     match event {
                         ServerEvent::PublishRequest { session_id, key, .. } => {
