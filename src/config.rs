@@ -27,10 +27,14 @@ pub struct Config {
     pub chunk_size: u32,
     /// Smallest chunk size a peer may set (1-byte chunks cost a header per byte).
     pub min_chunk_size: u32,
+    /// Largest chunk size a peer may set.
+    pub max_chunk_size: u32,
     /// Largest RTMP message accepted.
     pub max_message_size: u32,
     /// Bytes of partial messages one connection may hold.
     pub max_pending_bytes: usize,
+    /// Streams being published at once (a publisher over this is refused).
+    pub max_publishers: usize,
     /// How long a player waits for a publisher that has not arrived.
     pub play_wait_ms: u64,
     /// Per-subscriber queue bound in payload bytes.
@@ -68,8 +72,10 @@ impl Default for Config {
             cert_dir: PathBuf::from("certs"),
             chunk_size: 4096,
             min_chunk_size: 64,
+            max_chunk_size: 1024 * 1024,
             max_message_size: 8 * 1024 * 1024,
             max_pending_bytes: 16 * 1024 * 1024,
+            max_publishers: 1_000,
             play_wait_ms: 30_000,
             queue_max_bytes: 8 * 1024 * 1024,
             queue_max_ms: 10_000,
@@ -142,13 +148,20 @@ impl Config {
         if self.min_chunk_size == 0 || self.min_chunk_size > 128 {
             return bad("min_chunk_size must be within 1..=128 (128 is RTMP's initial size)");
         }
+        if self.max_chunk_size < 128 || self.max_chunk_size > crate::rtmp::chunk::MAX_CHUNK_SIZE {
+            return bad("max_chunk_size must be within 128..=2147483647");
+        }
         if self.max_message_size < 64 * 1024 {
             return bad("max_message_size must be at least 65536");
         }
         if self.quic_keep_alive_ms == 0 || self.quic_keep_alive_ms >= self.quic_idle_timeout_ms {
             return bad("quic_keep_alive_ms must be non-zero and below quic_idle_timeout_ms");
         }
-        if self.max_connections == 0 || self.max_connections_per_ip == 0 || self.max_quic_streams == 0 {
+        if self.max_connections == 0
+            || self.max_connections_per_ip == 0
+            || self.max_quic_streams == 0
+            || self.max_publishers == 0
+        {
             return bad("connection and stream limits must be non-zero");
         }
         Ok(())
@@ -162,7 +175,7 @@ impl Config {
             limits: DecoderLimits {
                 max_message_size: self.max_message_size,
                 min_chunk_size: self.min_chunk_size,
-                max_chunk_size: crate::rtmp::chunk::MAX_CHUNK_SIZE.min(self.max_message_size.max(65_536)),
+                max_chunk_size: self.max_chunk_size,
                 max_pending_bytes: self.max_pending_bytes,
             },
         }
@@ -176,6 +189,7 @@ impl Config {
                 max_duration: Duration::from_millis(self.queue_max_ms),
             },
             max_gop_bytes: self.max_gop_bytes,
+            max_publishers: self.max_publishers,
             play_wait: Duration::from_millis(self.play_wait_ms),
         }
     }

@@ -11,8 +11,10 @@
 //!   TLS and certificates.
 //! - [`connection`]: one task per RTMP session driving a session machine over a byte stream.
 //! - [`client`]: the outbound side (`qrelay publish` / `qrelay play`).
+//! - [`bench`]: `qrelay bench`, the load generator.
 //! - [`server`]: binds the port and runs everything until shutdown.
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod connection;

@@ -50,6 +50,9 @@ enum Command {
         #[command(flatten)]
         trust: TrustArgs,
     },
+    /// Load-test an RTMP server (any, over TCP; qrelay also over QUIC): publishers,
+    /// players, latency, loss, server CPU and memory.
+    Bench(qrelay::bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -142,6 +145,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 client::play_to_flv(&url, &opts, &mut f, PlayOptions { duration }).await?
             };
             info!(messages = t.messages, bytes = t.bytes, "play finished");
+            Ok(())
+        }
+        Command::Bench(args) => {
+            let json = args.json.clone();
+            let report = qrelay::bench::run(args).await?;
+            print!("{}", report.table());
+            if let Some(path) = json {
+                std::fs::write(&path, report.to_json()).with_context(|| format!("writing {}", path.display()))?;
+            }
             Ok(())
         }
     }

@@ -10,6 +10,7 @@ mod stream;
 mod subscriber;
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ pub struct HubConfig {
     /// Largest GOP kept for late joiners, in bytes; a longer GOP is not cached (late
     /// joiners then wait for the next keyframe).
     pub max_gop_bytes: usize,
+    /// Streams live at once; a publisher over this is refused.
+    pub max_publishers: usize,
     /// How long a player that arrives before the publisher waits for it.
     pub play_wait: Duration,
 }
@@ -35,6 +38,7 @@ impl Default for HubConfig {
         Self {
             queue: QueueLimits::default(),
             max_gop_bytes: 32 * 1024 * 1024,
+            max_publishers: 1_000,
             play_wait: Duration::from_secs(30),
         }
     }
@@ -46,6 +50,9 @@ pub enum HubError {
     /// Another publisher holds the session ID.
     #[error("session {0} already has a publisher")]
     AlreadyPublishing(String),
+    /// The relay is at `max_publishers`.
+    #[error("the relay is at its limit of {0} publishers")]
+    TooManyPublishers(usize),
 }
 
 /// Shared handle to the registry of live streams. Cheap to clone.
@@ -58,12 +65,14 @@ pub struct Hub {
 struct HubInner {
     config: HubConfig,
     streams: Mutex<HashMap<String, Arc<Stream>>>,
+    /// Live publishers; changed only under the `streams` lock.
+    publishers: std::sync::atomic::AtomicUsize,
 }
 
 impl Hub {
     /// An empty hub.
     pub fn new(config: HubConfig) -> Self {
-        Self { inner: Arc::new(HubInner { config, streams: Mutex::default() }) }
+        Self { inner: Arc::new(HubInner { config, ..HubInner::default() }) }
     }
 
     /// The hub's settings.
@@ -81,6 +90,10 @@ impl Hub {
     pub fn publish(&self, session_id: &str) -> Result<Publisher, HubError> {
         // Claimed under the hub lock so `release` cannot remove the entry in between.
         let mut streams = self.streams();
+        let live = self.inner.publishers.load(Ordering::Relaxed);
+        if live >= self.inner.config.max_publishers {
+            return Err(HubError::TooManyPublishers(self.inner.config.max_publishers));
+        }
         let stream = streams
             .entry(session_id.to_owned())
             .or_insert_with(|| Arc::new(Stream::new(session_id, self.inner.config)))
@@ -88,6 +101,7 @@ impl Hub {
         if !stream.claim_publisher() {
             return Err(HubError::AlreadyPublishing(session_id.to_owned()));
         }
+        self.inner.publishers.store(live + 1, Ordering::Relaxed);
         drop(streams);
         Ok(Publisher::new(stream, self.clone()))
     }
@@ -131,6 +145,14 @@ impl Hub {
     /// Removes a stream entry that has neither publisher nor subscribers. Called when
     /// either goes away, under the hub lock so a concurrent publish/subscribe cannot
     /// pick up an entry that is being removed.
+    fn unpublished(&self, stream: &Arc<Stream>) {
+        let streams = self.streams();
+        let live = self.inner.publishers.load(Ordering::Relaxed);
+        self.inner.publishers.store(live.saturating_sub(1), Ordering::Relaxed);
+        drop(streams);
+        self.release(stream);
+    }
+
     fn release(&self, stream: &Arc<Stream>) {
         let mut streams = self.streams();
         if let Some(current) = streams.get(stream.session_id()) {

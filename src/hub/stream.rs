@@ -207,6 +207,6 @@ impl Publisher {
 impl Drop for Publisher {
     fn drop(&mut self) {
         self.stream.end_publish();
-        self.hub.release(&self.stream);
+        self.hub.unpublished(&self.stream);
     }
 }

@@ -173,3 +173,13 @@ fn publisher_does_not_block_on_a_full_queue() {
     assert!(stats.max_queued_bytes <= 10_000, "{stats:?}");
     assert_eq!(stats.subscribers, 100);
 }
+
+#[test]
+fn publisher_count_is_capped() {
+    let hub = Hub::new(HubConfig { max_publishers: 2, ..HubConfig::default() });
+    let a = hub.publish("live/a").unwrap();
+    let _b = hub.publish("live/b").unwrap();
+    assert_eq!(hub.publish("live/c").unwrap_err(), HubError::TooManyPublishers(2));
+    drop(a);
+    assert!(hub.publish("live/c").is_ok());
+}
