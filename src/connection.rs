@@ -57,12 +57,48 @@ struct Player {
     deadline: Instant,
 }
 
+/// The write half of a session's byte stream, able to take a batch of shared buffers.
+/// TCP and TLS write them with one vectored write; QUIC takes the `Bytes` themselves
+/// (quinn queues them without copying), so a frame shared by a thousand players is never
+/// copied in user space.
+pub trait SessionWriter: AsyncWrite + Unpin + Send {
+    /// Writes every buffer in order and flushes.
+    fn write_batch(
+        &mut self,
+        bufs: &mut [Bytes],
+    ) -> impl std::future::Future<Output = io::Result<()>> + Send {
+        async move {
+            let mut slices: Vec<IoSlice<'_>> =
+                bufs.iter().filter(|b| !b.is_empty()).map(|b| IoSlice::new(b)).collect();
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                let n = self.write_vectored(rest).await?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero));
+                }
+                IoSlice::advance_slices(&mut rest, n);
+            }
+            self.flush().await
+        }
+    }
+}
+
+impl SessionWriter for tokio::net::tcp::OwnedWriteHalf {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> SessionWriter for tokio::io::WriteHalf<S> {}
+impl SessionWriter for Box<dyn AsyncWrite + Unpin + Send> {}
+
+impl SessionWriter for quinn::SendStream {
+    async fn write_batch(&mut self, bufs: &mut [Bytes]) -> io::Result<()> {
+        self.write_all_chunks(bufs).await.map_err(io::Error::from)
+    }
+}
+
 /// Runs one RTMP session to its end. Returns `Ok` for orderly ends (peer closed,
 /// stream ended, refused publish, shutdown) and the reason otherwise.
 pub async fn serve_rtmp<R, W>(mut reader: R, mut writer: W, ctx: &ConnContext) -> Result<(), ConnError>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: SessionWriter,
 {
     let config = &ctx.config;
     let idle = Duration::from_millis(config.idle_timeout_ms);
@@ -80,7 +116,7 @@ where
 
     loop {
         if let Some(out) = session.take_output() {
-            write_timed(&mut writer, &[out], write_timeout).await?;
+            write_timed(&mut writer, &mut [out], write_timeout).await?;
         }
         if close_after_flush {
             let _ = writer.shutdown().await;
@@ -187,7 +223,7 @@ where
                             wire.push(out);
                         }
                         wire.extend(batch.drain(..).map(|f| session.media_bytes(&f)));
-                        write_timed(&mut writer, &wire, write_timeout).await?;
+                        write_timed(&mut writer, &mut wire, write_timeout).await?;
                         wire.clear();
                     }
                     None => {
@@ -242,27 +278,13 @@ async fn player_event(player: Option<&mut Player>) -> PlayerEvent {
     }
 }
 
-/// Writes whole buffers (one vectored write per batch where the transport supports it)
-/// and flushes, failing when no progress is made within `timeout`.
-async fn write_timed<W: AsyncWrite + Unpin>(
+/// Writes a batch, failing when it does not complete within `timeout`.
+async fn write_timed<W: SessionWriter>(
     writer: &mut W,
-    bufs: &[Bytes],
+    bufs: &mut [Bytes],
     timeout: Duration,
 ) -> Result<(), ConnError> {
-    let write = async {
-        let mut slices: Vec<IoSlice<'_>> =
-            bufs.iter().filter(|b| !b.is_empty()).map(|b| IoSlice::new(b)).collect();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            let n = writer.write_vectored(rest).await?;
-            if n == 0 {
-                return Err(io::Error::from(io::ErrorKind::WriteZero));
-            }
-            IoSlice::advance_slices(&mut rest, n);
-        }
-        writer.flush().await
-    };
-    tokio::time::timeout(timeout, write)
+    tokio::time::timeout(timeout, writer.write_batch(bufs))
         .await
         .map_err(|_| ConnError::Timeout("write made no progress"))??;
     Ok(())

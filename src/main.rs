@@ -152,7 +152,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let report = qrelay::bench::run(args).await?;
             print!("{}", report.table());
             if let Some(path) = json {
-                std::fs::write(&path, report.to_json()).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, report.to_json())
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(())
         }

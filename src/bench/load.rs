@@ -1,0 +1,508 @@
+//! The load itself: publishers (synthetic or FLV, real-time pace), players (one task
+//! each, a [`ClientSession`] straight on the socket) and idle connections, over TCP or
+//! over QUIC with several sessions sharing one connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{OnceCell, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::stats::{Histogram, PlayerTracker};
+use super::synth::{self, now_us, VideoPlan};
+use crate::client::{ClientError, ClientOptions, RtmpClient};
+use crate::config::Config;
+use crate::media::flv::FlvTag;
+use crate::media::frame::MediaKind;
+use crate::rtmp::amf0::{self, Amf0Value};
+use crate::rtmp::chunk::{self, ChunkDecoder};
+use crate::rtmp::handshake::Handshake;
+use crate::rtmp::message::{Command, RtmpMessage};
+use crate::rtmp::session::{ClientEvent, ClientMode, ClientSession, SessionConfig};
+use crate::transport::quic;
+use crate::url::{StreamUrl, Transport};
+
+/// Bytes a player reads from its socket at a time.
+const READ_BUF: usize = 32 * 1024;
+/// Latency samples a player keeps before merging them into the shared histogram.
+const LATENCY_BATCH: usize = 256;
+/// Limit on connecting plus handshake, connect and play.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Counters every task updates and the progress line reads.
+#[derive(Debug, Default)]
+pub(super) struct Shared {
+    /// Players that got `NetStream.Play.Start` (or idle connections that connected).
+    pub connected: AtomicUsize,
+    /// Players or idle connections that failed before that.
+    pub failed: AtomicUsize,
+    /// Players that failed or were closed after starting.
+    pub dropped: AtomicUsize,
+    /// Bytes players read from their sockets.
+    pub bytes: AtomicU64,
+    /// Frames players found missing.
+    pub skips: AtomicU64,
+    /// Latencies are recorded only inside the measurement window.
+    pub measuring: AtomicBool,
+    /// Relay latency in microseconds, merged from the players' batches.
+    pub latency: Mutex<Histogram>,
+    /// Ends publishers, players and idle connections.
+    pub stop: CancellationToken,
+    /// Publishers that sent their first keyframe.
+    pub publishers_live: AtomicUsize,
+    /// Frames (video + audio) publishers sent.
+    pub frames_sent: AtomicU64,
+}
+
+impl Shared {
+    fn merge_latencies(&self, batch: &mut Vec<u32>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        for &v in batch.iter() {
+            h.record(v);
+        }
+        batch.clear();
+    }
+}
+
+/// Any byte stream a session can run over.
+pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Opens byte streams to the server: a TCP connection per session, or a bidirectional
+/// stream on a shared QUIC connection.
+pub(super) enum Dialer {
+    Tcp(SocketAddr),
+    Quic(QuicPool),
+}
+
+impl Dialer {
+    pub(super) async fn new(url: &StreamUrl, opts: &ClientOptions, per_conn: usize) -> anyhow::Result<Self> {
+        let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", url.host))?;
+        Ok(match url.transport {
+            Transport::Tcp => Dialer::Tcp(addr),
+            Transport::Quic(crate::url::QuicMapping::Tunnel) => Dialer::Quic(QuicPool {
+                addr,
+                host: url.host.clone(),
+                opts: opts.clone(),
+                per_conn: per_conn.max(1),
+                conns: Mutex::new(Vec::new()),
+            }),
+            Transport::Quic(crate::url::QuicMapping::Roqr) => {
+                anyhow::bail!("the bench speaks the QUIC tunnel mapping only (?mode=tunnel)")
+            }
+            Transport::Tls => anyhow::bail!("the bench speaks rtmp:// and rtmp+quic:// (tunnel) only"),
+        })
+    }
+
+    /// A byte stream for session number `i`.
+    async fn open(&self, i: usize) -> Result<Box<dyn Io>, String> {
+        match self {
+            Dialer::Tcp(addr) => {
+                let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                s.set_nodelay(true).map_err(|e| e.to_string())?;
+                Ok(Box::new(s))
+            }
+            Dialer::Quic(pool) => {
+                let conn = pool.connection(i / pool.per_conn).await?;
+                let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                Ok(Box::new(tokio::io::join(recv, send)))
+            }
+        }
+    }
+
+    /// QUIC connections opened (0 for TCP).
+    pub(super) fn quic_connections(&self) -> usize {
+        match self {
+            Dialer::Tcp(_) => 0,
+            Dialer::Quic(pool) => pool.conns.lock().map(|c| c.len()).unwrap_or(0),
+        }
+    }
+}
+
+type QuicSlot = Arc<OnceCell<Result<(quinn::Endpoint, quinn::Connection), String>>>;
+
+/// QUIC connections shared by groups of `per_conn` sessions, each with its own endpoint
+/// (UDP socket) so receive work spreads over the runtime's threads.
+pub(super) struct QuicPool {
+    addr: SocketAddr,
+    host: String,
+    opts: ClientOptions,
+    per_conn: usize,
+    conns: Mutex<Vec<QuicSlot>>,
+}
+
+impl QuicPool {
+    async fn connection(&self, group: usize) -> Result<quinn::Connection, String> {
+        let slot = {
+            let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+            while conns.len() <= group {
+                conns.push(Arc::default());
+            }
+            conns[group].clone()
+        };
+        let made = slot
+            .get_or_init(|| async {
+                let endpoint = quic::client_endpoint(self.addr, &self.opts.trust, &self.opts.config)
+                    .map_err(|e| e.to_string())?;
+                let conn = endpoint
+                    .connect(self.addr, &self.host)
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((endpoint, conn))
+            })
+            .await;
+        made.as_ref().map(|(_, c)| c.clone()).map_err(Clone::clone)
+    }
+
+    /// Closes every connection.
+    pub(super) fn close(&self) {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in conns.iter() {
+            if let Some(Ok((_, conn))) = slot.get() {
+                conn.close(quinn::VarInt::from_u32(0), b"bench done");
+            }
+        }
+    }
+}
+
+/// What a player saw.
+#[derive(Debug, Default)]
+pub(super) struct PlayerOutcome {
+    pub tracker: PlayerTracker,
+    /// Reached `NetStream.Play.Start`.
+    pub started: bool,
+    /// Why it failed or ended before the bench stopped it.
+    pub error: Option<String>,
+}
+
+impl PlayerOutcome {
+    /// Every frame from the first keyframe on, no gap over a second, no early end.
+    pub(super) fn ok(&self) -> bool {
+        self.started && self.error.is_none() && self.tracker.ok()
+    }
+}
+
+/// Runs player `i` until the bench stops it.
+pub(super) async fn player(
+    i: usize,
+    url: Arc<StreamUrl>,
+    dialer: Arc<Dialer>,
+    session: SessionConfig,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) -> PlayerOutcome {
+    let mut out = PlayerOutcome::default();
+    let result = async {
+        let io = tokio::time::timeout(CONNECT_TIMEOUT, dialer.open(i))
+            .await
+            .map_err(|_| "timed out connecting".to_owned())??;
+        play(io, &url, session, &shared, permit, &mut out).await
+    }
+    .await;
+    if let Err(e) = result {
+        if out.started {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        out.error = Some(e);
+    }
+    out.tracker.finish(now_us());
+    out
+}
+
+async fn play(
+    mut io: Box<dyn Io>,
+    url: &StreamUrl,
+    config: SessionConfig,
+    shared: &Shared,
+    permit: OwnedSemaphorePermit,
+    out: &mut PlayerOutcome,
+) -> Result<(), String> {
+    let mut session = ClientSession::new(config, ClientMode::Play, &url.app, &url.key, &url.tc_url())
+        .map_err(|e| e.to_string())?;
+    let mut permit = Some(permit);
+    let mut buf = vec![0u8; READ_BUF];
+    let mut latencies: Vec<u32> = Vec::with_capacity(LATENCY_BATCH);
+    out.tracker = PlayerTracker::new(now_us());
+    let setup_deadline = Instant::now() + CONNECT_TIMEOUT;
+    let result = loop {
+        if let Some(bytes) = session.take_output() {
+            if let Err(e) = write_all(&mut io, &bytes).await {
+                break Err(e);
+            }
+            if !out.started {
+                // The last write before Play.Start is the play request.
+                out.tracker.play_sent_us = now_us();
+            }
+        }
+        let n = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => break Ok(()),
+            _ = tokio::time::sleep_until(setup_deadline), if !out.started => {
+                break Err("timed out waiting for NetStream.Play.Start".to_owned());
+            }
+            r = io.read(&mut buf) => match r {
+                Ok(0) => break Err("server closed the connection".to_owned()),
+                Ok(n) => n,
+                Err(e) => break Err(e.to_string()),
+            },
+        };
+        let now = now_us();
+        shared.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        if let Err(e) = session.handle_input(&buf[..n]) {
+            break Err(e.to_string());
+        }
+        let mut ended = false;
+        while let Some(event) = session.poll_event() {
+            match event {
+                ClientEvent::PlayStarted => {
+                    out.started = true;
+                    permit = None;
+                    shared.connected.fetch_add(1, Ordering::Relaxed);
+                }
+                ClientEvent::Media { kind: MediaKind::Video, payload, .. } => {
+                    let seen = out.tracker.on_video(&payload, now);
+                    if seen.skipped > 0 {
+                        shared.skips.fetch_add(seen.skipped, Ordering::Relaxed);
+                    }
+                    if let Some(l) = seen.latency_us {
+                        if shared.measuring.load(Ordering::Relaxed) {
+                            latencies.push(l);
+                            if latencies.len() == LATENCY_BATCH {
+                                shared.merge_latencies(&mut latencies);
+                            }
+                        }
+                    }
+                }
+                ClientEvent::StreamEnded => ended = true,
+                _ => {}
+            }
+        }
+        if ended {
+            break Err("stream ended".to_owned());
+        }
+    };
+    drop(permit);
+    shared.merge_latencies(&mut latencies);
+    if out.started {
+        shared.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+    result
+}
+
+async fn write_all(io: &mut Box<dyn Io>, bytes: &[u8]) -> Result<(), String> {
+    io.write_all(bytes).await.map_err(|e| e.to_string())?;
+    io.flush().await.map_err(|e| e.to_string())
+}
+
+/// An idle session: handshake and `connect`, then nothing until the bench stops.
+pub(super) async fn idle(
+    i: usize,
+    url: Arc<StreamUrl>,
+    dialer: Arc<Dialer>,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) -> Result<(), String> {
+    let result = async {
+        let mut io = tokio::time::timeout(CONNECT_TIMEOUT, dialer.open(i))
+            .await
+            .map_err(|_| "timed out connecting".to_owned())??;
+        tokio::time::timeout(CONNECT_TIMEOUT, connect_only(&mut io, &url))
+            .await
+            .map_err(|_| "timed out waiting for the connect result".to_owned())??;
+        shared.connected.fetch_add(1, Ordering::Relaxed);
+        drop(permit);
+        let mut buf = [0u8; 4096];
+        loop {
+            tokio::select! {
+                _ = shared.stop.cancelled() => return Ok(()),
+                r = io.read(&mut buf) => match r {
+                    Ok(0) => return Err("server closed the connection".to_owned()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                },
+            }
+        }
+    }
+    .await;
+    if result.is_err() {
+        shared.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    result
+}
+
+/// RTMP handshake and `connect`, waiting for its `_result`.
+async fn connect_only(io: &mut Box<dyn Io>, url: &StreamUrl) -> Result<(), String> {
+    let (mut hs, c0c1) = Handshake::client().map_err(|e| e.to_string())?;
+    write_all(io, &c0c1).await?;
+    let mut buf = vec![0u8; 8192];
+    let mut out = BytesMut::new();
+    let mut inbuf = BytesMut::new();
+    loop {
+        let n = io.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("server closed during the handshake".to_owned());
+        }
+        let rest = hs.process(&buf[..n], &mut out).map_err(|e| e.to_string())?;
+        if let Some(rest) = rest {
+            inbuf.extend_from_slice(&rest);
+            break;
+        }
+        if !out.is_empty() {
+            write_all(io, &out.split()).await?;
+        }
+    }
+    let obj = amf0::object([
+        ("app", Amf0Value::String(url.app.clone())),
+        ("type", Amf0Value::String("nonprivate".into())),
+        ("flashVer", Amf0Value::String("FMLE/3.0 (compatible; qrelay bench)".into())),
+        ("tcUrl", Amf0Value::String(url.tc_url())),
+    ]);
+    let connect = Command { name: "connect".into(), transaction: 1.0, object: obj, args: vec![] };
+    let msg = RtmpMessage::Command(connect).to_message(0, 0);
+    chunk::encode_message(&msg, chunk::DEFAULT_CHUNK_SIZE, &mut out);
+    write_all(io, &out.split()).await?;
+
+    let mut decoder = ChunkDecoder::new(SessionConfig::default().limits);
+    loop {
+        while let Some(m) = decoder.decode(&mut inbuf).map_err(|e| e.to_string())? {
+            match RtmpMessage::parse(&m).map_err(|e| e.to_string())? {
+                RtmpMessage::SetChunkSize(n) => decoder.set_chunk_size(n).map_err(|e| e.to_string())?,
+                RtmpMessage::Command(c) if c.name == "_result" && c.transaction == 1.0 => return Ok(()),
+                RtmpMessage::Command(c) if c.name == "_error" => {
+                    return Err(format!("connect refused: {:?}", c.args));
+                }
+                _ => {}
+            }
+        }
+        let n = io.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("server closed before answering connect".to_owned());
+        }
+        inbuf.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// What a publisher sends.
+#[derive(Debug, Clone)]
+pub(super) enum Source {
+    /// Synthetic AVC (and optionally AAC) frames with latency markers.
+    Synthetic { plan: VideoPlan, audio: bool },
+    /// The tags of an FLV file, looped at real-time pace.
+    Flv(Arc<Vec<FlvTag>>),
+}
+
+/// Publishes `source` on `url` until the bench stops.
+pub(super) async fn publisher(
+    url: StreamUrl,
+    opts: ClientOptions,
+    source: Source,
+    shared: Arc<Shared>,
+) -> Result<(), ClientError> {
+    let mut client = RtmpClient::connect(&url, ClientMode::Publish, &opts).await?;
+    let start = Instant::now();
+    let mut live = false;
+    let mut mark_live = |shared: &Shared| {
+        if !live {
+            live = true;
+            shared.publishers_live.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    match source {
+        Source::Synthetic { plan, audio } => {
+            client.send_media(MediaKind::Video, 0, synth::video_sequence_header()).await?;
+            if audio {
+                client.send_media(MediaKind::Audio, 0, synth::audio_sequence_header()).await?;
+            }
+            let (mut n_video, mut n_audio) = (0u64, 0u64);
+            loop {
+                let video_due = plan.due(n_video);
+                let audio_due = audio.then(|| Duration::from_secs_f64(n_audio as f64 / synth::AUDIO_FPS));
+                let is_video = audio_due.is_none_or(|a| video_due <= a);
+                let due = if is_video { video_due } else { audio_due.unwrap_or(video_due) };
+                if !wait_until(&mut client, start + due, &shared.stop).await? {
+                    break;
+                }
+                if is_video {
+                    let payload =
+                        synth::video_frame(plan.is_key(n_video), plan.size(n_video), now_us(), n_video);
+                    client.send_media(MediaKind::Video, plan.timestamp_ms(n_video), payload).await?;
+                    n_video += 1;
+                    mark_live(&shared);
+                } else {
+                    let ts = (n_audio * 1024 * 1000 / 44_100) as u32;
+                    client.send_media(MediaKind::Audio, ts, synth::audio_frame()).await?;
+                    n_audio += 1;
+                }
+                shared.frames_sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Source::Flv(tags) => {
+            let (first, last) = match (tags.first(), tags.last()) {
+                (Some(f), Some(l)) => (f.timestamp, l.timestamp),
+                _ => return Ok(()),
+            };
+            // Each loop continues the timeline one frame (~33 ms) after the last tag.
+            let span = last.wrapping_sub(first).wrapping_add(33);
+            let mut offset: u32 = 0;
+            'outer: loop {
+                for tag in tags.iter() {
+                    let ts = tag.timestamp.wrapping_sub(first).wrapping_add(offset);
+                    if !wait_until(&mut client, start + Duration::from_millis(u64::from(ts)), &shared.stop)
+                        .await?
+                    {
+                        break 'outer;
+                    }
+                    client.send_media(tag.kind, ts, tag.payload.clone()).await?;
+                    if tag.kind == MediaKind::Video {
+                        mark_live(&shared);
+                    }
+                    shared.frames_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                offset = offset.wrapping_add(span);
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.finish()).await;
+    Ok(())
+}
+
+/// Waits until `at`, answering the server meanwhile; `false` when the bench stopped.
+async fn wait_until(
+    client: &mut RtmpClient,
+    at: Instant,
+    stop: &CancellationToken,
+) -> Result<bool, ClientError> {
+    loop {
+        client.flush().await?;
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(false),
+            _ = tokio::time::sleep_until(at) => return Ok(true),
+            open = client.read_input() => {
+                if !open? {
+                    return Err(ClientError::Closed);
+                }
+            }
+        }
+    }
+}
+
+/// Options for publisher connections.
+pub(super) fn client_options(trust: crate::transport::tls::Trust) -> ClientOptions {
+    ClientOptions { trust, config: Config::default(), connect_timeout: CONNECT_TIMEOUT }
+}
