@@ -81,7 +81,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// stream on a shared QUIC connection.
 pub(super) enum Dialer {
     Tcp(SocketAddr),
-    Quic(QuicPool),
+    Quic(Box<QuicPool>),
 }
 
 impl Dialer {
@@ -92,13 +92,13 @@ impl Dialer {
             .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", url.host))?;
         Ok(match url.transport {
             Transport::Tcp => Dialer::Tcp(addr),
-            Transport::Quic(crate::url::QuicMapping::Tunnel) => Dialer::Quic(QuicPool {
+            Transport::Quic(crate::url::QuicMapping::Tunnel) => Dialer::Quic(Box::new(QuicPool {
                 addr,
                 host: url.host.clone(),
                 opts: opts.clone(),
                 per_conn: per_conn.max(1),
                 conns: Mutex::new(Vec::new()),
-            }),
+            })),
             Transport::Quic(crate::url::QuicMapping::Roqr) => {
                 anyhow::bail!("the bench speaks the QUIC tunnel mapping only (?mode=tunnel)")
             }

@@ -554,7 +554,7 @@ async fn run_idle(
         proc::ticks_to_secs(proc::Pid::Me.cpu().map(|c| c.total()).unwrap_or(0) - bench_cpu0, acct.hz);
     report.bench_cpu_pct = report.bench_cpu_s / elapsed.max(1e-6) * 100.0;
     let mut errors: Vec<(String, usize)> = errors.into_iter().collect();
-    errors.sort_by(|a, b| b.1.cmp(&a.1));
+    errors.sort_by_key(|e| std::cmp::Reverse(e.1));
     report.errors = errors;
     let (b, a) = (before.unwrap_or_default().rss_kib, after.unwrap_or_default().rss_kib);
     report.idle = Some(IdleUsage {

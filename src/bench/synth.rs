@@ -63,7 +63,7 @@ impl VideoPlan {
 
     /// Whether frame `n` (from 0) is a keyframe.
     pub fn is_key(&self, n: u64) -> bool {
-        n % u64::from(self.gop_frames) == 0
+        n.is_multiple_of(u64::from(self.gop_frames))
     }
 
     /// Payload size of frame `n`.

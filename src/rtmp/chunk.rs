@@ -706,6 +706,37 @@ mod tests {
         assert_eq!(decode_bytewise(&mut dec, &wire), Ok(expected));
     }
 
+    /// Why this layer exists: rml_rtmp 0.8 mixes the payloads of interleaved messages.
+    #[test]
+    fn rml_rtmp_deserializer_fails_interleaving() {
+        let a = pattern(300, 1);
+        let b = pattern(300, 2);
+        let mut wire = Vec::new();
+        wire.extend(fmt0(4, 100, 300, 8, 1));
+        wire.extend(&a[..128]);
+        wire.extend(fmt0(6, 200, 300, 9, 1));
+        wire.extend(&b[..128]);
+        wire.push(0xC4);
+        wire.extend(&a[128..256]);
+        wire.push(0xC6);
+        wire.extend(&b[128..256]);
+        wire.push(0xC4);
+        wire.extend(&a[256..]);
+        wire.push(0xC6);
+        wire.extend(&b[256..]);
+        let mut rml = rml_rtmp::chunk_io::ChunkDeserializer::new();
+        let mut got = Vec::new();
+        let mut input: &[u8] = &wire;
+        while let Ok(Some(m)) = rml.get_next_message(input) {
+            got.push(m.data.to_vec());
+            input = &[];
+        }
+        assert!(
+            got != vec![a, b],
+            "rml_rtmp handled interleaving; the owned chunk layer may be reconsidered"
+        );
+    }
+
     #[test]
     fn header_types_accumulate_deltas() {
         let mut wire = Vec::new();

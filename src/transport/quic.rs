@@ -95,6 +95,14 @@ pub async fn accept_loop(
             },
         };
         let peer = incoming.remote_address();
+        // Under load, make unvalidated peers prove their address with a Retry round trip
+        // first, so spoofed Initials cannot make us spend handshakes (DESIGN §4).
+        if !incoming.remote_address_validated() && admission.current() >= ctx.config.max_connections / 2 {
+            if let Err(e) = incoming.retry() {
+                warn!(%peer, error = %e, "QUIC retry failed");
+            }
+            continue;
+        }
         let permit = match admission.admit(peer.ip()) {
             Ok(p) => p,
             Err(reason) => {
