@@ -36,6 +36,32 @@ pub struct ConnContext {
     pub shutdown: CancellationToken,
 }
 
+impl ConnContext {
+    /// Deadline for a session accepted now to finish its handshake and connect.
+    pub fn handshake_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.config.handshake_timeout_ms)
+    }
+}
+
+/// Logs how a session ended: a peer that simply went away is not a warning.
+pub fn log_end(result: &Result<(), ConnError>) {
+    match result {
+        Ok(()) => info!("closed"),
+        Err(ConnError::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::NotConnected
+            ) =>
+        {
+            info!(reason = %e, "closed: peer went away")
+        }
+        Err(e) => warn!(reason = %e, "closed with error"),
+    }
+}
+
 /// Why a connection ended abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -95,7 +121,15 @@ impl SessionWriter for quinn::SendStream {
 
 /// Runs one RTMP session to its end. Returns `Ok` for orderly ends (peer closed,
 /// stream ended, refused publish, shutdown) and the reason otherwise.
-pub async fn serve_rtmp<R, W>(mut reader: R, mut writer: W, ctx: &ConnContext) -> Result<(), ConnError>
+///
+/// `handshake_deadline` is fixed when the connection (or QUIC stream) was accepted, so
+/// time spent before the RTMP bytes (a TLS handshake, a late first byte) counts too.
+pub async fn serve_rtmp<R, W>(
+    mut reader: R,
+    mut writer: W,
+    ctx: &ConnContext,
+    handshake_deadline: Instant,
+) -> Result<(), ConnError>
 where
     R: AsyncRead + Unpin,
     W: SessionWriter,
@@ -103,7 +137,6 @@ where
     let config = &ctx.config;
     let idle = Duration::from_millis(config.idle_timeout_ms);
     let write_timeout = Duration::from_millis(config.write_timeout_ms);
-    let handshake_deadline = Instant::now() + Duration::from_millis(config.handshake_timeout_ms);
 
     let mut session = ServerSession::new(config.session());
     let mut buf = vec![0u8; READ_BUF_MIN];

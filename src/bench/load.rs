@@ -154,8 +154,7 @@ impl QuicPool {
         };
         let made = slot
             .get_or_init(|| async {
-                let endpoint = quic::client_endpoint(self.addr, &self.opts.trust, &self.opts.config)
-                    .map_err(|e| e.to_string())?;
+                let endpoint = client_endpoint(self.addr, &self.opts).map_err(|e| e.to_string())?;
                 let conn = endpoint
                     .connect(self.addr, &self.host)
                     .map_err(|e| e.to_string())?
@@ -176,6 +175,38 @@ impl QuicPool {
             }
         }
     }
+}
+
+/// UDP socket buffers the bench asks for (the kernel caps them at `net.core.rmem_max`
+/// and `wmem_max`). With the default (~208 KiB) a client receiving tens of Mbit/s drops
+/// datagrams whenever its thread is late, and QUIC's congestion control then throttles
+/// the connection: loss the bench would cause, not the relay.
+const UDP_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Like [`quic::client_endpoint`], on a socket with [`UDP_BUFFER`] buffers.
+fn client_endpoint(peer: SocketAddr, opts: &ClientOptions) -> anyhow::Result<quinn::Endpoint> {
+    use quinn::crypto::rustls::QuicClientConfig;
+    use socket2::{Domain, Protocol, Socket, Type};
+    let tls = crate::transport::tls::client_config(&opts.trust, &[crate::transport::tls::ALPN_RTMP])?;
+    let crypto = QuicClientConfig::try_from(tls)?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(quic::transport_config(&opts.config)?));
+    let domain = if peer.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer still works, it only drops more under load.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    let bind: SocketAddr = if peer.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
+    socket.bind(&bind.into())?;
+    socket.set_nonblocking(true)?;
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
 }
 
 /// What a player saw.
@@ -468,9 +499,8 @@ pub(super) async fn publisher(
                         break 'outer;
                     }
                     client.send_media(tag.kind, ts, tag.payload.clone()).await?;
-                    if tag.kind == MediaKind::Video {
-                        mark_live(&shared);
-                    }
+                    // Audio-only files count too: any tag means the stream is up.
+                    mark_live(&shared);
                     shared.frames_sent.fetch_add(1, Ordering::Relaxed);
                 }
                 offset = offset.wrapping_add(span);

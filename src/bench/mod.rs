@@ -584,6 +584,71 @@ mod tests {
         assert_eq!(stream_url(&base, 1).session_id(), "live/b-1");
     }
 
+    /// The whole bench against an in-process relay, TCP and QUIC, and the idle mode.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_against_an_in_process_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert_dir: dir.path().to_owned(),
+            ..crate::Config::default()
+        };
+        let server = crate::Server::bind(config).await.unwrap();
+        let addr = server.local_addr();
+        let shutdown = crate::server::Shutdown::default();
+        let running = tokio::spawn(server.run(shutdown.clone()));
+        let me = std::process::id();
+
+        let args = BenchArgs {
+            players: 6,
+            duration: 1.0,
+            streams: 2,
+            bitrate: 500_000,
+            audio: true,
+            ramp_ms: Some(0),
+            quiet: true,
+            server_pid: vec![me],
+            ..BenchArgs::new(&format!("rtmp://{addr}/live/t"))
+        };
+        let r = run(args).await.unwrap();
+        assert_eq!((r.players_total, r.players_started, r.players_ok), (6, 6, 6), "{}", r.table());
+        assert_eq!(r.skips, 0);
+        assert!(r.delivered_mbps > 1.0, "{}", r.table());
+        assert!(r.relay_latency_ms.unwrap().count > 0);
+        assert!(r.first_frame_ms.unwrap().count == 6);
+        assert!(r.server.unwrap().cpu_s_per_gbit.is_some());
+        assert!(r.to_json().contains("\"players_ok\": 6"));
+
+        let args = BenchArgs {
+            players: 4,
+            duration: 1.0,
+            bitrate: 500_000,
+            ramp_ms: Some(0),
+            quiet: true,
+            insecure: true,
+            quic_streams_per_conn: 3,
+            ..BenchArgs::new(&format!("rtmp+quic://127.0.0.1:{}/live/q", addr.port()))
+        };
+        let r = run(args).await.unwrap();
+        assert_eq!((r.players_started, r.players_ok), (4, 4), "{}", r.table());
+        assert_eq!(r.quic_connections, 2);
+
+        let args = BenchArgs {
+            idle: Some(5),
+            ramp_ms: Some(0),
+            quiet: true,
+            server_pid: vec![me],
+            ..BenchArgs::new(&format!("rtmp://{addr}/live/idle"))
+        };
+        let r = run(args).await.unwrap();
+        assert_eq!(r.idle.unwrap().connections, 5, "{}", r.table());
+        assert!(r.idle.unwrap().rss_per_conn_kib.is_some());
+
+        shutdown.immediate.cancel();
+        shutdown.graceful.cancel();
+        let _ = running.await;
+    }
+
     #[test]
     fn default_ramp() {
         let a = BenchArgs::new("rtmp://h/live/b");

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::admission::Admission;
 use super::tls::{self, Identity, Trust, ALPN_RTMP};
 use crate::config::Config;
-use crate::connection::{serve_rtmp, ConnContext};
+use crate::connection::{log_end, serve_rtmp, ConnContext};
 
 /// Why the QUIC side could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -137,13 +138,32 @@ pub async fn accept_loop(
     }
 }
 
-/// Tunnel mapping: one RTMP session per bidirectional stream.
+/// Tunnel mapping: one RTMP session per bidirectional stream. A connection with no
+/// session for a whole handshake timeout is closed: it would otherwise hold its
+/// admission place for as long as the peer sends keep-alives.
 async fn serve_tunnel(conn: Connection, peer: SocketAddr, ctx: ConnContext) {
     info!("connected (rtmp tunnel)");
     let sessions = TaskTracker::new();
+    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut active = 0usize;
+    let mut idle_since = Some(Instant::now());
+    let idle_limit = Duration::from_millis(ctx.config.handshake_timeout_ms);
     loop {
+        let idle_deadline = idle_since.map(|t| t + idle_limit);
         let accepted = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
+            Some(()) = ended_rx.recv() => {
+                active = active.saturating_sub(1);
+                if active == 0 {
+                    idle_since = Some(Instant::now());
+                }
+                continue;
+            }
+            _ = sleep_until_opt(idle_deadline) => {
+                warn!("closed: no RTMP session on the QUIC connection within the handshake timeout");
+                conn.close(VarInt::from_u32(0x1), b"no session");
+                return;
+            }
             a = conn.accept_bi() => a,
         };
         let (send, recv) = match accepted {
@@ -153,13 +173,15 @@ async fn serve_tunnel(conn: Connection, peer: SocketAddr, ctx: ConnContext) {
                 break;
             }
         };
+        idle_since = None;
+        active += 1;
         let ctx = ctx.clone();
+        let ended = ended_tx.clone();
+        let deadline = ctx.handshake_deadline();
         let span = info_span!("conn", %peer, transport = "quic", stream = %send.id(), session_id = tracing::field::Empty);
         let task = async move {
-            match serve_rtmp(recv, send, &ctx).await {
-                Ok(()) => info!("closed"),
-                Err(e) => warn!(reason = %e, "closed with error"),
-            }
+            log_end(&serve_rtmp(recv, send, &ctx, deadline).await);
+            let _ = ended.send(());
         };
         sessions.spawn(task.instrument(span));
     }
@@ -167,4 +189,11 @@ async fn serve_tunnel(conn: Connection, peer: SocketAddr, ctx: ConnContext) {
     sessions.close();
     sessions.wait().await;
     conn.close(VarInt::from_u32(0), b"done");
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }

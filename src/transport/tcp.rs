@@ -1,7 +1,6 @@
 //! The TCP side of the one port: accepts RTMP, and RTMPS when the first byte is a TLS
 //! handshake record (0x16; plain RTMP starts with version byte 0x03), so both share it.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::admission::Admission;
-use crate::connection::{serve_rtmp, ConnContext};
+use crate::connection::{log_end, serve_rtmp, ConnContext};
 
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -55,22 +54,22 @@ pub async fn accept_loop(
         tasks.spawn(
             async move {
                 let _permit = permit;
-                handle(stream, peer, tls, &ctx).await;
+                handle(stream, tls, &ctx).await;
             }
             .instrument(span),
         );
     }
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, ctx: &ConnContext) {
+async fn handle(stream: TcpStream, tls: Option<TlsAcceptor>, ctx: &ConnContext) {
     // Whole messages are written at once; Nagle would only add latency.
     if let Err(e) = stream.set_nodelay(true) {
         warn!(error = %e, "set_nodelay failed");
     }
     info!("connected");
+    let deadline = ctx.handshake_deadline();
     let mut first = [0u8; 1];
-    let handshake = Duration::from_millis(ctx.config.handshake_timeout_ms);
-    let is_tls = match tokio::time::timeout(handshake, stream.peek(&mut first)).await {
+    let is_tls = match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1)) => first[0] == TLS_HANDSHAKE_RECORD,
         Ok(Ok(_)) => return,
         Ok(Err(e)) => return info!(error = %e, "closed before the handshake"),
@@ -79,10 +78,10 @@ async fn handle(stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, c
     let result = match (is_tls, tls) {
         (true, Some(acceptor)) => {
             tracing::Span::current().record("transport", "tls");
-            match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+            match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                 Ok(Ok(tls_stream)) => {
                     let (r, w) = tokio::io::split(tls_stream);
-                    serve_rtmp(r, w, ctx).await
+                    serve_rtmp(r, w, ctx, deadline).await
                 }
                 Ok(Err(e)) => return warn!(error = %e, "TLS handshake failed"),
                 Err(_) => return warn!("closed: TLS handshake timed out"),
@@ -91,11 +90,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, c
         (true, None) => return warn!("closed: TLS offered but RTMPS is not configured"),
         (false, _) => {
             let (r, w) = stream.into_split();
-            serve_rtmp(r, w, ctx).await
+            serve_rtmp(r, w, ctx, deadline).await
         }
     };
-    match result {
-        Ok(()) => info!(peer = %peer, "closed"),
-        Err(e) => warn!(reason = %e, "closed with error"),
-    }
+    log_end(&result);
 }
