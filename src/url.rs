@@ -103,7 +103,17 @@ impl StreamUrl {
         }
         let transport = params.resolve(base)?;
 
+        // Whitespace next to removed relay parameters (`k ?quic=1`) is not part of the
+        // key: printed at the end of a URL it would not survive a re-parse.
+        let key = key.trim_end();
+        let kept: Vec<&str> = kept.iter().map(|p| p.trim()).filter(|p| !p.is_empty()).collect();
+        if key.is_empty() {
+            return Err(UrlError::MissingKey);
+        }
         let key = if kept.is_empty() { key.to_owned() } else { format!("{key}?{}", kept.join("&")) };
+        if key.chars().chain(app.chars()).any(char::is_control) {
+            return Err(UrlError::Syntax("control character in app or stream key".into()));
+        }
         Ok(StreamUrl { transport, host, port, app: app.to_owned(), key })
     }
 

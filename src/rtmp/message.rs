@@ -18,6 +18,11 @@ pub const CSID_DATA: u32 = 5;
 /// Chunk stream for video we send.
 pub const CSID_VIDEO: u32 = 6;
 
+/// Largest command message decoded. Real commands are well under 1 KiB; AMF0 decoding
+/// turns each input byte into up to ~32 bytes of values, so an uncapped 16 MiB command
+/// would cost hundreds of MiB before its name is even checked.
+pub const MAX_COMMAND_SIZE: usize = 64 * 1024;
+
 /// User control events (message type 4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserControl {
@@ -107,6 +112,9 @@ pub enum MessageError {
     /// A command whose AMF0 is malformed.
     #[error("bad AMF0 in command: {0}")]
     Amf0(#[from] Amf0Error),
+    /// A command larger than [`MAX_COMMAND_SIZE`].
+    #[error("command of {0} bytes exceeds the limit of {MAX_COMMAND_SIZE}")]
+    CommandTooLarge(usize),
     /// A command without a name or transaction id.
     #[error("command without name or transaction id")]
     BadCommand,
@@ -178,6 +186,7 @@ impl RtmpMessage {
                 p.advance(1);
                 RtmpMessage::Media { kind: MediaKind::Data, payload: p }
             }
+            17 | 20 if p.len() > MAX_COMMAND_SIZE => return Err(MessageError::CommandTooLarge(p.len())),
             20 => RtmpMessage::Command(parse_command(&p)?),
             17 => {
                 need(&p, 1)?;
@@ -346,6 +355,18 @@ mod tests {
         let m =
             Message { csid: 2, timestamp: 0, type_id: 1, stream_id: 0, payload: Bytes::from_static(&[0, 1]) };
         assert_eq!(RtmpMessage::parse(&m), Err(MessageError::Short(1)));
+    }
+
+    #[test]
+    fn oversized_commands_are_refused_before_decoding() {
+        let m = Message {
+            csid: 3,
+            timestamp: 0,
+            type_id: 20,
+            stream_id: 0,
+            payload: Bytes::from(vec![0x05; MAX_COMMAND_SIZE + 1]),
+        };
+        assert_eq!(RtmpMessage::parse(&m), Err(MessageError::CommandTooLarge(MAX_COMMAND_SIZE + 1)));
     }
 
     #[test]
