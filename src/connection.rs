@@ -134,38 +134,30 @@ where
     R: AsyncRead + Unpin,
     W: SessionWriter,
 {
-    let config = &ctx.config;
-    let idle = Duration::from_millis(config.idle_timeout_ms);
-    let write_timeout = Duration::from_millis(config.write_timeout_ms);
-
-    let mut session = ServerSession::new(config.session());
+    let idle = Duration::from_millis(ctx.config.idle_timeout_ms);
+    let write_timeout = Duration::from_millis(ctx.config.write_timeout_ms);
+    let mut conn = Conn {
+        ctx,
+        session: ServerSession::new(ctx.config.session()),
+        publisher: None,
+        player: None,
+        close_after_flush: false,
+        batch: Vec::new(),
+    };
     let mut buf = vec![0u8; READ_BUF_MIN];
-    let mut publisher: Option<Publisher> = None;
-    let mut player: Option<Player> = None;
-    let mut close_after_flush = false;
     let mut shutting_down = false;
-    let mut batch: Vec<Frame> = Vec::new();
     let mut wire: Vec<Bytes> = Vec::new();
 
     loop {
-        if let Some(out) = session.take_output() {
+        if let Some(out) = conn.session.take_output() {
             write_timed(&mut writer, &mut [out], write_timeout).await?;
         }
-        if close_after_flush {
+        if conn.close_after_flush {
             let _ = writer.shutdown().await;
             return Ok(());
         }
-
-        // Until a role is settled the peer must keep talking; a player may be silent.
-        let read_deadline = if publisher.is_none() && player.is_none() && session_pending_connect(&session) {
-            Some(handshake_deadline)
-        } else if player.is_some() {
-            None
-        } else {
-            Some(Instant::now() + idle)
-        };
-        let waiting = player.as_ref().map(|p| !p.live).unwrap_or(false);
-        let playing = player.as_ref().map(|p| p.live).unwrap_or(false);
+        let read_deadline = conn.read_deadline(handshake_deadline, idle);
+        let has_player = conn.player.is_some();
 
         tokio::select! {
             biased;
@@ -173,7 +165,7 @@ where
                 shutting_down = true;
                 // Publishers stop now (their players then drain and end); a live player
                 // stays until its stream ends, everyone else goes.
-                if !playing {
+                if !conn.player.as_ref().is_some_and(|p| p.live) {
                     return Ok(());
                 }
             }
@@ -183,99 +175,133 @@ where
                     debug!("peer closed");
                     return Ok(());
                 }
-                session.handle_input(&buf[..n])?;
+                conn.on_input(&buf[..n])?;
                 if n == buf.len() && buf.len() < READ_BUF_MAX {
                     buf.resize(buf.len() * 2, 0);
                 }
-                while let Some(event) = session.poll_event() {
-                    match event {
-                        ServerEvent::PublishRequest { session_id, key, .. } => {
-                            tracing::Span::current().record("session_id", session_id.as_str());
-                            match ctx.hub.publish(&session_id) {
-                                Ok(p) => {
-                                    info!(key = %redact(&key), "publish started");
-                                    session.accept_publish();
-                                    publisher = Some(p);
-                                }
-                                Err(e) => {
-                                    warn!(reason = %e, "publish refused");
-                                    session.reject_publish("NetStream.Publish.BadName", &e.to_string());
-                                    close_after_flush = true;
-                                }
-                            }
-                        }
-                        ServerEvent::PlayRequest { session_id, .. } => {
-                            tracing::Span::current().record("session_id", session_id.as_str());
-                            info!("play requested");
-                            let sub = ctx.hub.subscribe(&session_id);
-                            let deadline = Instant::now() + ctx.hub.config().play_wait;
-                            player = Some(Player { sub, live: false, deadline });
-                        }
-                        ServerEvent::Media(frame) => {
-                            if let Some(p) = &publisher {
-                                p.send(frame);
-                            }
-                        }
-                        ServerEvent::Unpublish => {
-                            if publisher.take().is_some() {
-                                info!("publish ended by the publisher");
-                            }
-                        }
-                        ServerEvent::StopPlay => {
-                            if let Some(p) = player.take() {
-                                info!(skipped = p.sub.skipped(), "play stopped by the player");
-                            }
-                        }
-                    }
-                }
             }
-            event = player_event(player.as_mut()), if waiting || playing => {
-                match event {
-                    PlayerEvent::Live(live) => {
-                        if let Some(p) = player.as_mut() {
-                            if live {
-                                info!("play started");
-                                p.live = true;
-                                session.accept_play();
-                            } else {
-                                info!("no publisher within the play wait");
-                                session.reject_play("NetStream.Play.StreamNotFound", "no such stream is being published");
-                                player = None;
-                                close_after_flush = true;
-                            }
-                        }
-                    }
-                    PlayerEvent::Frame(frame) => match frame {
-                    Some(frame) => {
-                        batch.push(frame);
-                        if let Some(p) = player.as_mut() {
-                            p.sub.drain_into(&mut batch, WRITE_BATCH);
-                        }
-                        // Control output (acks, pings) goes before the media it precedes.
-                        if let Some(out) = session.take_output() {
-                            wire.push(out);
-                        }
-                        wire.extend(batch.drain(..).map(|f| session.media_bytes(&f)));
-                        write_timed(&mut writer, &mut wire, write_timeout).await?;
-                        wire.clear();
-                    }
-                    None => {
-                        if let Some(p) = player.take() {
-                            info!(skipped = p.sub.skipped(), "stream ended; closing player");
-                        }
-                        session.play_ended();
-                        close_after_flush = true;
-                    }
-                    },
+            event = player_event(conn.player.as_mut()), if has_player => match event {
+                PlayerEvent::Live(live) => conn.on_live(live),
+                PlayerEvent::Frame(Some(frame)) => {
+                    conn.on_frames(frame, &mut wire);
+                    write_timed(&mut writer, &mut wire, write_timeout).await?;
+                    wire.clear();
                 }
-            }
+                PlayerEvent::Frame(None) => conn.on_stream_end(),
+            },
         }
     }
 }
 
-/// Connect has not happened yet (handshake or the first commands still pending).
-fn session_pending_connect(session: &ServerSession) -> bool {
-    !session.handshake_done() || !session.is_connected()
+/// A session's state apart from its socket: the protocol machine and its hub handles.
+struct Conn<'a> {
+    ctx: &'a ConnContext,
+    session: ServerSession,
+    publisher: Option<Publisher>,
+    player: Option<Player>,
+    /// Write what is pending, then close (refusals and ended streams).
+    close_after_flush: bool,
+    /// Frames drained for one write, kept to reuse its allocation.
+    batch: Vec<Frame>,
+}
+
+impl Conn<'_> {
+    /// Until connect is done the peer must keep talking (handshake deadline); a player
+    /// may be silent for ever; anyone else within the idle timeout.
+    fn read_deadline(&self, handshake_deadline: Instant, idle: Duration) -> Option<Instant> {
+        if self.player.is_some() {
+            None
+        } else if self.publisher.is_none() && !(self.session.handshake_done() && self.session.is_connected())
+        {
+            Some(handshake_deadline)
+        } else {
+            Some(Instant::now() + idle)
+        }
+    }
+
+    fn on_input(&mut self, data: &[u8]) -> Result<(), SessionError> {
+        self.session.handle_input(data)?;
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                ServerEvent::PublishRequest { session_id, key, .. } => self.on_publish(&session_id, &key),
+                ServerEvent::PlayRequest { session_id, .. } => {
+                    tracing::Span::current().record("session_id", session_id.as_str());
+                    info!("play requested");
+                    let sub = self.ctx.hub.subscribe(&session_id);
+                    let deadline = Instant::now() + self.ctx.hub.config().play_wait;
+                    self.player = Some(Player { sub, live: false, deadline });
+                }
+                ServerEvent::Media(frame) => {
+                    if let Some(p) = &self.publisher {
+                        p.send(frame);
+                    }
+                }
+                ServerEvent::Unpublish => {
+                    if self.publisher.take().is_some() {
+                        info!("publish ended by the publisher");
+                    }
+                }
+                ServerEvent::StopPlay => {
+                    if let Some(p) = self.player.take() {
+                        info!(skipped = p.sub.skipped(), "play stopped by the player");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_publish(&mut self, session_id: &str, key: &str) {
+        tracing::Span::current().record("session_id", session_id);
+        match self.ctx.hub.publish(session_id) {
+            Ok(p) => {
+                info!(key = %redact(key), "publish started");
+                self.session.accept_publish();
+                self.publisher = Some(p);
+            }
+            Err(e) => {
+                warn!(reason = %e, "publish refused");
+                self.session.reject_publish("NetStream.Publish.BadName", &e.to_string());
+                self.close_after_flush = true;
+            }
+        }
+    }
+
+    fn on_live(&mut self, live: bool) {
+        if live {
+            info!("play started");
+            if let Some(p) = self.player.as_mut() {
+                p.live = true;
+            }
+            self.session.accept_play();
+        } else {
+            info!("no publisher within the play wait");
+            self.session.reject_play("NetStream.Play.StreamNotFound", "no such stream is being published");
+            self.player = None;
+            self.close_after_flush = true;
+        }
+    }
+
+    /// Gathers `first` and whatever else is queued into one batch of wire buffers:
+    /// pending control output first, then each frame's shared chunk bytes.
+    fn on_frames(&mut self, first: Frame, wire: &mut Vec<Bytes>) {
+        if let Some(out) = self.session.take_output() {
+            wire.push(out);
+        }
+        wire.push(self.session.media_bytes(&first));
+        if let Some(p) = self.player.as_mut() {
+            p.sub.drain_into(&mut self.batch, WRITE_BATCH);
+            wire.extend(self.batch.drain(..).map(|f| self.session.media_bytes(&f)));
+        }
+    }
+
+    fn on_stream_end(&mut self) {
+        if let Some(p) = self.player.take() {
+            info!(skipped = p.sub.skipped(), "stream ended; closing player");
+        }
+        self.session.play_ended();
+        self.close_after_flush = true;
+    }
 }
 
 async fn read_until<R: AsyncRead + Unpin>(

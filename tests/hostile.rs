@@ -889,15 +889,21 @@ async fn malformed_amf0_commands_are_refused() -> Result {
         RSS_BOUND_MIB,
         |env| async move {
             let addr = env.addr;
-            // 100,000 nested objects: { a: { a: { ... (400 KB).
+            // 10,000 nested objects: { a: { a: { ... (40 KB, under the command size cap,
+            // so the depth limit is what refuses it).
             let mut deep = BytesMut::new();
-            for _ in 0..100_000 {
+            for _ in 0..10_000 {
                 deep.put_slice(&[0x03, 0, 1, b'a']);
             }
-            // 100,000 nested strict arrays of one element.
+            // 10,000 nested strict arrays of one element (50 KB).
             let mut deep_arrays = BytesMut::new();
-            for _ in 0..100_000 {
+            for _ in 0..10_000 {
                 deep_arrays.put_slice(&[0x0A, 0, 0, 0, 1]);
+            }
+            // 100,000 nested objects (400 KB): over the command size cap, refused unread.
+            let mut huge_deep = BytesMut::new();
+            for _ in 0..100_000 {
+                huge_deep.put_slice(&[0x03, 0, 1, b'a']);
             }
             // { app: "<claims 65535 bytes, has 4>" }
             let huge_string = [0x03, 0, 3, b'a', b'p', b'p', 0x02, 0xFF, 0xFF, b'l', b'i', b'v', b'e'];
@@ -919,8 +925,9 @@ async fn malformed_amf0_commands_are_refused() -> Result {
             let mut nameless = BytesMut::new();
             amf0::encode(&Amf0Value::Number(1.0), &mut nameless);
             all(vec![
-                ("100k nested objects", Box::pin(command_refused(addr, connect_with(&deep))) as PinFut),
-                ("100k nested arrays", Box::pin(command_refused(addr, connect_with(&deep_arrays)))),
+                ("10k nested objects", Box::pin(command_refused(addr, connect_with(&deep))) as PinFut),
+                ("10k nested arrays", Box::pin(command_refused(addr, connect_with(&deep_arrays)))),
+                ("400 KB command", Box::pin(command_refused(addr, connect_with(&huge_deep)))),
                 ("string claiming 64 KiB", Box::pin(command_refused(addr, connect_with(&huge_string)))),
                 (
                     "long string claiming 4 GiB",
@@ -935,6 +942,7 @@ async fn malformed_amf0_commands_are_refused() -> Result {
             ])
             .await?;
             expect_logged("AMF0 nesting deeper than 32", 2).await?;
+            expect_logged("exceeds the limit of 65536", 1).await?;
             expect_logged("truncated AMF0 value", 4).await?;
             expect_logged("AMF0 string is not UTF-8", 1).await?;
             expect_logged("unsupported AMF0 marker 0x11", 1).await?;

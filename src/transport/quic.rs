@@ -188,6 +188,9 @@ async fn serve_tunnel(conn: Connection, peer: SocketAddr, ctx: ConnContext) {
     // Sessions already running finish on their own terms (a player drains its stream).
     sessions.close();
     sessions.wait().await;
+    // Closing the connection discards stream data the peer has not acknowledged yet (a
+    // player's last frames and its StreamEOF): let the client close first, bounded.
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
     conn.close(VarInt::from_u32(0), b"done");
 }
 

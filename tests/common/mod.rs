@@ -1,0 +1,528 @@
+//! Shared helpers for the end-to-end tests: a relay on 127.0.0.1 port 0, test media made
+//! once per test binary with ffmpeg, ffmpeg/ffprobe/`qrelay` child processes that die with
+//! the test, and comparisons of what was published with what players wrote.
+
+// Each test binary uses a different subset of these helpers, and `pub` here only means
+// "shared between test files".
+#![allow(dead_code, unreachable_pub)]
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context};
+use bytes::Bytes;
+use qrelay::hub::{Hub, StreamStats};
+use qrelay::media::flv::FlvTag;
+use qrelay::media::frame::MediaKind;
+use qrelay::server::Shutdown;
+use qrelay::Config;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub type Result<T = ()> = anyhow::Result<T>;
+
+/// Hard bound on every test body.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often conditions are polled.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Runs a test body under [`TEST_TIMEOUT`].
+pub async fn bounded<F: Future<Output = Result>>(body: F) -> Result {
+    tokio::time::timeout(TEST_TIMEOUT, body)
+        .await
+        .map_err(|_| anyhow!("test did not finish within {TEST_TIMEOUT:?}"))?
+}
+
+/// Polls `check` every few milliseconds until it returns `Some`, failing after `limit`.
+pub async fn wait_until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The relay under test
+// ---------------------------------------------------------------------------------------
+
+/// An in-process relay on 127.0.0.1, port 0 (TCP and UDP). Stopped on drop.
+pub struct TestServer {
+    /// Where TCP and QUIC listen.
+    pub addr: SocketAddr,
+    /// The development CA the clients trust.
+    pub ca: PathBuf,
+    /// The relay's stream registry, for assertions.
+    pub hub: Hub,
+    /// Cancel to stop the relay.
+    pub shutdown: Shutdown,
+    /// Certificates and the tests' output files; removed on drop.
+    pub dir: TempDir,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts a relay with default settings.
+pub async fn start_server() -> Result<TestServer> {
+    start_server_with(|_| {}).await
+}
+
+/// Starts a relay after `tweak` adjusted its configuration.
+pub async fn start_server_with(tweak: impl FnOnce(&mut Config)) -> Result<TestServer> {
+    let dir = tempfile::Builder::new().prefix("qrelay-e2e-").tempdir()?;
+    let mut config =
+        Config { listen: "127.0.0.1:0".parse()?, cert_dir: dir.path().join("certs"), ..Default::default() };
+    tweak(&mut config);
+    let server = qrelay::Server::bind(config).await?;
+    let addr = server.local_addr();
+    let ca = server.dev_ca().cloned().context("the relay made no development CA")?;
+    let hub = server.hub();
+    let shutdown = Shutdown::default();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    Ok(TestServer { addr, ca, hub, shutdown, dir, task })
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.immediate.cancel();
+        self.shutdown.graceful.cancel();
+        self.task.abort();
+    }
+}
+
+impl TestServer {
+    /// `scheme://127.0.0.1:PORT/live/key` (the session ID is `live/key`).
+    pub fn url(&self, scheme: &str, key: &str) -> String {
+        format!("{scheme}://{}/live/{key}", self.addr)
+    }
+
+    /// A path for an output file in the server's temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Current statistics of `live/key`.
+    pub fn stats(&self, key: &str) -> Option<StreamStats> {
+        self.hub.stats(&format!("live/{key}"))
+    }
+
+    /// Waits until the stream's statistics satisfy `cond`.
+    pub async fn wait_stats(
+        &self,
+        key: &str,
+        what: &str,
+        cond: impl Fn(&StreamStats) -> bool,
+    ) -> Result<StreamStats> {
+        wait_until(&format!("live/{key}: {what}"), Duration::from_secs(10), || {
+            self.stats(key).filter(|s| cond(s))
+        })
+        .await
+    }
+
+    /// Waits until at least `n` players are attached to `live/key`.
+    pub async fn wait_subscribers(&self, key: &str, n: usize) -> Result<StreamStats> {
+        self.wait_stats(key, &format!("{n} subscribers"), |s| s.subscribers >= n).await
+    }
+
+    /// Waits until `live/key` has a publisher.
+    pub async fn wait_live(&self, key: &str) -> Result<StreamStats> {
+        self.wait_stats(key, "live", |s| s.live).await
+    }
+
+    /// Waits until the hub forgot `live/key` (no publisher, no players).
+    pub async fn wait_released(&self, key: &str) -> Result {
+        wait_until(&format!("live/{key} to be released"), Duration::from_secs(5), || {
+            self.stats(key).is_none().then_some(())
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Test media
+// ---------------------------------------------------------------------------------------
+
+/// FLV files made once per test binary.
+#[derive(Debug)]
+pub struct Media {
+    /// 4 s, 320x240 30 fps H.264 with B-frames (composition offsets), GOP 1 s, AAC 44.1 kHz.
+    pub flv: PathBuf,
+    /// The same with a 2 s GOP, for late-joiner tests.
+    pub gop2: PathBuf,
+}
+
+/// The test media, generated on first use.
+pub fn media() -> &'static Media {
+    static MEDIA: OnceLock<Media> = OnceLock::new();
+    MEDIA.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-media");
+        std::fs::create_dir_all(&dir).expect("creating the media directory");
+        Media { flv: generate(&dir, "in.flv", 30), gop2: generate(&dir, "gop2.flv", 60) }
+    })
+}
+
+/// Encodes a 4 s test file with GOP `gop` frames into `dir/name` (through a temporary
+/// name and a rename, so concurrent test binaries never see half a file).
+fn generate(dir: &Path, name: &str, gop: u32) -> PathBuf {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
+    let output = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "4"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-bf", "2", "-g", &gop.to_string()])
+        .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-f", "flv"])
+        .arg(&tmp)
+        .output()
+        .expect("running ffmpeg (install it with scripts/install-test-deps.sh)");
+    assert!(output.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&output.stderr));
+    std::fs::rename(&tmp, &path).expect("renaming the generated media");
+    path
+}
+
+// ---------------------------------------------------------------------------------------
+// Child processes
+// ---------------------------------------------------------------------------------------
+
+/// `ffmpeg -loglevel error` with the given arguments; killed when dropped.
+pub fn ffmpeg<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Command {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"]).args(args);
+    quiet(&mut cmd);
+    cmd
+}
+
+/// An ffmpeg player remuxing `url` into the FLV file `out`.
+pub fn ffmpeg_player(url: &str, out: &Path) -> Command {
+    let mut cmd = ffmpeg(["-i", url, "-c", "copy", "-f", "flv"]);
+    cmd.arg(out);
+    cmd
+}
+
+/// An ffmpeg publisher sending `input` at its real time (forever when `looped`).
+pub fn ffmpeg_publisher(input: &Path, url: &str, looped: bool) -> Command {
+    let mut cmd = ffmpeg(["-re"]);
+    if looped {
+        cmd.args(["-stream_loop", "-1"]);
+    }
+    cmd.arg("-i").arg(input).args(["-c", "copy", "-f", "flv", url]);
+    cmd
+}
+
+/// The project's own binary with plain (uncoloured) logs; killed when dropped.
+pub fn qrelay<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qrelay"));
+    cmd.env("NO_COLOR", "1").env("RUST_LOG", "info").args(args);
+    quiet(&mut cmd);
+    cmd
+}
+
+/// `qrelay play URL --ca CA -o OUT [--duration SECS]`.
+pub fn qrelay_play(url: &str, ca: &Path, out: &Path, duration: Option<f64>) -> Command {
+    let mut cmd = qrelay(["play", url, "--ca"]);
+    cmd.arg(ca).arg("-o").arg(out);
+    if let Some(d) = duration {
+        cmd.args(["--duration", &d.to_string()]);
+    }
+    cmd
+}
+
+/// `qrelay publish FILE URL --ca CA [--loop]`.
+pub fn qrelay_publish(file: &Path, url: &str, ca: &Path, looped: bool) -> Command {
+    let mut cmd = qrelay(["publish"]);
+    cmd.arg(file).arg(url).arg("--ca").arg(ca);
+    if looped {
+        cmd.arg("--loop");
+    }
+    cmd
+}
+
+fn quiet(cmd: &mut Command) {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+}
+
+/// Starts a command.
+pub fn spawn(cmd: &mut Command) -> Result<Child> {
+    cmd.spawn().with_context(|| format!("spawning {:?}", cmd.as_std()))
+}
+
+/// Waits for a child to exit on its own within `limit` (it is killed otherwise).
+pub async fn finish(child: Child, what: &str, limit: Duration) -> Result<Output> {
+    tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .map_err(|_| anyhow!("{what} did not exit within {limit:?}"))?
+        .with_context(|| format!("waiting for {what}"))
+}
+
+/// Fails unless the process exited successfully, showing its stderr.
+pub fn expect_success(output: &Output, what: &str) -> Result {
+    ensure!(
+        output.status.success(),
+        "{what} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// A process's stderr as text.
+pub fn stderr_text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Sends a signal (`TERM`, `INT`, ...) to a process with kill(1).
+pub async fn send_signal(child: &Child, signal: &str) -> Result {
+    let pid = child.id().context("the process already exited")?;
+    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().await?;
+    ensure!(status.success(), "kill -{signal} {pid} failed");
+    Ok(())
+}
+
+/// Size of a file, 0 while it does not exist.
+pub fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// `qrelay serve` as a child process, its address learned from its "listening" log line.
+pub struct ServeProcess {
+    /// The relay process.
+    pub child: Child,
+    /// Where it listens (TCP and UDP).
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    _reader: JoinHandle<()>,
+}
+
+/// Runs `qrelay serve ARGS` and waits until it listens.
+pub async fn spawn_serve<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Result<ServeProcess> {
+    let mut cmd = qrelay(["serve"]);
+    cmd.args(args);
+    let mut child = spawn(&mut cmd)?;
+    let stderr = child.stderr.take().context("no stderr pipe")?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sink = log.clone();
+    // Keeps reading so the relay never blocks on a full pipe.
+    let reader = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let line = strip_ansi(&line);
+            sink.lock().unwrap().push(line.clone());
+            let _ = tx.send(line);
+        }
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = rx.recv().await {
+            if line.contains("listening") {
+                return parse_addr(&line);
+            }
+        }
+        Err(anyhow!("qrelay serve exited before listening"))
+    })
+    .await
+    .map_err(|_| anyhow!("qrelay serve did not log `listening` within 10 s"))?
+    .with_context(|| format!("log: {}", log.lock().unwrap().join("\n")))?;
+    Ok(ServeProcess { child, addr, log, _reader: reader })
+}
+
+impl ServeProcess {
+    /// Everything the relay logged so far.
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// `scheme://ADDR/live/key`.
+    pub fn url(&self, scheme: &str, key: &str) -> String {
+        format!("{scheme}://{}/live/{key}", self.addr)
+    }
+
+    /// Waits for the relay to exit within `limit`.
+    pub async fn wait(&mut self, limit: Duration) -> Result<ExitStatus> {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .map_err(|_| anyhow!("qrelay serve did not exit within {limit:?}; log:\n{}", self.logs()))??;
+        Ok(status)
+    }
+}
+
+/// `addr=127.0.0.1:PORT` from a log line.
+fn parse_addr(line: &str) -> Result<SocketAddr> {
+    let value = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .with_context(|| format!("no addr= in `{line}`"))?;
+    value.parse().with_context(|| format!("bad address in `{line}`"))
+}
+
+/// Removes ANSI escape sequences (in case colours are on despite NO_COLOR).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Comparisons
+// ---------------------------------------------------------------------------------------
+
+/// One demuxed packet as ffprobe reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet {
+    /// `video` or `audio`.
+    pub stream: String,
+    pub pts: i64,
+    pub dts: i64,
+    pub size: usize,
+    /// Keyframe flag.
+    pub key: bool,
+    /// MD5 of the packet data.
+    pub data_hash: String,
+}
+
+/// `ffprobe -show_packets -show_data_hash MD5` of a file. The compact `key=value|...`
+/// writer is parsed instead of JSON: the crate has no JSON parser among its dependencies.
+pub async fn probe_packets(path: &Path) -> Result<Vec<Packet>> {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-show_packets", "-show_data_hash", "MD5", "-of", "compact=p=0"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running ffprobe")?;
+    ensure!(output.status.success(), "ffprobe {}: {}", path.display(), stderr_text(&output));
+    let text = String::from_utf8(output.stdout)?;
+    text.lines().filter(|l| !l.trim().is_empty()).map(parse_packet).collect()
+}
+
+fn parse_packet(line: &str) -> Result<Packet> {
+    let field = |name: &str| {
+        line.split('|')
+            .find_map(|kv| kv.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+            .with_context(|| format!("no {name} in `{line}`"))
+    };
+    let int = |name: &str| -> Result<i64> {
+        field(name)?.parse().with_context(|| format!("bad {name} in `{line}`"))
+    };
+    Ok(Packet {
+        stream: field("codec_type")?.to_owned(),
+        pts: int("pts")?,
+        dts: int("dts")?,
+        size: int("size")? as usize,
+        key: field("flags")?.starts_with('K'),
+        data_hash: field("data_hash")?.to_owned(),
+    })
+}
+
+/// Compares a played file's packets with the published file's, starting at the played
+/// file's first video keyframe: per stream, packet for packet, equal size, data hash and
+/// keyframe flag, equal composition offset (pts - dts) and equal dts relative to that
+/// keyframe (ffmpeg may shift absolute timestamps; A/V sync must not move). With
+/// `complete`, the played file must also run to the end of the input. Returns the number
+/// of packets compared.
+pub fn compare_packets(input: &[Packet], played: &[Packet], complete: bool) -> Result<usize> {
+    let first_key = played
+        .iter()
+        .find(|p| p.stream == "video" && p.key)
+        .context("the played file has no video keyframe")?;
+    let origin = input
+        .iter()
+        .find(|p| p.stream == "video" && p.key && p.data_hash == first_key.data_hash)
+        .context("the played file's first keyframe is not in the input")?;
+    let mut compared = 0;
+    for stream in ["video", "audio"] {
+        let from = |packets: &[Packet], origin: &Packet| -> Vec<Packet> {
+            packets.iter().filter(|p| p.stream == stream && p.dts >= origin.dts).cloned().collect()
+        };
+        let want = from(input, origin);
+        let got = from(played, first_key);
+        ensure!(!got.is_empty(), "no {stream} packets played");
+        ensure!(
+            got.len() <= want.len(),
+            "{stream}: {} packets played, only {} published",
+            got.len(),
+            want.len()
+        );
+        if complete {
+            ensure!(
+                got.len() == want.len(),
+                "{stream}: played {} packets of {} published after the first keyframe",
+                got.len(),
+                want.len()
+            );
+        }
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            let same = w.size == g.size
+                && w.data_hash == g.data_hash
+                && w.key == g.key
+                && w.pts - w.dts == g.pts - g.dts
+                && w.dts - origin.dts == g.dts - first_key.dts;
+            ensure!(same, "{stream} packet {i} differs:\n published {w:?}\n played    {g:?}");
+        }
+        compared += got.len();
+    }
+    Ok(compared)
+}
+
+/// Every tag of an FLV file.
+pub async fn read_tags(path: &Path) -> Result<Vec<FlvTag>> {
+    let file = tokio::fs::File::open(path).await.with_context(|| format!("opening {}", path.display()))?;
+    Ok(qrelay::client::read_flv_tags(file).await?)
+}
+
+/// Audio and video tags only.
+pub fn av_tags(tags: &[FlvTag]) -> Vec<&FlvTag> {
+    tags.iter().filter(|t| t.kind != MediaKind::Data).collect()
+}
+
+/// Video payloads only.
+pub fn video_payloads(tags: &[FlvTag]) -> Vec<&Bytes> {
+    tags.iter().filter(|t| t.kind == MediaKind::Video).map(|t| &t.payload).collect()
+}
+
+/// The played file's audio and video tags equal the published file's, from the first tag
+/// on: same kind, timestamp and payload bytes, nothing missing (data tags may differ).
+pub fn assert_same_av_tags(published: &[FlvTag], played: &[FlvTag]) -> Result {
+    let want = av_tags(published);
+    let got = av_tags(played);
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        ensure!(
+            w.kind == g.kind && w.timestamp == g.timestamp && w.payload == g.payload,
+            "tag {i} differs: published {:?} @{} ms ({} bytes), played {:?} @{} ms ({} bytes)",
+            w.kind,
+            w.timestamp,
+            w.payload.len(),
+            g.kind,
+            g.timestamp,
+            g.payload.len()
+        );
+    }
+    ensure!(want.len() == got.len(), "published {} audio/video tags, played {}", want.len(), got.len());
+    Ok(())
+}
