@@ -1,0 +1,294 @@
+#!/usr/bin/env bash
+# Measured comparison of qrelay with nginx-rtmp on loopback, reproducible:
+#
+#   bench/compare.sh                      # defaults below
+#   DURATION=30 REPS=3 bench/compare.sh   # longer, more repetitions
+#
+# What it does:
+#   1. builds qrelay (release) and copies the binary aside, so a rebuild during the run
+#      does not change what is measured;
+#   2. installs nginx with the RTMP module from Debian if missing
+#      (apt-get install nginx-light libnginx-mod-rtmp);
+#   3. for each load, REPS times, in turn (A B C A B C ...): a fresh qrelay over TCP, a
+#      fresh nginx-rtmp (one worker, `live on`, no access log), a fresh qrelay over QUIC
+#      (tunnel, players sharing connections), each measured by the same `qrelay bench`
+#      with --server-pid (nginx: master + worker);
+#   4. idle memory: N connections that handshake and `connect` but never play;
+#   5. prints a summary (medians over the repetitions, ratios qrelay/nginx and
+#      QUIC/TCP) and writes it with the exact command to bench/RESULTS.md.
+#
+# Environment: DURATION (s, default 20), REPS (2), LOADS ("streams:players ..."),
+# IDLE_CONNS (1000), QRELAY_PORT (19350), NGINX_PORT (19351), BITRATE (3M),
+# OUT (results dir, default a temp dir), RESULTS (bench/RESULTS.md), SKIP_QUIC (0/1),
+# QRELAY_BIN (use this binary instead of building).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DURATION=${DURATION:-20}
+REPS=${REPS:-2}
+LOADS=${LOADS:-"1:200 1:500 1:1000 10:500"}
+IDLE_CONNS=${IDLE_CONNS:-1000}
+QPORT=${QRELAY_PORT:-19350}
+NPORT=${NGINX_PORT:-19351}
+BITRATE=${BITRATE:-3M}
+SKIP_QUIC=${SKIP_QUIC:-0}
+RESULTS=${RESULTS:-$ROOT/bench/RESULTS.md}
+WORK=$(mktemp -d /tmp/qrelay-compare.XXXXXX)
+OUT=${OUT:-$WORK/results}
+mkdir -p "$OUT"
+COMMAND="DURATION=$DURATION REPS=$REPS LOADS=\"$LOADS\" IDLE_CONNS=$IDLE_CONNS BITRATE=$BITRATE bench/compare.sh"
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+# --- qrelay binary ---------------------------------------------------------------------
+if [[ -n "${QRELAY_BIN:-}" ]]; then
+    cp "$QRELAY_BIN" "$WORK/qrelay"
+else
+    log "building qrelay (release)"
+    cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+    cp "$ROOT/target/release/qrelay" "$WORK/qrelay"
+fi
+QRELAY="$WORK/qrelay"
+
+# --- nginx-rtmp -----------------------------------------------------------------------
+NGINX_MODULE=/usr/lib/nginx/modules/ngx_rtmp_module.so
+if ! command -v nginx >/dev/null || [[ ! -f $NGINX_MODULE ]]; then
+    log "installing nginx with the RTMP module"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-rtmp >/dev/null
+fi
+sed -e "s#@WORK@#$WORK#g" -e "s#@PORT@#$NPORT#g" -e "s#@MODULE@#$NGINX_MODULE#g" \
+    "$ROOT/bench/nginx-rtmp.conf.in" >"$WORK/nginx.conf"
+nginx -t -q -c "$WORK/nginx.conf" -p "$WORK/" -e "$WORK/nginx-error.log"
+
+# --- server lifecycle -----------------------------------------------------------------
+SERVER_PID=""
+SERVER_PIDS=()
+
+wait_port() {
+    local port=$1
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "nothing listening on $port" >&2
+    return 1
+}
+
+start_qrelay() {
+    RUST_LOG=error "$QRELAY" serve --listen "127.0.0.1:$QPORT" --cert-dir "$WORK/certs" \
+        >>"$WORK/qrelay.log" 2>&1 &
+    SERVER_PID=$!
+    SERVER_PIDS=("$SERVER_PID")
+    wait_port "$QPORT"
+}
+
+start_nginx() {
+    nginx -c "$WORK/nginx.conf" -p "$WORK/" -e "$WORK/nginx-error.log" &
+    SERVER_PID=$!
+    wait_port "$NPORT"
+    local worker
+    worker=$(pgrep -P "$SERVER_PID" | head -1)
+    SERVER_PIDS=("$SERVER_PID" "$worker")
+}
+
+stop_server() {
+    if [[ -n "$SERVER_PID" ]]; then
+        kill -INT "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+}
+trap 'stop_server; rm -rf "$WORK/certs"' EXIT
+
+server_args() {
+    local p
+    for p in "${SERVER_PIDS[@]}"; do printf -- '--server-pid %s ' "$p"; done
+}
+
+# run_one TARGET STREAMS PLAYERS REP: TARGET is qrelay-tcp, nginx or qrelay-quic.
+run_one() {
+    local target=$1 streams=$2 players=$3 rep=$4 url extra=()
+    case $target in
+        qrelay-tcp) start_qrelay; url="rtmp://127.0.0.1:$QPORT/live/b" ;;
+        qrelay-quic) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/b"; extra=(--ca "$WORK/certs/dev-ca.pem") ;;
+        nginx) start_nginx; url="rtmp://127.0.0.1:$NPORT/live/b" ;;
+    esac
+    local json="$OUT/s${streams}-p${players}.${target}.${rep}.json"
+    log "$target: $streams stream(s) x $players players, rep $rep"
+    # shellcheck disable=SC2046
+    "$QRELAY" bench --url "$url" --streams "$streams" --players "$players" --duration "$DURATION" \
+        --bitrate "$BITRATE" --quiet --json "$json" $(server_args) "${extra[@]}" >&2 \
+        || echo "bench failed for $target (see above)" >&2
+    stop_server
+    sleep 1
+}
+
+run_idle() {
+    local target=$1 url extra=()
+    case $target in
+        qrelay-tcp) start_qrelay; url="rtmp://127.0.0.1:$QPORT/live/idle" ;;
+        qrelay-quic) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/idle"; extra=(--ca "$WORK/certs/dev-ca.pem") ;;
+        nginx) start_nginx; url="rtmp://127.0.0.1:$NPORT/live/idle" ;;
+    esac
+    log "$target: $IDLE_CONNS idle connections"
+    # shellcheck disable=SC2046
+    "$QRELAY" bench --url "$url" --idle "$IDLE_CONNS" --quiet --json "$OUT/idle.$target.json" \
+        $(server_args) "${extra[@]}" >&2 || echo "idle bench failed for $target" >&2
+    stop_server
+    sleep 1
+}
+
+TARGETS=(qrelay-tcp nginx)
+[[ $SKIP_QUIC == 1 ]] || TARGETS+=(qrelay-quic)
+
+for rep in $(seq "$REPS"); do
+    for load in $LOADS; do
+        for target in "${TARGETS[@]}"; do
+            run_one "$target" "${load%%:*}" "${load##*:}" "$rep"
+        done
+    done
+done
+for target in "${TARGETS[@]}"; do
+    run_idle "$target"
+done
+
+# --- summary --------------------------------------------------------------------------
+MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), \
+Linux $(uname -r), $(nginx -v 2>&1 | sed 's#nginx version: ##'), $("$QRELAY" --version)"
+python3 - "$OUT" "$LOADS" "$COMMAND" "$MACHINE" "$DURATION" "$REPS" "$BITRATE" <<'PY' | tee "$RESULTS"
+"""Summarizes bench/compare.sh's JSON results as Markdown (medians over repetitions).
+
+usage: python3 - OUT_DIR LOADS COMMAND MACHINE DURATION REPS BITRATE
+"""
+import glob
+import json
+import os
+import statistics
+import sys
+
+TARGETS = ["qrelay-tcp", "nginx", "qrelay-quic"]
+
+
+def load_runs(out, name):
+    runs = {}
+    for target in TARGETS:
+        files = sorted(glob.glob(os.path.join(out, f"{name}.{target}.*.json")))
+        runs[target] = [json.load(open(f)) for f in files]
+    return runs
+
+
+def get(run, path):
+    v = run
+    for k in path.split("."):
+        if not isinstance(v, dict):
+            return None
+        v = v.get(k)
+    return v
+
+
+def med(runs, path):
+    vals = [get(r, path) for r in runs]
+    vals = [v for v in vals if isinstance(v, (int, float))]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(v, digits=2):
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    return f"{v:.{digits}f}"
+
+
+def fmt_ratio(v):
+    if v is None:
+        return "-"
+    return f"{v:.3g}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def main():
+    out, loads, command, machine, duration, reps, bitrate = sys.argv[1:8]
+    lines = []
+    p = lines.append
+    p("## Performance: qrelay vs nginx-rtmp (measured)")
+    p("")
+    p(f"Command: `{command}` (each run {duration} s after every player connected, "
+      f"medians of {reps} repetitions, run in turn A B C A B C; synthetic {bitrate}bit/s "
+      "AVC, 30 fps, 2 s GOP; one bench process on the same machine).")
+    p("")
+    p(f"Machine: {machine}.")
+    p("")
+    p("Server CPU is the server process's utime+stime in the window (nginx: master + its one "
+      "worker); loopback TCP work done in softirq context is not always charged to a process, "
+      "so the machine column shows total load. Latency = receive time - send time of each "
+      "video frame on the bench's one monotonic clock (publisher -> server -> player), frames "
+      "a late joiner gets from a GOP cache excluded. First frame = play request to first video "
+      "frame (nginx-rtmp has no GOP cache: its players wait for the next keyframe).")
+    p("")
+    p("| load | server | players ok | Mbit/s | server CPU % | CPU s/Gbit | latency p50 / p99 ms "
+      "| first frame p50 / p99 ms | peak RSS MB | KiB/player | bench CPU % | machine CPU % |")
+    p("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    ratios = []
+    for load in loads.split():
+        streams, players = load.split(":")
+        name = f"s{streams}-p{players}"
+        runs = load_runs(out, name)
+        label = f"{streams} x {int(players) // int(streams)}" if streams != "1" else f"1 x {players}"
+        m = {}
+        for target in TARGETS:
+            rs = runs[target]
+            if not rs:
+                continue
+            m[target] = {
+                "gbit": med(rs, "cpu_s_per_gbit"),
+                "p99": med(rs, "relay_latency_ms.p99"),
+                "ff50": med(rs, "first_frame_ms.p50"),
+                "rss": med(rs, "server_rss_peak_mb"),
+            }
+            ok = med(rs, "players_ok")
+            total = med(rs, "players_total")
+            p(f"| {label} | {target} | {fmt(ok, 0)}/{fmt(total, 0)} | {fmt(med(rs, 'delivered_mbps'), 0)} "
+              f"| {fmt(med(rs, 'server_cpu_pct'), 1)} | {fmt(m[target]['gbit'], 3)} "
+              f"| {fmt(med(rs, 'relay_latency_ms.p50'))} / {fmt(m[target]['p99'])} "
+              f"| {fmt(m[target]['ff50'])} / {fmt(med(rs, 'first_frame_ms.p99'))} "
+              f"| {fmt(m[target]['rss'], 1)} | {fmt(med(rs, 'server_rss_per_player_kib'), 1)} "
+              f"| {fmt(med(rs, 'bench_cpu_pct'), 1)} | {fmt(med(rs, 'host_cpu_pct'), 0)} |")
+        q, n, u = m.get("qrelay-tcp"), m.get("nginx"), m.get("qrelay-quic")
+        ratios.append((label, q, n, u))
+    p("")
+    p("Ratios (below 1 = qrelay better; QUIC/TCP is qrelay over QUIC tunnel vs qrelay over TCP):")
+    p("")
+    p("| load | CPU s/Gbit qrelay/nginx | latency p99 qrelay/nginx | first frame p50 qrelay/nginx "
+      "| peak RSS qrelay/nginx | CPU s/Gbit QUIC/TCP | latency p99 QUIC/TCP |")
+    p("|---|---|---|---|---|---|---|")
+    for label, q, n, u in ratios:
+        g = lambda a, b, k: fmt_ratio(ratio(a and a[k], b and b[k]))  # noqa: E731
+        p(f"| {label} | {g(q, n, 'gbit')} | {g(q, n, 'p99')} | {g(q, n, 'ff50')} | {g(q, n, 'rss')} "
+          f"| {g(u, q, 'gbit')} | {g(u, q, 'p99')} |")
+    p("")
+    p("Idle connections (handshake + `connect`, never play):")
+    p("")
+    p("| server | connections | RSS before MB | RSS after MB | KiB per connection |")
+    p("|---|---|---|---|---|")
+    for target in TARGETS:
+        f = os.path.join(out, f"idle.{target}.json")
+        if not os.path.exists(f):
+            continue
+        r = json.load(open(f))
+        p(f"| {target} | {r.get('idle_connections')} | {fmt(r.get('idle_rss_before_mb'), 1)} "
+          f"| {fmt(r.get('idle_rss_after_mb'), 1)} | {fmt(r.get('idle_rss_per_conn_kib'), 1)} |")
+    p("")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
+PY
+log "results: $RESULTS (raw JSON in $OUT)"
