@@ -94,6 +94,11 @@ pub trait SessionWriter: AsyncWrite + Unpin + Send {
         bufs: &mut [Bytes],
     ) -> impl std::future::Future<Output = io::Result<()>> + Send {
         async move {
+            if let [one] = bufs {
+                // One buffer: plain write(2), cheaper than writev(2) in the kernel.
+                self.write_all(one).await?;
+                return self.flush().await;
+            }
             let mut slices: Vec<IoSlice<'_>> =
                 bufs.iter().filter(|b| !b.is_empty()).map(|b| IoSlice::new(b)).collect();
             let mut rest = &mut slices[..];
@@ -147,6 +152,10 @@ where
     let mut buf = vec![0u8; READ_BUF_MIN];
     let mut shutting_down = false;
     let mut wire: Vec<Bytes> = Vec::new();
+    // Registered once: re-creating it on every pass would lock the token's waiter list
+    // once per frame per player.
+    let shutdown = ctx.shutdown.cancelled();
+    tokio::pin!(shutdown);
 
     loop {
         if let Some(out) = conn.session.take_output() {
@@ -161,7 +170,7 @@ where
 
         tokio::select! {
             biased;
-            _ = ctx.shutdown.cancelled(), if !shutting_down => {
+            _ = &mut shutdown, if !shutting_down => {
                 shutting_down = true;
                 // Publishers stop now (their players then drain and end); a live player
                 // stays until its stream ends, everyone else goes.

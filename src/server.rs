@@ -135,13 +135,35 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     Server::bind(config).await?.run(shutdown).await
 }
 
+/// Socket buffer asked for on the QUIC socket. The default (~208 KiB) drops datagrams
+/// when many connections burst at once (keyframes to every player, ACK storms), and QUIC
+/// congestion control then reads the drops as congestion. The kernel caps it at
+/// `net.core.{r,w}mem_max`.
+const UDP_BUFFER: usize = 8 * 1024 * 1024;
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Same behaviour as TcpListener::bind for `[::]` (dual-stack where the OS allows).
+        let _ = socket.set_only_v6(false);
+    }
+    if let Err(e) =
+        socket.set_recv_buffer_size(UDP_BUFFER).and_then(|()| socket.set_send_buffer_size(UDP_BUFFER))
+    {
+        warn!(error = %e, "cannot enlarge the QUIC socket buffers");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 async fn bind_pair(addr: SocketAddr) -> anyhow::Result<(TcpListener, UdpSocket)> {
     let attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
     let mut last_err = None;
     for _ in 0..attempts {
         let tcp = TcpListener::bind(addr).await?;
         let port_addr = tcp.local_addr()?;
-        match UdpSocket::bind(port_addr) {
+        match bind_udp(port_addr) {
             Ok(udp) => return Ok((tcp, udp)),
             Err(e) => last_err = Some(e),
         }

@@ -136,9 +136,14 @@ impl Queue {
             }
         }
         st.bytes += frame.payload().len();
+        let was_empty = st.frames.is_empty();
         st.frames.push_back(frame.clone());
         drop(st);
-        self.notify.notify_one();
+        // A non-empty queue was already signalled, and the subscriber looks at the queue
+        // before it waits again: one wake-up per batch, not per frame.
+        if was_empty {
+            self.notify.notify_one();
+        }
     }
 
     fn over_limit(&self, st: &QueueState, frame: &Frame) -> bool {
