@@ -12,7 +12,10 @@
 //!   to the last one sent;
 //! - no connect failed, and the relay never logged a panic.
 
+mod common;
 mod support_hostile;
+
+use common::strip_ansi;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,24 +66,6 @@ struct LogSummary {
     samples: Vec<String>,
     /// How often each `reason=` of a warning came up.
     reasons: std::collections::BTreeMap<String, usize>,
-}
-
-/// Removes ANSI colour sequences from a log line.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 async fn start_relay() -> Result<RelayProcess> {

@@ -678,8 +678,9 @@ mod tests {
         assert_eq!(dec.pending_bytes(), 0);
     }
 
-    #[test]
-    fn interleaved_chunk_streams() {
+    /// Message A (audio, csid 4) and B (video, csid 6), 300 bytes each at chunk size 128,
+    /// with their chunks alternating A1 B1 A2 B2 A3 B3, as some hardware encoders send.
+    fn interleaved_wire() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         let a = pattern(300, 1);
         let b = pattern(300, 2);
         let mut wire = Vec::new();
@@ -695,6 +696,12 @@ mod tests {
         wire.extend(&a[256..]);
         wire.push(0xC6);
         wire.extend(&b[256..]);
+        (wire, a, b)
+    }
+
+    #[test]
+    fn interleaved_chunk_streams() {
+        let (wire, a, b) = interleaved_wire();
         let expected = vec![msg(4, 100, 8, 1, a), msg(6, 200, 9, 1, b)];
 
         let mut dec = ChunkDecoder::new(DecoderLimits::default());
@@ -709,21 +716,7 @@ mod tests {
     /// Why this layer exists: rml_rtmp 0.8 mixes the payloads of interleaved messages.
     #[test]
     fn rml_rtmp_deserializer_fails_interleaving() {
-        let a = pattern(300, 1);
-        let b = pattern(300, 2);
-        let mut wire = Vec::new();
-        wire.extend(fmt0(4, 100, 300, 8, 1));
-        wire.extend(&a[..128]);
-        wire.extend(fmt0(6, 200, 300, 9, 1));
-        wire.extend(&b[..128]);
-        wire.push(0xC4);
-        wire.extend(&a[128..256]);
-        wire.push(0xC6);
-        wire.extend(&b[128..256]);
-        wire.push(0xC4);
-        wire.extend(&a[256..]);
-        wire.push(0xC6);
-        wire.extend(&b[256..]);
+        let (wire, a, b) = interleaved_wire();
         let mut rml = rml_rtmp::chunk_io::ChunkDeserializer::new();
         let mut got = Vec::new();
         let mut input: &[u8] = &wire;
