@@ -3,6 +3,7 @@
 //! halves and `select!`s over socket input, hub output and shutdown; nothing here is
 //! shared with another connection.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
@@ -346,15 +347,21 @@ async fn player_event(player: Option<&mut Player>) -> PlayerEvent {
     }
 }
 
-/// Writes a batch, failing when it does not complete within `timeout`.
+/// Writes a batch, failing when it does not complete within `timeout`. Most writes
+/// complete at once into the socket buffer; only those that wait get a timer.
 async fn write_timed<W: SessionWriter>(
     writer: &mut W,
     bufs: &mut [Bytes],
     timeout: Duration,
 ) -> Result<(), ConnError> {
-    tokio::time::timeout(timeout, writer.write_batch(bufs))
-        .await
-        .map_err(|_| ConnError::Timeout("write made no progress"))??;
+    let mut write = std::pin::pin!(writer.write_batch(bufs));
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(result) => result?,
+        std::task::Poll::Pending => tokio::time::timeout(timeout, write)
+            .await
+            .map_err(|_| ConnError::Timeout("write made no progress"))??,
+    }
     Ok(())
 }
 
