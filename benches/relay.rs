@@ -2,6 +2,9 @@
 //! handshake and keyframe detection. `cargo bench --bench relay`; each group measures
 //! for about a second so the whole run stays short.
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::time::Duration;
 
