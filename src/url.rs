@@ -96,17 +96,19 @@ impl StreamUrl {
 
         let mut params = RelayParams::default();
         let mut kept = Vec::new();
-        for param in query.into_iter().flat_map(|q| q.split('&')) {
+        // Whitespace around a parameter is not part of it (`k ?quic=1`, `&\tmode=...`):
+        // trimmed before the relay's own parameters are recognised, so printing and
+        // parsing again gives the same URL.
+        for param in query.into_iter().flat_map(|q| q.split('&')).map(str::trim) {
             if !param.is_empty() && !params.take(param)? {
                 kept.push(param);
             }
         }
         let transport = params.resolve(base)?;
 
-        // Whitespace next to removed relay parameters (`k ?quic=1`) is not part of the
-        // key: printed at the end of a URL it would not survive a re-parse.
+        // Whitespace before removed relay parameters (`k ?quic=1`) is not part of the key:
+        // printed at the end of a URL it would not survive a re-parse.
         let key = key.trim_end();
-        let kept: Vec<&str> = kept.iter().map(|p| p.trim()).filter(|p| !p.is_empty()).collect();
         if key.is_empty() {
             return Err(UrlError::MissingKey);
         }
