@@ -202,18 +202,6 @@ impl RtmpClient {
         self.flush().await
     }
 
-    /// Writes pre-encoded chunk bytes (from [`ClientSession::encode_media`]).
-    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.flush().await?;
-        self.writer.write_all(bytes).await?;
-        Ok(())
-    }
-
-    /// The session (e.g. to encode media once for many connections).
-    pub fn session(&self) -> &ClientSession {
-        &self.session
-    }
-
     /// Reads once from the server and processes it, without writing; `false` when the
     /// server closed. Cancel-safe, so it can sit in a `select!` beside a timer; answers
     /// it queued (acks, pongs) go out with the next [`RtmpClient::flush`].

@@ -250,13 +250,7 @@ impl RtmpMessage {
                 (CSID_CONTROL, 6)
             }
             RtmpMessage::Media { kind, payload } => {
-                b.put_slice(payload);
-                let csid = match kind {
-                    MediaKind::Audio => CSID_AUDIO,
-                    MediaKind::Video => CSID_VIDEO,
-                    MediaKind::Data => CSID_DATA,
-                };
-                (csid, kind.type_id())
+                return media_message(*kind, timestamp, stream_id, payload.clone());
             }
             RtmpMessage::Command(c) => {
                 amf0::encode(&Amf0Value::String(c.name.clone()), &mut b);
@@ -309,6 +303,16 @@ pub fn data_name(payload: &[u8]) -> Option<String> {
     let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
     let s = rest.get(2..2 + len)?;
     std::str::from_utf8(s).ok().map(str::to_owned)
+}
+
+/// A media message on its conventional chunk stream, without copying the payload.
+pub fn media_message(kind: MediaKind, timestamp: u32, stream_id: u32, payload: Bytes) -> Message {
+    let csid = match kind {
+        MediaKind::Audio => CSID_AUDIO,
+        MediaKind::Video => CSID_VIDEO,
+        MediaKind::Data => CSID_DATA,
+    };
+    Message { csid, timestamp, type_id: kind.type_id(), stream_id, payload }
 }
 
 /// `onStatus` info object.

@@ -8,9 +8,9 @@ use bytes::Bytes;
 use super::core::{Core, SessionConfig, SessionError};
 use crate::media::frame::MediaKind;
 use crate::rtmp::amf0::{self, Amf0Value};
-use crate::rtmp::chunk::{self, Message};
+use crate::rtmp::chunk::Message;
 use crate::rtmp::handshake::Handshake;
-use crate::rtmp::message::{Command, RtmpMessage, UserControl};
+use crate::rtmp::message::{self, Command, RtmpMessage, UserControl};
 
 const TXN_CONNECT: f64 = 1.0;
 const TXN_CREATE_STREAM: f64 = 4.0;
@@ -121,22 +121,7 @@ impl ClientSession {
     /// Queues a media message (only while publishing; ignored otherwise).
     pub fn send_media(&mut self, kind: MediaKind, timestamp: u32, payload: Bytes) {
         if let (ClientMode::Publish, State::Active(sid)) = (self.mode, self.state) {
-            let m = RtmpMessage::Media { kind, payload: Bytes::new() }.to_message(sid, timestamp);
-            let m = Message { payload, ..m };
-            let bytes = chunk::encode_to_bytes(&m, self.core.out_chunk_size);
-            self.core.send_raw(&bytes);
-        }
-    }
-
-    /// Encodes a media message as this session would send it, without queueing it
-    /// (callers that share one encoding across many connections, like the bench).
-    pub fn encode_media(&self, kind: MediaKind, timestamp: u32, payload: Bytes) -> Option<Bytes> {
-        match (self.mode, self.state) {
-            (ClientMode::Publish, State::Active(sid)) => {
-                let m = RtmpMessage::Media { kind, payload: Bytes::new() }.to_message(sid, timestamp);
-                Some(chunk::encode_to_bytes(&Message { payload, ..m }, self.core.out_chunk_size))
-            }
-            _ => None,
+            self.core.send_message(&message::media_message(kind, timestamp, sid, payload));
         }
     }
 

@@ -137,8 +137,12 @@ impl Core {
 
     /// Queues a message with the current outbound chunk size.
     pub(super) fn send(&mut self, msg: &RtmpMessage, stream_id: u32, timestamp: u32) {
-        let m = msg.to_message(stream_id, timestamp);
-        chunk::encode_message(&m, self.out_chunk_size, &mut self.out);
+        self.send_message(&msg.to_message(stream_id, timestamp));
+    }
+
+    /// Queues a chunk-layer message with the current outbound chunk size.
+    pub(super) fn send_message(&mut self, msg: &Message) {
+        chunk::encode_message(msg, self.out_chunk_size, &mut self.out);
     }
 
     /// Announces and switches to a new outbound chunk size.
@@ -147,21 +151,11 @@ impl Core {
         self.out_chunk_size = size;
     }
 
-    /// Queues pre-encoded chunk bytes (encoded at the current chunk size).
-    pub(super) fn send_raw(&mut self, bytes: &[u8]) {
-        self.out.extend_from_slice(bytes);
-    }
-
     pub(super) fn take_output(&mut self) -> Option<Bytes> {
         if self.out.is_empty() {
             None
         } else {
             Some(self.out.split().freeze())
         }
-    }
-
-    /// Bytes received and not yet decoded into messages (for memory accounting).
-    pub(super) fn buffered(&self) -> usize {
-        self.inbuf.len()
     }
 }

@@ -114,11 +114,6 @@ impl ServerSession {
         self.core.handshake_done()
     }
 
-    /// Bytes received but not yet decoded.
-    pub fn buffered(&self) -> usize {
-        self.core.buffered()
-    }
-
     /// The publish may go ahead.
     pub fn accept_publish(&mut self) {
         if let Role::PublishPending(sid) = self.role {
@@ -185,8 +180,7 @@ impl ServerSession {
         };
         let chunk_size = self.core.out_chunk_size;
         frame.encoded((chunk_size, sid), || {
-            let msg = RtmpMessage::Media { kind: frame.kind(), payload: Bytes::new() }.to_message(sid, 0);
-            let m = Message { timestamp: frame.timestamp(), payload: frame.payload().clone(), ..msg };
+            let m = message::media_message(frame.kind(), frame.timestamp(), sid, frame.payload().clone());
             chunk::encode_to_bytes(&m, chunk_size)
         })
     }
