@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::hub::{Hub, Publisher, Subscriber};
+use crate::hub::{DirectSink, Hub, Publisher, Subscriber};
 use crate::media::frame::Frame;
-use crate::rtmp::session::{ServerEvent, ServerSession, SessionError};
+use crate::rtmp::session::{MediaEncoder, ServerEvent, ServerSession, SessionError};
 
 /// Read buffer bounds: idle and control-only connections stay small (memory per idle
 /// connection matters at tens of thousands of them); a buffer that a read fills grows.
@@ -89,6 +89,12 @@ struct Player {
 /// (quinn queues them without copying), so a frame shared by a thousand players is never
 /// copied in user space.
 pub trait SessionWriter: AsyncWrite + Unpin + Send {
+    /// The socket as the publisher may write it while this session idles. `None` where
+    /// that cannot be done without waiting or from another task (TLS, QUIC streams).
+    fn direct(&self) -> Option<Arc<dyn TryWrite>> {
+        None
+    }
+
     /// Writes every buffer in order and flushes.
     fn write_batch(
         &mut self,
@@ -115,7 +121,12 @@ pub trait SessionWriter: AsyncWrite + Unpin + Send {
     }
 }
 
-impl SessionWriter for tokio::net::tcp::OwnedWriteHalf {}
+/// A socket that can be written from outside its session's task without waiting.
+pub trait TryWrite: Send + Sync {
+    /// Writes as much of `buf` as fits now; `WouldBlock` when nothing does.
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> SessionWriter for tokio::io::WriteHalf<S> {}
 impl SessionWriter for Box<dyn AsyncWrite + Unpin + Send> {}
 
@@ -149,6 +160,7 @@ where
         player: None,
         close_after_flush: false,
         batch: Vec::new(),
+        unwritten: None,
     };
     let mut buf = vec![0u8; READ_BUF_MIN];
     let mut shutting_down = false;
@@ -158,14 +170,23 @@ where
     let shutdown = ctx.shutdown.cancelled();
     tokio::pin!(shutdown);
 
+    let direct = writer.direct();
+
     loop {
-        if let Some(out) = conn.session.take_output() {
-            write_timed(&mut writer, &mut [out], write_timeout).await?;
+        // Writing is this task's: first what the publisher left half-written, then the
+        // session's own output, then queued media.
+        conn.gather_output(&mut wire);
+        if !wire.is_empty() {
+            write_timed(&mut writer, &mut wire, write_timeout).await?;
+            wire.clear();
         }
         if conn.close_after_flush {
             let _ = writer.shutdown().await;
             return Ok(());
         }
+        // Idle: the publisher writes media straight to the socket until something needs
+        // this task (a full socket, input, the end of the stream).
+        conn.hand_to_publisher(direct.as_ref());
         let read_deadline = conn.read_deadline(handshake_deadline, idle);
         let has_player = conn.player.is_some();
 
@@ -190,16 +211,28 @@ where
                     buf.resize(buf.len() * 2, 0);
                 }
             }
-            event = player_event(conn.player.as_mut()), if has_player => match event {
+            event = player_event(conn.player.as_ref()), if has_player => match event {
                 PlayerEvent::Live(live) => conn.on_live(live),
-                PlayerEvent::Frame(Some(frame)) => {
-                    conn.on_frames(frame, &mut wire);
-                    write_timed(&mut writer, &mut wire, write_timeout).await?;
-                    wire.clear();
-                }
-                PlayerEvent::Frame(None) => conn.on_stream_end(),
+                PlayerEvent::Ready(true) => {}
+                PlayerEvent::Ready(false) => conn.on_stream_end(),
             },
         }
+    }
+}
+
+/// The publisher's handle on an idle player's socket.
+struct PlayerSink {
+    socket: Arc<dyn TryWrite>,
+    encoder: MediaEncoder,
+}
+
+impl DirectSink for PlayerSink {
+    fn encode(&self, frame: &Frame) -> Bytes {
+        self.encoder.encode(frame)
+    }
+
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.socket.try_write(buf)
     }
 }
 
@@ -213,6 +246,9 @@ struct Conn<'a> {
     close_after_flush: bool,
     /// Frames drained for one write, kept to reuse its allocation.
     batch: Vec<Frame>,
+    /// The rest of a frame the publisher wrote only part of, to a player that has since
+    /// stopped playing: it still goes out first.
+    unwritten: Option<Bytes>,
 }
 
 impl Conn<'_> {
@@ -253,6 +289,7 @@ impl Conn<'_> {
                 }
                 ServerEvent::StopPlay => {
                     if let Some(p) = self.player.take() {
+                        self.unwritten = p.sub.take_unwritten();
                         info!(skipped = p.sub.skipped(), "play stopped by the player");
                     }
                 }
@@ -292,16 +329,27 @@ impl Conn<'_> {
         }
     }
 
-    /// Gathers `first` and whatever else is queued into one batch of wire buffers:
-    /// pending control output first, then each frame's shared chunk bytes.
-    fn on_frames(&mut self, first: Frame, wire: &mut Vec<Bytes>) {
-        if let Some(out) = self.session.take_output() {
-            wire.push(out);
+    /// Takes writing back from the publisher and gathers everything due, in wire order:
+    /// the rest of a half-written frame, pending control output, then queued media (one
+    /// batch, each frame's shared chunk bytes).
+    fn gather_output(&mut self, wire: &mut Vec<Bytes>) {
+        if let Some(p) = &self.player {
+            self.unwritten = self.unwritten.take().or_else(|| p.sub.take_unwritten());
         }
-        wire.push(self.session.media_bytes(&first));
-        if let Some(p) = self.player.as_mut() {
+        wire.extend(self.unwritten.take());
+        wire.extend(self.session.take_output());
+        if let Some(p) = self.player.as_mut().filter(|p| p.live) {
             p.sub.drain_into(&mut self.batch, WRITE_BATCH);
             wire.extend(self.batch.drain(..).map(|f| self.session.media_bytes(&f)));
+        }
+    }
+
+    /// Lets the publisher write to a live player's socket while this task waits.
+    fn hand_to_publisher(&self, socket: Option<&Arc<dyn TryWrite>>) {
+        if let (Some(p), Some(socket)) = (self.player.as_ref().filter(|p| p.live), socket) {
+            let sink = PlayerSink { socket: socket.clone(), encoder: self.session.media_encoder() };
+            // Refused when something is queued; the wait below then returns at once.
+            p.sub.hand_to_publisher(Arc::new(sink));
         }
     }
 
@@ -331,18 +379,18 @@ async fn read_until<R: AsyncRead + Unpin>(
 enum PlayerEvent {
     /// Waiting ended: live (`true`) or the wait timed out.
     Live(bool),
-    /// The next frame, `None` at the end of the stream.
-    Frame(Option<Frame>),
+    /// Something to write (`true`), or the stream ended and everything was written.
+    Ready(bool),
 }
 
-/// What a player waits for next: its stream to go live, or the next frame.
-async fn player_event(player: Option<&mut Player>) -> PlayerEvent {
+/// What a player waits for next: its stream to go live, or something to write.
+async fn player_event(player: Option<&Player>) -> PlayerEvent {
     match player {
         Some(p) if !p.live => {
             let remaining = p.deadline.saturating_duration_since(Instant::now());
             PlayerEvent::Live(p.sub.wait_live(remaining).await)
         }
-        Some(p) => PlayerEvent::Frame(p.sub.recv().await),
+        Some(p) => PlayerEvent::Ready(p.sub.ready().await),
         None => std::future::pending().await,
     }
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use stream::{Publisher, StreamStats};
-pub use subscriber::{QueueLimits, Subscriber};
+pub use subscriber::{DirectSink, QueueLimits, Subscriber};
 
 use stream::Stream;
 

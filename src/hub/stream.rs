@@ -2,10 +2,16 @@
 //! headers, the current GOP), and the list of subscriber queues it fans out to.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::subscriber::{Queue, Subscriber};
 use super::{Hub, HubConfig};
 use crate::media::frame::{Frame, MediaKind};
+
+/// How long one frame's direct writes to subscribers may hold up its publisher.
+const DIRECT_WRITE_BUDGET: Duration = Duration::from_millis(2);
+/// Subscribers written between looks at the clock.
+const DIRECT_BUDGET_CHECK_EVERY: usize = 32;
 
 /// A snapshot of a stream's state for logs and the control API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,8 +139,16 @@ impl Stream {
             MediaKind::Audio => self.cache_in_gop(&mut st, &frame),
         }
         let has_video = st.has_video;
-        for q in &st.subscribers {
-            q.push(&frame, has_video);
+        // Direct writes run on the publisher's task. Past a time budget per frame the rest
+        // of the subscribers are woken instead, so a huge fan-out spreads over the other
+        // workers rather than holding up this publisher's reads.
+        let start = Instant::now();
+        let mut direct = true;
+        for (i, q) in st.subscribers.iter().enumerate() {
+            if direct && i % DIRECT_BUDGET_CHECK_EVERY == DIRECT_BUDGET_CHECK_EVERY - 1 {
+                direct = start.elapsed() < DIRECT_WRITE_BUDGET;
+            }
+            q.push(&frame, has_video, direct);
         }
     }
 

@@ -4,11 +4,21 @@
 //! or media duration) drops its media and skips to the next keyframe, keeping only
 //! sequence headers and metadata so the player can decode what comes after the skip.
 //! Memory per subscriber is therefore bounded, and the frames themselves are shared.
+//!
+//! While a subscriber's task is idle (its queue empty, nothing of its own to write), it
+//! may hand its socket to the publisher as a [`DirectSink`]: the publisher then writes
+//! each frame straight into the socket without waiting, and the task is not woken at
+//! all. That is the common case of a player keeping up, and it saves a task wake-up, a
+//! queue round trip and a poll per frame per player. The first write that would wait
+//! (or goes only part way) hands writing back to the task, through the queue as before.
 
 use std::collections::VecDeque;
+use std::fmt;
+use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::stream::Stream;
@@ -39,6 +49,32 @@ enum Phase {
     Ended,
 }
 
+/// A subscriber's socket as the publisher may use it: never waiting, and only while the
+/// subscriber's own task has nothing to write.
+pub trait DirectSink: Send + Sync {
+    /// The wire bytes of `frame` for this subscriber (its chunk size and stream id).
+    fn encode(&self, frame: &Frame) -> Bytes;
+    /// Writes as much of `buf` as the socket takes now; `WouldBlock` when it takes none.
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+}
+
+/// Who writes to the subscriber's socket now.
+enum Writer {
+    /// The subscriber's task, from the queue.
+    Task,
+    /// The publisher, as it pushes (the queue is empty meanwhile).
+    Publisher(Arc<dyn DirectSink>),
+}
+
+impl fmt::Debug for Writer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Writer::Task => "Task",
+            Writer::Publisher(_) => "Publisher",
+        })
+    }
+}
+
 #[derive(Debug)]
 struct QueueState {
     phase: Phase,
@@ -47,6 +83,16 @@ struct QueueState {
     /// Dropping media until the next keyframe.
     skipping: bool,
     skipped: u64,
+    writer: Writer,
+    /// The rest of a frame the publisher wrote only part of: it goes out before any
+    /// other byte, or the chunk stream would be corrupt.
+    unwritten: Option<Bytes>,
+}
+
+impl QueueState {
+    fn has_work(&self) -> bool {
+        !self.frames.is_empty() || self.unwritten.is_some()
+    }
 }
 
 /// The queue between the publisher and one subscriber.
@@ -67,6 +113,8 @@ impl Queue {
                 bytes: 0,
                 skipping: false,
                 skipped: 0,
+                writer: Writer::Task,
+                unwritten: None,
             }),
             notify: Notify::new(),
         }
@@ -113,10 +161,26 @@ impl Queue {
         self.state().bytes
     }
 
-    pub(super) fn push(&self, frame: &Frame, has_video: bool) {
-        let mut st = self.state();
+    /// Queues `frame`, or with `direct` allowed and the publisher holding the writer
+    /// role, writes it to the socket at once.
+    pub(super) fn push(&self, frame: &Frame, has_video: bool, direct: bool) {
+        let mut guard = self.state();
+        let st = &mut *guard;
         if st.phase != Phase::Live {
             return;
+        }
+        if let Writer::Publisher(sink) = &st.writer {
+            if direct && Self::write_direct(sink.as_ref(), frame, &mut st.unwritten) {
+                return;
+            }
+            // The socket is full (or failed, which the task's own write will report), or
+            // this push may not write: the task takes over from here.
+            st.writer = Writer::Task;
+            if st.unwritten.is_some() {
+                drop(guard);
+                self.notify.notify_one();
+                return;
+            }
         }
         let is_config = frame.is_sequence_header() || frame.kind() == MediaKind::Data;
         let resumes = if has_video { frame.kind() == MediaKind::Video && frame.is_keyframe() } else { true };
@@ -127,8 +191,8 @@ impl Queue {
                 st.skipped += 1;
                 return;
             }
-        } else if self.over_limit(&st, frame) {
-            self.drop_media(&mut st);
+        } else if self.over_limit(st, frame) {
+            self.drop_media(st);
             if !resumes {
                 st.skipping = true;
                 st.skipped += 1;
@@ -138,11 +202,25 @@ impl Queue {
         st.bytes += frame.payload().len();
         let was_empty = st.frames.is_empty();
         st.frames.push_back(frame.clone());
-        drop(st);
+        drop(guard);
         // A non-empty queue was already signalled, and the subscriber looks at the queue
         // before it waits again: one wake-up per batch, not per frame.
         if was_empty {
             self.notify.notify_one();
+        }
+    }
+
+    /// Writes `frame` without waiting. `true` when all of it went out; when only part
+    /// did, the rest is left in `unwritten` (and `true` is not returned).
+    fn write_direct(sink: &dyn DirectSink, frame: &Frame, unwritten: &mut Option<Bytes>) -> bool {
+        let bytes = sink.encode(frame);
+        match sink.try_write(&bytes) {
+            Ok(n) if n >= bytes.len() => true,
+            Ok(n) if n > 0 => {
+                *unwritten = Some(bytes.slice(n..));
+                false
+            }
+            _ => false,
         }
     }
 
@@ -206,19 +284,57 @@ impl Subscriber {
     /// The next frame, or `None` once the publish ended and the queue is drained.
     pub async fn recv(&mut self) -> Option<Frame> {
         loop {
+            if !self.ready().await {
+                return None;
+            }
+            let mut st = self.queue.state();
+            if let Some(f) = st.frames.pop_front() {
+                st.bytes -= f.payload().len();
+                return Some(f);
+            }
+        }
+    }
+
+    /// Waits until there is something to write ([`Subscriber::take_unwritten`], then
+    /// [`Subscriber::drain_into`]): `true`. `false` once the publish ended and everything
+    /// was taken.
+    pub async fn ready(&self) -> bool {
+        loop {
             let notified = self.queue.notify.notified();
             {
-                let mut st = self.queue.state();
-                if let Some(f) = st.frames.pop_front() {
-                    st.bytes -= f.payload().len();
-                    return Some(f);
+                let st = self.queue.state();
+                if st.has_work() {
+                    return true;
                 }
                 if st.phase == Phase::Ended {
-                    return None;
+                    return false;
                 }
             }
             notified.await;
         }
+    }
+
+    /// Lets the publisher write frames straight to `sink` from now on, if nothing is
+    /// queued. `false` (and nothing changes) when something waits to be written.
+    ///
+    /// The caller must not write to the socket itself until [`Subscriber::take_unwritten`].
+    pub fn hand_to_publisher(&self, sink: Arc<dyn DirectSink>) -> bool {
+        let mut st = self.queue.state();
+        // While skipping, the next frame to write must be a keyframe: the queue decides.
+        if st.has_work() || st.skipping || st.phase != Phase::Live {
+            return false;
+        }
+        st.writer = Writer::Publisher(sink);
+        true
+    }
+
+    /// Takes the writer role back from the publisher (a no-op if it was not handed over),
+    /// with the rest of a frame the publisher wrote only part of: the caller must write
+    /// that before anything else.
+    pub fn take_unwritten(&self) -> Option<Bytes> {
+        let mut st = self.queue.state();
+        st.writer = Writer::Task;
+        st.unwritten.take()
     }
 
     /// Moves every queued frame into `out` without waiting, up to `max_bytes` of payload

@@ -1,16 +1,21 @@
 //! The TCP side of the one port: accepts RTMP, and RTMPS when the first byte is a TLS
 //! handshake record (0x16; plain RTMP starts with version byte 0x03), so both share it.
 
+use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use tokio::io::AsyncWrite;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::admission::Admission;
-use crate::connection::{log_end, serve_rtmp, ConnContext};
+use crate::connection::{log_end, serve_rtmp, ConnContext, SessionWriter, TryWrite};
 
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -90,8 +95,71 @@ async fn handle(stream: TcpStream, tls: Option<TlsAcceptor>, ctx: &ConnContext) 
         (true, None) => return warn!("closed: TLS offered but RTMPS is not configured"),
         (false, _) => {
             let (r, w) = stream.into_split();
-            serve_rtmp(r, w, ctx, deadline).await
+            serve_rtmp(r, TcpWriter(Arc::new(w)), ctx, deadline).await
         }
     };
     log_end(&result);
+}
+
+/// The write half of a plain TCP session, shared: the session's task writes through it
+/// (waiting for room), and while the task idles the publisher writes to it directly
+/// (never waiting). The hub's writer role keeps the two from interleaving.
+struct TcpWriter(Arc<OwnedWriteHalf>);
+
+impl TcpWriter {
+    fn poll_with<T>(
+        &self,
+        cx: &mut Context<'_>,
+        mut write: impl FnMut(&OwnedWriteHalf) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        loop {
+            ready!(self.0.as_ref().as_ref().poll_write_ready(cx))?;
+            match write(&self.0) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TcpWriter {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_with(cx, |w| w.try_write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_with(cx, |w| w.try_write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let socket = socket2::SockRef::from(self.0.as_ref().as_ref());
+        Poll::Ready(match socket.shutdown(std::net::Shutdown::Write) {
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            result => result,
+        })
+    }
+}
+
+impl TryWrite for OwnedWriteHalf {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        OwnedWriteHalf::try_write(self, buf)
+    }
+}
+
+impl SessionWriter for TcpWriter {
+    fn direct(&self) -> Option<Arc<dyn TryWrite>> {
+        Some(self.0.clone())
+    }
 }

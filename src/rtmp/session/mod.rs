@@ -16,4 +16,4 @@ mod tests;
 
 pub use client::{ClientEvent, ClientMode, ClientSession};
 pub use core::{SessionConfig, SessionError};
-pub use server::{ServerEvent, ServerSession};
+pub use server::{MediaEncoder, ServerEvent, ServerSession};

@@ -174,15 +174,17 @@ impl ServerSession {
     /// Chunk bytes for a frame to this player. Shared with every other subscriber using
     /// the same chunk size and message stream id: encoded once per frame, not per player.
     pub fn media_bytes(&self, frame: &Frame) -> Bytes {
-        let sid = match self.role {
+        self.media_encoder().encode(frame)
+    }
+
+    /// How this player's media is framed, for writers outside the session (the publisher
+    /// writing to an idle player directly). Fixed once the play started.
+    pub fn media_encoder(&self) -> MediaEncoder {
+        let stream_id = match self.role {
             Role::Playing(sid) => sid,
             _ => 1,
         };
-        let chunk_size = self.core.out_chunk_size;
-        frame.encoded((chunk_size, sid), || {
-            let m = message::media_message(frame.kind(), frame.timestamp(), sid, frame.payload().clone());
-            chunk::encode_to_bytes(&m, chunk_size)
-        })
+        MediaEncoder { chunk_size: self.core.out_chunk_size, stream_id }
     }
 
     fn on_status(&mut self, sid: u32, level: &str, code: &str, description: &str) {
@@ -328,5 +330,25 @@ impl ServerSession {
             return Err(SessionError::Protocol(format!("{what} without a valid stream key")));
         }
         Ok((app, key.to_owned()))
+    }
+}
+
+/// A player's media framing: outbound chunk size and message stream id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaEncoder {
+    chunk_size: u32,
+    stream_id: u32,
+}
+
+impl MediaEncoder {
+    /// The chunk bytes of `frame` (type 0 header first, so they stand alone), encoded at
+    /// most once per frame for the common framing.
+    pub fn encode(&self, frame: &Frame) -> Bytes {
+        let Self { chunk_size, stream_id } = *self;
+        frame.encoded((chunk_size, stream_id), || {
+            let m =
+                message::media_message(frame.kind(), frame.timestamp(), stream_id, frame.payload().clone());
+            chunk::encode_to_bytes(&m, chunk_size)
+        })
     }
 }
