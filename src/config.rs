@@ -49,6 +49,10 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// A write to a player that makes no progress this long closes it.
     pub write_timeout_ms: u64,
+    /// Send each write to a TCP player at once (TCP_NODELAY). Off lets Nagle's algorithm
+    /// hold a frame until the previous one is acknowledged: less CPU per byte, as
+    /// nginx-rtmp and SRS run by default, for up to a round trip of added latency.
+    pub tcp_nodelay: bool,
     /// QUIC idle timeout.
     pub quic_idle_timeout_ms: u64,
     /// QUIC keep-alive interval (must be below the idle timeout).
@@ -83,6 +87,7 @@ impl Default for Config {
             handshake_timeout_ms: 10_000,
             idle_timeout_ms: 30_000,
             write_timeout_ms: 30_000,
+            tcp_nodelay: true,
             quic_idle_timeout_ms: 30_000,
             quic_keep_alive_ms: 5_000,
             max_quic_streams: 16,

@@ -1,6 +1,7 @@
 //! Hub behaviour without sockets: publisher claims, waiting players, late joiners,
 //! bounded queues and skipping.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -182,4 +183,140 @@ fn publisher_count_is_capped() {
     assert_eq!(hub.publish("live/c").unwrap_err(), HubError::TooManyPublishers(2));
     drop(a);
     assert!(hub.publish("live/c").is_ok());
+}
+
+/// An in-memory socket with room for a set number of bytes; each frame is its payload.
+#[derive(Default)]
+struct MemSink {
+    room: std::sync::Mutex<usize>,
+    written: std::sync::Mutex<Vec<u8>>,
+}
+
+impl MemSink {
+    fn with_room(room: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self { room: std::sync::Mutex::new(room), ..Self::default() })
+    }
+
+    fn written(&self) -> Vec<u8> {
+        self.written.lock().unwrap().clone()
+    }
+}
+
+impl DirectSink for MemSink {
+    fn encode(&self, frame: &Frame) -> Bytes {
+        frame.payload().clone()
+    }
+
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut room = self.room.lock().unwrap();
+        let n = buf.len().min(*room);
+        if n == 0 {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        *room -= n;
+        self.written.lock().unwrap().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Polls `ready()` once: whether the subscriber's task would wake to write.
+fn wakes(sub: &Subscriber) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::pin!(sub.ready()).poll(&mut cx).is_ready()
+}
+
+fn live_subscriber(hub: &Hub) -> (Publisher, Subscriber) {
+    let p = hub.publish("live/a").unwrap();
+    let sub = hub.subscribe("live/a");
+    (p, sub)
+}
+
+#[test]
+fn an_idle_subscriber_is_written_directly_without_waking() {
+    let hub = Hub::default();
+    let (p, sub) = live_subscriber(&hub);
+    let sink = MemSink::with_room(usize::MAX);
+    assert!(sub.hand_to_publisher(sink.clone()));
+    let frames = [video(0, true, 10), video(33, false, 20), audio(40)];
+    for f in &frames {
+        p.send(f.clone());
+    }
+    let expected: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
+    assert_eq!(sink.written(), expected, "every frame, in order, straight to the socket");
+    assert_eq!(sub.queued_bytes(), 0);
+    assert!(!wakes(&sub), "the subscriber's task was not needed");
+    assert_eq!(sub.take_unwritten(), None);
+}
+
+#[test]
+fn a_partial_direct_write_leaves_the_rest_first_and_hands_back() {
+    let hub = Hub::default();
+    let (p, mut sub) = live_subscriber(&hub);
+    let sink = MemSink::with_room(7);
+    assert!(sub.hand_to_publisher(sink.clone()));
+    let first = video(0, true, 10);
+    p.send(first.clone());
+    p.send(video(33, false, 12));
+    assert_eq!(sink.written(), first.payload()[..7].to_vec());
+    assert!(wakes(&sub), "the task takes over");
+    assert_eq!(sub.take_unwritten().as_deref(), Some(&first.payload()[7..]), "the rest goes first");
+    let mut queued = Vec::new();
+    sub.drain_into(&mut queued, usize::MAX);
+    assert_eq!(queued.iter().map(Frame::timestamp).collect::<Vec<_>>(), vec![33], "then the queue");
+    assert_eq!(sink.written().len(), 7, "nothing more went direct");
+}
+
+#[test]
+fn a_full_socket_queues_the_frame_for_the_task() {
+    let hub = Hub::default();
+    let (p, mut sub) = live_subscriber(&hub);
+    let sink = MemSink::with_room(0);
+    assert!(sub.hand_to_publisher(sink.clone()));
+    p.send(video(0, true, 10));
+    p.send(video(33, false, 10));
+    assert!(sink.written().is_empty());
+    assert!(wakes(&sub));
+    assert_eq!(sub.take_unwritten(), None);
+    let mut queued = Vec::new();
+    sub.drain_into(&mut queued, usize::MAX);
+    assert_eq!(queued.iter().map(Frame::timestamp).collect::<Vec<_>>(), vec![0, 33]);
+}
+
+#[test]
+fn writing_is_not_handed_over_while_frames_wait_or_a_skip_is_on() {
+    let hub = small_hub(1000);
+    let (p, mut sub) = live_subscriber(&hub);
+    p.send(video(0, true, 10));
+    assert!(!sub.hand_to_publisher(MemSink::with_room(usize::MAX)), "a frame is queued");
+    let mut got = Vec::new();
+    sub.drain_into(&mut got, usize::MAX);
+    // Overflow the queue: the subscriber skips until the next keyframe.
+    for i in 1..20u32 {
+        p.send(video(i * 33, false, 200));
+    }
+    got.clear();
+    sub.drain_into(&mut got, usize::MAX);
+    assert!(sub.skipped() > 0);
+    let sink = MemSink::with_room(usize::MAX);
+    assert!(!sub.hand_to_publisher(sink.clone()), "skipping: the next frame written must be a keyframe");
+    p.send(video(700, false, 10));
+    assert!(sink.written().is_empty());
+    p.send(video(733, true, 10));
+    got.clear();
+    sub.drain_into(&mut got, usize::MAX);
+    assert_eq!(got.iter().map(Frame::timestamp).collect::<Vec<_>>(), vec![733]);
+    assert!(sub.hand_to_publisher(sink.clone()), "caught up again");
+    p.send(video(766, false, 10));
+    assert_eq!(sink.written().len(), 10);
+}
+
+#[tokio::test]
+async fn the_end_of_a_directly_written_stream_wakes_the_subscriber() {
+    let hub = Hub::default();
+    let (p, mut sub) = live_subscriber(&hub);
+    assert!(sub.hand_to_publisher(MemSink::with_room(usize::MAX)));
+    p.send(video(0, true, 10));
+    drop(p);
+    assert!(!sub.ready().await, "ended, nothing left");
+    assert!(next(&mut sub).await.is_none());
 }

@@ -67,8 +67,9 @@ pub async fn accept_loop(
 }
 
 async fn handle(stream: TcpStream, tls: Option<TlsAcceptor>, ctx: &ConnContext) {
-    // Whole messages are written at once; Nagle would only add latency.
-    if let Err(e) = stream.set_nodelay(true) {
+    // Whole frames are written at once; Nagle would only add latency (unless the
+    // operator trades that for CPU).
+    if let Err(e) = stream.set_nodelay(ctx.config.tcp_nodelay) {
         warn!(error = %e, "set_nodelay failed");
     }
     info!("connected");
