@@ -9,10 +9,11 @@
 #      does not change what is measured;
 #   2. installs nginx with the RTMP module from Debian if missing
 #      (apt-get install nginx-light libnginx-mod-rtmp);
-#   3. for each load, REPS times, in turn (A B C A B C ...): a fresh qrelay over TCP, a
-#      fresh nginx-rtmp (one worker, `live on`, no access log), a fresh qrelay over QUIC
-#      (tunnel, players sharing connections), each measured by the same `qrelay bench`
-#      with --server-pid (nginx: master + worker);
+#   3. for each load, REPS times, in turn (A B C D A B C D ...): a fresh qrelay over TCP,
+#      a fresh nginx-rtmp (one worker, `live on`, no access log), a fresh qrelay over
+#      QUIC (tunnel, players sharing connections), and qrelay over TCP with
+#      `tcp_nodelay = false` (Nagle on, as nginx-rtmp leaves its sockets), each measured
+#      by the same `qrelay bench` with --server-pid (nginx: master + worker);
 #   4. idle memory: N connections that handshake and `connect` but never play;
 #   5. prints a summary (medians over the repetitions, ratios qrelay/nginx and
 #      QUIC/TCP) and writes it with the exact command to bench/RESULTS.md.
@@ -20,7 +21,7 @@
 # Environment: DURATION (s, default 20), REPS (2), LOADS ("streams:players ..."),
 # IDLE_CONNS (1000), QRELAY_PORT (19350), NGINX_PORT (19351), BITRATE (3M),
 # OUT (results dir, default a temp dir), RESULTS (bench/RESULTS.md), SKIP_QUIC (0/1),
-# QRELAY_BIN (use this binary instead of building).
+# SKIP_NAGLE (0/1), QRELAY_BIN (use this binary instead of building).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,6 +33,7 @@ QPORT=${QRELAY_PORT:-19350}
 NPORT=${NGINX_PORT:-19351}
 BITRATE=${BITRATE:-3M}
 SKIP_QUIC=${SKIP_QUIC:-0}
+SKIP_NAGLE=${SKIP_NAGLE:-0}
 RESULTS=${RESULTS:-$ROOT/bench/RESULTS.md}
 WORK=$(mktemp -d /tmp/qrelay-compare.XXXXXX)
 OUT=${OUT:-$WORK/results}
@@ -75,8 +77,11 @@ wait_port() {
     return 1
 }
 
+# start_qrelay [CONFIG]
 start_qrelay() {
-    RUST_LOG=error "$QRELAY" serve --listen "127.0.0.1:$QPORT" --cert-dir "$WORK/certs" \
+    local config=()
+    [[ -z "${1:-}" ]] || config=(--config "$1")
+    RUST_LOG=error "$QRELAY" serve --listen "127.0.0.1:$QPORT" --cert-dir "$WORK/certs" "${config[@]}" \
         >>"$WORK/qrelay.log" 2>&1 &
     SERVER_PID=$!
     SERVER_PIDS=("$SERVER_PID")
@@ -106,11 +111,14 @@ server_args() {
     for p in "${SERVER_PIDS[@]}"; do printf -- '--server-pid %s ' "$p"; done
 }
 
-# run_one TARGET STREAMS PLAYERS REP: TARGET is qrelay-tcp, nginx or qrelay-quic.
+printf 'tcp_nodelay = false\n' >"$WORK/nagle.toml"
+
+# run_one TARGET STREAMS PLAYERS REP: TARGET is qrelay-tcp, nginx, qrelay-quic or qrelay-nagle.
 run_one() {
     local target=$1 streams=$2 players=$3 rep=$4 url extra=()
     case $target in
         qrelay-tcp) start_qrelay; url="rtmp://127.0.0.1:$QPORT/live/b" ;;
+        qrelay-nagle) start_qrelay "$WORK/nagle.toml"; url="rtmp://127.0.0.1:$QPORT/live/b" ;;
         qrelay-quic) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/b"; extra=(--ca "$WORK/certs/dev-ca.pem") ;;
         nginx) start_nginx; url="rtmp://127.0.0.1:$NPORT/live/b" ;;
     esac
@@ -141,6 +149,7 @@ run_idle() {
 
 TARGETS=(qrelay-tcp nginx)
 [[ $SKIP_QUIC == 1 ]] || TARGETS+=(qrelay-quic)
+[[ $SKIP_NAGLE == 1 ]] || TARGETS+=(qrelay-nagle)
 
 for rep in $(seq "$REPS"); do
     for load in $LOADS; do
@@ -150,7 +159,8 @@ for rep in $(seq "$REPS"); do
     done
 done
 for target in "${TARGETS[@]}"; do
-    run_idle "$target"
+    # Idle connections never get media: Nagle changes nothing there.
+    [[ $target == qrelay-nagle ]] || run_idle "$target"
 done
 
 # --- summary --------------------------------------------------------------------------
@@ -167,7 +177,7 @@ import os
 import statistics
 import sys
 
-TARGETS = ["qrelay-tcp", "nginx", "qrelay-quic"]
+TARGETS = ["qrelay-tcp", "nginx", "qrelay-quic", "qrelay-nagle"]
 
 
 def load_runs(out, name):
@@ -220,7 +230,7 @@ def main():
     p("## Performance: qrelay vs nginx-rtmp (measured)")
     p("")
     p(f"Command: `{command}` (each run {duration} s after every player connected, "
-      f"medians of {reps} repetitions, run in turn A B C A B C; synthetic {bitrate}bit/s "
+      f"medians of {reps} repetitions, run in turn A B C D A B C D; synthetic {bitrate}bit/s "
       "AVC, 30 fps, 2 s GOP; one bench process on the same machine).")
     p("")
     p(f"Machine: {machine}.")
@@ -251,6 +261,7 @@ def main():
                 "p99": med(rs, "relay_latency_ms.p99"),
                 "ff50": med(rs, "first_frame_ms.p50"),
                 "rss": med(rs, "server_rss_peak_mb"),
+                "host": med(rs, "host_cpu_pct"),
             }
             ok = med(rs, "players_ok")
             total = med(rs, "players_total")
@@ -260,18 +271,22 @@ def main():
               f"| {fmt(m[target]['ff50'])} / {fmt(med(rs, 'first_frame_ms.p99'))} "
               f"| {fmt(m[target]['rss'], 1)} | {fmt(med(rs, 'server_rss_per_player_kib'), 1)} "
               f"| {fmt(med(rs, 'bench_cpu_pct'), 1)} | {fmt(med(rs, 'host_cpu_pct'), 0)} |")
-        q, n, u = m.get("qrelay-tcp"), m.get("nginx"), m.get("qrelay-quic")
-        ratios.append((label, q, n, u))
+        q, n, u, a = m.get("qrelay-tcp"), m.get("nginx"), m.get("qrelay-quic"), m.get("qrelay-nagle")
+        ratios.append((label, q, n, u, a))
     p("")
-    p("Ratios (below 1 = qrelay better; QUIC/TCP is qrelay over QUIC tunnel vs qrelay over TCP):")
+    p("Ratios (below 1 = qrelay better). qrelay is over TCP with its defaults; machine = whole "
+      "machine CPU (server, bench and softirq) for the same delivery; Nagle = qrelay with "
+      "`tcp_nodelay = false`, the socket setting nginx-rtmp runs with; QUIC/TCP is qrelay over "
+      "the QUIC tunnel vs qrelay over TCP:")
     p("")
     p("| load | CPU s/Gbit qrelay/nginx | latency p99 qrelay/nginx | first frame p50 qrelay/nginx "
-      "| peak RSS qrelay/nginx | CPU s/Gbit QUIC/TCP | latency p99 QUIC/TCP |")
-    p("|---|---|---|---|---|---|---|")
-    for label, q, n, u in ratios:
-        g = lambda a, b, k: fmt_ratio(ratio(a and a[k], b and b[k]))  # noqa: E731
+      "| peak RSS qrelay/nginx | machine CPU qrelay/nginx | CPU s/Gbit Nagle/nginx "
+      "| latency p99 Nagle/nginx | CPU s/Gbit QUIC/TCP | latency p99 QUIC/TCP |")
+    p("|---|---|---|---|---|---|---|---|---|---|")
+    for label, q, n, u, a in ratios:
+        g = lambda x, y, k: fmt_ratio(ratio(x and x[k], y and y[k]))  # noqa: E731
         p(f"| {label} | {g(q, n, 'gbit')} | {g(q, n, 'p99')} | {g(q, n, 'ff50')} | {g(q, n, 'rss')} "
-          f"| {g(u, q, 'gbit')} | {g(u, q, 'p99')} |")
+          f"| {g(q, n, 'host')} | {g(a, n, 'gbit')} | {g(a, n, 'p99')} | {g(u, q, 'gbit')} | {g(u, q, 'p99')} |")
     p("")
     p("Idle connections (handshake + `connect`, never play):")
     p("")

@@ -211,9 +211,11 @@ mod tests {
 
     #[test]
     fn file_overrides_some_keys() {
-        let c = Config::from_toml("listen = \"127.0.0.1:2000\"\nplay_wait_ms = 5\n").unwrap();
+        let c = Config::from_toml("listen = \"127.0.0.1:2000\"\nplay_wait_ms = 5\ntcp_nodelay = false\n")
+            .unwrap();
         assert_eq!(c.listen.port(), 2000);
         assert_eq!(c.play_wait_ms, 5);
+        assert!(!c.tcp_nodelay);
         assert_eq!(c.chunk_size, 4096);
     }
 

@@ -82,6 +82,8 @@ struct Player {
     live: bool,
     /// Until when a player may wait for the publisher.
     deadline: Instant,
+    /// The socket as handed to the publisher, made on the first hand-over.
+    sink: Option<Arc<dyn DirectSink>>,
 }
 
 /// The write half of a session's byte stream, able to take a batch of shared buffers.
@@ -275,7 +277,7 @@ impl Conn<'_> {
                     info!("play requested");
                     let sub = self.ctx.hub.subscribe(&session_id);
                     let deadline = Instant::now() + self.ctx.hub.config().play_wait;
-                    self.player = Some(Player { sub, live: false, deadline });
+                    self.player = Some(Player { sub, live: false, deadline, sink: None });
                 }
                 ServerEvent::Media(frame) => {
                     if let Some(p) = &self.publisher {
@@ -345,11 +347,12 @@ impl Conn<'_> {
     }
 
     /// Lets the publisher write to a live player's socket while this task waits.
-    fn hand_to_publisher(&self, socket: Option<&Arc<dyn TryWrite>>) {
-        if let (Some(p), Some(socket)) = (self.player.as_ref().filter(|p| p.live), socket) {
-            let sink = PlayerSink { socket: socket.clone(), encoder: self.session.media_encoder() };
+    fn hand_to_publisher(&mut self, socket: Option<&Arc<dyn TryWrite>>) {
+        if let (Some(p), Some(socket)) = (self.player.as_mut().filter(|p| p.live), socket) {
+            let encoder = self.session.media_encoder();
+            let sink = p.sink.get_or_insert_with(|| Arc::new(PlayerSink { socket: socket.clone(), encoder }));
             // Refused when something is queued; the wait below then returns at once.
-            p.sub.hand_to_publisher(Arc::new(sink));
+            p.sub.hand_to_publisher(sink.clone());
         }
     }
 

@@ -53,6 +53,9 @@ async fn tcp_publish_fans_out_to_ffmpeg_and_quic_players() -> Result {
         ensure!(!srv.stats("t1").unwrap().live, "live before anyone published");
 
         let publisher = spawn(&mut ffmpeg_publisher(input, &srv.url("rtmp", "t1"), false))?;
+        // The TCP player keeps up, so the publisher writes to its socket directly (the
+        // byte-exact comparison below then covers that path).
+        srv.wait_stats("t1", "direct writes to the TCP player", |s| s.direct_writes > 30).await?;
         expect_success(&finish(publisher, "ffmpeg publisher", PUBLISH_LIMIT).await?, "ffmpeg publisher")?;
         expect_success(&finish(ff_player, "ffmpeg player", END_LIMIT).await?, "ffmpeg player")?;
         expect_success(&finish(q_player, "qrelay play", END_LIMIT).await?, "qrelay play")?;

@@ -8,8 +8,10 @@ use super::subscriber::{Queue, Subscriber};
 use super::{Hub, HubConfig};
 use crate::media::frame::{Frame, MediaKind};
 
-/// How long one frame's direct writes to subscribers may hold up its publisher.
-const DIRECT_WRITE_BUDGET: Duration = Duration::from_millis(2);
+/// How long one frame's direct writes to subscribers may hold up its publisher: about a
+/// thousand loopback players' worth, a third of a 30 fps frame interval. The remaining
+/// subscribers are woken instead and served by the other workers.
+const DIRECT_WRITE_BUDGET: Duration = Duration::from_millis(10);
 /// Subscribers written between looks at the clock.
 const DIRECT_BUDGET_CHECK_EVERY: usize = 32;
 
@@ -29,6 +31,9 @@ pub struct StreamStats {
     /// Largest payload bytes queued for any one subscriber now (bounded by the queue limit
     /// plus one GOP for a late joiner's start).
     pub max_queued_bytes: usize,
+    /// Frames the publisher wrote straight to an idle player's socket, summed over
+    /// players (the rest went through the players' queues).
+    pub direct_writes: u64,
 }
 
 #[derive(Debug)]
@@ -52,6 +57,7 @@ struct State {
     has_video: bool,
     subscribers: Vec<Arc<Queue>>,
     skipped_by_gone: u64,
+    direct_writes: u64,
 }
 
 impl Stream {
@@ -111,8 +117,9 @@ impl Stream {
         }
     }
 
-    /// Publishes one frame: updates the cache and pushes it to every subscriber queue.
-    /// Never blocks on a subscriber (each push is a short lock and a wake-up).
+    /// Publishes one frame: updates the cache and pushes it to every subscriber, into its
+    /// queue or straight into its idle socket. Never waits on a subscriber: a push is a
+    /// short lock and a wake-up, or a write that does not wait.
     pub(super) fn push(&self, frame: Frame) {
         let mut st = self.state();
         st.frames += 1;
@@ -144,12 +151,14 @@ impl Stream {
         // workers rather than holding up this publisher's reads.
         let start = Instant::now();
         let mut direct = true;
+        let mut direct_writes = 0;
         for (i, q) in st.subscribers.iter().enumerate() {
             if direct && i % DIRECT_BUDGET_CHECK_EVERY == DIRECT_BUDGET_CHECK_EVERY - 1 {
                 direct = start.elapsed() < DIRECT_WRITE_BUDGET;
             }
-            q.push(&frame, has_video, direct);
+            direct_writes += u64::from(q.push(&frame, has_video, direct));
         }
+        st.direct_writes += direct_writes;
     }
 
     fn cache_in_gop(&self, st: &mut State, frame: &Frame) {
@@ -191,6 +200,7 @@ impl Stream {
             gop_frames: st.gop.len(),
             skipped: st.skipped_by_gone + st.subscribers.iter().map(|q| q.skipped()).sum::<u64>(),
             max_queued_bytes: st.subscribers.iter().map(|q| q.queued_bytes()).max().unwrap_or(0),
+            direct_writes: st.direct_writes,
         }
     }
 }

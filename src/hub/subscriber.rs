@@ -162,16 +162,16 @@ impl Queue {
     }
 
     /// Queues `frame`, or with `direct` allowed and the publisher holding the writer
-    /// role, writes it to the socket at once.
-    pub(super) fn push(&self, frame: &Frame, has_video: bool, direct: bool) {
+    /// role, writes it to the socket at once (then returns `true`).
+    pub(super) fn push(&self, frame: &Frame, has_video: bool, direct: bool) -> bool {
         let mut guard = self.state();
         let st = &mut *guard;
         if st.phase != Phase::Live {
-            return;
+            return false;
         }
         if let Writer::Publisher(sink) = &st.writer {
             if direct && Self::write_direct(sink.as_ref(), frame, &mut st.unwritten) {
-                return;
+                return true;
             }
             // The socket is full (or failed, which the task's own write will report), or
             // this push may not write: the task takes over from here.
@@ -179,7 +179,7 @@ impl Queue {
             if st.unwritten.is_some() {
                 drop(guard);
                 self.notify.notify_one();
-                return;
+                return false;
             }
         }
         let is_config = frame.is_sequence_header() || frame.kind() == MediaKind::Data;
@@ -189,14 +189,14 @@ impl Queue {
                 st.skipping = false;
             } else if !is_config {
                 st.skipped += 1;
-                return;
+                return false;
             }
         } else if self.over_limit(st, frame) {
             self.drop_media(st);
             if !resumes {
                 st.skipping = true;
                 st.skipped += 1;
-                return;
+                return false;
             }
         }
         st.bytes += frame.payload().len();
@@ -208,6 +208,7 @@ impl Queue {
         if was_empty {
             self.notify.notify_one();
         }
+        false
     }
 
     /// Writes `frame` without waiting. `true` when all of it went out; when only part

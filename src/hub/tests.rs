@@ -243,6 +243,7 @@ fn an_idle_subscriber_is_written_directly_without_waking() {
     }
     let expected: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
     assert_eq!(sink.written(), expected, "every frame, in order, straight to the socket");
+    assert_eq!(hub.stats("live/a").unwrap().direct_writes, 3);
     assert_eq!(sub.queued_bytes(), 0);
     assert!(!wakes(&sub), "the subscriber's task was not needed");
     assert_eq!(sub.take_unwritten(), None);
