@@ -38,7 +38,10 @@ RESULTS=${RESULTS:-$ROOT/bench/RESULTS.md}
 WORK=$(mktemp -d /tmp/qrelay-compare.XXXXXX)
 OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"
-COMMAND="DURATION=$DURATION REPS=$REPS LOADS=\"$LOADS\" IDLE_CONNS=$IDLE_CONNS BITRATE=$BITRATE bench/compare.sh"
+COMMAND="DURATION=$DURATION REPS=$REPS LOADS=\"$LOADS\" IDLE_CONNS=$IDLE_CONNS BITRATE=$BITRATE"
+[[ $SKIP_QUIC == 0 ]] || COMMAND+=" SKIP_QUIC=1"
+[[ $SKIP_NAGLE == 0 ]] || COMMAND+=" SKIP_NAGLE=1"
+COMMAND+=" bench/compare.sh"
 
 log() { printf '\n== %s\n' "$*" >&2; }
 

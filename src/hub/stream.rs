@@ -146,8 +146,9 @@ impl Stream {
             MediaKind::Audio => self.cache_in_gop(&mut st, &frame),
         }
         let has_video = st.has_video;
-        // Direct writes run on the publisher's task. Past a time budget per frame the rest
-        // of the subscribers are woken instead, so a huge fan-out spreads over the other
+        // Direct writes run on the publisher's task, under the stream lock (a player
+        // joining or leaving waits for them). Past a time budget per frame the rest of
+        // the subscribers are woken instead, so a huge fan-out spreads over the other
         // workers rather than holding up this publisher's reads.
         let start = Instant::now();
         let mut direct = true;
