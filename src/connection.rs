@@ -25,6 +25,10 @@ const READ_BUF_MIN: usize = 4 * 1024;
 const READ_BUF_MAX: usize = 64 * 1024;
 /// Payload bytes of media gathered into one vectored write to a player.
 const WRITE_BATCH: usize = 256 * 1024;
+/// After our last byte, how long (and how many bytes) we keep reading what the peer
+/// still sends before closing: see [`drain_until_closed`].
+const LINGER: Duration = Duration::from_secs(5);
+const LINGER_MAX_BYTES: usize = 1024 * 1024;
 
 /// What every connection task needs from the server.
 #[derive(Debug, Clone)]
@@ -184,6 +188,7 @@ where
         }
         if conn.close_after_flush {
             let _ = writer.shutdown().await;
+            drain_until_closed(&mut reader, &mut buf).await;
             return Ok(());
         }
         // Idle: the publisher writes media straight to the socket until something needs
@@ -377,6 +382,24 @@ async fn read_until<R: AsyncRead + Unpin>(
             .map_err(ConnError::Io),
         None => reader.read(buf).await.map_err(ConnError::Io),
     }
+}
+
+/// Reads and discards until the peer closes (bounded by [`LINGER`] and
+/// [`LINGER_MAX_BYTES`]). Closing a TCP socket with unread input makes the kernel send a
+/// reset, and a reset makes the peer's kernel discard what the peer has not read yet: a
+/// player still reading the end of its stream (its acknowledgements arriving meanwhile)
+/// would lose that end and `NetStream.Play.UnpublishNotify` with it.
+async fn drain_until_closed<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) {
+    let drain = async {
+        let mut total = 0;
+        while total < LINGER_MAX_BYTES {
+            match reader.read(buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 enum PlayerEvent {

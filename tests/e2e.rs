@@ -237,6 +237,13 @@ async fn late_joiner_gets_keyframe_first_immediately() -> Result {
 const SYNTH_FRAME: usize = 64 * 1024;
 const SYNTH_FRAMES: usize = 640; // 40 MiB
 
+/// Per-subscriber queue bound in the tests with a stalled or slow player.
+const QUEUE: usize = 512 * 1024;
+/// Frames the publisher may be ahead of the normal player. Keeps the normal player's
+/// queue (≤ 4 × 64 KiB) under [`QUEUE`] however the two cores are scheduled, so its
+/// "every frame" assertion is deterministic; stalled or slow players get no such courtesy.
+const WINDOW: usize = 4;
+
 fn synth_header() -> Bytes {
     Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x42, 0xc0, 0x1e, 0xff])
 }
@@ -249,13 +256,58 @@ fn synth_frame(i: usize) -> Bytes {
     b.freeze()
 }
 
+/// A player that reads everything, checking each video message against what was sent and
+/// publishing its count to `progress`. Ends with the count when the stream ends.
+fn spawn_normal_player(
+    url: StreamUrl,
+    opts: ClientOptions,
+    progress: watch::Sender<usize>,
+) -> tokio::task::JoinHandle<anyhow::Result<usize>> {
+    tokio::spawn(async move {
+        let mut client = RtmpClient::connect(&url, ClientMode::Play, &opts).await?;
+        let mut n = 0usize;
+        loop {
+            match client.read_event().await? {
+                Some(ClientEvent::Media { kind: MediaKind::Video, timestamp, payload }) => {
+                    let (want, want_ts) = match n {
+                        0 => (synth_header(), 0),
+                        _ => (synth_frame(n - 1), (n as u32 - 1) * 33),
+                    };
+                    ensure!(
+                        payload == want && timestamp == want_ts,
+                        "video message {n}: {} bytes @{timestamp} ms, not the frame sent",
+                        payload.len()
+                    );
+                    n += 1;
+                    let _ = progress.send(n);
+                }
+                Some(ClientEvent::StreamEnded) | None => return anyhow::Ok(n),
+                Some(_) => {}
+            }
+        }
+    })
+}
+
+/// Publishes the synthetic stream at the normal player's pace (never more than
+/// [`WINDOW`] frames ahead of what it has `seen`). Returns the publisher, still
+/// connected, once every frame was sent.
+async fn publish_synth_paced(
+    url: &StreamUrl,
+    opts: &ClientOptions,
+    mut seen: watch::Receiver<usize>,
+) -> anyhow::Result<RtmpClient> {
+    let mut publisher = RtmpClient::connect(url, ClientMode::Publish, opts).await?;
+    publisher.send_media(MediaKind::Video, 0, synth_header()).await?;
+    for i in 0..SYNTH_FRAMES {
+        // `seen` counts the header too: frame i - WINDOW must have arrived.
+        seen.wait_for(|n| *n + WINDOW > i).await.context("the normal player stopped early")?;
+        publisher.send_media(MediaKind::Video, i as u32 * 33, synth_frame(i)).await?;
+    }
+    Ok(publisher)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_subscriber_does_not_slow_others_or_grow_memory() -> Result {
-    const QUEUE: usize = 512 * 1024;
-    // Frames the publisher may be ahead of the normal player. Keeps the normal player's
-    // queue (≤ 4 × 64 KiB) under its bound however the two cores are scheduled, so the
-    // "every frame" assertion is deterministic; the stalled player gets no such courtesy.
-    const WINDOW: usize = 4;
     bounded(async {
         let srv = start_server_with(|c| c.queue_max_bytes = QUEUE).await?;
         let url = StreamUrl::parse(&srv.url("rtmp", "stall"))?;
@@ -272,34 +324,8 @@ async fn stalled_subscriber_does_not_slow_others_or_grow_memory() -> Result {
                 anyhow::Ok(())
             }
         });
-        // Normal player: reads everything, checking each frame as it comes.
-        let (progress, mut seen) = watch::channel(0usize);
-        let normal = tokio::spawn({
-            let (url, opts) = (url.clone(), opts.clone());
-            async move {
-                let mut client = RtmpClient::connect(&url, ClientMode::Play, &opts).await?;
-                let mut n = 0usize;
-                loop {
-                    match client.read_event().await? {
-                        Some(ClientEvent::Media { kind: MediaKind::Video, timestamp, payload }) => {
-                            let (want, want_ts) = match n {
-                                0 => (synth_header(), 0),
-                                _ => (synth_frame(n - 1), (n as u32 - 1) * 33),
-                            };
-                            ensure!(
-                                payload == want && timestamp == want_ts,
-                                "video message {n}: {} bytes @{timestamp} ms, not the frame sent",
-                                payload.len()
-                            );
-                            n += 1;
-                            let _ = progress.send(n);
-                        }
-                        Some(ClientEvent::StreamEnded) | None => return anyhow::Ok(n),
-                        Some(_) => {}
-                    }
-                }
-            }
-        });
+        let (progress, seen) = watch::channel(0usize);
+        let normal = spawn_normal_player(url.clone(), opts.clone(), progress);
         srv.wait_subscribers("stall", 2).await?;
 
         // Samples the largest subscriber queue while publishing.
@@ -317,15 +343,10 @@ async fn stalled_subscriber_does_not_slow_others_or_grow_memory() -> Result {
         });
 
         let start = Instant::now();
-        let mut publisher = RtmpClient::connect(&url, ClientMode::Publish, &opts).await?;
-        publisher.send_media(MediaKind::Video, 0, synth_header()).await?;
-        for i in 0..SYNTH_FRAMES {
-            // `seen` counts the header too: frame i - WINDOW must have arrived.
-            if seen.wait_for(|n| *n + WINDOW > i).await.is_err() {
-                anyhow::bail!("the normal player stopped early: {:?}", normal.await?);
-            }
-            publisher.send_media(MediaKind::Video, i as u32 * 33, synth_frame(i)).await?;
-        }
+        let publisher = match publish_synth_paced(&url, &opts, seen).await {
+            Ok(p) => p,
+            Err(e) => anyhow::bail!("{e:#}; normal player: {:?}", normal.await?),
+        };
         let skipped = srv.stats("stall").context("stream gone while publishing")?.skipped;
         publisher.finish().await?;
         let publish_time = start.elapsed();
@@ -345,6 +366,91 @@ async fn stalled_subscriber_does_not_slow_others_or_grow_memory() -> Result {
         ensure!(skipped > 0, "the stalled player skipped nothing");
         ensure!(max_queued <= QUEUE + SYNTH_FRAME, "a queue held {max_queued} bytes (bound {QUEUE})");
         ensure!(max_queued >= QUEUE / 2, "the stalled queue never filled ({max_queued} bytes)");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_player_gets_an_intact_stream_across_direct_and_queued_writes() -> Result {
+    // A player that reads slower than the stream until it has fallen behind, then at full
+    // speed: its socket fills, so the publisher's direct writes to it stop part way
+    // through a frame and hand over to its task, which finishes the frame, drains the
+    // queue, skips when the queue overflows, catches up and hands back. Whatever it
+    // receives must be whole frames, in order, resuming only at keyframes.
+    bounded(async {
+        let srv = start_server_with(|c| c.queue_max_bytes = QUEUE).await?;
+        let url = StreamUrl::parse(&srv.url("rtmp", "slow"))?;
+        let opts = client_options(&srv);
+
+        let slow = tokio::spawn({
+            let (url, opts, hub) = (url.clone(), opts.clone(), srv.hub.clone());
+            async move {
+                let mut client = RtmpClient::connect(&url, ClientMode::Play, &opts).await?;
+                let (mut got, mut resumed, mut last) = (0usize, 0usize, None::<usize>);
+                loop {
+                    match client.read_event().await? {
+                        Some(ClientEvent::Media { kind: MediaKind::Video, timestamp, payload }) => {
+                            if payload == synth_header() {
+                                continue;
+                            }
+                            let i = payload.get(5..13).map_or(usize::MAX, |b| {
+                                u64::from_be_bytes(b.try_into().unwrap_or_default()) as usize
+                            });
+                            ensure!(
+                                i < SYNTH_FRAMES && payload == synth_frame(i) && timestamp == i as u32 * 33,
+                                "a corrupt frame: {} bytes @{timestamp} ms (index {i})",
+                                payload.len()
+                            );
+                            match last {
+                                Some(l) if i == l + 1 => {}
+                                Some(l) => {
+                                    ensure!(i > l, "frame {i} after frame {l}");
+                                    ensure!(i.is_multiple_of(30), "resumed at frame {i}, not a keyframe");
+                                    resumed += 1;
+                                }
+                                None => {}
+                            }
+                            last = Some(i);
+                            got += 1;
+                            let behind = hub.stats("live/slow").is_some_and(|s| s.skipped > 0);
+                            if !behind {
+                                // Load shaping, not synchronisation: slow until it skipped.
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                            }
+                        }
+                        Some(ClientEvent::StreamEnded) | None => return anyhow::Ok((got, resumed)),
+                        Some(_) => {}
+                    }
+                }
+            }
+        });
+        let (progress, seen) = watch::channel(0usize);
+        let normal = spawn_normal_player(url.clone(), opts.clone(), progress);
+        srv.wait_subscribers("slow", 2).await?;
+
+        let publisher = match publish_synth_paced(&url, &opts, seen).await {
+            Ok(p) => p,
+            Err(e) => anyhow::bail!("{e:#}; normal player: {:?}", normal.await?),
+        };
+        let stats = srv.stats("slow").context("stream gone while publishing")?;
+        publisher.finish().await.context("publisher")?;
+        let received = tokio::time::timeout(END_LIMIT, normal)
+            .await
+            .context("normal player did not end")??
+            .context("normal player")?;
+        let (got, resumed) = tokio::time::timeout(Duration::from_secs(30), slow)
+            .await
+            .context("slow player did not end")??
+            .context("slow player")?;
+
+        ensure!(received == SYNTH_FRAMES + 1, "normal player got {received} of {}", SYNTH_FRAMES + 1);
+        ensure!(stats.direct_writes > 0, "no frame was written directly: {stats:?}");
+        ensure!(
+            stats.skipped > 0 && resumed > 0,
+            "the slow player never fell behind ({got} frames, {resumed} resumes): {stats:?}"
+        );
+        ensure!(got > 30, "the slow player got only {got} frames");
         Ok(())
     })
     .await
