@@ -6,11 +6,12 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use qrelay::hub::{Hub, HubConfig, Subscriber};
+use qrelay::hub::{DirectSink, Hub, HubConfig, Subscriber};
 use qrelay::media::frame::{inspect_video, Frame, MediaKind};
 use qrelay::rtmp::chunk::{self, ChunkDecoder, DecoderLimits, Message};
 use qrelay::rtmp::handshake::Handshake;
@@ -100,8 +101,30 @@ fn fanout(c: &mut Criterion) {
                 }
             })
         });
+        // Idle players written by the publisher: what the hub adds to each `send` (the
+        // sink takes every byte and does no system call).
+        let sink: Arc<dyn DirectSink> = Arc::new(DiscardSink);
+        for s in &subs {
+            s.hand_to_publisher(sink.clone());
+        }
+        g.bench_with_input(BenchmarkId::new("direct_write_per_subscriber", n), &n, |b, _| {
+            b.iter(|| publisher.send(frame.clone()))
+        });
     }
     g.finish();
+}
+
+/// A socket that takes everything at once.
+struct DiscardSink;
+
+impl DirectSink for DiscardSink {
+    fn encode(&self, frame: &Frame) -> Bytes {
+        frame.payload().clone()
+    }
+
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(black_box(buf).len())
+    }
 }
 
 fn handshake(c: &mut Criterion) {

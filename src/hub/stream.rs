@@ -150,12 +150,13 @@ impl Stream {
         // joining or leaving waits for them). Past a time budget per frame the rest of
         // the subscribers are woken instead, so a huge fan-out spreads over the other
         // workers rather than holding up this publisher's reads.
-        let start = Instant::now();
+        // (No clock read for a fan-out too small to reach the first check.)
+        let start = (st.subscribers.len() >= DIRECT_BUDGET_CHECK_EVERY).then(Instant::now);
         let mut direct = true;
         let mut direct_writes = 0;
         for (i, q) in st.subscribers.iter().enumerate() {
             if direct && i % DIRECT_BUDGET_CHECK_EVERY == DIRECT_BUDGET_CHECK_EVERY - 1 {
-                direct = start.elapsed() < DIRECT_WRITE_BUDGET;
+                direct = start.is_some_and(|t| t.elapsed() < DIRECT_WRITE_BUDGET);
             }
             direct_writes += u64::from(q.push(&frame, has_video, direct));
         }
