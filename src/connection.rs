@@ -340,10 +340,10 @@ impl Conn<'_> {
     /// the rest of a half-written frame, pending control output, then queued media (one
     /// batch, each frame's shared chunk bytes).
     fn gather_output(&mut self, wire: &mut Vec<Bytes>) {
-        if let Some(p) = &self.player {
-            self.unwritten = self.unwritten.take().or_else(|| p.sub.take_unwritten());
-        }
         wire.extend(self.unwritten.take());
+        if let Some(p) = &self.player {
+            wire.extend(p.sub.take_unwritten());
+        }
         wire.extend(self.session.take_output());
         if let Some(p) = self.player.as_mut().filter(|p| p.live) {
             p.sub.drain_into(&mut self.batch, WRITE_BATCH);

@@ -40,6 +40,22 @@ fn has_metadata(tags: &[FlvTag]) -> bool {
     tags.iter().any(|t| t.kind == MediaKind::Data && t.payload.windows(10).any(|w| w == b"onMetaData"))
 }
 
+/// Waits for the publisher and both players to finish cleanly, then checks what they
+/// wrote against `input`: the ffmpeg player's packets one for one (ffprobe) and the
+/// qrelay player's audio/video tags byte for byte.
+async fn expect_fan_out(
+    input: &std::path::Path,
+    (publisher, publisher_name): (tokio::process::Child, &str),
+    [(ff_player, ff_out), (q_player, q_out)]: [(tokio::process::Child, std::path::PathBuf); 2],
+) -> Result {
+    expect_success(&finish(publisher, publisher_name, PUBLISH_LIMIT).await?, publisher_name)?;
+    expect_success(&finish(ff_player, "ffmpeg player", END_LIMIT).await?, "ffmpeg player")?;
+    expect_success(&finish(q_player, "qrelay play", END_LIMIT).await?, "qrelay play")?;
+    let compared = compare_packets(&probe_packets(input).await?, &probe_packets(&ff_out).await?, true)?;
+    ensure!(compared > 200, "only {compared} packets compared");
+    assert_same_av_tags(&read_tags(input).await?, &read_tags(&q_out).await?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_publish_fans_out_to_ffmpeg_and_quic_players() -> Result {
     bounded(async {
@@ -56,13 +72,8 @@ async fn tcp_publish_fans_out_to_ffmpeg_and_quic_players() -> Result {
         // The TCP player keeps up, so the publisher writes to its socket directly (the
         // byte-exact comparison below then covers that path).
         srv.wait_stats("t1", "direct writes to the TCP player", |s| s.direct_writes > 30).await?;
-        expect_success(&finish(publisher, "ffmpeg publisher", PUBLISH_LIMIT).await?, "ffmpeg publisher")?;
-        expect_success(&finish(ff_player, "ffmpeg player", END_LIMIT).await?, "ffmpeg player")?;
-        expect_success(&finish(q_player, "qrelay play", END_LIMIT).await?, "qrelay play")?;
-
-        let compared = compare_packets(&probe_packets(input).await?, &probe_packets(&ff_out).await?, true)?;
-        ensure!(compared > 200, "only {compared} packets compared");
-        assert_same_av_tags(&read_tags(input).await?, &read_tags(&q_out).await?)?;
+        let players = [(ff_player, ff_out), (q_player, q_out)];
+        expect_fan_out(input, (publisher, "ffmpeg publisher"), players).await?;
         srv.wait_released("t1").await
     })
     .await
@@ -81,13 +92,8 @@ async fn quic_publish_fans_out_to_tcp_and_quic_players() -> Result {
         srv.wait_subscribers("t2", 2).await?;
 
         let publisher = spawn(&mut qrelay_publish(input, &srv.url("rtmpq", "t2"), &srv.ca, false))?;
-        expect_success(&finish(publisher, "qrelay publish", PUBLISH_LIMIT).await?, "qrelay publish")?;
-        expect_success(&finish(ff_player, "ffmpeg player", END_LIMIT).await?, "ffmpeg player")?;
-        expect_success(&finish(q_player, "qrelay play", END_LIMIT).await?, "qrelay play")?;
-
-        let compared = compare_packets(&probe_packets(input).await?, &probe_packets(&ff_out).await?, true)?;
-        ensure!(compared > 200, "only {compared} packets compared");
-        assert_same_av_tags(&read_tags(input).await?, &read_tags(&q_out).await?)?;
+        let players = [(ff_player, ff_out), (q_player, q_out)];
+        expect_fan_out(input, (publisher, "qrelay publish"), players).await?;
         srv.wait_released("t2").await
     })
     .await

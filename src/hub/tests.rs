@@ -2,6 +2,7 @@
 //! bounded queues and skipping.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -188,13 +189,13 @@ fn publisher_count_is_capped() {
 /// An in-memory socket with room for a set number of bytes; each frame is its payload.
 #[derive(Default)]
 struct MemSink {
-    room: std::sync::Mutex<usize>,
-    written: std::sync::Mutex<Vec<u8>>,
+    room: Mutex<usize>,
+    written: Mutex<Vec<u8>>,
 }
 
 impl MemSink {
-    fn with_room(room: usize) -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Self { room: std::sync::Mutex::new(room), ..Self::default() })
+    fn with_room(room: usize) -> Arc<Self> {
+        Arc::new(Self { room: Mutex::new(room), ..Self::default() })
     }
 
     fn written(&self) -> Vec<u8> {
@@ -223,6 +224,13 @@ impl DirectSink for MemSink {
 fn wakes(sub: &Subscriber) -> bool {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     std::pin::pin!(sub.ready()).poll(&mut cx).is_ready()
+}
+
+/// Timestamps of everything queued for `sub`, taking it.
+fn drain_timestamps(sub: &mut Subscriber) -> Vec<u32> {
+    let mut frames = Vec::new();
+    sub.drain_into(&mut frames, usize::MAX);
+    frames.iter().map(Frame::timestamp).collect()
 }
 
 fn live_subscriber(hub: &Hub) -> (Publisher, Subscriber) {
@@ -261,9 +269,7 @@ fn a_partial_direct_write_leaves_the_rest_first_and_hands_back() {
     assert_eq!(sink.written(), first.payload()[..7].to_vec());
     assert!(wakes(&sub), "the task takes over");
     assert_eq!(sub.take_unwritten().as_deref(), Some(&first.payload()[7..]), "the rest goes first");
-    let mut queued = Vec::new();
-    sub.drain_into(&mut queued, usize::MAX);
-    assert_eq!(queued.iter().map(Frame::timestamp).collect::<Vec<_>>(), vec![33], "then the queue");
+    assert_eq!(drain_timestamps(&mut sub), vec![33], "then the queue");
     assert_eq!(sink.written().len(), 7, "nothing more went direct");
 }
 
@@ -278,9 +284,7 @@ fn a_full_socket_queues_the_frame_for_the_task() {
     assert!(sink.written().is_empty());
     assert!(wakes(&sub));
     assert_eq!(sub.take_unwritten(), None);
-    let mut queued = Vec::new();
-    sub.drain_into(&mut queued, usize::MAX);
-    assert_eq!(queued.iter().map(Frame::timestamp).collect::<Vec<_>>(), vec![0, 33]);
+    assert_eq!(drain_timestamps(&mut sub), vec![0, 33]);
 }
 
 #[test]
@@ -289,23 +293,19 @@ fn writing_is_not_handed_over_while_frames_wait_or_a_skip_is_on() {
     let (p, mut sub) = live_subscriber(&hub);
     p.send(video(0, true, 10));
     assert!(!sub.hand_to_publisher(MemSink::with_room(usize::MAX)), "a frame is queued");
-    let mut got = Vec::new();
-    sub.drain_into(&mut got, usize::MAX);
+    drain_timestamps(&mut sub);
     // Overflow the queue: the subscriber skips until the next keyframe.
     for i in 1..20u32 {
         p.send(video(i * 33, false, 200));
     }
-    got.clear();
-    sub.drain_into(&mut got, usize::MAX);
+    drain_timestamps(&mut sub);
     assert!(sub.skipped() > 0);
     let sink = MemSink::with_room(usize::MAX);
     assert!(!sub.hand_to_publisher(sink.clone()), "skipping: the next frame written must be a keyframe");
     p.send(video(700, false, 10));
     assert!(sink.written().is_empty());
     p.send(video(733, true, 10));
-    got.clear();
-    sub.drain_into(&mut got, usize::MAX);
-    assert_eq!(got.iter().map(Frame::timestamp).collect::<Vec<_>>(), vec![733]);
+    assert_eq!(drain_timestamps(&mut sub), vec![733]);
     assert!(sub.hand_to_publisher(sink.clone()), "caught up again");
     p.send(video(766, false, 10));
     assert_eq!(sink.written().len(), 10);
