@@ -53,6 +53,17 @@ pub struct Config {
     /// hold a frame until the previous one is acknowledged: less CPU per byte, as
     /// nginx-rtmp and SRS run by default, for up to a round trip of added latency.
     pub tcp_nodelay: bool,
+    /// QUIC congestion controller, server and client side. BBR by default: loss-based
+    /// controllers (CUBIC, NewReno) halve their window on every loss and starve a live
+    /// stream at the 0.5–5 % loss of the networks QUIC ingest is for (README, Performance).
+    pub quic_congestion: Congestion,
+    /// The RTT QUIC assumes before it has measured one. quinn's default (333 ms, the
+    /// RFC 9002 value) makes the first loss timers slow; 100 ms suits most ingest paths
+    /// and is corrected by the first sample.
+    pub quic_initial_rtt_ms: u64,
+    /// Largest UDP payload MTU discovery may probe up to. 1452 fits a 1500-byte Ethernet
+    /// path under IPv6; jumbo-frame or loopback paths may raise it for fewer packets per byte.
+    pub quic_max_mtu: u16,
     /// QUIC idle timeout.
     pub quic_idle_timeout_ms: u64,
     /// QUIC keep-alive interval (must be below the idle timeout).
@@ -88,6 +99,9 @@ impl Default for Config {
             idle_timeout_ms: 30_000,
             write_timeout_ms: 30_000,
             tcp_nodelay: true,
+            quic_congestion: Congestion::Bbr,
+            quic_initial_rtt_ms: 100,
+            quic_max_mtu: 1452,
             quic_idle_timeout_ms: 30_000,
             quic_keep_alive_ms: 5_000,
             max_quic_streams: 16,
@@ -95,6 +109,29 @@ impl Default for Config {
             max_connections_per_ip: 2_000,
             shutdown_grace_ms: 5_000,
         }
+    }
+}
+
+/// A QUIC congestion controller (quinn's implementations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// Model-based (bandwidth and RTT): keeps sending at the path's rate through random
+    /// loss. The default.
+    Bbr,
+    /// Loss-based, quinn's own default.
+    Cubic,
+    /// Loss-based, the RFC 9002 reference.
+    Newreno,
+}
+
+impl std::fmt::Display for Congestion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Bbr => "bbr",
+            Self::Cubic => "cubic",
+            Self::Newreno => "newreno",
+        })
     }
 }
 
@@ -162,6 +199,12 @@ impl Config {
         if self.quic_keep_alive_ms == 0 || self.quic_keep_alive_ms >= self.quic_idle_timeout_ms {
             return bad("quic_keep_alive_ms must be non-zero and below quic_idle_timeout_ms");
         }
+        if !(10..=10_000).contains(&self.quic_initial_rtt_ms) {
+            return bad("quic_initial_rtt_ms must be within 10..=10000");
+        }
+        if !(1200..=65_000).contains(&self.quic_max_mtu) {
+            return bad("quic_max_mtu must be within 1200..=65000");
+        }
         if self.max_connections == 0
             || self.max_connections_per_ip == 0
             || self.max_quic_streams == 0
@@ -216,6 +259,11 @@ mod tests {
         assert_eq!(c.listen.port(), 2000);
         assert_eq!(c.play_wait_ms, 5);
         assert!(!c.tcp_nodelay);
+        assert_eq!(c.quic_congestion, Congestion::Bbr);
+        let c = Config::from_toml("quic_congestion = \"cubic\"").unwrap();
+        assert_eq!(c.quic_congestion, Congestion::Cubic);
+        assert!(Config::from_toml("quic_congestion = \"vegas\"").is_err());
+        assert!(Config::from_toml("quic_max_mtu = 1000").is_err());
         assert_eq!(c.chunk_size, 4096);
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use qrelay::client::{self, ClientOptions, PlayOptions, PublishOptions};
+use qrelay::config::Congestion;
 use qrelay::server::Shutdown;
 use qrelay::transport::tls::Trust;
 use qrelay::url::StreamUrl;
@@ -75,6 +76,9 @@ struct ServeArgs {
     /// How long a player waits for a publisher, in milliseconds.
     #[arg(long)]
     play_wait_ms: Option<u64>,
+    /// QUIC congestion controller (bbr, cubic, newreno).
+    #[arg(long, env = "QRELAY_QUIC_CONGESTION")]
+    quic_congestion: Option<Congestion>,
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +89,9 @@ struct TrustArgs {
     /// Skip certificate verification (development only).
     #[arg(long)]
     insecure: bool,
+    /// QUIC congestion controller (bbr, cubic, newreno).
+    #[arg(long, default_value_t = Congestion::Bbr)]
+    quic_congestion: Congestion,
 }
 
 impl TrustArgs {
@@ -94,7 +101,9 @@ impl TrustArgs {
             (Some(ca), false) => Trust::CaFile(ca.clone()),
             (None, false) => Trust::WebPki,
         };
-        ClientOptions { trust, ..ClientOptions::default() }
+        let mut opts = ClientOptions { trust, ..ClientOptions::default() };
+        opts.config.quic_congestion = self.quic_congestion;
+        opts
     }
 }
 
@@ -177,6 +186,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(ms) = args.play_wait_ms {
         config.play_wait_ms = ms;
+    }
+    if let Some(cc) = args.quic_congestion {
+        config.quic_congestion = cc;
     }
     let server = qrelay::Server::bind(config).await?;
     let shutdown = Shutdown::default();

@@ -7,15 +7,16 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
+use quinn::congestion::{BbrConfig, ControllerFactory, CubicConfig, NewRenoConfig};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Connection, Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
+use quinn::{Connection, Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::admission::Admission;
 use super::tls::{self, Identity, Trust, ALPN_RTMP};
-use crate::config::Config;
+use crate::config::{Config, Congestion};
 use crate::connection::{log_end, serve_rtmp, ConnContext};
 
 /// Why the QUIC side could not be set up.
@@ -51,7 +52,25 @@ pub fn transport_config(config: &Config) -> Result<TransportConfig, QuicError> {
     t.stream_receive_window(VarInt::from_u32(4 * 1024 * 1024));
     t.receive_window(VarInt::from_u32(16 * 1024 * 1024));
     t.send_window(16 * 1024 * 1024);
+    t.congestion_controller_factory(congestion_factory(config.quic_congestion));
+    t.initial_rtt(Duration::from_millis(config.quic_initial_rtt_ms));
+    // Start at the safe 1200 and let discovery find the path's limit: a larger initial
+    // MTU is lost as a black hole on tunnels and VPNs before discovery can lower it.
+    let mut mtu = MtuDiscoveryConfig::default();
+    mtu.upper_bound(config.quic_max_mtu);
+    t.mtu_discovery_config(Some(mtu));
+    // Pacing is always on in quinn; with BBR it sends at the estimated bottleneck rate
+    // instead of in window-sized bursts that overflow shallow router queues.
     Ok(t)
+}
+
+/// The congestion controller for `choice`.
+pub fn congestion_factory(choice: Congestion) -> Arc<dyn ControllerFactory + Send + Sync> {
+    match choice {
+        Congestion::Bbr => Arc::new(BbrConfig::default()),
+        Congestion::Cubic => Arc::new(CubicConfig::default()),
+        Congestion::Newreno => Arc::new(NewRenoConfig::default()),
+    }
 }
 
 /// The server endpoint on an already bound UDP socket (the same port as TCP).
