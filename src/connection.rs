@@ -310,12 +310,12 @@ impl Conn<'_> {
         match self.ctx.hub.publish(session_id) {
             Ok(p) => {
                 info!(key = %redact(key), "publish started");
-                self.session.accept_publish();
+                self.session.core().accept_publish();
                 self.publisher = Some(p);
             }
             Err(e) => {
                 warn!(reason = %e, "publish refused");
-                self.session.reject_publish("NetStream.Publish.BadName", &e.to_string());
+                self.session.core().reject_publish("NetStream.Publish.BadName", &e.to_string());
                 self.close_after_flush = true;
             }
         }
@@ -327,10 +327,12 @@ impl Conn<'_> {
             if let Some(p) = self.player.as_mut() {
                 p.live = true;
             }
-            self.session.accept_play();
+            self.session.core().accept_play();
         } else {
             info!("no publisher within the play wait");
-            self.session.reject_play("NetStream.Play.StreamNotFound", "no such stream is being published");
+            self.session
+                .core()
+                .reject_play("NetStream.Play.StreamNotFound", "no such stream is being published");
             self.player = None;
             self.close_after_flush = true;
         }
@@ -365,7 +367,7 @@ impl Conn<'_> {
         if let Some(p) = self.player.take() {
             info!(skipped = p.sub.skipped(), "stream ended; closing player");
         }
-        self.session.play_ended();
+        self.session.core().play_ended();
         self.close_after_flush = true;
     }
 }

@@ -461,17 +461,17 @@ pub fn server_session(data: &[u8]) {
                     assert!(!app.is_empty() && !key.is_empty());
                     assert!(session_id.starts_with(&format!("{app}/")));
                     if ctl & 2 != 0 {
-                        s.accept_publish();
+                        s.core().accept_publish();
                     } else {
-                        s.reject_publish("NetStream.Publish.BadName", "fuzz");
+                        s.core().reject_publish("NetStream.Publish.BadName", "fuzz");
                     }
                 }
                 ServerEvent::PlayRequest { app, key, .. } => {
                     assert!(!app.is_empty() && !key.is_empty());
                     if ctl & 4 != 0 {
-                        s.accept_play();
+                        s.core().accept_play();
                     } else {
-                        s.reject_play("NetStream.Play.StreamNotFound", "fuzz");
+                        s.core().reject_play("NetStream.Play.StreamNotFound", "fuzz");
                     }
                 }
                 ServerEvent::Media(frame) => {
@@ -493,7 +493,7 @@ pub fn server_session(data: &[u8]) {
             }
         }
         if ctl & 16 != 0 {
-            s.play_ended();
+            s.core().play_ended();
         }
         while let Some(out) = s.take_output() {
             peer.absorb(&out);

@@ -1,15 +1,15 @@
-//! The client side of an RTMP session: connect, createStream, then publish or play.
-//! Used by `qrelay publish/play`, the bench load generator and (later) relays.
+//! The client side of an RTMP session at the message level: connect, createStream, then
+//! publish or play. Used by `qrelay publish/play`, the bench load generator and relays,
+//! under either framing (chunks after a handshake, or RoQR frames).
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::core::{Core, SessionConfig, SessionError};
+use super::{SessionError, Transmit};
 use crate::media::frame::MediaKind;
 use crate::rtmp::amf0::{self, Amf0Value};
 use crate::rtmp::chunk::Message;
-use crate::rtmp::handshake::Handshake;
 use crate::rtmp::message::{self, Command, RtmpMessage, UserControl};
 
 const TXN_CONNECT: f64 = 1.0;
@@ -46,6 +46,7 @@ pub enum ClientEvent {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
+    /// Waiting for the framing to be ready (the RTMP handshake, under chunks).
     Handshaking,
     Connecting,
     CreatingStream,
@@ -54,53 +55,35 @@ enum State {
     Ended,
 }
 
-/// Client side of one RTMP session.
+/// Client side of one RTMP session, message level.
+///
+/// Call order: [`start`](Self::start) once the framing can carry messages, then
+/// [`handle_message`](Self::handle_message) for each whole message from the server,
+/// draining [`poll_event`](Self::poll_event) and [`poll_transmit`](Self::poll_transmit)
+/// after each call.
 #[derive(Debug)]
-pub struct ClientSession {
-    core: Core,
-    config: SessionConfig,
+pub struct ClientCore {
     mode: ClientMode,
     app: String,
     key: String,
     tc_url: String,
     state: State,
     events: VecDeque<ClientEvent>,
+    out: VecDeque<Transmit>,
 }
 
-impl ClientSession {
-    /// A session whose C0+C1 are already queued in the output.
-    pub fn new(
-        config: SessionConfig,
-        mode: ClientMode,
-        app: &str,
-        key: &str,
-        tc_url: &str,
-    ) -> Result<Self, SessionError> {
-        let (hs, c0c1) = Handshake::client()?;
-        let mut core = Core::new(hs, &config);
-        core.queue_raw(&c0c1);
-        Ok(Self {
-            core,
-            config,
+impl ClientCore {
+    /// A session that will connect to `app` and publish or play `key`.
+    pub fn new(mode: ClientMode, app: &str, key: &str, tc_url: &str) -> Self {
+        Self {
             mode,
             app: app.to_owned(),
             key: key.to_owned(),
             tc_url: tc_url.to_owned(),
             state: State::Handshaking,
             events: VecDeque::new(),
-        })
-    }
-
-    /// Feeds bytes from the server.
-    pub fn handle_input(&mut self, data: &[u8]) -> Result<(), SessionError> {
-        self.core.feed(data)?;
-        if self.state == State::Handshaking && self.core.handshake_done() {
-            self.start_connect();
+            out: VecDeque::new(),
         }
-        while let Some((raw, msg)) = self.core.next_message()? {
-            self.handle_message(raw, msg)?;
-        }
-        Ok(())
     }
 
     /// Next event, if any.
@@ -108,9 +91,18 @@ impl ClientSession {
         self.events.pop_front()
     }
 
-    /// Bytes to send, if any.
-    pub fn take_output(&mut self) -> Option<Bytes> {
-        self.core.take_output()
+    /// Next message to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    /// Whether `connect` was sent (the framing is past its own set-up).
+    pub fn is_started(&self) -> bool {
+        self.state != State::Handshaking
+    }
+
+    fn send(&mut self, msg: &RtmpMessage, stream_id: u32) {
+        self.out.push_back(Transmit::Message(msg.to_message(stream_id, 0)));
     }
 
     /// Whether media may be sent (publish accepted).
@@ -121,7 +113,7 @@ impl ClientSession {
     /// Queues a media message (only while publishing; ignored otherwise).
     pub fn send_media(&mut self, kind: MediaKind, timestamp: u32, payload: Bytes) {
         if let (ClientMode::Publish, State::Active(sid)) = (self.mode, self.state) {
-            self.core.send_message(&message::media_message(kind, timestamp, sid, payload));
+            self.out.push_back(Transmit::Message(message::media_message(kind, timestamp, sid, payload)));
         }
     }
 
@@ -138,11 +130,14 @@ impl ClientSession {
 
     fn command(&mut self, name: &str, transaction: f64, args: Vec<Amf0Value>, sid: u32) {
         let cmd = Command { name: name.into(), transaction, object: Amf0Value::Null, args };
-        self.core.send(&RtmpMessage::Command(cmd), sid, 0);
+        self.send(&RtmpMessage::Command(cmd), sid);
     }
 
-    fn start_connect(&mut self) {
-        self.core.set_out_chunk_size(self.config.chunk_size);
+    /// Sends `connect`: the framing is ready for messages.
+    pub fn start(&mut self) {
+        if self.state != State::Handshaking {
+            return;
+        }
         let obj = amf0::object([
             ("app", Amf0Value::String(self.app.clone())),
             ("type", Amf0Value::String("nonprivate".into())),
@@ -150,11 +145,12 @@ impl ClientSession {
             ("tcUrl", Amf0Value::String(self.tc_url.clone())),
         ]);
         let cmd = Command { name: "connect".into(), transaction: TXN_CONNECT, object: obj, args: vec![] };
-        self.core.send(&RtmpMessage::Command(cmd), 0, 0);
+        self.send(&RtmpMessage::Command(cmd), 0);
         self.state = State::Connecting;
     }
 
-    fn handle_message(&mut self, raw: Message, msg: RtmpMessage) -> Result<(), SessionError> {
+    /// Handles one whole message from the server: `raw` as framed, `msg` its typed reading.
+    pub fn handle_message(&mut self, raw: Message, msg: RtmpMessage) -> Result<(), SessionError> {
         match msg {
             // |RtmpSampleAccess is a player permission flag, not stream content.
             RtmpMessage::Media { kind, payload }
@@ -205,7 +201,7 @@ impl ClientSession {
                     ClientMode::Play => {
                         self.command("play", 5.0, vec![key, Amf0Value::Number(-2000.0)], sid);
                         let buf = UserControl::SetBufferLength { stream_id: sid, ms: 3000 };
-                        self.core.send(&RtmpMessage::UserControl(buf), 0, 0);
+                        self.send(&RtmpMessage::UserControl(buf), 0);
                     }
                 }
                 self.state = State::Starting(sid);

@@ -1,17 +1,16 @@
-//! The server side of an RTMP session: answers connect/createStream/publish/play and
-//! turns a publisher's media into frames. Whether a publish or play may proceed is the
-//! hub's decision, so those arrive as events and the caller answers with
-//! `accept_*`/`reject_*`.
+//! The server side of an RTMP session at the message level: answers
+//! connect/createStream/publish/play and turns a publisher's media into frames. It never
+//! sees bytes: a framing (chunks after a handshake, or RoQR frames) feeds it whole
+//! messages and carries what it [`transmits`](ServerCore::poll_transmit). Whether a publish
+//! or play may proceed is the owner's decision, so those arrive as events and the owner
+//! answers with `accept_*`/`reject_*`.
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
-
-use super::core::{Core, SessionConfig, SessionError};
+use super::{SessionError, Transmit};
 use crate::media::frame::{Frame, MediaKind};
 use crate::rtmp::amf0::{self, Amf0Value};
-use crate::rtmp::chunk::{self, Message};
-use crate::rtmp::handshake::Handshake;
+use crate::rtmp::chunk::Message;
 use crate::rtmp::message::{self, Command, RtmpMessage, UserControl};
 
 /// Streams one connection may create; real clients create one.
@@ -52,8 +51,9 @@ pub enum ServerEvent {
     StopPlay,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 enum Role {
+    #[default]
     Idle,
     PublishPending(u32),
     Publishing(u32),
@@ -61,37 +61,25 @@ enum Role {
     Playing(u32),
 }
 
-/// Server side of one RTMP session.
-#[derive(Debug)]
-pub struct ServerSession {
-    core: Core,
-    config: SessionConfig,
+/// Server side of one RTMP session, message level.
+///
+/// Call order: [`handle_message`](Self::handle_message) for each whole message from the
+/// peer (protocol control already taken out by the framing), then drain
+/// [`poll_event`](Self::poll_event), answering requests with `accept_*`/`reject_*`, then
+/// drain [`poll_transmit`](Self::poll_transmit) into the framing.
+#[derive(Debug, Default)]
+pub struct ServerCore {
     app: Option<String>,
     streams_created: u32,
     role: Role,
     events: VecDeque<ServerEvent>,
+    out: VecDeque<Transmit>,
 }
 
-impl ServerSession {
-    /// A session waiting for C0+C1.
-    pub fn new(config: SessionConfig) -> Self {
-        Self {
-            core: Core::new(Handshake::server(), &config),
-            config,
-            app: None,
-            streams_created: 0,
-            role: Role::Idle,
-            events: VecDeque::new(),
-        }
-    }
-
-    /// Feeds bytes from the peer and processes every whole message in them.
-    pub fn handle_input(&mut self, data: &[u8]) -> Result<(), SessionError> {
-        self.core.feed(data)?;
-        while let Some((raw, msg)) = self.core.next_message()? {
-            self.handle_message(raw, msg)?;
-        }
-        Ok(())
+impl ServerCore {
+    /// A session that has not seen `connect` yet.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Next event, if any.
@@ -99,9 +87,9 @@ impl ServerSession {
         self.events.pop_front()
     }
 
-    /// Bytes to send, if any.
-    pub fn take_output(&mut self) -> Option<Bytes> {
-        self.core.take_output()
+    /// Next message (or framing step) to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
     }
 
     /// Whether `connect` has been answered.
@@ -109,16 +97,23 @@ impl ServerSession {
         self.app.is_some()
     }
 
-    /// Whether the handshake has completed.
-    pub fn handshake_done(&self) -> bool {
-        self.core.handshake_done()
+    /// The message stream a player's media goes on (1 before the play started).
+    pub fn play_stream_id(&self) -> u32 {
+        match self.role {
+            Role::Playing(sid) => sid,
+            _ => 1,
+        }
+    }
+
+    fn send(&mut self, msg: &RtmpMessage, stream_id: u32, timestamp: u32) {
+        self.out.push_back(Transmit::Message(msg.to_message(stream_id, timestamp)));
     }
 
     /// The publish may go ahead.
     pub fn accept_publish(&mut self) {
         if let Role::PublishPending(sid) = self.role {
             self.role = Role::Publishing(sid);
-            self.core.send(&RtmpMessage::UserControl(UserControl::StreamBegin(sid)), 0, 0);
+            self.send(&RtmpMessage::UserControl(UserControl::StreamBegin(sid)), 0, 0);
             self.on_status(sid, "status", "NetStream.Publish.Start", "Start publishing");
         }
     }
@@ -135,8 +130,8 @@ impl ServerSession {
     pub fn accept_play(&mut self) {
         if let Role::PlayPending(sid) = self.role {
             self.role = Role::Playing(sid);
-            self.core.send(&RtmpMessage::UserControl(UserControl::StreamIsRecorded(sid)), 0, 0);
-            self.core.send(&RtmpMessage::UserControl(UserControl::StreamBegin(sid)), 0, 0);
+            self.send(&RtmpMessage::UserControl(UserControl::StreamIsRecorded(sid)), 0, 0);
+            self.send(&RtmpMessage::UserControl(UserControl::StreamBegin(sid)), 0, 0);
             self.on_status(sid, "status", "NetStream.Play.Reset", "Playing and resetting");
             self.on_status(sid, "status", "NetStream.Play.Start", "Started playing");
             let mut body = bytes::BytesMut::new();
@@ -149,7 +144,7 @@ impl ServerSession {
                 &mut body,
             );
             let access = RtmpMessage::Media { kind: MediaKind::Data, payload: body.freeze() };
-            self.core.send(&access, sid, 0);
+            self.send(&access, sid, 0);
         }
     }
 
@@ -164,27 +159,11 @@ impl ServerSession {
     /// The stream being played ended: StreamEOF and `NetStream.Play.UnpublishNotify`.
     pub fn play_ended(&mut self) {
         if let Role::Playing(sid) = self.role {
-            self.core.send(&RtmpMessage::UserControl(UserControl::StreamEof(sid)), 0, 0);
+            self.send(&RtmpMessage::UserControl(UserControl::StreamEof(sid)), 0, 0);
             self.on_status(sid, "status", "NetStream.Play.UnpublishNotify", "Stream was unpublished");
             self.on_status(sid, "status", "NetStream.Play.Stop", "Stopped playing");
             self.role = Role::Idle;
         }
-    }
-
-    /// Chunk bytes for a frame to this player. Shared with every other subscriber using
-    /// the same chunk size and message stream id: encoded once per frame, not per player.
-    pub fn media_bytes(&self, frame: &Frame) -> Bytes {
-        self.media_encoder().encode(frame)
-    }
-
-    /// How this player's media is framed, for writers outside the session (the publisher
-    /// writing to an idle player directly). Fixed once the play started.
-    pub fn media_encoder(&self) -> MediaEncoder {
-        let stream_id = match self.role {
-            Role::Playing(sid) => sid,
-            _ => 1,
-        };
-        MediaEncoder { chunk_size: self.core.out_chunk_size, stream_id }
     }
 
     fn on_status(&mut self, sid: u32, level: &str, code: &str, description: &str) {
@@ -194,18 +173,19 @@ impl ServerSession {
             object: Amf0Value::Null,
             args: vec![message::status(level, code, description)],
         };
-        self.core.send(&RtmpMessage::Command(cmd), sid, 0);
+        self.send(&RtmpMessage::Command(cmd), sid, 0);
     }
 
     fn result(&mut self, transaction: f64, object: Amf0Value, args: Vec<Amf0Value>) {
         // Transaction 0 means the client expects no answer.
         if transaction != 0.0 {
             let cmd = Command { name: "_result".into(), transaction, object, args };
-            self.core.send(&RtmpMessage::Command(cmd), 0, 0);
+            self.send(&RtmpMessage::Command(cmd), 0, 0);
         }
     }
 
-    fn handle_message(&mut self, raw: Message, msg: RtmpMessage) -> Result<(), SessionError> {
+    /// Handles one whole message from the peer: `raw` as framed, `msg` its typed reading.
+    pub fn handle_message(&mut self, raw: Message, msg: RtmpMessage) -> Result<(), SessionError> {
         match msg {
             RtmpMessage::Media { kind, payload } => {
                 if !matches!(self.role, Role::Publishing(_)) {
@@ -288,9 +268,7 @@ impl ServerSession {
             return Err(SessionError::Protocol("connect without a valid app".into()));
         }
         self.app = Some(app);
-        self.core.send(&RtmpMessage::WindowAckSize(self.config.window_ack_size), 0, 0);
-        self.core.send(&RtmpMessage::SetPeerBandwidth { size: self.config.window_ack_size, limit: 2 }, 0, 0);
-        self.core.set_out_chunk_size(self.config.chunk_size);
+        self.out.push_back(Transmit::Setup);
         let props = amf0::object([
             ("fmsVer", Amf0Value::String("FMS/3,0,1,123".into())),
             ("capabilities", Amf0Value::Number(31.0)),
@@ -301,7 +279,7 @@ impl ServerSession {
         }
         let cmd =
             Command { name: "_result".into(), transaction: cmd.transaction, object: props, args: vec![info] };
-        self.core.send(&RtmpMessage::Command(cmd), 0, 0);
+        self.send(&RtmpMessage::Command(cmd), 0, 0);
         Ok(())
     }
 
@@ -330,25 +308,5 @@ impl ServerSession {
             return Err(SessionError::Protocol(format!("{what} without a valid stream key")));
         }
         Ok((app, key.to_owned()))
-    }
-}
-
-/// A player's media framing: outbound chunk size and message stream id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MediaEncoder {
-    chunk_size: u32,
-    stream_id: u32,
-}
-
-impl MediaEncoder {
-    /// The chunk bytes of `frame` (type 0 header first, so they stand alone), encoded at
-    /// most once per frame for the common framing.
-    pub fn encode(&self, frame: &Frame) -> Bytes {
-        let Self { chunk_size, stream_id } = *self;
-        frame.encoded((chunk_size, stream_id), || {
-            let m =
-                message::media_message(frame.kind(), frame.timestamp(), stream_id, frame.payload().clone());
-            chunk::encode_to_bytes(&m, chunk_size)
-        })
     }
 }

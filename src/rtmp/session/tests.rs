@@ -49,7 +49,7 @@ fn publish_is_requested_accepted_and_media_flows() {
         other => panic!("unexpected events {other:?}"),
     }
     assert!(!c.is_publishing());
-    s.accept_publish();
+    s.core().accept_publish();
     pump(&mut c, &mut s);
     assert_eq!(c.poll_event(), Some(ClientEvent::PublishStarted));
     assert!(c.is_publishing());
@@ -75,7 +75,7 @@ fn refused_publish_is_reported_to_the_client() {
     let mut c = client(ClientMode::Publish);
     let mut s = ServerSession::new(SessionConfig::default());
     pump(&mut c, &mut s);
-    s.reject_publish("NetStream.Publish.BadName", "taken");
+    s.core().reject_publish("NetStream.Publish.BadName", "taken");
     let out = s.take_output().unwrap();
     match c.handle_input(&out) {
         Err(SessionError::Refused { code, .. }) => assert_eq!(code, "NetStream.Publish.BadName"),
@@ -89,7 +89,7 @@ fn play_gets_media_and_end_of_stream() {
     let mut s = ServerSession::new(SessionConfig::default());
     let events = pump(&mut c, &mut s);
     assert!(matches!(events.as_slice(), [ServerEvent::PlayRequest { stream_id: 1, .. }]), "{events:?}");
-    s.accept_play();
+    s.core().accept_play();
     pump(&mut c, &mut s);
     assert_eq!(c.poll_event(), Some(ClientEvent::PlayStarted));
 
@@ -102,7 +102,7 @@ fn play_gets_media_and_end_of_stream() {
         c.poll_event(),
         Some(ClientEvent::Media { kind: MediaKind::Video, timestamp: 40, payload: frame.payload().clone() })
     );
-    s.play_ended();
+    s.core().play_ended();
     pump(&mut c, &mut s);
     assert_eq!(c.poll_event(), Some(ClientEvent::StreamEnded));
 }
@@ -112,7 +112,7 @@ fn set_data_frame_reaches_the_hub_as_on_metadata() {
     let mut c = client(ClientMode::Publish);
     let mut s = ServerSession::new(SessionConfig::default());
     pump(&mut c, &mut s);
-    s.accept_publish();
+    s.core().accept_publish();
     pump(&mut c, &mut s);
     let mut body = bytes::BytesMut::new();
     crate::rtmp::amf0::encode_all(
@@ -205,4 +205,67 @@ fn ping_requests_are_answered() {
         RtmpMessage::parse(&m).unwrap(),
         RtmpMessage::UserControl(crate::rtmp::message::UserControl::PingResponse(77))
     );
+}
+
+/// Moves whole messages between the message-level cores, as a framing without chunks
+/// (RoQR) does: protocol control never reaches a core, so none may be needed.
+fn pump_cores(client: &mut ClientCore, server: &mut ServerCore) -> (Vec<ServerEvent>, usize) {
+    let mut events = Vec::new();
+    let mut setups = 0;
+    loop {
+        let mut moved = false;
+        while let Some(t) = client.poll_transmit() {
+            let Transmit::Message(m) = t else { panic!("a client core asked for framing set-up") };
+            let parsed = RtmpMessage::parse(&m).unwrap();
+            server.handle_message(m, parsed).unwrap();
+            moved = true;
+        }
+        events.extend(std::iter::from_fn(|| server.poll_event()));
+        while let Some(t) = server.poll_transmit() {
+            match t {
+                Transmit::Setup => setups += 1,
+                Transmit::Message(m) => {
+                    let parsed = RtmpMessage::parse(&m).unwrap();
+                    client.handle_message(m, parsed).unwrap();
+                }
+            }
+            moved = true;
+        }
+        if !moved {
+            return (events, setups);
+        }
+    }
+}
+
+#[test]
+fn message_level_cores_publish_and_play_without_any_framing() {
+    let mut pc = ClientCore::new(ClientMode::Publish, "live", "cam1", "rtmp+quic://h/live");
+    let mut ps = ServerCore::new();
+    pc.start();
+    let (events, setups) = pump_cores(&mut pc, &mut ps);
+    assert_eq!(setups, 1, "connect must ask the framing for its set-up once");
+    assert!(
+        matches!(events.as_slice(), [ServerEvent::PublishRequest { session_id, .. }] if session_id == "live/cam1")
+    );
+    ps.accept_publish();
+    pump_cores(&mut pc, &mut ps);
+    assert_eq!(pc.poll_event(), Some(ClientEvent::PublishStarted));
+    pc.send_media(MediaKind::Audio, 5, Bytes::from_static(&[0xaf, 1, 9]));
+    let (events, _) = pump_cores(&mut pc, &mut ps);
+    assert!(
+        matches!(events.as_slice(), [ServerEvent::Media(f)] if f.timestamp() == 5 && f.payload()[2] == 9)
+    );
+
+    let mut player = ClientCore::new(ClientMode::Play, "live", "cam1", "rtmp+quic://h/live");
+    let mut ss = ServerCore::new();
+    player.start();
+    let (events, _) = pump_cores(&mut player, &mut ss);
+    assert!(matches!(events.as_slice(), [ServerEvent::PlayRequest { stream_id: 1, .. }]));
+    ss.accept_play();
+    pump_cores(&mut player, &mut ss);
+    assert_eq!(player.poll_event(), Some(ClientEvent::PlayStarted));
+    assert_eq!(ss.play_stream_id(), 1);
+    ss.play_ended();
+    pump_cores(&mut player, &mut ss);
+    assert_eq!(player.poll_event(), Some(ClientEvent::StreamEnded));
 }
