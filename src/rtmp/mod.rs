@@ -4,4 +4,5 @@ pub mod amf0;
 pub mod chunk;
 pub mod handshake;
 pub mod message;
+pub mod roqr;
 pub mod session;

@@ -1,0 +1,373 @@
+//! The RoQR framing around a message-level core: frames from any stream or datagram in,
+//! command frames for the first bidirectional stream out. Media towards a player is
+//! framed by the I/O layer itself ([`frame::encode_header`] + the shared payload), so a
+//! frame's payload is never copied per player.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::frame::{self, FrameError, RoqrFrame};
+use super::reorder::Reorder;
+use super::ErrorCode;
+use crate::rtmp::chunk::Message;
+use crate::rtmp::message::{RtmpMessage, UserControl};
+use crate::rtmp::session::{ClientCore, ServerCore, SessionError, Transmit};
+
+/// A message-level session core, as both framings drive it.
+pub trait MessageCore {
+    /// Handles one whole message from the peer.
+    fn handle_message(&mut self, raw: Message, msg: RtmpMessage) -> Result<(), SessionError>;
+    /// Next message (or framing step) to send.
+    fn poll_transmit(&mut self) -> Option<Transmit>;
+}
+
+impl MessageCore for ServerCore {
+    fn handle_message(&mut self, raw: Message, msg: RtmpMessage) -> Result<(), SessionError> {
+        ServerCore::handle_message(self, raw, msg)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        ServerCore::poll_transmit(self)
+    }
+}
+
+impl MessageCore for ClientCore {
+    fn handle_message(&mut self, raw: Message, msg: RtmpMessage) -> Result<(), SessionError> {
+        ClientCore::handle_message(self, raw, msg)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        ClientCore::poll_transmit(self)
+    }
+}
+
+/// Limits on what a peer may make a RoQR session hold.
+#[derive(Debug, Clone, Copy)]
+pub struct RoqrLimits {
+    /// Largest frame payload (an RTMP message) accepted.
+    pub max_payload: u32,
+    /// Frames of flows we cannot associate held at most (the draft asks for a bound).
+    pub unknown_flow_frames: usize,
+    /// Bytes of such frames held at most.
+    pub unknown_flow_bytes: usize,
+    /// Longest a media message waits for the other tracks to catch up.
+    pub reorder_hold: Duration,
+}
+
+impl Default for RoqrLimits {
+    fn default() -> Self {
+        Self {
+            max_payload: 8 * 1024 * 1024,
+            unknown_flow_frames: 64,
+            unknown_flow_bytes: 256 * 1024,
+            reorder_hold: Duration::from_millis(300),
+        }
+    }
+}
+
+/// Where a frame came from: the draft treats a bad datagram as droppable, a bad stream
+/// as fatal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A QUIC stream (either direction, either side's).
+    Stream,
+    /// A QUIC DATAGRAM.
+    Datagram,
+}
+
+/// What the I/O layer does with the source of a frame that was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep reading.
+    Continue,
+    /// Stop reading that stream with this code (its flow is over our bounds).
+    StopStream(ErrorCode),
+    /// The frame was dropped (a datagram over our bounds).
+    Dropped,
+}
+
+/// Why a RoQR session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum RoqrError {
+    /// Bytes on a stream that are not RoQR frames.
+    #[error("RoQR framing: {0}")]
+    Frame(#[from] FrameError),
+    /// The RTMP session broke or was refused.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+impl RoqrError {
+    /// The code to close the connection with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RoqrError::Frame(_) => ErrorCode::FrameEncoding,
+            RoqrError::Session(_) => ErrorCode::General,
+        }
+    }
+}
+
+/// One RTMP session over RoQR: a core ([`ServerCore`] or [`ClientCore`]) with the RoQR
+/// framing, sans-IO. Call order: [`handle_frame`](Self::handle_frame) for every frame
+/// read (and [`handle_timeout`](Self::handle_timeout) at [`poll_timeout`](Self::poll_timeout)),
+/// then drain the core's events, then send [`take_output`](Self::take_output) on the
+/// command stream.
+#[derive(Debug)]
+pub struct RoqrSession<C> {
+    core: C,
+    reorder: Reorder,
+    limits: RoqrLimits,
+    unknown: VecDeque<RoqrFrame>,
+    unknown_bytes: usize,
+    out: BytesMut,
+}
+
+impl<C: MessageCore> RoqrSession<C> {
+    /// A session around `core`.
+    pub fn new(core: C, limits: RoqrLimits) -> Self {
+        Self {
+            core,
+            reorder: Reorder::new(limits.reorder_hold),
+            limits,
+            unknown: VecDeque::new(),
+            unknown_bytes: 0,
+            out: BytesMut::new(),
+        }
+    }
+
+    /// The message-level session (events, accept/reject, media to send).
+    pub fn core(&mut self) -> &mut C {
+        &mut self.core
+    }
+
+    /// The frame limits of this session (for the I/O layer's decoders).
+    pub fn limits(&self) -> RoqrLimits {
+        self.limits
+    }
+
+    /// Handles one frame received at `now`.
+    pub fn handle_frame(&mut self, frame: RoqrFrame, via: Via, now: Instant) -> Result<Verdict, RoqrError> {
+        if frame.flow != 0 {
+            return Ok(self.hold_unknown(frame, via));
+        }
+        let msg = frame.message;
+        match msg.type_id {
+            8 | 9 | 18 => {
+                self.reorder.push(msg, now);
+                self.release(now)?;
+            }
+            _ => {
+                let parsed = RtmpMessage::parse(&msg).map_err(SessionError::from)?;
+                match parsed {
+                    // The frame size and QUIC's flow control replace these.
+                    RtmpMessage::SetChunkSize(_)
+                    | RtmpMessage::Abort(_)
+                    | RtmpMessage::Acknowledgement(_)
+                    | RtmpMessage::WindowAckSize(_)
+                    | RtmpMessage::SetPeerBandwidth { .. } => {}
+                    RtmpMessage::UserControl(UserControl::PingRequest(t)) => {
+                        let pong = RtmpMessage::UserControl(UserControl::PingResponse(t)).to_message(0, 0);
+                        frame::encode(0, &pong, &mut self.out);
+                    }
+                    other => {
+                        // A command may end the stream: media before it goes first.
+                        let held: Vec<Message> = self.reorder.drain().collect();
+                        for m in held {
+                            self.deliver(m)?;
+                        }
+                        self.core.handle_message(msg, other)?;
+                    }
+                }
+            }
+        }
+        Ok(Verdict::Continue)
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is due, if anything waits.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.reorder.deadline()
+    }
+
+    /// Releases media whose wait is over.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), RoqrError> {
+        self.release(now)
+    }
+
+    /// Frames for the command stream, if any.
+    pub fn take_output(&mut self) -> Option<Bytes> {
+        while let Some(t) = self.core.poll_transmit() {
+            // RoQR has no chunk size or acknowledgement window to announce.
+            if let Transmit::Message(m) = t {
+                frame::encode(0, &m, &mut self.out);
+            }
+        }
+        if self.out.is_empty() {
+            None
+        } else {
+            Some(self.out.split().freeze())
+        }
+    }
+
+    /// Media messages held for reordering.
+    pub fn held(&self) -> usize {
+        self.reorder.len()
+    }
+
+    fn release(&mut self, now: Instant) -> Result<(), RoqrError> {
+        while let Some(m) = self.reorder.pop(now) {
+            self.deliver(m)?;
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, msg: Message) -> Result<(), RoqrError> {
+        let parsed = RtmpMessage::parse(&msg).map_err(SessionError::from)?;
+        self.core.handle_message(msg, parsed)?;
+        Ok(())
+    }
+
+    /// No flow but 0 is bound to RTMP state here, so frames of others are held within
+    /// bounds (as the draft asks) and never delivered.
+    fn hold_unknown(&mut self, frame: RoqrFrame, via: Via) -> Verdict {
+        let len = frame.message.payload.len();
+        if self.unknown.len() < self.limits.unknown_flow_frames
+            && self.unknown_bytes + len <= self.limits.unknown_flow_bytes
+        {
+            self.unknown_bytes += len;
+            self.unknown.push_back(frame);
+            return Verdict::Continue;
+        }
+        match via {
+            Via::Stream => Verdict::StopStream(ErrorCode::UnknownFlowId),
+            Via::Datagram => Verdict::Dropped,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::frame::MediaKind;
+    use crate::rtmp::message::media_message;
+    use crate::rtmp::session::{ClientEvent, ClientMode, ServerEvent};
+
+    /// Moves command frames both ways until neither side has output.
+    fn pump(
+        c: &mut RoqrSession<ClientCore>,
+        s: &mut RoqrSession<ServerCore>,
+        now: Instant,
+    ) -> Vec<ServerEvent> {
+        let mut events = Vec::new();
+        loop {
+            let mut moved = false;
+            if let Some(mut out) = c.take_output().map(BytesMut::from) {
+                while let Some(f) = frame::decode(&mut out, 1 << 20).unwrap() {
+                    s.handle_frame(f, Via::Stream, now).unwrap();
+                }
+                moved = true;
+            }
+            events.extend(std::iter::from_fn(|| s.core().poll_event()));
+            if let Some(mut out) = s.take_output().map(BytesMut::from) {
+                while let Some(f) = frame::decode(&mut out, 1 << 20).unwrap() {
+                    c.handle_frame(f, Via::Stream, now).unwrap();
+                }
+                moved = true;
+            }
+            if !moved {
+                return events;
+            }
+        }
+    }
+
+    fn publisher() -> RoqrSession<ClientCore> {
+        let mut core = ClientCore::new(ClientMode::Publish, "live", "cam", "rtmp+quic://h/live");
+        core.start();
+        RoqrSession::new(core, RoqrLimits::default())
+    }
+
+    #[test]
+    fn publish_over_roqr_needs_no_handshake_and_no_control_messages() {
+        let now = Instant::now();
+        let mut c = publisher();
+        let mut s = RoqrSession::new(ServerCore::new(), RoqrLimits::default());
+        let first = c.take_output().unwrap();
+        // The first bytes are a frame on flow 0 carrying the connect command (type 20).
+        assert_eq!((first[0], first[2]), (0, 20));
+        let mut first = BytesMut::from(&first[..]);
+        let f = frame::decode(&mut first, 1 << 20).unwrap().unwrap();
+        s.handle_frame(f, Via::Stream, now).unwrap();
+        let events = pump(&mut c, &mut s, now);
+        assert!(
+            matches!(events.as_slice(), [ServerEvent::PublishRequest { session_id, .. }] if session_id == "live/cam")
+        );
+        s.core().accept_publish();
+        pump(&mut c, &mut s, now);
+        assert_eq!(c.core().poll_event(), Some(ClientEvent::PublishStarted));
+
+        // Media from a datagram (audio) and a stream (video) reach the core in order.
+        let first = media_message(MediaKind::Video, 0, 1, Bytes::from_static(&[0x17, 1, 0, 0, 0, 8]));
+        s.handle_frame(RoqrFrame { flow: 0, message: first }, Via::Stream, now).unwrap();
+        assert!(matches!(s.core().poll_event(), Some(ServerEvent::Media(f)) if f.timestamp() == 0));
+        let audio = media_message(MediaKind::Audio, 20, 1, Bytes::from_static(&[0xaf, 1, 5]));
+        let video = media_message(MediaKind::Video, 10, 1, Bytes::from_static(&[0x17, 1, 0, 0, 0, 9]));
+        s.handle_frame(RoqrFrame { flow: 0, message: audio }, Via::Datagram, now).unwrap();
+        assert!(s.core().poll_event().is_none(), "audio at 20 waits for video to reach 20");
+        s.handle_frame(RoqrFrame { flow: 0, message: video }, Via::Stream, now).unwrap();
+        let ts: Vec<u32> = std::iter::from_fn(|| s.core().poll_event())
+            .map(|e| match e {
+                ServerEvent::Media(f) => f.timestamp(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(ts, vec![10]);
+        s.handle_timeout(now + Duration::from_secs(1)).unwrap();
+        assert!(matches!(s.core().poll_event(), Some(ServerEvent::Media(f)) if f.timestamp() == 20));
+    }
+
+    #[test]
+    fn unknown_flows_are_held_within_bounds() {
+        let now = Instant::now();
+        let limits = RoqrLimits { unknown_flow_frames: 2, ..RoqrLimits::default() };
+        let mut s = RoqrSession::new(ServerCore::new(), limits);
+        let f = |flow| RoqrFrame {
+            flow,
+            message: media_message(MediaKind::Audio, 0, 1, Bytes::from_static(&[1])),
+        };
+        assert_eq!(s.handle_frame(f(7), Via::Stream, now).unwrap(), Verdict::Continue);
+        assert_eq!(s.handle_frame(f(8), Via::Datagram, now).unwrap(), Verdict::Continue);
+        assert_eq!(s.handle_frame(f(9), Via::Datagram, now).unwrap(), Verdict::Dropped);
+        assert_eq!(
+            s.handle_frame(f(9), Via::Stream, now).unwrap(),
+            Verdict::StopStream(ErrorCode::UnknownFlowId)
+        );
+    }
+
+    #[test]
+    fn pings_are_answered_and_chunk_control_is_ignored() {
+        let now = Instant::now();
+        let mut s = RoqrSession::new(ServerCore::new(), RoqrLimits::default());
+        let ping = RtmpMessage::UserControl(UserControl::PingRequest(77)).to_message(0, 0);
+        let size = RtmpMessage::SetChunkSize(1).to_message(0, 0);
+        s.handle_frame(RoqrFrame { flow: 0, message: size }, Via::Stream, now).unwrap();
+        s.handle_frame(RoqrFrame { flow: 0, message: ping }, Via::Stream, now).unwrap();
+        let mut out = BytesMut::from(&s.take_output().unwrap()[..]);
+        let f = frame::decode(&mut out, 1 << 20).unwrap().unwrap();
+        let parsed = RtmpMessage::parse(&f.message).unwrap();
+        assert_eq!(parsed, RtmpMessage::UserControl(UserControl::PingResponse(77)));
+    }
+
+    #[test]
+    fn a_malformed_command_ends_the_session_with_a_general_error() {
+        let now = Instant::now();
+        let mut s = RoqrSession::new(ServerCore::new(), RoqrLimits::default());
+        let bad = Message {
+            csid: 3,
+            timestamp: 0,
+            type_id: 20,
+            stream_id: 0,
+            payload: Bytes::from_static(&[0x02, 0xff]),
+        };
+        let e = s.handle_frame(RoqrFrame { flow: 0, message: bad }, Via::Stream, now).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::General);
+    }
+}
