@@ -122,7 +122,7 @@ run_one() {
     case $target in
         qrelay-tcp) start_qrelay; url="rtmp://127.0.0.1:$QPORT/live/b" ;;
         qrelay-nagle) start_qrelay "$WORK/nagle.toml"; url="rtmp://127.0.0.1:$QPORT/live/b" ;;
-        qrelay-quic) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/b"; extra=(--ca "$WORK/certs/dev-ca.pem") ;;
+        qrelay-quic) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/b?mode=tunnel"; extra=(--ca "$WORK/certs/dev-ca.pem") ;;
         nginx) start_nginx; url="rtmp://127.0.0.1:$NPORT/live/b" ;;
     esac
     local json="$OUT/s${streams}-p${players}.${target}.${rep}.json"
@@ -139,7 +139,7 @@ run_idle() {
     local target=$1 url extra=()
     case $target in
         qrelay-tcp) start_qrelay; url="rtmp://127.0.0.1:$QPORT/live/idle" ;;
-        qrelay-quic) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/idle"; extra=(--ca "$WORK/certs/dev-ca.pem") ;;
+        qrelay-quic) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/idle?mode=tunnel"; extra=(--ca "$WORK/certs/dev-ca.pem") ;;
         nginx) start_nginx; url="rtmp://127.0.0.1:$NPORT/live/idle" ;;
     esac
     log "$target: $IDLE_CONNS idle connections"

@@ -64,6 +64,10 @@ pub struct Config {
     /// Largest UDP payload MTU discovery may probe up to. 1452 fits a 1500-byte Ethernet
     /// path under IPv6; jumbo-frame or loopback paths may raise it for fewer packets per byte.
     pub quic_max_mtu: u16,
+    /// RoQR players (per-track mapping): a GOP still unacknowledged this long after it
+    /// ended is cancelled and the player continues from the next keyframe, so a player
+    /// behind a slow link lags at most about this plus one GOP.
+    pub max_latency_ms: u64,
     /// QUIC idle timeout.
     pub quic_idle_timeout_ms: u64,
     /// QUIC keep-alive interval (must be below the idle timeout).
@@ -102,6 +106,7 @@ impl Default for Config {
             quic_congestion: Congestion::Bbr,
             quic_initial_rtt_ms: 100,
             quic_max_mtu: 1452,
+            max_latency_ms: 1_000,
             quic_idle_timeout_ms: 30_000,
             quic_keep_alive_ms: 5_000,
             max_quic_streams: 16,
@@ -198,6 +203,9 @@ impl Config {
         }
         if self.quic_keep_alive_ms == 0 || self.quic_keep_alive_ms >= self.quic_idle_timeout_ms {
             return bad("quic_keep_alive_ms must be non-zero and below quic_idle_timeout_ms");
+        }
+        if !(50..=60_000).contains(&self.max_latency_ms) {
+            return bad("max_latency_ms must be within 50..=60000");
         }
         if !(10..=10_000).contains(&self.quic_initial_rtt_ms) {
             return bad("quic_initial_rtt_ms must be within 10..=10000");

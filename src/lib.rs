@@ -10,6 +10,8 @@
 //! - [`transport`]: the I/O edge: TCP listener, the one QUIC endpoint with ALPN dispatch,
 //!   TLS and certificates.
 //! - [`connection`]: one task per RTMP session driving a session machine over a byte stream.
+//! - [`roqr_conn`]: one task per RoQR connection (commands on the first bidirectional
+//!   stream, media on any stream or datagram).
 //! - [`client`]: the outbound side (`qrelay publish` / `qrelay play`).
 //! - [`bench`]: `qrelay bench`, the load generator.
 //! - [`server`]: binds the port and runs everything until shutdown.
@@ -20,6 +22,7 @@ pub mod config;
 pub mod connection;
 pub mod hub;
 pub mod media;
+pub mod roqr_conn;
 pub mod rtmp;
 pub mod server;
 pub mod transport;

@@ -142,8 +142,8 @@ impl StreamUrl {
 impl fmt::Display for StreamUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.tc_url(), self.key)?;
-        // The mapping is always spelled out so the URL keeps its meaning when the
-        // default mapping for rtmp+quic changes (DESIGN §2 wants RoQR eventually).
+        // The mapping is always spelled out so the URL means the same to builds whose
+        // default differed (before RoQR, rtmp+quic meant the tunnel).
         if let Transport::Quic(mapping) = self.transport {
             let sep = if self.key.contains('?') { '&' } else { '?' };
             let mode = match mapping {
@@ -173,7 +173,7 @@ fn scheme_transport(scheme: &str) -> Result<Transport, UrlError> {
     match scheme.to_ascii_lowercase().as_str() {
         "rtmp" => Ok(Transport::Tcp),
         "rtmps" => Ok(Transport::Tls),
-        "rtmp+quic" | "rtmpq" => Ok(Transport::Quic(QuicMapping::Tunnel)),
+        "rtmp+quic" | "rtmpq" => Ok(Transport::Quic(QuicMapping::Roqr)),
         _ => Err(UrlError::Scheme(scheme.to_owned())),
     }
 }
@@ -313,8 +313,8 @@ impl RelayParams {
             (_, None) => false,
         };
         match (quic, self.mode) {
-            // RoQR is not implemented yet, so QUIC without `mode=` tunnels for now.
-            (true, None) => Ok(Transport::Quic(QuicMapping::Tunnel)),
+            // RoQR is what QUIC means unless `mode=tunnel` asks for the byte-stream tunnel.
+            (true, None) => Ok(Transport::Quic(QuicMapping::Roqr)),
             (true, Some((_, mapping))) => Ok(Transport::Quic(mapping)),
             (false, Some((text, _))) => Err(UrlError::Query(text)),
             (false, None) => Ok(base),
@@ -337,18 +337,18 @@ mod tests {
         ("rtmp://host:1936/live/cam1", TCP, "host", 1936, "live", "cam1"),
         ("rtmps://host/live/cam1", TLS, "host", 443, "live", "cam1"),
         ("rtmps://host:8443/live/cam1", TLS, "host", 8443, "live", "cam1"),
-        ("rtmp+quic://host/live/cam1", TUNNEL, "host", 1935, "live", "cam1"),
-        ("rtmpq://host/live/cam1", TUNNEL, "host", 1935, "live", "cam1"),
+        ("rtmp+quic://host/live/cam1", ROQR, "host", 1935, "live", "cam1"),
+        ("rtmpq://host/live/cam1", ROQR, "host", 1935, "live", "cam1"),
         ("RTMP://Host.Example/live/cam1", TCP, "host.example", 1935, "live", "cam1"),
-        ("rtmp://host/live/cam1?quic=1", TUNNEL, "host", 1935, "live", "cam1"),
-        ("rtmp://host/live/cam1?quic=true", TUNNEL, "host", 1935, "live", "cam1"),
+        ("rtmp://host/live/cam1?quic=1", ROQR, "host", 1935, "live", "cam1"),
+        ("rtmp://host/live/cam1?quic=true", ROQR, "host", 1935, "live", "cam1"),
         ("rtmp://host/live/cam1?quic=0", TCP, "host", 1935, "live", "cam1"),
         ("rtmp://host/live/cam1?quic=false", TCP, "host", 1935, "live", "cam1"),
         ("rtmp://host/live/cam1?quic=1&mode=roqr", ROQR, "host", 1935, "live", "cam1"),
         ("rtmp://host/live/cam1?mode=tunnel&quic=1", TUNNEL, "host", 1935, "live", "cam1"),
         ("rtmp+quic://host/live/cam1?mode=roqr", ROQR, "host", 1935, "live", "cam1"),
         ("rtmpq://host/live/cam1?mode=tunnel", TUNNEL, "host", 1935, "live", "cam1"),
-        ("rtmp+quic://host/live/cam1?quic=1", TUNNEL, "host", 1935, "live", "cam1"),
+        ("rtmp+quic://host/live/cam1?quic=1", ROQR, "host", 1935, "live", "cam1"),
         ("rtmps://host/live/cam1?quic=0", TLS, "host", 443, "live", "cam1"),
         ("rtmp://host/a/b/key", TCP, "host", 1935, "a/b", "key"),
         ("rtmp://host/live/cam1?token=abc", TCP, "host", 1935, "live", "cam1?token=abc"),
@@ -363,7 +363,7 @@ mod tests {
         ("rtmp://host/live/cam#1", TCP, "host", 1935, "live", "cam#1"),
         ("rtmp://host/live/cam1?", TCP, "host", 1935, "live", "cam1"),
         ("rtmp://host/live/cam1?token=x&&quic=0", TCP, "host", 1935, "live", "cam1?token=x"),
-        ("rtmp://host/live/cam1?quic=TRUE", TUNNEL, "host", 1935, "live", "cam1"),
+        ("rtmp://host/live/cam1?quic=TRUE", ROQR, "host", 1935, "live", "cam1"),
         ("rtmp://host/live/cam1?Quic=1", TCP, "host", 1935, "live", "cam1?Quic=1"),
     ];
 
@@ -452,7 +452,8 @@ mod tests {
     fn display_is_canonical() {
         let show = |s: &str| StreamUrl::parse(s).map(|u| u.to_string());
         assert_eq!(show("rtmp://h/live/k"), Ok("rtmp://h:1935/live/k".into()));
-        assert_eq!(show("rtmpq://h/live/k"), Ok("rtmp+quic://h:1935/live/k?mode=tunnel".into()));
+        assert_eq!(show("rtmpq://h/live/k?mode=tunnel"), Ok("rtmp+quic://h:1935/live/k?mode=tunnel".into()));
+        assert_eq!(show("rtmpq://h/live/k"), Ok("rtmp+quic://h:1935/live/k?mode=roqr".into()));
         assert_eq!(
             show("rtmp://h/live/k?t=1&quic=1&mode=roqr"),
             Ok("rtmp+quic://h:1935/live/k?t=1&mode=roqr".into())

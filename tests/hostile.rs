@@ -34,7 +34,7 @@ use qrelay::rtmp::message::{Command, RtmpMessage};
 use qrelay::rtmp::session::{ClientEvent, ClientMode, SessionError};
 use qrelay::server::Shutdown;
 use qrelay::transport::quic;
-use qrelay::transport::tls::Trust;
+use qrelay::transport::tls::{Trust, ALPN_RTMP};
 use qrelay::url::StreamUrl;
 use support_hostile::*;
 use tempfile::TempDir;
@@ -1168,7 +1168,8 @@ async fn connections_over_the_per_ip_limit_are_refused() -> Result {
 // ---------------------------------------------------------------------------------------
 
 async fn quic_connect(env: &Env) -> Result<(quinn::Endpoint, quinn::Connection)> {
-    let endpoint = quic::client_endpoint(env.addr, &Trust::CaFile(env.ca.clone()), &Config::default())?;
+    let endpoint =
+        quic::client_endpoint(env.addr, &Trust::CaFile(env.ca.clone()), &Config::default(), ALPN_RTMP)?;
     let conn = timeout(Duration::from_secs(5), endpoint.connect(env.addr, "localhost")?)
         .await
         .context("QUIC connect timed out")??;

@@ -100,7 +100,7 @@ impl Dialer {
                 conns: Mutex::new(Vec::new()),
             })),
             Transport::Quic(crate::url::QuicMapping::Roqr) => {
-                anyhow::bail!("the bench speaks the QUIC tunnel mapping only (?mode=tunnel)")
+                anyhow::bail!("the bench speaks the QUIC tunnel mapping only: add ?mode=tunnel to the URL")
             }
             Transport::Tls => anyhow::bail!("the bench speaks rtmp:// and rtmp+quic:// (tunnel) only"),
         })

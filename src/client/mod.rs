@@ -3,6 +3,7 @@
 //! [`RtmpClient`]; the bench and relays reuse it.
 
 mod flv_file;
+mod roqr;
 
 pub use flv_file::{
     play_to_flv, publish_flv, read_flv_tags, FileError, PlayOptions, PublishOptions, Transfer,
@@ -80,18 +81,31 @@ type Reader = Box<dyn AsyncRead + Unpin + Send>;
 type Writer = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// An RTMP session over some transport, publishing or playing.
+#[derive(Debug)]
 pub struct RtmpClient {
+    link: Link,
+}
+
+/// The two framings: chunks on a byte stream (TCP, TLS, the QUIC tunnel), or RoQR.
+#[derive(Debug)]
+enum Link {
+    Chunked(Box<ChunkedLink>),
+    Roqr(Box<roqr::RoqrLink>),
+}
+
+/// An RTMP session on a byte stream.
+struct ChunkedLink {
     reader: Reader,
     writer: Writer,
     session: ClientSession,
     buf: Vec<u8>,
     /// Keeps the QUIC endpoint and connection alive as long as the session.
-    _quic: Option<(quinn::Endpoint, quinn::Connection)>,
+    quic: Option<(quinn::Endpoint, quinn::Connection)>,
 }
 
-impl std::fmt::Debug for RtmpClient {
+impl std::fmt::Debug for ChunkedLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RtmpClient").field("session", &self.session).finish()
+        f.debug_struct("ChunkedLink").field("session", &self.session).finish()
     }
 }
 
@@ -131,12 +145,22 @@ impl RtmpClient {
                 (Box::new(r), Box::new(w), None)
             }
             Transport::Quic(QuicMapping::Roqr) => {
-                return Err(ClientError::Unsupported(
-                    "the RoQR mapping is not implemented yet; use ?mode=tunnel",
-                ))
+                let (endpoint, conn) = quic_connect(addr, url, opts, tls::ALPN_ROQR).await?;
+                let max_latency = Duration::from_millis(opts.config.max_latency_ms);
+                let link = roqr::RoqrLink::open(
+                    endpoint,
+                    conn,
+                    mode,
+                    &url.app,
+                    &url.key,
+                    &url.tc_url(),
+                    max_latency,
+                )
+                .await?;
+                return Self::start(Link::Roqr(Box::new(link))).await;
             }
             Transport::Quic(QuicMapping::Tunnel) => {
-                let endpoint = quic::client_endpoint(addr, &opts.trust, &opts.config)?;
+                let endpoint = quic::client_endpoint(addr, &opts.trust, &opts.config, tls::ALPN_RTMP)?;
                 let conn = endpoint
                     .connect(addr, &url.host)
                     .map_err(|e| ClientError::QuicConnect(e.to_string()))?
@@ -147,7 +171,7 @@ impl RtmpClient {
                 (Box::new(recv), Box::new(send), Some((endpoint, conn)))
             }
         };
-        Self::start(reader, writer, quic, url, mode, &opts.config).await
+        Self::start_chunked(reader, writer, quic, url, mode, &opts.config).await
     }
 
     /// Runs the RTMP session over an already open byte stream (e.g. another stream of a
@@ -159,10 +183,10 @@ impl RtmpClient {
         mode: ClientMode,
         config: &Config,
     ) -> Result<Self, ClientError> {
-        Self::start(reader, writer, None, url, mode, config).await
+        Self::start_chunked(reader, writer, None, url, mode, config).await
     }
 
-    async fn start(
+    async fn start_chunked(
         reader: Reader,
         writer: Writer,
         quic: Option<(quinn::Endpoint, quinn::Connection)>,
@@ -171,7 +195,13 @@ impl RtmpClient {
         config: &Config,
     ) -> Result<Self, ClientError> {
         let session = ClientSession::new(config.session(), mode, &url.app, &url.key, &url.tc_url())?;
-        let mut client = Self { reader, writer, session, buf: vec![0; 64 * 1024], _quic: quic };
+        let link = ChunkedLink { reader, writer, session, buf: vec![0; 64 * 1024], quic };
+        Self::start(Link::Chunked(Box::new(link))).await
+    }
+
+    /// Runs the session until the server started the publish or play.
+    async fn start(link: Link) -> Result<Self, ClientError> {
+        let mut client = Self { link };
         loop {
             client.flush().await?;
             match client.read_event().await? {
@@ -184,11 +214,16 @@ impl RtmpClient {
 
     /// Writes whatever the session queued.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
-        if let Some(out) = self.session.take_output() {
-            self.writer.write_all(&out).await?;
-            self.writer.flush().await?;
+        match &mut self.link {
+            Link::Chunked(l) => {
+                if let Some(out) = l.session.take_output() {
+                    l.writer.write_all(&out).await?;
+                    l.writer.flush().await?;
+                }
+                Ok(())
+            }
+            Link::Roqr(l) => l.flush().await,
         }
-        Ok(())
     }
 
     /// Sends one media message (publish mode).
@@ -198,7 +233,10 @@ impl RtmpClient {
         timestamp: u32,
         payload: Bytes,
     ) -> Result<(), ClientError> {
-        self.session.send_media(kind, timestamp, payload);
+        match &mut self.link {
+            Link::Chunked(l) => l.session.send_media(kind, timestamp, payload),
+            Link::Roqr(l) => return l.send_media(kind, timestamp, payload).await,
+        }
         self.flush().await
     }
 
@@ -206,24 +244,32 @@ impl RtmpClient {
     /// server closed. Cancel-safe, so it can sit in a `select!` beside a timer; answers
     /// it queued (acks, pongs) go out with the next [`RtmpClient::flush`].
     pub async fn read_input(&mut self) -> Result<bool, ClientError> {
-        let n = self.reader.read(&mut self.buf).await?;
-        if n == 0 {
-            return Ok(false);
+        match &mut self.link {
+            Link::Chunked(l) => {
+                let n = l.reader.read(&mut l.buf).await?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                l.session.handle_input(&l.buf[..n])?;
+                Ok(true)
+            }
+            Link::Roqr(l) => l.read_input().await,
         }
-        self.session.handle_input(&self.buf[..n])?;
-        Ok(true)
     }
 
     /// Next event already decoded, without reading.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
-        self.session.poll_event()
+        match &mut self.link {
+            Link::Chunked(l) => l.session.poll_event(),
+            Link::Roqr(l) => l.poll_event(),
+        }
     }
 
     /// Next event from the server; reads (and flushes answers) as needed. `None` when
     /// the server closed.
     pub async fn read_event(&mut self) -> Result<Option<ClientEvent>, ClientError> {
         loop {
-            if let Some(ev) = self.session.poll_event() {
+            if let Some(ev) = self.poll_event() {
                 return Ok(Some(ev));
             }
             self.flush().await?;
@@ -234,18 +280,40 @@ impl RtmpClient {
     }
 
     /// Ends the session politely (FCUnpublish/deleteStream) and closes the write side.
-    pub async fn finish(mut self) -> Result<(), ClientError> {
-        self.session.finish();
-        self.flush().await?;
-        self.writer.shutdown().await?;
-        if let Some((endpoint, conn)) = self._quic.take() {
+    pub async fn finish(self) -> Result<(), ClientError> {
+        let mut l = match self.link {
+            Link::Chunked(l) => l,
+            Link::Roqr(l) => return l.finish().await,
+        };
+        l.session.finish();
+        if let Some(out) = l.session.take_output() {
+            l.writer.write_all(&out).await?;
+        }
+        l.writer.shutdown().await?;
+        if let Some((endpoint, conn)) = l.quic.take() {
             // Give the server the stream's end before the connection goes.
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.reader.read(&mut self.buf)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), l.reader.read(&mut l.buf)).await;
             conn.close(quinn::VarInt::from_u32(0), b"done");
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         }
         Ok(())
     }
+}
+
+/// A QUIC connection to `addr` speaking `alpn`.
+async fn quic_connect(
+    addr: SocketAddr,
+    url: &StreamUrl,
+    opts: &ClientOptions,
+    alpn: &[u8],
+) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
+    let endpoint = quic::client_endpoint(addr, &opts.trust, &opts.config, alpn)?;
+    let conn = endpoint
+        .connect(addr, &url.host)
+        .map_err(|e| ClientError::QuicConnect(e.to_string()))?
+        .await
+        .map_err(|e| ClientError::QuicConnect(e.to_string()))?;
+    Ok((endpoint, conn))
 }
 
 async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ClientError> {

@@ -4,5 +4,6 @@
 
 pub mod admission;
 pub mod quic;
+pub mod roqr;
 pub mod tcp;
 pub mod tls;

@@ -15,9 +15,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::admission::Admission;
-use super::tls::{self, Identity, Trust, ALPN_RTMP};
+use super::tls::{self, Identity, Trust, ALPN_ROQR, ALPN_RTMP};
 use crate::config::{Config, Congestion};
 use crate::connection::{log_end, serve_rtmp, ConnContext};
+use crate::roqr_conn::serve_roqr;
+
+/// Unidirectional streams a peer may have open at once (RoQR media).
+const MAX_UNI_STREAMS: u32 = 32;
 
 /// Why the QUIC side could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +50,8 @@ pub fn transport_config(config: &Config) -> Result<TransportConfig, QuicError> {
     t.max_idle_timeout(Some(idle));
     t.keep_alive_interval(Some(Duration::from_millis(config.quic_keep_alive_ms)));
     t.max_concurrent_bidi_streams(VarInt::from_u32(config.max_quic_streams));
-    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    // RoQR media: an audio stream and a stream per GOP, a few of them finishing at once.
+    t.max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
     // A few seconds of a high-bitrate stream per session: enough for loss recovery on
     // long paths without letting one session buffer unbounded data.
     t.stream_receive_window(VarInt::from_u32(4 * 1024 * 1024));
@@ -75,7 +80,7 @@ pub fn congestion_factory(choice: Congestion) -> Arc<dyn ControllerFactory + Sen
 
 /// The server endpoint on an already bound UDP socket (the same port as TCP).
 pub fn server_endpoint(socket: UdpSocket, id: &Identity, config: &Config) -> Result<Endpoint, QuicError> {
-    let tls = tls::server_config(id, &[ALPN_RTMP])?;
+    let tls = tls::server_config(id, &[ALPN_ROQR, ALPN_RTMP])?;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| QuicError::Crypto(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport_config(config)?));
@@ -86,8 +91,13 @@ pub fn server_endpoint(socket: UdpSocket, id: &Identity, config: &Config) -> Res
 }
 
 /// A client endpoint with the given trust, bound to an ephemeral port of `peer`'s family.
-pub fn client_endpoint(peer: SocketAddr, trust: &Trust, config: &Config) -> Result<Endpoint, QuicError> {
-    let tls = tls::client_config(trust, &[ALPN_RTMP])?;
+pub fn client_endpoint(
+    peer: SocketAddr,
+    trust: &Trust,
+    config: &Config,
+    alpn: &[u8],
+) -> Result<Endpoint, QuicError> {
+    let tls = tls::client_config(trust, &[alpn])?;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| QuicError::Crypto(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(transport_config(config)?));
@@ -146,6 +156,7 @@ pub async fn accept_loop(
                     .and_then(|h| h.protocol);
                 match alpn.as_deref() {
                     Some(ALPN_RTMP) => serve_tunnel(conn, peer, ctx).await,
+                    Some(ALPN_ROQR) => serve_roqr(conn, peer, ctx).await,
                     other => {
                         warn!(alpn = ?other.map(String::from_utf8_lossy), "unsupported ALPN");
                         conn.close(VarInt::from_u32(0x100), b"unsupported ALPN");

@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use super::frame::{self, FrameError, RoqrFrame};
 use super::reorder::Reorder;
 use super::ErrorCode;
+use crate::media::frame::{inspect_audio, inspect_video};
 use crate::rtmp::chunk::Message;
 use crate::rtmp::message::{RtmpMessage, UserControl};
 use crate::rtmp::session::{ClientCore, ServerCore, SessionError, Transmit};
@@ -120,6 +121,11 @@ pub struct RoqrSession<C> {
     unknown: VecDeque<RoqrFrame>,
     unknown_bytes: usize,
     out: BytesMut,
+    /// Media the core sent (a publishing client), for the I/O layer's media mapping.
+    media: VecDeque<Message>,
+    /// The last configuration (sequence header) received per track (audio, video):
+    /// senders repeat it at the start of every GOP stream, and a repeat is dropped.
+    config: [Option<Bytes>; 2],
 }
 
 impl<C: MessageCore> RoqrSession<C> {
@@ -132,6 +138,8 @@ impl<C: MessageCore> RoqrSession<C> {
             unknown: VecDeque::new(),
             unknown_bytes: 0,
             out: BytesMut::new(),
+            media: VecDeque::new(),
+            config: [None, None],
         }
     }
 
@@ -153,6 +161,9 @@ impl<C: MessageCore> RoqrSession<C> {
         let msg = frame.message;
         match msg.type_id {
             8 | 9 | 18 => {
+                if self.is_repeated_config(&msg) {
+                    return Ok(Verdict::Continue);
+                }
                 self.reorder.push(msg, now);
                 self.release(now)?;
             }
@@ -193,18 +204,32 @@ impl<C: MessageCore> RoqrSession<C> {
         self.release(now)
     }
 
-    /// Frames for the command stream, if any.
+    /// Frames for the command stream, if any. Media the core sent is kept apart for
+    /// [`take_media`](Self::take_media).
     pub fn take_output(&mut self) -> Option<Bytes> {
-        while let Some(t) = self.core.poll_transmit() {
-            // RoQR has no chunk size or acknowledgement window to announce.
-            if let Transmit::Message(m) = t {
-                frame::encode(0, &m, &mut self.out);
-            }
-        }
+        self.collect();
         if self.out.is_empty() {
             None
         } else {
             Some(self.out.split().freeze())
+        }
+    }
+
+    /// The next media message the core sent, in order, once the commands before it were
+    /// taken with [`take_output`](Self::take_output).
+    pub fn take_media(&mut self) -> Option<Message> {
+        self.collect();
+        self.media.pop_front()
+    }
+
+    fn collect(&mut self) {
+        while let Some(t) = self.core.poll_transmit() {
+            match t {
+                Transmit::Message(m) if matches!(m.type_id, 8 | 9) => self.media.push_back(m),
+                Transmit::Message(m) => frame::encode(0, &m, &mut self.out),
+                // RoQR has no chunk size or acknowledgement window to announce.
+                Transmit::Setup => {}
+            }
         }
     }
 
@@ -224,6 +249,23 @@ impl<C: MessageCore> RoqrSession<C> {
         let parsed = RtmpMessage::parse(&msg).map_err(SessionError::from)?;
         self.core.handle_message(msg, parsed)?;
         Ok(())
+    }
+
+    fn is_repeated_config(&mut self, msg: &Message) -> bool {
+        let track = usize::from(msg.type_id == 9);
+        let header = match msg.type_id {
+            8 => inspect_audio(&msg.payload).sequence_header,
+            9 => inspect_video(&msg.payload).sequence_header,
+            _ => false,
+        };
+        if !header {
+            return false;
+        }
+        if self.config[track].as_ref() == Some(&msg.payload) {
+            return true;
+        }
+        self.config[track] = Some(msg.payload.clone());
+        false
     }
 
     /// No flow but 0 is bound to RTMP state here, so frames of others are held within
@@ -322,6 +364,29 @@ mod tests {
         assert_eq!(ts, vec![10]);
         s.handle_timeout(now + Duration::from_secs(1)).unwrap();
         assert!(matches!(s.core().poll_event(), Some(ServerEvent::Media(f)) if f.timestamp() == 20));
+    }
+
+    #[test]
+    fn a_repeated_configuration_is_dropped_and_a_new_one_kept() {
+        let now = Instant::now();
+        let mut c = publisher();
+        let mut s = RoqrSession::new(ServerCore::new(), RoqrLimits::default());
+        pump(&mut c, &mut s, now);
+        s.core().accept_publish();
+        pump(&mut c, &mut s, now);
+        let config =
+            |ts, b| media_message(MediaKind::Video, ts, 1, Bytes::from(vec![0x17, 0, 0, 0, 0, 1, b]));
+        for (ts, b) in [(0, 1), (2000, 1), (4000, 2), (6000, 2)] {
+            s.handle_frame(RoqrFrame { flow: 0, message: config(ts, b) }, Via::Stream, now).unwrap();
+        }
+        s.handle_timeout(now + Duration::from_secs(1)).unwrap();
+        let ts: Vec<u32> = std::iter::from_fn(|| s.core().poll_event())
+            .filter_map(|e| match e {
+                ServerEvent::Media(f) => Some(f.timestamp()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ts, vec![0, 4000]);
     }
 
     #[test]

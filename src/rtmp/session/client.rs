@@ -67,6 +67,8 @@ pub struct ClientCore {
     app: String,
     key: String,
     tc_url: String,
+    /// Further `connect` properties (a framing's capabilities).
+    extra: Vec<(String, Amf0Value)>,
     state: State,
     events: VecDeque<ClientEvent>,
     out: VecDeque<Transmit>,
@@ -80,6 +82,7 @@ impl ClientCore {
             app: app.to_owned(),
             key: key.to_owned(),
             tc_url: tc_url.to_owned(),
+            extra: Vec::new(),
             state: State::Handshaking,
             events: VecDeque::new(),
             out: VecDeque::new(),
@@ -94,6 +97,11 @@ impl ClientCore {
     /// Next message to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.pop_front()
+    }
+
+    /// Adds a property to the `connect` command object (before [`start`](Self::start)).
+    pub fn set_connect_property(&mut self, name: &str, value: Amf0Value) {
+        self.extra.push((name.to_owned(), value));
     }
 
     /// Whether `connect` was sent (the framing is past its own set-up).
@@ -138,12 +146,15 @@ impl ClientCore {
         if self.state != State::Handshaking {
             return;
         }
-        let obj = amf0::object([
+        let mut obj = amf0::object([
             ("app", Amf0Value::String(self.app.clone())),
             ("type", Amf0Value::String("nonprivate".into())),
             ("flashVer", Amf0Value::String("FMLE/3.0 (compatible; qrelay)".into())),
             ("tcUrl", Amf0Value::String(self.tc_url.clone())),
         ]);
+        if let Amf0Value::Object(props) = &mut obj {
+            props.extend(self.extra.iter().cloned());
+        }
         let cmd = Command { name: "connect".into(), transaction: TXN_CONNECT, object: obj, args: vec![] };
         self.send(&RtmpMessage::Command(cmd), 0);
         self.state = State::Connecting;

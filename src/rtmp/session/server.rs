@@ -70,6 +70,8 @@ enum Role {
 #[derive(Debug, Default)]
 pub struct ServerCore {
     app: Option<String>,
+    /// The command object of `connect` (capabilities a framing may look at).
+    connect: Option<Amf0Value>,
     streams_created: u32,
     role: Role,
     events: VecDeque<ServerEvent>,
@@ -95,6 +97,11 @@ impl ServerCore {
     /// Whether `connect` has been answered.
     pub fn is_connected(&self) -> bool {
         self.app.is_some()
+    }
+
+    /// A property of the client's `connect` command object.
+    pub fn connect_property(&self, name: &str) -> Option<&Amf0Value> {
+        self.connect.as_ref()?.get(name)
     }
 
     /// The message stream a player's media goes on (1 before the play started).
@@ -268,6 +275,7 @@ impl ServerCore {
             return Err(SessionError::Protocol("connect without a valid app".into()));
         }
         self.app = Some(app);
+        self.connect = Some(cmd.object.clone());
         self.out.push_back(Transmit::Setup);
         let props = amf0::object([
             ("fmsVer", Amf0Value::String("FMS/3,0,1,123".into())),

@@ -1,0 +1,291 @@
+//! One task per RoQR connection on the server: one RTMP session (flow 0) whose commands
+//! arrive on the client's first bidirectional stream and whose media may arrive on any
+//! stream or datagram; a player's media goes out through a [`MediaSender`]. The
+//! session↔hub rules are the same as for byte streams (`connection.rs`): one publisher per
+//! session ID, players wait for a publisher up to `play_wait_ms`, the end of a stream ends
+//! its players.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use quinn::{Connection, SendStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::connection::ConnContext;
+use crate::hub::{Publisher, Subscriber};
+use crate::media::frame::Frame;
+use crate::rtmp::amf0::Amf0Value;
+use crate::rtmp::message::media_message;
+use crate::rtmp::roqr::{ErrorCode, RoqrError, RoqrLimits, RoqrSession, Verdict};
+use crate::rtmp::session::{ServerCore, ServerEvent};
+use crate::transport::roqr::{
+    prioritise_commands, spawn_readers, write_commands, Incoming, MediaInfo, MediaMapping, MediaSender,
+    ReadLimits, MAPPING_PROPERTY, MAPPING_TRACKS,
+};
+
+/// Frames in flight from the readers to the session task.
+const INCOMING_QUEUE: usize = 256;
+/// Payload bytes of queued media taken per pass.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// How a RoQR connection ended: the code it is closed with and why.
+struct End {
+    code: ErrorCode,
+    reason: String,
+}
+
+impl End {
+    fn ok(reason: &str) -> Self {
+        Self { code: ErrorCode::NoError, reason: reason.into() }
+    }
+    fn err(code: ErrorCode, reason: impl Into<String>) -> Self {
+        Self { code, reason: reason.into() }
+    }
+}
+
+impl From<RoqrError> for End {
+    fn from(e: RoqrError) -> Self {
+        Self::err(e.code(), e.to_string())
+    }
+}
+
+struct Player {
+    sub: Subscriber,
+    live: bool,
+    deadline: Instant,
+    sender: Option<MediaSender>,
+}
+
+/// Serves one RoQR connection until it ends.
+pub async fn serve_roqr(conn: Connection, peer: SocketAddr, ctx: ConnContext) {
+    info!("connected (roqr)");
+    let handshake = Duration::from_millis(ctx.config.handshake_timeout_ms);
+    let (send, recv) = match tokio::time::timeout(handshake, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return info!(reason = %e, "closed before a command stream"),
+        Err(_) => {
+            warn!(%peer, "closed: no RoQR command stream within the handshake timeout");
+            return conn.close(ErrorCode::ExpectationUnmet.to_varint(), b"no command stream");
+        }
+    };
+    let end = run(&conn, send, recv, &ctx).await;
+    if end.code == ErrorCode::NoError {
+        info!(reason = %end.reason, "closed");
+    } else {
+        warn!(code = end.code as u32, reason = %end.reason, "closed with error");
+    }
+    // A player's last frames are still in flight: give the peer a moment to take them
+    // and close first, as the tunnel does.
+    if end.code == ErrorCode::NoError {
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    }
+    conn.close(end.code.to_varint(), end.reason.as_bytes());
+}
+
+async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream, ctx: &ConnContext) -> End {
+    prioritise_commands(&command);
+    let limits = RoqrLimits { max_payload: ctx.config.max_message_size, ..RoqrLimits::default() };
+    let mut session = RoqrSession::new(ServerCore::new(), limits);
+    let (tx, mut rx) = mpsc::channel(INCOMING_QUEUE);
+    let mut readers = JoinSet::new();
+    let read_limits =
+        ReadLimits { max_payload: limits.max_payload, max_pending: ctx.config.max_pending_bytes };
+    spawn_readers(conn, recv, read_limits, tx, &mut readers);
+
+    let handshake_deadline = ctx.handshake_deadline();
+    let idle = Duration::from_millis(ctx.config.idle_timeout_ms);
+    let max_latency = Duration::from_millis(ctx.config.max_latency_ms);
+    let mut publisher: Option<Publisher> = None;
+    let mut player: Option<Player> = None;
+    let mut batch: Vec<Frame> = Vec::new();
+    let shutdown = ctx.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    let mut shutting_down = false;
+    // Set when the session is over once its last answers are written.
+    let mut closing: Option<End> = None;
+
+    loop {
+        if let Some(out) = session.take_output() {
+            if let Err(e) = write_commands(&mut command, out).await {
+                return End::ok(&format!("peer went away: {e}"));
+            }
+        }
+        if let Some(end) = closing.take() {
+            let _ = command.finish();
+            return end;
+        }
+        // Deadlines: connect within the handshake time; a publisher (or anyone with no
+        // role) may not be silent beyond the idle timeout; a player may.
+        let read_deadline = if player.is_some() {
+            None
+        } else if publisher.is_none() && !session.core().is_connected() {
+            Some(handshake_deadline)
+        } else {
+            Some(Instant::now() + idle)
+        };
+        let reorder_deadline = session.poll_timeout().map(Instant::from_std);
+        let has_player = player.is_some();
+
+        tokio::select! {
+            biased;
+            _ = &mut shutdown, if !shutting_down => {
+                shutting_down = true;
+                if !player.as_ref().is_some_and(|p| p.live) {
+                    return End::ok("shutting down");
+                }
+            }
+            incoming = rx.recv() => {
+                let Some(incoming) = incoming else { return End::ok("peer closed") };
+                match incoming {
+                    Incoming::Frame { frame, via, stop } => {
+                        match session.handle_frame(frame, via, std::time::Instant::now()) {
+                            Ok(Verdict::StopStream(code)) => {
+                                if let Some(s) = stop { s.stop(code) }
+                            }
+                            Ok(_) => {}
+                            Err(e) => return e.into(),
+                        }
+                    }
+                    Incoming::Malformed(e) => return End::err(ErrorCode::FrameEncoding, e.to_string()),
+                    Incoming::CommandStreamEnded => return End::ok("command stream ended"),
+                }
+                closing = on_events(&mut session, &mut publisher, &mut player, ctx);
+            }
+            _ = sleep_until_opt(reorder_deadline) => {
+                if let Err(e) = session.handle_timeout(std::time::Instant::now()) {
+                    return e.into();
+                }
+                closing = on_events(&mut session, &mut publisher, &mut player, ctx);
+            }
+            _ = sleep_until_opt(read_deadline) => {
+                return End::err(ErrorCode::General, "peer silent too long");
+            }
+            event = player_event(player.as_ref()), if has_player => match event {
+                PlayerEvent::Live(true) => {
+                    info!("play started");
+                    if let Some(p) = player.as_mut() {
+                        p.live = true;
+                    }
+                    session.core().accept_play();
+                }
+                PlayerEvent::Live(false) => {
+                    info!("no publisher within the play wait");
+                    session.core().reject_play("NetStream.Play.StreamNotFound", "no such stream is being published");
+                    player = None;
+                    closing = Some(End::ok("stream not found"));
+                }
+                PlayerEvent::Ready(true) => {
+                    let Some(p) = player.as_mut() else { continue };
+                    p.sub.drain_into(&mut batch, WRITE_BATCH);
+                    let sid = session.core().play_stream_id();
+                    let sender = p.sender.get_or_insert_with(|| MediaSender::new(conn.clone(), mapping_of(session.core()), max_latency));
+                    for f in batch.drain(..) {
+                        let msg = media_message(f.kind(), f.timestamp(), sid, f.payload().clone());
+                        let info = MediaInfo { keyframe: f.is_keyframe(), essential: f.is_sequence_header() };
+                        if let Err(e) = sender.send(&mut command, &msg, info).await {
+                            return End::ok(&format!("peer went away: {e}"));
+                        }
+                    }
+                }
+                PlayerEvent::Ready(false) => {
+                    if let Some(p) = player.take() {
+                        info!(skipped = p.sub.skipped(), "stream ended; closing player");
+                        // The end of the stream goes on the command stream: the last
+                        // media, on streams of its own, must reach the player first.
+                        if let Some(mut s) = p.sender {
+                            s.drain(Duration::from_secs(2)).await;
+                        }
+                    }
+                    session.core().play_ended();
+                    closing = Some(End::ok("stream ended"));
+                }
+            },
+        }
+    }
+}
+
+/// Acts on the session's events; `Some` ends the connection once the answers are out.
+fn on_events(
+    session: &mut RoqrSession<ServerCore>,
+    publisher: &mut Option<Publisher>,
+    player: &mut Option<Player>,
+    ctx: &ConnContext,
+) -> Option<End> {
+    while let Some(event) = session.core().poll_event() {
+        match event {
+            ServerEvent::PublishRequest { session_id, .. } => {
+                tracing::Span::current().record("session_id", session_id.as_str());
+                match ctx.hub.publish(&session_id) {
+                    Ok(p) => {
+                        info!("publish started");
+                        session.core().accept_publish();
+                        *publisher = Some(p);
+                    }
+                    Err(e) => {
+                        warn!(reason = %e, "publish refused");
+                        session.core().reject_publish("NetStream.Publish.BadName", &e.to_string());
+                        return Some(End::ok("publish refused"));
+                    }
+                }
+            }
+            ServerEvent::PlayRequest { session_id, .. } => {
+                tracing::Span::current().record("session_id", session_id.as_str());
+                info!("play requested");
+                let sub = ctx.hub.subscribe(&session_id);
+                let deadline = Instant::now() + ctx.hub.config().play_wait;
+                *player = Some(Player { sub, live: false, deadline, sender: None });
+            }
+            ServerEvent::Media(frame) => {
+                if let Some(p) = publisher.as_ref() {
+                    p.send(frame);
+                }
+            }
+            ServerEvent::Unpublish => {
+                if publisher.take().is_some() {
+                    info!("publish ended by the publisher");
+                }
+            }
+            ServerEvent::StopPlay => {
+                if let Some(p) = player.take() {
+                    info!(skipped = p.sub.skipped(), "play stopped by the player");
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The per-track mapping for peers that asked for it in `connect`; everything on the
+/// command stream for the rest.
+fn mapping_of(core: &ServerCore) -> MediaMapping {
+    match core.connect_property(MAPPING_PROPERTY) {
+        Some(Amf0Value::String(s)) if s == MAPPING_TRACKS => MediaMapping::Tracks,
+        _ => MediaMapping::CommandStream,
+    }
+}
+
+enum PlayerEvent {
+    Live(bool),
+    Ready(bool),
+}
+
+async fn player_event(player: Option<&Player>) -> PlayerEvent {
+    match player {
+        Some(p) if !p.live => {
+            let remaining = p.deadline.saturating_duration_since(Instant::now());
+            PlayerEvent::Live(p.sub.wait_live(remaining).await)
+        }
+        Some(p) => PlayerEvent::Ready(p.sub.ready().await),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,353 @@
+//! RoQR on quinn, the I/O half shared by the server and the client: readers that turn
+//! every stream and datagram of a connection into frames for one session task, and the
+//! [`MediaSender`] that maps outgoing media onto streams.
+//!
+//! The media mapping (ours, on top of the draft; DESIGN §1): commands and metadata on the
+//! first bidirectional stream; audio (its configuration first) on a unidirectional stream
+//! of its own; video on a new unidirectional stream per GOP, each GOP stream starting with
+//! the current video configuration so that any GOP decodes on its own (receivers drop a
+//! repeat identical to the configuration they have). Priorities put commands first,
+//! then audio, then the current GOP, then older GOPs, so audio never waits behind video
+//! and a new GOP never waits behind an old one. A GOP stream still unacknowledged
+//! `max_latency` after it ended is reset with `FRAME_CANCELLED`: its media is too old to
+//! be worth delivering, and the receiver continues from the next keyframe. Peers that
+//! did not ask for this mapping get everything on the command stream (what every RoQR
+//! peer reads).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{Connection, ReadError, RecvStream, SendStream, VarInt, WriteError};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use crate::rtmp::chunk::Message;
+use crate::rtmp::roqr::frame::{self, FrameError, RoqrFrame};
+use crate::rtmp::roqr::{ErrorCode, Via};
+
+/// Stream priorities (higher goes first).
+const PRIORITY_COMMANDS: i32 = 3;
+const PRIORITY_AUDIO: i32 = 2;
+const PRIORITY_CURRENT_GOP: i32 = 1;
+const PRIORITY_OLD_GOP: i32 = 0;
+/// Bytes asked of quinn per read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The connect property by which a client asks for the per-track mapping.
+pub const MAPPING_PROPERTY: &str = "roqrMapping";
+/// Its value for the per-track mapping.
+pub const MAPPING_TRACKS: &str = "tracks";
+
+/// A way for the session task to stop one stream's reader (an unknown flow over bounds).
+#[derive(Debug, Default)]
+pub struct StreamStop {
+    code: AtomicU64,
+    notify: Notify,
+}
+
+impl StreamStop {
+    /// Asks the reader to stop its stream with `code`.
+    pub fn stop(&self, code: ErrorCode) {
+        self.code.store(code as u64 + 1, Ordering::Release);
+        self.notify.notify_one();
+    }
+}
+
+/// What the readers hand the session task.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A whole frame, from a stream (with its stop handle) or a datagram.
+    Frame {
+        /// The frame.
+        frame: RoqrFrame,
+        /// Where it came from.
+        via: Via,
+        /// Stops the stream it came from.
+        stop: Option<Arc<StreamStop>>,
+    },
+    /// A stream carried bytes that are not frames, or over the pending limit.
+    Malformed(FrameError),
+    /// The command stream ended (the peer finished or reset it).
+    CommandStreamEnded,
+}
+
+/// Limits the readers enforce.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    /// Largest frame payload.
+    pub max_payload: u32,
+    /// Bytes of partial frames held across all streams of the connection.
+    pub max_pending: usize,
+}
+
+/// Starts the readers of a connection: the command stream, every stream the peer opens
+/// later (either kind), and datagrams. They stop when `tasks` is dropped.
+pub fn spawn_readers(
+    conn: &Connection,
+    command: RecvStream,
+    limits: ReadLimits,
+    tx: mpsc::Sender<Incoming>,
+    tasks: &mut JoinSet<()>,
+) {
+    let pending = Arc::new(AtomicUsize::new(0));
+    tasks.spawn(read_stream(command, limits, pending.clone(), tx.clone(), true));
+    let (c, t, p) = (conn.clone(), tx.clone(), pending.clone());
+    tasks.spawn(async move {
+        let mut streams = JoinSet::new();
+        loop {
+            tokio::select! {
+                s = c.accept_uni() => match s {
+                    Ok(recv) => { streams.spawn(read_stream(recv, limits, p.clone(), t.clone(), false)); }
+                    Err(_) => return,
+                },
+                s = c.accept_bi() => match s {
+                    // The send half is left unused; dropping it finishes it.
+                    Ok((_send, recv)) => { streams.spawn(read_stream(recv, limits, p.clone(), t.clone(), false)); }
+                    Err(_) => return,
+                },
+                Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            }
+        }
+    });
+    let c = conn.clone();
+    tasks.spawn(async move {
+        while let Ok(data) = c.read_datagram().await {
+            // A malformed datagram is dropped, not fatal (draft §"Error Handling").
+            match frame::decode_datagram(data, limits.max_payload) {
+                Ok(frame) => {
+                    let item = Incoming::Frame { frame, via: Via::Datagram, stop: None };
+                    // Datagrams are droppable: a full channel drops them rather than
+                    // letting them hold up the connection.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(item) {
+                        return;
+                    }
+                }
+                Err(e) => debug!(error = %e, "malformed RoQR datagram dropped"),
+            }
+        }
+    });
+}
+
+async fn read_stream(
+    mut recv: RecvStream,
+    limits: ReadLimits,
+    pending: Arc<AtomicUsize>,
+    tx: mpsc::Sender<Incoming>,
+    command: bool,
+) {
+    let stop = Arc::new(StreamStop::default());
+    let mut buf = BytesMut::new();
+    let mut held = 0usize;
+    let end = loop {
+        let chunk = tokio::select! {
+            c = recv.read_chunk(READ_CHUNK, true) => c,
+            _ = stop.notify.notified() => {
+                let code = stop.code.load(Ordering::Acquire).saturating_sub(1);
+                let _ = recv.stop(VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0)));
+                break None;
+            }
+        };
+        match chunk {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => break None,
+            // FRAME_CANCELLED: the sender abandoned stale media; the partial frame goes.
+            Err(ReadError::Reset(_)) | Err(_) => break None,
+        }
+        loop {
+            match frame::decode(&mut buf, limits.max_payload) {
+                Ok(Some(frame)) => {
+                    let item = Incoming::Frame { frame, via: Via::Stream, stop: Some(stop.clone()) };
+                    if tx.send(item).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Incoming::Malformed(e)).await;
+                    pending.fetch_sub(held, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        // Partial frames count against the connection's pending limit.
+        let now_held = buf.len();
+        let total = pending.fetch_add(now_held, Ordering::Relaxed) + now_held - held;
+        pending.fetch_sub(held, Ordering::Relaxed);
+        held = now_held;
+        if total > limits.max_pending {
+            let _ = tx
+                .send(Incoming::Malformed(FrameError::TooLarge(total as u64, limits.max_pending as u32)))
+                .await;
+            break Some(());
+        }
+    };
+    pending.fetch_sub(held, Ordering::Relaxed);
+    if command && end.is_none() {
+        let _ = tx.send(Incoming::CommandStreamEnded).await;
+    }
+}
+
+/// How media is laid onto the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaMapping {
+    /// Audio on its own stream, video on a stream per GOP, latency-bounded.
+    Tracks,
+    /// Everything on the command stream, as every RoQR peer reads it.
+    CommandStream,
+}
+
+/// Counters of a [`MediaSender`], shared with the watchers of finished GOP streams.
+#[derive(Debug, Default)]
+pub struct SenderStats {
+    /// GOP streams reset with `FRAME_CANCELLED` because their media went stale.
+    pub gops_cancelled: AtomicU64,
+    /// GOP streams fully acknowledged in time.
+    pub gops_delivered: AtomicU64,
+}
+
+/// Sends media frames of one RTMP session (flow 0) over a connection.
+#[derive(Debug)]
+pub struct MediaSender {
+    conn: Connection,
+    mapping: MediaMapping,
+    max_latency: Duration,
+    audio: Option<SendStream>,
+    gop: Option<SendStream>,
+    /// Whether the current GOP stream has had its keyframe (a keyframe on a stream that
+    /// has only configuration so far belongs to it).
+    gop_keyed: bool,
+    /// The video configuration, repeated at the start of every GOP stream.
+    video_config: Option<Bytes>,
+    stats: Arc<SenderStats>,
+}
+
+/// What is known of a media message beyond its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct MediaInfo {
+    /// A video frame decoding can start at.
+    pub keyframe: bool,
+    /// Codec configuration or metadata: needed whatever else is dropped.
+    pub essential: bool,
+}
+
+impl MediaSender {
+    /// A sender for `conn` with the given mapping and latency budget.
+    pub fn new(conn: Connection, mapping: MediaMapping, max_latency: Duration) -> Self {
+        Self {
+            conn,
+            mapping,
+            max_latency,
+            audio: None,
+            gop: None,
+            gop_keyed: false,
+            video_config: None,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> Arc<SenderStats> {
+        self.stats.clone()
+    }
+
+    /// Sends one media message; `command` is the session's command stream.
+    pub async fn send(
+        &mut self,
+        command: &mut SendStream,
+        msg: &Message,
+        info: MediaInfo,
+    ) -> Result<(), WriteError> {
+        let mut bufs = [frame::encode_header(0, msg), msg.payload.clone()];
+        if self.mapping == MediaMapping::CommandStream || !matches!(msg.type_id, 8 | 9) {
+            return command.write_all_chunks(&mut bufs).await;
+        }
+        if msg.type_id == 8 {
+            if self.audio.is_none() {
+                self.audio = Some(self.open(PRIORITY_AUDIO).await?);
+            }
+            return match self.audio.as_mut() {
+                Some(s) => s.write_all_chunks(&mut bufs).await,
+                None => Ok(()),
+            };
+        }
+        if info.essential {
+            self.video_config = Some(msg.payload.clone());
+        }
+        let new_gop = info.keyframe && !info.essential && self.gop_keyed;
+        if self.gop.is_none() || new_gop {
+            self.rotate_gop();
+            let mut s = self.open(PRIORITY_CURRENT_GOP).await?;
+            if let (false, Some(config)) = (info.essential, &self.video_config) {
+                // Stamped with the keyframe's time: it is that GOP's configuration.
+                let m = Message { payload: config.clone(), ..msg.clone() };
+                s.write_all_chunks(&mut [frame::encode_header(0, &m), m.payload]).await?;
+            }
+            self.gop = Some(s);
+            self.gop_keyed = false;
+        }
+        if info.keyframe && !info.essential {
+            self.gop_keyed = true;
+        }
+        match self.gop.as_mut() {
+            Some(s) => s.write_all_chunks(&mut bufs).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the media streams and waits (at most `limit`) until the peer has all of
+    /// them: media and commands travel on different streams, so a publisher's
+    /// `deleteStream` must not overtake its last frames.
+    pub async fn drain(&mut self, limit: Duration) {
+        let mut streams: Vec<SendStream> = self.audio.take().into_iter().chain(self.gop.take()).collect();
+        for s in &mut streams {
+            let _ = s.finish();
+        }
+        // Each stream's acknowledgement progresses on its own; awaiting them in turn takes
+        // as long as the slowest.
+        let all = async {
+            for s in &streams {
+                let _ = s.stopped().await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, all).await;
+    }
+
+    async fn open(&self, priority: i32) -> Result<SendStream, WriteError> {
+        let s = self.conn.open_uni().await.map_err(WriteError::ConnectionLost)?;
+        let _ = s.set_priority(priority);
+        Ok(s)
+    }
+
+    /// Finishes the current GOP's stream and gives it `max_latency` to be acknowledged;
+    /// what is still unacknowledged then is stale and is cancelled.
+    fn rotate_gop(&mut self) {
+        let Some(mut old) = self.gop.take() else { return };
+        let _ = old.finish();
+        let _ = old.set_priority(PRIORITY_OLD_GOP);
+        let stats = self.stats.clone();
+        let budget = self.max_latency;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = old.stopped() => { stats.gops_delivered.fetch_add(1, Ordering::Relaxed); }
+                _ = tokio::time::sleep(budget) => {
+                    if old.reset(ErrorCode::FrameCancelled.to_varint()).is_ok() {
+                        stats.gops_cancelled.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The command stream's priority, set once it is open.
+pub fn prioritise_commands(s: &SendStream) {
+    let _ = s.set_priority(PRIORITY_COMMANDS);
+}
+
+/// Writes command frames.
+pub async fn write_commands(s: &mut SendStream, out: Bytes) -> Result<(), WriteError> {
+    s.write_chunk(out).await
+}
