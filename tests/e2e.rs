@@ -104,12 +104,15 @@ async fn second_publisher_is_refused_and_first_continues() -> Result {
     bounded(async {
         let srv = start_server().await?;
         let input = &media().flv;
-        let mut first = spawn(&mut qrelay_publish(input, &srv.url("rtmp+quic", "dup"), &srv.ca, true))?;
+        // The QUIC tunnel mapping (RTMP bytes on a bidirectional stream) stays served
+        // beside RoQR: this test publishes and plays over it.
+        let tunnel = |key| format!("{}?mode=tunnel", srv.url("rtmp+quic", key));
+        let mut first = spawn(&mut qrelay_publish(input, &tunnel("dup"), &srv.ca, true))?;
         srv.wait_live("dup").await?;
 
         // A player that is already watching when the second publisher tries.
         let early_out = srv.path("early.flv");
-        let early = spawn(&mut qrelay_play(&srv.url("rtmpq", "dup"), &srv.ca, &early_out, Some(4.0)))?;
+        let early = spawn(&mut qrelay_play(&tunnel("dup"), &srv.ca, &early_out, Some(4.0)))?;
         srv.wait_subscribers("dup", 1).await?;
 
         let second = spawn(&mut ffmpeg_publisher(input, &srv.url("rtmp", "dup"), false))?;

@@ -1,0 +1,556 @@
+//! RoQR against an in-process relay on 127.0.0.1: interop with a minimal peer of another
+//! kind (everything on flow 0 on one bidirectional stream, audio in QUIC DATAGRAMs, no
+//! per-track streams, nothing of qrelay's session code), both ways; and hostile peers
+//! (malformed frames, huge length claims, unknown-flow floods, datagram garbage, stream
+//! floods) closed with the draft's error codes while a publisher → player pair over RoQR
+//! keeps streaming untouched and memory stays bounded.
+
+mod support_hostile;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context};
+use bytes::{BufMut, Bytes, BytesMut};
+use qrelay::client::{ClientOptions, RtmpClient};
+use qrelay::config::Config;
+use qrelay::media::frame::MediaKind;
+use qrelay::rtmp::amf0::{self, Amf0Value};
+use qrelay::rtmp::chunk::Message;
+use qrelay::rtmp::message::{media_message, Command, RtmpMessage};
+use qrelay::rtmp::roqr::{frame, ErrorCode};
+use qrelay::rtmp::session::{ClientEvent, ClientMode};
+use qrelay::server::Shutdown;
+use qrelay::transport::quic;
+use qrelay::transport::tls::{Trust, ALPN_ROQR};
+use qrelay::url::StreamUrl;
+use support_hostile::*;
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, Instant};
+
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+/// How long the relay may take to close an offender once it sent the bad bytes.
+const PROMPT: Duration = Duration::from_secs(2);
+/// Longest the pair's player may wait between two frames sent 20 ms apart.
+const MAX_GAP: Duration = Duration::from_millis(500);
+
+/// An in-process relay; stopped on drop.
+struct Relay {
+    addr: SocketAddr,
+    ca: std::path::PathBuf,
+    shutdown: Shutdown,
+    task: JoinHandle<anyhow::Result<()>>,
+    _dir: TempDir,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.shutdown.immediate.cancel();
+        self.shutdown.graceful.cancel();
+        self.task.abort();
+    }
+}
+
+impl Relay {
+    async fn start() -> Result<Relay> {
+        let dir = tempfile::Builder::new().prefix("qrelay-roqr-").tempdir()?;
+        let config = Config {
+            listen: "127.0.0.1:0".parse()?,
+            cert_dir: dir.path().join("certs"),
+            handshake_timeout_ms: 2000,
+            ..Default::default()
+        };
+        let server = qrelay::Server::bind(config).await?;
+        let addr = server.local_addr();
+        let ca = server.dev_ca().cloned().context("no development CA")?;
+        let shutdown = Shutdown::default();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        Ok(Relay { addr, ca, shutdown, task, _dir: dir })
+    }
+
+    fn url(&self, scheme: &str, key: &str) -> String {
+        format!("{scheme}://{}/live/{key}", self.addr)
+    }
+
+    fn opts(&self) -> ClientOptions {
+        ClientOptions { trust: Trust::CaFile(self.ca.clone()), ..ClientOptions::default() }
+    }
+}
+
+/// One test at a time: RSS is per process, and the timing checks should not compete
+/// with each other for two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn bounded<F: std::future::Future<Output = Result>>(f: F) -> Result {
+    let _serial = SERIAL.lock().await;
+    timeout(TEST_LIMIT, f)
+        .await
+        .map_err(|_| anyhow::anyhow!("the test did not finish within {TEST_LIMIT:?}"))?
+}
+
+// ---------------------------------------------------------------------------------------
+// A minimal RoQR peer: flow 0 on the first bidirectional stream, audio in datagrams
+// ---------------------------------------------------------------------------------------
+
+struct MiniPeer {
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    stream_id: u32,
+}
+
+impl MiniPeer {
+    async fn connect(relay: &Relay) -> Result<MiniPeer> {
+        let endpoint = quic::client_endpoint(
+            relay.addr,
+            &Trust::CaFile(relay.ca.clone()),
+            &Config::default(),
+            ALPN_ROQR,
+        )?;
+        let conn = timeout(Duration::from_secs(5), endpoint.connect(relay.addr, "localhost")?)
+            .await
+            .context("QUIC connect timed out")??;
+        let (send, recv) = conn.open_bi().await?;
+        Ok(MiniPeer { _endpoint: endpoint, conn, send, recv, buf: BytesMut::new(), stream_id: 0 })
+    }
+
+    async fn send(&mut self, msg: &Message) -> Result {
+        let mut out = BytesMut::new();
+        frame::encode(0, msg, &mut out);
+        self.send.write_all(&out).await?;
+        Ok(())
+    }
+
+    async fn command(&mut self, name: &str, txn: f64, object: Amf0Value, args: Vec<Amf0Value>) -> Result {
+        let cmd = Command { name: name.into(), transaction: txn, object, args };
+        let sid = if matches!(name, "publish" | "play") { self.stream_id } else { 0 };
+        self.send(&RtmpMessage::Command(cmd).to_message(sid, 0)).await
+    }
+
+    /// The next message on the bidirectional stream; `None` at its end.
+    async fn next(&mut self) -> Result<Option<Message>> {
+        loop {
+            if let Some(f) = frame::decode(&mut self.buf, 16 << 20)? {
+                ensure!(f.flow == 0, "a frame on flow {}", f.flow);
+                return Ok(Some(f.message));
+            }
+            match self.recv.read_chunk(64 * 1024, true).await? {
+                Some(c) => self.buf.extend_from_slice(&c.bytes),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Reads until a command named `name`.
+    async fn expect_command(&mut self, name: &str) -> Result<Command> {
+        timeout(Duration::from_secs(5), async {
+            loop {
+                let m = self.next().await?.with_context(|| format!("stream ended before {name}"))?;
+                if let RtmpMessage::Command(c) = RtmpMessage::parse(&m)? {
+                    if c.name == name {
+                        return Ok(c);
+                    }
+                    if c.name == "onStatus" && status_code(&c).ends_with("Failed") {
+                        bail!("refused: {}", status_code(&c));
+                    }
+                }
+            }
+        })
+        .await
+        .with_context(|| format!("no {name} in time"))?
+    }
+
+    /// connect, answered.
+    async fn hello(&mut self, relay: &Relay) -> Result {
+        let tc_url = format!("rtmp+quic://{}/live", relay.addr);
+        let obj =
+            amf0::object([("app", Amf0Value::String("live".into())), ("tcUrl", Amf0Value::String(tc_url))]);
+        self.command("connect", 1.0, obj, vec![]).await?;
+        self.expect_command("_result").await?;
+        Ok(())
+    }
+
+    /// connect, createStream, then publish or play `key`; with `wait`, returns at the
+    /// Start status.
+    async fn start(&mut self, relay: &Relay, key: &str, publish: bool) -> Result {
+        self.request(relay, key, publish).await?;
+        let want = if publish { "NetStream.Publish.Start" } else { "NetStream.Play.Start" };
+        loop {
+            let status = self.expect_command("onStatus").await?;
+            if status_code(&status) == want {
+                return Ok(());
+            }
+        }
+    }
+
+    /// connect, createStream, then publish or play `key`, without waiting for the answer.
+    async fn request(&mut self, relay: &Relay, key: &str, publish: bool) -> Result {
+        self.hello(relay).await?;
+        self.command("createStream", 2.0, Amf0Value::Null, vec![]).await?;
+        let created = self.expect_command("_result").await?;
+        let sid = created.args.first().and_then(Amf0Value::as_number).context("no stream id")?;
+        self.stream_id = sid as u32;
+        let key = Amf0Value::String(key.into());
+        if publish {
+            self.command("publish", 3.0, Amf0Value::Null, vec![key, Amf0Value::String("live".into())])
+                .await?;
+        } else {
+            self.command("play", 3.0, Amf0Value::Null, vec![key]).await?;
+        }
+        Ok(())
+    }
+}
+
+fn status_code(c: &Command) -> String {
+    c.args.first().and_then(|i| i.get("code")).and_then(Amf0Value::as_str).unwrap_or_default().to_owned()
+}
+
+/// Audio frame `seq`: AAC raw (0xaf 0x01) with `seq` after it.
+fn audio(seq: u32) -> Bytes {
+    let mut b = BytesMut::with_capacity(16);
+    b.put_slice(&[0xaf, 1]);
+    b.put_u32(seq);
+    b.put_slice(&[seq as u8; 8]);
+    b.freeze()
+}
+
+const AAC_HEADER: &[u8] = &[0xaf, 0, 0x12, 0x10];
+
+/// Splits what a player got into video (checked) and audio sequence numbers.
+fn on_media(checker: &mut SeqChecker, audio_seen: &mut Vec<u32>, kind: MediaKind, payload: &[u8]) -> Result {
+    match kind {
+        MediaKind::Audio if payload == AAC_HEADER => {}
+        MediaKind::Audio => {
+            ensure!(payload.len() == 14 && payload[..2] == [0xaf, 1], "foreign audio payload");
+            let seq = u32::from_be_bytes([payload[2], payload[3], payload[4], payload[5]]);
+            ensure!(payload == &audio(seq)[..], "corrupt audio frame {seq}");
+            audio_seen.push(seq);
+        }
+        MediaKind::Video => checker.on_media(kind, payload),
+        MediaKind::Data => {}
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow0_peer_with_audio_in_datagrams_publishes_to_tcp_and_roqr_players() -> Result {
+    bounded(async {
+        let relay = Relay::start().await?;
+        let mut peer = MiniPeer::connect(&relay).await?;
+        peer.start(&relay, "mini", true).await?;
+        ensure!(peer.conn.max_datagram_size().is_some(), "the relay did not negotiate QUIC DATAGRAM");
+
+        // Players over TCP and over RoQR (our own client, per-track mapping).
+        let mut players = Vec::new();
+        for scheme in ["rtmp", "rtmp+quic"] {
+            let url = StreamUrl::parse(&relay.url(scheme, "mini"))?;
+            let mut client = RtmpClient::connect(&url, ClientMode::Play, &relay.opts()).await?;
+            players.push(tokio::spawn(async move {
+                let (mut checker, mut audio_seen) = (SeqChecker::default(), Vec::new());
+                loop {
+                    match timeout(Duration::from_secs(10), client.read_event()).await?? {
+                        Some(ClientEvent::Media { kind, payload, .. }) => {
+                            on_media(&mut checker, &mut audio_seen, kind, &payload)?
+                        }
+                        Some(ClientEvent::StreamEnded) | None => return anyhow::Ok((checker, audio_seen)),
+                        Some(_) => {}
+                    }
+                }
+            }));
+        }
+
+        // Video and commands on the bidirectional stream; audio in datagrams.
+        peer.send(&media_message(MediaKind::Video, 0, peer.stream_id, sequence_header())).await?;
+        peer.send(&media_message(MediaKind::Audio, 0, peer.stream_id, Bytes::from_static(AAC_HEADER)))
+            .await?;
+        let (frames, audios) = (100u32, 150u32);
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let (mut v, mut a) = (0u32, 0u32);
+        while v < frames || a < audios {
+            tick.tick().await;
+            let ts = start.elapsed().as_millis() as u32;
+            if a < audios {
+                let mut d = BytesMut::new();
+                frame::encode(0, &media_message(MediaKind::Audio, ts, peer.stream_id, audio(a)), &mut d);
+                peer.conn.send_datagram(d.freeze())?;
+                a += 1;
+            }
+            if v < frames && a % 3 != 0 {
+                peer.send(&media_message(MediaKind::Video, ts, peer.stream_id, frame(v))).await?;
+                v += 1;
+            }
+        }
+        peer.command(
+            "deleteStream",
+            0.0,
+            Amf0Value::Null,
+            vec![Amf0Value::Number(f64::from(peer.stream_id))],
+        )
+        .await?;
+        for (player, name) in players.into_iter().zip(["TCP", "RoQR"]) {
+            let (checker, audio_seen) = player.await??;
+            if let Some(e) = &checker.error {
+                bail!("{name} player: {e}");
+            }
+            ensure!(
+                checker.first == Some(0) && checker.received == u64::from(frames),
+                "{name} player got {} of {frames} video frames",
+                checker.received
+            );
+            // Datagrams are unreliable by design, but loopback loses none in practice;
+            // what arrives must be whole and in order.
+            ensure!(
+                audio_seen.len() as u32 >= audios * 9 / 10,
+                "{name} player got {} of {audios} audio frames",
+                audio_seen.len()
+            );
+            ensure!(audio_seen.windows(2).all(|w| w[0] < w[1]), "{name} player got audio out of order");
+            println!(
+                "{name} player: {} video frames, {} of {audios} audio frames",
+                checker.received,
+                audio_seen.len()
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow0_peer_plays_everything_on_its_one_stream() -> Result {
+    bounded(async {
+        let relay = Relay::start().await?;
+        let mut peer = MiniPeer::connect(&relay).await?;
+        // The play waits for a publisher: a qrelay RoQR publisher (per-track streams).
+        peer.request(&relay, "mini2", false).await?;
+        let url = StreamUrl::parse(&relay.url("rtmp+quic", "mini2"))?;
+        let mut publisher = RtmpClient::connect(&url, ClientMode::Publish, &relay.opts()).await?;
+        let frames = 120u32;
+        publisher.send_media(MediaKind::Video, 0, sequence_header()).await?;
+        publisher.send_media(MediaKind::Audio, 0, Bytes::from_static(AAC_HEADER)).await?;
+        let send = tokio::spawn(async move {
+            for i in 0..frames {
+                let ts = i * 20;
+                publisher.send_media(MediaKind::Audio, ts, audio(i)).await?;
+                publisher.send_media(MediaKind::Video, ts, frame(i)).await?;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            publisher.finish().await?;
+            anyhow::Ok(())
+        });
+        let (mut checker, mut audio_seen) = (SeqChecker::default(), Vec::new());
+        let mut last_ts = 0;
+        loop {
+            let m = match timeout(Duration::from_secs(10), peer.next()).await?? {
+                Some(m) => m,
+                None => break,
+            };
+            match RtmpMessage::parse(&m)? {
+                RtmpMessage::Media { kind, payload } => {
+                    ensure!(m.timestamp >= last_ts, "timestamps went back: {} after {last_ts}", m.timestamp);
+                    last_ts = m.timestamp;
+                    on_media(&mut checker, &mut audio_seen, kind, &payload)?;
+                }
+                RtmpMessage::Command(c) if status_code(&c) == "NetStream.Play.UnpublishNotify" => break,
+                _ => {}
+            }
+        }
+        send.await??;
+        if let Some(e) = &checker.error {
+            bail!("flow-0 player: {e}");
+        }
+        ensure!(
+            checker.received == u64::from(frames),
+            "flow-0 player got {} of {frames} video frames",
+            checker.received
+        );
+        ensure!(audio_seen == (0..frames).collect::<Vec<_>>(), "flow-0 player got audio {:?}", audio_seen);
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile peers
+// ---------------------------------------------------------------------------------------
+
+/// Waits for the relay to close `conn`; returns the application error code.
+async fn closed_with(conn: &quinn::Connection, limit: Duration) -> Result<u64> {
+    match timeout(limit, conn.closed()).await.context("the relay did not close the offender")? {
+        quinn::ConnectionError::ApplicationClosed(c) => Ok(c.error_code.into_inner()),
+        other => bail!("closed otherwise: {other}"),
+    }
+}
+
+/// Runs `case` beside a publisher → RoQR player pair; checks the pair got every frame
+/// without a long gap and that RSS grew less than `rss_bound_mib`.
+async fn beside_pair<F, Fut>(relay: &Relay, rss_bound_mib: u64, case: F) -> Result
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result>,
+{
+    let pair =
+        Pair::start(&relay.url("rtmp+quic", "pair"), &relay.url("rtmp+quic", "pair"), &relay.opts()).await?;
+    let base = rss_kib("self")?;
+    let started = Instant::now();
+    let outcome = case().await;
+    let peak = rss_kib("self")?;
+    tokio::time::sleep_until(started + Duration::from_secs(1)).await;
+    let report = pair.finish().await.context("the pair")?;
+    outcome?;
+    ensure!(report.max_gap < MAX_GAP, "the pair's player waited {:?}", report.max_gap);
+    let growth = peak.saturating_sub(base);
+    ensure!(growth < rss_bound_mib * 1024, "RSS grew by {:.1} MiB", mib(growth));
+    println!(
+        "pair: {} frames, max gap {:?}; RSS +{:.1} MiB",
+        report.frames_received,
+        report.max_gap,
+        mib(growth)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_and_huge_claims_close_with_frame_encoding_error() -> Result {
+    bounded(async {
+        let relay = Relay::start().await?;
+        beside_pair(&relay, 64, || async {
+            let cases: [(&str, Vec<u8>); 3] = [
+                ("empty payload", vec![0, 0, 20, 0, 3, 0]),
+                // A 1 GiB claim is refused before any of it arrives.
+                ("1 GiB length claim", vec![0, 0, 9, 1, 6, 0xc0, 0, 0, 0, 0x40, 0, 0, 0]),
+                ("timestamp beyond 32 bits", vec![0, 0xc0, 0, 0, 1, 0, 0, 0, 0, 9, 1, 6, 1, 0]),
+            ];
+            for (what, bytes) in cases {
+                let mut peer = MiniPeer::connect(&relay).await?;
+                peer.send.write_all(&bytes).await?;
+                let code = closed_with(&peer.conn, PROMPT).await.with_context(|| what.to_owned())?;
+                ensure!(code == ErrorCode::FrameEncoding as u64, "{what}: closed with {code:#x}");
+            }
+            // Many streams each holding most of a large frame: the connection's pending
+            // limit (16 MiB) closes it, and memory stays bounded.
+            let mut peer = MiniPeer::connect(&relay).await?;
+            peer.hello(&relay).await?;
+            let mut streams = Vec::new();
+            for _ in 0..24 {
+                // The relay closes the connection part way through: stop there.
+                let Ok(mut s) = peer.conn.open_uni().await else { break };
+                let mut head = BytesMut::new();
+                head.extend_from_slice(&[0, 0, 9, 1, 6, 0x80, 0x7f, 0, 0]); // claims 8323072 bytes
+                let _ = s.write_all(&head).await;
+                let _ = s.write_all(&vec![7u8; 1 << 20]).await;
+                streams.push(s);
+            }
+            let code = closed_with(&peer.conn, Duration::from_secs(5)).await?;
+            ensure!(code == ErrorCode::FrameEncoding as u64, "pending flood closed with {code:#x}");
+            Ok(())
+        })
+        .await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_flows_are_bounded_and_datagram_garbage_is_dropped() -> Result {
+    bounded(async {
+        let relay = Relay::start().await?;
+        beside_pair(&relay, 64, || async {
+            let mut peer = MiniPeer::connect(&relay).await?;
+            peer.start(&relay, "flows", true).await?;
+            // A stream of frames for a flow nobody bound: held up to a bound, then the
+            // stream is stopped with UNKNOWN_FLOW_ID.
+            let mut s = peer.conn.open_uni().await?;
+            let stopped = s.stopped();
+            let mut out = BytesMut::new();
+            for i in 0..200u32 {
+                frame::encode(7, &media_message(MediaKind::Audio, i, 1, audio(i)), &mut out);
+            }
+            let _ = s.write_all(&out).await;
+            let code =
+                timeout(PROMPT, stopped).await.context("the unknown-flow stream was not stopped")??;
+            ensure!(
+                code.map(|c| c.into_inner()) == Some(ErrorCode::UnknownFlowId as u64),
+                "stopped with {code:?}"
+            );
+            // Garbage and unknown-flow datagrams are dropped; the connection lives on.
+            let mut rng = Rng::new(7);
+            for i in 0..2000u32 {
+                let d = if i % 2 == 0 {
+                    Bytes::from(rng.bytes_in(1, 200))
+                } else {
+                    let mut d = BytesMut::new();
+                    frame::encode(9, &media_message(MediaKind::Audio, i, 1, audio(i)), &mut d);
+                    d.freeze()
+                };
+                if peer.conn.send_datagram(d).is_err() {
+                    tokio::task::yield_now().await;
+                }
+            }
+            // The session still answers: a ping gets its pong.
+            let ping = RtmpMessage::UserControl(qrelay::rtmp::message::UserControl::PingRequest(99))
+                .to_message(0, 0);
+            peer.send(&ping).await?;
+            timeout(Duration::from_secs(3), async {
+                loop {
+                    let m = peer.next().await?.context("stream ended")?;
+                    if RtmpMessage::parse(&m)?
+                        == RtmpMessage::UserControl(qrelay::rtmp::message::UserControl::PingResponse(99))
+                    {
+                        return anyhow::Ok(());
+                    }
+                }
+            })
+            .await
+            .context("no pong after the garbage")??;
+            ensure!(peer.conn.close_reason().is_none(), "the relay closed the connection");
+            Ok(())
+        })
+        .await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_floods_wait_for_credit_and_silent_peers_are_closed() -> Result {
+    bounded(async {
+        let relay = Relay::start().await?;
+        beside_pair(&relay, 64, || async {
+            // Opening far more streams than allowed: quinn holds the opener to the
+            // limit; the relay's memory and the pair do not notice.
+            let mut peer = MiniPeer::connect(&relay).await?;
+            peer.hello(&relay).await?;
+            let mut streams = Vec::new();
+            let mut n = 0;
+            let flood = async {
+                loop {
+                    let mut s = peer.conn.open_uni().await?;
+                    let _ = s.write_all(&[0]).await; // a partial frame, never completed
+                    streams.push(s);
+                    n += 1;
+                }
+                #[allow(unreachable_code)]
+                anyhow::Ok(())
+            };
+            let _ = timeout(Duration::from_millis(1500), flood).await;
+            ensure!(n <= 64, "{n} streams were let open at once");
+            // A connection that never opens its command stream is closed at the handshake
+            // timeout with EXPECTATION_UNMET.
+            let endpoint = quic::client_endpoint(
+                relay.addr,
+                &Trust::CaFile(relay.ca.clone()),
+                &Config::default(),
+                ALPN_ROQR,
+            )?;
+            let silent = endpoint.connect(relay.addr, "localhost")?.await?;
+            let code = closed_with(&silent, Duration::from_secs(5)).await?;
+            ensure!(code == ErrorCode::ExpectationUnmet as u64, "silent peer closed with {code:#x}");
+            Ok(())
+        })
+        .await
+    })
+    .await
+}
