@@ -68,6 +68,21 @@ fn replay(target: &str, check: fn(&[u8])) {
 }
 
 #[test]
+fn replay_roqr_frame() {
+    replay("roqr_frame", checks::roqr_frame);
+}
+
+#[test]
+fn replay_roqr_server_session() {
+    replay("roqr_server_session", checks::roqr_server_session);
+}
+
+#[test]
+fn replay_client_session() {
+    replay("client_session", checks::client_session);
+}
+
+#[test]
 fn replay_handshake() {
     replay("handshake", checks::handshake);
 }

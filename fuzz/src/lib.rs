@@ -695,3 +695,167 @@ pub fn message(data: &[u8]) {
         assert_eq!(payload[..], msg.payload[skip..]);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// RoQR
+// ---------------------------------------------------------------------------------------
+
+/// Payload limit of the RoQR targets: small, so the limit paths are reached.
+const ROQR_MAX_PAYLOAD: u32 = 4096;
+
+/// A RoQR stream's bytes, split into [`pieces`], into the frame decoder; the same bytes
+/// as one datagram.
+///
+/// Invariants: never panics; piecewise decoding yields exactly the frames (or the error)
+/// of decoding the whole at once; every decoded frame re-encodes to the bytes it came
+/// from; a payload is never empty or over the limit; an incomplete frame consumes nothing.
+pub fn roqr_frame(data: &[u8]) {
+    use qrelay::rtmp::roqr::frame;
+    let pieces = pieces(data);
+    let whole: Vec<u8> = pieces.concat();
+
+    let mut all = BytesMut::from(&whole[..]);
+    let mut want = Vec::new();
+    let want_err = loop {
+        let before = all.clone();
+        match frame::decode(&mut all, ROQR_MAX_PAYLOAD) {
+            Ok(Some(f)) => {
+                assert!(
+                    !f.message.payload.is_empty() && f.message.payload.len() <= ROQR_MAX_PAYLOAD as usize
+                );
+                let mut re = BytesMut::new();
+                frame::encode(f.flow, &f.message, &mut re);
+                let used = before.len() - all.len();
+                // The encoder uses the shortest varints; the input may not, so compare
+                // by decoding the re-encoding instead of by bytes when lengths differ.
+                if re.len() == used {
+                    assert_eq!(&re[..], &before[..used], "re-encoding differs");
+                }
+                let again = frame::decode(&mut re, ROQR_MAX_PAYLOAD).expect("re-decoding").expect("whole");
+                assert_eq!(again, f);
+                want.push(f);
+            }
+            Ok(None) => {
+                assert_eq!(all, before, "an incomplete frame consumed bytes");
+                break None;
+            }
+            Err(e) => break Some(e),
+        }
+    };
+
+    let mut buf = BytesMut::new();
+    let mut got = Vec::new();
+    let mut got_err = None;
+    'outer: for piece in &pieces {
+        buf.extend_from_slice(piece);
+        loop {
+            match frame::decode(&mut buf, ROQR_MAX_PAYLOAD) {
+                Ok(Some(f)) => got.push(f),
+                Ok(None) => break,
+                Err(e) => {
+                    got_err = Some(e);
+                    break 'outer;
+                }
+            }
+        }
+    }
+    assert_eq!(got, want, "piecewise decoding differs from whole");
+    assert_eq!(got_err, want_err);
+
+    if let Ok(f) = frame::decode_datagram(Bytes::copy_from_slice(&whole), ROQR_MAX_PAYLOAD) {
+        let mut re = BytesMut::new();
+        frame::encode(f.flow, &f.message, &mut re);
+        assert!(re.len() <= whole.len());
+    }
+}
+
+/// A RoQR server session fed the frames decoded from arbitrary stream bytes, each from a
+/// stream or a datagram (alternating by the frame's timestamp's low bit), with time
+/// advancing; publish and play are accepted.
+///
+/// Invariants: never panics (errors end the session); media is held for reordering only
+/// within its bound; what the session sends back decodes as RoQR frames of parseable
+/// messages.
+pub fn roqr_server_session(data: &[u8]) {
+    use qrelay::rtmp::roqr::{frame, RoqrLimits, RoqrSession, Via};
+    use qrelay::rtmp::session::ServerCore;
+    use std::time::{Duration, Instant};
+
+    let limits = RoqrLimits {
+        max_payload: ROQR_MAX_PAYLOAD,
+        unknown_flow_frames: 8,
+        unknown_flow_bytes: 4096,
+        ..RoqrLimits::default()
+    };
+    let mut s = RoqrSession::new(ServerCore::new(), limits);
+    let mut buf = BytesMut::from(data);
+    let start = Instant::now();
+    let mut step = 0u64;
+    loop {
+        let f = match frame::decode(&mut buf, ROQR_MAX_PAYLOAD) {
+            Ok(Some(f)) => f,
+            _ => break,
+        };
+        step += 1;
+        let now = start + Duration::from_millis(step * 7);
+        let via = if f.message.timestamp & 1 == 0 { Via::Stream } else { Via::Datagram };
+        let res = s.handle_frame(f, via, now);
+        let res = res.and_then(|_| s.handle_timeout(now + Duration::from_millis(step % 500)));
+        while let Some(ev) = s.core().poll_event() {
+            match ev {
+                ServerEvent::PublishRequest { .. } => s.core().accept_publish(),
+                ServerEvent::PlayRequest { .. } => s.core().accept_play(),
+                _ => {}
+            }
+        }
+        assert!(s.held() <= 1025, "{} media messages held", s.held());
+        if let Some(out) = s.take_output() {
+            let mut out = BytesMut::from(&out[..]);
+            while let Some(f) = frame::decode(&mut out, u32::MAX).expect("our own frames decode") {
+                assert_eq!(f.flow, 0);
+                RtmpMessage::parse(&f.message).expect("our own messages parse");
+            }
+            assert!(out.is_empty(), "a partial frame in the output");
+        }
+        if res.is_err() {
+            break;
+        }
+    }
+}
+
+/// The client session (what relays and `qrelay play` run against other servers) after a
+/// real handshake, fed arbitrary server bytes split into [`pieces`]; the first byte picks
+/// publish or play.
+///
+/// Invariants: never panics (errors end the session); what it writes is a valid chunk
+/// stream of parseable messages.
+pub fn client_session(data: &[u8]) {
+    use qrelay::rtmp::session::{ClientMode, ClientSession};
+    let mut r = Reader::new(data);
+    let mode = if r.u8() & 1 == 0 { ClientMode::Play } else { ClientMode::Publish };
+    let pieces = pieces(r.rest());
+    let mut c = ClientSession::new(SessionConfig::default(), mode, "live", "fuzz", "rtmp://h/live")
+        .expect("client session");
+    // Complete the handshake against a real server handshake.
+    let mut server = Handshake::server();
+    let c0c1 = c.take_output().expect("C0+C1");
+    let mut s012 = BytesMut::new();
+    server.process(&c0c1, &mut s012).expect("server handshake");
+    c.handle_input(&s012).expect("client accepts S0+S1+S2");
+    let mut peer =
+        Peer { skip: C0_C1_LEN + 1536, dec: ChunkDecoder::new(open_limits()), buf: BytesMut::new() };
+    peer.absorb(&c0c1);
+    for piece in pieces {
+        let res = c.handle_input(piece);
+        while c.poll_event().is_some() {}
+        if c.is_publishing() {
+            c.send_media(MediaKind::Audio, 0, Bytes::from_static(&[0xaf, 1, 0]));
+        }
+        while let Some(out) = c.take_output() {
+            peer.absorb(&out);
+        }
+        if res.is_err() {
+            break;
+        }
+    }
+}
