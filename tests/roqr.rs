@@ -554,3 +554,48 @@ async fn stream_floods_wait_for_credit_and_silent_peers_are_closed() -> Result {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_changes_address_keeps_publishing_without_a_gap() -> Result {
+    bounded(async {
+        let relay = Relay::start().await?;
+        let url = StreamUrl::parse(&relay.url("rtmp+quic", "move"))?;
+        let mut publisher = RtmpClient::connect(&url, ClientMode::Publish, &relay.opts()).await?;
+        let play = StreamUrl::parse(&relay.url("rtmp", "move"))?;
+        let mut player = RtmpClient::connect(&play, ClientMode::Play, &relay.opts()).await?;
+        let player = tokio::spawn(async move {
+            let mut checker = SeqChecker::default();
+            let end =
+                play_frames(&mut player, &mut checker, &tokio_util::sync::CancellationToken::new()).await?;
+            ensure!(end == PlayEnd::StreamEnded, "player ended with {end:?}");
+            anyhow::Ok(checker)
+        });
+        publisher.send_media(MediaKind::Video, 0, sequence_header()).await?;
+        let frames = 150u32;
+        let mut moves = Vec::new();
+        let mut tick = tokio::time::interval(FRAME_INTERVAL);
+        for seq in 0..frames {
+            tick.tick().await;
+            if seq == 50 || seq == 100 {
+                // The old socket goes away with the rebind, as on a network change.
+                moves.push(publisher.rebind()?);
+            }
+            publisher.send_media(MediaKind::Video, seq * 20, frame(seq)).await?;
+        }
+        publisher.finish().await?;
+        let checker = timeout(Duration::from_secs(10), player).await???;
+        if let Some(e) = &checker.error {
+            bail!("player: {e}");
+        }
+        ensure!(moves.len() == 2 && moves[0] != moves[1], "the publisher did not move: {moves:?}");
+        ensure!(
+            checker.first == Some(0) && checker.received == u64::from(frames),
+            "the player got {} of {frames} frames across the move",
+            checker.received
+        );
+        ensure!(checker.max_gap < MAX_GAP, "the player waited {:?} across the move", checker.max_gap);
+        println!("moved to {moves:?}; {} frames, max gap {:?}", checker.received, checker.max_gap);
+        Ok(())
+    })
+    .await
+}

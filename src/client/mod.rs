@@ -257,6 +257,18 @@ impl RtmpClient {
         }
     }
 
+    /// Moves a QUIC session to a new local UDP socket, as a network change does; the
+    /// connection migrates and the session continues. Returns the new local address.
+    pub fn rebind(&self) -> Result<SocketAddr, ClientError> {
+        match &self.link {
+            Link::Roqr(l) => l.rebind(),
+            Link::Chunked(l) => match &l.quic {
+                Some((endpoint, _)) => roqr::rebind(endpoint),
+                None => Err(ClientError::Unsupported("only a QUIC session can move to another socket")),
+            },
+        }
+    }
+
     /// Next event already decoded, without reading.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         match &mut self.link {

@@ -120,6 +120,12 @@ impl RoqrLink {
         }
     }
 
+    /// Moves the connection to a new local UDP socket (a network change: Wi-Fi to
+    /// cellular, a NAT rebinding). QUIC migrates the connection; the session goes on.
+    pub(super) fn rebind(&self) -> Result<std::net::SocketAddr, ClientError> {
+        rebind(&self.endpoint)
+    }
+
     /// Next event already decoded.
     pub(super) fn poll_event(&mut self) -> Option<ClientEvent> {
         self.session.core().poll_event()
@@ -142,6 +148,18 @@ impl RoqrLink {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         Ok(())
     }
+}
+
+/// Rebinds `endpoint` to a fresh ephemeral socket of the same address family.
+pub(super) fn rebind(endpoint: &Endpoint) -> Result<std::net::SocketAddr, ClientError> {
+    let old = endpoint.local_addr()?;
+    let any: std::net::SocketAddr = if old.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    endpoint.rebind(std::net::UdpSocket::bind(any)?)?;
+    Ok(endpoint.local_addr()?)
 }
 
 fn roqr_error(e: crate::rtmp::roqr::RoqrError) -> ClientError {
