@@ -14,9 +14,11 @@
 //!   stream, media on any stream or datagram).
 //! - [`client`]: the outbound side (`qrelay publish` / `qrelay play`).
 //! - [`bench`]: `qrelay bench`, the load generator.
+//! - [`bridge`]: `qrelay bridge`, local RTMP for stock encoders carried upstream over RoQR.
 //! - [`server`]: binds the port and runs everything until shutdown.
 
 pub mod bench;
+pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod connection;

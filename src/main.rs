@@ -51,6 +51,18 @@ enum Command {
         #[command(flatten)]
         trust: TrustArgs,
     },
+    /// Local RTMP for stock encoders (OBS, ffmpeg), each publish carried to an upstream
+    /// relay over RoQR (same stream key), reconnecting when the upstream fails.
+    Bridge {
+        /// Local address encoders publish to.
+        #[arg(long, default_value = "127.0.0.1:1935")]
+        listen: std::net::SocketAddr,
+        /// Upstream `rtmp+quic://host[:port]/app`; each session's key is appended.
+        #[arg(long)]
+        upstream: String,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
     /// Load-test an RTMP server (any, over TCP; qrelay also over QUIC): publishers,
     /// players, latency, loss, server CPU and memory.
     Bench(qrelay::bench::BenchArgs),
@@ -154,6 +166,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 client::play_to_flv(&url, &opts, &mut f, PlayOptions { duration }).await?
             };
             info!(messages = t.messages, bytes = t.bytes, "play finished");
+            Ok(())
+        }
+        Command::Bridge { listen, upstream, trust } => {
+            let opts = qrelay::bridge::BridgeOptions { listen, upstream, client: trust.options() };
+            let bridge = qrelay::bridge::Bridge::bind(opts).await?;
+            info!(listen = %bridge.local_addr()?, "bridge ready: publish RTMP here");
+            let shutdown = Shutdown::default();
+            tokio::spawn(watch_signals(shutdown.clone()));
+            bridge.run(shutdown.graceful.clone()).await;
             Ok(())
         }
         Command::Bench(args) => {

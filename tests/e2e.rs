@@ -654,3 +654,80 @@ async fn certificates_are_created_and_reused() -> Result {
     })
     .await
 }
+
+/// An in-process `qrelay bridge` towards `upstream` (`rtmp+quic://host:port/live`).
+async fn start_bridge(
+    upstream: String,
+    opts: ClientOptions,
+) -> Result<(std::net::SocketAddr, tokio_util::sync::CancellationToken)> {
+    let bridge = qrelay::bridge::Bridge::bind(qrelay::bridge::BridgeOptions {
+        listen: "127.0.0.1:0".parse()?,
+        upstream,
+        client: opts,
+    })
+    .await?;
+    let addr = bridge.local_addr()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(bridge.run(stop.clone()));
+    Ok((addr, stop))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_carries_an_ffmpeg_publish_upstream_over_roqr_byte_exact() -> Result {
+    bounded(async {
+        let srv = start_server().await?;
+        let input = &media().flv;
+        let upstream = format!("rtmp+quic://{}/live", srv.addr);
+        let (bridge, stop) = start_bridge(upstream, client_options(&srv)).await?;
+        let (ff_out, q_out) = (srv.path("ffmpeg.flv"), srv.path("quic.flv"));
+        let ff_player = spawn(&mut ffmpeg_player(&srv.url("rtmp", "br"), &ff_out))?;
+        let q_player = spawn(&mut qrelay_play(&srv.url("rtmp+quic", "br"), &srv.ca, &q_out, None))?;
+        srv.wait_subscribers("br", 2).await?;
+        // The encoder speaks plain RTMP to the bridge; the relay sees a RoQR publisher.
+        let publisher = spawn(&mut ffmpeg_publisher(input, &format!("rtmp://{bridge}/live/br"), false))?;
+        let players = [(ff_player, ff_out), (q_player, q_out)];
+        expect_fan_out(input, (publisher, "ffmpeg publisher via the bridge"), players).await?;
+        srv.wait_released("br").await?;
+        stop.cancel();
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_reconnects_to_a_restarted_upstream_without_the_encoder_noticing() -> Result {
+    bounded(async {
+        let mut first = start_server().await?;
+        let addr = first.addr;
+        let upstream = format!("rtmp+quic://{addr}/live");
+        let (bridge, stop) = start_bridge(upstream, client_options(&first)).await?;
+        let mut publisher =
+            spawn(&mut ffmpeg_publisher(&media().gop2, &format!("rtmp://{bridge}/live/re"), true))?;
+        first.wait_live("re").await?;
+        // The upstream dies; a new one comes up on the same address (same certificates).
+        first.halt().await;
+        let certs = first.dir.path().join("certs");
+        let second = start_server_with(|c| {
+            c.listen = addr;
+            c.cert_dir = certs;
+        })
+        .await?;
+        second.wait_live("re").await.context("the bridge did not publish to the new upstream")?;
+        // A player of the new upstream gets the stream from a keyframe, with its headers.
+        let out = second.path("after.flv");
+        // Media resumes at the encoder's next keyframe, at most one GOP (2 s) later.
+        let player = spawn(&mut qrelay_play(&second.url("rtmp", "re"), &second.ca, &out, Some(5.0)))?;
+        let limit = END_LIMIT + Duration::from_secs(5);
+        expect_success(&finish(player, "player after the restart", limit).await?, "player")?;
+        let tags = read_tags(&out).await?;
+        assert_keyframe_first(&tags)?;
+        let frames = tags.iter().filter(|t| t.kind == MediaKind::Video).count();
+        ensure!(frames > 60, "only {frames} video frames in 5 s after the restart");
+        // The encoder never saw any of it.
+        ensure!(publisher.try_wait()?.is_none(), "the encoder's publish ended when the upstream restarted");
+        publisher.kill().await?;
+        stop.cancel();
+        Ok(())
+    })
+    .await
+}

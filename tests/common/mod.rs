@@ -104,6 +104,14 @@ impl Drop for TestServer {
 }
 
 impl TestServer {
+    /// Stops the relay at once (as a crash would, for its peers) and waits until it has
+    /// let go of its port; its directory (certificates) stays.
+    pub async fn halt(&mut self) {
+        self.shutdown.immediate.cancel();
+        self.shutdown.graceful.cancel();
+        let _ = (&mut self.task).await;
+    }
+
     /// `scheme://127.0.0.1:PORT/live/key` (the session ID is `live/key`).
     pub fn url(&self, scheme: &str, key: &str) -> String {
         format!("{scheme}://{}/live/{key}", self.addr)
