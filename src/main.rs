@@ -104,6 +104,10 @@ struct TrustArgs {
     /// QUIC congestion controller (bbr, cubic, newreno).
     #[arg(long, default_value_t = Congestion::Bbr)]
     quic_congestion: Congestion,
+    /// RoQR: a GOP still unacknowledged this long after it ended is cancelled and sending
+    /// resumes at the next keyframe (milliseconds).
+    #[arg(long, default_value_t = 1000)]
+    max_latency_ms: u64,
 }
 
 impl TrustArgs {
@@ -115,6 +119,7 @@ impl TrustArgs {
         };
         let mut opts = ClientOptions { trust, ..ClientOptions::default() };
         opts.config.quic_congestion = self.quic_congestion;
+        opts.config.max_latency_ms = self.max_latency_ms;
         opts
     }
 }
