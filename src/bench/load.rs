@@ -82,6 +82,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub(super) enum Dialer {
     Tcp(SocketAddr),
     Quic(Box<QuicPool>),
+    /// RoQR: one QUIC connection per session (RoQR carries one session per connection),
+    /// made by the client library itself.
+    Roqr(Box<ClientOptions>),
 }
 
 impl Dialer {
@@ -99,10 +102,8 @@ impl Dialer {
                 per_conn: per_conn.max(1),
                 conns: Mutex::new(Vec::new()),
             })),
-            Transport::Quic(crate::url::QuicMapping::Roqr) => {
-                anyhow::bail!("the bench speaks the QUIC tunnel mapping only: add ?mode=tunnel to the URL")
-            }
-            Transport::Tls => anyhow::bail!("the bench speaks rtmp:// and rtmp+quic:// (tunnel) only"),
+            Transport::Quic(crate::url::QuicMapping::Roqr) => Dialer::Roqr(Box::new(opts.clone())),
+            Transport::Tls => anyhow::bail!("the bench speaks rtmp:// and rtmp+quic:// only"),
         })
     }
 
@@ -114,6 +115,7 @@ impl Dialer {
                 s.set_nodelay(true).map_err(|e| e.to_string())?;
                 Ok(Box::new(s))
             }
+            Dialer::Roqr(_) => Err("RoQR sessions are not byte streams".to_owned()),
             Dialer::Quic(pool) => {
                 let conn = pool.connection(i / pool.per_conn).await?;
                 let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
@@ -125,7 +127,7 @@ impl Dialer {
     /// QUIC connections opened (0 for TCP).
     pub(super) fn quic_connections(&self) -> usize {
         match self {
-            Dialer::Tcp(_) => 0,
+            Dialer::Tcp(_) | Dialer::Roqr(_) => 0,
             Dialer::Quic(pool) => pool.conns.lock().map(|c| c.len()).unwrap_or(0),
         }
     }
@@ -237,6 +239,9 @@ pub(super) async fn player(
 ) -> PlayerOutcome {
     let mut out = PlayerOutcome::default();
     let result = async {
+        if let Dialer::Roqr(opts) = &*dialer {
+            return play_roqr(&url, opts, &shared, permit, &mut out).await;
+        }
         let io = tokio::time::timeout(CONNECT_TIMEOUT, dialer.open(i))
             .await
             .map_err(|_| "timed out connecting".to_owned())??;
@@ -332,6 +337,69 @@ async fn play(
     if out.started {
         shared.connected.fetch_sub(1, Ordering::Relaxed);
     }
+    result
+}
+
+/// A RoQR player: the client library's session (per-track streams, reordering), the
+/// same accounting as [`play`]; bytes are counted as payload plus a frame header.
+async fn play_roqr(
+    url: &StreamUrl,
+    opts: &ClientOptions,
+    shared: &Shared,
+    permit: OwnedSemaphorePermit,
+    out: &mut PlayerOutcome,
+) -> Result<(), String> {
+    out.tracker = PlayerTracker::new(now_us());
+    out.tracker.play_sent_us = now_us();
+    let mut client = tokio::time::timeout(CONNECT_TIMEOUT, RtmpClient::connect(url, ClientMode::Play, opts))
+        .await
+        .map_err(|_| "timed out waiting for NetStream.Play.Start".to_owned())?
+        .map_err(|e| e.to_string())?;
+    out.started = true;
+    drop(permit);
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+    let mut latencies: Vec<u32> = Vec::with_capacity(LATENCY_BATCH);
+    let result = loop {
+        let mut ended = false;
+        while let Some(event) = client.poll_event() {
+            match event {
+                ClientEvent::Media { kind, payload, .. } => {
+                    shared.bytes.fetch_add(payload.len() as u64 + 8, Ordering::Relaxed);
+                    if kind != MediaKind::Video {
+                        continue;
+                    }
+                    let seen = out.tracker.on_video(&payload, now_us());
+                    if seen.skipped > 0 {
+                        shared.skips.fetch_add(seen.skipped, Ordering::Relaxed);
+                    }
+                    if let Some(l) = seen.latency_us {
+                        if shared.measuring.load(Ordering::Relaxed) {
+                            latencies.push(l);
+                            if latencies.len() == LATENCY_BATCH {
+                                shared.merge_latencies(&mut latencies);
+                            }
+                        }
+                    }
+                }
+                ClientEvent::StreamEnded => ended = true,
+                _ => {}
+            }
+        }
+        if ended {
+            break Err("stream ended".to_owned());
+        }
+        tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => break Ok(()),
+            r = client.read_input() => match r {
+                Ok(true) => {}
+                Ok(false) => break Err("server closed the connection".to_owned()),
+                Err(e) => break Err(e.to_string()),
+            },
+        }
+    };
+    shared.merge_latencies(&mut latencies);
+    shared.connected.fetch_sub(1, Ordering::Relaxed);
     result
 }
 

@@ -523,6 +523,10 @@ async fn run_idle(
 ) -> anyhow::Result<()> {
     report.mode = "idle";
     report.players_total = n;
+    anyhow::ensure!(
+        !matches!(*dialer, Dialer::Roqr(_)),
+        "idle connections are measured over rtmp:// or rtmp+quic://...?mode=tunnel"
+    );
     let before = acct.server_mem();
     let bench_cpu0 = proc::Pid::Me.cpu().map(|c| c.total()).unwrap_or(0);
     let t0 = Instant::now();
