@@ -19,7 +19,7 @@ use crate::hub::{Publisher, Subscriber};
 use crate::media::frame::Frame;
 use crate::rtmp::amf0::Amf0Value;
 use crate::rtmp::message::media_message;
-use crate::rtmp::roqr::{ErrorCode, RoqrError, RoqrLimits, RoqrSession, Verdict};
+use crate::rtmp::roqr::{frame, ErrorCode, RoqrError, RoqrLimits, RoqrSession, Verdict};
 use crate::rtmp::session::{ServerCore, ServerEvent};
 use crate::transport::roqr::{
     prioritise_commands, spawn_readers, write_commands, Incoming, MediaInfo, MediaMapping, MediaSender,
@@ -182,12 +182,18 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
                     p.sub.drain_into(&mut batch, WRITE_BATCH);
                     let sid = session.core().play_stream_id();
                     let sender = p.sender.get_or_insert_with(|| MediaSender::new(conn.clone(), mapping_of(session.core()), max_latency));
-                    for f in batch.drain(..) {
-                        let msg = media_message(f.kind(), f.timestamp(), sid, f.payload().clone());
-                        let info = MediaInfo { keyframe: f.is_keyframe(), essential: f.is_sequence_header() };
-                        if let Err(e) = sender.send(&mut command, &msg, info).await {
-                            return End::ok(&format!("peer went away: {e}"));
-                        }
+                    let msgs: Vec<_> = batch
+                        .drain(..)
+                        .map(|f| {
+                            let msg = media_message(f.kind(), f.timestamp(), sid, f.payload().clone());
+                            // The header is the same for every player on this stream id:
+                            // encoded once per frame.
+                            let header = f.roqr_header(sid, || frame::encode_header(0, &msg));
+                            (header, msg, MediaInfo { keyframe: f.is_keyframe(), essential: f.is_sequence_header() })
+                        })
+                        .collect();
+                    if let Err(e) = sender.send_batch(&mut command, &msgs).await {
+                        return End::ok(&format!("peer went away: {e}"));
                     }
                 }
                 PlayerEvent::Ready(false) => {

@@ -52,6 +52,9 @@ struct FrameInner {
     /// Wire bytes for the one outbound chunk size most subscribers use, built by the first
     /// subscriber that needs them and shared by all the others (DESIGN §3 "serialize once").
     encoded: OnceLock<((u32, u32), Bytes)>,
+    /// The RoQR frame header for one message stream id (players' media goes on 1), shared
+    /// by every RoQR player as `encoded` is by chunk players.
+    roqr_header: OnceLock<(u32, Bytes)>,
 }
 
 impl Frame {
@@ -62,7 +65,14 @@ impl Frame {
             MediaKind::Audio => inspect_audio(&payload),
             MediaKind::Data => Inspection::default(),
         };
-        Frame(Arc::new(FrameInner { kind, timestamp, payload, info, encoded: OnceLock::new() }))
+        Frame(Arc::new(FrameInner {
+            kind,
+            timestamp,
+            payload,
+            info,
+            encoded: OnceLock::new(),
+            roqr_header: OnceLock::new(),
+        }))
     }
 
     /// Audio, video or data.
@@ -98,6 +108,19 @@ impl Frame {
             bytes.clone()
         } else {
             // Rare: a subscriber with a different chunk size. Correct, just not shared.
+            encode()
+        }
+    }
+}
+
+impl Frame {
+    /// The RoQR frame header for message stream `stream_id`, made by `encode` at most once
+    /// per frame for the first stream id asked for.
+    pub fn roqr_header(&self, stream_id: u32, encode: impl Fn() -> Bytes) -> Bytes {
+        let (cached, bytes) = self.0.roqr_header.get_or_init(|| (stream_id, encode()));
+        if *cached == stream_id {
+            bytes.clone()
+        } else {
             encode()
         }
     }

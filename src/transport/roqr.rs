@@ -224,6 +224,14 @@ pub struct MediaSender {
     stats: Arc<SenderStats>,
 }
 
+/// Where a media message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Command,
+    Audio,
+    Gop,
+}
+
 /// What is known of a media message beyond its bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct MediaInfo {
@@ -260,41 +268,95 @@ impl MediaSender {
         msg: &Message,
         info: MediaInfo,
     ) -> Result<(), WriteError> {
-        let mut bufs = [frame::encode_header(0, msg), msg.payload.clone()];
-        if self.mapping == MediaMapping::CommandStream || !matches!(msg.type_id, 8 | 9) {
-            return command.write_all_chunks(&mut bufs).await;
-        }
-        if msg.type_id == 8 {
-            if self.audio.is_none() {
-                self.audio = Some(self.open(PRIORITY_AUDIO).await?);
+        let header = frame::encode_header(0, msg);
+        self.send_batch(command, &[(header, msg.clone(), info)]).await
+    }
+
+    /// Sends media messages in order, each with its frame header (encoded once and shared
+    /// when the same frame goes to many players); consecutive messages for the same
+    /// stream go out in one write.
+    pub async fn send_batch(
+        &mut self,
+        command: &mut SendStream,
+        items: &[(Bytes, Message, MediaInfo)],
+    ) -> Result<(), WriteError> {
+        let mut run: Vec<Bytes> = Vec::new();
+        let mut run_target = Target::Command;
+        for (header, msg, info) in items {
+            let info = *info;
+            let target = self.target(msg, info);
+            if target != run_target || self.starts_gop(msg, info) {
+                self.write(command, run_target, &mut run).await?;
+                run_target = target;
             }
-            return match self.audio.as_mut() {
-                Some(s) => s.write_all_chunks(&mut bufs).await,
-                None => Ok(()),
-            };
-        }
-        if info.essential {
-            self.video_config = Some(msg.payload.clone());
-        }
-        let new_gop = info.keyframe && !info.essential && self.gop_keyed;
-        if self.gop.is_none() || new_gop {
-            self.rotate_gop();
-            let mut s = self.open(PRIORITY_CURRENT_GOP).await?;
-            if let (false, Some(config)) = (info.essential, &self.video_config) {
-                // Stamped with the keyframe's time: it is that GOP's configuration.
-                let m = Message { payload: config.clone(), ..msg.clone() };
-                s.write_all_chunks(&mut [frame::encode_header(0, &m), m.payload]).await?;
+            if target == Target::Gop && self.starts_gop(msg, info) {
+                self.rotate_gop();
+                let s = self.open(PRIORITY_CURRENT_GOP).await?;
+                self.gop = Some(s);
+                self.gop_keyed = false;
+                if let (false, Some(config)) = (info.essential, &self.video_config) {
+                    // Stamped with the keyframe's time: it is that GOP's configuration.
+                    let m = Message { payload: config.clone(), ..msg.clone() };
+                    run.extend([frame::encode_header(0, &m), m.payload]);
+                }
             }
-            self.gop = Some(s);
-            self.gop_keyed = false;
+            if target == Target::Gop {
+                if info.essential {
+                    self.video_config = Some(msg.payload.clone());
+                } else if info.keyframe {
+                    self.gop_keyed = true;
+                }
+            }
+            run.extend([header.clone(), msg.payload.clone()]);
         }
-        if info.keyframe && !info.essential {
-            self.gop_keyed = true;
+        self.write(command, run_target, &mut run).await
+    }
+
+    fn target(&self, msg: &Message, _info: MediaInfo) -> Target {
+        match (self.mapping, msg.type_id) {
+            (MediaMapping::Tracks, 8) => Target::Audio,
+            (MediaMapping::Tracks, 9) => Target::Gop,
+            _ => Target::Command,
         }
-        match self.gop.as_mut() {
-            Some(s) => s.write_all_chunks(&mut bufs).await,
-            None => Ok(()),
+    }
+
+    /// A video message that needs a new GOP stream: the first, or a keyframe when the
+    /// current stream already has one (a keyframe after configuration alone belongs to
+    /// that stream).
+    fn starts_gop(&self, msg: &Message, info: MediaInfo) -> bool {
+        self.mapping == MediaMapping::Tracks
+            && msg.type_id == 9
+            && (self.gop.is_none() || (info.keyframe && !info.essential && self.gop_keyed))
+    }
+
+    async fn write(
+        &mut self,
+        command: &mut SendStream,
+        target: Target,
+        bufs: &mut Vec<Bytes>,
+    ) -> Result<(), WriteError> {
+        if bufs.is_empty() {
+            return Ok(());
         }
+        let stream = match target {
+            Target::Command => command,
+            Target::Audio => {
+                if self.audio.is_none() {
+                    self.audio = Some(self.open(PRIORITY_AUDIO).await?);
+                }
+                match self.audio.as_mut() {
+                    Some(s) => s,
+                    None => return Ok(()),
+                }
+            }
+            Target::Gop => match self.gop.as_mut() {
+                Some(s) => s,
+                None => return Ok(()),
+            },
+        };
+        let result = stream.write_all_chunks(bufs).await;
+        bufs.clear();
+        result
     }
 
     /// Ends the media streams and waits (at most `limit`) until the peer has all of
