@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::gate::{self, Decision, Gate, Request, Role};
 use crate::hub::{DirectSink, Hub, Publisher, Subscriber};
 use crate::media::frame::Frame;
 use crate::rtmp::session::{MediaEncoder, ServerEvent, ServerSession, SessionError};
@@ -39,9 +40,16 @@ pub struct ConnContext {
     pub config: Arc<Config>,
     /// Cancelled on SIGTERM: stop publishing, let players drain, then close.
     pub shutdown: CancellationToken,
+    /// Decides publish and play requests before the hub sees them.
+    pub gate: Arc<dyn Gate>,
 }
 
 impl ConnContext {
+    /// Asks the gate about a request (bounded by the handshake timeout).
+    pub async fn decide(&self, request: &Request) -> Decision {
+        gate::decide(&*self.gate, request, Duration::from_millis(self.config.handshake_timeout_ms)).await
+    }
+
     /// Deadline for a session accepted now to finish its handshake and connect.
     pub fn handshake_deadline(&self) -> Instant {
         Instant::now() + Duration::from_millis(self.config.handshake_timeout_ms)
@@ -151,6 +159,7 @@ pub async fn serve_rtmp<R, W>(
     mut reader: R,
     mut writer: W,
     ctx: &ConnContext,
+    peer: (std::net::SocketAddr, &'static str),
     handshake_deadline: Instant,
 ) -> Result<(), ConnError>
 where
@@ -167,6 +176,8 @@ where
         close_after_flush: false,
         batch: Vec::new(),
         unwritten: None,
+        peer,
+        pending: None,
     };
     let mut buf = vec![0u8; READ_BUF_MIN];
     let mut shutting_down = false;
@@ -217,6 +228,12 @@ where
                 if n == buf.len() && buf.len() < READ_BUF_MAX {
                     buf.resize(buf.len() * 2, 0);
                 }
+                // Awaited here, in this session's task only: a slow gate holds up nobody
+                // else.
+                if let Some(request) = conn.pending.take() {
+                    let decision = ctx.decide(&request).await;
+                    conn.on_decision(request, decision);
+                }
             }
             event = player_event(conn.player.as_ref()), if has_player => match event {
                 PlayerEvent::Live(live) => conn.on_live(live),
@@ -256,6 +273,10 @@ struct Conn<'a> {
     /// The rest of a frame the publisher wrote only part of, to a player that has since
     /// stopped playing: it still goes out first.
     unwritten: Option<Bytes>,
+    /// The peer's address and transport, for the gate.
+    peer: (std::net::SocketAddr, &'static str),
+    /// A publish or play waiting for the gate.
+    pending: Option<Request>,
 }
 
 impl Conn<'_> {
@@ -276,13 +297,11 @@ impl Conn<'_> {
         self.session.handle_input(data)?;
         while let Some(event) = self.session.poll_event() {
             match event {
-                ServerEvent::PublishRequest { session_id, key, .. } => self.on_publish(&session_id, &key),
-                ServerEvent::PlayRequest { session_id, .. } => {
-                    tracing::Span::current().record("session_id", session_id.as_str());
-                    info!("play requested");
-                    let sub = self.ctx.hub.subscribe(&session_id);
-                    let deadline = Instant::now() + self.ctx.hub.config().play_wait;
-                    self.player = Some(Player { sub, live: false, deadline, sink: None });
+                ServerEvent::PublishRequest { session_id, app, key, .. } => {
+                    self.pending = Some(self.request(Role::Publish, session_id, app, key));
+                }
+                ServerEvent::PlayRequest { session_id, app, key, .. } => {
+                    self.pending = Some(self.request(Role::Play, session_id, app, key));
                 }
                 ServerEvent::Media(frame) => {
                     if let Some(p) = &self.publisher {
@@ -305,8 +324,34 @@ impl Conn<'_> {
         Ok(())
     }
 
+    fn request(&self, role: Role, session_id: String, app: String, key: String) -> Request {
+        tracing::Span::current().record("session_id", session_id.as_str());
+        Request { role, session_id, app, key, peer: self.peer.0, transport: self.peer.1 }
+    }
+
+    fn on_decision(&mut self, request: Request, decision: Decision) {
+        match (request.role, decision) {
+            (Role::Publish, Decision::Allow) => self.on_publish(&request.session_id, &request.key),
+            (Role::Play, Decision::Allow) => {
+                info!("play requested");
+                let sub = self.ctx.hub.subscribe(&request.session_id);
+                let deadline = Instant::now() + self.ctx.hub.config().play_wait;
+                self.player = Some(Player { sub, live: false, deadline, sink: None });
+            }
+            (Role::Publish, Decision::Refuse(reason)) => {
+                warn!(%reason, "publish refused by the gate");
+                self.session.core().reject_publish("NetStream.Publish.BadName", &reason);
+                self.close_after_flush = true;
+            }
+            (Role::Play, Decision::Refuse(reason)) => {
+                warn!(%reason, "play refused by the gate");
+                self.session.core().reject_play("NetStream.Play.Failed", &reason);
+                self.close_after_flush = true;
+            }
+        }
+    }
+
     fn on_publish(&mut self, session_id: &str, key: &str) {
-        tracing::Span::current().record("session_id", session_id);
         match self.ctx.hub.publish(session_id) {
             Ok(p) => {
                 info!(key = %redact(key), "publish started");

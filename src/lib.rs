@@ -10,6 +10,7 @@
 //! - [`transport`]: the I/O edge: TCP listener, the one QUIC endpoint with ALPN dispatch,
 //!   TLS and certificates.
 //! - [`connection`]: one task per RTMP session driving a session machine over a byte stream.
+//! - [`gate`]: the asynchronous decision before a publish or play is accepted.
 //! - [`roqr_conn`]: one task per RoQR connection (commands on the first bidirectional
 //!   stream, media on any stream or datagram).
 //! - [`client`]: the outbound side (`qrelay publish` / `qrelay play`).
@@ -22,6 +23,7 @@ pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod gate;
 pub mod hub;
 pub mod media;
 pub mod roqr_conn;

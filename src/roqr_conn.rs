@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::connection::ConnContext;
+use crate::gate::{Decision, Request, Role};
 use crate::hub::{Publisher, Subscriber};
 use crate::media::frame::Frame;
 use crate::rtmp::amf0::Amf0Value;
@@ -99,6 +100,8 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
     let idle = Duration::from_millis(ctx.config.idle_timeout_ms);
     let max_latency = Duration::from_millis(ctx.config.max_latency_ms);
     let mut publisher: Option<Publisher> = None;
+    let mut pending: Option<Request> = None;
+    let peer = conn.remote_address();
     let mut player: Option<Player> = None;
     let mut batch: Vec<Frame> = Vec::new();
     let shutdown = ctx.shutdown.cancelled();
@@ -108,6 +111,12 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
     let mut closing: Option<End> = None;
 
     loop {
+        // Awaited in this connection's task only: a slow gate holds up nobody else.
+        if let Some(request) = pending.take() {
+            let decision = ctx.decide(&request).await;
+            closing =
+                closing.or(on_decision(&mut session, &mut publisher, &mut player, ctx, request, decision));
+        }
         if let Some(out) = session.take_output() {
             if let Err(e) = write_commands(&mut command, out).await {
                 return End::ok(&format!("peer went away: {e}"));
@@ -152,13 +161,13 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
                     Incoming::Malformed(e) => return End::err(ErrorCode::FrameEncoding, e.to_string()),
                     Incoming::CommandStreamEnded => return End::ok("command stream ended"),
                 }
-                closing = on_events(&mut session, &mut publisher, &mut player, ctx);
+                closing = on_events(&mut session, &mut publisher, &mut player, &mut pending, peer);
             }
             _ = sleep_until_opt(reorder_deadline) => {
                 if let Err(e) = session.handle_timeout(std::time::Instant::now()) {
                     return e.into();
                 }
-                closing = on_events(&mut session, &mut publisher, &mut player, ctx);
+                closing = on_events(&mut session, &mut publisher, &mut player, &mut pending, peer);
             }
             _ = sleep_until_opt(read_deadline) => {
                 return End::err(ErrorCode::General, "peer silent too long");
@@ -218,31 +227,19 @@ fn on_events(
     session: &mut RoqrSession<ServerCore>,
     publisher: &mut Option<Publisher>,
     player: &mut Option<Player>,
-    ctx: &ConnContext,
+    pending: &mut Option<Request>,
+    peer: SocketAddr,
 ) -> Option<End> {
     while let Some(event) = session.core().poll_event() {
         match event {
-            ServerEvent::PublishRequest { session_id, .. } => {
+            ServerEvent::PublishRequest { session_id, app, key, .. } => {
                 tracing::Span::current().record("session_id", session_id.as_str());
-                match ctx.hub.publish(&session_id) {
-                    Ok(p) => {
-                        info!("publish started");
-                        session.core().accept_publish();
-                        *publisher = Some(p);
-                    }
-                    Err(e) => {
-                        warn!(reason = %e, "publish refused");
-                        session.core().reject_publish("NetStream.Publish.BadName", &e.to_string());
-                        return Some(End::ok("publish refused"));
-                    }
-                }
+                *pending =
+                    Some(Request { role: Role::Publish, session_id, app, key, peer, transport: "roqr" });
             }
-            ServerEvent::PlayRequest { session_id, .. } => {
+            ServerEvent::PlayRequest { session_id, app, key, .. } => {
                 tracing::Span::current().record("session_id", session_id.as_str());
-                info!("play requested");
-                let sub = ctx.hub.subscribe(&session_id);
-                let deadline = Instant::now() + ctx.hub.config().play_wait;
-                *player = Some(Player { sub, live: false, deadline, sender: None });
+                *pending = Some(Request { role: Role::Play, session_id, app, key, peer, transport: "roqr" });
             }
             ServerEvent::Media(frame) => {
                 if let Some(p) = publisher.as_ref() {
@@ -262,6 +259,50 @@ fn on_events(
         }
     }
     None
+}
+
+/// Applies the gate's decision on a publish or play; `Some` ends the connection once the
+/// answer is out.
+fn on_decision(
+    session: &mut RoqrSession<ServerCore>,
+    publisher: &mut Option<Publisher>,
+    player: &mut Option<Player>,
+    ctx: &ConnContext,
+    request: Request,
+    decision: Decision,
+) -> Option<End> {
+    match (request.role, decision) {
+        (Role::Publish, Decision::Allow) => match ctx.hub.publish(&request.session_id) {
+            Ok(p) => {
+                info!("publish started");
+                session.core().accept_publish();
+                *publisher = Some(p);
+                None
+            }
+            Err(e) => {
+                warn!(reason = %e, "publish refused");
+                session.core().reject_publish("NetStream.Publish.BadName", &e.to_string());
+                Some(End::ok("publish refused"))
+            }
+        },
+        (Role::Play, Decision::Allow) => {
+            info!("play requested");
+            let sub = ctx.hub.subscribe(&request.session_id);
+            let deadline = Instant::now() + ctx.hub.config().play_wait;
+            *player = Some(Player { sub, live: false, deadline, sender: None });
+            None
+        }
+        (Role::Publish, Decision::Refuse(reason)) => {
+            warn!(%reason, "publish refused by the gate");
+            session.core().reject_publish("NetStream.Publish.BadName", &reason);
+            Some(End::ok("publish refused"))
+        }
+        (Role::Play, Decision::Refuse(reason)) => {
+            warn!(%reason, "play refused by the gate");
+            session.core().reject_play("NetStream.Play.Failed", &reason);
+            Some(End::ok("play refused"))
+        }
+    }
 }
 
 /// The per-track mapping for peers that asked for it in `connect`; everything on the

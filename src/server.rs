@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::connection::ConnContext;
+use crate::gate::{self, Gate};
 use crate::hub::Hub;
 use crate::transport::admission::Admission;
 use crate::transport::{quic, tcp, tls};
@@ -37,6 +38,7 @@ pub struct Server {
     local_addr: SocketAddr,
     dev_ca: Option<PathBuf>,
     hub: Hub,
+    gate: Arc<dyn Gate>,
 }
 
 impl std::fmt::Debug for Server {
@@ -69,7 +71,17 @@ impl Server {
         let endpoint = quic::server_endpoint(udp, &identity, &config)?;
         let tls = TlsAcceptor::from(Arc::new(tls::server_config(&identity, &[])?));
         let hub = Hub::new(config.hub());
-        Ok(Self { config: Arc::new(config), tcp, endpoint, tls, local_addr, dev_ca: identity.dev_ca, hub })
+        let gate: Arc<dyn Gate> = Arc::new(gate::Open);
+        Ok(Self {
+            config: Arc::new(config),
+            tcp,
+            endpoint,
+            tls,
+            local_addr,
+            dev_ca: identity.dev_ca,
+            hub,
+            gate,
+        })
     }
 
     /// The address both TCP and UDP are bound to.
@@ -80,6 +92,12 @@ impl Server {
     /// The development CA clients must trust, when the generated certificate is in use.
     pub fn dev_ca(&self) -> Option<&PathBuf> {
         self.dev_ca.as_ref()
+    }
+
+    /// Replaces the gate that decides publish and play requests (the default lets
+    /// everything through).
+    pub fn set_gate(&mut self, gate: Arc<dyn Gate>) {
+        self.gate = gate;
     }
 
     /// The stream registry (for tests and the control API).
@@ -93,6 +111,7 @@ impl Server {
             hub: self.hub.clone(),
             config: self.config.clone(),
             shutdown: shutdown.graceful.clone(),
+            gate: self.gate.clone(),
         };
         let admission = Admission::new(self.config.max_connections, self.config.max_connections_per_ip);
         let tasks = TaskTracker::new();

@@ -731,3 +731,86 @@ async fn bridge_reconnects_to_a_restarted_upstream_without_the_encoder_noticing(
     })
     .await
 }
+
+/// Refuses keys starting with `denied`, answers `slow…` after 800 ms, allows the rest;
+/// records what it was asked.
+#[derive(Debug, Default)]
+struct TestGate {
+    asked: std::sync::Mutex<Vec<(qrelay::gate::Role, String, &'static str)>>,
+}
+
+impl qrelay::gate::Gate for TestGate {
+    fn decide(&self, r: &qrelay::gate::Request) -> qrelay::gate::Pending {
+        use qrelay::gate::Decision;
+        if let Ok(mut asked) = self.asked.lock() {
+            asked.push((r.role, r.session_id.clone(), r.transport));
+        }
+        let key = r.key.clone();
+        Box::pin(async move {
+            if key.starts_with("denied") {
+                Decision::Refuse("not on the list".into())
+            } else if key.starts_with("slow") {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                Decision::Allow
+            } else {
+                Decision::Allow
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_decides_publish_and_play_without_holding_up_other_sessions() -> Result {
+    use qrelay::gate::Role;
+    bounded(async {
+        let gate = std::sync::Arc::new(TestGate::default());
+        let srv = start_server_gated(|_| {}, Some(gate.clone())).await?;
+        let opts = client_options(&srv);
+        // Refused over every transport, with the gate's reason.
+        for scheme in ["rtmp", "rtmp+quic"] {
+            let url = StreamUrl::parse(&srv.url(scheme, "denied1"))?;
+            let err = RtmpClient::connect(&url, ClientMode::Publish, &opts)
+                .await
+                .err()
+                .context("publish allowed")?;
+            ensure!(
+                err.to_string().contains("BadName") && err.to_string().contains("not on the list"),
+                "{scheme}: {err}"
+            );
+            let err =
+                RtmpClient::connect(&url, ClientMode::Play, &opts).await.err().context("play allowed")?;
+            ensure!(err.to_string().contains("Play.Failed"), "{scheme}: {err}");
+        }
+        // A slow decision for one session while another is decided at once.
+        let slow_url = StreamUrl::parse(&srv.url("rtmp+quic", "slow1"))?;
+        let slow = tokio::spawn({
+            let opts = opts.clone();
+            async move {
+                let t = Instant::now();
+                let c = RtmpClient::connect(&slow_url, ClientMode::Publish, &opts).await?;
+                anyhow::Ok((t.elapsed(), c))
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await; // load shaping: let it ask first
+        let t = Instant::now();
+        let fast =
+            RtmpClient::connect(&StreamUrl::parse(&srv.url("rtmp", "fast1"))?, ClientMode::Publish, &opts)
+                .await?;
+        let fast_took = t.elapsed();
+        let (slow_took, slow_client) = slow.await??;
+        ensure!(slow_took >= Duration::from_millis(800), "the slow decision took only {slow_took:?}");
+        ensure!(
+            fast_took < Duration::from_millis(500),
+            "a publish waited {fast_took:?} behind another's decision"
+        );
+        srv.wait_live("slow1").await?;
+        srv.wait_live("fast1").await?;
+        let asked = gate.asked.lock().map(|a| a.clone()).unwrap_or_default();
+        ensure!(asked.contains(&(Role::Publish, "live/slow1".into(), "roqr")), "{asked:?}");
+        ensure!(asked.contains(&(Role::Publish, "live/fast1".into(), "tcp")), "{asked:?}");
+        ensure!(asked.contains(&(Role::Play, "live/denied1".into(), "roqr")), "{asked:?}");
+        drop((fast, slow_client));
+        Ok(())
+    })
+    .await
+}

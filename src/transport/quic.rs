@@ -210,7 +210,7 @@ async fn serve_tunnel(conn: Connection, peer: SocketAddr, ctx: ConnContext) {
         let deadline = ctx.handshake_deadline();
         let span = info_span!("conn", %peer, transport = "quic", stream = %send.id(), session_id = tracing::field::Empty);
         let task = async move {
-            log_end(&serve_rtmp(recv, send, &ctx, deadline).await);
+            log_end(&serve_rtmp(recv, send, &ctx, (peer, "quic"), deadline).await);
             let _ = ended.send(());
         };
         sessions.spawn(task.instrument(span));

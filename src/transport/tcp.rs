@@ -59,14 +59,14 @@ pub async fn accept_loop(
         tasks.spawn(
             async move {
                 let _permit = permit;
-                handle(stream, tls, &ctx).await;
+                handle(stream, peer, tls, &ctx).await;
             }
             .instrument(span),
         );
     }
 }
 
-async fn handle(stream: TcpStream, tls: Option<TlsAcceptor>, ctx: &ConnContext) {
+async fn handle(stream: TcpStream, peer: std::net::SocketAddr, tls: Option<TlsAcceptor>, ctx: &ConnContext) {
     // Whole frames are written at once; Nagle would only add latency (unless the
     // operator trades that for CPU).
     if let Err(e) = stream.set_nodelay(ctx.config.tcp_nodelay) {
@@ -87,7 +87,7 @@ async fn handle(stream: TcpStream, tls: Option<TlsAcceptor>, ctx: &ConnContext) 
             match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                 Ok(Ok(tls_stream)) => {
                     let (r, w) = tokio::io::split(tls_stream);
-                    serve_rtmp(r, w, ctx, deadline).await
+                    serve_rtmp(r, w, ctx, (peer, "tls"), deadline).await
                 }
                 Ok(Err(e)) => return warn!(error = %e, "TLS handshake failed"),
                 Err(_) => return warn!("closed: TLS handshake timed out"),
@@ -96,7 +96,7 @@ async fn handle(stream: TcpStream, tls: Option<TlsAcceptor>, ctx: &ConnContext) 
         (true, None) => return warn!("closed: TLS offered but RTMPS is not configured"),
         (false, _) => {
             let (r, w) = stream.into_split();
-            serve_rtmp(r, TcpWriter(Arc::new(w)), ctx, deadline).await
+            serve_rtmp(r, TcpWriter(Arc::new(w)), ctx, (peer, "tcp"), deadline).await
         }
     };
     log_end(&result);

@@ -82,11 +82,22 @@ pub async fn start_server() -> Result<TestServer> {
 
 /// Starts a relay after `tweak` adjusted its configuration.
 pub async fn start_server_with(tweak: impl FnOnce(&mut Config)) -> Result<TestServer> {
+    start_server_gated(tweak, None).await
+}
+
+/// Starts a relay with a gate deciding publish and play requests.
+pub async fn start_server_gated(
+    tweak: impl FnOnce(&mut Config),
+    gate: Option<std::sync::Arc<dyn qrelay::gate::Gate>>,
+) -> Result<TestServer> {
     let dir = tempfile::Builder::new().prefix("qrelay-e2e-").tempdir()?;
     let mut config =
         Config { listen: "127.0.0.1:0".parse()?, cert_dir: dir.path().join("certs"), ..Default::default() };
     tweak(&mut config);
-    let server = qrelay::Server::bind(config).await?;
+    let mut server = qrelay::Server::bind(config).await?;
+    if let Some(gate) = gate {
+        server.set_gate(gate);
+    }
     let addr = server.local_addr();
     let ca = server.dev_ca().cloned().context("the relay made no development CA")?;
     let hub = server.hub();
