@@ -135,24 +135,26 @@ impl std::fmt::Display for Congestion {
     }
 }
 
-/// Why a configuration was refused.
+/// Why a configuration was refused. Messages include their cause, which is therefore
+/// never also the `source()`: a `{:#}` chain prints each cause once (a TOML error spans
+/// several lines).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML for this type (names the key at fault).
-    #[error("parsing {path}: {source}")]
+    #[error("parsing {}: {error}", path.display())]
     Parse {
         /// The file.
         path: PathBuf,
         /// The parse error.
-        source: Box<toml::de::Error>,
+        error: Box<toml::de::Error>,
     },
     /// Values that do not make sense together.
     #[error("invalid configuration: {0}")]
@@ -163,9 +165,9 @@ impl Config {
     /// Reads a TOML file; absent keys keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
         Self::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.to_owned(), source },
+            ConfigError::Parse { error, .. } => ConfigError::Parse { path: path.to_owned(), error },
             other => other,
         })
     }
@@ -173,7 +175,7 @@ impl Config {
     /// Parses TOML text and validates it.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: PathBuf::from("<inline>"), source: Box::new(e) })?;
+            .map_err(|e| ConfigError::Parse { path: PathBuf::from("<inline>"), error: Box::new(e) })?;
         config.validate()?;
         Ok(config)
     }

@@ -67,7 +67,7 @@ impl Server {
         let (tcp, udp) = bind_pair(config.listen).await?;
         let local_addr = tcp.local_addr()?;
         let endpoint = quic::server_endpoint(udp, &identity, &config)?;
-        let tls = TlsAcceptor::from(Arc::new(tls::server_config(&identity, &[])?));
+        let tls = TlsAcceptor::from(Arc::new(tls::rtmps_server_config(&identity)?));
         let hub = Hub::new(config.hub());
         Ok(Self { config: Arc::new(config), tcp, endpoint, tls, local_addr, dev_ca: identity.dev_ca, hub })
     }

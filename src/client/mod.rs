@@ -16,6 +16,7 @@ use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::media::frame::MediaKind;
@@ -30,8 +31,14 @@ pub struct ClientOptions {
     pub trust: tls::Trust,
     /// Session and QUIC transport settings.
     pub config: Config,
-    /// Limit on connecting plus the RTMP handshake, connect and publish/play.
+    /// Limit on connecting plus the RTMP handshake, connect and the publish/play request
+    /// up to its answer; a play's wait for its publisher is not part of it.
     pub connect_timeout: Duration,
+    /// How long a play may wait for `NetStream.Play.Start` once requested. The server
+    /// decides how long a player waits for its publisher (qrelay's `play_wait_ms`, 30 s
+    /// by default, then `NetStream.Play.StreamNotFound`), so this only guards against a
+    /// server that never answers and is well above any server's own wait.
+    pub play_wait: Duration,
 }
 
 impl Default for ClientOptions {
@@ -40,16 +47,26 @@ impl Default for ClientOptions {
             trust: tls::Trust::WebPki,
             config: Config::default(),
             connect_timeout: Duration::from_secs(10),
+            play_wait: Duration::from_secs(120),
         }
     }
 }
 
-/// Why a client failed.
+/// Why a client failed. Each message carries its cause itself (none is also exposed as
+/// `source()`), so `{:#}` chains print every cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// Name resolution or socket errors.
+    /// Socket errors once connected.
     #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+    /// The TCP connection could not be made.
+    #[error("cannot connect to {addr}: {error}")]
+    Connect {
+        /// Where to.
+        addr: SocketAddr,
+        /// Why not.
+        error: std::io::Error,
+    },
     /// The host name did not resolve.
     #[error("cannot resolve {0}")]
     Resolve(String),
@@ -62,18 +79,64 @@ pub enum ClientError {
     /// QUIC connection failed.
     #[error("QUIC: {0}")]
     QuicConnect(String),
+    /// The server's certificate did not verify against the trusted CAs.
+    #[error(
+        "the server's certificate is not trusted ({0}): trust its CA with --ca FILE \
+         (qrelay's development CA is certs/dev-ca.pem on the server), or skip verification \
+         with --insecure (development only)"
+    )]
+    Certificate(String),
     /// The RTMP session failed or was refused.
     #[error(transparent)]
     Session(#[from] SessionError),
-    /// The server closed the connection.
+    /// The server closed the connection before publishing or playing started.
     #[error("server closed the connection")]
     Closed,
-    /// The connect/publish/play did not complete in time.
-    #[error("timed out connecting")]
-    Timeout,
+    /// The connection ended while playing without the stream's end (StreamEOF or
+    /// `NetStream.Play.UnpublishNotify`): a server crash or a network failure, not the
+    /// end of the stream.
+    #[error("the connection ended before the stream did (no StreamEOF or UnpublishNotify)")]
+    Interrupted,
+    /// A stage of setting up the session did not complete in time.
+    #[error("timed out after {after:?} {stage}")]
+    Timeout {
+        /// What was not done yet.
+        stage: &'static str,
+        /// The limit that passed.
+        after: Duration,
+    },
     /// A mapping this build does not speak yet.
     #[error("{0}")]
     Unsupported(&'static str),
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(error: std::io::Error) -> Self {
+        match untrusted_certificate(&error) {
+            Some(reason) => Self::Certificate(reason),
+            None => Self::Io(error),
+        }
+    }
+}
+
+/// The certificate error inside a TLS handshake failure, as rustls names it (e.g.
+/// `invalid peer certificate: UnknownIssuer`).
+fn untrusted_certificate(error: &std::io::Error) -> Option<String> {
+    match error.get_ref()?.downcast_ref::<rustls::Error>()? {
+        e @ rustls::Error::InvalidCertificate(_) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
+/// A QUIC connection error, naming an untrusted certificate as such. quinn reports the
+/// rustls error only as the reason text of a crypto transport error.
+fn quic_connect_error(error: quinn::ConnectionError) -> ClientError {
+    match &error {
+        quinn::ConnectionError::TransportError(t) if t.reason.starts_with("invalid peer certificate") => {
+            ClientError::Certificate(t.reason.clone())
+        }
+        _ => ClientError::QuicConnect(error.to_string()),
+    }
 }
 
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
@@ -98,33 +161,44 @@ impl std::fmt::Debug for RtmpClient {
 impl RtmpClient {
     /// Connects and starts publishing or playing (returns once the server said
     /// `NetStream.Publish.Start` / `NetStream.Play.Start`).
+    ///
+    /// `connect_timeout` bounds everything up to the server's answer to the publish or
+    /// play request. A play is then answered only once its stream is published, so it
+    /// waits as long as the server holds it (bounded by `play_wait`), and a refusal
+    /// arrives as the server's own status code (`NetStream.Play.StreamNotFound`).
     pub async fn connect(
         url: &StreamUrl,
         mode: ClientMode,
         opts: &ClientOptions,
     ) -> Result<Self, ClientError> {
-        tokio::time::timeout(opts.connect_timeout, Self::connect_inner(url, mode, opts))
-            .await
-            .map_err(|_| ClientError::Timeout)?
+        let deadline = Instant::now() + opts.connect_timeout;
+        let timeout =
+            || ClientError::Timeout { stage: "connecting to the server", after: opts.connect_timeout };
+        let (reader, writer, quic) =
+            tokio::time::timeout_at(deadline, Self::open(url, opts)).await.map_err(|_| timeout())??;
+        let limits =
+            Limits { connect: Some((deadline, opts.connect_timeout)), play_wait: Some(opts.play_wait) };
+        Self::start(reader, writer, quic, url, mode, &opts.config, limits).await
     }
 
-    async fn connect_inner(
+    async fn open(
         url: &StreamUrl,
-        mode: ClientMode,
         opts: &ClientOptions,
-    ) -> Result<Self, ClientError> {
+    ) -> Result<(Reader, Writer, Option<(quinn::Endpoint, quinn::Connection)>), ClientError> {
         let addr = resolve(&url.host, url.port).await?;
-        let (reader, writer, quic): (Reader, Writer, _) = match url.transport {
+        let tcp = |addr| async move {
+            let s = TcpStream::connect(addr).await.map_err(|error| ClientError::Connect { addr, error })?;
+            s.set_nodelay(true)?;
+            Ok::<_, ClientError>(s)
+        };
+        Ok(match url.transport {
             Transport::Tcp => {
-                let s = TcpStream::connect(addr).await?;
-                s.set_nodelay(true)?;
-                let (r, w) = s.into_split();
+                let (r, w) = tcp(addr).await?.into_split();
                 (Box::new(r), Box::new(w), None)
             }
             Transport::Tls => {
-                let s = TcpStream::connect(addr).await?;
-                s.set_nodelay(true)?;
-                let config = tls::client_config(&opts.trust, &[])?;
+                let s = tcp(addr).await?;
+                let config = tls::rtmps_client_config(&opts.trust)?;
                 let name = server_name(&url.host)?;
                 let s = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, s).await?;
                 let (r, w) = tokio::io::split(s);
@@ -141,13 +215,11 @@ impl RtmpClient {
                     .connect(addr, &url.host)
                     .map_err(|e| ClientError::QuicConnect(e.to_string()))?
                     .await
-                    .map_err(|e| ClientError::QuicConnect(e.to_string()))?;
-                let (send, recv) =
-                    conn.open_bi().await.map_err(|e| ClientError::QuicConnect(e.to_string()))?;
+                    .map_err(quic_connect_error)?;
+                let (send, recv) = conn.open_bi().await.map_err(quic_connect_error)?;
                 (Box::new(recv), Box::new(send), Some((endpoint, conn)))
             }
-        };
-        Self::start(reader, writer, quic, url, mode, &opts.config).await
+        })
     }
 
     /// Runs the RTMP session over an already open byte stream (e.g. another stream of a
@@ -159,7 +231,7 @@ impl RtmpClient {
         mode: ClientMode,
         config: &Config,
     ) -> Result<Self, ClientError> {
-        Self::start(reader, writer, None, url, mode, config).await
+        Self::start(reader, writer, None, url, mode, config, Limits::default()).await
     }
 
     async fn start(
@@ -169,15 +241,39 @@ impl RtmpClient {
         url: &StreamUrl,
         mode: ClientMode,
         config: &Config,
+        limits: Limits,
     ) -> Result<Self, ClientError> {
         let session = ClientSession::new(config.session(), mode, &url.app, &url.key, &url.tc_url())?;
         let mut client = Self { reader, writer, session, buf: vec![0; 64 * 1024], _quic: quic };
+        let mut play_deadline = None;
         loop {
-            client.flush().await?;
-            match client.read_event().await? {
+            match client.session.poll_event() {
                 Some(ClientEvent::PublishStarted | ClientEvent::PlayStarted) => return Ok(client),
-                Some(_) => {}
-                None => return Err(ClientError::Closed),
+                Some(_) => continue,
+                None => {}
+            }
+            // The deadline is chosen per read: the session may have sent its play
+            // request since the last one.
+            let limit = match (client.session.awaiting_play(), limits.play_wait) {
+                (true, Some(wait)) => {
+                    let deadline = *play_deadline.get_or_insert_with(|| Instant::now() + wait);
+                    Some((deadline, wait, "waiting for the server to start playing"))
+                }
+                (true, None) => None,
+                (false, _) => limits.connect.map(|(d, after)| (d, after, "connecting to the server")),
+            };
+            let step = async {
+                client.flush().await?;
+                client.read_input().await
+            };
+            let open = match limit {
+                Some((deadline, after, stage)) => tokio::time::timeout_at(deadline, step)
+                    .await
+                    .map_err(|_| ClientError::Timeout { stage, after })??,
+                None => step.await?,
+            };
+            if !open {
+                return Err(ClientError::Closed);
             }
         }
     }
@@ -246,6 +342,16 @@ impl RtmpClient {
         }
         Ok(())
     }
+}
+
+/// Deadlines of [`RtmpClient::start`]; none for sessions over a stream someone else
+/// opened (their owner bounds them).
+#[derive(Debug, Clone, Copy, Default)]
+struct Limits {
+    /// Until the server answered the publish or play request (and the limit's length).
+    connect: Option<(Instant, Duration)>,
+    /// From the play request to `NetStream.Play.Start`.
+    play_wait: Option<Duration>,
 }
 
 async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ClientError> {
