@@ -26,22 +26,22 @@ pub enum ServerEvent {
     PublishRequest {
         /// Message stream the publish arrived on.
         stream_id: u32,
-        /// Application from `connect`.
+        /// Application from `connect`, with its query (or tcUrl's) for authorisation.
         app: String,
         /// Stream key with its query.
         key: String,
-        /// `app/key` without the key's query.
+        /// `app/key` without either's query.
         session_id: String,
     },
     /// The client wants to play; answer with `accept_play` or `reject_play`.
     PlayRequest {
         /// Message stream the play arrived on.
         stream_id: u32,
-        /// Application from `connect`.
+        /// Application from `connect`, with its query (or tcUrl's) for authorisation.
         app: String,
         /// Stream key with its query.
         key: String,
-        /// `app/key` without the key's query.
+        /// `app/key` without either's query.
         session_id: String,
     },
     /// A media or data message from the publisher.
@@ -235,9 +235,16 @@ impl ServerSession {
                 self.result(cmd.transaction, Amf0Value::Null, vec![Amf0Value::Number(f64::from(id))]);
                 Ok(())
             }
-            "releaseStream" | "FCPublish" | "getStreamLength" => {
+            "releaseStream" | "FCPublish" => {
                 self.require_connected(&cmd.name)?;
                 self.result(cmd.transaction, Amf0Value::Null, vec![Amf0Value::Undefined]);
+                Ok(())
+            }
+            "getStreamLength" => {
+                self.require_connected(&cmd.name)?;
+                // A live stream has no length: players (ffmpeg, VLC) expect a number and
+                // read 0 as "live, not seekable"; anything else they log as unexpected.
+                self.result(cmd.transaction, Amf0Value::Null, vec![Amf0Value::Number(0.0)]);
                 Ok(())
             }
             "publish" => {
@@ -278,13 +285,17 @@ impl ServerSession {
         if self.app.is_some() {
             return Err(SessionError::Protocol("second connect on one session".into()));
         }
-        let app = cmd
-            .object
-            .get("app")
-            .and_then(Amf0Value::as_str)
-            .map(|a| a.trim_matches('/').to_owned())
-            .unwrap_or_default();
-        if app.is_empty() || app.len() > MAX_NAME_LEN || app.chars().any(char::is_control) {
+        let field = |name| cmd.object.get(name).and_then(Amf0Value::as_str);
+        let mut app = field("app").map(|a| a.trim_matches('/').to_owned()).unwrap_or_default();
+        // A token may come in the app (`live?token=abc`) or only in tcUrl
+        // (`rtmp://host/live?token=abc`): kept with the app for authorisation, left out
+        // of the session ID.
+        if let (false, Some((_, query))) = (app.contains('?'), field("tcUrl").and_then(|t| t.split_once('?')))
+        {
+            app = format!("{app}?{query}");
+        }
+        let name = crate::url::without_query(&app).trim_matches('/');
+        if name.is_empty() || app.len() > MAX_NAME_LEN || app.chars().any(char::is_control) {
             return Err(SessionError::Protocol("connect without a valid app".into()));
         }
         self.app = Some(app);
