@@ -112,6 +112,10 @@ impl Default for Config {
     }
 }
 
+/// Longest duration any `*_ms` setting may have (a day): larger values mean nothing for a
+/// live relay and would overflow deadline arithmetic.
+const MAX_MS: u64 = 24 * 60 * 60 * 1000;
+
 /// A QUIC congestion controller (quinn's implementations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -214,6 +218,37 @@ impl Config {
         {
             return bad("connection and stream limits must be non-zero");
         }
+        // Zero would close every connection (or drop every frame) at once.
+        let non_zero = [
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("write_timeout_ms", self.write_timeout_ms),
+            ("queue_max_ms", self.queue_max_ms),
+        ];
+        for (key, value) in non_zero {
+            if !(1..=MAX_MS).contains(&value) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be within 1..={MAX_MS} (it is {value})"
+                )));
+            }
+        }
+        // Zero is meaningful here: no wait for a publisher, no grace on SIGTERM.
+        let may_be_zero = [
+            ("play_wait_ms", self.play_wait_ms),
+            ("shutdown_grace_ms", self.shutdown_grace_ms),
+            ("quic_idle_timeout_ms", self.quic_idle_timeout_ms),
+        ];
+        for (key, value) in may_be_zero {
+            if value > MAX_MS {
+                return Err(ConfigError::Invalid(format!("{key} must be at most {MAX_MS} (it is {value})")));
+            }
+        }
+        if self.queue_max_bytes == 0 {
+            return bad("queue_max_bytes must be non-zero (every frame would be dropped)");
+        }
+        if self.max_pending_bytes < self.max_message_size as usize {
+            return bad("max_pending_bytes must be at least max_message_size (or no message that large arrives whole)");
+        }
         Ok(())
     }
 
@@ -276,5 +311,31 @@ mod tests {
         assert!(Config::from_toml("chunk_size = 1").is_err());
         assert!(Config::from_toml("quic_keep_alive_ms = 40000").is_err());
         assert!(Config::from_toml("cert = \"a.pem\"").is_err());
+    }
+
+    #[test]
+    fn nonsensical_values_are_refused_naming_the_key() {
+        for key in ["handshake_timeout_ms", "idle_timeout_ms", "write_timeout_ms", "queue_max_ms"] {
+            for value in [0, i64::MAX] {
+                let e = Config::from_toml(&format!("{key} = {value}")).map(|_| ()).unwrap_err().to_string();
+                assert!(e.contains(key), "{key} = {value}: {e}");
+            }
+        }
+        for key in ["play_wait_ms", "shutdown_grace_ms"] {
+            assert!(Config::from_toml(&format!("{key} = 0")).is_ok(), "{key} = 0 means no wait");
+            let e = Config::from_toml(&format!("{key} = {}", i64::MAX)).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let e = Config::from_toml("queue_max_bytes = 0").map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("queue_max_bytes"), "{e}");
+        let e = Config::from_toml("max_pending_bytes = 0").map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("max_pending_bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_parse_error_is_printed_once() {
+        let e = Config::from_toml("lisen = 1").map(|_| ()).unwrap_err();
+        let text = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(text.matches("unknown field").count(), 1, "{text}");
     }
 }

@@ -161,7 +161,9 @@ async fn bind_pair(addr: SocketAddr) -> anyhow::Result<(TcpListener, UdpSocket)>
     let attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
     let mut last_err = None;
     for _ in 0..attempts {
-        let tcp = TcpListener::bind(addr).await?;
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("TCP port for RTMP not available on {addr}: {e}"))?;
         let port_addr = tcp.local_addr()?;
         match bind_udp(port_addr) {
             Ok(udp) => return Ok((tcp, udp)),
