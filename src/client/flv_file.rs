@@ -288,3 +288,31 @@ pub async fn read_flv_tags<R: AsyncRead + Unpin>(mut r: R) -> Result<Vec<FlvTag>
         reader.push(&buf[..n]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn tag(kind: MediaKind, timestamp: u32) -> FlvTag {
+        FlvTag { kind, timestamp, payload: Bytes::new() }
+    }
+
+    #[test]
+    fn the_next_pass_starts_after_every_track_ended() {
+        let mut seam = LoopSeam::default();
+        seam.record(&tag(MediaKind::Data, 0));
+        // Video at 30 fps ends at 3966 (+33 = 3999); AAC (23 ms frames) at 3979 (+23 = 4002).
+        for i in 0..=119 {
+            seam.record(&tag(MediaKind::Video, i * 3966 / 119));
+        }
+        for i in 0..=173 {
+            seam.record(&tag(MediaKind::Audio, i * 23));
+        }
+        let next = seam.pass_length();
+        // Each track's next frame comes no earlier than its last plus its duration, and
+        // the longest track continues without a gap.
+        assert_eq!(next, 4002);
+    }
+}

@@ -31,6 +31,9 @@ pub enum FlvError {
     /// The header's DataOffset is smaller than the 9-byte header itself.
     #[error("FLV header size {0} is below 9")]
     BadHeaderSize(u32),
+    /// There was no input at all.
+    #[error("the file is empty")]
+    Empty,
     /// The input ended inside the header or a tag (a file cut short).
     #[error("the file ends in the middle of {0}")]
     Truncated(&'static str),
@@ -133,7 +136,10 @@ impl FlvReader {
     /// Checks that the input ended where a tag did; call once no more bytes will come.
     /// Tags still in the buffer must have been taken with [`FlvReader::next_tag`] first.
     pub fn finish(&self) -> Result<(), FlvError> {
-        if !self.header_done || self.skip > 0 {
+        if !self.header_done && self.buf.is_empty() {
+            // A partial header stays in the buffer, so nothing ever arrived.
+            Err(FlvError::Empty)
+        } else if !self.header_done || self.skip > 0 {
             Err(FlvError::Truncated("the FLV header"))
         } else if !self.buf.is_empty() {
             Err(FlvError::Truncated("a tag"))
@@ -410,6 +416,7 @@ mod tests {
             assert!(read_all(&mut reader).is_ok(), "cut at {cut}");
             // A header and no tag at all is whole, if empty.
             let want = match cut {
+                0 => Err(FlvError::Empty),
                 ..13 => Err(FlvError::Truncated("the FLV header")),
                 13 => Ok(()),
                 _ if cut == after_first => Ok(()),
