@@ -96,13 +96,19 @@ impl Stream {
         let mut st = self.state();
         let queue = Arc::new(Queue::new(self.config.queue));
         if st.live {
-            let snapshot = st
-                .metadata
-                .iter()
-                .chain(st.video_header.iter())
-                .chain(st.audio_header.iter())
-                .chain(st.gop.iter())
-                .cloned();
+            // Metadata goes out at the joiner's start (the cached GOP's first frame), not
+            // at the time it was published: seconds or hours before everything else the
+            // joiner gets, ffmpeg takes it for a stream of its own (a phantom subtitle).
+            let start = st.gop.first().map(Frame::timestamp);
+            let metadata = st.metadata.as_ref().map(|m| match start {
+                Some(ts) if ts != m.timestamp() => Frame::new(m.kind(), ts, m.payload().clone()),
+                _ => m.clone(),
+            });
+            let snapshot = metadata
+                .into_iter()
+                .chain(st.video_header.iter().cloned())
+                .chain(st.audio_header.iter().cloned())
+                .chain(st.gop.iter().cloned());
             queue.start_with(snapshot);
         }
         st.subscribers.push(queue.clone());

@@ -108,7 +108,8 @@ async fn late_joiner_gets_metadata_headers_and_gop_at_once() {
     assert_eq!(
         kinds,
         vec![
-            (MediaKind::Data, 0, false, false),
+            // Metadata at the joiner's start, the cached keyframe's time.
+            (MediaKind::Data, 66, false, false),
             (MediaKind::Video, 0, false, true),
             (MediaKind::Audio, 0, false, true),
             (MediaKind::Video, 66, true, false),
