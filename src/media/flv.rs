@@ -417,7 +417,7 @@ mod tests {
             // A header and no tag at all is whole, if empty.
             let want = match cut {
                 0 => Err(FlvError::Empty),
-                ..13 => Err(FlvError::Truncated("the FLV header")),
+                1..13 => Err(FlvError::Truncated("the FLV header")),
                 13 => Ok(()),
                 _ if cut == after_first => Ok(()),
                 _ => Err(FlvError::Truncated("a tag")),
