@@ -302,10 +302,13 @@ impl ServerSession {
         self.core.send(&RtmpMessage::WindowAckSize(self.config.window_ack_size), 0, 0);
         self.core.send(&RtmpMessage::SetPeerBandwidth { size: self.config.window_ack_size, limit: 2 }, 0, 0);
         self.core.set_out_chunk_size(self.config.chunk_size);
-        let props = amf0::object([
+        let mut props = amf0::object([
             ("fmsVer", Amf0Value::String("FMS/3,0,1,123".into())),
             ("capabilities", Amf0Value::Number(31.0)),
         ]);
+        if let (true, Amf0Value::Object(p)) = (declares_enhanced_rtmp(&cmd.object), &mut props) {
+            p.extend(enhanced_rtmp_capabilities(&cmd.object));
+        }
         let mut info = message::status("status", "NetConnection.Connect.Success", "Connection succeeded.");
         if let Amf0Value::Object(p) = &mut info {
             p.push(("objectEncoding".into(), Amf0Value::Number(0.0)));
@@ -342,6 +345,38 @@ impl ServerSession {
         }
         Ok((app, key.to_owned()))
     }
+}
+
+/// E-RTMP v2 `capsEx` bits the relay supports: Multitrack (0x02) and ModEx (0x04), both
+/// relayed byte for byte and parsed for keyframes and sequence headers. Not Reconnect
+/// (0x01): the relay never asks a publisher to reconnect.
+const CAPS_EX: f64 = (0x02 | 0x04) as f64;
+/// `FourCcInfoMask.CanForward`: a relay forwards every codec without decoding it.
+const CAN_FORWARD: f64 = 4.0;
+
+/// Whether a `connect` declares E-RTMP support (v1 `fourCcList`, v2 `capsEx` or a
+/// FourCC info map). Only such clients get E-RTMP properties back, so legacy clients see
+/// the answer they always did.
+fn declares_enhanced_rtmp(object: &Amf0Value) -> bool {
+    ["fourCcList", "videoFourCcInfoMap", "audioFourCcInfoMap", "capsEx"]
+        .iter()
+        .any(|k| object.get(k).is_some())
+}
+
+/// The relay's E-RTMP v2 capabilities for the `connect` answer, as the spec asks a server
+/// to state them: any codec forwarded (the `*` wildcard), and [`CAPS_EX`]. A v1 client's
+/// `fourCcList` is answered in kind.
+fn enhanced_rtmp_capabilities(object: &Amf0Value) -> Vec<(String, Amf0Value)> {
+    let any = || amf0::object([("*", Amf0Value::Number(CAN_FORWARD))]);
+    let mut props = vec![
+        ("videoFourCcInfoMap".to_owned(), any()),
+        ("audioFourCcInfoMap".to_owned(), any()),
+        ("capsEx".to_owned(), Amf0Value::Number(CAPS_EX)),
+    ];
+    if object.get("fourCcList").is_some() {
+        props.push(("fourCcList".to_owned(), Amf0Value::StrictArray(vec![Amf0Value::String("*".into())])));
+    }
+    props
 }
 
 /// A player's media framing: outbound chunk size and message stream id.

@@ -284,3 +284,43 @@ fn connect_with_only_a_query_as_app_is_refused() {
     let err = s.handle_input(&c.take_output().unwrap()).unwrap_err();
     assert!(err.to_string().contains("valid app"), "{err}");
 }
+
+/// The properties object of the server's answer to `connect` with `object`.
+fn connect_answer(object: crate::rtmp::amf0::Amf0Value) -> crate::rtmp::amf0::Amf0Value {
+    let (mut s, _) = connected_server();
+    let connect =
+        crate::rtmp::message::Command { name: "connect".into(), transaction: 1.0, object, args: vec![] };
+    s.handle_input(&chunk::encode_to_bytes(&RtmpMessage::Command(connect).to_message(0, 0), 128)).unwrap();
+    let answer = server_output_messages(&mut s).into_iter().find_map(|m| match m {
+        RtmpMessage::Command(c) if c.name == "_result" && c.transaction == 1.0 => Some(c.object),
+        _ => None,
+    });
+    answer.expect("no answer to connect")
+}
+
+#[test]
+fn enhanced_rtmp_clients_get_the_relays_capabilities() {
+    use crate::rtmp::amf0::{object, Amf0Value};
+    let app = || ("app", Amf0Value::String("live".into()));
+    // OBS-style E-RTMP v2 connect: capsEx and a FourCC info map.
+    let v2 = connect_answer(object([
+        app(),
+        ("capsEx", Amf0Value::Number(2.0)),
+        ("videoFourCcInfoMap", object([("hvc1", Amf0Value::Number(2.0))])),
+    ]));
+    let caps = v2.get("capsEx").and_then(Amf0Value::as_number);
+    assert_eq!(caps, Some(6.0), "Multitrack | ModEx");
+    for map in ["videoFourCcInfoMap", "audioFourCcInfoMap"] {
+        let forward = v2.get(map).and_then(|m| m.get("*")).and_then(Amf0Value::as_number);
+        assert_eq!(forward, Some(4.0), "{map}: CanForward for any codec");
+    }
+    assert!(v2.get("fourCcList").is_none());
+    // v1: fourCcList answered in kind.
+    let list = vec![Amf0Value::String("hvc1".into())];
+    let v1 = connect_answer(object([app(), ("fourCcList", Amf0Value::StrictArray(list))]));
+    assert_eq!(v1.get("fourCcList"), Some(&Amf0Value::StrictArray(vec![Amf0Value::String("*".into())])));
+    // Legacy clients get the legacy answer.
+    let legacy = connect_answer(object([app()]));
+    assert!(legacy.get("capsEx").is_none() && legacy.get("videoFourCcInfoMap").is_none());
+    assert_eq!(legacy.get("fmsVer").and_then(Amf0Value::as_str), Some("FMS/3,0,1,123"));
+}
