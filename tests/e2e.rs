@@ -1033,3 +1033,110 @@ async fn serve_logs_to_a_pipe_are_plain_with_one_transport_field() -> Result {
     })
     .await
 }
+
+/// E-RTMP v2 multitrack video of `track` (OneTrack, `hvc1`), optionally behind a ModEx
+/// block (TimestampOffsetNano), as OBS's multitrack output writes it. `seq` marks the
+/// payload unique.
+fn multitrack_video(track: u8, key: bool, packet_type: u8, modex: bool, seq: u16) -> Vec<u8> {
+    let frame_type: u8 = if key { 1 } else { 2 };
+    let mut p = if modex {
+        vec![0x80 | frame_type << 4 | 7, 2, 0x00, 0x01, 0x02, 6]
+    } else {
+        vec![0x80 | frame_type << 4 | 6]
+    };
+    p.push(packet_type); // OneTrack layout (0) in the high nibble
+    p.extend_from_slice(b"hvc1");
+    p.push(track);
+    p.extend_from_slice(&seq.to_be_bytes());
+    p
+}
+
+/// E-RTMP v2 multitrack audio of `track` (OneTrack, `Opus`).
+fn multitrack_audio(track: u8, packet_type: u8, seq: u16) -> Vec<u8> {
+    let mut p = vec![9 << 4 | 5, packet_type];
+    p.extend_from_slice(b"Opus");
+    p.push(track);
+    p.extend_from_slice(&seq.to_be_bytes());
+    p
+}
+
+/// A 3 s two-track E-RTMP stream, built by hand (ffmpeg here cannot write multitrack):
+/// per track a video and an audio sequence start, then 30 fps video whose keyframes come
+/// every second, track 1's half a second after track 0's, and 20 ms audio.
+fn multitrack_file(path: &std::path::Path) -> Result {
+    use qrelay::media::flv;
+    let mut out = BytesMut::new();
+    flv::write_header(&mut out, true, true);
+    let mut seq = 0u16;
+    let mut next = || {
+        seq += 1;
+        seq
+    };
+    for track in 0..2 {
+        flv::write_tag(&mut out, MediaKind::Video, 0, &multitrack_video(track, true, 0, false, next()));
+        flv::write_tag(&mut out, MediaKind::Audio, 0, &multitrack_audio(track, 0, next()));
+    }
+    for i in 0..90u32 {
+        let ts = i * 100 / 3;
+        for track in 0..2u8 {
+            let key = i % 30 == u32::from(track) * 15;
+            let frame = multitrack_video(track, key, 1, i % 7 == 3, next());
+            flv::write_tag(&mut out, MediaKind::Video, ts, &frame);
+        }
+        for a in 0..2 {
+            let ats = ts + a * 17;
+            for track in 0..2 {
+                flv::write_tag(&mut out, MediaKind::Audio, ats, &multitrack_audio(track, 1, next()));
+            }
+        }
+    }
+    std::fs::write(path, &out)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multitrack_late_joiner_gets_every_tracks_headers_and_a_default_track_keyframe() -> Result {
+    bounded(async {
+        let srv = start_server().await?;
+        let input = srv.path("multitrack.flv");
+        multitrack_file(&input)?;
+        let published = read_tags(&input).await?;
+        let _publisher = spawn(&mut qrelay_publish(&input, &srv.url("rtmp", "mt"), &srv.ca, true))?;
+        // Well into the stream: both tracks have had keyframes since the headers.
+        srv.wait_stats("mt", "1.5 s of media", |s| s.live && s.frames > 300).await?;
+
+        let out = srv.path("mt.flv");
+        let player = spawn(&mut qrelay_play(&srv.url("rtmp", "mt"), &srv.ca, &out, Some(1.0)))?;
+        expect_success(&finish(player, "qrelay play", Duration::from_secs(10)).await?, "qrelay play")?;
+        let played = read_tags(&out).await?;
+        // Byte for byte what was published (ModEx included).
+        for tag in &played {
+            ensure!(
+                published.iter().any(|p| p.payload == tag.payload),
+                "a payload not published: {:?}",
+                tag.payload
+            );
+        }
+        let video: Vec<&FlvTag> = played.iter().filter(|t| t.kind == MediaKind::Video).collect();
+        let audio: Vec<&FlvTag> = played.iter().filter(|t| t.kind == MediaKind::Audio).collect();
+        let (start, coded) = (0u8, 1u8);
+        let track_and_type = |t: &FlvTag| (t.payload[6], t.payload[1] & 0x0F);
+        ensure!(video.len() > 10 && audio.len() > 10, "{} video, {} audio tags", video.len(), audio.len());
+        ensure!(
+            video[..2].iter().map(|t| track_and_type(t)).collect::<Vec<_>>() == [(0, start), (1, start)],
+            "the video sequence starts of both tracks do not come first"
+        );
+        ensure!(
+            audio[..2].iter().map(|t| track_and_type(t)).collect::<Vec<_>>() == [(0, start), (1, start)],
+            "the audio sequence starts of both tracks do not come first"
+        );
+        let first = video[2];
+        ensure!(
+            inspect_video(&first.payload).keyframe && first.payload[1] & 0x0F == coded,
+            "the first picture is not a keyframe of the default track: {:?}",
+            first.payload
+        );
+        Ok(())
+    })
+    .await
+}

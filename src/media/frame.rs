@@ -311,8 +311,10 @@ fn skip_modex(mut packet_type: u8, modex: u8, mut rest: &[u8]) -> Option<(u8, &[
 /// The packet type that classifies the payload, after checking the FourCC is present,
 /// and the tracks the payload carries. For Multitrack, the inner packet type (shared by
 /// all tracks) and every track id in it: each track of the message is walked, so a
-/// message for tracks 1 and 2 is not taken for one about the default track. `None` when
-/// the header is cut short or malformed, or a multitrack message carries no track.
+/// message for tracks 1 and 2 is not taken for one about the default track. A track cut
+/// short ends the walk uncounted, so more bytes only ever add tracks (a prefix never
+/// claims more than the whole). `None` when the header is cut short or malformed, or a
+/// multitrack message carries no whole track.
 fn codec_packet_type(packet_type: u8, multitrack: u8, rest: &[u8]) -> Option<(u8, TrackSet)> {
     if packet_type != multitrack {
         split_at(rest, 4)?;
@@ -330,15 +332,9 @@ fn codec_packet_type(packet_type: u8, multitrack: u8, rest: &[u8]) -> Option<(u8
             if layout == MANY_TRACKS {
                 rest = split_at(rest, 4)?.1;
             }
-            while !rest.is_empty() {
-                if layout == MANY_TRACKS_MANY_CODECS {
-                    rest = split_at(rest, 4)?.1;
-                }
-                let (&id, after) = rest.split_first()?;
-                let (size, after) = split_at(after, 3)?;
-                let size = usize::from(size[0]) << 16 | usize::from(size[1]) << 8 | usize::from(size[2]);
-                rest = split_at(after, size)?.1;
+            while let Some((id, after)) = next_track(layout, rest) {
                 tracks.insert(id);
+                rest = after;
             }
         }
         _ => return None,
@@ -349,6 +345,16 @@ fn codec_packet_type(packet_type: u8, multitrack: u8, rest: &[u8]) -> Option<(u8
     // A nested Multitrack or ModEx (which the spec does not define) classifies as
     // nothing further down.
     Some((inner, tracks))
+}
+
+/// One whole track of a ManyTracks (`[id, u24 size, data]`) or ManyTracksManyCodecs
+/// (`[FourCC, id, u24 size, data]`) message: its id and what follows it.
+fn next_track(layout: u8, rest: &[u8]) -> Option<(u8, &[u8])> {
+    let rest = if layout == MANY_TRACKS_MANY_CODECS { split_at(rest, 4)?.1 } else { rest };
+    let (&id, after) = rest.split_first()?;
+    let (size, after) = split_at(after, 3)?;
+    let size = usize::from(size[0]) << 16 | usize::from(size[1]) << 8 | usize::from(size[2]);
+    Some((id, split_at(after, size)?.1))
 }
 
 /// `slice.split_at(n)` without the panic.
@@ -447,13 +453,11 @@ mod tests {
         assert_eq!(inspect_video(&multitrack(1, 0, VIDEO_MULTITRACK, &one)), NOTHING);
     }
 
-    /// Track ids of a multitrack message: (layout, tracks as (FourCC, id, data)).
-    fn multitrack_video(
-        frame_type: u8,
-        packet_type: u8,
-        layout: u8,
-        tracks: &[(&[u8; 4], u8, &[u8])],
-    ) -> Vec<u8> {
+    /// One track of a multitrack message: FourCC, track id, data.
+    type Track<'a> = (&'a [u8; 4], u8, &'a [u8]);
+
+    /// A multitrack video message with the given layout and tracks.
+    fn multitrack_video(frame_type: u8, packet_type: u8, layout: u8, tracks: &[Track<'_>]) -> Vec<u8> {
         let mut tag = vec![VIDEO_EX_HEADER | frame_type << 4 | VIDEO_MULTITRACK, layout << 4 | packet_type];
         if layout == MANY_TRACKS {
             tag.extend_from_slice(tracks[0].0);
@@ -480,7 +484,7 @@ mod tests {
         };
         let header = |tracks| Inspection { tracks, ..SEQUENCE_HEADER };
         // (layout, tracks, expected for SequenceStart, expected for a key CodedFrames)
-        let rows: [(u8, &[(&[u8; 4], u8, &[u8])], Inspection, Inspection); 6] = [
+        let rows: [(u8, &[Track<'_>], Inspection, Inspection); 6] = [
             (ONE_TRACK, &[(b"hvc1", 0, &[1, 2])], header(set(&[0])), KEYFRAME),
             // A keyframe of another track only: not where the default track can start.
             (ONE_TRACK, &[(b"hvc1", 1, &[1, 2])], header(set(&[1])), NOTHING),
@@ -504,9 +508,13 @@ mod tests {
             assert_eq!(inspect_video(&tag), want_header, "{layout} {tracks:?}");
             let tag = multitrack_video(1, VIDEO_CODED_FRAMES, layout, tracks);
             assert_eq!(inspect_video(&tag), want_key, "{layout} {tracks:?}");
-            // A track cut short is malformed, whatever the tracks before it were.
+            // A track cut short does not count; the tracks before it still do.
             if layout != ONE_TRACK {
-                assert_eq!(inspect_video(&tag[..tag.len() - 1]), NOTHING, "{layout} {tracks:?} cut");
+                let cut = inspect_video(
+                    &multitrack_video(1, VIDEO_SEQUENCE_START, layout, tracks)[..tag.len() - 1],
+                );
+                let first = set(&[tracks[0].1]);
+                assert_eq!(cut, header(first), "{layout} {tracks:?} cut");
             }
         }
         // Unknown layouts are refused.
