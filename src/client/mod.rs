@@ -31,8 +31,9 @@ pub struct ClientOptions {
     pub trust: tls::Trust,
     /// Session and QUIC transport settings.
     pub config: Config,
-    /// Limit on connecting plus the RTMP handshake, connect and the publish/play request
-    /// up to its answer; a play's wait for its publisher is not part of it.
+    /// Limit on connecting plus the RTMP handshake, connect and a publish up to its
+    /// answer, or a play up to its request; a play's wait for its publisher is not part
+    /// of it.
     pub connect_timeout: Duration,
     /// How long a play may wait for `NetStream.Play.Start` once requested. The server
     /// decides how long a player waits for its publisher (qrelay's `play_wait_ms`, 30 s
@@ -162,10 +163,11 @@ impl RtmpClient {
     /// Connects and starts publishing or playing (returns once the server said
     /// `NetStream.Publish.Start` / `NetStream.Play.Start`).
     ///
-    /// `connect_timeout` bounds everything up to the server's answer to the publish or
-    /// play request. A play is then answered only once its stream is published, so it
-    /// waits as long as the server holds it (bounded by `play_wait`), and a refusal
-    /// arrives as the server's own status code (`NetStream.Play.StreamNotFound`).
+    /// `connect_timeout` bounds reaching the server and the RTMP exchange up to the
+    /// answer to a publish, or up to sending a play. A play is answered only once its
+    /// stream is published, so it waits as long as the server holds it (bounded by
+    /// `play_wait`), and a refusal arrives as the server's own status code
+    /// (`NetStream.Play.StreamNotFound`).
     pub async fn connect(
         url: &StreamUrl,
         mode: ClientMode,
