@@ -215,7 +215,11 @@ async fn start_upstream(
     let client = match tokio::time::timeout(FIRST_CONNECT, connect).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err(ClientError::Timeout.to_string()),
+        Err(_) => {
+            return Err(
+                ClientError::Timeout { stage: "reaching the upstream", after: FIRST_CONNECT }.to_string()
+            )
+        }
     };
     let (tx, rx) = mpsc::channel(UPSTREAM_QUEUE);
     tokio::spawn(upstream_task(client, url, opts.client.clone(), rx, shutdown).in_current_span());

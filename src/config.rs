@@ -117,6 +117,10 @@ impl Default for Config {
     }
 }
 
+/// Longest duration any `*_ms` setting may have (a day): larger values mean nothing for a
+/// live relay and would overflow deadline arithmetic.
+const MAX_MS: u64 = 24 * 60 * 60 * 1000;
+
 /// A QUIC congestion controller (quinn's implementations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -140,24 +144,26 @@ impl std::fmt::Display for Congestion {
     }
 }
 
-/// Why a configuration was refused.
+/// Why a configuration was refused. Messages include their cause, which is therefore
+/// never also the `source()`: a `{:#}` chain prints each cause once (a TOML error spans
+/// several lines).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML for this type (names the key at fault).
-    #[error("parsing {path}: {source}")]
+    #[error("parsing {}: {error}", path.display())]
     Parse {
         /// The file.
         path: PathBuf,
         /// The parse error.
-        source: Box<toml::de::Error>,
+        error: Box<toml::de::Error>,
     },
     /// Values that do not make sense together.
     #[error("invalid configuration: {0}")]
@@ -168,9 +174,9 @@ impl Config {
     /// Reads a TOML file; absent keys keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
         Self::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.to_owned(), source },
+            ConfigError::Parse { error, .. } => ConfigError::Parse { path: path.to_owned(), error },
             other => other,
         })
     }
@@ -178,7 +184,7 @@ impl Config {
     /// Parses TOML text and validates it.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: PathBuf::from("<inline>"), source: Box::new(e) })?;
+            .map_err(|e| ConfigError::Parse { path: PathBuf::from("<inline>"), error: Box::new(e) })?;
         config.validate()?;
         Ok(config)
     }
@@ -219,6 +225,37 @@ impl Config {
             || self.max_publishers == 0
         {
             return bad("connection and stream limits must be non-zero");
+        }
+        // Zero would close every connection (or drop every frame) at once.
+        let non_zero = [
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("write_timeout_ms", self.write_timeout_ms),
+            ("queue_max_ms", self.queue_max_ms),
+        ];
+        for (key, value) in non_zero {
+            if !(1..=MAX_MS).contains(&value) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be within 1..={MAX_MS} (it is {value})"
+                )));
+            }
+        }
+        // Zero is meaningful here: no wait for a publisher, no grace on SIGTERM.
+        let may_be_zero = [
+            ("play_wait_ms", self.play_wait_ms),
+            ("shutdown_grace_ms", self.shutdown_grace_ms),
+            ("quic_idle_timeout_ms", self.quic_idle_timeout_ms),
+        ];
+        for (key, value) in may_be_zero {
+            if value > MAX_MS {
+                return Err(ConfigError::Invalid(format!("{key} must be at most {MAX_MS} (it is {value})")));
+            }
+        }
+        if self.queue_max_bytes == 0 {
+            return bad("queue_max_bytes must be non-zero (every frame would be dropped)");
+        }
+        if self.max_pending_bytes < self.max_message_size as usize {
+            return bad("max_pending_bytes must be at least max_message_size (or no message that large arrives whole)");
         }
         Ok(())
     }
@@ -282,5 +319,31 @@ mod tests {
         assert!(Config::from_toml("chunk_size = 1").is_err());
         assert!(Config::from_toml("quic_keep_alive_ms = 40000").is_err());
         assert!(Config::from_toml("cert = \"a.pem\"").is_err());
+    }
+
+    #[test]
+    fn nonsensical_values_are_refused_naming_the_key() {
+        for key in ["handshake_timeout_ms", "idle_timeout_ms", "write_timeout_ms", "queue_max_ms"] {
+            for value in [0, i64::MAX] {
+                let e = Config::from_toml(&format!("{key} = {value}")).map(|_| ()).unwrap_err().to_string();
+                assert!(e.contains(key), "{key} = {value}: {e}");
+            }
+        }
+        for key in ["play_wait_ms", "shutdown_grace_ms"] {
+            assert!(Config::from_toml(&format!("{key} = 0")).is_ok(), "{key} = 0 means no wait");
+            let e = Config::from_toml(&format!("{key} = {}", i64::MAX)).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let e = Config::from_toml("queue_max_bytes = 0").map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("queue_max_bytes"), "{e}");
+        let e = Config::from_toml("max_pending_bytes = 0").map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("max_pending_bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_parse_error_is_printed_once() {
+        let e = Config::from_toml("lisen = 1").map(|_| ()).unwrap_err();
+        let text = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(text.matches("unknown field").count(), 1, "{text}");
     }
 }

@@ -78,15 +78,21 @@ pub fn log_end(result: &Result<(), ConnError>) {
 /// Why a connection ended abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
-    /// The socket failed.
+    /// The socket failed (the message includes the cause, so it is no `source()`).
     #[error("i/o: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// The peer broke the protocol.
     #[error(transparent)]
     Session(#[from] SessionError),
     /// A deadline passed.
     #[error("timed out: {0}")]
     Timeout(&'static str),
+}
+
+impl From<io::Error> for ConnError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
 }
 
 struct Player {

@@ -124,11 +124,20 @@ impl TrustArgs {
     }
 }
 
+/// Logging when `RUST_LOG` is not set. rustls warns about every client that connects by
+/// IP address ("Illegal SNI extension": an IP is not a host name, so none is sent), which
+/// is normal for RTMPS encoders pointed at an address, not a warning.
+const DEFAULT_LOG: &str = "info,rustls::msgs::handshake=error";
+
 fn main() -> ExitCode {
+    use std::io::IsTerminal;
+    // Colour codes are for people at a terminal, not for log files and pipes.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_LOG.into()),
         )
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

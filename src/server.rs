@@ -69,7 +69,7 @@ impl Server {
         let (tcp, udp) = bind_pair(config.listen).await?;
         let local_addr = tcp.local_addr()?;
         let endpoint = quic::server_endpoint(udp, &identity, &config)?;
-        let tls = TlsAcceptor::from(Arc::new(tls::server_config(&identity, &[])?));
+        let tls = TlsAcceptor::from(Arc::new(tls::rtmps_server_config(&identity)?));
         let hub = Hub::new(config.hub());
         let gate: Arc<dyn Gate> = Arc::new(gate::Open);
         Ok(Self {
@@ -143,7 +143,13 @@ impl Server {
             }
         }
         self.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
-        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+        // Closed connections drain for three probe timeouts before the endpoint lets go of
+        // the UDP port.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        // Sessions still running hold the endpoint (and so the UDP port) until they see
+        // their connection closed, which is now: give them a moment, so that the port is
+        // free when this returns (a restart on the same port).
+        let _ = tokio::time::timeout(Duration::from_secs(1), tasks.wait()).await;
         info!("stopped");
         Ok(())
     }
@@ -180,7 +186,9 @@ async fn bind_pair(addr: SocketAddr) -> anyhow::Result<(TcpListener, UdpSocket)>
     let attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
     let mut last_err = None;
     for _ in 0..attempts {
-        let tcp = TcpListener::bind(addr).await?;
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("TCP port for RTMP not available on {addr}: {e}"))?;
         let port_addr = tcp.local_addr()?;
         match bind_udp(port_addr) {
             Ok(udp) => return Ok((tcp, udp)),

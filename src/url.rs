@@ -157,10 +157,15 @@ impl fmt::Display for StreamUrl {
 }
 
 /// Session ID from an app and a stream key as the server receives them: `app/key` with
-/// the key's query (`?token=...`) removed.
+/// the query (`?token=...`) of each removed. Encoders put a token in either: OBS sends
+/// its "Server" box (`rtmp://host/live?token=abc`) as the app, its "Stream Key" as the key.
 pub fn session_id(app: &str, key: &str) -> String {
-    let name = key.split_once('?').map_or(key, |(name, _)| name);
-    format!("{app}/{name}")
+    format!("{}/{}", without_query(app).trim_end_matches('/'), without_query(key))
+}
+
+/// The part before the first `?`.
+pub fn without_query(s: &str) -> &str {
+    s.split_once('?').map_or(s, |(name, _)| name)
 }
 
 /// Transport a scheme selects before query parameters are applied.
@@ -466,6 +471,8 @@ mod tests {
         assert_eq!(session_id("live", "cam1"), "live/cam1");
         assert_eq!(session_id("live", "cam1?token=abc"), "live/cam1");
         assert_eq!(session_id("a/b", "k?x=1?y=2"), "a/b/k");
+        assert_eq!(session_id("live?token=abc", "cam3"), "live/cam3");
+        assert_eq!(session_id("a/b?t=1", "k?x=2"), "a/b/k");
         let url = StreamUrl::parse("rtmp://h/a/b/cam1?token=abc&quic=1").ok();
         assert_eq!(url.map(|u| u.session_id()), Some("a/b/cam1".into()));
     }

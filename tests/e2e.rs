@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
-use qrelay::client::{ClientOptions, RtmpClient};
+use qrelay::client::{ClientError, ClientOptions, RtmpClient};
 use qrelay::media::flv::FlvTag;
 use qrelay::media::frame::{inspect_video, MediaKind};
-use qrelay::rtmp::session::{ClientEvent, ClientMode};
+use qrelay::rtmp::session::{ClientEvent, ClientMode, SessionError};
 use qrelay::transport::tls::Trust;
 use qrelay::url::StreamUrl;
 use tokio::sync::watch;
@@ -707,11 +707,22 @@ async fn bridge_reconnects_to_a_restarted_upstream_without_the_encoder_noticing(
         // The upstream dies; a new one comes up on the same address (same certificates).
         first.halt().await;
         let certs = first.dir.path().join("certs");
-        let second = start_server_with(|c| {
-            c.listen = addr;
-            c.cert_dir = certs;
-        })
-        .await?;
+        // quinn's endpoint driver lets go of the UDP port just after the relay stopped,
+        // and tells nobody: retry the bind for a bounded time.
+        let bind_until = Instant::now() + Duration::from_secs(5);
+        let second = loop {
+            let certs = certs.clone();
+            match start_server_with(|c| {
+                c.listen = addr;
+                c.cert_dir = certs;
+            })
+            .await
+            {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < bind_until => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => return Err(e.context("a new relay on the old relay's port")),
+            }
+        };
         second.wait_live("re").await.context("the bridge did not publish to the new upstream")?;
         // A player of the new upstream gets the stream from a keyframe, with its headers.
         let out = second.path("after.flv");
@@ -810,6 +821,495 @@ async fn the_gate_decides_publish_and_play_without_holding_up_other_sessions() -
         ensure!(asked.contains(&(Role::Publish, "live/fast1".into(), "tcp")), "{asked:?}");
         ensure!(asked.contains(&(Role::Play, "live/denied1".into(), "roqr")), "{asked:?}");
         drop((fast, slow_client));
+        Ok(())
+    })
+    .await
+}
+
+/// A connect timeout far below the play wait, so a play outlasts it.
+const SHORT_CONNECT: Duration = Duration::from_millis(300);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn player_waits_for_its_publisher_past_the_connect_timeout() -> Result {
+    bounded(async {
+        let srv = start_server_with(|c| c.play_wait_ms = 3_000).await?;
+        let opts = ClientOptions { connect_timeout: SHORT_CONNECT, ..client_options(&srv) };
+        let start = Instant::now();
+        // One player whose publisher arrives after the client's connect timeout, one
+        // whose publisher never does.
+        let waiting = tokio::spawn({
+            let (url, opts) = (StreamUrl::parse(&srv.url("rtmp", "later"))?, opts.clone());
+            async move {
+                let mut client = RtmpClient::connect(&url, ClientMode::Play, &opts).await?;
+                loop {
+                    if let ClientEvent::Media { kind: MediaKind::Video, .. } =
+                        client.read_event().await?.context("closed before any video")?
+                    {
+                        return anyhow::Ok(());
+                    }
+                }
+            }
+        });
+        let never = tokio::spawn({
+            let (url, opts) = (StreamUrl::parse(&srv.url("rtmpq", "never"))?, opts.clone());
+            async move {
+                let result = RtmpClient::connect(&url, ClientMode::Play, &opts).await;
+                (result.map(drop), Instant::now())
+            }
+        });
+        srv.wait_subscribers("later", 1).await?;
+        // The passing time is the scenario, not synchronisation: the publisher must come
+        // after the player's connect timeout is over.
+        tokio::time::sleep_until(start + 3 * SHORT_CONNECT).await;
+        let _publisher = spawn(&mut qrelay_publish(&media().flv, &srv.url("rtmp", "later"), &srv.ca, true))?;
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .context("the waiting player got no video")?
+            .context("the waiting player panicked")?
+            .context("the waiting player")?;
+
+        let (result, ended) = never.await?;
+        match result {
+            Err(ClientError::Session(SessionError::Refused { code, .. }))
+                if code == "NetStream.Play.StreamNotFound" => {}
+            other => anyhow::bail!("a play of a stream never published ended with {other:?}"),
+        }
+        let waited = ended - start;
+        ensure!(waited >= Duration::from_secs(3), "gave up after {waited:?}, before the server's play wait");
+        Ok(())
+    })
+    .await
+}
+
+/// How long a client may take to notice that the relay died: the QUIC client's idle
+/// timeout (5 s) plus slack.
+const DEAD_SERVER_LIMIT: Duration = Duration::from_secs(9);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_fails_players_and_publishers_within_seconds() -> Result {
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let config = serve_config(dir.path(), 10_000)?;
+        let mut serve = spawn_serve([std::ffi::OsStr::new("--config"), config.as_os_str()]).await?;
+        let ca = dir.path().join("certs").join("dev-ca.pem");
+        let (tcp_out, quic_out) = (dir.path().join("tcp.flv"), dir.path().join("quic.flv"));
+        let tcp_player = spawn(&mut qrelay_play(&serve.url("rtmp", "crash"), &ca, &tcp_out, None))?;
+        let quic_player = spawn(&mut qrelay_play(&serve.url("rtmpq", "crash"), &ca, &quic_out, None))?;
+        let publisher = spawn(&mut qrelay_publish(&media().flv, &serve.url("rtmpq", "crash"), &ca, true))?;
+        wait_until("both players to receive media", Duration::from_secs(10), || {
+            (file_len(&tcp_out) > 20_000 && file_len(&quic_out) > 20_000).then_some(())
+        })
+        .await?;
+
+        serve.child.start_kill()?;
+        serve.wait(Duration::from_secs(5)).await?;
+        let killed = Instant::now();
+        let (tcp, quic, publish) = tokio::join!(
+            finish(tcp_player, "TCP player", DEAD_SERVER_LIMIT),
+            finish(quic_player, "QUIC player", DEAD_SERVER_LIMIT),
+            finish(publisher, "QUIC publisher", DEAD_SERVER_LIMIT),
+        );
+        let took = killed.elapsed();
+        for (output, what) in [(tcp?, "TCP player"), (quic?, "QUIC player"), (publish?, "QUIC publisher")] {
+            ensure!(
+                !output.status.success(),
+                "{what} exited 0 although the relay was killed mid-stream: {}",
+                stderr_text(&output)
+            );
+        }
+        ensure!(took < DEAD_SERVER_LIMIT, "the clients took {took:?} to notice");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_the_app_stays_out_of_the_session_id() -> Result {
+    bounded(async {
+        let srv = start_server().await?;
+        // OBS's "Server" box with a token plus its stream key: ffmpeg sends this URL's
+        // `live?token=abc` as connect's app (and in tcUrl) and `cam3` as the key.
+        let url = format!("rtmp://{}/live?token=abc/cam3", srv.addr);
+        let _publisher = spawn(&mut ffmpeg_publisher(&media().flv, &url, true))?;
+        srv.wait_live("cam3").await?;
+        let out = srv.path("cam3.flv");
+        let player = spawn(&mut qrelay_play(&srv.url("rtmp", "cam3"), &srv.ca, &out, Some(1.0)))?;
+        expect_success(&finish(player, "qrelay play", Duration::from_secs(10)).await?, "qrelay play")?;
+        assert_keyframe_first(&read_tags(&out).await?)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffprobe_plays_without_protocol_warnings() -> Result {
+    bounded(async {
+        let srv = start_server().await?;
+        let _publisher = spawn(&mut ffmpeg_publisher(&media().flv, &srv.url("rtmp", "probe"), true))?;
+        srv.wait_live("probe").await?;
+        let probe = tokio::process::Command::new("ffprobe")
+            .args(["-v", "warning", "-show_entries", "stream=codec_type", "-of", "csv=p=0"])
+            .arg(srv.url("rtmp", "probe"))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(20), probe).await.context("ffprobe hung")??;
+        expect_success(&output, "ffprobe")?;
+        let streams = String::from_utf8_lossy(&output.stdout).into_owned();
+        ensure!(streams.contains("video") && streams.contains("audio"), "ffprobe found: {streams}");
+        let warnings = stderr_text(&output);
+        ensure!(!warnings.contains("getStreamLength"), "ffprobe warned: {warnings}");
+        Ok(())
+    })
+    .await
+}
+
+/// `openssl s_client` as a TLS 1.2 encoder would connect, with extra arguments.
+async fn s_client(srv: &TestServer, args: &[&str]) -> Result<std::process::Output> {
+    let run = tokio::process::Command::new("openssl")
+        .args(["s_client", "-brief", "-verify_return_error", "-connect", &srv.addr.to_string(), "-CAfile"])
+        .arg(&srv.ca)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    Ok(tokio::time::timeout(Duration::from_secs(10), run).await.context("openssl s_client hung")??)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmps_accepts_tls12_with_modern_cipher_suites_only() -> Result {
+    bounded(async {
+        let srv = start_server().await?;
+        let ok = s_client(&srv, &["-tls1_2"]).await?;
+        let text = stderr_text(&ok) + &String::from_utf8_lossy(&ok.stdout);
+        ensure!(ok.status.success(), "TLS 1.2 refused: {text}");
+        ensure!(text.contains("TLSv1.2") && text.contains("ECDHE"), "negotiated otherwise: {text}");
+        // Static RSA key exchange and CBC ciphers are what TLS 1.2 must not bring back.
+        for cipher in ["AES128-SHA", "AES256-GCM-SHA384", "ECDHE-ECDSA-AES128-SHA"] {
+            let refused = s_client(&srv, &["-tls1_2", "-cipher", cipher]).await?;
+            ensure!(!refused.status.success(), "{cipher} accepted: {}", stderr_text(&refused));
+        }
+
+        // A whole publish over a TLS 1.2-only client.
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in qrelay::transport::tls::load_certs(&srv.ca)? {
+            roots.add(cert)?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12])?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(srv.addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost")?;
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await?;
+        ensure!(tls.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2));
+        let (r, w) = tokio::io::split(tls);
+        let url = StreamUrl::parse(&srv.url("rtmps", "tls12"))?;
+        let mut publisher =
+            RtmpClient::over_stream(Box::new(r), Box::new(w), &url, ClientMode::Publish, &Default::default())
+                .await?;
+        publisher.send_media(MediaKind::Video, 0, synth_header()).await?;
+        publisher.send_media(MediaKind::Video, 0, synth_frame(0)).await?;
+        srv.wait_stats("tls12", "frames over TLS 1.2", |s| s.live && s.frames >= 2).await?;
+        publisher.finish().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Runs the `qrelay` binary to completion (it must exit on its own within 10 s).
+async fn run_qrelay<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+) -> Result<std::process::Output> {
+    let child = spawn(&mut qrelay(args))?;
+    finish(child, "qrelay", Duration::from_secs(10)).await
+}
+
+/// An address nothing listens on (a port just released).
+fn closed_port() -> Result<std::net::SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Command-line arguments of mixed string and path types.
+fn args(parts: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<std::ffi::OsString> {
+    parts.iter().map(|p| p.as_ref().to_owned()).collect()
+}
+
+/// Fails unless the process failed; returns its stderr.
+fn expect_failure(output: &std::process::Output, what: &str) -> Result<String> {
+    ensure!(!output.status.success(), "{what} succeeded: {}", stderr_text(output));
+    Ok(stderr_text(output))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_their_cause_once_and_where() -> Result {
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let closed = closed_port()?;
+        let url = format!("rtmp://{closed}/live/x");
+        let err = expect_failure(&run_qrelay(["play", &url, "-o", "-"]).await?, "play")?;
+        ensure!(err.matches("Connection refused").count() == 1, "{err}");
+        ensure!(err.contains(&closed.to_string()), "the address is not named: {err}");
+
+        let not_flv = dir.path().join("not.flv");
+        std::fs::write(&not_flv, b"GIF89a and so on")?;
+        let err = expect_failure(&run_qrelay(args(&[&"publish", &not_flv, &url])).await?, "publish")?;
+        ensure!(err.matches("bad signature").count() == 1, "{err}");
+        ensure!(!err.contains("refused"), "connected before checking the file: {err}");
+
+        let config = dir.path().join("bad.toml");
+        std::fs::write(&config, "lisen = \"127.0.0.1:0\"\n")?;
+        let err = expect_failure(&run_qrelay(args(&[&"serve", &"--config", &config])).await?, "serve")?;
+        ensure!(err.matches("unknown field").count() == 1, "{err}");
+
+        // The TCP side of the one port is taken.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = taken.local_addr()?.to_string();
+        let certs = dir.path().join("certs");
+        let serve = args(&[&"serve", &"--listen", &addr, &"--cert-dir", &certs]);
+        let err = expect_failure(&run_qrelay(serve).await?, "serve")?;
+        ensure!(err.contains(&addr) && err.contains("in use"), "the address in use is not named: {err}");
+        ensure!(err.matches("already in use").count() == 1, "{err}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_certificates_point_at_ca_and_insecure() -> Result {
+    bounded(async {
+        let srv = start_server().await?;
+        for scheme in ["rtmps", "rtmpq"] {
+            let url = srv.url(scheme, "x");
+            let err = expect_failure(&run_qrelay(["play", &url, "-o", "-"]).await?, scheme)?;
+            ensure!(err.contains("UnknownIssuer"), "{scheme}: {err}");
+            ensure!(err.contains("--ca") && err.contains("--insecure"), "{scheme}: no hint in: {err}");
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_refuses_files_without_media_or_cut_short() -> Result {
+    bounded(async {
+        let srv = start_server().await?;
+        let dir = tempfile::tempdir()?;
+        // Nothing listens there: a file refused before connecting fails on the file.
+        let nowhere = format!("rtmp://{}/live/x", closed_port()?);
+        let header_only = dir.path().join("header.flv");
+        std::fs::write(&header_only, b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00")?;
+        let cases: [(&dyn AsRef<std::ffi::OsStr>, &str); 2] =
+            [(&"/dev/null", "empty"), (&header_only, "no audio or video")];
+        for (file, want) in cases {
+            let err = expect_failure(&run_qrelay(args(&[&"publish", file, &nowhere])).await?, "publish")?;
+            ensure!(err.contains(want), "{want}: {err}");
+            ensure!(!err.contains("refused"), "connected before checking the file: {err}");
+        }
+
+        // Cut in the middle of a tag about a second in: what precedes is published, then
+        // the publish fails instead of reporting success.
+        let input = std::fs::read(&media().flv)?;
+        let cut = dir.path().join("cut.flv");
+        std::fs::write(&cut, &input[..input.len() / 4 + 7])?;
+        let publisher = spawn(&mut qrelay_publish(&cut, &srv.url("rtmp", "cut"), &srv.ca, false))?;
+        let err =
+            expect_failure(&finish(publisher, "publish", PUBLISH_LIMIT).await?, "publish of a cut file")?;
+        ensure!(err.contains("ends in the middle of a tag"), "{err}");
+        Ok(())
+    })
+    .await
+}
+
+/// A 4 s FLV as some muxers write it: audio (23 ms frames) runs past the last video frame
+/// but is written before it, so the file's last tag is not its latest track end.
+fn seam_file(path: &std::path::Path) -> Result {
+    use qrelay::media::flv;
+    let mut tags: Vec<(MediaKind, u32)> = (0..=173).map(|i| (MediaKind::Audio, i * 23)).collect();
+    tags.extend((0..=119).map(|i| (MediaKind::Video, i * 3966 / 119)));
+    tags.sort_by_key(|&(kind, ts)| (ts, kind == MediaKind::Audio));
+    // The last audio frame (3979 ms) goes before the last video frame (3966 ms).
+    let last_video = tags.iter().rposition(|t| t.0 == MediaKind::Video).context("no video")?;
+    let video = tags.remove(last_video);
+    tags.push(video);
+    let mut out = BytesMut::new();
+    flv::write_header(&mut out, true, true);
+    for (i, (kind, ts)) in tags.into_iter().enumerate() {
+        // AVC pictures (a keyframe first) and AAC frames, each payload unique.
+        let payload = match kind {
+            MediaKind::Video => vec![if ts == 0 { 0x17 } else { 0x27 }, 1, 0, 0, 0, i as u8, (i >> 8) as u8],
+            _ => vec![0xAF, 0x01, i as u8, (i >> 8) as u8],
+        };
+        flv::write_tag(&mut out, kind, ts, &payload);
+    }
+    std::fs::write(path, &out)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looped_publish_continues_each_track_without_overlap() -> Result {
+    bounded(async {
+        let srv = start_server().await?;
+        let input = srv.path("seam.flv");
+        seam_file(&input)?;
+        let out = srv.path("loop.flv");
+        // 4 s file, played for 5 s: one seam.
+        let player = spawn(&mut qrelay_play(&srv.url("rtmp", "loop"), &srv.ca, &out, Some(5.0)))?;
+        srv.wait_subscribers("loop", 1).await?;
+        let _publisher = spawn(&mut qrelay_publish(&input, &srv.url("rtmp", "loop"), &srv.ca, true))?;
+        expect_success(&finish(player, "qrelay play", Duration::from_secs(15)).await?, "qrelay play")?;
+        let tags = read_tags(&out).await?;
+        // Audio keeps its 23 ms step across the seam; video may wait for audio (one
+        // offset for both keeps them in sync) but never overlaps itself.
+        for (kind, steps) in [(MediaKind::Audio, 23..=23), (MediaKind::Video, 33..=40)] {
+            let stamps: Vec<u32> = tags.iter().filter(|t| t.kind == kind).map(|t| t.timestamp).collect();
+            ensure!(stamps.last().is_some_and(|l| *l > 4_200), "{kind:?}: did not play past the seam");
+            for pair in stamps.windows(2) {
+                let step = pair[1].wrapping_sub(pair[0]);
+                ensure!(steps.contains(&step), "{kind:?}: {} ms then {} ms", pair[0], pair[1]);
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_to_a_pipe_are_plain_with_one_transport_field() -> Result {
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let mut cmd = qrelay(["serve", "--listen", "127.0.0.1:0", "--cert-dir"]);
+        cmd.arg(dir.path().join("certs"));
+        // As an operator runs it: default log level, colours not switched off.
+        cmd.env_remove("NO_COLOR").env_remove("RUST_LOG");
+        let serve = spawn_serve_cmd(cmd).await?;
+        let ca = dir.path().join("certs").join("dev-ca.pem");
+        // An encoder connecting by IP address and sending it as SNI, as many do.
+        let addr = serve.addr.to_string();
+        let hello = tokio::process::Command::new("openssl")
+            .args(["s_client", "-brief", "-connect", &addr, "-servername", "127.0.0.1", "-CAfile"])
+            .arg(&ca)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let hello = tokio::time::timeout(Duration::from_secs(10), hello).await.context("openssl hung")??;
+        expect_success(&hello, "openssl s_client")?;
+        let line = wait_until("the RTMPS connection's log line", Duration::from_secs(5), || {
+            serve.raw_logs().lines().find(|l| l.contains("connected")).map(str::to_owned)
+        })
+        .await?;
+        let logs = serve.raw_logs();
+        ensure!(!logs.contains('\u{1b}'), "colour codes in a piped log:\n{logs}");
+        ensure!(line.matches("transport=").count() == 1, "{line}");
+        ensure!(line.contains("transport=\"tls\"") || line.contains("transport=tls"), "{line}");
+        ensure!(!logs.contains("SNI"), "an IP address as SNI logged:\n{logs}");
+        Ok(())
+    })
+    .await
+}
+
+/// E-RTMP v2 multitrack video of `track` (OneTrack, `hvc1`), optionally behind a ModEx
+/// block (TimestampOffsetNano), as OBS's multitrack output writes it. `seq` marks the
+/// payload unique.
+fn multitrack_video(track: u8, key: bool, packet_type: u8, modex: bool, seq: u16) -> Vec<u8> {
+    let frame_type: u8 = if key { 1 } else { 2 };
+    let mut p = if modex {
+        vec![0x80 | frame_type << 4 | 7, 2, 0x00, 0x01, 0x02, 6]
+    } else {
+        vec![0x80 | frame_type << 4 | 6]
+    };
+    p.push(packet_type); // OneTrack layout (0) in the high nibble
+    p.extend_from_slice(b"hvc1");
+    p.push(track);
+    p.extend_from_slice(&seq.to_be_bytes());
+    p
+}
+
+/// E-RTMP v2 multitrack audio of `track` (OneTrack, `Opus`).
+fn multitrack_audio(track: u8, packet_type: u8, seq: u16) -> Vec<u8> {
+    let mut p = vec![9 << 4 | 5, packet_type];
+    p.extend_from_slice(b"Opus");
+    p.push(track);
+    p.extend_from_slice(&seq.to_be_bytes());
+    p
+}
+
+/// A 3 s two-track E-RTMP stream, built by hand (ffmpeg here cannot write multitrack):
+/// per track a video and an audio sequence start, then 30 fps video whose keyframes come
+/// every second, track 1's half a second after track 0's, and 20 ms audio.
+fn multitrack_file(path: &std::path::Path) -> Result {
+    use qrelay::media::flv;
+    let mut out = BytesMut::new();
+    flv::write_header(&mut out, true, true);
+    let mut seq = 0u16;
+    let mut next = || {
+        seq += 1;
+        seq
+    };
+    for track in 0..2 {
+        flv::write_tag(&mut out, MediaKind::Video, 0, &multitrack_video(track, true, 0, false, next()));
+        flv::write_tag(&mut out, MediaKind::Audio, 0, &multitrack_audio(track, 0, next()));
+    }
+    for i in 0..90u32 {
+        let ts = i * 100 / 3;
+        for track in 0..2u8 {
+            let key = i % 30 == u32::from(track) * 15;
+            let frame = multitrack_video(track, key, 1, i % 7 == 3, next());
+            flv::write_tag(&mut out, MediaKind::Video, ts, &frame);
+        }
+        for a in 0..2 {
+            let ats = ts + a * 17;
+            for track in 0..2 {
+                flv::write_tag(&mut out, MediaKind::Audio, ats, &multitrack_audio(track, 1, next()));
+            }
+        }
+    }
+    std::fs::write(path, &out)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multitrack_late_joiner_gets_every_tracks_headers_and_a_default_track_keyframe() -> Result {
+    bounded(async {
+        let srv = start_server().await?;
+        let input = srv.path("multitrack.flv");
+        multitrack_file(&input)?;
+        let published = read_tags(&input).await?;
+        let _publisher = spawn(&mut qrelay_publish(&input, &srv.url("rtmp", "mt"), &srv.ca, true))?;
+        // Well into the stream: both tracks have had keyframes since the headers.
+        srv.wait_stats("mt", "1.5 s of media", |s| s.live && s.frames > 300).await?;
+
+        let out = srv.path("mt.flv");
+        let player = spawn(&mut qrelay_play(&srv.url("rtmp", "mt"), &srv.ca, &out, Some(1.0)))?;
+        expect_success(&finish(player, "qrelay play", Duration::from_secs(10)).await?, "qrelay play")?;
+        let played = read_tags(&out).await?;
+        // Byte for byte what was published (ModEx included).
+        for tag in &played {
+            ensure!(
+                published.iter().any(|p| p.payload == tag.payload),
+                "a payload not published: {:?}",
+                tag.payload
+            );
+        }
+        let video: Vec<&FlvTag> = played.iter().filter(|t| t.kind == MediaKind::Video).collect();
+        let audio: Vec<&FlvTag> = played.iter().filter(|t| t.kind == MediaKind::Audio).collect();
+        let (start, coded) = (0u8, 1u8);
+        let track_and_type = |t: &FlvTag| (t.payload[6], t.payload[1] & 0x0F);
+        ensure!(video.len() > 10 && audio.len() > 10, "{} video, {} audio tags", video.len(), audio.len());
+        ensure!(
+            video[..2].iter().map(|t| track_and_type(t)).collect::<Vec<_>>() == [(0, start), (1, start)],
+            "the video sequence starts of both tracks do not come first"
+        );
+        ensure!(
+            audio[..2].iter().map(|t| track_and_type(t)).collect::<Vec<_>>() == [(0, start), (1, start)],
+            "the audio sequence starts of both tracks do not come first"
+        );
+        let first = video[2];
+        ensure!(
+            inspect_video(&first.payload).keyframe && first.payload[1] & 0x0F == coded,
+            "the first picture is not a keyframe of the default track: {:?}",
+            first.payload
+        );
         Ok(())
     })
     .await

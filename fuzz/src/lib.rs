@@ -16,7 +16,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use qrelay::media::flv::{self, FlvReader, FlvTag};
-use qrelay::media::frame::{inspect_audio, inspect_video, Frame, Inspection, MediaKind};
+use qrelay::media::frame::{inspect_audio, inspect_video, Frame, Inspection, MediaKind, TrackSet};
 use qrelay::rtmp::amf0;
 use qrelay::rtmp::chunk::{
     self, ChunkDecoder, ChunkError, DecoderLimits, Message, MAX_CHUNK_SIZE, MAX_CHUNK_STREAMS,
@@ -616,14 +616,15 @@ pub fn url(data: &[u8]) {
 // codec_inspect
 // ---------------------------------------------------------------------------------------
 
-const NOTHING: Inspection = Inspection { keyframe: false, sequence_header: false };
+const NOTHING: Inspection = Inspection { keyframe: false, sequence_header: false, tracks: TrackSet::DEFAULT };
 
 /// `inspect_video` / `inspect_audio` on arbitrary payloads.
 ///
 /// Invariants: never panics; keyframe and sequence header are never both set (video and
 /// audio); an empty payload is nothing; once a prefix is classified, appending bytes does
-/// not change the classification (inspection only reads a header); `Frame::new` reports
-/// the same.
+/// not change the classification (inspection reads a header, and of E-RTMP multitrack
+/// bodies only whole tracks: more bytes may add tracks to a sequence header, never take
+/// any away); `Frame::new` reports the same.
 pub fn codec_inspect(data: &[u8]) {
     for (kind, inspect) in [
         (MediaKind::Video, inspect_video as fn(&[u8]) -> Inspection),
@@ -639,8 +640,13 @@ pub fn codec_inspect(data: &[u8]) {
             let prefix = inspect(&data[..end]);
             if prefix != NOTHING {
                 assert_eq!(
-                    info, prefix,
+                    (info.keyframe, info.sequence_header),
+                    (prefix.keyframe, prefix.sequence_header),
                     "{kind:?} {data:02x?}: prefix of {end} bytes classified differently"
+                );
+                assert!(
+                    prefix.tracks.is_subset_of(&info.tracks),
+                    "{kind:?} {data:02x?}: prefix of {end} bytes has tracks the whole lacks"
                 );
             }
         }

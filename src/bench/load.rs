@@ -602,5 +602,10 @@ async fn wait_until(
 
 /// Options for publisher connections.
 pub(super) fn client_options(trust: crate::transport::tls::Trust) -> ClientOptions {
-    ClientOptions { trust, config: Config::default(), connect_timeout: CONNECT_TIMEOUT }
+    ClientOptions {
+        trust,
+        config: Config::default(),
+        connect_timeout: CONNECT_TIMEOUT,
+        ..ClientOptions::default()
+    }
 }

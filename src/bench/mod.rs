@@ -631,11 +631,25 @@ mod tests {
             quiet: true,
             insecure: true,
             quic_streams_per_conn: 3,
-            ..BenchArgs::new(&format!("rtmp+quic://127.0.0.1:{}/live/q", addr.port()))
+            ..BenchArgs::new(&format!("rtmp+quic://127.0.0.1:{}/live/q?mode=tunnel", addr.port()))
         };
         let r = run(args).await.unwrap();
         assert_eq!((r.players_started, r.players_ok), (4, 4), "{}", r.table());
         assert_eq!(r.quic_connections, 2);
+
+        // RoQR players: one connection each, through the client library.
+        let args = BenchArgs {
+            players: 3,
+            duration: 1.0,
+            bitrate: 500_000,
+            ramp_ms: Some(0),
+            quiet: true,
+            insecure: true,
+            ..BenchArgs::new(&format!("rtmp+quic://127.0.0.1:{}/live/r", addr.port()))
+        };
+        let r = run(args).await.unwrap();
+        assert_eq!((r.players_started, r.players_ok), (3, 3), "{}", r.table());
+        assert_eq!(r.skips, 0);
 
         let args = BenchArgs {
             idle: Some(5),

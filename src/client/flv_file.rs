@@ -1,7 +1,7 @@
 //! `qrelay publish FILE URL` and `qrelay play URL -o FILE`: FLV files in and out of an
 //! RTMP session, byte for byte (FLV tag bodies are RTMP payloads).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -11,6 +11,7 @@ use tracing::info;
 
 use super::{ClientError, ClientOptions, RtmpClient};
 use crate::media::flv::{self, FlvError, FlvReader, FlvTag};
+use crate::media::frame::MediaKind;
 use crate::rtmp::session::{ClientEvent, ClientMode};
 use crate::url::StreamUrl;
 
@@ -39,23 +40,47 @@ pub struct Transfer {
     pub bytes: u64,
 }
 
-/// Error type for file transfers.
+/// Error type for file transfers. Messages carry their cause themselves (as in
+/// [`ClientError`]), so each is printed once.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// The RTMP side failed.
     #[error(transparent)]
     Client(#[from] ClientError),
     /// The FLV file is malformed.
-    #[error("FLV: {0}")]
-    Flv(#[from] FlvError),
-    /// Reading or writing the file failed.
-    #[error("file: {0}")]
-    Io(#[from] std::io::Error),
+    #[error("{path}: {error}")]
+    Flv {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        error: FlvError,
+    },
+    /// The file holds no audio or video tag: nothing to publish.
+    #[error("{0}: no audio or video in the file")]
+    NoMedia(PathBuf),
+    /// Opening or reading the input file failed.
+    #[error("{path}: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// Writing the output failed.
+    #[error("writing the output: {0}")]
+    Write(std::io::Error),
+}
+
+impl From<std::io::Error> for FileError {
+    fn from(error: std::io::Error) -> Self {
+        Self::Write(error)
+    }
 }
 
 const MAX_TAG: usize = 64 * 1024 * 1024;
 
 struct TagSource {
+    path: PathBuf,
     file: tokio::fs::File,
     reader: FlvReader,
     buf: Vec<u8>,
@@ -63,24 +88,86 @@ struct TagSource {
 
 impl TagSource {
     async fn open(path: &Path) -> Result<Self, FileError> {
-        Ok(Self {
-            file: tokio::fs::File::open(path).await?,
-            reader: FlvReader::new(MAX_TAG),
-            buf: vec![0; 64 * 1024],
-        })
+        let file = tokio::fs::File::open(path).await.map_err(|error| read_error(path, error))?;
+        Ok(Self { path: path.to_owned(), file, reader: FlvReader::new(MAX_TAG), buf: vec![0; 64 * 1024] })
     }
 
+    /// Next tag; `None` at the end of a file that ended where a tag did.
     async fn next(&mut self) -> Result<Option<FlvTag>, FileError> {
+        let flv = |error| FileError::Flv { path: self.path.clone(), error };
         loop {
-            if let Some(tag) = self.reader.next_tag()? {
+            if let Some(tag) = self.reader.next_tag().map_err(flv)? {
                 return Ok(Some(tag));
             }
-            let n = self.file.read(&mut self.buf).await?;
+            let n = self.file.read(&mut self.buf).await.map_err(|error| read_error(&self.path, error))?;
             if n == 0 {
+                self.reader.finish().map_err(flv)?;
                 return Ok(None);
             }
             self.reader.push(&self.buf[..n]);
         }
+    }
+
+    /// Reads up to the first audio or video tag, so a file with nothing to publish fails
+    /// before any connection is made. Returns the tags read, that one last.
+    async fn first_media(&mut self) -> Result<Vec<FlvTag>, FileError> {
+        let mut tags = Vec::new();
+        while let Some(tag) = self.next().await? {
+            let media = tag.kind != MediaKind::Data;
+            tags.push(tag);
+            if media {
+                return Ok(tags);
+            }
+        }
+        Err(FileError::NoMedia(self.path.clone()))
+    }
+}
+
+fn read_error(path: &Path, error: std::io::Error) -> FileError {
+    FileError::Read { path: path.to_owned(), error }
+}
+
+/// Where each track of a looped file stands, so the next pass continues every track's
+/// timeline after its own last frame: one common offset for all tracks keeps them in
+/// sync, and it is the largest track end so no track overlaps itself at the seam.
+#[derive(Debug, Default)]
+struct LoopSeam {
+    first: Option<u32>,
+    /// Per track (audio, video): last timestamp and the last frame's duration.
+    tracks: [Option<(u32, u32)>; 2],
+}
+
+impl LoopSeam {
+    fn record(&mut self, tag: &FlvTag) {
+        self.first.get_or_insert(tag.timestamp);
+        let track = match tag.kind {
+            MediaKind::Audio => &mut self.tracks[0],
+            MediaKind::Video => &mut self.tracks[1],
+            MediaKind::Data => return,
+        };
+        let duration = match *track {
+            Some((last, duration)) => {
+                Some(tag.timestamp.wrapping_sub(last)).filter(|d| *d > 0 && *d < 1000).unwrap_or(duration)
+            }
+            None => 0,
+        };
+        *track = Some((tag.timestamp, duration));
+    }
+
+    /// The offset the next pass adds, relative to this pass's: the latest point any
+    /// track reaches (its last frame plus that frame's duration), from the pass's start.
+    fn pass_length(&self) -> u32 {
+        let first = self.first.unwrap_or(0);
+        let end = self
+            .tracks
+            .iter()
+            .flatten()
+            // A track with a single frame has no duration yet: one 30 fps frame.
+            .map(|(last, duration)| {
+                last.wrapping_sub(first).wrapping_add(if *duration == 0 { 33 } else { *duration })
+            })
+            .max();
+        end.unwrap_or(33)
     }
 }
 
@@ -92,27 +179,31 @@ pub async fn publish_flv(
     publish: PublishOptions,
 ) -> Result<Transfer, FileError> {
     let mut source = TagSource::open(path).await?;
+    let mut pending = source.first_media().await?.into_iter();
     let mut client = RtmpClient::connect(url, ClientMode::Publish, opts).await?;
     info!(url = %url, "publishing");
     let start = Instant::now();
     let mut transfer = Transfer::default();
     let mut offset: u32 = 0;
     let mut first_ts: Option<u32> = None;
-    let mut last_ts: u32 = 0;
+    let mut seam = LoopSeam::default();
     loop {
-        let tag = match source.next().await? {
+        let tag = match pending.next() {
             Some(tag) => tag,
-            None if publish.looped && transfer.messages > 0 => {
-                // Continue the timeline one frame (~33 ms) after the last tag.
-                offset = offset.wrapping_add(last_ts.wrapping_sub(first_ts.unwrap_or(0))).wrapping_add(33);
-                source = TagSource::open(path).await?;
-                first_ts = None;
-                continue;
-            }
-            None => break,
+            None => match source.next().await? {
+                Some(tag) => tag,
+                None if publish.looped => {
+                    offset = offset.wrapping_add(seam.pass_length());
+                    source = TagSource::open(path).await?;
+                    first_ts = None;
+                    seam = LoopSeam::default();
+                    continue;
+                }
+                None => break,
+            },
         };
+        seam.record(&tag);
         let first = *first_ts.get_or_insert(tag.timestamp);
-        last_ts = tag.timestamp;
         if !publish.unpaced {
             let elapsed = tag.timestamp.wrapping_sub(first).wrapping_add(offset);
             let due = start + Duration::from_millis(u64::from(elapsed));
@@ -168,7 +259,9 @@ pub async fn play_to_flv<W: AsyncWrite + Unpin>(
                 out.write_all(&tag).await?;
                 tag.clear();
             }
-            Some(ClientEvent::StreamEnded) | None => break,
+            Some(ClientEvent::StreamEnded) => break,
+            // The stream did not end, the connection did: a crash is not a success.
+            None => return Err(ClientError::Interrupted.into()),
             Some(_) => {}
         }
     }
@@ -177,19 +270,49 @@ pub async fn play_to_flv<W: AsyncWrite + Unpin>(
     Ok(transfer)
 }
 
-/// Reads a whole FLV from any reader (for tests and tools).
+/// Reads a whole FLV from any reader (for tests and tools). Lenient about the end: a
+/// file cut short yields the tags before the cut.
 pub async fn read_flv_tags<R: AsyncRead + Unpin>(mut r: R) -> Result<Vec<FlvTag>, FileError> {
+    let input = || PathBuf::from("<input>");
     let mut reader = FlvReader::new(MAX_TAG);
     let mut buf = vec![0; 64 * 1024];
     let mut tags = Vec::new();
     loop {
-        while let Some(t) = reader.next_tag()? {
+        while let Some(t) = reader.next_tag().map_err(|error| FileError::Flv { path: input(), error })? {
             tags.push(t);
         }
-        let n = r.read(&mut buf).await?;
+        let n = r.read(&mut buf).await.map_err(|error| FileError::Read { path: input(), error })?;
         if n == 0 {
             return Ok(tags);
         }
         reader.push(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn tag(kind: MediaKind, timestamp: u32) -> FlvTag {
+        FlvTag { kind, timestamp, payload: Bytes::new() }
+    }
+
+    #[test]
+    fn the_next_pass_starts_after_every_track_ended() {
+        let mut seam = LoopSeam::default();
+        seam.record(&tag(MediaKind::Data, 0));
+        // Video at 30 fps ends at 3966 (+33 = 3999); AAC (23 ms frames) at 3979 (+23 = 4002).
+        for i in 0..=119 {
+            seam.record(&tag(MediaKind::Video, i * 3966 / 119));
+        }
+        for i in 0..=173 {
+            seam.record(&tag(MediaKind::Audio, i * 23));
+        }
+        let next = seam.pass_length();
+        // Each track's next frame comes no earlier than its last plus its duration, and
+        // the longest track continues without a gap.
+        assert_eq!(next, 4002);
     }
 }

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::media::frame::MediaKind;
@@ -31,8 +32,15 @@ pub struct ClientOptions {
     pub trust: tls::Trust,
     /// Session and QUIC transport settings.
     pub config: Config,
-    /// Limit on connecting plus the RTMP handshake, connect and publish/play.
+    /// Limit on connecting plus the RTMP handshake, connect and a publish up to its
+    /// answer, or a play up to its request; a play's wait for its publisher is not part
+    /// of it.
     pub connect_timeout: Duration,
+    /// How long a play may wait for `NetStream.Play.Start` once requested. The server
+    /// decides how long a player waits for its publisher (qrelay's `play_wait_ms`, 30 s
+    /// by default, then `NetStream.Play.StreamNotFound`), so this only guards against a
+    /// server that never answers and is well above any server's own wait.
+    pub play_wait: Duration,
 }
 
 impl Default for ClientOptions {
@@ -41,16 +49,26 @@ impl Default for ClientOptions {
             trust: tls::Trust::WebPki,
             config: Config::default(),
             connect_timeout: Duration::from_secs(10),
+            play_wait: Duration::from_secs(120),
         }
     }
 }
 
-/// Why a client failed.
+/// Why a client failed. Each message carries its cause itself (none is also exposed as
+/// `source()`), so `{:#}` chains print every cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// Name resolution or socket errors.
+    /// Socket errors once connected.
     #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+    /// The TCP connection could not be made.
+    #[error("cannot connect to {addr}: {error}")]
+    Connect {
+        /// Where to.
+        addr: SocketAddr,
+        /// Why not.
+        error: std::io::Error,
+    },
     /// The host name did not resolve.
     #[error("cannot resolve {0}")]
     Resolve(String),
@@ -63,18 +81,64 @@ pub enum ClientError {
     /// QUIC connection failed.
     #[error("QUIC: {0}")]
     QuicConnect(String),
+    /// The server's certificate did not verify against the trusted CAs.
+    #[error(
+        "the server's certificate is not trusted ({0}): trust its CA with --ca FILE \
+         (qrelay's development CA is certs/dev-ca.pem on the server), or skip verification \
+         with --insecure (development only)"
+    )]
+    Certificate(String),
     /// The RTMP session failed or was refused.
     #[error(transparent)]
     Session(#[from] SessionError),
-    /// The server closed the connection.
+    /// The server closed the connection before publishing or playing started.
     #[error("server closed the connection")]
     Closed,
-    /// The connect/publish/play did not complete in time.
-    #[error("timed out connecting")]
-    Timeout,
+    /// The connection ended while playing without the stream's end (StreamEOF or
+    /// `NetStream.Play.UnpublishNotify`): a server crash or a network failure, not the
+    /// end of the stream.
+    #[error("the connection ended before the stream did (no StreamEOF or UnpublishNotify)")]
+    Interrupted,
+    /// A stage of setting up the session did not complete in time.
+    #[error("timed out after {after:?} {stage}")]
+    Timeout {
+        /// What was not done yet.
+        stage: &'static str,
+        /// The limit that passed.
+        after: Duration,
+    },
     /// A mapping this build does not speak yet.
     #[error("{0}")]
     Unsupported(&'static str),
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(error: std::io::Error) -> Self {
+        match untrusted_certificate(&error) {
+            Some(reason) => Self::Certificate(reason),
+            None => Self::Io(error),
+        }
+    }
+}
+
+/// The certificate error inside a TLS handshake failure, as rustls names it (e.g.
+/// `invalid peer certificate: UnknownIssuer`).
+fn untrusted_certificate(error: &std::io::Error) -> Option<String> {
+    match error.get_ref()?.downcast_ref::<rustls::Error>()? {
+        e @ rustls::Error::InvalidCertificate(_) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
+/// A QUIC connection error, naming an untrusted certificate as such. quinn reports the
+/// rustls error only as the reason text of a crypto transport error.
+fn quic_connect_error(error: quinn::ConnectionError) -> ClientError {
+    match &error {
+        quinn::ConnectionError::TransportError(t) if t.reason.starts_with("invalid peer certificate") => {
+            ClientError::Certificate(t.reason.clone())
+        }
+        _ => ClientError::QuicConnect(error.to_string()),
+    }
 }
 
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
@@ -112,33 +176,43 @@ impl std::fmt::Debug for ChunkedLink {
 impl RtmpClient {
     /// Connects and starts publishing or playing (returns once the server said
     /// `NetStream.Publish.Start` / `NetStream.Play.Start`).
+    ///
+    /// `connect_timeout` bounds reaching the server and the RTMP exchange up to the
+    /// answer to a publish, or up to sending a play. A play is answered only once its
+    /// stream is published, so it waits as long as the server holds it (bounded by
+    /// `play_wait`), and a refusal arrives as the server's own status code
+    /// (`NetStream.Play.StreamNotFound`).
     pub async fn connect(
         url: &StreamUrl,
         mode: ClientMode,
         opts: &ClientOptions,
     ) -> Result<Self, ClientError> {
-        tokio::time::timeout(opts.connect_timeout, Self::connect_inner(url, mode, opts))
-            .await
-            .map_err(|_| ClientError::Timeout)?
+        let deadline = Instant::now() + opts.connect_timeout;
+        let timeout =
+            || ClientError::Timeout { stage: "connecting to the server", after: opts.connect_timeout };
+        let link =
+            tokio::time::timeout_at(deadline, Self::open(url, mode, opts)).await.map_err(|_| timeout())??;
+        let limits =
+            Limits { connect: Some((deadline, opts.connect_timeout)), play_wait: Some(opts.play_wait) };
+        Self::start(link, limits).await
     }
 
-    async fn connect_inner(
-        url: &StreamUrl,
-        mode: ClientMode,
-        opts: &ClientOptions,
-    ) -> Result<Self, ClientError> {
+    /// Reaches the server and sets up the framing (the session starts with it).
+    async fn open(url: &StreamUrl, mode: ClientMode, opts: &ClientOptions) -> Result<Link, ClientError> {
         let addr = resolve(&url.host, url.port).await?;
+        let tcp = |addr| async move {
+            let s = TcpStream::connect(addr).await.map_err(|error| ClientError::Connect { addr, error })?;
+            s.set_nodelay(true)?;
+            Ok::<_, ClientError>(s)
+        };
         let (reader, writer, quic): (Reader, Writer, _) = match url.transport {
             Transport::Tcp => {
-                let s = TcpStream::connect(addr).await?;
-                s.set_nodelay(true)?;
-                let (r, w) = s.into_split();
+                let (r, w) = tcp(addr).await?.into_split();
                 (Box::new(r), Box::new(w), None)
             }
             Transport::Tls => {
-                let s = TcpStream::connect(addr).await?;
-                s.set_nodelay(true)?;
-                let config = tls::client_config(&opts.trust, &[])?;
+                let s = tcp(addr).await?;
+                let config = tls::rtmps_client_config(&opts.trust)?;
                 let name = server_name(&url.host)?;
                 let s = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, s).await?;
                 let (r, w) = tokio::io::split(s);
@@ -157,21 +231,15 @@ impl RtmpClient {
                     max_latency,
                 )
                 .await?;
-                return Self::start(Link::Roqr(Box::new(link))).await;
+                return Ok(Link::Roqr(Box::new(link)));
             }
             Transport::Quic(QuicMapping::Tunnel) => {
-                let endpoint = quic::client_endpoint(addr, &opts.trust, &opts.config, tls::ALPN_RTMP)?;
-                let conn = endpoint
-                    .connect(addr, &url.host)
-                    .map_err(|e| ClientError::QuicConnect(e.to_string()))?
-                    .await
-                    .map_err(|e| ClientError::QuicConnect(e.to_string()))?;
-                let (send, recv) =
-                    conn.open_bi().await.map_err(|e| ClientError::QuicConnect(e.to_string()))?;
+                let (endpoint, conn) = quic_connect(addr, url, opts, tls::ALPN_RTMP).await?;
+                let (send, recv) = conn.open_bi().await.map_err(quic_connect_error)?;
                 (Box::new(recv), Box::new(send), Some((endpoint, conn)))
             }
         };
-        Self::start_chunked(reader, writer, quic, url, mode, &opts.config).await
+        Self::chunked(reader, writer, quic, url, mode, &opts.config)
     }
 
     /// Runs the RTMP session over an already open byte stream (e.g. another stream of a
@@ -183,32 +251,62 @@ impl RtmpClient {
         mode: ClientMode,
         config: &Config,
     ) -> Result<Self, ClientError> {
-        Self::start_chunked(reader, writer, None, url, mode, config).await
+        Self::start(Self::chunked(reader, writer, None, url, mode, config)?, Limits::default()).await
     }
 
-    async fn start_chunked(
+    fn chunked(
         reader: Reader,
         writer: Writer,
         quic: Option<(quinn::Endpoint, quinn::Connection)>,
         url: &StreamUrl,
         mode: ClientMode,
         config: &Config,
-    ) -> Result<Self, ClientError> {
+    ) -> Result<Link, ClientError> {
         let session = ClientSession::new(config.session(), mode, &url.app, &url.key, &url.tc_url())?;
-        let link = ChunkedLink { reader, writer, session, buf: vec![0; 64 * 1024], quic };
-        Self::start(Link::Chunked(Box::new(link))).await
+        Ok(Link::Chunked(Box::new(ChunkedLink { reader, writer, session, buf: vec![0; 64 * 1024], quic })))
     }
 
     /// Runs the session until the server started the publish or play.
-    async fn start(link: Link) -> Result<Self, ClientError> {
+    async fn start(link: Link, limits: Limits) -> Result<Self, ClientError> {
         let mut client = Self { link };
+        let mut play_deadline = None;
         loop {
-            client.flush().await?;
-            match client.read_event().await? {
+            match client.poll_event() {
                 Some(ClientEvent::PublishStarted | ClientEvent::PlayStarted) => return Ok(client),
-                Some(_) => {}
-                None => return Err(ClientError::Closed),
+                Some(_) => continue,
+                None => {}
             }
+            // The deadline is chosen per read: the session may have sent its play
+            // request since the last one.
+            let limit = match (client.awaiting_play(), limits.play_wait) {
+                (true, Some(wait)) => {
+                    let deadline = *play_deadline.get_or_insert_with(|| Instant::now() + wait);
+                    Some((deadline, wait, "waiting for the server to start playing"))
+                }
+                (true, None) => None,
+                (false, _) => limits.connect.map(|(d, after)| (d, after, "connecting to the server")),
+            };
+            let step = async {
+                client.flush().await?;
+                client.read_input().await
+            };
+            let open = match limit {
+                Some((deadline, after, stage)) => tokio::time::timeout_at(deadline, step)
+                    .await
+                    .map_err(|_| ClientError::Timeout { stage, after })??,
+                None => step.await?,
+            };
+            if !open {
+                return Err(ClientError::Closed);
+            }
+        }
+    }
+
+    /// Whether a play was requested and not answered yet.
+    fn awaiting_play(&mut self) -> bool {
+        match &mut self.link {
+            Link::Chunked(l) => l.session.awaiting_play(),
+            Link::Roqr(l) => l.awaiting_play(),
         }
     }
 
@@ -324,8 +422,18 @@ async fn quic_connect(
         .connect(addr, &url.host)
         .map_err(|e| ClientError::QuicConnect(e.to_string()))?
         .await
-        .map_err(|e| ClientError::QuicConnect(e.to_string()))?;
+        .map_err(quic_connect_error)?;
     Ok((endpoint, conn))
+}
+
+/// Deadlines of [`RtmpClient::start`]; none for sessions over a stream someone else
+/// opened (their owner bounds them).
+#[derive(Debug, Clone, Copy, Default)]
+struct Limits {
+    /// Until the server answered the publish or play request (and the limit's length).
+    connect: Option<(Instant, Duration)>,
+    /// From the play request to `NetStream.Play.Start`.
+    play_wait: Option<Duration>,
 }
 
 async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ClientError> {

@@ -126,6 +126,11 @@ impl RoqrLink {
         rebind(&self.endpoint)
     }
 
+    /// Whether a play was requested and not started yet.
+    pub(super) fn awaiting_play(&mut self) -> bool {
+        self.session.core().awaiting_play()
+    }
+
     /// Next event already decoded.
     pub(super) fn poll_event(&mut self) -> Option<ClientEvent> {
         self.session.core().poll_event()

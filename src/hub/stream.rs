@@ -48,8 +48,10 @@ struct State {
     live: bool,
     frames: u64,
     metadata: Option<Frame>,
-    video_header: Option<Frame>,
-    audio_header: Option<Frame>,
+    /// Sequence headers in arrival order, one per set of E-RTMP tracks (one entry for
+    /// all but multitrack streams): a header for track 1 must not evict track 0's.
+    video_headers: Vec<Frame>,
+    audio_headers: Vec<Frame>,
     /// Frames from the last video keyframe on; empty when the GOP outgrew its bound.
     gop: Vec<Frame>,
     gop_bytes: usize,
@@ -96,13 +98,19 @@ impl Stream {
         let mut st = self.state();
         let queue = Arc::new(Queue::new(self.config.queue));
         if st.live {
-            let snapshot = st
-                .metadata
-                .iter()
-                .chain(st.video_header.iter())
-                .chain(st.audio_header.iter())
-                .chain(st.gop.iter())
-                .cloned();
+            // Metadata goes out at the joiner's start (the cached GOP's first frame), not
+            // at the time it was published: seconds or hours before everything else the
+            // joiner gets, ffmpeg takes it for a stream of its own (a phantom subtitle).
+            let start = st.gop.first().map(Frame::timestamp);
+            let metadata = st.metadata.as_ref().map(|m| match start {
+                Some(ts) if ts != m.timestamp() => Frame::new(m.kind(), ts, m.payload().clone()),
+                _ => m.clone(),
+            });
+            let snapshot = metadata
+                .into_iter()
+                .chain(st.video_headers.iter().cloned())
+                .chain(st.audio_headers.iter().cloned())
+                .chain(st.gop.iter().cloned());
             queue.start_with(snapshot);
         }
         st.subscribers.push(queue.clone());
@@ -131,9 +139,9 @@ impl Stream {
             }
             MediaKind::Video if frame.is_sequence_header() => {
                 st.has_video = true;
-                st.video_header = Some(frame.clone());
+                cache_header(&mut st.video_headers, &frame);
             }
-            MediaKind::Audio if frame.is_sequence_header() => st.audio_header = Some(frame.clone()),
+            MediaKind::Audio if frame.is_sequence_header() => cache_header(&mut st.audio_headers, &frame),
             MediaKind::Video => {
                 st.has_video = true;
                 if frame.is_keyframe() {
@@ -184,8 +192,8 @@ impl Stream {
         let mut st = self.state();
         st.live = false;
         st.metadata = None;
-        st.video_header = None;
-        st.audio_header = None;
+        st.video_headers.clear();
+        st.audio_headers.clear();
         st.gop.clear();
         st.gop_bytes = 0;
         for q in &st.subscribers {
@@ -235,4 +243,19 @@ impl Drop for Publisher {
         self.stream.end_publish();
         self.hub.unpublished(&self.stream);
     }
+}
+
+/// Sequence headers kept per kind at most: E-RTMP allows 256 tracks, a publisher that
+/// configures more than this many separately gets its oldest forgotten.
+const MAX_HEADERS: usize = 16;
+
+/// Caches a sequence header: it replaces those for a subset of its tracks (a newer
+/// configuration of the same tracks) and keeps the others.
+fn cache_header(headers: &mut Vec<Frame>, frame: &Frame) {
+    let tracks = frame.tracks();
+    headers.retain(|h| !h.tracks().is_subset_of(&tracks));
+    if headers.len() >= MAX_HEADERS {
+        headers.remove(0);
+    }
+    headers.push(frame.clone());
 }

@@ -108,7 +108,8 @@ async fn late_joiner_gets_metadata_headers_and_gop_at_once() {
     assert_eq!(
         kinds,
         vec![
-            (MediaKind::Data, 0, false, false),
+            // Metadata at the joiner's start, the cached keyframe's time.
+            (MediaKind::Data, 66, false, false),
             (MediaKind::Video, 0, false, true),
             (MediaKind::Audio, 0, false, true),
             (MediaKind::Video, 66, true, false),
@@ -320,4 +321,37 @@ async fn the_end_of_a_directly_written_stream_wakes_the_subscriber() {
     drop(p);
     assert!(!sub.ready().await, "ended, nothing left");
     assert!(next(&mut sub).await.is_none());
+}
+
+/// An E-RTMP OneTrack multitrack video message (hvc1) for `track`.
+fn track_video(ts: u32, track: u8, frame_type: u8, packet_type: u8) -> Frame {
+    let mut p = vec![0x80 | frame_type << 4 | 6, packet_type];
+    p.extend_from_slice(b"hvc1");
+    p.extend_from_slice(&[track, 0xAB, ts as u8]);
+    Frame::new(MediaKind::Video, ts, Bytes::from(p))
+}
+
+#[tokio::test]
+async fn late_joiner_of_a_multitrack_stream_gets_every_track_header_and_the_default_tracks_gop() {
+    let hub = Hub::default();
+    let p = hub.publish("live/mt").unwrap();
+    let (start, coded) = (0, 1);
+    p.send(track_video(0, 0, 1, start));
+    p.send(track_video(0, 1, 1, start));
+    p.send(track_video(0, 1, 1, start)); // track 1 reconfigured: replaces its own only
+    p.send(track_video(0, 0, 1, coded));
+    p.send(track_video(10, 1, 2, coded));
+    p.send(track_video(33, 1, 1, coded)); // track 1's keyframe: the GOP must not restart
+    p.send(track_video(40, 0, 2, coded));
+
+    let mut sub = hub.subscribe("live/mt");
+    assert!(sub.wait_live(Duration::from_secs(1)).await);
+    let mut frames = Vec::new();
+    sub.drain_into(&mut frames, usize::MAX);
+    let got: Vec<(u32, u8, bool)> =
+        frames.iter().map(|f| (f.timestamp(), f.payload()[6], f.is_sequence_header())).collect();
+    assert_eq!(
+        got,
+        vec![(0, 0, true), (0, 1, true), (0, 0, false), (10, 1, false), (33, 1, false), (40, 0, false)]
+    );
 }

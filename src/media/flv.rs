@@ -31,6 +31,12 @@ pub enum FlvError {
     /// The header's DataOffset is smaller than the 9-byte header itself.
     #[error("FLV header size {0} is below 9")]
     BadHeaderSize(u32),
+    /// There was no input at all.
+    #[error("the file is empty")]
+    Empty,
+    /// The input ended inside the header or a tag (a file cut short).
+    #[error("the file ends in the middle of {0}")]
+    Truncated(&'static str),
 }
 
 /// `FLV`, version, flags, u32 header size.
@@ -125,6 +131,21 @@ impl FlvReader {
         let payload = self.buf.split_to(size).freeze();
         self.buf.advance(PREVIOUS_TAG_SIZE_LEN);
         Ok(Some(FlvTag { kind, timestamp, payload }))
+    }
+
+    /// Checks that the input ended where a tag did; call once no more bytes will come.
+    /// Tags still in the buffer must have been taken with [`FlvReader::next_tag`] first.
+    pub fn finish(&self) -> Result<(), FlvError> {
+        if !self.header_done && self.buf.is_empty() {
+            // A partial header stays in the buffer, so nothing ever arrived.
+            Err(FlvError::Empty)
+        } else if !self.header_done || self.skip > 0 {
+            Err(FlvError::Truncated("the FLV header"))
+        } else if !self.buf.is_empty() {
+            Err(FlvError::Truncated("a tag"))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -377,6 +398,31 @@ mod tests {
             let mut reader = FlvReader::new(LIMIT);
             reader.push(&file[..cut]);
             assert_eq!(reader.next_tag(), Ok(None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn input_must_end_at_a_tag_boundary() {
+        let tags = &sample_tags()[..2];
+        let file = write_file(tags);
+        let after_first = 13 + TAG_HEADER_LEN + tags[0].payload.len() + PREVIOUS_TAG_SIZE_LEN;
+        let mut reader = FlvReader::new(LIMIT);
+        reader.push(&file);
+        assert_eq!(read_all(&mut reader).map(|t| t.len()), Ok(2));
+        assert_eq!(reader.finish(), Ok(()));
+        for cut in 0..file.len() {
+            let mut reader = FlvReader::new(LIMIT);
+            reader.push(&file[..cut]);
+            assert!(read_all(&mut reader).is_ok(), "cut at {cut}");
+            // A header and no tag at all is whole, if empty.
+            let want = match cut {
+                0 => Err(FlvError::Empty),
+                1..13 => Err(FlvError::Truncated("the FLV header")),
+                13 => Ok(()),
+                _ if cut == after_first => Ok(()),
+                _ => Err(FlvError::Truncated("a tag")),
+            };
+            assert_eq!(reader.finish(), want, "cut at {cut}");
         }
     }
 

@@ -100,6 +100,12 @@ impl Frame {
         self.0.info.sequence_header
     }
 
+    /// The tracks a sequence header configures (track 0 alone for all but E-RTMP
+    /// multitrack messages): a header replaces an earlier one only for these.
+    pub fn tracks(&self) -> TrackSet {
+        self.0.info.tracks
+    }
+
     /// Wire bytes for one `(chunk size, message stream id)` pair, encoded by `encode` at
     /// most once per frame for the first pair asked for; other pairs are encoded per call.
     pub fn encoded(&self, key: (u32, u32), encode: impl Fn() -> Bytes) -> Bytes {
@@ -130,10 +136,45 @@ impl Frame {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Inspection {
     /// A video frame that decoding can start at (legacy frame type 1, E-RTMP FrameType 1).
+    /// For E-RTMP multitrack, only a keyframe of track 0 (the default track, as the spec
+    /// recommends) counts: the GOP cache and a lagging player's skip restart there, and a
+    /// keyframe of another track alone would leave the default track undecodable.
     pub keyframe: bool,
     /// A codec configuration record (AVC/HEVC/AV1/VP9 decoder config, AAC AudioSpecificConfig,
     /// E-RTMP SequenceStart), which every late joiner needs before media.
     pub sequence_header: bool,
+    /// The E-RTMP tracks a sequence header configures; [`TrackSet::DEFAULT`] otherwise.
+    pub tracks: TrackSet,
+}
+
+/// A set of E-RTMP track ids (0..=255).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackSet([u64; 4]);
+
+impl TrackSet {
+    /// Track 0 alone: every message that is not E-RTMP multitrack.
+    pub const DEFAULT: TrackSet = TrackSet([1, 0, 0, 0]);
+    const EMPTY: TrackSet = TrackSet([0; 4]);
+
+    fn insert(&mut self, id: u8) {
+        self.0[usize::from(id / 64)] |= 1 << (id % 64);
+    }
+
+    /// Whether track `id` is in the set.
+    pub fn contains(&self, id: u8) -> bool {
+        self.0[usize::from(id / 64)] & (1 << (id % 64)) != 0
+    }
+
+    /// Whether every track of `self` is also in `other`.
+    pub fn is_subset_of(&self, other: &TrackSet) -> bool {
+        self.0.iter().zip(other.0.iter()).all(|(a, b)| a & !b == 0)
+    }
+}
+
+impl Default for TrackSet {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 // Legacy FLV video tag header (FLV spec v10.1, VIDEODATA).
@@ -170,10 +211,16 @@ const AUDIO_MODEX: u8 = 7;
 /// AvMultitrackType whose tracks each carry their own FourCC, so none follows the
 /// multitrack byte.
 const MANY_TRACKS_MANY_CODECS: u8 = 2;
+/// AvMultitrackType of a single track (FourCC, track id, then its data to the end).
+const ONE_TRACK: u8 = 0;
+/// AvMultitrackType of several tracks of one codec: one FourCC, then per track its id,
+/// a UI24 size and that many bytes.
+const MANY_TRACKS: u8 = 1;
 
-const NOTHING: Inspection = Inspection { keyframe: false, sequence_header: false };
-const KEYFRAME: Inspection = Inspection { keyframe: true, sequence_header: false };
-const SEQUENCE_HEADER: Inspection = Inspection { keyframe: false, sequence_header: true };
+const NOTHING: Inspection = Inspection { keyframe: false, sequence_header: false, tracks: TrackSet::DEFAULT };
+const KEYFRAME: Inspection = Inspection { keyframe: true, sequence_header: false, tracks: TrackSet::DEFAULT };
+const SEQUENCE_HEADER: Inspection =
+    Inspection { keyframe: false, sequence_header: true, tracks: TrackSet::DEFAULT };
 
 /// Inspects an FLV/RTMP video payload. Never panics; short or unknown payloads are
 /// neither keyframes nor sequence headers.
@@ -216,12 +263,14 @@ fn inspect_ex_video(first: u8, rest: &[u8]) -> Inspection {
     if frame_type == FRAME_COMMAND && packet_type != VIDEO_METADATA {
         return NOTHING;
     }
-    let Some(packet_type) = codec_packet_type(packet_type, VIDEO_MULTITRACK, rest) else {
+    let Some((packet_type, tracks)) = codec_packet_type(packet_type, VIDEO_MULTITRACK, rest) else {
         return NOTHING;
     };
     match packet_type {
-        VIDEO_SEQUENCE_START | VIDEO_MPEG2TS_SEQUENCE_START => SEQUENCE_HEADER,
-        VIDEO_CODED_FRAMES | VIDEO_CODED_FRAMES_X if frame_type == FRAME_KEY => KEYFRAME,
+        VIDEO_SEQUENCE_START | VIDEO_MPEG2TS_SEQUENCE_START => Inspection { tracks, ..SEQUENCE_HEADER },
+        VIDEO_CODED_FRAMES | VIDEO_CODED_FRAMES_X if frame_type == FRAME_KEY && tracks.contains(0) => {
+            KEYFRAME
+        }
         _ => NOTHING,
     }
 }
@@ -251,9 +300,10 @@ fn inspect_ex_audio(first: u8, rest: &[u8]) -> Inspection {
     let Some((packet_type, rest)) = skip_modex(first & 0x0F, AUDIO_MODEX, rest) else {
         return NOTHING;
     };
+    // Audio frames of any track decode on their own, so all are "keyframes".
     match codec_packet_type(packet_type, AUDIO_MULTITRACK, rest) {
-        Some(AUDIO_SEQUENCE_START) => SEQUENCE_HEADER,
-        Some(AUDIO_CODED_FRAMES) => KEYFRAME,
+        Some((AUDIO_SEQUENCE_START, tracks)) => Inspection { tracks, ..SEQUENCE_HEADER },
+        Some((AUDIO_CODED_FRAMES, _)) => KEYFRAME,
         _ => NOTHING,
     }
 }
@@ -281,22 +331,53 @@ fn skip_modex(mut packet_type: u8, modex: u8, mut rest: &[u8]) -> Option<(u8, &[
     Some((packet_type, rest))
 }
 
-/// The packet type that classifies the payload, after checking the FourCC is present:
-/// for Multitrack, the inner packet type shared by all tracks. `None` when the header
-/// is cut short or malformed.
-fn codec_packet_type(packet_type: u8, multitrack: u8, rest: &[u8]) -> Option<u8> {
+/// The packet type that classifies the payload, after checking the FourCC is present,
+/// and the tracks the payload carries. For Multitrack, the inner packet type (shared by
+/// all tracks) and every track id in it: each track of the message is walked, so a
+/// message for tracks 1 and 2 is not taken for one about the default track. A track cut
+/// short ends the walk uncounted, so more bytes only ever add tracks (a prefix never
+/// claims more than the whole). `None` when the header is cut short or malformed, or a
+/// multitrack message carries no whole track.
+fn codec_packet_type(packet_type: u8, multitrack: u8, rest: &[u8]) -> Option<(u8, TrackSet)> {
     if packet_type != multitrack {
         split_at(rest, 4)?;
-        return Some(packet_type);
+        return Some((packet_type, TrackSet::DEFAULT));
     }
-    let (&tracks, after) = rest.split_first()?;
-    let inner = tracks & 0x0F;
-    if tracks >> 4 != MANY_TRACKS_MANY_CODECS {
-        split_at(after, 4)?;
+    let (&byte, mut rest) = rest.split_first()?;
+    let (layout, inner) = (byte >> 4, byte & 0x0F);
+    let mut tracks = TrackSet::EMPTY;
+    match layout {
+        ONE_TRACK => {
+            let (_fourcc, after) = split_at(rest, 4)?;
+            tracks.insert(*after.first()?);
+        }
+        MANY_TRACKS | MANY_TRACKS_MANY_CODECS => {
+            if layout == MANY_TRACKS {
+                rest = split_at(rest, 4)?.1;
+            }
+            while let Some((id, after)) = next_track(layout, rest) {
+                tracks.insert(id);
+                rest = after;
+            }
+        }
+        _ => return None,
+    }
+    if tracks == TrackSet::EMPTY {
+        return None;
     }
     // A nested Multitrack or ModEx (which the spec does not define) classifies as
     // nothing further down.
-    Some(inner)
+    Some((inner, tracks))
+}
+
+/// One whole track of a ManyTracks (`[id, u24 size, data]`) or ManyTracksManyCodecs
+/// (`[FourCC, id, u24 size, data]`) message: its id and what follows it.
+fn next_track(layout: u8, rest: &[u8]) -> Option<(u8, &[u8])> {
+    let rest = if layout == MANY_TRACKS_MANY_CODECS { split_at(rest, 4)?.1 } else { rest };
+    let (&id, after) = rest.split_first()?;
+    let (size, after) = split_at(after, 3)?;
+    let size = usize::from(size[0]) << 16 | usize::from(size[1]) << 8 | usize::from(size[2]);
+    Some((id, split_at(after, size)?.1))
 }
 
 /// `slice.split_at(n)` without the panic.
@@ -386,12 +467,85 @@ mod tests {
         // ManyTracksManyCodecs: no FourCC after the multitrack byte.
         let many_codecs = [b'a', b'v', b'c', b'1', 0, 0, 0, 1, 0xAA];
         assert_eq!(inspect_video(&multitrack(1, 2, VIDEO_SEQUENCE_START, &many_codecs)), SEQUENCE_HEADER);
-        assert_eq!(inspect_video(&multitrack(1, 2, VIDEO_CODED_FRAMES, &[])), KEYFRAME);
+        // No track at all carries nothing.
+        assert_eq!(inspect_video(&multitrack(1, 2, VIDEO_CODED_FRAMES, &[])), NOTHING);
         // Cut short: no multitrack byte, or a FourCC that is not all there.
         assert_eq!(inspect_video(&[VIDEO_EX_HEADER | 1 << 4 | VIDEO_MULTITRACK]), NOTHING);
         assert_eq!(inspect_video(&multitrack(1, 0, VIDEO_CODED_FRAMES, b"hvc")), NOTHING);
         // Nested multitrack is not defined by the spec.
         assert_eq!(inspect_video(&multitrack(1, 0, VIDEO_MULTITRACK, &one)), NOTHING);
+    }
+
+    /// One track of a multitrack message: FourCC, track id, data.
+    type Track<'a> = (&'a [u8; 4], u8, &'a [u8]);
+
+    /// A multitrack video message with the given layout and tracks.
+    fn multitrack_video(frame_type: u8, packet_type: u8, layout: u8, tracks: &[Track<'_>]) -> Vec<u8> {
+        let mut tag = vec![VIDEO_EX_HEADER | frame_type << 4 | VIDEO_MULTITRACK, layout << 4 | packet_type];
+        if layout == MANY_TRACKS {
+            tag.extend_from_slice(tracks[0].0);
+        }
+        for (fourcc, id, data) in tracks {
+            if layout != MANY_TRACKS {
+                tag.extend_from_slice(*fourcc);
+            }
+            tag.push(*id);
+            if layout != ONE_TRACK {
+                tag.extend_from_slice(&(data.len() as u32).to_be_bytes()[1..]);
+            }
+            tag.extend_from_slice(data);
+        }
+        tag
+    }
+
+    #[test]
+    fn multitrack_classifies_every_track() {
+        let set = |ids: &[u8]| {
+            let mut s = TrackSet::EMPTY;
+            ids.iter().for_each(|id| s.insert(*id));
+            s
+        };
+        let header = |tracks| Inspection { tracks, ..SEQUENCE_HEADER };
+        // (layout, tracks, expected for SequenceStart, expected for a key CodedFrames)
+        let rows: [(u8, &[Track<'_>], Inspection, Inspection); 6] = [
+            (ONE_TRACK, &[(b"hvc1", 0, &[1, 2])], header(set(&[0])), KEYFRAME),
+            // A keyframe of another track only: not where the default track can start.
+            (ONE_TRACK, &[(b"hvc1", 1, &[1, 2])], header(set(&[1])), NOTHING),
+            (MANY_TRACKS, &[(b"av01", 1, &[1]), (b"av01", 2, &[2, 2])], header(set(&[1, 2])), NOTHING),
+            (MANY_TRACKS, &[(b"av01", 2, &[1]), (b"av01", 0, &[])], header(set(&[0, 2])), KEYFRAME),
+            (
+                MANY_TRACKS_MANY_CODECS,
+                &[(b"avc1", 3, &[1]), (b"hvc1", 7, &[2])],
+                header(set(&[3, 7])),
+                NOTHING,
+            ),
+            (
+                MANY_TRACKS_MANY_CODECS,
+                &[(b"avc1", 9, &[]), (b"vp09", 0, &[5; 300])],
+                header(set(&[0, 9])),
+                KEYFRAME,
+            ),
+        ];
+        for (layout, tracks, want_header, want_key) in rows {
+            let tag = multitrack_video(1, VIDEO_SEQUENCE_START, layout, tracks);
+            assert_eq!(inspect_video(&tag), want_header, "{layout} {tracks:?}");
+            let tag = multitrack_video(1, VIDEO_CODED_FRAMES, layout, tracks);
+            assert_eq!(inspect_video(&tag), want_key, "{layout} {tracks:?}");
+            // A track cut short does not count; the tracks before it still do.
+            if layout != ONE_TRACK {
+                let cut = inspect_video(
+                    &multitrack_video(1, VIDEO_SEQUENCE_START, layout, tracks)[..tag.len() - 1],
+                );
+                let first = set(&[tracks[0].1]);
+                assert_eq!(cut, header(first), "{layout} {tracks:?} cut");
+            }
+        }
+        // Unknown layouts are refused.
+        assert_eq!(
+            inspect_video(&multitrack_video(1, VIDEO_CODED_FRAMES, 3, &[(b"hvc1", 0, &[1])])),
+            NOTHING
+        );
+        assert!(set(&[1]).is_subset_of(&set(&[1, 200])) && !set(&[0, 1]).is_subset_of(&set(&[1])));
     }
 
     #[test]
@@ -501,7 +655,8 @@ mod tests {
         let multitrack = SOUND_EX_HEADER << 4 | AUDIO_MULTITRACK;
         let one = [multitrack, AUDIO_CODED_FRAMES, b'O', b'p', b'u', b's', 0, 0xFC];
         assert_eq!(inspect_audio(&one), KEYFRAME);
-        let many_codecs = [multitrack, 2 << 4 | AUDIO_SEQUENCE_START, b'm', b'p', b'4', b'a'];
+        let many_codecs =
+            [multitrack, 2 << 4 | AUDIO_SEQUENCE_START, b'm', b'p', b'4', b'a', 0, 0, 0, 2, 0x12, 0x10];
         assert_eq!(inspect_audio(&many_codecs), SEQUENCE_HEADER);
         assert_eq!(inspect_audio(&[multitrack, AUDIO_CODED_FRAMES, b'O', b'p']), NOTHING);
         assert_eq!(inspect_audio(&[multitrack]), NOTHING);

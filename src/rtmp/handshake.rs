@@ -8,10 +8,17 @@ use rml_rtmp::handshake::{Handshake as RmlHandshake, HandshakeProcessResult, Pee
 /// Size of C0+C1 (and S0+S1), which is all a peer sends before it hears back.
 pub const C0_C1_LEN: usize = 1 + 1536;
 
-/// Why a handshake failed.
+/// Why a handshake failed. The message includes rml_rtmp's, which is therefore not
+/// also the `source()` (a `{:#}` chain would print it twice).
 #[derive(Debug, thiserror::Error)]
 #[error("RTMP handshake failed: {0}")]
-pub struct HandshakeError(#[from] rml_rtmp::handshake::HandshakeError);
+pub struct HandshakeError(rml_rtmp::handshake::HandshakeError);
+
+impl From<rml_rtmp::handshake::HandshakeError> for HandshakeError {
+    fn from(e: rml_rtmp::handshake::HandshakeError) -> Self {
+        Self(e)
+    }
+}
 
 /// Handshake progress for one side of a connection.
 pub struct Handshake {

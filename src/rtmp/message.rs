@@ -109,15 +109,22 @@ pub enum MessageError {
     /// A control message shorter than its fixed layout.
     #[error("message type {0} is too short")]
     Short(u8),
-    /// A command whose AMF0 is malformed.
+    /// A command whose AMF0 is malformed (the message includes the cause, which is
+    /// therefore not also its `source()`).
     #[error("bad AMF0 in command: {0}")]
-    Amf0(#[from] Amf0Error),
+    Amf0(Amf0Error),
     /// A command larger than [`MAX_COMMAND_SIZE`].
     #[error("command of {0} bytes exceeds the limit of {MAX_COMMAND_SIZE}")]
     CommandTooLarge(usize),
     /// A command without a name or transaction id.
     #[error("command without name or transaction id")]
     BadCommand,
+}
+
+impl From<Amf0Error> for MessageError {
+    fn from(e: Amf0Error) -> Self {
+        Self::Amf0(e)
+    }
 }
 
 impl RtmpMessage {

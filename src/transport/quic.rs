@@ -35,9 +35,15 @@ pub enum QuicError {
     /// A timeout value out of QUIC's range.
     #[error("QUIC idle timeout out of range")]
     IdleTimeout,
-    /// Socket setup failed.
+    /// Socket setup failed (the message includes the cause, so it is no `source()`).
     #[error("QUIC endpoint: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for QuicError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
 }
 
 /// Transport parameters, set explicitly rather than left to library defaults: the idle
@@ -90,6 +96,27 @@ pub fn server_endpoint(socket: UdpSocket, id: &Identity, config: &Config) -> Res
     Ok(endpoint)
 }
 
+/// Longest silence from the server a client tolerates, and its keep-alive interval.
+/// A publisher or player always expects traffic (media, acknowledgements, keep-alives), so
+/// a server that sends nothing for this long is gone (crashed, unplugged): the client
+/// must fail within seconds, as a TCP client does on a reset, not after the server's
+/// 30 s. QUIC uses the smaller of both sides' idle timeouts, so the server drops a dead
+/// client equally fast; the client's keep-alives keep a healthy idle session (a player
+/// waiting for its publisher) open.
+const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+/// [`transport_config`] for a client: idle timeout and keep-alive at most
+/// [`CLIENT_IDLE_TIMEOUT`] and [`CLIENT_KEEP_ALIVE`].
+pub fn client_transport_config(config: &Config) -> Result<TransportConfig, QuicError> {
+    let mut t = transport_config(config)?;
+    let idle = Duration::from_millis(config.quic_idle_timeout_ms).min(CLIENT_IDLE_TIMEOUT);
+    let keep_alive = Duration::from_millis(config.quic_keep_alive_ms).min(CLIENT_KEEP_ALIVE).min(idle / 2);
+    t.max_idle_timeout(Some(IdleTimeout::try_from(idle).map_err(|_| QuicError::IdleTimeout)?));
+    t.keep_alive_interval(Some(keep_alive));
+    Ok(t)
+}
+
 /// A client endpoint with the given trust, bound to an ephemeral port of `peer`'s family.
 pub fn client_endpoint(
     peer: SocketAddr,
@@ -100,7 +127,7 @@ pub fn client_endpoint(
     let tls = tls::client_config(trust, &[alpn])?;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| QuicError::Crypto(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(Arc::new(transport_config(config)?));
+    client.transport_config(Arc::new(client_transport_config(config)?));
     let bind: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
         .map_err(|_| QuicError::Crypto("bad bind address".into()))?;

@@ -55,7 +55,9 @@ pub async fn accept_loop(
         };
         let ctx = ctx.clone();
         let tls = tls.clone();
-        let span = info_span!("conn", %peer, transport = "tcp", session_id = tracing::field::Empty);
+        // Recorded once known: a field given twice is logged twice.
+        let span =
+            info_span!("conn", %peer, transport = tracing::field::Empty, session_id = tracing::field::Empty);
         tasks.spawn(
             async move {
                 let _permit = permit;
@@ -72,7 +74,6 @@ async fn handle(stream: TcpStream, peer: std::net::SocketAddr, tls: Option<TlsAc
     if let Err(e) = stream.set_nodelay(ctx.config.tcp_nodelay) {
         warn!(error = %e, "set_nodelay failed");
     }
-    info!("connected");
     let deadline = ctx.handshake_deadline();
     let mut first = [0u8; 1];
     let is_tls = match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
@@ -81,18 +82,17 @@ async fn handle(stream: TcpStream, peer: std::net::SocketAddr, tls: Option<TlsAc
         Ok(Err(e)) => return info!(error = %e, "closed before the handshake"),
         Err(_) => return warn!("closed: handshake timed out"),
     };
+    tracing::Span::current().record("transport", if is_tls { "tls" } else { "tcp" });
+    info!("connected");
     let result = match (is_tls, tls) {
-        (true, Some(acceptor)) => {
-            tracing::Span::current().record("transport", "tls");
-            match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => {
-                    let (r, w) = tokio::io::split(tls_stream);
-                    serve_rtmp(r, w, ctx, (peer, "tls"), deadline).await
-                }
-                Ok(Err(e)) => return warn!(error = %e, "TLS handshake failed"),
-                Err(_) => return warn!("closed: TLS handshake timed out"),
+        (true, Some(acceptor)) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(tls_stream)) => {
+                let (r, w) = tokio::io::split(tls_stream);
+                serve_rtmp(r, w, ctx, (peer, "tls"), deadline).await
             }
-        }
+            Ok(Err(e)) => return warn!(error = %e, "TLS handshake failed"),
+            Err(_) => return warn!("closed: TLS handshake timed out"),
+        },
         (true, None) => return warn!("closed: TLS offered but RTMPS is not configured"),
         (false, _) => {
             let (r, w) = stream.into_split();

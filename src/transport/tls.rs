@@ -1,5 +1,7 @@
 //! TLS material for QUIC and RTMPS: loading PEM files, making the development CA and
-//! localhost certificate on first run, and rustls configs for both sides (TLS 1.3 only).
+//! localhost certificate on first run, and rustls configs for both sides: TLS 1.3 only for
+//! QUIC (which requires it), TLS 1.2 too for RTMPS, where encoders that speak nothing
+//! newer are common.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,30 +21,43 @@ pub const DEV_CA_FILE: &str = "dev-ca.pem";
 const DEV_CERT_FILE: &str = "localhost.pem";
 const DEV_KEY_FILE: &str = "localhost.key";
 
-/// Why TLS material could not be prepared.
+/// Why TLS material could not be prepared. Messages include their cause, which is
+/// therefore never also the `source()`: a `{:#}` chain prints each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A PEM file held no usable certificate or key.
-    #[error("{0}: no certificate or private key found")]
+    #[error("{}: no certificate or private key found", .0.display())]
     Empty(PathBuf),
     /// Generating the development certificates failed.
     #[error("generating certificates: {0}")]
-    Generate(#[from] rcgen::Error),
+    Generate(rcgen::Error),
     /// rustls refused the material.
     #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(rustls::Error),
+}
+
+impl From<rcgen::Error> for TlsError {
+    fn from(e: rcgen::Error) -> Self {
+        Self::Generate(e)
+    }
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> Self {
+        Self::Rustls(e)
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io { path: path.to_owned(), source }
+    move |error| TlsError::Io { path: path.to_owned(), error }
 }
 
 /// A certificate chain and its key.
@@ -130,10 +145,45 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Server config (TLS 1.3 only) with the given ALPN list.
+/// The TLS 1.2 suites RTMPS accepts: ECDHE key exchange (forward secrecy) with an AEAD
+/// cipher. TLS 1.2 is there only for encoders that lack 1.3, so nothing older.
+const TLS12_SUITES: [rustls::CipherSuite; 6] = [
+    rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    rustls::CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+];
+
+/// ring's TLS 1.3 suites and [`TLS12_SUITES`]: an explicit list rather than the
+/// provider's default, which could grow weaker suites in a later release.
+fn modern_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.retain(|suite| match suite {
+        rustls::SupportedCipherSuite::Tls13(_) => true,
+        rustls::SupportedCipherSuite::Tls12(s) => TLS12_SUITES.contains(&s.common.suite),
+    });
+    Arc::new(provider)
+}
+
+/// Server config for QUIC (TLS 1.3 only) with the given ALPN list.
 pub fn server_config(id: &Identity, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
+    server_config_with(id, alpn, &[&rustls::version::TLS13])
+}
+
+/// Server config for RTMPS: TLS 1.3, and TLS 1.2 with ECDHE + AEAD suites only.
+pub fn rtmps_server_config(id: &Identity) -> Result<rustls::ServerConfig, TlsError> {
+    server_config_with(id, &[], &[&rustls::version::TLS13, &rustls::version::TLS12])
+}
+
+fn server_config_with(
+    id: &Identity,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(modern_provider())
+        .with_protocol_versions(versions)?
         .with_no_client_auth()
         .with_single_cert(id.chain.clone(), id.key.clone_key())?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -151,10 +201,24 @@ pub enum Trust {
     Insecure,
 }
 
-/// Client config (TLS 1.3 only) with the given ALPN list.
+/// Client config for QUIC (TLS 1.3 only) with the given ALPN list.
 pub fn client_config(trust: &Trust, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    client_config_with(trust, alpn, &[&rustls::version::TLS13])
+}
+
+/// Client config for RTMPS: TLS 1.3 preferred, TLS 1.2 (ECDHE + AEAD) for servers
+/// without it.
+pub fn rtmps_client_config(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
+    client_config_with(trust, &[], &[&rustls::version::TLS13, &rustls::version::TLS12])
+}
+
+fn client_config_with(
+    trust: &Trust,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let builder =
+        rustls::ClientConfig::builder_with_provider(modern_provider()).with_protocol_versions(versions)?;
     let mut config = match trust {
         Trust::Insecure => builder
             .dangerous()

@@ -329,6 +329,11 @@ pub struct ServeProcess {
 pub async fn spawn_serve<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Result<ServeProcess> {
     let mut cmd = qrelay(["serve"]);
     cmd.args(args);
+    spawn_serve_cmd(cmd).await
+}
+
+/// Runs a prepared `qrelay serve` command and waits until it listens.
+pub async fn spawn_serve_cmd(mut cmd: Command) -> Result<ServeProcess> {
     let mut child = spawn(&mut cmd)?;
     let stderr = child.stderr.take().context("no stderr pipe")?;
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -338,9 +343,8 @@ pub async fn spawn_serve<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> 
     let reader = tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            let line = strip_ansi(&line);
             sink.lock().unwrap().push(line.clone());
-            let _ = tx.send(line);
+            let _ = tx.send(strip_ansi(&line));
         }
     });
     let addr = tokio::time::timeout(Duration::from_secs(10), async {
@@ -353,13 +357,18 @@ pub async fn spawn_serve<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> 
     })
     .await
     .map_err(|_| anyhow!("qrelay serve did not log `listening` within 10 s"))?
-    .with_context(|| format!("log: {}", log.lock().unwrap().join("\n")))?;
+    .with_context(|| format!("log: {}", strip_ansi(&log.lock().unwrap().join("\n"))))?;
     Ok(ServeProcess { child, addr, log, _reader: reader })
 }
 
 impl ServeProcess {
     /// Everything the relay logged so far.
     pub fn logs(&self) -> String {
+        strip_ansi(&self.raw_logs())
+    }
+
+    /// Everything the relay logged so far, escape sequences included.
+    pub fn raw_logs(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 

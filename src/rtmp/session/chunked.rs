@@ -280,6 +280,11 @@ impl ClientSession {
         self.core.is_publishing()
     }
 
+    /// Whether a play was requested and not started yet (see [`ClientCore::awaiting_play`]).
+    pub fn awaiting_play(&self) -> bool {
+        self.core.awaiting_play()
+    }
+
     /// Queues a media message (only while publishing; ignored otherwise).
     pub fn send_media(&mut self, kind: MediaKind, timestamp: u32, payload: Bytes) {
         self.core.send_media(kind, timestamp, payload);

@@ -118,6 +118,12 @@ impl ClientCore {
         self.mode == ClientMode::Publish && matches!(self.state, State::Active(_))
     }
 
+    /// Whether a play was requested and the server has not started it yet: a server
+    /// holds such a player until its stream is published.
+    pub fn awaiting_play(&self) -> bool {
+        self.mode == ClientMode::Play && matches!(self.state, State::Starting(_))
+    }
+
     /// Queues a media message (only while publishing; ignored otherwise).
     pub fn send_media(&mut self, kind: MediaKind, timestamp: u32, payload: Bytes) {
         if let (ClientMode::Publish, State::Active(sid)) = (self.mode, self.state) {

@@ -53,7 +53,8 @@ impl Default for SessionConfig {
     }
 }
 
-/// Why a session ended.
+/// Why a session ended. Messages include their cause, which is therefore never also the
+/// `source()`: a `{:#}` chain prints each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     /// The handshake was malformed.
@@ -61,10 +62,10 @@ pub enum SessionError {
     Handshake(#[from] HandshakeError),
     /// The chunk stream was malformed or broke a limit.
     #[error("chunk stream: {0}")]
-    Chunk(#[from] ChunkError),
+    Chunk(ChunkError),
     /// A message was malformed.
     #[error("message: {0}")]
-    Message(#[from] MessageError),
+    Message(MessageError),
     /// A well-formed message that is not allowed now (e.g. publish before connect).
     #[error("protocol violation: {0}")]
     Protocol(String),
@@ -76,4 +77,16 @@ pub enum SessionError {
         /// The peer's description.
         description: String,
     },
+}
+
+impl From<ChunkError> for SessionError {
+    fn from(e: ChunkError) -> Self {
+        Self::Chunk(e)
+    }
+}
+
+impl From<MessageError> for SessionError {
+    fn from(e: MessageError) -> Self {
+        Self::Message(e)
+    }
 }

@@ -25,22 +25,22 @@ pub enum ServerEvent {
     PublishRequest {
         /// Message stream the publish arrived on.
         stream_id: u32,
-        /// Application from `connect`.
+        /// Application from `connect`, with its query (or tcUrl's) for authorisation.
         app: String,
         /// Stream key with its query.
         key: String,
-        /// `app/key` without the key's query.
+        /// `app/key` without either's query.
         session_id: String,
     },
     /// The client wants to play; answer with `accept_play` or `reject_play`.
     PlayRequest {
         /// Message stream the play arrived on.
         stream_id: u32,
-        /// Application from `connect`.
+        /// Application from `connect`, with its query (or tcUrl's) for authorisation.
         app: String,
         /// Stream key with its query.
         key: String,
-        /// `app/key` without the key's query.
+        /// `app/key` without either's query.
         session_id: String,
     },
     /// A media or data message from the publisher.
@@ -222,9 +222,16 @@ impl ServerCore {
                 self.result(cmd.transaction, Amf0Value::Null, vec![Amf0Value::Number(f64::from(id))]);
                 Ok(())
             }
-            "releaseStream" | "FCPublish" | "getStreamLength" => {
+            "releaseStream" | "FCPublish" => {
                 self.require_connected(&cmd.name)?;
                 self.result(cmd.transaction, Amf0Value::Null, vec![Amf0Value::Undefined]);
+                Ok(())
+            }
+            "getStreamLength" => {
+                self.require_connected(&cmd.name)?;
+                // A live stream has no length: players (ffmpeg, VLC) expect a number and
+                // read 0 as "live, not seekable"; anything else they log as unexpected.
+                self.result(cmd.transaction, Amf0Value::Null, vec![Amf0Value::Number(0.0)]);
                 Ok(())
             }
             "publish" => {
@@ -265,22 +272,29 @@ impl ServerCore {
         if self.app.is_some() {
             return Err(SessionError::Protocol("second connect on one session".into()));
         }
-        let app = cmd
-            .object
-            .get("app")
-            .and_then(Amf0Value::as_str)
-            .map(|a| a.trim_matches('/').to_owned())
-            .unwrap_or_default();
-        if app.is_empty() || app.len() > MAX_NAME_LEN || app.chars().any(char::is_control) {
+        let field = |name| cmd.object.get(name).and_then(Amf0Value::as_str);
+        let mut app = field("app").map(|a| a.trim_matches('/').to_owned()).unwrap_or_default();
+        // A token may come in the app (`live?token=abc`) or only in tcUrl
+        // (`rtmp://host/live?token=abc`): kept with the app for authorisation, left out
+        // of the session ID.
+        if let (false, Some((_, query))) = (app.contains('?'), field("tcUrl").and_then(|t| t.split_once('?')))
+        {
+            app = format!("{app}?{query}");
+        }
+        let name = crate::url::without_query(&app).trim_matches('/');
+        if name.is_empty() || app.len() > MAX_NAME_LEN || app.chars().any(char::is_control) {
             return Err(SessionError::Protocol("connect without a valid app".into()));
         }
         self.app = Some(app);
         self.connect = Some(cmd.object.clone());
         self.out.push_back(Transmit::Setup);
-        let props = amf0::object([
+        let mut props = amf0::object([
             ("fmsVer", Amf0Value::String("FMS/3,0,1,123".into())),
             ("capabilities", Amf0Value::Number(31.0)),
         ]);
+        if let (true, Amf0Value::Object(p)) = (declares_enhanced_rtmp(&cmd.object), &mut props) {
+            p.extend(enhanced_rtmp_capabilities(&cmd.object));
+        }
         let mut info = message::status("status", "NetConnection.Connect.Success", "Connection succeeded.");
         if let Amf0Value::Object(p) = &mut info {
             p.push(("objectEncoding".into(), Amf0Value::Number(0.0)));
@@ -317,4 +331,36 @@ impl ServerCore {
         }
         Ok((app, key.to_owned()))
     }
+}
+
+/// E-RTMP v2 `capsEx` bits the relay supports: Multitrack (0x02) and ModEx (0x04), both
+/// relayed byte for byte and parsed for keyframes and sequence headers. Not Reconnect
+/// (0x01): the relay never asks a publisher to reconnect.
+const CAPS_EX: f64 = (0x02 | 0x04) as f64;
+/// `FourCcInfoMask.CanForward`: a relay forwards every codec without decoding it.
+const CAN_FORWARD: f64 = 4.0;
+
+/// Whether a `connect` declares E-RTMP support (v1 `fourCcList`, v2 `capsEx` or a
+/// FourCC info map). Only such clients get E-RTMP properties back, so legacy clients see
+/// the answer they always did.
+fn declares_enhanced_rtmp(object: &Amf0Value) -> bool {
+    ["fourCcList", "videoFourCcInfoMap", "audioFourCcInfoMap", "capsEx"]
+        .iter()
+        .any(|k| object.get(k).is_some())
+}
+
+/// The relay's E-RTMP v2 capabilities for the `connect` answer, as the spec asks a server
+/// to state them: any codec forwarded (the `*` wildcard), and [`CAPS_EX`]. A v1 client's
+/// `fourCcList` is answered in kind.
+fn enhanced_rtmp_capabilities(object: &Amf0Value) -> Vec<(String, Amf0Value)> {
+    let any = || amf0::object([("*", Amf0Value::Number(CAN_FORWARD))]);
+    let mut props = vec![
+        ("videoFourCcInfoMap".to_owned(), any()),
+        ("audioFourCcInfoMap".to_owned(), any()),
+        ("capsEx".to_owned(), Amf0Value::Number(CAPS_EX)),
+    ];
+    if object.get("fourCcList").is_some() {
+        props.push(("fourCcList".to_owned(), Amf0Value::StrictArray(vec![Amf0Value::String("*".into())])));
+    }
+    props
 }

@@ -269,3 +269,121 @@ fn message_level_cores_publish_and_play_without_any_framing() {
     pump_cores(&mut player, &mut ss);
     assert_eq!(player.poll_event(), Some(ClientEvent::StreamEnded));
 }
+
+fn server_output_messages(s: &mut ServerSession) -> Vec<RtmpMessage> {
+    let out = s.take_output().unwrap_or_default();
+    let mut dec = chunk::ChunkDecoder::new(Default::default());
+    let mut buf = bytes::BytesMut::from(&out[..]);
+    let mut msgs = Vec::new();
+    while let Some(m) = dec.decode(&mut buf).unwrap() {
+        let parsed = RtmpMessage::parse(&m).unwrap();
+        if let RtmpMessage::SetChunkSize(n) = parsed {
+            dec.set_chunk_size(n).unwrap();
+        }
+        msgs.push(parsed);
+    }
+    msgs
+}
+
+#[test]
+fn get_stream_length_is_answered_with_a_number() {
+    use crate::rtmp::amf0::Amf0Value;
+    let (mut s, _) = connected_server();
+    let connect = crate::rtmp::message::Command {
+        name: "connect".into(),
+        transaction: 1.0,
+        object: crate::rtmp::amf0::object([("app", Amf0Value::String("live".into()))]),
+        args: vec![],
+    };
+    s.handle_input(&chunk::encode_to_bytes(&RtmpMessage::Command(connect).to_message(0, 0), 128)).unwrap();
+    let _ = s.take_output();
+    s.handle_input(&command("getStreamLength", 3.0, 0, vec![Amf0Value::String("x".into())])).unwrap();
+    // ffmpeg reads `_result`, the transaction, null, then a number; anything else it logs
+    // as "Unexpected reply on getStreamLength()". 0 means live.
+    let answer = server_output_messages(&mut s).into_iter().find_map(|m| match m {
+        RtmpMessage::Command(c) if c.name == "_result" && c.transaction == 3.0 => Some(c),
+        _ => None,
+    });
+    let answer = answer.expect("no answer to getStreamLength");
+    assert_eq!(answer.object, Amf0Value::Null);
+    assert_eq!(answer.args, vec![Amf0Value::Number(0.0)]);
+}
+
+#[test]
+fn a_token_in_the_app_or_tc_url_stays_out_of_the_session_id() {
+    // (app, tcUrl) as encoders send them: OBS's "Server" box with a token goes into
+    // both; other clients put it only in tcUrl.
+    let cases = [
+        ("live?token=abc", "rtmp://h:1935/live?token=abc", "live?token=abc"),
+        ("live", "rtmp://h:1935/live?token=abc", "live?token=abc"),
+        ("live?token=abc", "rtmp://h:1935/live", "live?token=abc"),
+        ("a/b/?t=1", "rtmp://h/a/b/?t=1", "a/b/?t=1"),
+    ];
+    for (app, tc_url, want_app) in cases {
+        let mut c =
+            ClientSession::new(SessionConfig::default(), ClientMode::Publish, app, "cam3", tc_url).unwrap();
+        let mut s = ServerSession::new(SessionConfig::default());
+        let events = pump(&mut c, &mut s);
+        match events.as_slice() {
+            [ServerEvent::PublishRequest { session_id, app, key, .. }] => {
+                assert_eq!(session_id, if want_app.starts_with("a/b") { "a/b/cam3" } else { "live/cam3" });
+                assert_eq!(app, want_app, "the query is kept for authorisation");
+                assert_eq!(key, "cam3");
+            }
+            other => panic!("{app} {tc_url}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn connect_with_only_a_query_as_app_is_refused() {
+    let mut c =
+        ClientSession::new(SessionConfig::default(), ClientMode::Play, "?token=abc", "k", "rtmp://h/")
+            .unwrap();
+    let mut s = ServerSession::new(SessionConfig::default());
+    let c0c1 = c.take_output().unwrap();
+    s.handle_input(&c0c1).unwrap();
+    c.handle_input(&s.take_output().unwrap()).unwrap();
+    let err = s.handle_input(&c.take_output().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("valid app"), "{err}");
+}
+
+/// The properties object of the server's answer to `connect` with `object`.
+fn connect_answer(object: crate::rtmp::amf0::Amf0Value) -> crate::rtmp::amf0::Amf0Value {
+    let (mut s, _) = connected_server();
+    let connect =
+        crate::rtmp::message::Command { name: "connect".into(), transaction: 1.0, object, args: vec![] };
+    s.handle_input(&chunk::encode_to_bytes(&RtmpMessage::Command(connect).to_message(0, 0), 128)).unwrap();
+    let answer = server_output_messages(&mut s).into_iter().find_map(|m| match m {
+        RtmpMessage::Command(c) if c.name == "_result" && c.transaction == 1.0 => Some(c.object),
+        _ => None,
+    });
+    answer.expect("no answer to connect")
+}
+
+#[test]
+fn enhanced_rtmp_clients_get_the_relays_capabilities() {
+    use crate::rtmp::amf0::{object, Amf0Value};
+    let app = || ("app", Amf0Value::String("live".into()));
+    // OBS-style E-RTMP v2 connect: capsEx and a FourCC info map.
+    let v2 = connect_answer(object([
+        app(),
+        ("capsEx", Amf0Value::Number(2.0)),
+        ("videoFourCcInfoMap", object([("hvc1", Amf0Value::Number(2.0))])),
+    ]));
+    let caps = v2.get("capsEx").and_then(Amf0Value::as_number);
+    assert_eq!(caps, Some(6.0), "Multitrack | ModEx");
+    for map in ["videoFourCcInfoMap", "audioFourCcInfoMap"] {
+        let forward = v2.get(map).and_then(|m| m.get("*")).and_then(Amf0Value::as_number);
+        assert_eq!(forward, Some(4.0), "{map}: CanForward for any codec");
+    }
+    assert!(v2.get("fourCcList").is_none());
+    // v1: fourCcList answered in kind.
+    let list = vec![Amf0Value::String("hvc1".into())];
+    let v1 = connect_answer(object([app(), ("fourCcList", Amf0Value::StrictArray(list))]));
+    assert_eq!(v1.get("fourCcList"), Some(&Amf0Value::StrictArray(vec![Amf0Value::String("*".into())])));
+    // Legacy clients get the legacy answer.
+    let legacy = connect_answer(object([app()]));
+    assert!(legacy.get("capsEx").is_none() && legacy.get("videoFourCcInfoMap").is_none());
+    assert_eq!(legacy.get("fmsVer").and_then(Amf0Value::as_str), Some("FMS/3,0,1,123"));
+}
