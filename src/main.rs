@@ -124,19 +124,27 @@ impl TrustArgs {
     }
 }
 
-/// Logging when `RUST_LOG` is not set. rustls warns about every client that connects by
-/// IP address ("Illegal SNI extension": an IP is not a host name, so none is sent), which
-/// is normal for RTMPS encoders pointed at an address, not a warning.
-const DEFAULT_LOG: &str = "info,rustls::msgs::handshake=error";
+/// rustls warns about every client that sends an IP address as SNI ("Illegal SNI
+/// extension"), which RTMPS encoders pointed at an address do: normal, not a warning.
+/// Applied unless `RUST_LOG` says something about rustls itself.
+const QUIET_SNI: &str = "rustls::msgs::handshake=error";
+
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let env = std::env::var("RUST_LOG").unwrap_or_default();
+    let spec = if env.trim().is_empty() { "info" } else { &env };
+    let filter = tracing_subscriber::EnvFilter::try_new(spec).unwrap_or_else(|_| "info".into());
+    match (env.contains("rustls"), QUIET_SNI.parse()) {
+        (false, Ok(directive)) => filter.add_directive(directive),
+        _ => filter,
+    }
+}
 
 fn main() -> ExitCode {
     use std::io::IsTerminal;
     // Colour codes are for people at a terminal, not for log files and pipes.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_LOG.into()),
-        )
+        .with_env_filter(log_filter())
         .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();

@@ -1180,8 +1180,9 @@ async fn serve_logs_to_a_pipe_are_plain_with_one_transport_field() -> Result {
         let dir = tempfile::tempdir()?;
         let mut cmd = qrelay(["serve", "--listen", "127.0.0.1:0", "--cert-dir"]);
         cmd.arg(dir.path().join("certs"));
-        // As an operator runs it: default log level, colours not switched off.
-        cmd.env_remove("NO_COLOR").env_remove("RUST_LOG");
+        // As an operator runs it: colours not switched off, `RUST_LOG=info` (which must
+        // not bring rustls's SNI warning back).
+        cmd.env_remove("NO_COLOR").env("RUST_LOG", "info");
         let serve = spawn_serve_cmd(cmd).await?;
         let ca = dir.path().join("certs").join("dev-ca.pem");
         // An encoder connecting by IP address and sending it as SNI, as many do.
