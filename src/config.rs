@@ -1,5 +1,8 @@
-//! The one configuration type: serde (TOML file, unknown keys refused) with command-line
-//! overrides applied by `main`. Every limit the relay enforces lives here with its default.
+//! The one configuration type, for a TOML file (serde; unknown keys refused), the command
+//! line and the environment (clap; `--chunk-size` or `QRELAY_CHUNK_SIZE` for
+//! `chunk_size`): what the command line or environment sets wins over the file, which
+//! wins over the defaults ([`Config::resolve`]). Every limit the relay enforces lives here
+//! with its default.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,73 +15,101 @@ use crate::rtmp::chunk::DecoderLimits;
 use crate::rtmp::session::SessionConfig;
 
 /// Relay configuration. All durations are in milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// One address and port for RTMP over TCP and for QUIC over UDP.
+    #[arg(long, env = "QRELAY_LISTEN", default_value_t = Config::default().listen)]
     pub listen: SocketAddr,
     /// PEM certificate chain for QUIC and RTMPS; a development CA is made when absent.
+    #[arg(long, env = "QRELAY_CERT", requires = "key")]
     pub cert: Option<PathBuf>,
     /// PEM private key matching `cert`.
+    #[arg(long, env = "QRELAY_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
     /// Where the development CA and localhost certificate are made and reused.
+    #[arg(long, env = "QRELAY_CERT_DIR", default_value_os_t = Config::default().cert_dir)]
     pub cert_dir: PathBuf,
     /// Outbound RTMP chunk size.
+    #[arg(long, env = "QRELAY_CHUNK_SIZE", default_value_t = Config::default().chunk_size)]
     pub chunk_size: u32,
     /// Smallest chunk size a peer may set (1-byte chunks cost a header per byte).
+    #[arg(long, env = "QRELAY_MIN_CHUNK_SIZE", default_value_t = Config::default().min_chunk_size)]
     pub min_chunk_size: u32,
     /// Largest chunk size a peer may set.
+    #[arg(long, env = "QRELAY_MAX_CHUNK_SIZE", default_value_t = Config::default().max_chunk_size)]
     pub max_chunk_size: u32,
     /// Largest RTMP message accepted.
+    #[arg(long, env = "QRELAY_MAX_MESSAGE_SIZE", default_value_t = Config::default().max_message_size)]
     pub max_message_size: u32,
     /// Bytes of partial messages one connection may hold.
+    #[arg(long, env = "QRELAY_MAX_PENDING_BYTES", default_value_t = Config::default().max_pending_bytes)]
     pub max_pending_bytes: usize,
     /// Streams being published at once (a publisher over this is refused).
+    #[arg(long, env = "QRELAY_MAX_PUBLISHERS", default_value_t = Config::default().max_publishers)]
     pub max_publishers: usize,
     /// How long a player waits for a publisher that has not arrived.
+    #[arg(long, env = "QRELAY_PLAY_WAIT_MS", default_value_t = Config::default().play_wait_ms)]
     pub play_wait_ms: u64,
     /// Per-subscriber queue bound in payload bytes.
+    #[arg(long, env = "QRELAY_QUEUE_MAX_BYTES", default_value_t = Config::default().queue_max_bytes)]
     pub queue_max_bytes: usize,
     /// Per-subscriber queue bound in media duration.
+    #[arg(long, env = "QRELAY_QUEUE_MAX_MS", default_value_t = Config::default().queue_max_ms)]
     pub queue_max_ms: u64,
     /// Largest GOP cached for late joiners.
+    #[arg(long, env = "QRELAY_MAX_GOP_BYTES", default_value_t = Config::default().max_gop_bytes)]
     pub max_gop_bytes: usize,
     /// Time allowed for the RTMP handshake and connect.
+    #[arg(long, env = "QRELAY_HANDSHAKE_TIMEOUT_MS", default_value_t = Config::default().handshake_timeout_ms)]
     pub handshake_timeout_ms: u64,
     /// A publisher or not-yet-playing session silent this long is closed.
+    #[arg(long, env = "QRELAY_IDLE_TIMEOUT_MS", default_value_t = Config::default().idle_timeout_ms)]
     pub idle_timeout_ms: u64,
     /// A write to a player that makes no progress this long closes it.
+    #[arg(long, env = "QRELAY_WRITE_TIMEOUT_MS", default_value_t = Config::default().write_timeout_ms)]
     pub write_timeout_ms: u64,
     /// Send each write to a TCP player at once (TCP_NODELAY). Off lets Nagle's algorithm
     /// hold a frame until the previous one is acknowledged: less CPU per byte, as
     /// nginx-rtmp and SRS run by default, for up to a round trip of added latency.
+    #[arg(long, env = "QRELAY_TCP_NODELAY", action = clap::ArgAction::Set, default_value_t = Config::default().tcp_nodelay)]
     pub tcp_nodelay: bool,
     /// QUIC congestion controller, server and client side. BBR by default: loss-based
     /// controllers (CUBIC, NewReno) halve their window on every loss and starve a live
     /// stream at the 0.5–5 % loss of the networks QUIC ingest is for (README, Performance).
+    #[arg(long, env = "QRELAY_QUIC_CONGESTION", default_value_t = Config::default().quic_congestion)]
     pub quic_congestion: Congestion,
     /// The RTT QUIC assumes before it has measured one. quinn's default (333 ms, the
     /// RFC 9002 value) makes the first loss timers slow; 100 ms suits most ingest paths
     /// and is corrected by the first sample.
+    #[arg(long, env = "QRELAY_QUIC_INITIAL_RTT_MS", default_value_t = Config::default().quic_initial_rtt_ms)]
     pub quic_initial_rtt_ms: u64,
     /// Largest UDP payload MTU discovery may probe up to. 1452 fits a 1500-byte Ethernet
     /// path under IPv6; jumbo-frame or loopback paths may raise it for fewer packets per byte.
+    #[arg(long, env = "QRELAY_QUIC_MAX_MTU", default_value_t = Config::default().quic_max_mtu)]
     pub quic_max_mtu: u16,
     /// RoQR players (per-track mapping): a GOP still unacknowledged this long after it
     /// ended is cancelled and the player continues from the next keyframe, so a player
     /// behind a slow link lags at most about this plus one GOP.
+    #[arg(long, env = "QRELAY_MAX_LATENCY_MS", default_value_t = Config::default().max_latency_ms)]
     pub max_latency_ms: u64,
     /// QUIC idle timeout.
+    #[arg(long, env = "QRELAY_QUIC_IDLE_TIMEOUT_MS", default_value_t = Config::default().quic_idle_timeout_ms)]
     pub quic_idle_timeout_ms: u64,
     /// QUIC keep-alive interval (must be below the idle timeout).
+    #[arg(long, env = "QRELAY_QUIC_KEEP_ALIVE_MS", default_value_t = Config::default().quic_keep_alive_ms)]
     pub quic_keep_alive_ms: u64,
     /// Bidirectional streams (RTMP sessions) one QUIC connection may open at once.
+    #[arg(long, env = "QRELAY_MAX_QUIC_STREAMS", default_value_t = Config::default().max_quic_streams)]
     pub max_quic_streams: u32,
     /// Connections (TCP plus QUIC) at once.
+    #[arg(long, env = "QRELAY_MAX_CONNECTIONS", default_value_t = Config::default().max_connections)]
     pub max_connections: usize,
     /// Connections from one IP address at once.
+    #[arg(long, env = "QRELAY_MAX_CONNECTIONS_PER_IP", default_value_t = Config::default().max_connections_per_ip)]
     pub max_connections_per_ip: usize,
     /// On SIGTERM, how long sessions get to finish before the relay exits anyway.
+    #[arg(long, env = "QRELAY_SHUTDOWN_GRACE_MS", default_value_t = Config::default().shutdown_grace_ms)]
     pub shutdown_grace_ms: u64,
 }
 
@@ -171,6 +202,46 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The configuration to run with: `file`'s settings (or the defaults) with every value
+    /// that the command line or the environment set (`cli`, parsed from `matches`) on top.
+    /// Values clap filled in from its defaults do not override the file.
+    pub fn resolve(
+        cli: &Config,
+        matches: &clap::ArgMatches,
+        file: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        use clap::parser::ValueSource;
+        let base = match file {
+            Some(path) => Self::read(path)?,
+            None => Config::default(),
+        };
+        let invalid = |e: toml::ser::Error| ConfigError::Invalid(e.to_string());
+        let mut table = toml::Table::try_from(&base).map_err(invalid)?;
+        let given = toml::Table::try_from(cli).map_err(invalid)?;
+        for id in matches.ids() {
+            let name = id.as_str();
+            let explicit = matches!(
+                matches.value_source(name),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            );
+            if let (true, Some(value)) = (explicit, given.get(name)) {
+                table.insert(name.to_owned(), value.clone());
+            }
+        }
+        let config: Config = table
+            .try_into()
+            .map_err(|e| ConfigError::Parse { path: PathBuf::from("<command line>"), error: Box::new(e) })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file without validating it (values may still be overridden).
+    fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), error: Box::new(e) })
+    }
+
     /// Reads a TOML file; absent keys keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -345,5 +416,64 @@ mod tests {
         let e = Config::from_toml("lisen = 1").map(|_| ()).unwrap_err();
         let text = format!("{:#}", anyhow::Error::from(e));
         assert_eq!(text.matches("unknown field").count(), 1, "{text}");
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Config,
+    }
+
+    fn resolve(args: &[&str]) -> Config {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().try_get_matches_from(args).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        Config::resolve(&cli.settings, &matches, cli.config.as_deref()).unwrap()
+    }
+
+    #[test]
+    fn command_line_and_environment_override_the_file_and_the_file_the_defaults() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("q.toml");
+        std::fs::write(&file, "chunk_size = 1024\nplay_wait_ms = 5\nmax_publishers = 3\n").unwrap();
+        let f = file.to_str().unwrap();
+        // The file wins over the defaults; clap's own defaults do not override it.
+        let c = resolve(&["t", "--config", f]);
+        assert_eq!((c.chunk_size, c.play_wait_ms, c.max_publishers), (1024, 5, 3));
+        assert_eq!(c.listen, Config::default().listen);
+        // The command line wins over the file, for every kind of value.
+        let c = resolve(&[
+            "t",
+            "--config",
+            f,
+            "--chunk-size",
+            "8192",
+            "--tcp-nodelay",
+            "false",
+            "--quic-congestion",
+            "cubic",
+        ]);
+        assert_eq!(
+            (c.chunk_size, c.play_wait_ms, c.tcp_nodelay, c.quic_congestion),
+            (8192, 5, false, Congestion::Cubic)
+        );
+        // So does the environment (a variable no other test reads).
+        std::env::set_var("QRELAY_MAX_GOP_BYTES", "1048576");
+        let c = resolve(&["t", "--config", f]);
+        std::env::remove_var("QRELAY_MAX_GOP_BYTES");
+        assert_eq!((c.max_gop_bytes, c.chunk_size), (1 << 20, 1024));
+    }
+
+    #[test]
+    fn overrides_are_validated_like_the_file() {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().try_get_matches_from(["t", "--idle-timeout-ms", "0"]).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let e = Config::resolve(&cli.settings, &matches, None).unwrap_err().to_string();
+        assert!(e.contains("idle_timeout_ms"), "{e}");
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use qrelay::client::{self, ClientOptions, PlayOptions, PublishOptions};
 use qrelay::config::Congestion;
 use qrelay::server::Shutdown;
@@ -70,27 +70,12 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// TOML configuration file (every key optional; see README).
+    /// TOML configuration file (every key optional; see README). Options and
+    /// `QRELAY_*` environment variables override its values.
     #[arg(long, env = "QRELAY_CONFIG")]
     config: Option<PathBuf>,
-    /// Address and port for both TCP (RTMP) and UDP (QUIC).
-    #[arg(long, env = "QRELAY_LISTEN")]
-    listen: Option<std::net::SocketAddr>,
-    /// PEM certificate chain (with --key); without it a development CA is used.
-    #[arg(long, requires = "key")]
-    cert: Option<PathBuf>,
-    /// PEM private key.
-    #[arg(long, requires = "cert")]
-    key: Option<PathBuf>,
-    /// Directory of the development CA and certificate.
-    #[arg(long)]
-    cert_dir: Option<PathBuf>,
-    /// How long a player waits for a publisher, in milliseconds.
-    #[arg(long)]
-    play_wait_ms: Option<u64>,
-    /// QUIC congestion controller (bbr, cubic, newreno).
-    #[arg(long, env = "QRELAY_QUIC_CONGESTION")]
-    quic_congestion: Option<Congestion>,
+    #[command(flatten)]
+    settings: Config,
 }
 
 #[derive(Args, Debug)]
@@ -148,7 +133,13 @@ fn main() -> ExitCode {
         .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Which settings the command line and environment gave, for the config merge.
+    let serve_matches = matches.subcommand_matches("serve").cloned();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -156,7 +147,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, serve_matches)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("qrelay: {e:#}");
@@ -165,9 +156,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(args, serve_matches.unwrap_or_default()).await,
         Command::Publish { file, url, looped, trust } => {
             let url = StreamUrl::parse(&url).with_context(|| format!("bad URL `{url}`"))?;
             let t =
@@ -212,27 +203,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
-    };
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if let (Some(cert), Some(key)) = (args.cert, args.key) {
-        config.cert = Some(cert);
-        config.key = Some(key);
-    }
-    if let Some(dir) = args.cert_dir {
-        config.cert_dir = dir;
-    }
-    if let Some(ms) = args.play_wait_ms {
-        config.play_wait_ms = ms;
-    }
-    if let Some(cc) = args.quic_congestion {
-        config.quic_congestion = cc;
-    }
+async fn serve(args: ServeArgs, matches: clap::ArgMatches) -> anyhow::Result<()> {
+    let config = Config::resolve(&args.settings, &matches, args.config.as_deref())?;
     let server = qrelay::Server::bind(config).await?;
     let shutdown = Shutdown::default();
     tokio::spawn(watch_signals(shutdown.clone()));
