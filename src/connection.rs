@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::gate::{self, Decision, Gate, Request, Role};
 use crate::hub::{DirectSink, Hub, Publisher, Subscriber};
 use crate::media::frame::Frame;
+use crate::reason::{Counters, Reason};
 use crate::rtmp::session::{MediaEncoder, ServerEvent, ServerSession, SessionError};
 
 /// Read buffer bounds: idle and control-only connections stay small (memory per idle
@@ -42,6 +43,8 @@ pub struct ConnContext {
     pub shutdown: CancellationToken,
     /// Decides publish and play requests before the hub sees them.
     pub gate: Arc<dyn Gate>,
+    /// Closes and refusals by reason.
+    pub counters: Arc<Counters>,
 }
 
 impl ConnContext {
@@ -56,22 +59,18 @@ impl ConnContext {
     }
 }
 
-/// Logs how a session ended: a peer that simply went away is not a warning.
-pub fn log_end(result: &Result<(), ConnError>) {
+/// Logs how a session ended (a peer that simply went away is not a warning) and counts
+/// it by reason.
+pub fn log_end(ctx: &ConnContext, result: &Result<(), ConnError>) {
+    let reason = match result {
+        Ok(()) => Reason::Normal,
+        Err(e) => e.reason(),
+    };
+    ctx.counters.count(reason);
     match result {
         Ok(()) => info!("closed"),
-        Err(ConnError::Io(e))
-            if matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::NotConnected
-            ) =>
-        {
-            info!(reason = %e, "closed: peer went away")
-        }
-        Err(e) => warn!(reason = %e, "closed with error"),
+        Err(e) if reason == Reason::PeerGone => info!(%reason, error = %e, "closed: peer went away"),
+        Err(e) => warn!(%reason, error = %e, "closed with error"),
     }
 }
 
@@ -86,12 +85,35 @@ pub enum ConnError {
     Session(#[from] SessionError),
     /// A deadline passed.
     #[error("timed out: {0}")]
-    Timeout(&'static str),
+    Timeout(&'static str, Reason),
 }
 
 impl From<io::Error> for ConnError {
     fn from(e: io::Error) -> Self {
         Self::Io(e)
+    }
+}
+
+impl ConnError {
+    /// The reason it stands for.
+    pub fn reason(&self) -> Reason {
+        match self {
+            ConnError::Io(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::NotConnected
+                        | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                Reason::PeerGone
+            }
+            ConnError::Io(_) => Reason::Io,
+            ConnError::Session(e) => Reason::of_session(e),
+            ConnError::Timeout(_, reason) => *reason,
+        }
     }
 }
 
@@ -345,11 +367,13 @@ impl Conn<'_> {
                 self.player = Some(Player { sub, live: false, deadline, sink: None });
             }
             (Role::Publish, Decision::Refuse(reason)) => {
+                self.ctx.counters.count(Reason::Refused);
                 warn!(%reason, "publish refused by the gate");
                 self.session.core().reject_publish("NetStream.Publish.BadName", &reason);
                 self.close_after_flush = true;
             }
             (Role::Play, Decision::Refuse(reason)) => {
+                self.ctx.counters.count(Reason::Refused);
                 warn!(%reason, "play refused by the gate");
                 self.session.core().reject_play("NetStream.Play.Failed", &reason);
                 self.close_after_flush = true;
@@ -365,6 +389,7 @@ impl Conn<'_> {
                 self.publisher = Some(p);
             }
             Err(e) => {
+                self.ctx.counters.count(Reason::of_hub(&e));
                 warn!(reason = %e, "publish refused");
                 self.session.core().reject_publish("NetStream.Publish.BadName", &e.to_string());
                 self.close_after_flush = true;
@@ -380,6 +405,7 @@ impl Conn<'_> {
             }
             self.session.core().accept_play();
         } else {
+            self.ctx.counters.count(Reason::StreamNotFound);
             info!("no publisher within the play wait");
             self.session
                 .core()
@@ -431,7 +457,7 @@ async fn read_until<R: AsyncRead + Unpin>(
     match deadline {
         Some(d) => tokio::time::timeout_at(d, reader.read(buf))
             .await
-            .map_err(|_| ConnError::Timeout("peer silent too long"))?
+            .map_err(|_| ConnError::Timeout("peer silent too long", Reason::PeerSilent))?
             .map_err(ConnError::Io),
         None => reader.read(buf).await.map_err(ConnError::Io),
     }
@@ -487,7 +513,7 @@ async fn write_timed<W: SessionWriter>(
         std::task::Poll::Ready(result) => result?,
         std::task::Poll::Pending => tokio::time::timeout(timeout, write)
             .await
-            .map_err(|_| ConnError::Timeout("write made no progress"))??,
+            .map_err(|_| ConnError::Timeout("write made no progress", Reason::WriteTimeout))??,
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ pub mod connection;
 pub mod gate;
 pub mod hub;
 pub mod media;
+pub mod reason;
 pub mod roqr_conn;
 pub mod rtmp;
 pub mod server;

@@ -18,6 +18,7 @@ use crate::connection::ConnContext;
 use crate::gate::{Decision, Request, Role};
 use crate::hub::{Publisher, Subscriber};
 use crate::media::frame::Frame;
+use crate::reason::Reason;
 use crate::rtmp::amf0::Amf0Value;
 use crate::rtmp::message::media_message;
 use crate::rtmp::roqr::{frame, ErrorCode, RoqrError, RoqrLimits, RoqrSession, Verdict};
@@ -32,24 +33,30 @@ const INCOMING_QUEUE: usize = 256;
 /// Payload bytes of queued media taken per pass.
 const WRITE_BATCH: usize = 256 * 1024;
 
-/// How a RoQR connection ended: the code it is closed with and why.
+/// How a RoQR connection ended: why (counted), the draft's code it is closed with, and
+/// what is logged.
 struct End {
+    reason: Reason,
     code: ErrorCode,
-    reason: String,
+    text: String,
 }
 
 impl End {
-    fn ok(reason: &str) -> Self {
-        Self { code: ErrorCode::NoError, reason: reason.into() }
+    fn ok(text: &str) -> Self {
+        Self { reason: Reason::Normal, code: ErrorCode::NoError, text: text.into() }
     }
-    fn err(code: ErrorCode, reason: impl Into<String>) -> Self {
-        Self { code, reason: reason.into() }
+    fn err(reason: Reason, code: ErrorCode, text: impl Into<String>) -> Self {
+        Self { reason, code, text: text.into() }
     }
 }
 
 impl From<RoqrError> for End {
     fn from(e: RoqrError) -> Self {
-        Self::err(e.code(), e.to_string())
+        let reason = match &e {
+            RoqrError::Frame(_) => Reason::FrameEncoding,
+            RoqrError::Session(s) => Reason::of_session(s),
+        };
+        Self::err(reason, e.code(), e.to_string())
     }
 }
 
@@ -68,22 +75,24 @@ pub async fn serve_roqr(conn: Connection, peer: SocketAddr, ctx: ConnContext) {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return info!(reason = %e, "closed before a command stream"),
         Err(_) => {
+            ctx.counters.count(Reason::NoSession);
             warn!(%peer, "closed: no RoQR command stream within the handshake timeout");
             return conn.close(ErrorCode::ExpectationUnmet.to_varint(), b"no command stream");
         }
     };
     let end = run(&conn, send, recv, &ctx).await;
+    ctx.counters.count(end.reason);
     if end.code == ErrorCode::NoError {
-        info!(reason = %end.reason, "closed");
+        info!(reason = %end.reason, detail = %end.text, "closed");
     } else {
-        warn!(code = end.code as u32, reason = %end.reason, "closed with error");
+        warn!(code = end.code as u32, reason = %end.reason, detail = %end.text, "closed with error");
     }
     // A player's last frames are still in flight: give the peer a moment to take them
     // and close first, as the tunnel does.
     if end.code == ErrorCode::NoError {
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
     }
-    conn.close(end.code.to_varint(), end.reason.as_bytes());
+    conn.close(end.code.to_varint(), end.text.as_bytes());
 }
 
 async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream, ctx: &ConnContext) -> End {
@@ -119,7 +128,7 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
         }
         if let Some(out) = session.take_output() {
             if let Err(e) = write_commands(&mut command, out).await {
-                return End::ok(&format!("peer went away: {e}"));
+                return End::err(Reason::PeerGone, ErrorCode::NoError, format!("peer went away: {e}"));
             }
         }
         if let Some(end) = closing.take() {
@@ -152,13 +161,14 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
                     Incoming::Frame { frame, via, stop } => {
                         match session.handle_frame(frame, via, std::time::Instant::now()) {
                             Ok(Verdict::StopStream(code)) => {
+                                ctx.counters.count(Reason::UnknownFlow);
                                 if let Some(s) = stop { s.stop(code) }
                             }
                             Ok(_) => {}
                             Err(e) => return e.into(),
                         }
                     }
-                    Incoming::Malformed(e) => return End::err(ErrorCode::FrameEncoding, e.to_string()),
+                    Incoming::Malformed(e) => return End::err(Reason::FrameEncoding, ErrorCode::FrameEncoding, e.to_string()),
                     Incoming::CommandStreamEnded => return End::ok("command stream ended"),
                 }
                 closing = on_events(&mut session, &mut publisher, &mut player, &mut pending, peer);
@@ -170,7 +180,7 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
                 closing = on_events(&mut session, &mut publisher, &mut player, &mut pending, peer);
             }
             _ = sleep_until_opt(read_deadline) => {
-                return End::err(ErrorCode::General, "peer silent too long");
+                return End::err(Reason::PeerSilent, ErrorCode::General, "peer silent too long");
             }
             event = player_event(player.as_ref()), if has_player => match event {
                 PlayerEvent::Live(true) => {
@@ -181,6 +191,7 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
                     session.core().accept_play();
                 }
                 PlayerEvent::Live(false) => {
+                    ctx.counters.count(Reason::StreamNotFound);
                     info!("no publisher within the play wait");
                     session.core().reject_play("NetStream.Play.StreamNotFound", "no such stream is being published");
                     player = None;
@@ -202,7 +213,7 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
                         })
                         .collect();
                     if let Err(e) = sender.send_batch(&mut command, &msgs).await {
-                        return End::ok(&format!("peer went away: {e}"));
+                        return End::err(Reason::PeerGone, ErrorCode::NoError, format!("peer went away: {e}"));
                     }
                 }
                 PlayerEvent::Ready(false) => {
@@ -280,6 +291,7 @@ fn on_decision(
                 None
             }
             Err(e) => {
+                ctx.counters.count(Reason::of_hub(&e));
                 warn!(reason = %e, "publish refused");
                 session.core().reject_publish("NetStream.Publish.BadName", &e.to_string());
                 Some(End::ok("publish refused"))
@@ -293,11 +305,13 @@ fn on_decision(
             None
         }
         (Role::Publish, Decision::Refuse(reason)) => {
+            ctx.counters.count(Reason::Refused);
             warn!(%reason, "publish refused by the gate");
             session.core().reject_publish("NetStream.Publish.BadName", &reason);
             Some(End::ok("publish refused"))
         }
         (Role::Play, Decision::Refuse(reason)) => {
+            ctx.counters.count(Reason::Refused);
             warn!(%reason, "play refused by the gate");
             session.core().reject_play("NetStream.Play.Failed", &reason);
             Some(End::ok("play refused"))

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::connection::ConnContext;
 use crate::gate::{self, Gate};
 use crate::hub::Hub;
+use crate::reason::Counters;
 use crate::transport::admission::Admission;
 use crate::transport::{quic, tcp, tls};
 
@@ -39,6 +40,7 @@ pub struct Server {
     dev_ca: Option<PathBuf>,
     hub: Hub,
     gate: Arc<dyn Gate>,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for Server {
@@ -81,6 +83,7 @@ impl Server {
             dev_ca: identity.dev_ca,
             hub,
             gate,
+            counters: Arc::default(),
         })
     }
 
@@ -100,6 +103,11 @@ impl Server {
         self.gate = gate;
     }
 
+    /// Closes and refusals by reason (for tests and metrics).
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
     /// The stream registry (for tests and the control API).
     pub fn hub(&self) -> Hub {
         self.hub.clone()
@@ -112,6 +120,7 @@ impl Server {
             config: self.config.clone(),
             shutdown: shutdown.graceful.clone(),
             gate: self.gate.clone(),
+            counters: self.counters.clone(),
         };
         let admission = Admission::new(self.config.max_connections, self.config.max_connections_per_ip);
         let tasks = TaskTracker::new();

@@ -3,7 +3,8 @@
 //! Every case runs beside a real publisher → player pair on `live/pair` (see
 //! [`support_hostile::Pair`]); each test asserts that:
 //! - the offending connections are closed by the server (a read returns 0 or an error)
-//!   within the stated time, and the reason shows up in the relay's log;
+//!   within the stated time, and the relay counted exactly the expected closes or
+//!   refusals under the expected [`Reason`] (its log is shown when a case fails);
 //! - the pair's player received every frame, in order, and never waited more than
 //!   [`MAX_GAP`] between two (the publisher sends one every 20 ms): nothing else slowed;
 //! - the process's RSS (the relay runs in this process) grew by less than the case's
@@ -28,6 +29,7 @@ use anyhow::{anyhow, bail, ensure, Context};
 use bytes::{BufMut, Bytes, BytesMut};
 use qrelay::client::{ClientError, ClientOptions, RtmpClient};
 use qrelay::config::Config;
+use qrelay::reason::{Counters, Reason};
 use qrelay::rtmp::amf0::{self, Amf0Value};
 use qrelay::rtmp::chunk::{self, ChunkDecoder, DecoderLimits, Message};
 use qrelay::rtmp::message::{Command, RtmpMessage};
@@ -71,7 +73,8 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
-/// Writes tracing output into [`LOGS`] (and to stderr with `HOSTILE_ECHO=1`).
+/// Writes tracing output into [`LOGS`] (shown when a case fails; to stderr as well with
+/// `HOSTILE_ECHO=1`).
 struct LogWriter;
 
 impl std::io::Write for LogWriter {
@@ -114,17 +117,19 @@ fn clear_logs() {
     LOGS.lock().unwrap_or_else(|e| e.into_inner()).clear();
 }
 
-/// Waits (briefly: the server logs right after it closes the socket) until the log holds
-/// `needle` at least `n` times.
-async fn expect_logged(needle: &str, n: usize) -> Result {
+/// Waits (briefly: the server counts right after it closes the socket) until the relay
+/// counted `reason` `n` times, and checks it counted no more: each offender is closed for
+/// the reason the case provokes, once.
+async fn expect_counted(counters: &Counters, reason: Reason, n: usize) -> Result {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let found = logs().matches(needle).count();
+        let found = counters.get(reason) as usize;
         if found >= n {
+            ensure!(found == n, "the relay counted {reason} {found} times, expected {n}");
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!("the relay logged {needle:?} {found} times, expected at least {n}");
+            bail!("the relay counted {reason} {found} times, expected {n}");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -154,6 +159,8 @@ impl Drop for Relay {
 #[derive(Debug, Clone)]
 struct Env {
     addr: SocketAddr,
+    /// The relay's closes and refusals by reason.
+    counters: std::sync::Arc<Counters>,
     ca: PathBuf,
     config: Config,
 }
@@ -184,9 +191,10 @@ async fn start_relay(tweak: impl FnOnce(&mut Config)) -> Result<Relay> {
     let server = qrelay::Server::bind(config.clone()).await?;
     let addr = server.local_addr();
     let ca = server.dev_ca().cloned().context("no development CA")?;
+    let counters = server.counters();
     let shutdown = Shutdown::default();
     let task = tokio::spawn(server.run(shutdown.clone()));
-    Ok(Relay { env: Env { addr, ca, config }, shutdown, task, _dir: dir })
+    Ok(Relay { env: Env { addr, counters, ca, config }, shutdown, task, _dir: dir })
 }
 
 /// How the pair's player connects.
@@ -259,7 +267,9 @@ where
         tokio::time::sleep_until(started + MIN_PAIR_RUN).await;
         let report = pair.finish().await;
         let (base, peak) = rss.finish().await?;
-        outcome.map_err(|_| anyhow!("{name}: the case did not finish within {CASE_LIMIT:?}"))??;
+        outcome
+            .map_err(|_| anyhow!("{name}: the case did not finish within {CASE_LIMIT:?}"))?
+            .with_context(|| format!("{name}; the relay's log:\n{}", logs()))?;
         let report = report.with_context(|| format!("{name}: the pair"))?;
         let growth = peak.saturating_sub(base);
         println!(
@@ -520,8 +530,8 @@ async fn garbage_and_wrong_version_handshakes_are_closed() -> Result {
             http.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await?;
             let closed = http.closed_within(PROMPT).await.context("HTTP request: not closed")?;
             println!("  HTTP request: closed after {closed:.2?}");
-            expect_logged("RTMP handshake failed", 4).await?;
-            expect_logged("TLS handshake failed", 1).await?;
+            expect_counted(&env.counters, Reason::BadHandshake, 4).await?;
+            expect_counted(&env.counters, Reason::TlsFailed, 1).await?;
             Ok(())
         },
     )
@@ -562,8 +572,8 @@ async fn stalled_handshakes_are_closed_at_the_timeout() -> Result {
                 println!("  {what}: closed after {closed:.2?}");
                 assert_closed_at_timeout(what, closed, &env)?;
             }
-            expect_logged("closed: handshake timed out", 1).await?;
-            expect_logged("peer silent too long", 3).await?;
+            expect_counted(&env.counters, Reason::HandshakeTimeout, 1).await?;
+            expect_counted(&env.counters, Reason::PeerSilent, 3).await?;
             Ok(())
         },
     )
@@ -629,7 +639,7 @@ async fn slowloris_is_closed_at_the_handshake_timeout() -> Result {
                 worst = worst.max(closed);
             }
             println!("  60 slowloris peers: the last was closed after {worst:.2?}");
-            expect_logged("peer silent too long", 60).await?;
+            expect_counted(&env.counters, Reason::PeerSilent, 60).await?;
             Ok(())
         },
     )
@@ -672,7 +682,7 @@ async fn chunk_size_one_is_refused() -> Result {
             let big = encode(6, 9, 1, vec![0x27u8; 256 * 1024], 1);
             let closed = expect_refused("chunk size 1", peer, &big).await?;
             println!("  closed after {closed:.2?}");
-            expect_logged("chunk size 1 outside the accepted range 64..=1048576", 1).await
+            expect_counted(&env.counters, Reason::ChunkSize, 1).await
         },
     )
     .await
@@ -708,9 +718,7 @@ async fn chunk_sizes_above_the_limits_are_refused() -> Result {
                 ("0x80000000", Box::pin(set_chunk_size_refused(env.addr, 0x8000_0000))),
             ])
             .await?;
-            expect_logged(&format!("chunk size {} outside", max + 1), 1).await?;
-            expect_logged("chunk size 2147483647 outside", 2).await?;
-            expect_logged("chunk size 0 outside", 1).await
+            expect_counted(&env.counters, Reason::ChunkSize, 4).await
         },
     )
     .await
@@ -807,7 +815,7 @@ async fn message_length_claims_are_bounded_per_connection() -> Result {
             println!("  claimer closed after sending {:.1} MiB", sent as f64 / 1048576.0);
             ensure!(sent < CLAIM_MAX_BYTES, "a claimer sent everything without being closed");
         }
-        expect_logged("partial messages exceed 16777216 bytes", CLAIMERS).await
+        expect_counted(&env.counters, Reason::TooMuchPending, CLAIMERS).await
     })
     .await
 }
@@ -850,11 +858,11 @@ async fn chunk_stream_abuse_is_refused() -> Result {
                 ("short SetChunkSize", Box::pin(refused_after_handshake(addr, short))),
             ])
             .await?;
-            expect_logged("message length 16777215 exceeds the limit of 8388608", 1).await?;
-            expect_logged("more than 64 chunk streams in use", 1).await?;
-            expect_logged("chunk stream 7 continues a message it never started", 1).await?;
-            expect_logged("chunk stream 6 started a new message before finishing", 1).await?;
-            expect_logged("message type 1 is too short", 1).await
+            expect_counted(&env.counters, Reason::MessageTooLarge, 1).await?;
+            expect_counted(&env.counters, Reason::TooManyChunkStreams, 1).await?;
+            // An orphan continuation and an interrupted message.
+            expect_counted(&env.counters, Reason::ChunkOrder, 2).await?;
+            expect_counted(&env.counters, Reason::BadMessage, 1).await
         },
     )
     .await
@@ -941,13 +949,10 @@ async fn malformed_amf0_commands_are_refused() -> Result {
                 ("command without a name", Box::pin(command_refused(addr, nameless.freeze()))),
             ])
             .await?;
-            expect_logged("AMF0 nesting deeper than 32", 2).await?;
-            expect_logged("exceeds the limit of 65536", 1).await?;
-            expect_logged("truncated AMF0 value", 4).await?;
-            expect_logged("AMF0 string is not UTF-8", 1).await?;
-            expect_logged("unsupported AMF0 marker 0x11", 1).await?;
-            expect_logged("unsupported AMF0 marker 0x07", 1).await?;
-            expect_logged("command without name or transaction id", 1).await
+            // Nesting (2), truncation (4), bad UTF-8 (1), unsupported markers (2).
+            expect_counted(&env.counters, Reason::BadAmf0, 9).await?;
+            expect_counted(&env.counters, Reason::CommandTooLarge, 1).await?;
+            expect_counted(&env.counters, Reason::BadCommand, 1).await
         },
     )
     .await
@@ -1030,13 +1035,7 @@ async fn commands_out_of_order_are_refused() -> Result {
                 ),
             ])
             .await?;
-            expect_logged("publish before connect", 1).await?;
-            expect_logged("createStream before connect", 1).await?;
-            expect_logged("play on stream 1 that createStream never made", 1).await?;
-            expect_logged("publish on stream 0 that createStream never made", 1).await?;
-            expect_logged("second connect on one session", 1).await?;
-            expect_logged("publish while already publishing or playing", 1).await?;
-            expect_logged("more than 8 createStream", 1).await
+            expect_counted(&env.counters, Reason::ProtocolViolation, 7).await
         },
     )
     .await
@@ -1110,7 +1109,7 @@ async fn publishing_to_a_held_session_id_is_refused() -> Result {
             // With a query on the key, it is still the same session ID.
             let url = StreamUrl::parse(&format!("{}?token=x", env.url("rtmp", "pair")))?;
             expect_bad_name(RtmpClient::connect(&url, ClientMode::Publish, &opts).await)?;
-            expect_logged("publish refused", 4).await
+            expect_counted(&env.counters, Reason::PublishTaken, 4).await
         },
     )
     .await
@@ -1152,7 +1151,7 @@ async fn connections_over_the_per_ip_limit_are_refused() -> Result {
         }
         println!("  accepted {accepted} (closed at the handshake timeout), refused {refused} at once");
         ensure!(accepted == PER_IP && refused == IDLE - PER_IP, "accepted {accepted}, refused {refused}");
-        expect_logged("address at its connection limit (200)", IDLE - PER_IP).await?;
+        expect_counted(&env.counters, Reason::AddressLimit, IDLE - PER_IP).await?;
         // The address has its allowance back once they are gone.
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(other_ip, 0))?;
@@ -1338,7 +1337,7 @@ async fn silent_quic_streams_are_closed_at_the_handshake_timeout() -> Result {
                 println!("  stream {i}: closed after {closed:.2?}");
                 assert_closed_at_timeout(&format!("stream {i}"), closed, &env)?;
             }
-            expect_logged("peer silent too long", 4).await?;
+            expect_counted(&env.counters, Reason::PeerSilent, 4).await?;
             conn.close(0u32.into(), b"done");
             Ok(())
         },
@@ -1356,11 +1355,18 @@ async fn quic_connection_without_streams_is_closed_at_the_handshake_timeout() ->
         |env| async move {
             let (_endpoint, conn) = quic_connect(&env).await?;
             let opened = Instant::now();
-            timeout(env.handshake_timeout() + CLOSE_MARGIN, conn.closed()).await.map_err(|_| {
+            let why = timeout(env.handshake_timeout() + CLOSE_MARGIN, conn.closed()).await.map_err(|_| {
                 anyhow!("QUIC connection without streams still open after {:?}", opened.elapsed())
             })?;
             let closed = opened.elapsed();
-            println!("  closed after {closed:.2?}");
+            println!("  closed after {closed:.2?}: {why}");
+            // Closed with the stable code of its reason, and counted under it.
+            let code = match why {
+                quinn::ConnectionError::ApplicationClosed(c) => Reason::from_quic(c.error_code),
+                _ => None,
+            };
+            ensure!(code == Some(Reason::NoSession), "closed with {code:?}");
+            expect_counted(&env.counters, Reason::NoSession, 1).await?;
             assert_closed_at_timeout("idle QUIC connection", closed, &env)
         },
     )

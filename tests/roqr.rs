@@ -38,6 +38,7 @@ const MAX_GAP: Duration = Duration::from_millis(500);
 /// An in-process relay; stopped on drop.
 struct Relay {
     addr: SocketAddr,
+    counters: std::sync::Arc<qrelay::reason::Counters>,
     ca: std::path::PathBuf,
     shutdown: Shutdown,
     task: JoinHandle<anyhow::Result<()>>,
@@ -64,9 +65,10 @@ impl Relay {
         let server = qrelay::Server::bind(config).await?;
         let addr = server.local_addr();
         let ca = server.dev_ca().cloned().context("no development CA")?;
+        let counters = server.counters();
         let shutdown = Shutdown::default();
         let task = tokio::spawn(server.run(shutdown.clone()));
-        Ok(Relay { addr, ca, shutdown, task, _dir: dir })
+        Ok(Relay { addr, counters, ca, shutdown, task, _dir: dir })
     }
 
     fn url(&self, scheme: &str, key: &str) -> String {
@@ -447,6 +449,8 @@ async fn malformed_frames_and_huge_claims_close_with_frame_encoding_error() -> R
             }
             let code = closed_with(&peer.conn, Duration::from_secs(5)).await?;
             ensure!(code == ErrorCode::FrameEncoding as u64, "pending flood closed with {code:#x}");
+            let counted = relay.counters.get(qrelay::reason::Reason::FrameEncoding);
+            ensure!(counted == 4, "{counted} closes counted as frame_encoding, expected 4");
             Ok(())
         })
         .await
@@ -548,6 +552,10 @@ async fn stream_floods_wait_for_credit_and_silent_peers_are_closed() -> Result {
             let silent = endpoint.connect(relay.addr, "localhost")?.await?;
             let code = closed_with(&silent, Duration::from_secs(5)).await?;
             ensure!(code == ErrorCode::ExpectationUnmet as u64, "silent peer closed with {code:#x}");
+            ensure!(
+                relay.counters.get(qrelay::reason::Reason::NoSession) == 1,
+                "the silent peer was not counted"
+            );
             Ok(())
         })
         .await

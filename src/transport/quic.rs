@@ -18,6 +18,7 @@ use super::admission::Admission;
 use super::tls::{self, Identity, Trust, ALPN_ROQR, ALPN_RTMP};
 use crate::config::{Config, Congestion};
 use crate::connection::{log_end, serve_rtmp, ConnContext};
+use crate::reason::Reason;
 use crate::roqr_conn::serve_roqr;
 
 /// Unidirectional streams a peer may have open at once (RoQR media).
@@ -163,6 +164,7 @@ pub async fn accept_loop(
         let permit = match admission.admit(peer.ip()) {
             Ok(p) => p,
             Err(reason) => {
+                ctx.counters.count(reason.reason());
                 warn!(%peer, %reason, "quic connection refused");
                 incoming.refuse();
                 continue;
@@ -185,8 +187,9 @@ pub async fn accept_loop(
                     Some(ALPN_RTMP) => serve_tunnel(conn, peer, ctx).await,
                     Some(ALPN_ROQR) => serve_roqr(conn, peer, ctx).await,
                     other => {
+                        ctx.counters.count(Reason::UnsupportedAlpn);
                         warn!(alpn = ?other.map(String::from_utf8_lossy), "unsupported ALPN");
-                        conn.close(VarInt::from_u32(0x100), b"unsupported ALPN");
+                        conn.close(Reason::UnsupportedAlpn.to_quic(), b"unsupported ALPN");
                     }
                 }
             }
@@ -217,8 +220,9 @@ async fn serve_tunnel(conn: Connection, peer: SocketAddr, ctx: ConnContext) {
                 continue;
             }
             _ = sleep_until_opt(idle_deadline) => {
+                ctx.counters.count(Reason::NoSession);
                 warn!("closed: no RTMP session on the QUIC connection within the handshake timeout");
-                conn.close(VarInt::from_u32(0x1), b"no session");
+                conn.close(Reason::NoSession.to_quic(), b"no session");
                 return;
             }
             a = conn.accept_bi() => a,
@@ -237,7 +241,7 @@ async fn serve_tunnel(conn: Connection, peer: SocketAddr, ctx: ConnContext) {
         let deadline = ctx.handshake_deadline();
         let span = info_span!("conn", %peer, transport = "quic", stream = %send.id(), session_id = tracing::field::Empty);
         let task = async move {
-            log_end(&serve_rtmp(recv, send, &ctx, (peer, "quic"), deadline).await);
+            log_end(&ctx, &serve_rtmp(recv, send, &ctx, (peer, "quic"), deadline).await);
             let _ = ended.send(());
         };
         sessions.spawn(task.instrument(span));

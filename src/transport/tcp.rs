@@ -16,6 +16,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use super::admission::Admission;
 use crate::connection::{log_end, serve_rtmp, ConnContext, SessionWriter, TryWrite};
+use crate::reason::Reason;
 
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -49,6 +50,7 @@ pub async fn accept_loop(
         let permit = match admission.admit(peer.ip()) {
             Ok(p) => p,
             Err(reason) => {
+                ctx.counters.count(reason.reason());
                 warn!(%peer, %reason, "tcp connection refused");
                 continue;
             }
@@ -80,7 +82,10 @@ async fn handle(stream: TcpStream, peer: std::net::SocketAddr, tls: Option<TlsAc
         Ok(Ok(1)) => first[0] == TLS_HANDSHAKE_RECORD,
         Ok(Ok(_)) => return,
         Ok(Err(e)) => return info!(error = %e, "closed before the handshake"),
-        Err(_) => return warn!("closed: handshake timed out"),
+        Err(_) => {
+            ctx.counters.count(Reason::HandshakeTimeout);
+            return warn!("closed: handshake timed out");
+        }
     };
     tracing::Span::current().record("transport", if is_tls { "tls" } else { "tcp" });
     info!("connected");
@@ -90,16 +95,25 @@ async fn handle(stream: TcpStream, peer: std::net::SocketAddr, tls: Option<TlsAc
                 let (r, w) = tokio::io::split(tls_stream);
                 serve_rtmp(r, w, ctx, (peer, "tls"), deadline).await
             }
-            Ok(Err(e)) => return warn!(error = %e, "TLS handshake failed"),
-            Err(_) => return warn!("closed: TLS handshake timed out"),
+            Ok(Err(e)) => {
+                ctx.counters.count(Reason::TlsFailed);
+                return warn!(error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                ctx.counters.count(Reason::HandshakeTimeout);
+                return warn!("closed: TLS handshake timed out");
+            }
         },
-        (true, None) => return warn!("closed: TLS offered but RTMPS is not configured"),
+        (true, None) => {
+            ctx.counters.count(Reason::TlsFailed);
+            return warn!("closed: TLS offered but RTMPS is not configured");
+        }
         (false, _) => {
             let (r, w) = stream.into_split();
             serve_rtmp(r, TcpWriter(Arc::new(w)), ctx, (peer, "tcp"), deadline).await
         }
     };
-    log_end(&result);
+    log_end(ctx, &result);
 }
 
 /// The write half of a plain TCP session, shared: the session's task writes through it
