@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::hub::{HubConfig, QueueLimits};
 use crate::rtmp::chunk::DecoderLimits;
 use crate::rtmp::session::SessionConfig;
+use crate::transport::quic::QuicSettings;
 
 /// Relay configuration. All durations are in milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -152,28 +153,7 @@ impl Default for Config {
 /// live relay and would overflow deadline arithmetic.
 const MAX_MS: u64 = 24 * 60 * 60 * 1000;
 
-/// A QUIC congestion controller (quinn's implementations).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Congestion {
-    /// Model-based (bandwidth and RTT): keeps sending at the path's rate through random
-    /// loss. The default.
-    Bbr,
-    /// Loss-based, quinn's own default.
-    Cubic,
-    /// Loss-based, the RFC 9002 reference.
-    Newreno,
-}
-
-impl std::fmt::Display for Congestion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Bbr => "bbr",
-            Self::Cubic => "cubic",
-            Self::Newreno => "newreno",
-        })
-    }
-}
+pub use crate::transport::quic::Congestion;
 
 /// Why a configuration was refused. Messages include their cause, which is therefore
 /// never also the `source()`: a `{:#}` chain prints each cause once (a TOML error spans
@@ -342,6 +322,18 @@ impl Config {
                 max_chunk_size: self.max_chunk_size,
                 max_pending_bytes: self.max_pending_bytes,
             },
+        }
+    }
+
+    /// Settings of the QUIC endpoint.
+    pub fn quic(&self) -> QuicSettings {
+        QuicSettings {
+            congestion: self.quic_congestion,
+            initial_rtt: Duration::from_millis(self.quic_initial_rtt_ms),
+            max_mtu: self.quic_max_mtu,
+            idle_timeout: Duration::from_millis(self.quic_idle_timeout_ms),
+            keep_alive: Duration::from_millis(self.quic_keep_alive_ms),
+            max_bidi_streams: self.max_quic_streams,
         }
     }
 

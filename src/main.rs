@@ -103,8 +103,8 @@ impl TrustArgs {
             (None, false) => Trust::WebPki,
         };
         let mut opts = ClientOptions { trust, ..ClientOptions::default() };
-        opts.config.quic_congestion = self.quic_congestion;
-        opts.config.max_latency_ms = self.max_latency_ms;
+        opts.quic.congestion = self.quic_congestion;
+        opts.max_latency = Duration::from_millis(self.max_latency_ms);
         opts
     }
 }

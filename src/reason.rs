@@ -8,6 +8,7 @@ use crate::hub::HubError;
 use crate::rtmp::chunk::ChunkError;
 use crate::rtmp::message::MessageError;
 use crate::rtmp::session::SessionError;
+use crate::transport::admission::Refusal;
 
 macro_rules! reasons {
     ($($(#[doc = $doc:literal])* $name:ident = $code:literal, $text:literal;)*) => {
@@ -139,6 +140,14 @@ impl Reason {
             },
             SessionError::Protocol(_) => Reason::ProtocolViolation,
             SessionError::Refused { .. } => Reason::Refused,
+        }
+    }
+
+    /// Why admission refused a connection.
+    pub fn of_refusal(r: Refusal) -> Reason {
+        match r {
+            Refusal::Total(_) => Reason::ConnectionLimit,
+            Refusal::PerIp(_) => Reason::AddressLimit,
         }
     }
 

@@ -1006,7 +1006,7 @@ async fn rtmps_accepts_tls12_with_modern_cipher_suites_only() -> Result {
         let (r, w) = tokio::io::split(tls);
         let url = StreamUrl::parse(&srv.url("rtmps", "tls12"))?;
         let mut publisher =
-            RtmpClient::over_stream(Box::new(r), Box::new(w), &url, ClientMode::Publish, &Default::default())
+            RtmpClient::over_stream(Box::new(r), Box::new(w), &url, ClientMode::Publish, Default::default())
                 .await?;
         publisher.send_media(MediaKind::Video, 0, synth_header()).await?;
         publisher.send_media(MediaKind::Video, 0, synth_frame(0)).await?;

@@ -1168,7 +1168,7 @@ async fn connections_over_the_per_ip_limit_are_refused() -> Result {
 
 async fn quic_connect(env: &Env) -> Result<(quinn::Endpoint, quinn::Connection)> {
     let endpoint =
-        quic::client_endpoint(env.addr, &Trust::CaFile(env.ca.clone()), &Config::default(), ALPN_RTMP)?;
+        quic::client_endpoint(env.addr, &Trust::CaFile(env.ca.clone()), &Default::default(), ALPN_RTMP)?;
     let conn = timeout(Duration::from_secs(5), endpoint.connect(env.addr, "localhost")?)
         .await
         .context("QUIC connect timed out")??;

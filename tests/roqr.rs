@@ -109,7 +109,7 @@ impl MiniPeer {
         let endpoint = quic::client_endpoint(
             relay.addr,
             &Trust::CaFile(relay.ca.clone()),
-            &Config::default(),
+            &Default::default(),
             ALPN_ROQR,
         )?;
         let conn = timeout(Duration::from_secs(5), endpoint.connect(relay.addr, "localhost")?)
@@ -546,7 +546,7 @@ async fn stream_floods_wait_for_credit_and_silent_peers_are_closed() -> Result {
             let endpoint = quic::client_endpoint(
                 relay.addr,
                 &Trust::CaFile(relay.ca.clone()),
-                &Config::default(),
+                &Default::default(),
                 ALPN_ROQR,
             )?;
             let silent = endpoint.connect(relay.addr, "localhost")?.await?;

@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use super::stats::{Histogram, PlayerTracker};
 use super::synth::{self, now_us, VideoPlan};
 use crate::client::{ClientError, ClientOptions, RtmpClient};
-use crate::config::Config;
 use crate::media::flv::FlvTag;
 use crate::media::frame::MediaKind;
 use crate::rtmp::amf0::{self, Amf0Value};
@@ -192,7 +191,7 @@ fn client_endpoint(peer: SocketAddr, opts: &ClientOptions) -> anyhow::Result<qui
     let tls = crate::transport::tls::client_config(&opts.trust, &[crate::transport::tls::ALPN_RTMP])?;
     let crypto = QuicClientConfig::try_from(tls)?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(Arc::new(quic::transport_config(&opts.config)?));
+    client.transport_config(Arc::new(quic::transport_config(&opts.quic)?));
     let domain = if peer.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
     let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     // Best effort: a smaller buffer still works, it only drops more under load.
@@ -602,10 +601,5 @@ async fn wait_until(
 
 /// Options for publisher connections.
 pub(super) fn client_options(trust: crate::transport::tls::Trust) -> ClientOptions {
-    ClientOptions {
-        trust,
-        config: Config::default(),
-        connect_timeout: CONNECT_TIMEOUT,
-        ..ClientOptions::default()
-    }
+    ClientOptions { trust, connect_timeout: CONNECT_TIMEOUT, ..ClientOptions::default() }
 }

@@ -19,9 +19,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::config::Config;
 use crate::media::frame::MediaKind;
-use crate::rtmp::session::{ClientEvent, ClientMode, ClientSession, SessionError};
+use crate::rtmp::session::{ClientEvent, ClientMode, ClientSession, SessionConfig, SessionError};
+use crate::transport::quic::QuicSettings;
 use crate::transport::{quic, tls};
 use crate::url::{QuicMapping, StreamUrl, Transport};
 
@@ -30,8 +30,13 @@ use crate::url::{QuicMapping, StreamUrl, Transport};
 pub struct ClientOptions {
     /// Certificate trust for TLS and QUIC.
     pub trust: tls::Trust,
-    /// Session and QUIC transport settings.
-    pub config: Config,
+    /// RTMP session settings (outbound chunk size, what the chunk decoder accepts).
+    pub session: SessionConfig,
+    /// QUIC transport settings (congestion control, MTU, timeouts).
+    pub quic: QuicSettings,
+    /// RoQR publishing: a GOP still unacknowledged this long after it ended is cancelled
+    /// and sending resumes at the next keyframe.
+    pub max_latency: Duration,
     /// Limit on connecting plus the RTMP handshake, connect and a publish up to its
     /// answer, or a play up to its request; a play's wait for its publisher is not part
     /// of it.
@@ -47,7 +52,9 @@ impl Default for ClientOptions {
     fn default() -> Self {
         Self {
             trust: tls::Trust::WebPki,
-            config: Config::default(),
+            session: SessionConfig::default(),
+            quic: QuicSettings::default(),
+            max_latency: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(10),
             play_wait: Duration::from_secs(120),
         }
@@ -220,7 +227,7 @@ impl RtmpClient {
             }
             Transport::Quic(QuicMapping::Roqr) => {
                 let (endpoint, conn) = quic_connect(addr, url, opts, tls::ALPN_ROQR).await?;
-                let max_latency = Duration::from_millis(opts.config.max_latency_ms);
+                let max_latency = opts.max_latency;
                 let link = roqr::RoqrLink::open(
                     endpoint,
                     conn,
@@ -239,7 +246,7 @@ impl RtmpClient {
                 (Box::new(recv), Box::new(send), Some((endpoint, conn)))
             }
         };
-        Self::chunked(reader, writer, quic, url, mode, &opts.config)
+        Self::chunked(reader, writer, quic, url, mode, opts.session)
     }
 
     /// Runs the RTMP session over an already open byte stream (e.g. another stream of a
@@ -249,9 +256,9 @@ impl RtmpClient {
         writer: Writer,
         url: &StreamUrl,
         mode: ClientMode,
-        config: &Config,
+        session: SessionConfig,
     ) -> Result<Self, ClientError> {
-        Self::start(Self::chunked(reader, writer, None, url, mode, config)?, Limits::default()).await
+        Self::start(Self::chunked(reader, writer, None, url, mode, session)?, Limits::default()).await
     }
 
     fn chunked(
@@ -260,9 +267,9 @@ impl RtmpClient {
         quic: Option<(quinn::Endpoint, quinn::Connection)>,
         url: &StreamUrl,
         mode: ClientMode,
-        config: &Config,
+        config: SessionConfig,
     ) -> Result<Link, ClientError> {
-        let session = ClientSession::new(config.session(), mode, &url.app, &url.key, &url.tc_url())?;
+        let session = ClientSession::new(config, mode, &url.app, &url.key, &url.tc_url())?;
         Ok(Link::Chunked(Box::new(ChunkedLink { reader, writer, session, buf: vec![0; 64 * 1024], quic })))
     }
 
@@ -417,7 +424,7 @@ async fn quic_connect(
     opts: &ClientOptions,
     alpn: &[u8],
 ) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
-    let endpoint = quic::client_endpoint(addr, &opts.trust, &opts.config, alpn)?;
+    let endpoint = quic::client_endpoint(addr, &opts.trust, &opts.quic, alpn)?;
     let conn = endpoint
         .connect(addr, &url.host)
         .map_err(|e| ClientError::QuicConnect(e.to_string()))?

@@ -16,16 +16,6 @@ pub enum Refusal {
     PerIp(usize),
 }
 
-impl Refusal {
-    /// The reason it counts as.
-    pub fn reason(self) -> crate::reason::Reason {
-        match self {
-            Refusal::Total(_) => crate::reason::Reason::ConnectionLimit,
-            Refusal::PerIp(_) => crate::reason::Reason::AddressLimit,
-        }
-    }
-}
-
 /// Connection counters.
 #[derive(Debug)]
 pub struct Admission {

@@ -1,9 +1,9 @@
-//! The I/O edge: the TCP listener (RTMP, and RTMPS detected by its first byte), the one
-//! QUIC endpoint whose ALPN picks the mapping, TLS material, and admission control
-//! shared by both.
+//! Building blocks of the I/O edge, shared by the server and the client and importing no
+//! server code: TLS material and configs, the QUIC endpoints and transport parameters,
+//! RoQR's stream/datagram I/O, and admission control. Accept loops, ALPN dispatch and
+//! the session drivers are in `server`.
 
 pub mod admission;
 pub mod quic;
 pub mod roqr;
-pub mod tcp;
 pub mod tls;

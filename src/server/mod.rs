@@ -1,6 +1,14 @@
-//! Binds the one port (TCP and UDP), prepares TLS, and runs the accept loops until
-//! shutdown. Graceful shutdown (SIGTERM): stop accepting, end publishers so players drain
+//! The relay: binds the one port (TCP and UDP), prepares TLS, and runs the accept loops
+//! until shutdown. Submodules: [`tcp`] and [`quic`] accept and dispatch,
+//! [`connection`] drives a session over a byte stream (TCP, TLS, the QUIC tunnel),
+//! [`roqr_conn`] a RoQR connection.
+//! Graceful shutdown (SIGTERM): stop accepting, end publishers so players drain
 //! and close, wait up to the grace period. Immediate shutdown (SIGINT): stop now.
+
+pub mod connection;
+pub mod quic;
+pub mod roqr_conn;
+pub mod tcp;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -14,12 +22,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::connection::ConnContext;
 use crate::gate::{self, Gate};
 use crate::hub::Hub;
 use crate::reason::Counters;
 use crate::transport::admission::Admission;
-use crate::transport::{quic, tcp, tls};
+use crate::transport::{quic as quic_endpoint, tls};
+use connection::ConnContext;
 
 /// The two shutdown signals.
 #[derive(Debug, Clone, Default)]
@@ -70,7 +78,7 @@ impl Server {
         }
         let (tcp, udp) = bind_pair(config.listen).await?;
         let local_addr = tcp.local_addr()?;
-        let endpoint = quic::server_endpoint(udp, &identity, &config)?;
+        let endpoint = quic_endpoint::server_endpoint(udp, &identity, &config.quic())?;
         let tls = TlsAcceptor::from(Arc::new(tls::rtmps_server_config(&identity)?));
         let hub = Hub::new(config.hub());
         let gate: Arc<dyn Gate> = Arc::new(gate::Open);

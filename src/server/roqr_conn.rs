@@ -14,7 +14,6 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::connection::ConnContext;
 use crate::gate::{Decision, Request, Role};
 use crate::hub::{Publisher, Subscriber};
 use crate::media::frame::Frame;
@@ -23,6 +22,7 @@ use crate::rtmp::amf0::Amf0Value;
 use crate::rtmp::message::media_message;
 use crate::rtmp::roqr::{frame, ErrorCode, RoqrError, RoqrLimits, RoqrSession, Verdict};
 use crate::rtmp::session::{ServerCore, ServerEvent};
+use crate::server::connection::ConnContext;
 use crate::transport::roqr::{
     prioritise_commands, spawn_readers, write_commands, Incoming, MediaInfo, MediaMapping, MediaSender,
     ReadLimits, MAPPING_PROPERTY, MAPPING_TRACKS,

@@ -14,9 +14,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
-use super::admission::Admission;
-use crate::connection::{log_end, serve_rtmp, ConnContext, SessionWriter, TryWrite};
+use super::connection::{log_end, serve_rtmp, ConnContext, SessionWriter, TryWrite};
 use crate::reason::Reason;
+use crate::transport::admission::Admission;
 
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -50,7 +50,7 @@ pub async fn accept_loop(
         let permit = match admission.admit(peer.ip()) {
             Ok(p) => p,
             Err(reason) => {
-                ctx.counters.count(reason.reason());
+                ctx.counters.count(Reason::of_refusal(reason));
                 warn!(%peer, %reason, "tcp connection refused");
                 continue;
             }
