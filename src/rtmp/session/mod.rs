@@ -1,6 +1,6 @@
 //! RTMP session state machines, sans-IO, in two layers. The message-level cores
 //! ([`ServerCore`], [`ClientCore`]) take and emit whole RTMP messages plus events; a
-//! framing wraps each core and owns what depends on the wire: [`chunked`] (handshake,
+//! framing wraps each core and owns what depends on the wire: the chunk framing (handshake,
 //! chunk codec, SetChunkSize, acknowledgements) for byte streams, and RoQR frames
 //! (`rtmp::roqr`) for QUIC streams and datagrams.
 //!

@@ -133,7 +133,8 @@ impl ServerCore {
         }
     }
 
-    /// The play may start: media follows through [`ServerSession::media_bytes`].
+    /// The play may start: media follows, framed by the framing (chunk bytes shared per
+    /// frame, or RoQR frames).
     pub fn accept_play(&mut self) {
         if let Role::PlayPending(sid) = self.role {
             self.role = Role::Playing(sid);
