@@ -327,3 +327,254 @@ async fn the_end_of_a_directly_written_stream_wakes_the_subscriber() {
     assert!(!sub.ready().await, "ended, nothing left");
     assert!(next(&mut sub).await.is_none());
 }
+
+/// A socket whose writes block until the test releases them: a push caught in the middle
+/// of a `send`, for as long as the test wants (bounded: 5 s).
+struct StuckSink {
+    entered: Mutex<std::sync::mpsc::Sender<()>>,
+    release: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl DirectSink for StuckSink {
+    fn encode(&self, frame: &Frame) -> Bytes {
+        frame.payload().clone()
+    }
+
+    fn try_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.entered.lock().unwrap().send(());
+        let _ = self.release.lock().unwrap().recv_timeout(Duration::from_secs(5));
+        Ok(buf.len())
+    }
+}
+
+/// A subscriber whose direct writes get stuck, the signal that one is in progress, and
+/// the switch that lets it finish.
+fn stuck_subscriber(
+    hub: &Hub,
+    session_id: &str,
+) -> (Subscriber, std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+    let sub = hub.subscribe(session_id);
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let sink = StuckSink { entered: Mutex::new(entered_tx), release: Mutex::new(release_rx) };
+    assert!(sub.hand_to_publisher(Box::new(sink)).is_ok());
+    (sub, entered_rx, release_tx)
+}
+
+/// Runs `f` on another thread and waits at most 5 s for it: `None` when it did not
+/// finish (it is then left blocked, and let go once the test releases what it waits on).
+fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(5)).ok()
+}
+
+#[test]
+fn joining_leaving_and_stats_do_not_wait_for_a_push_in_progress() {
+    let hub = Hub::default();
+    let p = hub.publish("live/a").unwrap();
+    let (stuck, entered, release) = stuck_subscriber(&hub, "live/a");
+    let pusher = std::thread::spawn(move || {
+        p.send(video(0, true, 10));
+        p
+    });
+    entered.recv_timeout(Duration::from_secs(5)).expect("the push is inside its write");
+
+    // Same stream, another stream, the hub's own lookups: none of them may wait for the
+    // write (before: the push held the stream lock, and subscribe took it under the hub
+    // lock, so even `live/b` waited).
+    let h = hub.clone();
+    let done = within_5s(move || {
+        let joiner = h.subscribe("live/a");
+        let stats = h.stats("live/a");
+        drop(joiner);
+        let elsewhere = h.subscribe("live/b");
+        let live = h.live_streams();
+        drop(elsewhere);
+        (stats, live, h.len())
+    });
+    release.send(()).unwrap();
+    let p = pusher.join().unwrap();
+    let (stats, live, entries) = done.expect("join, stats and leave while a push is writing");
+    let stats = stats.unwrap();
+    assert_eq!((stats.live, stats.subscribers, stats.frames), (true, 2, 1));
+    assert_eq!(live, vec!["live/a".to_owned()]);
+    assert_eq!(entries, 1, "live/b came and went");
+    assert_eq!(hub.stats("live/a").unwrap().direct_writes, 1);
+    drop((p, stuck));
+    assert!(hub.is_empty());
+}
+
+#[test]
+fn a_subscriber_that_leaves_during_a_push_is_not_written_after_it_left() {
+    let hub = Hub::default();
+    let p = hub.publish("live/a").unwrap();
+    // First in the list: the push gets stuck on it before it reaches the second.
+    let (stuck, entered, release) = stuck_subscriber(&hub, "live/a");
+    let leaving = hub.subscribe("live/a");
+    let sink = MemSink::with_room(usize::MAX);
+    assert!(hand(&leaving, &sink));
+    let pusher = std::thread::spawn(move || {
+        p.send(video(0, true, 10));
+        p
+    });
+    entered.recv_timeout(Duration::from_secs(5)).expect("the push is inside its write");
+    // The push's snapshot still holds the leaving subscriber's queue.
+    let left = within_5s(move || drop(leaving));
+    release.send(()).unwrap();
+    let p = pusher.join().unwrap();
+    assert!(left.is_some(), "leaving did not wait for the push");
+    assert!(sink.written().is_empty(), "nothing written to a subscriber that left");
+    assert_eq!(Arc::strong_count(&sink), 1, "its sink was dropped with it");
+    drop((p, stuck));
+}
+
+#[test]
+fn the_sink_moves_back_and_the_publisher_no_longer_writes() {
+    let hub = Hub::default();
+    let (p, sub) = live_subscriber(&hub);
+    let sink = MemSink::with_room(usize::MAX);
+    assert!(hand(&sub, &sink));
+    assert!(
+        sub.hand_to_publisher(Box::new(sink.clone())).is_err(),
+        "a second sink is refused (and returned) while the publisher holds one"
+    );
+    p.send(video(0, true, 10));
+    assert_eq!(sink.written().len(), 10);
+    let back = sub.take_writer();
+    assert!(back.sink.is_some(), "the sink comes back to the task");
+    assert_eq!(back.unwritten, None);
+    assert!(sub.take_writer().sink.is_none(), "and only once");
+    p.send(video(33, false, 10));
+    assert_eq!(sink.written().len(), 10, "the publisher has no sink to write with");
+    assert!(wakes(&sub), "the frame waits for the task instead");
+    assert_eq!(Arc::strong_count(&sink), 2, "the one box the task holds, and ours");
+    drop(back);
+    assert_eq!(Arc::strong_count(&sink), 1);
+}
+
+/// An in-memory socket that takes a varying share of each write (none, 3 bytes, up to
+/// 1000, everything), so direct writes go part way, block and succeed in turn.
+struct ChoppySink {
+    socket: Arc<MemSink>,
+    writes: usize,
+}
+
+impl DirectSink for ChoppySink {
+    fn encode(&self, frame: &Frame) -> Bytes {
+        frame.payload().clone()
+    }
+
+    fn try_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.writes += 1;
+        let n = match self.writes % 4 {
+            0 => return Err(std::io::ErrorKind::WouldBlock.into()),
+            1 => buf.len().min(3),
+            2 => buf.len().min(1000),
+            _ => buf.len(),
+        };
+        self.socket.written.lock().unwrap().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A video frame whose every byte after the header says which frame it is.
+fn numbered(i: u32, len: usize) -> Frame {
+    let mut p = vec![if i % 60 == 0 { 0x17 } else { 0x27 }, 1, 0, 0, 0];
+    p.extend(i.to_be_bytes().iter().cycle().take(len));
+    Frame::new(MediaKind::Video, i * 33, Bytes::from(p))
+}
+
+#[test]
+fn publisher_and_task_take_turns_without_interleaving_bytes() {
+    let hub = Hub::new(HubConfig {
+        queue: QueueLimits { max_bytes: usize::MAX, max_duration: Duration::from_secs(1 << 30) },
+        ..HubConfig::default()
+    });
+    let (p, mut sub) = live_subscriber(&hub);
+    let socket = Arc::new(MemSink::default());
+    let frames: Vec<Frame> = (0..3000).map(|i| numbered(i, 1 + (i as usize * 37) % 2500)).collect();
+    let expected: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
+
+    // The subscriber's task: whenever woken, take the writer role back, write what the
+    // publisher left half-written, then the queue (a blocking write), and hand over again.
+    // It says when it handed over, so the publisher can take turns with it.
+    let (handed_tx, handed) = std::sync::mpsc::channel();
+    let task_socket = socket.clone();
+    let task = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async move {
+            let mut sink: Option<Box<dyn DirectSink>> =
+                Some(Box::new(ChoppySink { socket: task_socket.clone(), writes: 0 }));
+            let mut task_writes = 0;
+            loop {
+                if let Some(s) = sink.take() {
+                    sink = sub.hand_to_publisher(s).err();
+                    if sink.is_none() {
+                        let _ = handed_tx.send(());
+                    }
+                }
+                let ready = tokio::time::timeout(Duration::from_secs(5), sub.ready()).await;
+                if !ready.expect("woken within 5 s") {
+                    return (task_writes, sub);
+                }
+                let back = sub.take_writer();
+                sink = sink.or(back.sink);
+                let mut out = Vec::new();
+                sub.drain_into(&mut out, usize::MAX);
+                let mut written = task_socket.written.lock().unwrap();
+                written.extend(back.unwritten.iter().flat_map(|b| b.to_vec()));
+                written.extend(out.iter().flat_map(|f| f.payload().to_vec()));
+                task_writes += 1;
+            }
+        })
+    });
+    handed.recv_timeout(Duration::from_secs(5)).expect("first hand-over");
+    for f in &frames {
+        let before = hub.stats("live/a").unwrap().direct_writes;
+        p.send(f.clone());
+        if hub.stats("live/a").unwrap().direct_writes == before {
+            // Handed back to the task: wait for the next hand-over, so both keep writing.
+            handed.recv_timeout(Duration::from_secs(5)).expect("the task hands over again");
+        }
+    }
+    let direct = hub.stats("live/a").unwrap().direct_writes;
+    drop(p);
+    let (task_writes, sub) = task.join().unwrap();
+    let written = socket.written();
+    assert_eq!(written.len(), expected.len());
+    assert!(written == expected, "every byte once, in order: no interleaving of the writers");
+    assert!(direct > 0 && task_writes > 0, "both wrote: {direct} direct, {task_writes} by the task");
+    assert_eq!(sub.skipped(), 0);
+}
+
+#[tokio::test]
+async fn joins_racing_leaves_never_orphan_a_player() {
+    let hub = Hub::default();
+    // Threads join and leave the same not-yet-live stream as fast as they can, while a
+    // player joins in the middle of it: the entry it joins must be the one the
+    // publisher later finds (a leave that removed it meanwhile would orphan the player).
+    let churn: Vec<_> = (0..2)
+        .map(|_| {
+            let h = hub.clone();
+            std::thread::spawn(move || {
+                for _ in 0..2000 {
+                    drop(h.subscribe("live/a"));
+                }
+            })
+        })
+        .collect();
+    let players: Vec<Subscriber> = (0..50).map(|_| hub.subscribe("live/a")).collect();
+    for t in churn {
+        t.join().unwrap();
+    }
+    let p = hub.publish("live/a").unwrap();
+    for sub in &players {
+        assert!(sub.wait_live(Duration::from_secs(1)).await, "every player sees the publisher");
+    }
+    assert_eq!(hub.stats("live/a").unwrap().subscribers, 50);
+    drop((p, players));
+    assert!(hub.is_empty(), "and the entry goes with the last of them");
+}
