@@ -113,6 +113,40 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
+/// One frame to 300 idle (directly written) subscribers, alone and while another thread
+/// subscribes and unsubscribes as fast as it can: with the fan-out outside the stream
+/// lock, joins and leaves cost the publisher a snapshot swap, not a wait.
+fn fanout_churn(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hub_fanout_churn");
+    let n = 300;
+    let hub = Hub::new(HubConfig::default());
+    let publisher = hub.publish("live/bench").expect("fresh hub");
+    let subs: Vec<Subscriber> = (0..n).map(|_| hub.subscribe("live/bench")).collect();
+    for s in &subs {
+        assert!(s.hand_to_publisher(Box::new(DiscardSink)).is_ok(), "idle subscriber");
+    }
+    let frame = Frame::new(MediaKind::Video, 0, video_payload(false, INTER));
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("direct_write_300_steady", |b| b.iter(|| publisher.send(frame.clone())));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (hub, stop) = (hub.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut joins = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                drop(hub.subscribe("live/bench"));
+                joins += 1;
+            }
+            joins
+        })
+    };
+    g.bench_function("direct_write_300_with_churn", |b| b.iter(|| publisher.send(frame.clone())));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let joins = churn.join().expect("churn thread");
+    black_box(joins);
+    g.finish();
+}
+
 /// A socket that takes everything at once.
 struct DiscardSink;
 
@@ -174,6 +208,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = chunk_encode, chunk_decode, fanout, handshake, keyframe_detection
+    targets = chunk_encode, chunk_decode, fanout, fanout_churn, handshake, keyframe_detection
 }
 criterion_main!(benches);

@@ -482,7 +482,7 @@ impl DirectSink for ChoppySink {
 
 /// A video frame whose every byte after the header says which frame it is.
 fn numbered(i: u32, len: usize) -> Frame {
-    let mut p = vec![if i % 60 == 0 { 0x17 } else { 0x27 }, 1, 0, 0, 0];
+    let mut p = vec![if i.is_multiple_of(60) { 0x17 } else { 0x27 }, 1, 0, 0, 0];
     p.extend(i.to_be_bytes().iter().cycle().take(len));
     Frame::new(MediaKind::Video, i * 33, Bytes::from(p))
 }
