@@ -85,7 +85,7 @@ fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("hub_fanout");
     for n in [1usize, 100, 1000] {
         let hub = Hub::new(HubConfig::default());
-        let publisher = hub.publish("live/bench").expect("fresh hub");
+        let mut publisher = hub.publish("live/bench").expect("fresh hub");
         let mut subs: Vec<Subscriber> = (0..n).map(|_| hub.subscribe("live/bench")).collect();
         // Inter frames only: no keyframe, so the GOP cache stays empty and the run is
         // steady-state fan-out.
@@ -120,7 +120,7 @@ fn fanout_churn(c: &mut Criterion) {
     let mut g = c.benchmark_group("hub_fanout_churn");
     let n = 300;
     let hub = Hub::new(HubConfig::default());
-    let publisher = hub.publish("live/bench").expect("fresh hub");
+    let mut publisher = hub.publish("live/bench").expect("fresh hub");
     let subs: Vec<Subscriber> = (0..n).map(|_| hub.subscribe("live/bench")).collect();
     for s in &subs {
         assert!(s.hand_to_publisher(Box::new(DiscardSink)).is_ok(), "idle subscriber");

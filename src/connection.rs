@@ -286,7 +286,7 @@ impl Conn<'_> {
                     self.player = Some(Player { sub, live: false, deadline, sink: None });
                 }
                 ServerEvent::Media(frame) => {
-                    if let Some(p) = &self.publisher {
+                    if let Some(p) = &mut self.publisher {
                         p.send(frame);
                     }
                 }

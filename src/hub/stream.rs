@@ -180,6 +180,9 @@ impl Stream {
     /// queue or straight into its idle socket. Never waits on a subscriber: a push is a
     /// short lock and a wake-up, or a write that does not wait. The stream lock is held
     /// only to update the cache and take the subscriber snapshot.
+    ///
+    /// Called only through `&mut Publisher`, so pushes never overlap: the fan-out order
+    /// is the publish order, and the publisher's counters have a single writer.
     pub(super) fn push(&self, frame: Frame) {
         let (subscribers, has_video) = {
             let mut st = self.state();
@@ -208,7 +211,9 @@ impl Stream {
             self.counters.gop_frames.store(st.gop.len(), Ordering::Relaxed);
             (st.subscribers.clone(), st.has_video)
         };
-        self.counters.frames.fetch_add(1, Ordering::Relaxed);
+        // Single writer (the publisher): a load and a store, no locked instruction.
+        let c = &self.counters;
+        c.frames.store(c.frames.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         // Direct writes run on the publisher's task, from the snapshot, with no stream or
         // hub lock held (a player joining or leaving meanwhile does not wait for them; one
         // that joined is in the next frame's snapshot, one that left has closed its
@@ -226,7 +231,7 @@ impl Stream {
             direct_writes += u64::from(q.push(&frame, has_video, direct));
         }
         if direct_writes > 0 {
-            self.counters.direct_writes.fetch_add(direct_writes, Ordering::Relaxed);
+            c.direct_writes.store(c.direct_writes.load(Ordering::Relaxed) + direct_writes, Ordering::Relaxed);
         }
     }
 
@@ -298,8 +303,10 @@ impl Publisher {
         Self { stream, hub }
     }
 
-    /// Fans a frame out to every subscriber and updates the late-joiner cache.
-    pub fn send(&self, frame: Frame) {
+    /// Fans a frame out to every subscriber and updates the late-joiner cache. `&mut`:
+    /// the fan-out runs outside the stream lock, so it is the one `Publisher` that keeps
+    /// frames in order (and its counters single-writer).
+    pub fn send(&mut self, frame: Frame) {
         self.stream.push(frame);
     }
 

@@ -67,7 +67,7 @@ async fn player_before_publisher_waits_and_gets_everything() {
         (live, sub)
     });
     tokio::task::yield_now().await;
-    let p = hub.publish("live/a").unwrap();
+    let mut p = hub.publish("live/a").unwrap();
     let (live, mut sub) = waiter.await.unwrap();
     assert!(live);
     p.send(video_header());
@@ -88,7 +88,7 @@ async fn wait_live_times_out() {
 #[tokio::test]
 async fn late_joiner_gets_metadata_headers_and_gop_at_once() {
     let hub = Hub::default();
-    let p = hub.publish("live/a").unwrap();
+    let mut p = hub.publish("live/a").unwrap();
     let meta = Frame::new(MediaKind::Data, 0, Bytes::from_static(b"\x02\x00\x0aonMetaData\x05"));
     p.send(meta);
     p.send(video_header());
@@ -120,7 +120,7 @@ async fn late_joiner_gets_metadata_headers_and_gop_at_once() {
 #[tokio::test]
 async fn lagging_subscriber_skips_to_next_keyframe_and_keeps_headers() {
     let hub = small_hub(1000);
-    let p = hub.publish("live/a").unwrap();
+    let mut p = hub.publish("live/a").unwrap();
     let mut slow = hub.subscribe("live/a");
     let mut fast = hub.subscribe("live/a");
     p.send(video_header());
@@ -153,7 +153,7 @@ fn lag_by_media_duration_also_skips() {
         queue: QueueLimits { max_bytes: usize::MAX, max_duration: Duration::from_millis(500) },
         ..HubConfig::default()
     });
-    let p = hub.publish("live/a").unwrap();
+    let mut p = hub.publish("live/a").unwrap();
     let slow = hub.subscribe("live/a");
     for i in 0..60u32 {
         p.send(video(i * 33, i % 30 == 0, 10));
@@ -165,7 +165,7 @@ fn lag_by_media_duration_also_skips() {
 #[test]
 fn publisher_does_not_block_on_a_full_queue() {
     let hub = small_hub(10_000);
-    let p = hub.publish("live/a").unwrap();
+    let mut p = hub.publish("live/a").unwrap();
     let _stalled: Vec<Subscriber> = (0..100).map(|_| hub.subscribe("live/a")).collect();
     // 10 000 frames into 100 queues that nobody reads: returns, bounded.
     for i in 0..10_000u32 {
@@ -248,7 +248,7 @@ fn live_subscriber(hub: &Hub) -> (Publisher, Subscriber) {
 #[test]
 fn an_idle_subscriber_is_written_directly_without_waking() {
     let hub = Hub::default();
-    let (p, sub) = live_subscriber(&hub);
+    let (mut p, sub) = live_subscriber(&hub);
     let sink = MemSink::with_room(usize::MAX);
     assert!(hand(&sub, &sink));
     let frames = [video(0, true, 10), video(33, false, 20), audio(40)];
@@ -266,7 +266,7 @@ fn an_idle_subscriber_is_written_directly_without_waking() {
 #[test]
 fn a_partial_direct_write_leaves_the_rest_first_and_hands_back() {
     let hub = Hub::default();
-    let (p, mut sub) = live_subscriber(&hub);
+    let (mut p, mut sub) = live_subscriber(&hub);
     let sink = MemSink::with_room(7);
     assert!(hand(&sub, &sink));
     let first = video(0, true, 10);
@@ -282,7 +282,7 @@ fn a_partial_direct_write_leaves_the_rest_first_and_hands_back() {
 #[test]
 fn a_full_socket_queues_the_frame_for_the_task() {
     let hub = Hub::default();
-    let (p, mut sub) = live_subscriber(&hub);
+    let (mut p, mut sub) = live_subscriber(&hub);
     let sink = MemSink::with_room(0);
     assert!(hand(&sub, &sink));
     p.send(video(0, true, 10));
@@ -296,7 +296,7 @@ fn a_full_socket_queues_the_frame_for_the_task() {
 #[test]
 fn writing_is_not_handed_over_while_frames_wait_or_a_skip_is_on() {
     let hub = small_hub(1000);
-    let (p, mut sub) = live_subscriber(&hub);
+    let (mut p, mut sub) = live_subscriber(&hub);
     p.send(video(0, true, 10));
     assert!(!hand(&sub, &MemSink::with_room(usize::MAX)), "a frame is queued");
     drain_timestamps(&mut sub);
@@ -320,7 +320,7 @@ fn writing_is_not_handed_over_while_frames_wait_or_a_skip_is_on() {
 #[tokio::test]
 async fn the_end_of_a_directly_written_stream_wakes_the_subscriber() {
     let hub = Hub::default();
-    let (p, mut sub) = live_subscriber(&hub);
+    let (mut p, mut sub) = live_subscriber(&hub);
     assert!(hand(&sub, &MemSink::with_room(usize::MAX)));
     p.send(video(0, true, 10));
     drop(p);
@@ -377,6 +377,7 @@ fn joining_leaving_and_stats_do_not_wait_for_a_push_in_progress() {
     let p = hub.publish("live/a").unwrap();
     let (stuck, entered, release) = stuck_subscriber(&hub, "live/a");
     let pusher = std::thread::spawn(move || {
+        let mut p = p;
         p.send(video(0, true, 10));
         p
     });
@@ -417,6 +418,7 @@ fn a_subscriber_that_leaves_during_a_push_is_not_written_after_it_left() {
     let sink = MemSink::with_room(usize::MAX);
     assert!(hand(&leaving, &sink));
     let pusher = std::thread::spawn(move || {
+        let mut p = p;
         p.send(video(0, true, 10));
         p
     });
@@ -434,7 +436,7 @@ fn a_subscriber_that_leaves_during_a_push_is_not_written_after_it_left() {
 #[test]
 fn the_sink_moves_back_and_the_publisher_no_longer_writes() {
     let hub = Hub::default();
-    let (p, sub) = live_subscriber(&hub);
+    let (mut p, sub) = live_subscriber(&hub);
     let sink = MemSink::with_room(usize::MAX);
     assert!(hand(&sub, &sink));
     assert!(
@@ -493,7 +495,7 @@ fn publisher_and_task_take_turns_without_interleaving_bytes() {
         queue: QueueLimits { max_bytes: usize::MAX, max_duration: Duration::from_secs(1 << 30) },
         ..HubConfig::default()
     });
-    let (p, mut sub) = live_subscriber(&hub);
+    let (mut p, mut sub) = live_subscriber(&hub);
     let socket = Arc::new(MemSink::default());
     let frames: Vec<Frame> = (0..3000).map(|i| numbered(i, 1 + (i as usize * 37) % 2500)).collect();
     let expected: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
