@@ -235,22 +235,20 @@ impl Queue {
         if st.phase != Phase::Live {
             return false;
         }
-        match std::mem::replace(&mut st.writer, Writer::Task) {
-            Writer::Publisher(mut sink) => {
-                if direct && Self::write_direct(sink.as_mut(), frame, &mut st.unwritten) {
-                    st.writer = Writer::Publisher(sink);
-                    return true;
-                }
-                // The socket is full (or failed, which the task's own write will report),
-                // or this push may not write: the task takes over from here.
-                st.writer = Writer::HandedBack(sink);
-                if st.unwritten.is_some() {
-                    drop(guard);
-                    self.notify.notify_one();
-                    return false;
-                }
+        if let Writer::Publisher(sink) = &mut st.writer {
+            if direct && Self::write_direct(sink.as_mut(), frame, &mut st.unwritten) {
+                return true;
             }
-            other => st.writer = other,
+            // The socket is full (or failed, which the task's own write will report), or
+            // this push may not write: the task takes over from here.
+            if let Writer::Publisher(sink) = std::mem::replace(&mut st.writer, Writer::Task) {
+                st.writer = Writer::HandedBack(sink);
+            }
+            if st.unwritten.is_some() {
+                drop(guard);
+                self.notify.notify_one();
+                return false;
+            }
         }
         let is_config = frame.is_sequence_header() || frame.kind() == MediaKind::Data;
         let resumes = if has_video { frame.kind() == MediaKind::Video && frame.is_keyframe() } else { true };
