@@ -21,7 +21,9 @@
 # Environment: DURATION (s, default 20), REPS (2), LOADS ("streams:players ..."),
 # IDLE_CONNS (1000), QRELAY_PORT (19350), NGINX_PORT (19351), BITRATE (3M),
 # OUT (results dir, default a temp dir), RESULTS (bench/RESULTS.md), SKIP_QUIC (0/1),
-# SKIP_NAGLE (0/1), QRELAY_BIN (use this binary instead of building).
+# SKIP_NAGLE (0/1), QRELAY_BIN (use this binary instead of building), BASE_BIN (another
+# qrelay build, e.g. the commit before a change: adds target qrelay-base, over TCP, run in
+# turn with the others, and a table of both builds against nginx-rtmp).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,6 +43,7 @@ mkdir -p "$OUT"
 COMMAND="DURATION=$DURATION REPS=$REPS LOADS=\"$LOADS\" IDLE_CONNS=$IDLE_CONNS BITRATE=$BITRATE"
 [[ $SKIP_QUIC == 0 ]] || COMMAND+=" SKIP_QUIC=1"
 [[ $SKIP_NAGLE == 0 ]] || COMMAND+=" SKIP_NAGLE=1"
+[[ -z "${BASE_BIN:-}" ]] || COMMAND+=" BASE_BIN=(previous build)"
 COMMAND+=" bench/compare.sh"
 
 log() { printf '\n== %s\n' "$*" >&2; }
@@ -54,6 +57,9 @@ else
     cp "$ROOT/target/release/qrelay" "$WORK/qrelay"
 fi
 QRELAY="$WORK/qrelay"
+if [[ -n "${BASE_BIN:-}" ]]; then
+    cp "$BASE_BIN" "$WORK/qrelay-base"
+fi
 
 # --- nginx-rtmp -----------------------------------------------------------------------
 NGINX_MODULE=/usr/lib/nginx/modules/ngx_rtmp_module.so
@@ -80,11 +86,11 @@ wait_port() {
     return 1
 }
 
-# start_qrelay [CONFIG]
+# start_qrelay [CONFIG [BINARY]]
 start_qrelay() {
-    local config=()
+    local config=() bin=${2:-$QRELAY}
     [[ -z "${1:-}" ]] || config=(--config "$1")
-    RUST_LOG=error "$QRELAY" serve --listen "127.0.0.1:$QPORT" --cert-dir "$WORK/certs" "${config[@]}" \
+    RUST_LOG=error "$bin" serve --listen "127.0.0.1:$QPORT" --cert-dir "$WORK/certs" "${config[@]}" \
         >>"$WORK/qrelay.log" 2>&1 &
     SERVER_PID=$!
     SERVER_PIDS=("$SERVER_PID")
@@ -121,6 +127,7 @@ run_one() {
     local target=$1 streams=$2 players=$3 rep=$4 url extra=()
     case $target in
         qrelay-tcp) start_qrelay; url="rtmp://127.0.0.1:$QPORT/live/b" ;;
+        qrelay-base) start_qrelay "" "$WORK/qrelay-base"; url="rtmp://127.0.0.1:$QPORT/live/b" ;;
         qrelay-nagle) start_qrelay "$WORK/nagle.toml"; url="rtmp://127.0.0.1:$QPORT/live/b" ;;
         qrelay-quic) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/b?mode=tunnel"; extra=(--ca "$WORK/certs/dev-ca.pem") ;;
         nginx) start_nginx; url="rtmp://127.0.0.1:$NPORT/live/b" ;;
@@ -151,6 +158,7 @@ run_idle() {
 }
 
 TARGETS=(qrelay-tcp nginx)
+[[ -z "${BASE_BIN:-}" ]] || TARGETS+=(qrelay-base)
 [[ $SKIP_QUIC == 1 ]] || TARGETS+=(qrelay-quic)
 [[ $SKIP_NAGLE == 1 ]] || TARGETS+=(qrelay-nagle)
 
@@ -162,8 +170,9 @@ for rep in $(seq "$REPS"); do
     done
 done
 for target in "${TARGETS[@]}"; do
-    # Idle connections never get media: Nagle changes nothing there.
-    [[ $target == qrelay-nagle ]] || run_idle "$target"
+    # Idle connections never get media: Nagle changes nothing there (nor the fan-out
+    # changes a base build is compared for).
+    [[ $target == qrelay-nagle || $target == qrelay-base || $IDLE_CONNS == 0 ]] || run_idle "$target"
 done
 
 # --- summary --------------------------------------------------------------------------
@@ -180,7 +189,7 @@ import os
 import statistics
 import sys
 
-TARGETS = ["qrelay-tcp", "nginx", "qrelay-quic", "qrelay-nagle"]
+TARGETS = ["qrelay-tcp", "nginx", "qrelay-quic", "qrelay-nagle", "qrelay-base"]
 
 
 def load_runs(out, name):
@@ -249,6 +258,7 @@ def main():
       "| first frame p50 / p99 ms | peak RSS MB | KiB/player | bench CPU % | machine CPU % |")
     p("|---|---|---|---|---|---|---|---|---|---|---|---|")
     ratios = []
+    base_rows = []
     for load in loads.split():
         streams, players = load.split(":")
         name = f"s{streams}-p{players}"
@@ -276,6 +286,8 @@ def main():
               f"| {fmt(med(rs, 'bench_cpu_pct'), 1)} | {fmt(med(rs, 'host_cpu_pct'), 0)} |")
         q, n, u, a = m.get("qrelay-tcp"), m.get("nginx"), m.get("qrelay-quic"), m.get("qrelay-nagle")
         ratios.append((label, q, n, u, a))
+        if "qrelay-base" in m:
+            base_rows.append((label, runs))
     p("")
     p("Ratios (below 1 = qrelay better). qrelay is over TCP with its defaults; machine = whole "
       "machine CPU (server, bench and softirq) for the same delivery; Nagle = qrelay with "
@@ -290,6 +302,22 @@ def main():
         g = lambda x, y, k: fmt_ratio(ratio(x and x[k], y and y[k]))  # noqa: E731
         p(f"| {label} | {g(q, n, 'gbit')} | {g(q, n, 'p99')} | {g(q, n, 'ff50')} | {g(q, n, 'rss')} "
           f"| {g(q, n, 'host')} | {g(a, n, 'gbit')} | {g(a, n, 'p99')} | {g(u, q, 'gbit')} | {g(u, q, 'p99')} |")
+    if base_rows:
+        p("")
+        p("This build (qrelay-tcp) and the previous one (qrelay-base) against nginx-rtmp, CPU s/Gbit "
+          "per repetition (each repetition ran the three in turn) and the median of the per-rep ratios:")
+        p("")
+        p("| load | rep | this / nginx | base / nginx | this / base |")
+        p("|---|---|---|---|---|")
+        for label, runs in base_rows:
+            per = {t: [get(r, "cpu_s_per_gbit") for r in runs[t]] for t in ("qrelay-tcp", "nginx", "qrelay-base")}
+            cols = []
+            for i, (q, n, b) in enumerate(zip(per["qrelay-tcp"], per["nginx"], per["qrelay-base"])):
+                row = (ratio(q, n), ratio(b, n), ratio(q, b))
+                cols.append(row)
+                p(f"| {label} | {i + 1} | {fmt_ratio(row[0])} | {fmt_ratio(row[1])} | {fmt_ratio(row[2])} |")
+            meds = [statistics.median([c[k] for c in cols if c[k] is not None] or [0]) for k in range(3)]
+            p(f"| {label} | median | {fmt_ratio(meds[0])} | {fmt_ratio(meds[1])} | {fmt_ratio(meds[2])} |")
     p("")
     p("Idle connections (handshake + `connect`, never play):")
     p("")

@@ -85,7 +85,7 @@ fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("hub_fanout");
     for n in [1usize, 100, 1000] {
         let hub = Hub::new(HubConfig::default());
-        let publisher = hub.publish("live/bench").expect("fresh hub");
+        let mut publisher = hub.publish("live/bench").expect("fresh hub");
         let mut subs: Vec<Subscriber> = (0..n).map(|_| hub.subscribe("live/bench")).collect();
         // Inter frames only: no keyframe, so the GOP cache stays empty and the run is
         // steady-state fan-out.
@@ -103,14 +103,50 @@ fn fanout(c: &mut Criterion) {
         });
         // Idle players written by the publisher: what the hub adds to each `send` (the
         // sink takes every byte and does no system call).
-        let sink: Arc<dyn DirectSink> = Arc::new(DiscardSink);
         for s in &subs {
-            s.hand_to_publisher(sink.clone());
+            assert!(s.hand_to_publisher(Box::new(DiscardSink)).is_ok(), "idle subscriber");
         }
         g.bench_with_input(BenchmarkId::new("direct_write_per_subscriber", n), &n, |b, _| {
             b.iter(|| publisher.send(frame.clone()))
         });
     }
+    g.finish();
+}
+
+/// One frame to 300 idle (directly written) subscribers, alone and while another thread
+/// joins and leaves about 1000 times a second (20 times `bench/churn.sh`'s rate): with
+/// the fan-out outside the stream lock, a join or leave costs the publisher at most a
+/// wait for a list copy, never for another frame's writes.
+fn fanout_churn(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hub_fanout_churn");
+    let n = 300;
+    let hub = Hub::new(HubConfig::default());
+    let mut publisher = hub.publish("live/bench").expect("fresh hub");
+    let subs: Vec<Subscriber> = (0..n).map(|_| hub.subscribe("live/bench")).collect();
+    for s in &subs {
+        assert!(s.hand_to_publisher(Box::new(DiscardSink)).is_ok(), "idle subscriber");
+    }
+    let frame = Frame::new(MediaKind::Video, 0, video_payload(false, INTER));
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("direct_write_300_steady", |b| b.iter(|| publisher.send(frame.clone())));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (hub, stop) = (hub.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut joins = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                drop(hub.subscribe("live/bench"));
+                joins += 1;
+                // Pacing, not synchronisation: about 1000 joins and leaves per second.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            joins
+        })
+    };
+    g.bench_function("direct_write_300_with_churn", |b| b.iter(|| publisher.send(frame.clone())));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let joins = churn.join().expect("churn thread");
+    black_box(joins);
     g.finish();
 }
 
@@ -122,7 +158,7 @@ impl DirectSink for DiscardSink {
         frame.payload().clone()
     }
 
-    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+    fn try_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         Ok(black_box(buf).len())
     }
 }
@@ -175,6 +211,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = chunk_encode, chunk_decode, fanout, handshake, keyframe_detection
+    targets = chunk_encode, chunk_decode, fanout, fanout_churn, handshake, keyframe_detection
 }
 criterion_main!(benches);

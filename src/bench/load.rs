@@ -39,6 +39,9 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub(super) struct Shared {
     /// Players that got `NetStream.Play.Start` (or idle connections that connected).
     pub connected: AtomicUsize,
+    /// Players that got `NetStream.Play.Start`, never decremented (churning players are
+    /// dropped mid-play, so `connected` does not count them down).
+    pub started: AtomicUsize,
     /// Players or idle connections that failed before that.
     pub failed: AtomicUsize,
     /// Players that failed or were closed after starting.
@@ -308,6 +311,7 @@ async fn play(
                     out.started = true;
                     permit = None;
                     shared.connected.fetch_add(1, Ordering::Relaxed);
+                    shared.started.fetch_add(1, Ordering::Relaxed);
                 }
                 ClientEvent::Media { kind: MediaKind::Video, payload, .. } => {
                     let seen = out.tracker.on_video(&payload, now);

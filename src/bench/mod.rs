@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use load::{Dialer, PlayerOutcome, Shared, Source};
-pub use report::{IdleUsage, Report, ServerUsage};
+pub use report::{ChurnUsage, IdleUsage, Report, ServerUsage};
 use stats::Histogram;
 
 use crate::transport::tls::Trust;
@@ -103,6 +103,15 @@ pub struct BenchArgs {
     /// and report the server's RSS per connection (needs --server-pid).
     #[arg(long, conflicts_with_all = ["publish", "no_publish"])]
     pub idle: Option<usize>,
+    /// Churn: besides the steady `--players`, this many players per second join (spread
+    /// over the streams), play for `--churn-hold-ms` and close, from the end of the ramp
+    /// to the end of the window. Every figure in the report but the churn line is about
+    /// the steady players only. TCP only.
+    #[arg(long, default_value_t = 0.0)]
+    pub churn_rate: f64,
+    /// How long each churning player stays, ms.
+    #[arg(long, default_value_t = 1000)]
+    pub churn_hold_ms: u64,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -129,6 +138,8 @@ impl BenchArgs {
             ramp_ms: None,
             quic_streams_per_conn: 16,
             idle: None,
+            churn_rate: 0.0,
+            churn_hold_ms: 1000,
             quiet: false,
         }
     }
@@ -229,6 +240,14 @@ fn mb(kib: u64) -> f64 {
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let base = StreamUrl::parse(&args.url).with_context(|| format!("bad URL `{}`", args.url))?;
     anyhow::ensure!(args.streams >= 1, "--streams must be at least 1");
+    anyhow::ensure!(
+        args.churn_rate >= 0.0 && args.churn_rate.is_finite() && args.churn_rate <= 10_000.0,
+        "--churn-rate must be between 0 and 10000"
+    );
+    anyhow::ensure!(
+        args.churn_rate == 0.0 || base.transport == Transport::Tcp,
+        "--churn-rate is for rtmp:// (TCP) only"
+    );
     anyhow::ensure!(args.duration > 0.0 && args.duration.is_finite(), "--duration must be positive");
     synth::now_us(); // Start the shared clock.
     let opts = load::client_options(args.trust());
@@ -405,11 +424,18 @@ async fn run_play(
     let session = crate::Config::default().session();
     let ramp = args.ramp(args.players);
     let (player_urls, player_shared) = (urls.clone(), shared.clone());
+    let churn_dialer = dialer.clone();
     ramp_spawn(&mut players, args.players, ramp, &shared.stop, move |i, permit| {
         let url = player_urls[i % player_urls.len()].clone();
         load::player(i, url, dialer.clone(), session, player_shared.clone(), permit)
     });
     wait_settled(&shared, args.players, ramp + load::CONNECT_TIMEOUT + Duration::from_secs(2)).await;
+    // Churn starts before the settle pause, so the window sees it at its steady rate.
+    let churn_shared = Arc::new(Shared::default());
+    let churn = (args.churn_rate > 0.0).then(|| {
+        let churn_dialer = churn_dialer.clone();
+        spawn_churn(args, urls.clone(), churn_dialer, session, churn_shared.clone())
+    });
     tokio::time::sleep(SETTLE).await;
 
     // The measurement window.
@@ -441,6 +467,17 @@ async fn run_play(
     let playing_at_end = shared.connected.load(Ordering::Relaxed);
 
     // Stop everyone and collect.
+    churn_shared.stop.cancel();
+    if let Some(churn) = churn {
+        let joined = churn.await.unwrap_or(0);
+        report.churn = Some(ChurnUsage {
+            rate: args.churn_rate,
+            hold_ms: args.churn_hold_ms,
+            joined,
+            played: churn_shared.started.load(Ordering::Relaxed),
+            failed: churn_shared.failed.load(Ordering::Relaxed),
+        });
+    }
     shared.stop.cancel();
     let mut outcomes = Vec::with_capacity(args.players);
     while let Some(r) = players.join_next().await {
@@ -510,6 +547,53 @@ async fn run_play(
         anyhow::bail!("{e}");
     }
     Ok(())
+}
+
+/// Players joining at `--churn-rate` per second, each closing its connection after
+/// `--churn-hold-ms` (dropped mid-play, as a viewer closing a tab), until `shared.stop`.
+/// Their measurements go to `shared`, apart from the steady players'. Returns how many
+/// joined.
+fn spawn_churn(
+    args: &BenchArgs,
+    urls: Vec<Arc<StreamUrl>>,
+    dialer: Arc<Dialer>,
+    session: crate::rtmp::session::SessionConfig,
+    shared: Arc<Shared>,
+) -> tokio::task::JoinHandle<usize> {
+    let every = Duration::from_secs_f64(1.0 / args.churn_rate);
+    let hold = Duration::from_millis(args.churn_hold_ms);
+    // Player numbers after the steady ones (they only pick the stream over TCP).
+    let first = args.players;
+    tokio::spawn(async move {
+        let sem = Arc::new(Semaphore::new(MAX_CONNECTING));
+        let mut set = JoinSet::new();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut joined = 0;
+        loop {
+            tokio::select! {
+                _ = shared.stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            // Reap the finished ones so the set stays as large as the live churn.
+            while set.try_join_next().is_some() {}
+            let Ok(permit) = sem.clone().try_acquire_owned() else {
+                // MAX_CONNECTING still connecting: the server is behind; count it as a
+                // failed join rather than pile up.
+                shared.failed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let i = first + joined;
+            joined += 1;
+            let url = urls[i % urls.len()].clone();
+            let player = load::player(i, url, dialer.clone(), session, shared.clone(), permit);
+            set.spawn(async move {
+                let _ = tokio::time::timeout(hold, player).await;
+            });
+        }
+        set.shutdown().await;
+        joined
+    })
 }
 
 async fn run_idle(

@@ -40,6 +40,21 @@ pub struct IdleUsage {
     pub rss_per_conn_kib: Option<f64>,
 }
 
+/// Players joining and leaving alongside the steady ones (`--churn-rate`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ChurnUsage {
+    /// Joins attempted per second.
+    pub rate: f64,
+    /// How long each churning player stays, ms.
+    pub hold_ms: u64,
+    /// Churning players started (connect attempts).
+    pub joined: usize,
+    /// Those that reached `NetStream.Play.Start`.
+    pub played: usize,
+    /// Those that failed before starting.
+    pub failed: usize,
+}
+
 /// Everything one bench run measured.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -83,6 +98,9 @@ pub struct Report {
     pub max_gap_ms: f64,
     /// Frames publishers sent.
     pub frames_sent: u64,
+    /// Churn (`--churn-rate`): players that joined and left during the run, apart from
+    /// the steady ones every other figure is about.
+    pub churn: Option<ChurnUsage>,
     /// Server resource use.
     pub server: Option<ServerUsage>,
     /// The bench's own CPU seconds in the window.
@@ -206,6 +224,10 @@ impl Report {
             ("skips", J::Int(self.skips)),
             ("max_gap_ms", J::Num(self.max_gap_ms)),
             ("frames_sent", J::Int(self.frames_sent)),
+            ("churn_rate", J::opt(self.churn.map(|c| c.rate))),
+            ("churn_joined", self.churn.map_or(J::Null, |c| J::Int(c.joined as u64))),
+            ("churn_played", self.churn.map_or(J::Null, |c| J::Int(c.played as u64))),
+            ("churn_failed", self.churn.map_or(J::Null, |c| J::Int(c.failed as u64))),
             ("server_cpu_s", J::opt(s.map(|s| s.cpu_s))),
             ("server_cpu_pct", J::opt(s.map(|s| s.cpu_pct))),
             ("server_rss_base_mb", J::opt(s.map(|s| s.rss_base_mb))),
@@ -293,6 +315,16 @@ impl Report {
             row(&mut t, "first keyframe", p(&self.first_keyframe_ms));
             row(&mut t, "relay latency", p(&self.relay_latency_ms));
             row(&mut t, "skips", format!("{} (max gap {:.0} ms)", self.skips, self.max_gap_ms));
+            if let Some(c) = self.churn {
+                row(
+                    &mut t,
+                    "churn",
+                    format!(
+                        "{:.0}/s joining for {} ms each: {} joined, {} played, {} failed",
+                        c.rate, c.hold_ms, c.joined, c.played, c.failed
+                    ),
+                );
+            }
         }
         if let Some(s) = self.server {
             row(

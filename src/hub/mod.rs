@@ -5,6 +5,13 @@
 //! registers on the (empty) stream and waits for it to go live. The publisher never
 //! waits on a subscriber: each subscriber has its own bounded queue and a subscriber
 //! that falls behind skips to the next keyframe ([`subscriber`]).
+//!
+//! Locks, outermost first, each held only for in-memory updates: the hub map (which
+//! stream is which session ID), a stream's cache and subscriber list ([`stream`]), a
+//! subscriber's queue. The hub lock is never held while a stream lock is taken: the map
+//! is looked up (and the stream's user count changed, an atomic) under it, then dropped,
+//! and only then is the stream locked. No lock but a subscriber's own queue lock is held
+//! over a socket write ([`subscriber`]).
 
 mod stream;
 mod subscriber;
@@ -15,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use stream::{Publisher, StreamStats};
-pub use subscriber::{DirectSink, QueueLimits, Subscriber};
+pub use subscriber::{DirectSink, Handback, QueueLimits, Subscriber};
 
 use stream::Stream;
 
@@ -86,6 +93,15 @@ impl Hub {
         self.inner.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The stream entry for `session_id`, made if missing, with one more user counted.
+    /// Hub lock held by the caller; the stream's own lock is not taken.
+    fn entry(&self, streams: &mut HashMap<String, Arc<Stream>>, session_id: &str) -> Arc<Stream> {
+        streams
+            .entry(session_id.to_owned())
+            .or_insert_with(|| Arc::new(Stream::new(session_id, self.inner.config)))
+            .clone()
+    }
+
     /// Claims the session ID for a publisher. Dropping the [`Publisher`] ends the stream.
     pub fn publish(&self, session_id: &str) -> Result<Publisher, HubError> {
         // Claimed under the hub lock so `release` cannot remove the entry in between.
@@ -94,26 +110,28 @@ impl Hub {
         if live >= self.inner.config.max_publishers {
             return Err(HubError::TooManyPublishers(self.inner.config.max_publishers));
         }
-        let stream = streams
-            .entry(session_id.to_owned())
-            .or_insert_with(|| Arc::new(Stream::new(session_id, self.inner.config)))
-            .clone();
+        let stream = self.entry(&mut streams, session_id);
         if !stream.claim_publisher() {
             return Err(HubError::AlreadyPublishing(session_id.to_owned()));
         }
         self.inner.publishers.store(live + 1, Ordering::Relaxed);
         drop(streams);
+        // The stream lock only now, with the hub lock released.
+        stream.start_publish();
         Ok(Publisher::new(stream, self.clone()))
     }
 
     /// Subscribes to a session ID, live or not yet. Wait for it with
     /// [`Subscriber::wait_live`]. Dropping the subscriber unsubscribes.
     pub fn subscribe(&self, session_id: &str) -> Subscriber {
-        let mut streams = self.streams();
-        let stream = streams
-            .entry(session_id.to_owned())
-            .or_insert_with(|| Arc::new(Stream::new(session_id, self.inner.config)))
-            .clone();
+        let stream = {
+            let mut streams = self.streams();
+            let stream = self.entry(&mut streams, session_id);
+            // Counted as a user before the hub lock goes, so a concurrent release cannot
+            // remove the entry this subscriber is about to join.
+            stream.add_user();
+            stream
+        };
         stream.subscribe(self.clone())
     }
 
@@ -121,7 +139,7 @@ impl Hub {
     pub fn live_streams(&self) -> Vec<String> {
         let streams: Vec<Arc<Stream>> = self.streams().values().cloned().collect();
         let mut live: Vec<String> =
-            streams.iter().filter(|s| s.stats().live).map(|s| s.session_id().to_owned()).collect();
+            streams.iter().filter(|s| s.is_live()).map(|s| s.session_id().to_owned()).collect();
         live.sort();
         live
     }
@@ -142,23 +160,30 @@ impl Hub {
         self.len() == 0
     }
 
-    /// Removes a stream entry that has neither publisher nor subscribers. Called when
-    /// either goes away, under the hub lock so a concurrent publish/subscribe cannot
-    /// pick up an entry that is being removed.
+    /// The publisher of `stream` went away (after ending the stream for its players).
     fn unpublished(&self, stream: &Arc<Stream>) {
-        let streams = self.streams();
+        let mut streams = self.streams();
         let live = self.inner.publishers.load(Ordering::Relaxed);
         self.inner.publishers.store(live.saturating_sub(1), Ordering::Relaxed);
-        drop(streams);
-        self.release(stream);
+        if stream.unclaim_publisher() {
+            Self::remove(&mut streams, stream);
+        }
     }
 
+    /// A subscriber of `stream` went away (after leaving its list).
     fn release(&self, stream: &Arc<Stream>) {
         let mut streams = self.streams();
-        if let Some(current) = streams.get(stream.session_id()) {
-            if Arc::ptr_eq(current, stream) && stream.is_unused() {
-                streams.remove(stream.session_id());
-            }
+        if stream.remove_user() {
+            Self::remove(&mut streams, stream);
+        }
+    }
+
+    /// Removes a stream entry that has neither publisher nor subscribers. Under the hub
+    /// lock, where users are counted, so a concurrent publish/subscribe cannot pick up an
+    /// entry that is being removed.
+    fn remove(streams: &mut HashMap<String, Arc<Stream>>, stream: &Arc<Stream>) {
+        if streams.get(stream.session_id()).is_some_and(|current| Arc::ptr_eq(current, stream)) {
+            streams.remove(stream.session_id());
         }
     }
 }

@@ -1,6 +1,14 @@
 //! One stream: its publisher claim, the cache a late joiner needs (metadata, sequence
 //! headers, the current GOP), and the list of subscriber queues it fans out to.
+//!
+//! Locking: the stream's mutex guards the cache and the subscriber list, and is held
+//! only for in-memory updates, never for a socket write. The list is copy-on-write
+//! (`Arc<[Arc<Queue>]>`): a push updates the cache and clones the list's `Arc` under the
+//! lock, then fans out from that snapshot without it, so a player joining or leaving
+//! waits for a few pointer copies at most, never for a frame's writes. Counters are
+//! atomics ([`Counters`]), so a stats read does not wait for fan-out either.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,12 +49,31 @@ pub(super) struct Stream {
     session_id: String,
     config: HubConfig,
     state: Mutex<State>,
+    counters: Arc<Counters>,
+    /// A publisher holds the session ID. Changed only under the hub lock (with `users`).
+    claimed: AtomicBool,
+    /// Subscribers plus the claimed publisher: the hub removes the entry when this drops
+    /// to zero. Changed only under the hub lock, so a join racing a leave cannot pick up
+    /// an entry that is being removed; the stream's own lock is not needed for it.
+    users: AtomicUsize,
+}
+
+/// A stream's counters, read by stats without any lock and updated where things happen
+/// (the queues add their skips here directly).
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    live: AtomicBool,
+    subscribers: AtomicUsize,
+    frames: AtomicU64,
+    gop_frames: AtomicUsize,
+    /// Frames skipped by subscribers, present and gone.
+    pub(super) skipped: AtomicU64,
+    direct_writes: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct State {
     live: bool,
-    frames: u64,
     metadata: Option<Frame>,
     /// Sequence headers in arrival order, one per set of E-RTMP tracks (one entry for
     /// all but multitrack streams): a header for track 1 must not evict track 0's.
@@ -57,14 +84,23 @@ struct State {
     gop_bytes: usize,
     gop_overflowed: bool,
     has_video: bool,
-    subscribers: Vec<Arc<Queue>>,
-    skipped_by_gone: u64,
-    direct_writes: u64,
+    /// Replaced, never changed in place: a push iterates the copy it cloned.
+    subscribers: Snapshot,
 }
+
+/// The subscriber list as of one moment.
+type Snapshot = Arc<[Arc<Queue>]>;
 
 impl Stream {
     pub(super) fn new(session_id: &str, config: HubConfig) -> Self {
-        Self { session_id: session_id.to_owned(), config, state: Mutex::default() }
+        Self {
+            session_id: session_id.to_owned(),
+            config,
+            state: Mutex::default(),
+            counters: Arc::default(),
+            claimed: AtomicBool::new(false),
+            users: AtomicUsize::new(0),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -77,26 +113,47 @@ impl Stream {
         &self.session_id
     }
 
+    /// Claims the publisher role; `false` when another publisher has it. Hub lock held.
     pub(super) fn claim_publisher(&self) -> bool {
-        let mut st = self.state();
-        if st.live {
-            return false;
+        let claimed = !self.claimed.swap(true, Ordering::Relaxed);
+        if claimed {
+            self.users.fetch_add(1, Ordering::Relaxed);
         }
-        *st = State { live: true, subscribers: std::mem::take(&mut st.subscribers), ..State::default() };
-        for q in &st.subscribers {
-            q.go_live();
-        }
-        true
+        claimed
     }
 
-    pub(super) fn is_unused(&self) -> bool {
-        let st = self.state();
-        !st.live && st.subscribers.is_empty()
+    /// Gives the publisher role up; `true` when the stream is now unused. Hub lock held.
+    pub(super) fn unclaim_publisher(&self) -> bool {
+        self.claimed.store(false, Ordering::Relaxed);
+        self.remove_user()
+    }
+
+    /// One more subscriber is on its way in. Hub lock held.
+    pub(super) fn add_user(&self) {
+        self.users.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A subscriber or the publisher left; `true` when nobody is left. Hub lock held.
+    pub(super) fn remove_user(&self) -> bool {
+        self.users.fetch_sub(1, Ordering::Relaxed) == 1
+    }
+
+    /// Starts a publish (after [`Stream::claim_publisher`], outside the hub lock):
+    /// resets the cache and wakes the players waiting for it.
+    pub(super) fn start_publish(&self) {
+        let mut st = self.state();
+        *st = State { live: true, subscribers: st.subscribers.clone(), ..State::default() };
+        self.counters.frames.store(0, Ordering::Relaxed);
+        self.counters.gop_frames.store(0, Ordering::Relaxed);
+        self.counters.live.store(true, Ordering::Relaxed);
+        for q in st.subscribers.iter() {
+            q.go_live();
+        }
     }
 
     pub(super) fn subscribe(self: &Arc<Self>, hub: Hub) -> Subscriber {
+        let queue = Arc::new(Queue::new(self.config.queue, self.counters.clone()));
         let mut st = self.state();
-        let queue = Arc::new(Queue::new(self.config.queue));
         if st.live {
             // Metadata goes out at the joiner's start (the cached GOP's first frame), not
             // at the time it was published: seconds or hours before everything else the
@@ -113,62 +170,77 @@ impl Stream {
                 .chain(st.gop.iter().cloned());
             queue.start_with(snapshot);
         }
-        st.subscribers.push(queue.clone());
+        st.subscribers = st.subscribers.iter().cloned().chain(std::iter::once(queue.clone())).collect();
+        self.counters.subscribers.store(st.subscribers.len(), Ordering::Relaxed);
+        drop(st);
         Subscriber::new(queue, self.clone(), hub)
     }
 
     pub(super) fn unsubscribe(&self, queue: &Arc<Queue>) {
         let mut st = self.state();
-        if let Some(pos) = st.subscribers.iter().position(|q| Arc::ptr_eq(q, queue)) {
-            let q = st.subscribers.swap_remove(pos);
-            st.skipped_by_gone += q.skipped();
+        if st.subscribers.iter().any(|q| Arc::ptr_eq(q, queue)) {
+            st.subscribers = st.subscribers.iter().filter(|q| !Arc::ptr_eq(q, queue)).cloned().collect();
+            self.counters.subscribers.store(st.subscribers.len(), Ordering::Relaxed);
         }
     }
 
     /// Publishes one frame: updates the cache and pushes it to every subscriber, into its
     /// queue or straight into its idle socket. Never waits on a subscriber: a push is a
-    /// short lock and a wake-up, or a write that does not wait.
+    /// short lock and a wake-up, or a write that does not wait. The stream lock is held
+    /// only to update the cache and take the subscriber snapshot.
+    ///
+    /// Called only through `&mut Publisher`, so pushes never overlap: the fan-out order
+    /// is the publish order, and the publisher's counters have a single writer.
     pub(super) fn push(&self, frame: Frame) {
-        let mut st = self.state();
-        st.frames += 1;
-        match frame.kind() {
-            MediaKind::Data => {
-                if crate::rtmp::message::data_name(frame.payload()).as_deref() == Some("onMetaData") {
-                    st.metadata = Some(frame.clone());
+        let (subscribers, has_video) = {
+            let mut st = self.state();
+            match frame.kind() {
+                MediaKind::Data => {
+                    if crate::rtmp::message::data_name(frame.payload()).as_deref() == Some("onMetaData") {
+                        st.metadata = Some(frame.clone());
+                    }
                 }
-            }
-            MediaKind::Video if frame.is_sequence_header() => {
-                st.has_video = true;
-                cache_header(&mut st.video_headers, &frame);
-            }
-            MediaKind::Audio if frame.is_sequence_header() => cache_header(&mut st.audio_headers, &frame),
-            MediaKind::Video => {
-                st.has_video = true;
-                if frame.is_keyframe() {
-                    st.gop.clear();
-                    st.gop_bytes = 0;
-                    st.gop_overflowed = false;
+                MediaKind::Video if frame.is_sequence_header() => {
+                    st.has_video = true;
+                    cache_header(&mut st.video_headers, &frame);
                 }
-                self.cache_in_gop(&mut st, &frame);
+                MediaKind::Audio if frame.is_sequence_header() => cache_header(&mut st.audio_headers, &frame),
+                MediaKind::Video => {
+                    st.has_video = true;
+                    if frame.is_keyframe() {
+                        st.gop.clear();
+                        st.gop_bytes = 0;
+                        st.gop_overflowed = false;
+                    }
+                    self.cache_in_gop(&mut st, &frame);
+                }
+                MediaKind::Audio => self.cache_in_gop(&mut st, &frame),
             }
-            MediaKind::Audio => self.cache_in_gop(&mut st, &frame),
-        }
-        let has_video = st.has_video;
-        // Direct writes run on the publisher's task, under the stream lock (a player
-        // joining or leaving waits for them). Past a time budget per frame the rest of
-        // the subscribers are woken instead, so a huge fan-out spreads over the other
-        // workers rather than holding up this publisher's reads.
+            self.counters.gop_frames.store(st.gop.len(), Ordering::Relaxed);
+            (st.subscribers.clone(), st.has_video)
+        };
+        // Single writer (the publisher): a load and a store, no locked instruction.
+        let c = &self.counters;
+        c.frames.store(c.frames.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        // Direct writes run on the publisher's task, from the snapshot, with no stream or
+        // hub lock held (a player joining or leaving meanwhile does not wait for them; one
+        // that joined is in the next frame's snapshot, one that left has closed its
+        // queue). Past a time budget per frame the rest of the subscribers are woken
+        // instead, so a huge fan-out spreads over the other workers rather than holding
+        // up this publisher's reads.
         // (No clock read for a fan-out too small to reach the first check.)
-        let start = (st.subscribers.len() >= DIRECT_BUDGET_CHECK_EVERY).then(Instant::now);
+        let start = (subscribers.len() >= DIRECT_BUDGET_CHECK_EVERY).then(Instant::now);
         let mut direct = true;
         let mut direct_writes = 0;
-        for (i, q) in st.subscribers.iter().enumerate() {
+        for (i, q) in subscribers.iter().enumerate() {
             if direct && i % DIRECT_BUDGET_CHECK_EVERY == DIRECT_BUDGET_CHECK_EVERY - 1 {
                 direct = start.is_some_and(|t| t.elapsed() < DIRECT_WRITE_BUDGET);
             }
             direct_writes += u64::from(q.push(&frame, has_video, direct));
         }
-        st.direct_writes += direct_writes;
+        if direct_writes > 0 {
+            c.direct_writes.store(c.direct_writes.load(Ordering::Relaxed) + direct_writes, Ordering::Relaxed);
+        }
     }
 
     fn cache_in_gop(&self, st: &mut State, frame: &Frame) {
@@ -196,21 +268,33 @@ impl Stream {
         st.audio_headers.clear();
         st.gop.clear();
         st.gop_bytes = 0;
-        for q in &st.subscribers {
+        self.counters.live.store(false, Ordering::Relaxed);
+        self.counters.gop_frames.store(0, Ordering::Relaxed);
+        let subscribers = st.subscribers.clone();
+        drop(st);
+        for q in subscribers.iter() {
             q.end();
         }
     }
 
+    /// Whether a publisher is sending; no lock.
+    pub(super) fn is_live(&self) -> bool {
+        self.counters.live.load(Ordering::Relaxed)
+    }
+
+    /// Counters without any lock, but for `max_queued_bytes`, which needs the subscriber
+    /// list: the stream lock for one `Arc` clone, then the queues' atomics.
     pub(super) fn stats(&self) -> StreamStats {
-        let st = self.state();
+        let c = &self.counters;
+        let subscribers = self.state().subscribers.clone();
         StreamStats {
-            live: st.live,
-            subscribers: st.subscribers.len(),
-            frames: st.frames,
-            gop_frames: st.gop.len(),
-            skipped: st.skipped_by_gone + st.subscribers.iter().map(|q| q.skipped()).sum::<u64>(),
-            max_queued_bytes: st.subscribers.iter().map(|q| q.queued_bytes()).max().unwrap_or(0),
-            direct_writes: st.direct_writes,
+            live: c.live.load(Ordering::Relaxed),
+            subscribers: c.subscribers.load(Ordering::Relaxed),
+            frames: c.frames.load(Ordering::Relaxed),
+            gop_frames: c.gop_frames.load(Ordering::Relaxed),
+            skipped: c.skipped.load(Ordering::Relaxed),
+            max_queued_bytes: subscribers.iter().map(|q| q.queued_bytes()).max().unwrap_or(0),
+            direct_writes: c.direct_writes.load(Ordering::Relaxed),
         }
     }
 }
@@ -227,8 +311,10 @@ impl Publisher {
         Self { stream, hub }
     }
 
-    /// Fans a frame out to every subscriber and updates the late-joiner cache.
-    pub fn send(&self, frame: Frame) {
+    /// Fans a frame out to every subscriber and updates the late-joiner cache. `&mut`:
+    /// the fan-out runs outside the stream lock, so it is the one `Publisher` that keeps
+    /// frames in order (and its counters single-writer).
+    pub fn send(&mut self, frame: Frame) {
         self.stream.push(frame);
     }
 

@@ -11,17 +11,26 @@
 //! all. That is the common case of a player keeping up, and it saves a task wake-up, a
 //! queue round trip and a poll per frame per player. The first write that would wait
 //! (or goes only part way) hands writing back to the task, through the queue as before.
+//!
+//! The writer role is an owned value: the [`DirectSink`] is a `Box` the task moves into
+//! the queue ([`Subscriber::hand_to_publisher`]) and moves back out
+//! ([`Subscriber::take_writer`]). The publisher can only reach it through the queue's
+//! own lock while it sits there, so at most one of the two holds it at any time, and the
+//! task gets it back (with the rest of a half-written frame) before it writes anything.
+//! The one lock held over a `send` is this queue's, which only this subscriber's task and
+//! the publisher take; counters are atomics, so a stats read takes no queue lock.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::stream::Stream;
+use super::stream::{Counters, Stream};
 use super::Hub;
 use crate::media::frame::{Frame, MediaKind};
 
@@ -50,20 +59,24 @@ enum Phase {
 }
 
 /// A subscriber's socket as the publisher may use it: never waiting, and only while the
-/// subscriber's own task has nothing to write.
+/// subscriber's own task has handed it over (it is moved, never shared: whoever holds
+/// the box is the one writer).
 pub trait DirectSink: Send + Sync {
     /// The wire bytes of `frame` for this subscriber (its chunk size and stream id).
     fn encode(&self, frame: &Frame) -> Bytes;
     /// Writes as much of `buf` as the socket takes now; `WouldBlock` when it takes none.
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize>;
 }
 
 /// Who writes to the subscriber's socket now.
 enum Writer {
-    /// The subscriber's task, from the queue.
+    /// The subscriber's task, from the queue; it holds the sink (if it made one).
     Task,
     /// The publisher, as it pushes (the queue is empty meanwhile).
-    Publisher(Arc<dyn DirectSink>),
+    Publisher(Box<dyn DirectSink>),
+    /// The task again: the publisher gave up (a full socket, a push that may not write)
+    /// and left the sink here for the task to take back.
+    HandedBack(Box<dyn DirectSink>),
 }
 
 impl fmt::Debug for Writer {
@@ -71,7 +84,27 @@ impl fmt::Debug for Writer {
         f.write_str(match self {
             Writer::Task => "Task",
             Writer::Publisher(_) => "Publisher",
+            Writer::HandedBack(_) => "HandedBack",
         })
+    }
+}
+
+/// What [`Subscriber::take_writer`] gives back: the sink, if the publisher had it, and
+/// the rest of a frame it wrote only part of, which must go out before anything else.
+#[derive(Default)]
+pub struct Handback {
+    /// The sink handed over earlier; `None` if it was not.
+    pub sink: Option<Box<dyn DirectSink>>,
+    /// The rest of a half-written frame.
+    pub unwritten: Option<Bytes>,
+}
+
+impl fmt::Debug for Handback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handback")
+            .field("sink", &self.sink.is_some())
+            .field("unwritten", &self.unwritten.as_ref().map(Bytes::len))
+            .finish()
     }
 }
 
@@ -82,7 +115,6 @@ struct QueueState {
     bytes: usize,
     /// Dropping media until the next keyframe.
     skipping: bool,
-    skipped: u64,
     writer: Writer,
     /// The rest of a frame the publisher wrote only part of: it goes out before any
     /// other byte, or the chunk stream would be corrupt.
@@ -101,10 +133,16 @@ pub(super) struct Queue {
     limits: QueueLimits,
     state: Mutex<QueueState>,
     notify: Notify,
+    /// Frames this subscriber skipped; read without the lock.
+    skipped: AtomicU64,
+    /// `state.bytes`, copied on every change (under the lock) so stats read it without.
+    queued_bytes: AtomicUsize,
+    /// The stream's counters, where skips are summed as they happen.
+    counters: Arc<Counters>,
 }
 
 impl Queue {
-    pub(super) fn new(limits: QueueLimits) -> Self {
+    pub(super) fn new(limits: QueueLimits, counters: Arc<Counters>) -> Self {
         Self {
             limits,
             state: Mutex::new(QueueState {
@@ -112,16 +150,30 @@ impl Queue {
                 frames: VecDeque::new(),
                 bytes: 0,
                 skipping: false,
-                skipped: 0,
                 writer: Writer::Task,
                 unwritten: None,
             }),
             notify: Notify::new(),
+            skipped: AtomicU64::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            counters,
         }
     }
 
     fn state(&self) -> MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_bytes(&self, st: &mut QueueState, bytes: usize) {
+        st.bytes = bytes;
+        self.queued_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    fn count_skips(&self, n: u64) {
+        if n > 0 {
+            self.skipped.fetch_add(n, Ordering::Relaxed);
+            self.counters.skipped.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     pub(super) fn go_live(&self) {
@@ -138,10 +190,12 @@ impl Queue {
     pub(super) fn start_with(&self, snapshot: impl Iterator<Item = Frame>) {
         let mut st = self.state();
         st.phase = Phase::Live;
+        let mut bytes = st.bytes;
         for f in snapshot {
-            st.bytes += f.payload().len();
+            bytes += f.payload().len();
             st.frames.push_back(f);
         }
+        self.set_bytes(&mut st, bytes);
     }
 
     pub(super) fn end(&self) {
@@ -154,28 +208,42 @@ impl Queue {
     }
 
     pub(super) fn skipped(&self) -> u64 {
-        self.state().skipped
+        self.skipped.load(Ordering::Relaxed)
     }
 
     pub(super) fn queued_bytes(&self) -> usize {
-        self.state().bytes
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The subscriber is gone: nothing more is queued or written (a push that still
+    /// holds this queue in its snapshot finds it closed), and the sink is dropped.
+    fn close(&self) {
+        let mut st = self.state();
+        st.phase = Phase::Ended;
+        st.writer = Writer::Task;
+        st.frames.clear();
+        self.set_bytes(&mut st, 0);
     }
 
     /// Queues `frame`, or with `direct` allowed and the publisher holding the writer
-    /// role, writes it to the socket at once (then returns `true`).
+    /// role, writes it to the socket at once (then returns `true`). The write is one
+    /// non-blocking `send` under this queue's lock, which is what keeps the two writers
+    /// apart; no stream or hub lock is held.
     pub(super) fn push(&self, frame: &Frame, has_video: bool, direct: bool) -> bool {
         let mut guard = self.state();
         let st = &mut *guard;
         if st.phase != Phase::Live {
             return false;
         }
-        if let Writer::Publisher(sink) = &st.writer {
-            if direct && Self::write_direct(sink.as_ref(), frame, &mut st.unwritten) {
+        if let Writer::Publisher(sink) = &mut st.writer {
+            if direct && Self::write_direct(sink.as_mut(), frame, &mut st.unwritten) {
                 return true;
             }
             // The socket is full (or failed, which the task's own write will report), or
             // this push may not write: the task takes over from here.
-            st.writer = Writer::Task;
+            if let Writer::Publisher(sink) = std::mem::replace(&mut st.writer, Writer::Task) {
+                st.writer = Writer::HandedBack(sink);
+            }
             if st.unwritten.is_some() {
                 drop(guard);
                 self.notify.notify_one();
@@ -188,18 +256,21 @@ impl Queue {
             if resumes {
                 st.skipping = false;
             } else if !is_config {
-                st.skipped += 1;
+                drop(guard);
+                self.count_skips(1);
                 return false;
             }
         } else if self.over_limit(st, frame) {
             self.drop_media(st);
             if !resumes {
                 st.skipping = true;
-                st.skipped += 1;
+                drop(guard);
+                self.count_skips(1);
                 return false;
             }
         }
-        st.bytes += frame.payload().len();
+        let bytes = st.bytes + frame.payload().len();
+        self.set_bytes(st, bytes);
         let was_empty = st.frames.is_empty();
         st.frames.push_back(frame.clone());
         drop(guard);
@@ -213,7 +284,7 @@ impl Queue {
 
     /// Writes `frame` without waiting. `true` when all of it went out; when only part
     /// did, the rest is left in `unwritten` (and `true` is not returned).
-    fn write_direct(sink: &dyn DirectSink, frame: &Frame, unwritten: &mut Option<Bytes>) -> bool {
+    fn write_direct(sink: &mut dyn DirectSink, frame: &Frame, unwritten: &mut Option<Bytes>) -> bool {
         let bytes = sink.encode(frame);
         match sink.try_write(&bytes) {
             Ok(n) if n >= bytes.len() => true,
@@ -242,8 +313,9 @@ impl Queue {
     fn drop_media(&self, st: &mut QueueState) {
         let before = st.frames.len();
         st.frames.retain(|f| f.is_sequence_header() || f.kind() == MediaKind::Data);
-        st.skipped += (before - st.frames.len()) as u64;
-        st.bytes = st.frames.iter().map(|f| f.payload().len()).sum();
+        self.count_skips((before - st.frames.len()) as u64);
+        let bytes = st.frames.iter().map(|f| f.payload().len()).sum();
+        self.set_bytes(st, bytes);
     }
 }
 
@@ -290,7 +362,8 @@ impl Subscriber {
             }
             let mut st = self.queue.state();
             if let Some(f) = st.frames.pop_front() {
-                st.bytes -= f.payload().len();
+                let bytes = st.bytes - f.payload().len();
+                self.queue.set_bytes(&mut st, bytes);
                 return Some(f);
             }
         }
@@ -316,26 +389,33 @@ impl Subscriber {
     }
 
     /// Lets the publisher write frames straight to `sink` from now on, if nothing is
-    /// queued. `false` (and nothing changes) when something waits to be written.
+    /// queued: the sink moves into the queue. When something waits to be written (or
+    /// the stream is not live, or a skip is on), nothing changes and the sink comes back
+    /// as `Err`.
     ///
-    /// The caller must not write to the socket itself until [`Subscriber::take_unwritten`].
-    pub fn hand_to_publisher(&self, sink: Arc<dyn DirectSink>) -> bool {
+    /// The caller must not write to the socket itself until it has the sink back from
+    /// [`Subscriber::take_writer`].
+    pub fn hand_to_publisher(&self, sink: Box<dyn DirectSink>) -> Result<(), Box<dyn DirectSink>> {
         let mut st = self.queue.state();
         // While skipping, the next frame to write must be a keyframe: the queue decides.
-        if st.has_work() || st.skipping || st.phase != Phase::Live {
-            return false;
+        if st.has_work() || st.skipping || st.phase != Phase::Live || !matches!(st.writer, Writer::Task) {
+            return Err(sink);
         }
         st.writer = Writer::Publisher(sink);
-        true
+        Ok(())
     }
 
-    /// Takes the writer role back from the publisher (a no-op if it was not handed over),
+    /// Takes the writer role back from the publisher (the sink, if it was handed over),
     /// with the rest of a frame the publisher wrote only part of: the caller must write
-    /// that before anything else.
-    pub fn take_unwritten(&self) -> Option<Bytes> {
+    /// that before anything else. Once this returns, the publisher cannot write to the
+    /// socket (it no longer has the sink).
+    pub fn take_writer(&self) -> Handback {
         let mut st = self.queue.state();
-        st.writer = Writer::Task;
-        st.unwritten.take()
+        let sink = match std::mem::replace(&mut st.writer, Writer::Task) {
+            Writer::Publisher(s) | Writer::HandedBack(s) => Some(s),
+            Writer::Task => None,
+        };
+        Handback { sink, unwritten: st.unwritten.take() }
     }
 
     /// Moves every queued frame into `out` without waiting, up to `max_bytes` of payload
@@ -350,11 +430,12 @@ impl Subscriber {
                 break;
             }
             taken += len;
-            st.bytes -= len;
             if let Some(f) = st.frames.pop_front() {
                 out.push(f);
             }
         }
+        let bytes = st.bytes - taken;
+        self.queue.set_bytes(&mut st, bytes);
     }
 
     /// Frames this subscriber skipped because it fell behind.
@@ -370,6 +451,9 @@ impl Subscriber {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
+        // First close the queue: a push already iterating a snapshot that holds it must
+        // not write to a socket whose task has moved on.
+        self.queue.close();
         self.stream.unsubscribe(&self.queue);
         self.hub.release(&self.stream);
     }

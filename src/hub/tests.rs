@@ -67,7 +67,7 @@ async fn player_before_publisher_waits_and_gets_everything() {
         (live, sub)
     });
     tokio::task::yield_now().await;
-    let p = hub.publish("live/a").unwrap();
+    let mut p = hub.publish("live/a").unwrap();
     let (live, mut sub) = waiter.await.unwrap();
     assert!(live);
     p.send(video_header());
@@ -88,7 +88,7 @@ async fn wait_live_times_out() {
 #[tokio::test]
 async fn late_joiner_gets_metadata_headers_and_gop_at_once() {
     let hub = Hub::default();
-    let p = hub.publish("live/a").unwrap();
+    let mut p = hub.publish("live/a").unwrap();
     let meta = Frame::new(MediaKind::Data, 0, Bytes::from_static(b"\x02\x00\x0aonMetaData\x05"));
     p.send(meta);
     p.send(video_header());
@@ -121,7 +121,7 @@ async fn late_joiner_gets_metadata_headers_and_gop_at_once() {
 #[tokio::test]
 async fn lagging_subscriber_skips_to_next_keyframe_and_keeps_headers() {
     let hub = small_hub(1000);
-    let p = hub.publish("live/a").unwrap();
+    let mut p = hub.publish("live/a").unwrap();
     let mut slow = hub.subscribe("live/a");
     let mut fast = hub.subscribe("live/a");
     p.send(video_header());
@@ -154,7 +154,7 @@ fn lag_by_media_duration_also_skips() {
         queue: QueueLimits { max_bytes: usize::MAX, max_duration: Duration::from_millis(500) },
         ..HubConfig::default()
     });
-    let p = hub.publish("live/a").unwrap();
+    let mut p = hub.publish("live/a").unwrap();
     let slow = hub.subscribe("live/a");
     for i in 0..60u32 {
         p.send(video(i * 33, i % 30 == 0, 10));
@@ -166,7 +166,7 @@ fn lag_by_media_duration_also_skips() {
 #[test]
 fn publisher_does_not_block_on_a_full_queue() {
     let hub = small_hub(10_000);
-    let p = hub.publish("live/a").unwrap();
+    let mut p = hub.publish("live/a").unwrap();
     let _stalled: Vec<Subscriber> = (0..100).map(|_| hub.subscribe("live/a")).collect();
     // 10 000 frames into 100 queues that nobody reads: returns, bounded.
     for i in 0..10_000u32 {
@@ -204,12 +204,13 @@ impl MemSink {
     }
 }
 
-impl DirectSink for MemSink {
+/// The tests keep an `Arc` to look at what was written; the hub gets its own box.
+impl DirectSink for Arc<MemSink> {
     fn encode(&self, frame: &Frame) -> Bytes {
         frame.payload().clone()
     }
 
-    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+    fn try_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut room = self.room.lock().unwrap();
         let n = buf.len().min(*room);
         if n == 0 {
@@ -219,6 +220,11 @@ impl DirectSink for MemSink {
         self.written.lock().unwrap().extend_from_slice(&buf[..n]);
         Ok(n)
     }
+}
+
+/// Hands `sink` (a box of another handle to it) to the publisher.
+fn hand(sub: &Subscriber, sink: &Arc<MemSink>) -> bool {
+    sub.hand_to_publisher(Box::new(sink.clone())).is_ok()
 }
 
 /// Polls `ready()` once: whether the subscriber's task would wake to write.
@@ -243,9 +249,9 @@ fn live_subscriber(hub: &Hub) -> (Publisher, Subscriber) {
 #[test]
 fn an_idle_subscriber_is_written_directly_without_waking() {
     let hub = Hub::default();
-    let (p, sub) = live_subscriber(&hub);
+    let (mut p, sub) = live_subscriber(&hub);
     let sink = MemSink::with_room(usize::MAX);
-    assert!(sub.hand_to_publisher(sink.clone()));
+    assert!(hand(&sub, &sink));
     let frames = [video(0, true, 10), video(33, false, 20), audio(40)];
     for f in &frames {
         p.send(f.clone());
@@ -255,21 +261,21 @@ fn an_idle_subscriber_is_written_directly_without_waking() {
     assert_eq!(hub.stats("live/a").unwrap().direct_writes, 3);
     assert_eq!(sub.queued_bytes(), 0);
     assert!(!wakes(&sub), "the subscriber's task was not needed");
-    assert_eq!(sub.take_unwritten(), None);
+    assert_eq!(sub.take_writer().unwritten, None);
 }
 
 #[test]
 fn a_partial_direct_write_leaves_the_rest_first_and_hands_back() {
     let hub = Hub::default();
-    let (p, mut sub) = live_subscriber(&hub);
+    let (mut p, mut sub) = live_subscriber(&hub);
     let sink = MemSink::with_room(7);
-    assert!(sub.hand_to_publisher(sink.clone()));
+    assert!(hand(&sub, &sink));
     let first = video(0, true, 10);
     p.send(first.clone());
     p.send(video(33, false, 12));
     assert_eq!(sink.written(), first.payload()[..7].to_vec());
     assert!(wakes(&sub), "the task takes over");
-    assert_eq!(sub.take_unwritten().as_deref(), Some(&first.payload()[7..]), "the rest goes first");
+    assert_eq!(sub.take_writer().unwritten.as_deref(), Some(&first.payload()[7..]), "the rest goes first");
     assert_eq!(drain_timestamps(&mut sub), vec![33], "then the queue");
     assert_eq!(sink.written().len(), 7, "nothing more went direct");
 }
@@ -277,23 +283,23 @@ fn a_partial_direct_write_leaves_the_rest_first_and_hands_back() {
 #[test]
 fn a_full_socket_queues_the_frame_for_the_task() {
     let hub = Hub::default();
-    let (p, mut sub) = live_subscriber(&hub);
+    let (mut p, mut sub) = live_subscriber(&hub);
     let sink = MemSink::with_room(0);
-    assert!(sub.hand_to_publisher(sink.clone()));
+    assert!(hand(&sub, &sink));
     p.send(video(0, true, 10));
     p.send(video(33, false, 10));
     assert!(sink.written().is_empty());
     assert!(wakes(&sub));
-    assert_eq!(sub.take_unwritten(), None);
+    assert_eq!(sub.take_writer().unwritten, None);
     assert_eq!(drain_timestamps(&mut sub), vec![0, 33]);
 }
 
 #[test]
 fn writing_is_not_handed_over_while_frames_wait_or_a_skip_is_on() {
     let hub = small_hub(1000);
-    let (p, mut sub) = live_subscriber(&hub);
+    let (mut p, mut sub) = live_subscriber(&hub);
     p.send(video(0, true, 10));
-    assert!(!sub.hand_to_publisher(MemSink::with_room(usize::MAX)), "a frame is queued");
+    assert!(!hand(&sub, &MemSink::with_room(usize::MAX)), "a frame is queued");
     drain_timestamps(&mut sub);
     // Overflow the queue: the subscriber skips until the next keyframe.
     for i in 1..20u32 {
@@ -302,12 +308,12 @@ fn writing_is_not_handed_over_while_frames_wait_or_a_skip_is_on() {
     drain_timestamps(&mut sub);
     assert!(sub.skipped() > 0);
     let sink = MemSink::with_room(usize::MAX);
-    assert!(!sub.hand_to_publisher(sink.clone()), "skipping: the next frame written must be a keyframe");
+    assert!(!hand(&sub, &sink), "skipping: the next frame written must be a keyframe");
     p.send(video(700, false, 10));
     assert!(sink.written().is_empty());
     p.send(video(733, true, 10));
     assert_eq!(drain_timestamps(&mut sub), vec![733]);
-    assert!(sub.hand_to_publisher(sink.clone()), "caught up again");
+    assert!(hand(&sub, &sink), "caught up again");
     p.send(video(766, false, 10));
     assert_eq!(sink.written().len(), 10);
 }
@@ -315,12 +321,265 @@ fn writing_is_not_handed_over_while_frames_wait_or_a_skip_is_on() {
 #[tokio::test]
 async fn the_end_of_a_directly_written_stream_wakes_the_subscriber() {
     let hub = Hub::default();
-    let (p, mut sub) = live_subscriber(&hub);
-    assert!(sub.hand_to_publisher(MemSink::with_room(usize::MAX)));
+    let (mut p, mut sub) = live_subscriber(&hub);
+    assert!(hand(&sub, &MemSink::with_room(usize::MAX)));
     p.send(video(0, true, 10));
     drop(p);
     assert!(!sub.ready().await, "ended, nothing left");
     assert!(next(&mut sub).await.is_none());
+}
+
+/// A socket whose writes block until the test releases them: a push caught in the middle
+/// of a `send`, for as long as the test wants (bounded: 5 s).
+struct StuckSink {
+    entered: Mutex<std::sync::mpsc::Sender<()>>,
+    release: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl DirectSink for StuckSink {
+    fn encode(&self, frame: &Frame) -> Bytes {
+        frame.payload().clone()
+    }
+
+    fn try_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.entered.lock().unwrap().send(());
+        let _ = self.release.lock().unwrap().recv_timeout(Duration::from_secs(5));
+        Ok(buf.len())
+    }
+}
+
+/// A subscriber whose direct writes get stuck, the signal that one is in progress, and
+/// the switch that lets it finish.
+fn stuck_subscriber(
+    hub: &Hub,
+    session_id: &str,
+) -> (Subscriber, std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+    let sub = hub.subscribe(session_id);
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let sink = StuckSink { entered: Mutex::new(entered_tx), release: Mutex::new(release_rx) };
+    assert!(sub.hand_to_publisher(Box::new(sink)).is_ok());
+    (sub, entered_rx, release_tx)
+}
+
+/// Runs `f` on another thread and waits at most 5 s for it: `None` when it did not
+/// finish (it is then left blocked, and let go once the test releases what it waits on).
+fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(5)).ok()
+}
+
+#[test]
+fn joining_leaving_and_stats_do_not_wait_for_a_push_in_progress() {
+    let hub = Hub::default();
+    let p = hub.publish("live/a").unwrap();
+    let (stuck, entered, release) = stuck_subscriber(&hub, "live/a");
+    let pusher = std::thread::spawn(move || {
+        let mut p = p;
+        p.send(video(0, true, 10));
+        p
+    });
+    entered.recv_timeout(Duration::from_secs(5)).expect("the push is inside its write");
+
+    // Same stream, another stream, the hub's own lookups: none of them may wait for the
+    // write (before: the push held the stream lock, and subscribe took it under the hub
+    // lock, so even `live/b` waited).
+    let h = hub.clone();
+    let done = within_5s(move || {
+        let joiner = h.subscribe("live/a");
+        let stats = h.stats("live/a");
+        drop(joiner);
+        let elsewhere = h.subscribe("live/b");
+        let live = h.live_streams();
+        drop(elsewhere);
+        (stats, live, h.len())
+    });
+    release.send(()).unwrap();
+    let p = pusher.join().unwrap();
+    let (stats, live, entries) = done.expect("join, stats and leave while a push is writing");
+    let stats = stats.unwrap();
+    assert_eq!((stats.live, stats.subscribers, stats.frames), (true, 2, 1));
+    assert_eq!(live, vec!["live/a".to_owned()]);
+    assert_eq!(entries, 1, "live/b came and went");
+    assert_eq!(hub.stats("live/a").unwrap().direct_writes, 1);
+    drop((p, stuck));
+    assert!(hub.is_empty());
+}
+
+#[test]
+fn a_subscriber_that_leaves_during_a_push_is_not_written_after_it_left() {
+    let hub = Hub::default();
+    let p = hub.publish("live/a").unwrap();
+    // First in the list: the push gets stuck on it before it reaches the second.
+    let (stuck, entered, release) = stuck_subscriber(&hub, "live/a");
+    let leaving = hub.subscribe("live/a");
+    let sink = MemSink::with_room(usize::MAX);
+    assert!(hand(&leaving, &sink));
+    let pusher = std::thread::spawn(move || {
+        let mut p = p;
+        p.send(video(0, true, 10));
+        p
+    });
+    entered.recv_timeout(Duration::from_secs(5)).expect("the push is inside its write");
+    // The push's snapshot still holds the leaving subscriber's queue.
+    let left = within_5s(move || drop(leaving));
+    release.send(()).unwrap();
+    let p = pusher.join().unwrap();
+    assert!(left.is_some(), "leaving did not wait for the push");
+    assert!(sink.written().is_empty(), "nothing written to a subscriber that left");
+    assert_eq!(Arc::strong_count(&sink), 1, "its sink was dropped with it");
+    drop((p, stuck));
+}
+
+#[test]
+fn the_sink_moves_back_and_the_publisher_no_longer_writes() {
+    let hub = Hub::default();
+    let (mut p, sub) = live_subscriber(&hub);
+    let sink = MemSink::with_room(usize::MAX);
+    assert!(hand(&sub, &sink));
+    assert!(
+        sub.hand_to_publisher(Box::new(sink.clone())).is_err(),
+        "a second sink is refused (and returned) while the publisher holds one"
+    );
+    p.send(video(0, true, 10));
+    assert_eq!(sink.written().len(), 10);
+    let back = sub.take_writer();
+    assert!(back.sink.is_some(), "the sink comes back to the task");
+    assert_eq!(back.unwritten, None);
+    assert!(sub.take_writer().sink.is_none(), "and only once");
+    p.send(video(33, false, 10));
+    assert_eq!(sink.written().len(), 10, "the publisher has no sink to write with");
+    assert!(wakes(&sub), "the frame waits for the task instead");
+    assert_eq!(Arc::strong_count(&sink), 2, "the one box the task holds, and ours");
+    drop(back);
+    assert_eq!(Arc::strong_count(&sink), 1);
+}
+
+/// An in-memory socket that takes a varying share of each write (none, 3 bytes, up to
+/// 1000, everything), so direct writes go part way, block and succeed in turn.
+struct ChoppySink {
+    socket: Arc<MemSink>,
+    writes: usize,
+}
+
+impl DirectSink for ChoppySink {
+    fn encode(&self, frame: &Frame) -> Bytes {
+        frame.payload().clone()
+    }
+
+    fn try_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.writes += 1;
+        let n = match self.writes % 4 {
+            0 => return Err(std::io::ErrorKind::WouldBlock.into()),
+            1 => buf.len().min(3),
+            2 => buf.len().min(1000),
+            _ => buf.len(),
+        };
+        self.socket.written.lock().unwrap().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A video frame whose every byte after the header says which frame it is.
+fn numbered(i: u32, len: usize) -> Frame {
+    let mut p = vec![if i.is_multiple_of(60) { 0x17 } else { 0x27 }, 1, 0, 0, 0];
+    p.extend(i.to_be_bytes().iter().cycle().take(len));
+    Frame::new(MediaKind::Video, i * 33, Bytes::from(p))
+}
+
+#[test]
+fn publisher_and_task_take_turns_without_interleaving_bytes() {
+    let hub = Hub::new(HubConfig {
+        queue: QueueLimits { max_bytes: usize::MAX, max_duration: Duration::from_secs(1 << 30) },
+        ..HubConfig::default()
+    });
+    let (mut p, mut sub) = live_subscriber(&hub);
+    let socket = Arc::new(MemSink::default());
+    let frames: Vec<Frame> = (0..3000).map(|i| numbered(i, 1 + (i as usize * 37) % 2500)).collect();
+    let expected: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
+
+    // The subscriber's task: whenever woken, take the writer role back, write what the
+    // publisher left half-written, then the queue (a blocking write), and hand over again.
+    // It says when it handed over, so the publisher can take turns with it.
+    let (handed_tx, handed) = std::sync::mpsc::channel();
+    let task_socket = socket.clone();
+    let task = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async move {
+            let mut sink: Option<Box<dyn DirectSink>> =
+                Some(Box::new(ChoppySink { socket: task_socket.clone(), writes: 0 }));
+            let mut task_writes = 0;
+            loop {
+                if let Some(s) = sink.take() {
+                    sink = sub.hand_to_publisher(s).err();
+                    if sink.is_none() {
+                        let _ = handed_tx.send(());
+                    }
+                }
+                let ready = tokio::time::timeout(Duration::from_secs(5), sub.ready()).await;
+                if !ready.expect("woken within 5 s") {
+                    return (task_writes, sub);
+                }
+                let back = sub.take_writer();
+                sink = sink.or(back.sink);
+                let mut out = Vec::new();
+                sub.drain_into(&mut out, usize::MAX);
+                let mut written = task_socket.written.lock().unwrap();
+                written.extend(back.unwritten.iter().flat_map(|b| b.to_vec()));
+                written.extend(out.iter().flat_map(|f| f.payload().to_vec()));
+                task_writes += 1;
+            }
+        })
+    });
+    handed.recv_timeout(Duration::from_secs(5)).expect("first hand-over");
+    for f in &frames {
+        let before = hub.stats("live/a").unwrap().direct_writes;
+        p.send(f.clone());
+        if hub.stats("live/a").unwrap().direct_writes == before {
+            // Handed back to the task: wait for the next hand-over, so both keep writing.
+            handed.recv_timeout(Duration::from_secs(5)).expect("the task hands over again");
+        }
+    }
+    let direct = hub.stats("live/a").unwrap().direct_writes;
+    drop(p);
+    let (task_writes, sub) = task.join().unwrap();
+    let written = socket.written();
+    assert_eq!(written.len(), expected.len());
+    assert!(written == expected, "every byte once, in order: no interleaving of the writers");
+    assert!(direct > 0 && task_writes > 0, "both wrote: {direct} direct, {task_writes} by the task");
+    assert_eq!(sub.skipped(), 0);
+}
+
+#[tokio::test]
+async fn joins_racing_leaves_never_orphan_a_player() {
+    let hub = Hub::default();
+    // Threads join and leave the same not-yet-live stream as fast as they can, while a
+    // player joins in the middle of it: the entry it joins must be the one the
+    // publisher later finds (a leave that removed it meanwhile would orphan the player).
+    let churn: Vec<_> = (0..2)
+        .map(|_| {
+            let h = hub.clone();
+            std::thread::spawn(move || {
+                for _ in 0..2000 {
+                    drop(h.subscribe("live/a"));
+                }
+            })
+        })
+        .collect();
+    let players: Vec<Subscriber> = (0..50).map(|_| hub.subscribe("live/a")).collect();
+    for t in churn {
+        t.join().unwrap();
+    }
+    let p = hub.publish("live/a").unwrap();
+    for sub in &players {
+        assert!(sub.wait_live(Duration::from_secs(1)).await, "every player sees the publisher");
+    }
+    assert_eq!(hub.stats("live/a").unwrap().subscribers, 50);
+    drop((p, players));
+    assert!(hub.is_empty(), "and the entry goes with the last of them");
 }
 
 /// An E-RTMP OneTrack multitrack video message (hvc1) for `track`.
@@ -334,7 +593,7 @@ fn track_video(ts: u32, track: u8, frame_type: u8, packet_type: u8) -> Frame {
 #[tokio::test]
 async fn late_joiner_of_a_multitrack_stream_gets_every_track_header_and_the_default_tracks_gop() {
     let hub = Hub::default();
-    let p = hub.publish("live/mt").unwrap();
+    let mut p = hub.publish("live/mt").unwrap();
     let (start, coded) = (0, 1);
     p.send(track_video(0, 0, 1, start));
     p.send(track_video(0, 1, 1, start));

@@ -122,8 +122,9 @@ struct Player {
     live: bool,
     /// Until when a player may wait for the publisher.
     deadline: Instant,
-    /// The socket as handed to the publisher, made on the first hand-over.
-    sink: Option<Arc<dyn DirectSink>>,
+    /// The socket as the publisher may write it, made on the first hand-over: `None`
+    /// while the publisher holds it (this task then must not write) or before.
+    sink: Option<Box<dyn DirectSink>>,
 }
 
 /// The write half of a session's byte stream, able to take a batch of shared buffers.
@@ -283,7 +284,7 @@ impl DirectSink for PlayerSink {
         self.encoder.encode(frame)
     }
 
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.socket.try_write(buf)
     }
 }
@@ -332,7 +333,7 @@ impl Conn<'_> {
                     self.pending = Some(self.request(Role::Play, session_id, app, key));
                 }
                 ServerEvent::Media(frame) => {
-                    if let Some(p) = &self.publisher {
+                    if let Some(p) = &mut self.publisher {
                         p.send(frame);
                     }
                 }
@@ -343,7 +344,7 @@ impl Conn<'_> {
                 }
                 ServerEvent::StopPlay => {
                     if let Some(p) = self.player.take() {
-                        self.unwritten = p.sub.take_unwritten();
+                        self.unwritten = p.sub.take_writer().unwritten;
                         info!(skipped = p.sub.skipped(), "play stopped by the player");
                     }
                 }
@@ -420,8 +421,12 @@ impl Conn<'_> {
     /// batch, each frame's shared chunk bytes).
     fn gather_output(&mut self, wire: &mut Vec<Bytes>) {
         wire.extend(self.unwritten.take());
-        if let Some(p) = &self.player {
-            wire.extend(p.sub.take_unwritten());
+        if let Some(p) = self.player.as_mut() {
+            let back = p.sub.take_writer();
+            if back.sink.is_some() {
+                p.sink = back.sink;
+            }
+            wire.extend(back.unwritten);
         }
         wire.extend(self.session.take_output());
         if let Some(p) = self.player.as_mut().filter(|p| p.live) {
@@ -433,10 +438,15 @@ impl Conn<'_> {
     /// Lets the publisher write to a live player's socket while this task waits.
     fn hand_to_publisher(&mut self, socket: Option<&Arc<dyn TryWrite>>) {
         if let (Some(p), Some(socket)) = (self.player.as_mut().filter(|p| p.live), socket) {
-            let encoder = self.session.media_encoder();
-            let sink = p.sink.get_or_insert_with(|| Arc::new(PlayerSink { socket: socket.clone(), encoder }));
-            // Refused when something is queued; the wait below then returns at once.
-            p.sub.hand_to_publisher(sink.clone());
+            let sink = match p.sink.take() {
+                Some(sink) => sink,
+                None => {
+                    Box::new(PlayerSink { socket: socket.clone(), encoder: self.session.media_encoder() })
+                }
+            };
+            // The sink moves to the publisher; refused (and back) when something is
+            // queued, and the wait below then returns at once.
+            p.sink = p.sub.hand_to_publisher(sink).err();
         }
     }
 

@@ -253,7 +253,7 @@ fn on_events(
                 *pending = Some(Request { role: Role::Play, session_id, app, key, peer, transport: "roqr" });
             }
             ServerEvent::Media(frame) => {
-                if let Some(p) = publisher.as_ref() {
+                if let Some(p) = publisher.as_mut() {
                     p.send(frame);
                 }
             }
