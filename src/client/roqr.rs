@@ -105,6 +105,14 @@ impl RoqrLink {
         };
         match incoming {
             None | Some(Incoming::CommandStreamEnded) => Ok(false),
+            Some(Incoming::StreamOpened) => {
+                self.session.stream_opened();
+                Ok(true)
+            }
+            Some(Incoming::StreamClosed) => {
+                self.session.stream_closed().map_err(roqr_error)?;
+                Ok(true)
+            }
             Some(Incoming::Malformed(e)) => Err(ClientError::Session(SessionError::Protocol(e.to_string()))),
             Some(Incoming::Frame { frame, via, stop }) => {
                 match self.session.handle_frame(frame, via, std::time::Instant::now()).map_err(roqr_error)? {

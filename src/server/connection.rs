@@ -14,12 +14,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::hub_link::{HubLink, Next, PlayerEvent};
 use crate::config::Config;
-use crate::gate::{self, Decision, Gate, Request, Role};
-use crate::hub::{DirectSink, Hub, Publisher, Subscriber};
+use crate::gate::{self, Decision, Gate, Request};
+use crate::hub::{DirectSink, Hub};
 use crate::media::frame::Frame;
 use crate::reason::{Counters, Reason};
-use crate::rtmp::session::{MediaEncoder, ServerEvent, ServerSession, SessionError};
+use crate::rtmp::session::{MediaEncoder, ServerSession, SessionError};
 
 /// Read buffer bounds: idle and control-only connections stay small (memory per idle
 /// connection matters at tens of thousands of them); a buffer that a read fills grows.
@@ -117,16 +118,6 @@ impl ConnError {
     }
 }
 
-struct Player {
-    sub: Subscriber,
-    live: bool,
-    /// Until when a player may wait for the publisher.
-    deadline: Instant,
-    /// The socket as the publisher may write it, made on the first hand-over: `None`
-    /// while the publisher holds it (this task then must not write) or before.
-    sink: Option<Box<dyn DirectSink>>,
-}
-
 /// The write half of a session's byte stream, able to take a batch of shared buffers.
 /// TCP and TLS write them with one vectored write; QUIC takes the `Bytes` themselves
 /// (quinn queues them without copying), so a frame shared by a thousand players is never
@@ -198,15 +189,11 @@ where
     let idle = Duration::from_millis(ctx.config.idle_timeout_ms);
     let write_timeout = Duration::from_millis(ctx.config.write_timeout_ms);
     let mut conn = Conn {
-        ctx,
         session: ServerSession::new(ctx.config.session()),
-        publisher: None,
-        player: None,
+        link: HubLink::new(ctx.clone(), peer.0, peer.1),
         close_after_flush: false,
         batch: Vec::new(),
         unwritten: None,
-        peer,
-        pending: None,
     };
     let mut buf = vec![0u8; READ_BUF_MIN];
     let mut shutting_down = false;
@@ -235,7 +222,6 @@ where
         // this task (a full socket, input, the end of the stream).
         conn.hand_to_publisher(direct.as_ref());
         let read_deadline = conn.read_deadline(handshake_deadline, idle);
-        let has_player = conn.player.is_some();
 
         tokio::select! {
             biased;
@@ -243,7 +229,7 @@ where
                 shutting_down = true;
                 // Publishers stop now (their players then drain and end); a live player
                 // stays until its stream ends, everyone else goes.
-                if !conn.player.as_ref().is_some_and(|p| p.live) {
+                if !conn.link.live_player() {
                     return Ok(());
                 }
             }
@@ -257,17 +243,19 @@ where
                 if n == buf.len() && buf.len() < READ_BUF_MAX {
                     buf.resize(buf.len() * 2, 0);
                 }
-                // Awaited here, in this session's task only: a slow gate holds up nobody
-                // else.
-                if let Some(request) = conn.pending.take() {
-                    let decision = ctx.decide(&request).await;
-                    conn.on_decision(request, decision);
-                }
+                let next = conn.link.decide_pending(conn.session.core()).await;
+                conn.then(next);
             }
-            event = player_event(conn.player.as_ref()), if has_player => match event {
-                PlayerEvent::Live(live) => conn.on_live(live),
+            event = conn.link.player_event() => match event {
+                PlayerEvent::Live(live) => {
+                    let next = conn.link.on_live(conn.session.core(), live);
+                    conn.then(next);
+                }
                 PlayerEvent::Ready(true) => {}
-                PlayerEvent::Ready(false) => conn.on_stream_end(),
+                PlayerEvent::Ready(false) => {
+                    conn.link.on_stream_end(conn.session.core());
+                    conn.close_after_flush = true;
+                }
             },
         }
     }
@@ -290,11 +278,10 @@ impl DirectSink for PlayerSink {
 }
 
 /// A session's state apart from its socket: the protocol machine and its hub handles.
-struct Conn<'a> {
-    ctx: &'a ConnContext,
+struct Conn {
     session: ServerSession,
-    publisher: Option<Publisher>,
-    player: Option<Player>,
+    /// The hub side; each player keeps the sink the publisher writes it through.
+    link: HubLink<Option<Box<dyn DirectSink>>>,
     /// Write what is pending, then close (refusals and ended streams).
     close_after_flush: bool,
     /// Frames drained for one write, kept to reuse its allocation.
@@ -302,19 +289,16 @@ struct Conn<'a> {
     /// The rest of a frame the publisher wrote only part of, to a player that has since
     /// stopped playing: it still goes out first.
     unwritten: Option<Bytes>,
-    /// The peer's address and transport, for the gate.
-    peer: (std::net::SocketAddr, &'static str),
-    /// A publish or play waiting for the gate.
-    pending: Option<Request>,
 }
 
-impl Conn<'_> {
+impl Conn {
     /// Until connect is done the peer must keep talking (handshake deadline); a player
     /// may be silent for ever; anyone else within the idle timeout.
     fn read_deadline(&self, handshake_deadline: Instant, idle: Duration) -> Option<Instant> {
-        if self.player.is_some() {
+        if self.link.player.is_some() {
             None
-        } else if self.publisher.is_none() && !(self.session.handshake_done() && self.session.is_connected())
+        } else if self.link.publisher.is_none()
+            && !(self.session.handshake_done() && self.session.is_connected())
         {
             Some(handshake_deadline)
         } else {
@@ -325,93 +309,15 @@ impl Conn<'_> {
     fn on_input(&mut self, data: &[u8]) -> Result<(), SessionError> {
         self.session.handle_input(data)?;
         while let Some(event) = self.session.poll_event() {
-            match event {
-                ServerEvent::PublishRequest { session_id, app, key, .. } => {
-                    self.pending = Some(self.request(Role::Publish, session_id, app, key));
-                }
-                ServerEvent::PlayRequest { session_id, app, key, .. } => {
-                    self.pending = Some(self.request(Role::Play, session_id, app, key));
-                }
-                ServerEvent::Media(frame) => {
-                    if let Some(p) = &mut self.publisher {
-                        p.send(frame);
-                    }
-                }
-                ServerEvent::Unpublish => {
-                    if self.publisher.take().is_some() {
-                        info!("publish ended by the publisher");
-                    }
-                }
-                ServerEvent::StopPlay => {
-                    if let Some(p) = self.player.take() {
-                        self.unwritten = p.sub.take_writer().unwritten;
-                        info!(skipped = p.sub.skipped(), "play stopped by the player");
-                    }
-                }
+            if let Some(stopped) = self.link.on_event(event) {
+                self.unwritten = stopped.sub.take_writer().unwritten;
             }
         }
         Ok(())
     }
 
-    fn request(&self, role: Role, session_id: String, app: String, key: String) -> Request {
-        tracing::Span::current().record("session_id", session_id.as_str());
-        Request { role, session_id, app, key, peer: self.peer.0, transport: self.peer.1 }
-    }
-
-    fn on_decision(&mut self, request: Request, decision: Decision) {
-        match (request.role, decision) {
-            (Role::Publish, Decision::Allow) => self.on_publish(&request.session_id, &request.key),
-            (Role::Play, Decision::Allow) => {
-                info!("play requested");
-                let sub = self.ctx.hub.subscribe(&request.session_id);
-                let deadline = Instant::now() + self.ctx.hub.config().play_wait;
-                self.player = Some(Player { sub, live: false, deadline, sink: None });
-            }
-            (Role::Publish, Decision::Refuse(reason)) => {
-                self.ctx.counters.count(Reason::Refused);
-                warn!(%reason, "publish refused by the gate");
-                self.session.core().reject_publish("NetStream.Publish.BadName", &reason);
-                self.close_after_flush = true;
-            }
-            (Role::Play, Decision::Refuse(reason)) => {
-                self.ctx.counters.count(Reason::Refused);
-                warn!(%reason, "play refused by the gate");
-                self.session.core().reject_play("NetStream.Play.Failed", &reason);
-                self.close_after_flush = true;
-            }
-        }
-    }
-
-    fn on_publish(&mut self, session_id: &str, key: &str) {
-        match self.ctx.hub.publish(session_id) {
-            Ok(p) => {
-                info!(key = %redact(key), "publish started");
-                self.session.core().accept_publish();
-                self.publisher = Some(p);
-            }
-            Err(e) => {
-                self.ctx.counters.count(Reason::of_hub(&e));
-                warn!(reason = %e, "publish refused");
-                self.session.core().reject_publish("NetStream.Publish.BadName", &e.to_string());
-                self.close_after_flush = true;
-            }
-        }
-    }
-
-    fn on_live(&mut self, live: bool) {
-        if live {
-            info!("play started");
-            if let Some(p) = self.player.as_mut() {
-                p.live = true;
-            }
-            self.session.core().accept_play();
-        } else {
-            self.ctx.counters.count(Reason::StreamNotFound);
-            info!("no publisher within the play wait");
-            self.session
-                .core()
-                .reject_play("NetStream.Play.StreamNotFound", "no such stream is being published");
-            self.player = None;
+    fn then(&mut self, next: Next) {
+        if next == Next::CloseAfterFlush {
             self.close_after_flush = true;
         }
     }
@@ -421,15 +327,15 @@ impl Conn<'_> {
     /// batch, each frame's shared chunk bytes).
     fn gather_output(&mut self, wire: &mut Vec<Bytes>) {
         wire.extend(self.unwritten.take());
-        if let Some(p) = self.player.as_mut() {
+        if let Some(p) = self.link.player.as_mut() {
             let back = p.sub.take_writer();
             if back.sink.is_some() {
-                p.sink = back.sink;
+                p.writer = back.sink;
             }
             wire.extend(back.unwritten);
         }
         wire.extend(self.session.take_output());
-        if let Some(p) = self.player.as_mut().filter(|p| p.live) {
+        if let Some(p) = self.link.player.as_mut().filter(|p| p.live) {
             p.sub.drain_into(&mut self.batch, WRITE_BATCH);
             wire.extend(self.batch.drain(..).map(|f| self.session.media_bytes(&f)));
         }
@@ -437,8 +343,8 @@ impl Conn<'_> {
 
     /// Lets the publisher write to a live player's socket while this task waits.
     fn hand_to_publisher(&mut self, socket: Option<&Arc<dyn TryWrite>>) {
-        if let (Some(p), Some(socket)) = (self.player.as_mut().filter(|p| p.live), socket) {
-            let sink = match p.sink.take() {
+        if let (Some(p), Some(socket)) = (self.link.player.as_mut().filter(|p| p.live), socket) {
+            let sink = match p.writer.take() {
                 Some(sink) => sink,
                 None => {
                     Box::new(PlayerSink { socket: socket.clone(), encoder: self.session.media_encoder() })
@@ -446,16 +352,8 @@ impl Conn<'_> {
             };
             // The sink moves to the publisher; refused (and back) when something is
             // queued, and the wait below then returns at once.
-            p.sink = p.sub.hand_to_publisher(sink).err();
+            p.writer = p.sub.hand_to_publisher(sink).err();
         }
-    }
-
-    fn on_stream_end(&mut self) {
-        if let Some(p) = self.player.take() {
-            info!(skipped = p.sub.skipped(), "stream ended; closing player");
-        }
-        self.session.core().play_ended();
-        self.close_after_flush = true;
     }
 }
 
@@ -491,25 +389,6 @@ async fn drain_until_closed<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
-enum PlayerEvent {
-    /// Waiting ended: live (`true`) or the wait timed out.
-    Live(bool),
-    /// Something to write (`true`), or the stream ended and everything was written.
-    Ready(bool),
-}
-
-/// What a player waits for next: its stream to go live, or something to write.
-async fn player_event(player: Option<&Player>) -> PlayerEvent {
-    match player {
-        Some(p) if !p.live => {
-            let remaining = p.deadline.saturating_duration_since(Instant::now());
-            PlayerEvent::Live(p.sub.wait_live(remaining).await)
-        }
-        Some(p) => PlayerEvent::Ready(p.sub.ready().await),
-        None => std::future::pending().await,
-    }
-}
-
 /// Writes a batch, failing when it does not complete within `timeout`. Most writes
 /// complete at once into the socket buffer; only those that wait get a timer.
 async fn write_timed<W: SessionWriter>(
@@ -526,9 +405,4 @@ async fn write_timed<W: SessionWriter>(
             .map_err(|_| ConnError::Timeout("write made no progress", Reason::WriteTimeout))??,
     }
     Ok(())
-}
-
-/// A stream key for logs: the name without its query (tokens stay out of logs).
-fn redact(key: &str) -> &str {
-    key.split('?').next().unwrap_or_default()
 }

@@ -6,6 +6,7 @@
 //! and close, wait up to the grace period. Immediate shutdown (SIGINT): stop now.
 
 pub mod connection;
+mod hub_link;
 pub mod quic;
 pub mod roqr_conn;
 pub mod tcp;

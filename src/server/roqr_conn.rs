@@ -14,14 +14,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::gate::{Decision, Request, Role};
-use crate::hub::{Publisher, Subscriber};
+use super::hub_link::{HubLink, Next, PlayerEvent};
 use crate::media::frame::Frame;
 use crate::reason::Reason;
 use crate::rtmp::amf0::Amf0Value;
 use crate::rtmp::message::media_message;
 use crate::rtmp::roqr::{frame, ErrorCode, RoqrError, RoqrLimits, RoqrSession, Verdict};
-use crate::rtmp::session::{ServerCore, ServerEvent};
+use crate::rtmp::session::ServerCore;
 use crate::server::connection::ConnContext;
 use crate::transport::roqr::{
     prioritise_commands, spawn_readers, write_commands, Incoming, MediaInfo, MediaMapping, MediaSender,
@@ -58,13 +57,6 @@ impl From<RoqrError> for End {
         };
         Self::err(reason, e.code(), e.to_string())
     }
-}
-
-struct Player {
-    sub: Subscriber,
-    live: bool,
-    deadline: Instant,
-    sender: Option<MediaSender>,
 }
 
 /// Serves one RoQR connection until it ends.
@@ -108,10 +100,8 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
     let handshake_deadline = ctx.handshake_deadline();
     let idle = Duration::from_millis(ctx.config.idle_timeout_ms);
     let max_latency = Duration::from_millis(ctx.config.max_latency_ms);
-    let mut publisher: Option<Publisher> = None;
-    let mut pending: Option<Request> = None;
-    let peer = conn.remote_address();
-    let mut player: Option<Player> = None;
+    // The hub side; each player keeps its media sender.
+    let mut link: HubLink<Option<MediaSender>> = HubLink::new(ctx.clone(), conn.remote_address(), "roqr");
     let mut batch: Vec<Frame> = Vec::new();
     let shutdown = ctx.shutdown.cancelled();
     tokio::pin!(shutdown);
@@ -120,11 +110,8 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
     let mut closing: Option<End> = None;
 
     loop {
-        // Awaited in this connection's task only: a slow gate holds up nobody else.
-        if let Some(request) = pending.take() {
-            let decision = ctx.decide(&request).await;
-            closing =
-                closing.or(on_decision(&mut session, &mut publisher, &mut player, ctx, request, decision));
+        if link.decide_pending(session.core()).await == Next::CloseAfterFlush {
+            closing = closing.or(Some(End::ok("refused")));
         }
         if let Some(out) = session.take_output() {
             if let Err(e) = write_commands(&mut command, out).await {
@@ -137,21 +124,20 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
         }
         // Deadlines: connect within the handshake time; a publisher (or anyone with no
         // role) may not be silent beyond the idle timeout; a player may.
-        let read_deadline = if player.is_some() {
+        let read_deadline = if link.player.is_some() {
             None
-        } else if publisher.is_none() && !session.core().is_connected() {
+        } else if link.publisher.is_none() && !session.core().is_connected() {
             Some(handshake_deadline)
         } else {
             Some(Instant::now() + idle)
         };
         let reorder_deadline = session.poll_timeout().map(Instant::from_std);
-        let has_player = player.is_some();
 
         tokio::select! {
             biased;
             _ = &mut shutdown, if !shutting_down => {
                 shutting_down = true;
-                if !player.as_ref().is_some_and(|p| p.live) {
+                if !link.live_player() {
                     return End::ok("shutting down");
                 }
             }
@@ -170,38 +156,36 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
                     }
                     Incoming::Malformed(e) => return End::err(Reason::FrameEncoding, ErrorCode::FrameEncoding, e.to_string()),
                     Incoming::CommandStreamEnded => return End::ok("command stream ended"),
+                    Incoming::StreamOpened => session.stream_opened(),
+                    Incoming::StreamClosed => {
+                        if let Err(e) = session.stream_closed() {
+                            return e.into();
+                        }
+                    }
                 }
-                closing = on_events(&mut session, &mut publisher, &mut player, &mut pending, peer);
+                on_events(&mut session, &mut link);
             }
             _ = sleep_until_opt(reorder_deadline) => {
                 if let Err(e) = session.handle_timeout(std::time::Instant::now()) {
                     return e.into();
                 }
-                closing = on_events(&mut session, &mut publisher, &mut player, &mut pending, peer);
+                on_events(&mut session, &mut link);
             }
             _ = sleep_until_opt(read_deadline) => {
                 return End::err(Reason::PeerSilent, ErrorCode::General, "peer silent too long");
             }
-            event = player_event(player.as_ref()), if has_player => match event {
-                PlayerEvent::Live(true) => {
-                    info!("play started");
-                    if let Some(p) = player.as_mut() {
-                        p.live = true;
+            event = link.player_event() => match event {
+                PlayerEvent::Live(live) => {
+                    if link.on_live(session.core(), live) == Next::CloseAfterFlush {
+                        closing = Some(End::ok("stream not found"));
                     }
-                    session.core().accept_play();
-                }
-                PlayerEvent::Live(false) => {
-                    ctx.counters.count(Reason::StreamNotFound);
-                    info!("no publisher within the play wait");
-                    session.core().reject_play("NetStream.Play.StreamNotFound", "no such stream is being published");
-                    player = None;
-                    closing = Some(End::ok("stream not found"));
                 }
                 PlayerEvent::Ready(true) => {
-                    let Some(p) = player.as_mut() else { continue };
+                    let mapping = mapping_of(session.core());
+                    let Some(p) = link.player.as_mut() else { continue };
                     p.sub.drain_into(&mut batch, WRITE_BATCH);
                     let sid = session.core().play_stream_id();
-                    let sender = p.sender.get_or_insert_with(|| MediaSender::new(conn.clone(), mapping_of(session.core()), max_latency));
+                    let sender = p.writer.get_or_insert_with(|| MediaSender::new(conn.clone(), mapping, max_latency));
                     let msgs: Vec<_> = batch
                         .drain(..)
                         .map(|f| {
@@ -217,15 +201,11 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
                     }
                 }
                 PlayerEvent::Ready(false) => {
-                    if let Some(p) = player.take() {
-                        info!(skipped = p.sub.skipped(), "stream ended; closing player");
-                        // The end of the stream goes on the command stream: the last
-                        // media, on streams of its own, must reach the player first.
-                        if let Some(mut s) = p.sender {
-                            s.drain(Duration::from_secs(2)).await;
-                        }
+                    // The end of the stream goes on the command stream: the last media, on
+                    // streams of its own, must reach the player first.
+                    if let Some(mut s) = link.on_stream_end(session.core()).and_then(|p| p.writer) {
+                        s.drain(Duration::from_secs(2)).await;
                     }
-                    session.core().play_ended();
                     closing = Some(End::ok("stream ended"));
                 }
             },
@@ -233,89 +213,11 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
     }
 }
 
-/// Acts on the session's events; `Some` ends the connection once the answers are out.
-fn on_events(
-    session: &mut RoqrSession<ServerCore>,
-    publisher: &mut Option<Publisher>,
-    player: &mut Option<Player>,
-    pending: &mut Option<Request>,
-    peer: SocketAddr,
-) -> Option<End> {
+/// Hands the session's events to the hub side (requests wait for the gate at the top of
+/// the loop).
+fn on_events(session: &mut RoqrSession<ServerCore>, link: &mut HubLink<Option<MediaSender>>) {
     while let Some(event) = session.core().poll_event() {
-        match event {
-            ServerEvent::PublishRequest { session_id, app, key, .. } => {
-                tracing::Span::current().record("session_id", session_id.as_str());
-                *pending =
-                    Some(Request { role: Role::Publish, session_id, app, key, peer, transport: "roqr" });
-            }
-            ServerEvent::PlayRequest { session_id, app, key, .. } => {
-                tracing::Span::current().record("session_id", session_id.as_str());
-                *pending = Some(Request { role: Role::Play, session_id, app, key, peer, transport: "roqr" });
-            }
-            ServerEvent::Media(frame) => {
-                if let Some(p) = publisher.as_mut() {
-                    p.send(frame);
-                }
-            }
-            ServerEvent::Unpublish => {
-                if publisher.take().is_some() {
-                    info!("publish ended by the publisher");
-                }
-            }
-            ServerEvent::StopPlay => {
-                if let Some(p) = player.take() {
-                    info!(skipped = p.sub.skipped(), "play stopped by the player");
-                }
-            }
-        }
-    }
-    None
-}
-
-/// Applies the gate's decision on a publish or play; `Some` ends the connection once the
-/// answer is out.
-fn on_decision(
-    session: &mut RoqrSession<ServerCore>,
-    publisher: &mut Option<Publisher>,
-    player: &mut Option<Player>,
-    ctx: &ConnContext,
-    request: Request,
-    decision: Decision,
-) -> Option<End> {
-    match (request.role, decision) {
-        (Role::Publish, Decision::Allow) => match ctx.hub.publish(&request.session_id) {
-            Ok(p) => {
-                info!("publish started");
-                session.core().accept_publish();
-                *publisher = Some(p);
-                None
-            }
-            Err(e) => {
-                ctx.counters.count(Reason::of_hub(&e));
-                warn!(reason = %e, "publish refused");
-                session.core().reject_publish("NetStream.Publish.BadName", &e.to_string());
-                Some(End::ok("publish refused"))
-            }
-        },
-        (Role::Play, Decision::Allow) => {
-            info!("play requested");
-            let sub = ctx.hub.subscribe(&request.session_id);
-            let deadline = Instant::now() + ctx.hub.config().play_wait;
-            *player = Some(Player { sub, live: false, deadline, sender: None });
-            None
-        }
-        (Role::Publish, Decision::Refuse(reason)) => {
-            ctx.counters.count(Reason::Refused);
-            warn!(%reason, "publish refused by the gate");
-            session.core().reject_publish("NetStream.Publish.BadName", &reason);
-            Some(End::ok("publish refused"))
-        }
-        (Role::Play, Decision::Refuse(reason)) => {
-            ctx.counters.count(Reason::Refused);
-            warn!(%reason, "play refused by the gate");
-            session.core().reject_play("NetStream.Play.Failed", &reason);
-            Some(End::ok("play refused"))
-        }
+        link.on_event(event);
     }
 }
 
@@ -325,22 +227,6 @@ fn mapping_of(core: &ServerCore) -> MediaMapping {
     match core.connect_property(MAPPING_PROPERTY) {
         Some(Amf0Value::String(s)) if s == MAPPING_TRACKS => MediaMapping::Tracks,
         _ => MediaMapping::CommandStream,
-    }
-}
-
-enum PlayerEvent {
-    Live(bool),
-    Ready(bool),
-}
-
-async fn player_event(player: Option<&Player>) -> PlayerEvent {
-    match player {
-        Some(p) if !p.live => {
-            let remaining = p.deadline.saturating_duration_since(Instant::now());
-            PlayerEvent::Live(p.sub.wait_live(remaining).await)
-        }
-        Some(p) => PlayerEvent::Ready(p.sub.ready().await),
-        None => std::future::pending().await,
     }
 }
 

@@ -72,6 +72,11 @@ pub enum Incoming {
     Malformed(FrameError),
     /// The command stream ended (the peer finished or reset it).
     CommandStreamEnded,
+    /// The peer opened a stream other than the command stream (media).
+    StreamOpened,
+    /// Such a stream ended (finished, reset or stopped); every frame it carried came
+    /// before this.
+    StreamClosed,
 }
 
 /// Limits the readers enforce.
@@ -100,12 +105,18 @@ pub fn spawn_readers(
         loop {
             tokio::select! {
                 s = c.accept_uni() => match s {
-                    Ok(recv) => { streams.spawn(read_stream(recv, limits, p.clone(), t.clone(), false)); }
+                    Ok(recv) => {
+                        let _ = t.send(Incoming::StreamOpened).await;
+                        streams.spawn(read_stream(recv, limits, p.clone(), t.clone(), false));
+                    }
                     Err(_) => return,
                 },
                 s = c.accept_bi() => match s {
                     // The send half is left unused; dropping it finishes it.
-                    Ok((_send, recv)) => { streams.spawn(read_stream(recv, limits, p.clone(), t.clone(), false)); }
+                    Ok((_send, recv)) => {
+                        let _ = t.send(Incoming::StreamOpened).await;
+                        streams.spawn(read_stream(recv, limits, p.clone(), t.clone(), false));
+                    }
                     Err(_) => return,
                 },
                 Some(_) = streams.join_next(), if !streams.is_empty() => {}
@@ -168,6 +179,9 @@ async fn read_stream(
                 Err(e) => {
                     let _ = tx.send(Incoming::Malformed(e)).await;
                     pending.fetch_sub(held, Ordering::Relaxed);
+                    if !command {
+                        let _ = tx.send(Incoming::StreamClosed).await;
+                    }
                     return;
                 }
             }
@@ -185,7 +199,9 @@ async fn read_stream(
         }
     };
     pending.fetch_sub(held, Ordering::Relaxed);
-    if command && end.is_none() {
+    if !command {
+        let _ = tx.send(Incoming::StreamClosed).await;
+    } else if end.is_none() {
         let _ = tx.send(Incoming::CommandStreamEnded).await;
     }
 }

@@ -42,6 +42,30 @@ impl MessageCore for ClientCore {
     }
 }
 
+/// Longest a stream-ending command waits for the peer's media streams to end.
+const DEFER_LIMIT: Duration = Duration::from_secs(2);
+/// Commands deferred at most (beyond, they are handled in order at once).
+const MAX_DEFERRED: usize = 64;
+
+/// Whether a message ends a publish or a play: a publisher's `FCUnpublish`,
+/// `closeStream` or `deleteStream`, a player's StreamEOF or `UnpublishNotify`/`Play.Stop`.
+fn ends_stream(msg: &RtmpMessage) -> bool {
+    match msg {
+        RtmpMessage::Command(c) => match c.name.as_str() {
+            "FCUnpublish" | "closeStream" | "deleteStream" => true,
+            "onStatus" => c
+                .args
+                .first()
+                .and_then(|i| i.get("code"))
+                .and_then(crate::rtmp::amf0::Amf0Value::as_str)
+                .is_some_and(|code| matches!(code, "NetStream.Play.UnpublishNotify" | "NetStream.Play.Stop")),
+            _ => false,
+        },
+        RtmpMessage::UserControl(UserControl::StreamEof(_)) => true,
+        _ => false,
+    }
+}
+
 /// Limits on what a peer may make a RoQR session hold.
 #[derive(Debug, Clone, Copy)]
 pub struct RoqrLimits {
@@ -126,6 +150,14 @@ pub struct RoqrSession<C> {
     /// The last configuration (sequence header) received per track (audio, video):
     /// senders repeat it at the start of every GOP stream, and a repeat is dropped.
     config: [Option<Bytes>; 2],
+    /// Streams of the peer's other than the command stream still open (media).
+    media_streams: usize,
+    /// A command that ends the stream, with what followed it, held until the peer's
+    /// media streams have ended (it arrives on another stream and may overtake their last
+    /// frames), at most [`DEFER_LIMIT`].
+    deferred: VecDeque<(Message, RtmpMessage)>,
+    /// When the first deferred message arrived.
+    deferred_since: Option<Instant>,
 }
 
 impl<C: MessageCore> RoqrSession<C> {
@@ -140,6 +172,9 @@ impl<C: MessageCore> RoqrSession<C> {
             out: BytesMut::new(),
             media: VecDeque::new(),
             config: [None, None],
+            media_streams: 0,
+            deferred: VecDeque::new(),
+            deferred_since: None,
         }
     }
 
@@ -181,12 +216,17 @@ impl<C: MessageCore> RoqrSession<C> {
                         frame::encode(0, &pong, &mut self.out);
                     }
                     other => {
-                        // A command may end the stream: media before it goes first.
-                        let held: Vec<Message> = self.reorder.drain().collect();
-                        for m in held {
-                            self.deliver(m)?;
+                        let defer = (!self.deferred.is_empty()
+                            || (self.media_streams > 0 && ends_stream(&other)))
+                            && self.deferred.len() < MAX_DEFERRED;
+                        if defer {
+                            // The sender finished its media streams before sending this;
+                            // their last frames may still be on their way to us.
+                            self.deferred_since.get_or_insert(now);
+                            self.deferred.push_back((msg, other));
+                        } else {
+                            self.command(msg, other)?;
                         }
-                        self.core.handle_message(msg, other)?;
                     }
                 }
             }
@@ -196,12 +236,50 @@ impl<C: MessageCore> RoqrSession<C> {
 
     /// When [`handle_timeout`](Self::handle_timeout) is due, if anything waits.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.reorder.deadline()
+        let deferred = self.deferred_since.map(|t| t + DEFER_LIMIT);
+        [self.reorder.deadline(), deferred].into_iter().flatten().min()
     }
 
-    /// Releases media whose wait is over.
+    /// Releases media and commands whose wait is over.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), RoqrError> {
-        self.release(now)
+        self.release(now)?;
+        if self.deferred_since.is_some_and(|t| now >= t + DEFER_LIMIT) {
+            self.release_deferred()?;
+        }
+        Ok(())
+    }
+
+    /// The peer opened a stream besides the command stream.
+    pub fn stream_opened(&mut self) {
+        self.media_streams += 1;
+    }
+
+    /// Such a stream ended (all its frames were handled); a command that waited for the
+    /// media streams goes once none is left.
+    pub fn stream_closed(&mut self) -> Result<(), RoqrError> {
+        self.media_streams = self.media_streams.saturating_sub(1);
+        if self.media_streams == 0 {
+            self.release_deferred()?;
+        }
+        Ok(())
+    }
+
+    fn release_deferred(&mut self) -> Result<(), RoqrError> {
+        self.deferred_since = None;
+        while let Some((msg, parsed)) = self.deferred.pop_front() {
+            self.command(msg, parsed)?;
+        }
+        Ok(())
+    }
+
+    /// A non-media message for the core: media received before it goes first.
+    fn command(&mut self, msg: Message, parsed: RtmpMessage) -> Result<(), RoqrError> {
+        let held: Vec<Message> = self.reorder.drain().collect();
+        for m in held {
+            self.deliver(m)?;
+        }
+        self.core.handle_message(msg, parsed)?;
+        Ok(())
     }
 
     /// Frames for the command stream, if any. Media the core sent is kept apart for
@@ -387,6 +465,54 @@ mod tests {
             })
             .collect();
         assert_eq!(ts, vec![0, 4000]);
+    }
+
+    #[test]
+    fn a_delete_stream_that_overtakes_the_last_media_waits_for_the_media_streams() {
+        let now = Instant::now();
+        let mut c = publisher();
+        let mut s = RoqrSession::new(ServerCore::new(), RoqrLimits::default());
+        pump(&mut c, &mut s, now);
+        s.core().accept_publish();
+        pump(&mut c, &mut s, now);
+        s.stream_opened(); // the publisher's audio stream
+        let audio = |ts| RoqrFrame {
+            flow: 0,
+            message: media_message(MediaKind::Audio, ts, 1, Bytes::from_static(&[0xaf, 1, 5])),
+        };
+        s.handle_frame(audio(0), Via::Stream, now).unwrap();
+        // deleteStream arrives on the command stream before the audio stream's last frame.
+        let delete = RtmpMessage::Command(crate::rtmp::message::Command {
+            name: "deleteStream".into(),
+            transaction: 0.0,
+            object: crate::rtmp::amf0::Amf0Value::Null,
+            args: vec![crate::rtmp::amf0::Amf0Value::Number(1.0)],
+        })
+        .to_message(0, 0);
+        s.handle_frame(RoqrFrame { flow: 0, message: delete }, Via::Stream, now).unwrap();
+        s.handle_frame(audio(23), Via::Stream, now).unwrap();
+        s.stream_closed().unwrap();
+        let got: Vec<String> = std::iter::from_fn(|| s.core().poll_event())
+            .map(|e| match e {
+                ServerEvent::Media(f) => format!("media {}", f.timestamp()),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, vec!["media 0", "media 23", "Unpublish"]);
+        // With a stream that never ends, the command goes after the limit.
+        let mut s2 = RoqrSession::new(ServerCore::new(), RoqrLimits::default());
+        s2.stream_opened();
+        let late = RtmpMessage::Command(crate::rtmp::message::Command {
+            name: "closeStream".into(),
+            transaction: 0.0,
+            object: crate::rtmp::amf0::Amf0Value::Null,
+            args: vec![],
+        })
+        .to_message(0, 0);
+        s2.handle_frame(RoqrFrame { flow: 0, message: late }, Via::Stream, now).unwrap();
+        assert_eq!(s2.poll_timeout(), Some(now + DEFER_LIMIT));
+        s2.handle_timeout(now + DEFER_LIMIT).unwrap();
+        assert!(s2.deferred.is_empty());
     }
 
     #[test]

@@ -1,0 +1,193 @@
+//! The session↔hub rules every transport shares, free of sockets: a publish or play
+//! request waits for the gate, then the hub (one publisher per session ID, players wait
+//! for a publisher up to `play_wait_ms`); refusals answer with their status code and are
+//! counted; the end of a stream ends its players. The byte-stream driver
+//! (`connection.rs`) and the RoQR driver (`roqr_conn.rs`) own the I/O and call in here
+//! with the message-level [`ServerCore`] of their framing.
+
+use std::net::SocketAddr;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::connection::ConnContext;
+use crate::gate::{Decision, Request, Role};
+use crate::hub::{Publisher, Subscriber};
+use crate::reason::Reason;
+use crate::rtmp::session::{ServerCore, ServerEvent};
+
+/// A player's hub side, with whatever its transport keeps per player (`W`: the byte
+/// stream's sink for direct writes, RoQR's media sender).
+pub(super) struct Player<W> {
+    pub(super) sub: Subscriber,
+    /// Playing (the publisher is there), not waiting for it.
+    pub(super) live: bool,
+    /// Until when it may wait for the publisher.
+    deadline: Instant,
+    pub(super) writer: W,
+}
+
+/// What a player waits for next.
+pub(super) enum PlayerEvent {
+    /// Waiting ended: live (`true`) or the wait timed out.
+    Live(bool),
+    /// Something to write (`true`), or the stream ended and everything was taken.
+    Ready(bool),
+}
+
+/// What the driver does after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Go on.
+    Continue,
+    /// Write what the session has to say, then close (refusals, an ended stream).
+    CloseAfterFlush,
+}
+
+/// One session's hub handles and its pending request.
+pub(super) struct HubLink<W> {
+    ctx: ConnContext,
+    peer: SocketAddr,
+    transport: &'static str,
+    pub(super) publisher: Option<Publisher>,
+    pub(super) player: Option<Player<W>>,
+    pending: Option<Request>,
+}
+
+impl<W: Default> HubLink<W> {
+    pub(super) fn new(ctx: ConnContext, peer: SocketAddr, transport: &'static str) -> Self {
+        Self { ctx, peer, transport, publisher: None, player: None, pending: None }
+    }
+
+    /// Acts on an event of the session core. A player that stopped is returned, for the
+    /// driver to take its writer back.
+    pub(super) fn on_event(&mut self, event: ServerEvent) -> Option<Player<W>> {
+        match event {
+            ServerEvent::PublishRequest { session_id, app, key, .. } => {
+                self.pending = Some(self.request(Role::Publish, session_id, app, key));
+            }
+            ServerEvent::PlayRequest { session_id, app, key, .. } => {
+                self.pending = Some(self.request(Role::Play, session_id, app, key));
+            }
+            ServerEvent::Media(frame) => {
+                if let Some(p) = &mut self.publisher {
+                    p.send(frame);
+                }
+            }
+            ServerEvent::Unpublish => {
+                if self.publisher.take().is_some() {
+                    info!("publish ended by the publisher");
+                }
+            }
+            ServerEvent::StopPlay => {
+                let p = self.player.take()?;
+                info!(skipped = p.sub.skipped(), "play stopped by the player");
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// Asks the gate about a pending request and applies the answer. Awaited in the
+    /// session's own task: a slow decision holds up nobody else.
+    pub(super) async fn decide_pending(&mut self, core: &mut ServerCore) -> Next {
+        let Some(request) = self.pending.take() else { return Next::Continue };
+        let decision = self.ctx.decide(&request).await;
+        self.on_decision(core, request, decision)
+    }
+
+    fn request(&self, role: Role, session_id: String, app: String, key: String) -> Request {
+        tracing::Span::current().record("session_id", session_id.as_str());
+        Request { role, session_id, app, key, peer: self.peer, transport: self.transport }
+    }
+
+    fn on_decision(&mut self, core: &mut ServerCore, request: Request, decision: Decision) -> Next {
+        match (request.role, decision) {
+            (Role::Publish, Decision::Allow) => match self.ctx.hub.publish(&request.session_id) {
+                Ok(p) => {
+                    info!(key = %redact(&request.key), "publish started");
+                    core.accept_publish();
+                    self.publisher = Some(p);
+                    Next::Continue
+                }
+                Err(e) => {
+                    self.ctx.counters.count(Reason::of_hub(&e));
+                    warn!(reason = %e, "publish refused");
+                    core.reject_publish("NetStream.Publish.BadName", &e.to_string());
+                    Next::CloseAfterFlush
+                }
+            },
+            (Role::Play, Decision::Allow) => {
+                info!("play requested");
+                let sub = self.ctx.hub.subscribe(&request.session_id);
+                let deadline = Instant::now() + self.ctx.hub.config().play_wait;
+                self.player = Some(Player { sub, live: false, deadline, writer: W::default() });
+                Next::Continue
+            }
+            (Role::Publish, Decision::Refuse(reason)) => {
+                self.ctx.counters.count(Reason::Refused);
+                warn!(%reason, "publish refused by the gate");
+                core.reject_publish("NetStream.Publish.BadName", &reason);
+                Next::CloseAfterFlush
+            }
+            (Role::Play, Decision::Refuse(reason)) => {
+                self.ctx.counters.count(Reason::Refused);
+                warn!(%reason, "play refused by the gate");
+                core.reject_play("NetStream.Play.Failed", &reason);
+                Next::CloseAfterFlush
+            }
+        }
+    }
+
+    /// What the player waits for next; pending for ever without a player.
+    pub(super) async fn player_event(&self) -> PlayerEvent {
+        match &self.player {
+            Some(p) if !p.live => {
+                let remaining = p.deadline.saturating_duration_since(Instant::now());
+                PlayerEvent::Live(p.sub.wait_live(remaining).await)
+            }
+            Some(p) => PlayerEvent::Ready(p.sub.ready().await),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The wait for the publisher ended.
+    pub(super) fn on_live(&mut self, core: &mut ServerCore, live: bool) -> Next {
+        if live {
+            info!("play started");
+            if let Some(p) = self.player.as_mut() {
+                p.live = true;
+            }
+            core.accept_play();
+            Next::Continue
+        } else {
+            self.ctx.counters.count(Reason::StreamNotFound);
+            info!("no publisher within the play wait");
+            core.reject_play("NetStream.Play.StreamNotFound", "no such stream is being published");
+            self.player = None;
+            Next::CloseAfterFlush
+        }
+    }
+
+    /// The played stream ended and everything was taken: the player is told and goes.
+    /// Returns it, for the driver to finish its writer.
+    pub(super) fn on_stream_end(&mut self, core: &mut ServerCore) -> Option<Player<W>> {
+        let player = self.player.take();
+        if let Some(p) = &player {
+            info!(skipped = p.sub.skipped(), "stream ended; closing player");
+        }
+        core.play_ended();
+        player
+    }
+
+    /// Whether a live player is attached (it stays through a graceful shutdown until its
+    /// stream ends).
+    pub(super) fn live_player(&self) -> bool {
+        self.player.as_ref().is_some_and(|p| p.live)
+    }
+}
+
+/// A stream key for logs: the name without its query (tokens stay out of logs).
+fn redact(key: &str) -> &str {
+    key.split('?').next().unwrap_or_default()
+}
