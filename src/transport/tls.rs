@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
@@ -32,6 +33,14 @@ pub enum TlsError {
         path: PathBuf,
         /// The I/O error.
         error: std::io::Error,
+    },
+    /// A PEM file is malformed.
+    #[error("{}: bad PEM: {error}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        error: pem::Error,
     },
     /// A PEM file held no usable certificate or key.
     #[error("{}: no certificate or private key found", .0.display())]
@@ -75,17 +84,20 @@ pub struct Identity {
 pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
     let chain = load_certs(cert)?;
     let pem = fs::read(key).map_err(io_err(key))?;
-    let key_der = rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(io_err(key))?
-        .ok_or_else(|| TlsError::Empty(key.to_owned()))?;
+    let key_der = match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(k) => k,
+        Err(pem::Error::NoItemsFound) => return Err(TlsError::Empty(key.to_owned())),
+        Err(e) => return Err(TlsError::Pem { path: key.to_owned(), error: e }),
+    };
     Ok(Identity { chain, key: key_der, dev_ca: None })
 }
 
 /// Loads every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = fs::read(path).map_err(io_err(path))?;
-    let certs =
-        rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<Vec<_>, _>>().map_err(io_err(path))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| TlsError::Pem { path: path.to_owned(), error })?;
     if certs.is_empty() {
         return Err(TlsError::Empty(path.to_owned()));
     }
@@ -295,5 +307,21 @@ mod tests {
         assert!(a.dev_ca.unwrap().ends_with(DEV_CA_FILE));
         server_config(&b, &[ALPN_RTMP]).unwrap();
         client_config(&Trust::CaFile(dir.path().join(DEV_CA_FILE)), &[ALPN_RTMP]).unwrap();
+    }
+
+    #[test]
+    fn pem_files_without_material_or_malformed_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        dev_identity(dir.path()).unwrap();
+        let (cert, key) = (dir.path().join(DEV_CERT_FILE), dir.path().join(DEV_KEY_FILE));
+        assert!(load_identity(&cert, &key).is_ok());
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "nothing here\n").unwrap();
+        assert!(matches!(load_certs(&empty), Err(TlsError::Empty(_))));
+        assert!(matches!(load_identity(&cert, &empty), Err(TlsError::Empty(_))));
+        let cut = dir.path().join("cut.pem");
+        std::fs::write(&cut, "-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap();
+        let e = load_certs(&cut).unwrap_err().to_string();
+        assert!(e.contains("cut.pem") && e.contains("bad PEM"), "{e}");
     }
 }
