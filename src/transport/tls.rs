@@ -132,6 +132,10 @@ pub fn dev_identity(dir: &Path) -> Result<(Identity, bool), TlsError> {
         "::1".to_owned(),
     ])?;
     leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    // What QUIC stacks outside rustls insist on (RoQR peers): an ECDSA P-256 key (rcgen's
+    // default), the names as subjectAltName, and an explicit CA:FALSE on the leaf.
+    leaf_params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    leaf_params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let leaf = leaf_params.signed_by(&leaf_key, &ca_cert, &ca_key)?;
 
@@ -323,5 +327,21 @@ mod tests {
         std::fs::write(&cut, "-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap();
         let e = load_certs(&cut).unwrap_err().to_string();
         assert!(e.contains("cut.pem") && e.contains("bad PEM"), "{e}");
+    }
+
+    #[test]
+    fn the_dev_leaf_is_what_other_quic_stacks_accept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, _) = dev_identity(dir.path()).unwrap();
+        let leaf: &[u8] = id.chain[0].as_ref();
+        let has = |der: &[u8]| leaf.windows(der.len()).any(|w| w == der);
+        assert!(has(&[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01]), "not an EC key");
+        assert!(has(&[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]), "not P-256");
+        assert!(has(&[0x06, 0x03, 0x55, 0x1d, 0x11]), "no subjectAltName");
+        // basicConstraints, critical, with cA spelled out as FALSE (what `openssl x509`
+        // shows as "CA:FALSE").
+        let ca_false =
+            [0x06, 0x03, 0x55, 0x1d, 0x13, 0x01, 0x01, 0xff, 0x04, 0x05, 0x30, 0x03, 0x01, 0x01, 0x00];
+        assert!(has(&ca_false), "no critical basicConstraints with CA:FALSE");
     }
 }

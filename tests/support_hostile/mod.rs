@@ -1,4 +1,4 @@
-//! Shared by `tests/hostile.rs` and `tests/soak.rs`: synthetic numbered video, a checker
+//! Shared by `tests/hostile/`, `tests/roqr.rs` and `tests/soak.rs`: synthetic numbered video, a checker
 //! for what a player receives (every sequence number, in order, from its first keyframe
 //! on), publisher and player loops over [`RtmpClient`], the publisher → player [`Pair`]
 //! that keeps streaming while a hostile case runs, and `/proc` memory readings.
