@@ -1,9 +1,11 @@
 //! Restores timestamp order across QUIC streams. A RoQR sender may put audio and each
 //! GOP of video on streams of their own, so a loss that stalls one stream lets the others
-//! run ahead; the hub and players expect one timeline. Media waits here until every track
-//! seen so far has reached its timestamp (normally one frame interval), or until it has
-//! waited `hold` (a track that stopped, or a stream that was cancelled), so order is
-//! restored without waiting on a track that will not come.
+//! run ahead; the hub and players expect one timeline. Audio that ran ahead waits here
+//! until video has reached its timestamp, or until it has waited `hold` (video that
+//! stopped, a cancelled GOP); video never waits for audio. Pictures are what viewers see
+//! stall, so a lost audio packet must not hold them up: audio that arrives after video
+//! passed its time goes on at once, slightly out of order (players and muxers order each
+//! track on its own, and tolerate that).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -96,7 +98,9 @@ impl Reorder {
     /// The next message due at `now`, in timestamp order.
     pub fn pop(&mut self, now: Instant) -> Option<Message> {
         let Reverse(first) = self.held.peek()?;
-        let caught_up = self.newest.iter().flatten().all(|&n| n >= first.timestamp);
+        let is_audio = first.message.type_id == 8;
+        // Only audio waits, and only for video (once video has been seen at all).
+        let caught_up = !is_audio || self.newest[1].is_none_or(|v| v >= first.timestamp);
         if caught_up || now >= first.arrived + self.hold || self.held.len() > MAX_HELD {
             return self.held.pop().map(|Reverse(h)| h.message);
         }
@@ -152,20 +156,38 @@ mod tests {
     }
 
     #[test]
-    fn a_track_that_ran_ahead_waits_for_the_other() {
+    fn audio_that_ran_ahead_waits_for_video() {
         let t0 = Instant::now();
         let mut r = Reorder::new(Duration::from_millis(300));
+        r.push(m(9, 0, 0x17), t0);
+        assert_eq!(ts_of(&mut r, t0), vec![0]);
         // Audio runs ahead while video is held up behind a loss.
         for ts in [0, 23, 46, 69] {
             r.push(m(8, ts, 0xaf), t0);
         }
-        r.push(m(9, 0, 0x17), t0);
-        assert_eq!(ts_of(&mut r, t0), vec![0, 0], "only what video has reached is due");
+        assert_eq!(ts_of(&mut r, t0), vec![0], "only what video has reached is due");
         r.push(m(9, 33, 0x27), t0);
         r.push(m(9, 66, 0x27), t0);
-        r.push(m(9, 100, 0x27), t0);
-        assert_eq!(ts_of(&mut r, t0), vec![23, 33, 46, 66, 69]);
+        assert_eq!(ts_of(&mut r, t0), vec![23, 33, 46, 66]);
         assert_eq!(r.len(), 1);
+        r.push(m(9, 100, 0x27), t0);
+        assert_eq!(ts_of(&mut r, t0), vec![69, 100]);
+    }
+
+    #[test]
+    fn video_never_waits_for_audio() {
+        let t0 = Instant::now();
+        let mut r = Reorder::new(Duration::from_millis(300));
+        r.push(m(8, 0, 0xaf), t0);
+        r.push(m(9, 0, 0x17), t0);
+        assert_eq!(ts_of(&mut r, t0), vec![0, 0]);
+        // Audio is behind a loss; pictures go on.
+        r.push(m(9, 33, 0x27), t0);
+        r.push(m(9, 66, 0x27), t0);
+        assert_eq!(ts_of(&mut r, t0), vec![33, 66]);
+        // The late audio goes at once, after the pictures it should have preceded.
+        r.push(m(8, 23, 0xaf), t0);
+        assert_eq!(ts_of(&mut r, t0), vec![23]);
     }
 
     #[test]
