@@ -707,6 +707,25 @@ mod tests {
         assert!(r.server.unwrap().cpu_s_per_gbit.is_some());
         assert!(r.to_json().contains("\"players_ok\": 6"));
 
+        // Churn: players joining and leaving beside the steady ones, reported apart.
+        let args = BenchArgs {
+            players: 3,
+            duration: 1.0,
+            bitrate: 500_000,
+            ramp_ms: Some(0),
+            quiet: true,
+            churn_rate: 40.0,
+            churn_hold_ms: 200,
+            ..BenchArgs::new(&format!("rtmp://{addr}/live/churn"))
+        };
+        let r = run(args).await.unwrap();
+        assert_eq!((r.players_total, r.players_started, r.players_ok), (3, 3, 3), "{}", r.table());
+        let churn = r.churn.unwrap();
+        assert!(churn.joined >= 20 && churn.played > 0, "{churn:?}");
+        assert!(r.to_json().contains("\"churn_joined\": "));
+        let quic_churn = BenchArgs { churn_rate: 1.0, ..BenchArgs::new("rtmp+quic://h/live/q") };
+        assert!(run(quic_churn).await.is_err(), "churn is TCP only");
+
         let args = BenchArgs {
             players: 4,
             duration: 1.0,

@@ -7,11 +7,11 @@
 //! that falls behind skips to the next keyframe ([`subscriber`]).
 //!
 //! Locks, outermost first, each held only for in-memory updates: the hub map (which
-//! stream is which session ID), a stream's cache and subscriber list ([`stream`]), a
+//! stream is which session ID), a stream's cache and subscriber list (`stream.rs`), a
 //! subscriber's queue. The hub lock is never held while a stream lock is taken: the map
 //! is looked up (and the stream's user count changed, an atomic) under it, then dropped,
 //! and only then is the stream locked. No lock but a subscriber's own queue lock is held
-//! over a socket write ([`subscriber`]).
+//! over a socket write (`subscriber.rs`).
 
 mod stream;
 mod subscriber;

@@ -369,7 +369,7 @@ impl Subscriber {
         }
     }
 
-    /// Waits until there is something to write ([`Subscriber::take_unwritten`], then
+    /// Waits until there is something to write ([`Subscriber::take_writer`], then
     /// [`Subscriber::drain_into`]): `true`. `false` once the publish ended and everything
     /// was taken.
     pub async fn ready(&self) -> bool {
