@@ -1315,3 +1315,35 @@ async fn multitrack_late_joiner_gets_every_tracks_headers_and_a_default_track_ke
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_sessions_share_one_quic_connection_per_upstream() -> Result {
+    bounded(async {
+        let srv = start_server().await?;
+        let opts = client_options(&srv);
+        let pool = qrelay::client::QuicPool::new(opts.clone(), 4, None);
+        let url = |key| StreamUrl::parse(&format!("{}?mode=tunnel", srv.url("rtmp+quic", key)));
+        // Three publishers and a player on three streams of one upstream.
+        let mut sessions = Vec::new();
+        for key in ["p1", "p2", "p3"] {
+            let c = RtmpClient::connect_pooled(&url(key)?, ClientMode::Publish, &opts, &pool).await?;
+            sessions.push(c);
+        }
+        srv.wait_live("p1").await?;
+        srv.wait_live("p3").await?;
+        ensure!(pool.connections() == 1, "{} connections for 3 sessions", pool.connections());
+        let player = RtmpClient::connect_pooled(&url("p2")?, ClientMode::Play, &opts, &pool).await?;
+        ensure!(pool.connections() == 1, "the 4th session opened a connection of its own");
+        // The connection is full at 4 sessions: the 5th gets a new one.
+        let fifth = RtmpClient::connect_pooled(&url("p5")?, ClientMode::Publish, &opts, &pool).await?;
+        ensure!(pool.connections() == 2, "{} connections for 5 sessions (4 each)", pool.connections());
+        // A session that ends frees its place.
+        drop(player);
+        let again = RtmpClient::connect_pooled(&url("p6")?, ClientMode::Publish, &opts, &pool).await?;
+        ensure!(pool.connections() == 2, "a freed place was not reused");
+        drop((sessions, fifth, again));
+        pool.close();
+        Ok(())
+    })
+    .await
+}

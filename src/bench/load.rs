@@ -10,13 +10,13 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{OnceCell, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::stats::{Histogram, PlayerTracker};
 use super::synth::{self, now_us, VideoPlan};
-use crate::client::{ClientError, ClientOptions, RtmpClient};
+use crate::client::{ClientError, ClientOptions, Lease, QuicPool, RtmpClient};
 use crate::media::flv::FlvTag;
 use crate::media::frame::MediaKind;
 use crate::rtmp::amf0::{self, Amf0Value};
@@ -24,7 +24,6 @@ use crate::rtmp::chunk::{self, ChunkDecoder};
 use crate::rtmp::handshake::Handshake;
 use crate::rtmp::message::{Command, RtmpMessage};
 use crate::rtmp::session::{ClientEvent, ClientMode, ClientSession, SessionConfig};
-use crate::transport::quic;
 use crate::url::{StreamUrl, Transport};
 
 /// Bytes a player reads from its socket at a time.
@@ -83,7 +82,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// stream on a shared QUIC connection.
 pub(super) enum Dialer {
     Tcp(SocketAddr),
-    Quic(Box<QuicPool>),
+    /// The tunnel: sessions share QUIC connections, `per_conn` each (the client's pool).
+    Quic {
+        addr: SocketAddr,
+        host: String,
+        pool: Box<QuicPool>,
+    },
     /// RoQR: one QUIC connection per session (RoQR carries one session per connection),
     /// made by the client library itself.
     Roqr(Box<ClientOptions>),
@@ -97,31 +101,33 @@ impl Dialer {
             .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", url.host))?;
         Ok(match url.transport {
             Transport::Tcp => Dialer::Tcp(addr),
-            Transport::Quic(crate::url::QuicMapping::Tunnel) => Dialer::Quic(Box::new(QuicPool {
+            Transport::Quic(crate::url::QuicMapping::Tunnel) => Dialer::Quic {
                 addr,
                 host: url.host.clone(),
-                opts: opts.clone(),
-                per_conn: per_conn.max(1),
-                conns: Mutex::new(Vec::new()),
-            })),
+                pool: Box::new(QuicPool::new(opts.clone(), per_conn, Some(UDP_BUFFER))),
+            },
             Transport::Quic(crate::url::QuicMapping::Roqr) => Dialer::Roqr(Box::new(opts.clone())),
             Transport::Tls => anyhow::bail!("the bench speaks rtmp:// and rtmp+quic:// only"),
         })
     }
 
-    /// A byte stream for session number `i`.
-    async fn open(&self, i: usize) -> Result<Box<dyn Io>, String> {
+    /// A byte stream for a session, with its place on a shared connection (kept as long
+    /// as the stream).
+    async fn open(&self) -> Result<(Box<dyn Io>, Option<Lease>), String> {
         match self {
             Dialer::Tcp(addr) => {
                 let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
                 s.set_nodelay(true).map_err(|e| e.to_string())?;
-                Ok(Box::new(s))
+                Ok((Box::new(s), None))
             }
             Dialer::Roqr(_) => Err("RoQR sessions are not byte streams".to_owned()),
-            Dialer::Quic(pool) => {
-                let conn = pool.connection(i / pool.per_conn).await?;
+            Dialer::Quic { addr, host, pool } => {
+                let (conn, lease) = pool
+                    .connection(*addr, host, crate::transport::tls::ALPN_RTMP)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-                Ok(Box::new(tokio::io::join(recv, send)))
+                Ok((Box::new(tokio::io::join(recv, send)), Some(lease)))
             }
         }
     }
@@ -130,53 +136,14 @@ impl Dialer {
     pub(super) fn quic_connections(&self) -> usize {
         match self {
             Dialer::Tcp(_) | Dialer::Roqr(_) => 0,
-            Dialer::Quic(pool) => pool.conns.lock().map(|c| c.len()).unwrap_or(0),
+            Dialer::Quic { pool, .. } => pool.connections(),
         }
     }
-}
 
-type QuicSlot = Arc<OnceCell<Result<(quinn::Endpoint, quinn::Connection), String>>>;
-
-/// QUIC connections shared by groups of `per_conn` sessions, each with its own endpoint
-/// (UDP socket) so receive work spreads over the runtime's threads.
-pub(super) struct QuicPool {
-    addr: SocketAddr,
-    host: String,
-    opts: ClientOptions,
-    per_conn: usize,
-    conns: Mutex<Vec<QuicSlot>>,
-}
-
-impl QuicPool {
-    async fn connection(&self, group: usize) -> Result<quinn::Connection, String> {
-        let slot = {
-            let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-            while conns.len() <= group {
-                conns.push(Arc::default());
-            }
-            conns[group].clone()
-        };
-        let made = slot
-            .get_or_init(|| async {
-                let endpoint = client_endpoint(self.addr, &self.opts).map_err(|e| e.to_string())?;
-                let conn = endpoint
-                    .connect(self.addr, &self.host)
-                    .map_err(|e| e.to_string())?
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok((endpoint, conn))
-            })
-            .await;
-        made.as_ref().map(|(_, c)| c.clone()).map_err(Clone::clone)
-    }
-
-    /// Closes every connection.
+    /// Closes shared connections.
     pub(super) fn close(&self) {
-        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        for slot in conns.iter() {
-            if let Some(Ok((_, conn))) = slot.get() {
-                conn.close(quinn::VarInt::from_u32(0), b"bench done");
-            }
+        if let Dialer::Quic { pool, .. } = self {
+            pool.close();
         }
     }
 }
@@ -186,32 +153,6 @@ impl QuicPool {
 /// datagrams whenever its thread is late, and QUIC's congestion control then throttles
 /// the connection: loss the bench would cause, not the relay.
 const UDP_BUFFER: usize = 8 * 1024 * 1024;
-
-/// Like [`quic::client_endpoint`], on a socket with [`UDP_BUFFER`] buffers.
-fn client_endpoint(peer: SocketAddr, opts: &ClientOptions) -> anyhow::Result<quinn::Endpoint> {
-    use quinn::crypto::rustls::QuicClientConfig;
-    use socket2::{Domain, Protocol, Socket, Type};
-    let tls = crate::transport::tls::client_config(&opts.trust, &[crate::transport::tls::ALPN_RTMP])?;
-    let crypto = QuicClientConfig::try_from(tls)?;
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(Arc::new(quic::transport_config(&opts.quic)?));
-    let domain = if peer.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
-    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    // Best effort: a smaller buffer still works, it only drops more under load.
-    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
-    let _ = socket.set_send_buffer_size(UDP_BUFFER);
-    let bind: SocketAddr = if peer.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
-    socket.bind(&bind.into())?;
-    socket.set_nonblocking(true)?;
-    let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket.into(),
-        Arc::new(quinn::TokioRuntime),
-    )?;
-    endpoint.set_default_client_config(client);
-    Ok(endpoint)
-}
 
 /// What a player saw.
 #[derive(Debug, Default)]
@@ -230,9 +171,8 @@ impl PlayerOutcome {
     }
 }
 
-/// Runs player `i` until the bench stops it.
+/// Runs a player until the bench stops it.
 pub(super) async fn player(
-    i: usize,
     url: Arc<StreamUrl>,
     dialer: Arc<Dialer>,
     session: SessionConfig,
@@ -244,7 +184,7 @@ pub(super) async fn player(
         if let Dialer::Roqr(opts) = &*dialer {
             return play_roqr(&url, opts, &shared, permit, &mut out).await;
         }
-        let io = tokio::time::timeout(CONNECT_TIMEOUT, dialer.open(i))
+        let (io, _lease) = tokio::time::timeout(CONNECT_TIMEOUT, dialer.open())
             .await
             .map_err(|_| "timed out connecting".to_owned())??;
         play(io, &url, session, &shared, permit, &mut out).await
@@ -413,14 +353,13 @@ async fn write_all(io: &mut Box<dyn Io>, bytes: &[u8]) -> Result<(), String> {
 
 /// An idle session: handshake and `connect`, then nothing until the bench stops.
 pub(super) async fn idle(
-    i: usize,
     url: Arc<StreamUrl>,
     dialer: Arc<Dialer>,
     shared: Arc<Shared>,
     permit: OwnedSemaphorePermit,
 ) -> Result<(), String> {
     let result = async {
-        let mut io = tokio::time::timeout(CONNECT_TIMEOUT, dialer.open(i))
+        let (mut io, _lease) = tokio::time::timeout(CONNECT_TIMEOUT, dialer.open())
             .await
             .map_err(|_| "timed out connecting".to_owned())??;
         tokio::time::timeout(CONNECT_TIMEOUT, connect_only(&mut io, &url))

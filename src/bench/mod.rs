@@ -268,10 +268,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     shared.stop.cancel();
     sampler_stop.cancel();
     let _ = sampler.await;
-    if let Dialer::Quic(pool) = &*dialer {
-        report.quic_connections = dialer.quic_connections();
-        pool.close();
-    }
+    report.quic_connections = dialer.quic_connections();
+    dialer.close();
     report.bench_rss_peak_mb = mb(acct.peak_bench_kib.load(Ordering::Relaxed));
     result?;
     Ok(report)
@@ -427,7 +425,7 @@ async fn run_play(
     let churn_dialer = dialer.clone();
     ramp_spawn(&mut players, args.players, ramp, &shared.stop, move |i, permit| {
         let url = player_urls[i % player_urls.len()].clone();
-        load::player(i, url, dialer.clone(), session, player_shared.clone(), permit)
+        load::player(url, dialer.clone(), session, player_shared.clone(), permit)
     });
     wait_settled(&shared, args.players, ramp + load::CONNECT_TIMEOUT + Duration::from_secs(2)).await;
     // Churn starts before the settle pause, so the window sees it at its steady rate.
@@ -586,7 +584,7 @@ fn spawn_churn(
             let i = first + joined;
             joined += 1;
             let url = urls[i % urls.len()].clone();
-            let player = load::player(i, url, dialer.clone(), session, shared.clone(), permit);
+            let player = load::player(url, dialer.clone(), session, shared.clone(), permit);
             set.spawn(async move {
                 let _ = tokio::time::timeout(hold, player).await;
             });
@@ -618,8 +616,8 @@ async fn run_idle(
     let mut conns: JoinSet<IdleResult> = JoinSet::new();
     let ramp = args.ramp(n);
     let idle_shared = shared.clone();
-    ramp_spawn(&mut conns, n, ramp, &shared.stop, move |i, permit| {
-        let fut = load::idle(i, url.clone(), dialer.clone(), idle_shared.clone(), permit);
+    ramp_spawn(&mut conns, n, ramp, &shared.stop, move |_, permit| {
+        let fut = load::idle(url.clone(), dialer.clone(), idle_shared.clone(), permit);
         async move { IdleResult(fut.await.err()) }
     });
     wait_settled(&shared, n, ramp + load::CONNECT_TIMEOUT + Duration::from_secs(2)).await;

@@ -3,7 +3,10 @@
 //! [`RtmpClient`]; the bench and relays reuse it.
 
 mod flv_file;
+mod pool;
 mod roqr;
+
+pub use pool::{Lease, QuicPool};
 
 pub use flv_file::{
     play_to_flv, publish_flv, read_flv_tags, FileError, PlayOptions, PublishOptions, Transfer,
@@ -172,6 +175,8 @@ struct ChunkedLink {
     buf: Vec<u8>,
     /// Keeps the QUIC endpoint and connection alive as long as the session.
     quic: Option<(quinn::Endpoint, quinn::Connection)>,
+    /// The session's place on a pooled connection (shared, so never closed by it).
+    _lease: Option<Lease>,
 }
 
 impl std::fmt::Debug for ChunkedLink {
@@ -249,6 +254,37 @@ impl RtmpClient {
         Self::chunked(reader, writer, quic, url, mode, opts.session)
     }
 
+    /// Like [`connect`](Self::connect), but a tunnel-mapping session goes on a connection
+    /// of `pool`, shared with other sessions to the same upstream (other mappings connect
+    /// as `connect` does).
+    pub async fn connect_pooled(
+        url: &StreamUrl,
+        mode: ClientMode,
+        opts: &ClientOptions,
+        pool: &QuicPool,
+    ) -> Result<Self, ClientError> {
+        if url.transport != Transport::Quic(QuicMapping::Tunnel) {
+            return Self::connect(url, mode, opts).await;
+        }
+        let deadline = Instant::now() + opts.connect_timeout;
+        let timeout =
+            || ClientError::Timeout { stage: "connecting to the server", after: opts.connect_timeout };
+        let open = async {
+            let addr = resolve(&url.host, url.port).await?;
+            let (conn, lease) = pool.connection(addr, &url.host, tls::ALPN_RTMP).await?;
+            let (send, recv) = conn.open_bi().await.map_err(quic_connect_error)?;
+            let mut link = Self::chunked(Box::new(recv), Box::new(send), None, url, mode, opts.session)?;
+            if let Link::Chunked(l) = &mut link {
+                l._lease = Some(lease);
+            }
+            Ok::<_, ClientError>(link)
+        };
+        let link = tokio::time::timeout_at(deadline, open).await.map_err(|_| timeout())??;
+        let limits =
+            Limits { connect: Some((deadline, opts.connect_timeout)), play_wait: Some(opts.play_wait) };
+        Self::start(link, limits).await
+    }
+
     /// Runs the RTMP session over an already open byte stream (e.g. another stream of a
     /// shared QUIC connection).
     pub async fn over_stream(
@@ -270,7 +306,8 @@ impl RtmpClient {
         config: SessionConfig,
     ) -> Result<Link, ClientError> {
         let session = ClientSession::new(config, mode, &url.app, &url.key, &url.tc_url())?;
-        Ok(Link::Chunked(Box::new(ChunkedLink { reader, writer, session, buf: vec![0; 64 * 1024], quic })))
+        let link = ChunkedLink { reader, writer, session, buf: vec![0; 64 * 1024], quic, _lease: None };
+        Ok(Link::Chunked(Box::new(link)))
     }
 
     /// Runs the session until the server started the publish or play.

@@ -176,14 +176,41 @@ pub fn client_endpoint(
     q: &QuicSettings,
     alpn: &[u8],
 ) -> Result<Endpoint, QuicError> {
+    client_endpoint_buffered(peer, trust, q, alpn, None)
+}
+
+/// [`client_endpoint`] on a socket with `udp_buffer` bytes of send and receive buffer
+/// (capped by the kernel's `net.core.{r,w}mem_max`): a client receiving tens of Mbit/s
+/// (a load generator, an edge pulling many streams) drops datagrams with the default
+/// ~208 KiB whenever its thread is late, and QUIC reads the drops as congestion.
+pub fn client_endpoint_buffered(
+    peer: SocketAddr,
+    trust: &Trust,
+    q: &QuicSettings,
+    alpn: &[u8],
+    udp_buffer: Option<usize>,
+) -> Result<Endpoint, QuicError> {
+    use socket2::{Domain, Protocol, Socket, Type};
     let tls = tls::client_config(trust, &[alpn])?;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| QuicError::Crypto(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(client_transport_config(q)?));
-    let bind: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-        .parse()
-        .map_err(|_| QuicError::Crypto("bad bind address".into()))?;
-    let mut endpoint = Endpoint::client(bind)?;
+    let domain = if peer.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if let Some(size) = udp_buffer {
+        // Best effort: a smaller buffer still works, it only drops more under load.
+        let _ = socket.set_recv_buffer_size(size);
+        let _ = socket.set_send_buffer_size(size);
+    }
+    let bind: SocketAddr = if peer.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    socket.bind(&bind.into())?;
+    socket.set_nonblocking(true)?;
+    let mut endpoint =
+        Endpoint::new(EndpointConfig::default(), None, socket.into(), Arc::new(quinn::TokioRuntime))?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
