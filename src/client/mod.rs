@@ -5,7 +5,7 @@
 mod flv_file;
 
 pub use flv_file::{
-    play_to_flv, publish_flv, read_flv_tags, FileError, PlayOptions, PublishOptions, Transfer,
+    play_to_flv, publish_flv, read_flv_tags, ArrivalLog, FileError, PlayOptions, PublishOptions, Transfer,
 };
 
 use std::net::SocketAddr;
