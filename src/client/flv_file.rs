@@ -199,8 +199,8 @@ pub async fn play_to_flv<W: AsyncWrite + Unpin>(
 #[derive(Debug)]
 pub struct ArrivalLog<W: std::io::Write = std::fs::File> {
     // A synchronous writer on purpose: one short line per frame goes to a buffer that
-    // reaches the disk every few thousand frames, and `BufWriter` flushes on drop, so a
-    // play that ends in an error still leaves its log behind.
+    // reaches the disk once per GOP, and `BufWriter` flushes on drop, so a play that
+    // ends in an error still leaves its whole log behind.
     out: std::io::BufWriter<W>,
 }
 
@@ -227,7 +227,12 @@ impl<W: std::io::Write> ArrivalLog<W> {
             return Ok(());
         }
         let ms = now.as_micros() as f64 / 1000.0;
-        writeln!(self.out, "{timestamp}\t{ms:.3}\t{}", u8::from(info.keyframe))
+        writeln!(self.out, "{timestamp}\t{ms:.3}\t{}", u8::from(info.keyframe))?;
+        if info.keyframe {
+            // A player stopped by a signal (no destructors run) then loses one GOP at most.
+            self.out.flush()?;
+        }
+        Ok(())
     }
 
     /// Writes out what is buffered.
