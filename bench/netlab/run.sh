@@ -229,7 +229,7 @@ run_one() {  # CASE RTT LOSS TRANSPORT DROP(0|1)
     stop_pid "$PUBLISHER" INT; forget "$PUBLISHER"
     stop_pid "$SERVER" INT; forget "$SERVER"
     "$NETLAB" status >"$dir/netlab-status.txt" 2>&1 || true
-    write_meta "$dir" "${common[@]}" "t0_unix_ms=$t0" "drop_start_unix_ms=$drop_start" \
+    write_meta "$dir" "${common[@]}" "load1=$(cut -d" " -f1 /proc/loadavg)" "t0_unix_ms=$t0" "drop_start_unix_ms=$drop_start" \
         "drop_end_unix_ms=$drop_end" "note=$(json_str "$note")"
 }
 
