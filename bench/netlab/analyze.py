@@ -133,7 +133,7 @@ def main():
 
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    fields = ["case", "rtt_ms", "loss_pct", "jitter_ms", "rate_mbit", "transport", "tcp_cc", "quic_cc",
+    fields = ["case", "rtt_ms", "loss_pct", "jitter_ms", "rate_mbit", "transport", "tcp_cc", "quic_cc", "load1",
               "frames", "expected", "p50_ms", "p99_ms", "max_ms", "stalls", "stall_s",
               "drop_rate_mbit", "drop_for_s", "drop_frames", "drop_expected", "drop_p99_ms", "recovery_s",
               "note"]
@@ -178,6 +178,23 @@ def main():
                 case_label(r), r["transport"], r["frames"], r["expected"], fmt_ms(r["p50_ms"]),
                 fmt_ms(r["p99_ms"]), r["drop_frames"], r["drop_expected"], fmt_ms(r["drop_p99_ms"]), rec,
                 fmt_stalls(r), r.get("note", "")))
+    transports = []
+    for r in rows:
+        if r["transport"] not in transports and not r.get("skipped"):
+            transports.append(r["transport"])
+    if steady and transports:
+        lines += ["", "Summary: lateness p99 (frames delivered, % of expected); one row per path.", "",
+                  "| path | " + " | ".join(transports) + " |", "|---|" + "---|" * len(transports)]
+        cells = {(case_label(r), r["transport"]): r for r in steady if not r.get("skipped")}
+        for label in dict.fromkeys(case_label(r) for r in steady):
+            row = []
+            for t in transports:
+                r = cells.get((label, t))
+                row.append("–" if r is None else "%s (%d %%)" % (fmt_ms(r["p99_ms"]), round(100.0 * r["frames"] / r["expected"])))
+            lines.append("| %s | %s |" % (label, " | ".join(row)))
+    loads = [r["load1"] for r in rows if r.get("load1") is not None]
+    if loads:
+        lines += ["", "Machine load (1-min average) at the end of each run: %.2f to %.2f." % (min(loads), max(loads))]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text)
