@@ -48,6 +48,10 @@ enum Command {
         /// Stop after this many seconds.
         #[arg(long)]
         duration: Option<f64>,
+        /// Also log each video frame's arrival to this file: media timestamp (ms), wall
+        /// clock (ms since the Unix epoch) and keyframe flag, one frame per line.
+        #[arg(long)]
+        arrivals: Option<PathBuf>,
         #[command(flatten)]
         trust: TrustArgs,
     },
@@ -167,16 +171,17 @@ async fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Resul
             info!(messages = t.messages, bytes = t.bytes, "publish finished");
             Ok(())
         }
-        Command::Play { url, output, duration, trust } => {
+        Command::Play { url, output, duration, arrivals, trust } => {
             let url = StreamUrl::parse(&url).with_context(|| format!("bad URL `{url}`"))?;
             let duration = duration.map(Duration::from_secs_f64);
             let opts = trust.options();
             let t = if output == "-" {
-                client::play_to_flv(&url, &opts, &mut tokio::io::stdout(), PlayOptions { duration }).await?
+                client::play_to_flv(&url, &opts, &mut tokio::io::stdout(), PlayOptions { duration, arrivals })
+                    .await?
             } else {
                 let mut f =
                     tokio::fs::File::create(&output).await.with_context(|| format!("creating {output}"))?;
-                client::play_to_flv(&url, &opts, &mut f, PlayOptions { duration }).await?
+                client::play_to_flv(&url, &opts, &mut f, PlayOptions { duration, arrivals }).await?
             };
             info!(messages = t.messages, bytes = t.bytes, "play finished");
             Ok(())

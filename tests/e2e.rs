@@ -99,6 +99,65 @@ async fn quic_publish_fans_out_to_tcp_and_quic_players() -> Result {
     .await
 }
 
+/// `qrelay play --arrivals`: one line per video picture the player wrote (sequence
+/// headers left out), same timestamps and keyframe flags, on a wall clock that brackets
+/// the run and advances with the paced publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn play_arrivals_log_matches_the_played_video() -> Result {
+    bounded(async {
+        let srv = start_server().await?;
+        let (out, log) = (srv.path("arrivals.flv"), srv.path("arrivals.tsv"));
+        let unix_ms = || {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64() * 1e3)
+        };
+        let started = unix_ms()?;
+        let mut play = qrelay_play(&srv.url("rtmp", "arr"), &srv.ca, &out, None);
+        play.arg("--arrivals").arg(&log);
+        let player = spawn(&mut play)?;
+        srv.wait_subscribers("arr", 1).await?;
+        let publisher = spawn(&mut qrelay_publish(&media().flv, &srv.url("rtmp", "arr"), &srv.ca, false))?;
+        expect_success(&finish(publisher, "qrelay publish", PUBLISH_LIMIT).await?, "qrelay publish")?;
+        expect_success(&finish(player, "qrelay play", END_LIMIT).await?, "qrelay play")?;
+        let ended = unix_ms()?;
+
+        let text = std::fs::read_to_string(&log)?;
+        let mut lines = text.lines();
+        ensure!(lines.next() == Some("# media_ms\tarrival_unix_ms\tkey"), "no header line");
+        let logged = lines
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                ensure!(f.len() == 3, "bad line `{l}`");
+                Ok((f[0].parse::<u32>()?, f[1].parse::<f64>()?, f[2] == "1"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let tags = read_tags(&out).await?;
+        let pictures: Vec<(u32, bool)> = tags
+            .iter()
+            .filter(|t| t.kind == MediaKind::Video && !inspect_video(&t.payload).sequence_header)
+            .map(|t| (t.timestamp, inspect_video(&t.payload).keyframe))
+            .collect();
+        ensure!(pictures.len() > 100, "only {} pictures played", pictures.len());
+        let from_log: Vec<(u32, bool)> = logged.iter().map(|&(ts, _, key)| (ts, key)).collect();
+        ensure!(from_log == pictures, "the log does not list the played pictures");
+        ensure!(
+            pictures.iter().filter(|p| p.1).count() >= 4,
+            "fewer than 4 keyframes in a 4 s, 1 s GOP file"
+        );
+
+        let arrivals: Vec<f64> = logged.iter().map(|l| l.1).collect();
+        ensure!(arrivals.windows(2).all(|w| w[0] <= w[1]), "arrival times go backwards");
+        let (first, last) = (arrivals[0], arrivals[arrivals.len() - 1]);
+        ensure!(
+            started <= first && last <= ended,
+            "arrivals {first}..{last} outside the run {started}..{ended}"
+        );
+        // Paced at the file's real time: the ~4 s of media arrive over about 4 s.
+        ensure!(last - first > 3000.0, "4 s of media arrived within {} ms", last - first);
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_publisher_is_refused_and_first_continues() -> Result {
     bounded(async {

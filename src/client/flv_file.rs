@@ -1,8 +1,9 @@
 //! `qrelay publish FILE URL` and `qrelay play URL -o FILE`: FLV files in and out of an
 //! RTMP session, byte for byte (FLV tag bodies are RTMP payloads).
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -11,7 +12,7 @@ use tracing::info;
 
 use super::{ClientError, ClientOptions, RtmpClient};
 use crate::media::flv::{self, FlvError, FlvReader, FlvTag};
-use crate::media::frame::MediaKind;
+use crate::media::frame::{inspect_video, MediaKind};
 use crate::rtmp::session::{ClientEvent, ClientMode};
 use crate::url::StreamUrl;
 
@@ -25,10 +26,13 @@ pub struct PublishOptions {
 }
 
 /// How to play.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct PlayOptions {
     /// Stop after this long (wall clock) once playback started.
     pub duration: Option<Duration>,
+    /// Log each received video frame's arrival here (see [`ArrivalLog`]), for latency
+    /// measurements such as `bench/netlab`.
+    pub arrivals: Option<PathBuf>,
 }
 
 /// What a publish or play moved.
@@ -240,6 +244,7 @@ pub async fn play_to_flv<W: AsyncWrite + Unpin>(
     let mut header = BytesMut::new();
     flv::write_header(&mut header, true, true);
     out.write_all(&header).await?;
+    let mut arrivals = play.arrivals.as_deref().map(ArrivalLog::create).transpose()?;
     let deadline = play.duration.map(|d| Instant::now() + d);
     let mut transfer = Transfer::default();
     let mut tag = BytesMut::new();
@@ -255,6 +260,9 @@ pub async fn play_to_flv<W: AsyncWrite + Unpin>(
             Some(ClientEvent::Media { kind, timestamp, payload }) => {
                 transfer.messages += 1;
                 transfer.bytes += payload.len() as u64;
+                if let (Some(log), MediaKind::Video) = (arrivals.as_mut(), kind) {
+                    log.record(timestamp, &payload)?;
+                }
                 flv::write_tag(&mut tag, kind, timestamp, &payload);
                 out.write_all(&tag).await?;
                 tag.clear();
@@ -266,8 +274,63 @@ pub async fn play_to_flv<W: AsyncWrite + Unpin>(
         }
     }
     out.flush().await?;
+    if let Some(log) = arrivals.as_mut() {
+        log.flush()?;
+    }
     let _ = client.finish().await;
     Ok(transfer)
+}
+
+/// One text line per received video frame, taken the moment the session decoded it:
+/// `media_ms<TAB>arrival_unix_ms<TAB>key`, where `media_ms` is the RTMP timestamp,
+/// `arrival_unix_ms` the wall clock in milliseconds since the Unix epoch (microsecond
+/// resolution) and `key` 1 for a keyframe. A wall clock rather than a monotonic one so a
+/// script can line arrivals up with events it timed itself (a link change, say).
+/// Codec configuration records are left out: they are not pictures, and a looping
+/// publisher repeats them with the timestamp of the next keyframe.
+#[derive(Debug)]
+pub struct ArrivalLog<W: std::io::Write = std::fs::File> {
+    // A synchronous writer on purpose: one short line per frame goes to a buffer that
+    // reaches the disk once per GOP, and `BufWriter` flushes on drop, so a play that
+    // ends in an error still leaves its whole log behind.
+    out: std::io::BufWriter<W>,
+}
+
+impl ArrivalLog {
+    /// Creates (or truncates) the log file and writes its header line.
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        Self::new(std::fs::File::create(path)?)
+    }
+}
+
+impl<W: std::io::Write> ArrivalLog<W> {
+    /// A log on any writer, header line first.
+    pub fn new(out: W) -> std::io::Result<Self> {
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+        writeln!(out, "# media_ms\tarrival_unix_ms\tkey")?;
+        Ok(Self { out })
+    }
+
+    /// Logs one video message that just arrived (nothing for a sequence header).
+    pub fn record(&mut self, timestamp: u32, payload: &[u8]) -> std::io::Result<()> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let info = inspect_video(payload);
+        if info.sequence_header || payload.is_empty() {
+            return Ok(());
+        }
+        let ms = now.as_micros() as f64 / 1000.0;
+        writeln!(self.out, "{timestamp}\t{ms:.3}\t{}", u8::from(info.keyframe))?;
+        if info.keyframe {
+            // A player stopped by a signal (no destructors run) then loses one GOP at most.
+            self.out.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// Reads a whole FLV from any reader (for tests and tools). Lenient about the end: a
@@ -314,5 +377,29 @@ mod tests {
         // Each track's next frame comes no earlier than its last plus its duration, and
         // the longest track continues without a gap.
         assert_eq!(next, 4002);
+    }
+
+    #[test]
+    fn arrival_log_lists_pictures_with_their_keyframe_flag() {
+        let mut out = Vec::new();
+        let mut log = ArrivalLog::new(&mut out).unwrap();
+        log.record(0, &[0x17, 0, 0, 0, 0, 1]).unwrap(); // AVC sequence header: left out
+        log.record(0, &[0x17, 1, 0, 0, 0, 9]).unwrap(); // keyframe
+        log.record(33, &[0x27, 1, 0, 0, 0, 9]).unwrap(); // inter frame
+        log.record(66, &[]).unwrap(); // nothing to show: left out
+        log.flush().unwrap();
+        drop(log);
+        let text = String::from_utf8(out).unwrap();
+        let rows: Vec<(&str, &str)> = text
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                assert_eq!(f.len(), 3, "{l}");
+                assert!(f[1].parse::<f64>().unwrap() > 1.6e12, "not Unix milliseconds: {l}");
+                (f[0], f[2])
+            })
+            .collect();
+        assert_eq!(rows, [("0", "1"), ("33", "0")]);
     }
 }

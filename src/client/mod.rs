@@ -9,7 +9,7 @@ mod roqr;
 pub use pool::{Lease, QuicPool};
 
 pub use flv_file::{
-    play_to_flv, publish_flv, read_flv_tags, FileError, PlayOptions, PublishOptions, Transfer,
+    play_to_flv, publish_flv, read_flv_tags, ArrivalLog, FileError, PlayOptions, PublishOptions, Transfer,
 };
 
 use std::net::SocketAddr;
