@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use quinn::{Connection, ReadError, RecvStream, SendStream, VarInt, WriteError};
+use quinn::{Connection, RecvStream, SendStream, VarInt, WriteError};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tracing::debug;
@@ -152,6 +152,7 @@ async fn read_stream(
     let stop = Arc::new(StreamStop::default());
     let mut buf = BytesMut::new();
     let mut held = 0usize;
+    let (id, mut frames, mut bytes) = (recv.id(), 0u64, 0u64);
     let end = loop {
         let chunk = tokio::select! {
             c = recv.read_chunk(READ_CHUNK, true) => c,
@@ -162,14 +163,21 @@ async fn read_stream(
             }
         };
         match chunk {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(Some(chunk)) => {
+                bytes += chunk.bytes.len() as u64;
+                buf.extend_from_slice(&chunk.bytes)
+            }
             Ok(None) => break None,
             // FRAME_CANCELLED: the sender abandoned stale media; the partial frame goes.
-            Err(ReadError::Reset(_)) | Err(_) => break None,
+            Err(e) => {
+                debug!(stream = %id, frames, bytes, reason = %e, "stream ended early");
+                break None;
+            }
         }
         loop {
             match frame::decode(&mut buf, limits.max_payload) {
                 Ok(Some(frame)) => {
+                    frames += 1;
                     let item = Incoming::Frame { frame, via: Via::Stream, stop: Some(stop.clone()) };
                     if tx.send(item).await.is_err() {
                         break;
@@ -395,6 +403,7 @@ impl MediaSender {
 
     async fn open(&self, priority: i32) -> Result<SendStream, WriteError> {
         let s = self.conn.open_uni().await.map_err(WriteError::ConnectionLost)?;
+        debug!(stream = %s.id(), priority, "media stream opened");
         let _ = s.set_priority(priority);
         Ok(s)
     }
@@ -407,12 +416,17 @@ impl MediaSender {
         let _ = old.set_priority(PRIORITY_OLD_GOP);
         let stats = self.stats.clone();
         let budget = self.max_latency;
+        let id = old.id();
         tokio::spawn(async move {
             tokio::select! {
-                _ = old.stopped() => { stats.gops_delivered.fetch_add(1, Ordering::Relaxed); }
+                _ = old.stopped() => {
+                    stats.gops_delivered.fetch_add(1, Ordering::Relaxed);
+                    debug!(stream = %id, "GOP delivered");
+                }
                 _ = tokio::time::sleep(budget) => {
                     if old.reset(ErrorCode::FrameCancelled.to_varint()).is_ok() {
                         stats.gops_cancelled.fetch_add(1, Ordering::Relaxed);
+                        debug!(stream = %id, "stale GOP cancelled");
                     }
                 }
             }
