@@ -254,18 +254,7 @@ async fn play(
                     shared.started.fetch_add(1, Ordering::Relaxed);
                 }
                 ClientEvent::Media { kind: MediaKind::Video, payload, .. } => {
-                    let seen = out.tracker.on_video(&payload, now);
-                    if seen.skipped > 0 {
-                        shared.skips.fetch_add(seen.skipped, Ordering::Relaxed);
-                    }
-                    if let Some(l) = seen.latency_us {
-                        if shared.measuring.load(Ordering::Relaxed) {
-                            latencies.push(l);
-                            if latencies.len() == LATENCY_BATCH {
-                                shared.merge_latencies(&mut latencies);
-                            }
-                        }
-                    }
+                    on_video(out, shared, &mut latencies, &payload, now);
                 }
                 ClientEvent::StreamEnded => ended = true,
                 _ => {}
@@ -301,6 +290,7 @@ async fn play_roqr(
     out.started = true;
     drop(permit);
     shared.connected.fetch_add(1, Ordering::Relaxed);
+    shared.started.fetch_add(1, Ordering::Relaxed);
     let mut latencies: Vec<u32> = Vec::with_capacity(LATENCY_BATCH);
     let result = loop {
         let mut ended = false;
@@ -308,20 +298,8 @@ async fn play_roqr(
             match event {
                 ClientEvent::Media { kind, payload, .. } => {
                     shared.bytes.fetch_add(payload.len() as u64 + 8, Ordering::Relaxed);
-                    if kind != MediaKind::Video {
-                        continue;
-                    }
-                    let seen = out.tracker.on_video(&payload, now_us());
-                    if seen.skipped > 0 {
-                        shared.skips.fetch_add(seen.skipped, Ordering::Relaxed);
-                    }
-                    if let Some(l) = seen.latency_us {
-                        if shared.measuring.load(Ordering::Relaxed) {
-                            latencies.push(l);
-                            if latencies.len() == LATENCY_BATCH {
-                                shared.merge_latencies(&mut latencies);
-                            }
-                        }
+                    if kind == MediaKind::Video {
+                        on_video(out, shared, &mut latencies, &payload, now_us());
                     }
                 }
                 ClientEvent::StreamEnded => ended = true,
@@ -344,6 +322,21 @@ async fn play_roqr(
     shared.merge_latencies(&mut latencies);
     shared.connected.fetch_sub(1, Ordering::Relaxed);
     result
+}
+
+/// Accounts a video frame a player received: its sequence (skips) and, inside the
+/// measurement window, its relay latency (batched into the shared histogram).
+fn on_video(out: &mut PlayerOutcome, shared: &Shared, latencies: &mut Vec<u32>, payload: &[u8], now: u64) {
+    let seen = out.tracker.on_video(payload, now);
+    if seen.skipped > 0 {
+        shared.skips.fetch_add(seen.skipped, Ordering::Relaxed);
+    }
+    if let (Some(l), true) = (seen.latency_us, shared.measuring.load(Ordering::Relaxed)) {
+        latencies.push(l);
+        if latencies.len() == LATENCY_BATCH {
+            shared.merge_latencies(latencies);
+        }
+    }
 }
 
 async fn write_all(io: &mut Box<dyn Io>, bytes: &[u8]) -> Result<(), String> {
