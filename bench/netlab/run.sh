@@ -71,7 +71,17 @@ sleep_until() {  # UNIX_MS
     if [ "$left" -gt 0 ]; then sleep "$(awk -v l="$left" 'BEGIN { printf "%.3f", l / 1000 }')"; fi
 }
 
+if [ $# -gt 0 ]; then  # no arguments: everything is an environment variable
+    sed -n '2,/^set -euo/p' "$0" | grep -v '^set ' | sed 's/^# \{0,1\}//'
+    exit 2
+fi
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces)"
+for t in $TRANSPORTS; do
+    [[ "$t" =~ ^(tcp-[a-z0-9]+|tunnel-(bbr|cubic|newreno)|roqr)$ ]] || die "unknown transport '$t'"
+done
+for c in $CASES; do
+    [[ "$c" = drop || "$c" =~ ^[0-9]+:[0-9.]+$ ]] || die "bad case '$c' (want RTT_MS:LOSS_PCT or drop)"
+done
 
 install_deps() {
     local missing=0 c
@@ -271,7 +281,6 @@ for c in $CASES; do
     if [ "$c" = drop ]; then
         for t in $TRANSPORTS; do run_one drop "$DROP_RTT" "$DROP_LOSS" "$t" 1; done
     else
-        [[ "$c" =~ ^[0-9]+:[0-9.]+$ ]] || die "bad case '$c' (want RTT_MS:LOSS_PCT or drop)"
         for t in $TRANSPORTS; do run_one "rtt${c%%:*}-loss${c#*:}" "${c%%:*}" "${c#*:}" "$t" 0; done
     fi
 done
