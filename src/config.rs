@@ -77,7 +77,7 @@ pub struct Config {
     pub tcp_nodelay: bool,
     /// QUIC congestion controller, server and client side. BBR by default: loss-based
     /// controllers (CUBIC, NewReno) halve their window on every loss and starve a live
-    /// stream at the 0.5–5 % loss of the networks QUIC ingest is for (README, Performance).
+    /// stream at the 0.5–5 % loss of the networks QUIC ingest is for (README, "QUIC on bad networks").
     #[arg(long, env = "QRELAY_QUIC_CONGESTION", default_value_t = Config::default().quic_congestion)]
     pub quic_congestion: Congestion,
     /// The RTT QUIC assumes before it has measured one. quinn's default (333 ms, the
