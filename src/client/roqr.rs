@@ -31,6 +31,9 @@ pub(super) struct RoqrLink {
     incoming: mpsc::Receiver<Incoming>,
     sender: MediaSender,
     _readers: JoinSet<()>,
+    /// The server finished the command stream; what it sent last (the end of the stream)
+    /// may still wait for the media streams.
+    command_ended: bool,
 }
 
 impl RoqrLink {
@@ -56,7 +59,16 @@ impl RoqrLink {
         let read_limits = ReadLimits { max_payload: limits.max_payload, max_pending: 32 * 1024 * 1024 };
         spawn_readers(&conn, recv, read_limits, tx, &mut readers);
         let sender = MediaSender::new(conn.clone(), MediaMapping::Tracks, max_latency);
-        Ok(Self { endpoint, conn, command, session, incoming, sender, _readers: readers })
+        Ok(Self {
+            endpoint,
+            conn,
+            command,
+            session,
+            incoming,
+            sender,
+            _readers: readers,
+            command_ended: false,
+        })
     }
 
     /// Writes queued commands.
@@ -95,6 +107,9 @@ impl RoqrLink {
 
     /// Waits for input and handles it; `false` when the server closed. Cancel-safe.
     pub(super) async fn read_input(&mut self) -> Result<bool, ClientError> {
+        if self.command_ended && !self.session.has_deferred() {
+            return Ok(false);
+        }
         let deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
         let incoming = tokio::select! {
             i = self.incoming.recv() => i,
@@ -104,7 +119,13 @@ impl RoqrLink {
             }
         };
         match incoming {
-            None | Some(Incoming::CommandStreamEnded) => Ok(false),
+            None => Ok(false),
+            Some(Incoming::CommandStreamEnded) => {
+                // The server's last word (UnpublishNotify) may wait for its media streams:
+                // keep reading them until it is out (bounded by the session).
+                self.command_ended = true;
+                Ok(true)
+            }
             Some(Incoming::StreamOpened) => {
                 self.session.stream_opened();
                 Ok(true)

@@ -108,6 +108,7 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
     let mut shutting_down = false;
     // Set when the session is over once its last answers are written.
     let mut closing: Option<End> = None;
+    let mut command_ended = false;
 
     loop {
         if link.decide_pending(session.core()).await == Next::CloseAfterFlush {
@@ -121,6 +122,9 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
         if let Some(end) = closing.take() {
             let _ = command.finish();
             return end;
+        }
+        if command_ended && !session.has_deferred() {
+            return End::ok("command stream ended");
         }
         // Deadlines: connect within the handshake time; a publisher (or anyone with no
         // role) may not be silent beyond the idle timeout; a player may.
@@ -155,7 +159,8 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
                         }
                     }
                     Incoming::Malformed(e) => return End::err(Reason::FrameEncoding, ErrorCode::FrameEncoding, e.to_string()),
-                    Incoming::CommandStreamEnded => return End::ok("command stream ended"),
+                    // The peer's last command may still wait for its media streams.
+                    Incoming::CommandStreamEnded => command_ended = true,
                     Incoming::StreamOpened => session.stream_opened(),
                     Incoming::StreamClosed => {
                         if let Err(e) = session.stream_closed() {

@@ -249,6 +249,11 @@ impl<C: MessageCore> RoqrSession<C> {
         Ok(())
     }
 
+    /// Whether commands wait for the peer's media streams to end.
+    pub fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
     /// The peer opened a stream besides the command stream.
     pub fn stream_opened(&mut self) {
         self.media_streams += 1;
