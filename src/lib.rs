@@ -33,4 +33,4 @@ pub mod transport;
 pub mod url;
 
 pub use config::Config;
-pub use server::{run, Server};
+pub use server::{run, Server, ServerError};

@@ -213,7 +213,7 @@ async fn serve(args: ServeArgs, matches: clap::ArgMatches) -> anyhow::Result<()>
     let server = qrelay::Server::bind(config).await?;
     let shutdown = Shutdown::default();
     tokio::spawn(watch_signals(shutdown.clone()));
-    server.run(shutdown).await
+    Ok(server.run(shutdown).await?)
 }
 
 /// SIGTERM: graceful (a second one: immediate). SIGINT: immediate.

@@ -41,7 +41,7 @@ struct Relay {
     counters: std::sync::Arc<qrelay::reason::Counters>,
     ca: std::path::PathBuf,
     shutdown: Shutdown,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<std::result::Result<(), qrelay::ServerError>>,
     _dir: TempDir,
 }
 

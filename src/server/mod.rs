@@ -58,12 +58,70 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// Why the relay could not start. Each message carries its cause (none is also the
+/// `source()`), so a `{:#}` chain prints every cause once.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is not usable.
+    #[error("{0}")]
+    Config(crate::config::ConfigError),
+    /// Certificates could not be loaded or made.
+    #[error("{0}")]
+    Tls(tls::TlsError),
+    /// The QUIC endpoint could not be set up.
+    #[error("{0}")]
+    Quic(quic_endpoint::QuicError),
+    /// The TCP port is taken or not allowed.
+    #[error("TCP port for RTMP not available on {addr}: {error}")]
+    TcpPort {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why not.
+        error: std::io::Error,
+    },
+    /// No UDP port next to the TCP one.
+    #[error("UDP port for QUIC not available next to TCP on {addr}: {error}")]
+    UdpPort {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why not.
+        error: std::io::Error,
+    },
+    /// Another socket or TLS set-up failure.
+    #[error("{0}")]
+    Io(std::io::Error),
+}
+
+impl From<crate::config::ConfigError> for ServerError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        Self::Config(e)
+    }
+}
+
+impl From<tls::TlsError> for ServerError {
+    fn from(e: tls::TlsError) -> Self {
+        Self::Tls(e)
+    }
+}
+
+impl From<quic_endpoint::QuicError> for ServerError {
+    fn from(e: quic_endpoint::QuicError) -> Self {
+        Self::Quic(e)
+    }
+}
+
+impl From<std::io::Error> for ServerError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
 /// Tries for a port free on both TCP and UDP when the configured port is 0.
 const PORT_ATTEMPTS: usize = 20;
 
 impl Server {
     /// Binds TCP and UDP on the same port and loads (or makes) the certificates.
-    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
         let (identity, created) = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => (tls::load_identity(cert, key)?, false),
@@ -123,7 +181,7 @@ impl Server {
     }
 
     /// Runs until shutdown.
-    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), ServerError> {
         let ctx = ConnContext {
             hub: self.hub.clone(),
             config: self.config.clone(),
@@ -174,7 +232,7 @@ impl Server {
 }
 
 /// Binds, then runs: the library entry point tests call on port 0.
-pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
     Server::bind(config).await?.run(shutdown).await
 }
 
@@ -200,21 +258,16 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
-async fn bind_pair(addr: SocketAddr) -> anyhow::Result<(TcpListener, UdpSocket)> {
+async fn bind_pair(addr: SocketAddr) -> Result<(TcpListener, UdpSocket), ServerError> {
     let attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
-    let mut last_err = None;
+    let mut last_err = std::io::Error::from(std::io::ErrorKind::AddrInUse);
     for _ in 0..attempts {
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("TCP port for RTMP not available on {addr}: {e}"))?;
+        let tcp = TcpListener::bind(addr).await.map_err(|error| ServerError::TcpPort { addr, error })?;
         let port_addr = tcp.local_addr()?;
         match bind_udp(port_addr) {
             Ok(udp) => return Ok((tcp, udp)),
-            Err(e) => last_err = Some(e),
+            Err(e) => last_err = e,
         }
     }
-    Err(anyhow::anyhow!(
-        "UDP port for QUIC not available next to TCP on {addr}: {}",
-        last_err.map(|e| e.to_string()).unwrap_or_default()
-    ))
+    Err(ServerError::UdpPort { addr, error: last_err })
 }

@@ -72,7 +72,7 @@ pub struct TestServer {
     pub shutdown: Shutdown,
     /// Certificates and the tests' output files; removed on drop.
     pub dir: TempDir,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<std::result::Result<(), qrelay::ServerError>>,
 }
 
 /// Starts a relay with default settings.

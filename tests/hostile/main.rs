@@ -150,7 +150,7 @@ async fn expect_counted(counters: &Counters, reason: Reason, n: usize) -> Result
 struct Relay {
     env: Env,
     shutdown: Shutdown,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<std::result::Result<(), qrelay::ServerError>>,
     _dir: TempDir,
 }
 
