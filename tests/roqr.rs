@@ -7,26 +7,21 @@
 
 mod support_hostile;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use bytes::{BufMut, Bytes, BytesMut};
-use qrelay::client::{ClientOptions, RtmpClient};
-use qrelay::config::Config;
+use qrelay::client::RtmpClient;
 use qrelay::media::frame::MediaKind;
 use qrelay::rtmp::amf0::{self, Amf0Value};
 use qrelay::rtmp::chunk::Message;
 use qrelay::rtmp::message::{media_message, Command, RtmpMessage};
 use qrelay::rtmp::roqr::{frame, ErrorCode};
 use qrelay::rtmp::session::{ClientEvent, ClientMode};
-use qrelay::server::Shutdown;
 use qrelay::transport::quic;
 use qrelay::transport::tls::{Trust, ALPN_ROQR};
 use qrelay::url::StreamUrl;
 use support_hostile::*;
-use tempfile::TempDir;
-use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
@@ -34,51 +29,6 @@ const TEST_LIMIT: Duration = Duration::from_secs(60);
 const PROMPT: Duration = Duration::from_secs(2);
 /// Longest the pair's player may wait between two frames sent 20 ms apart.
 const MAX_GAP: Duration = Duration::from_millis(500);
-
-/// An in-process relay; stopped on drop.
-struct Relay {
-    addr: SocketAddr,
-    counters: std::sync::Arc<qrelay::reason::Counters>,
-    ca: std::path::PathBuf,
-    shutdown: Shutdown,
-    task: JoinHandle<std::result::Result<(), qrelay::ServerError>>,
-    _dir: TempDir,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.shutdown.immediate.cancel();
-        self.shutdown.graceful.cancel();
-        self.task.abort();
-    }
-}
-
-impl Relay {
-    async fn start() -> Result<Relay> {
-        let dir = tempfile::Builder::new().prefix("qrelay-roqr-").tempdir()?;
-        let config = Config {
-            listen: "127.0.0.1:0".parse()?,
-            cert_dir: dir.path().join("certs"),
-            handshake_timeout_ms: 2000,
-            ..Default::default()
-        };
-        let server = qrelay::Server::bind(config).await?;
-        let addr = server.local_addr();
-        let ca = server.dev_ca().cloned().context("no development CA")?;
-        let counters = server.counters();
-        let shutdown = Shutdown::default();
-        let task = tokio::spawn(server.run(shutdown.clone()));
-        Ok(Relay { addr, counters, ca, shutdown, task, _dir: dir })
-    }
-
-    fn url(&self, scheme: &str, key: &str) -> String {
-        format!("{scheme}://{}/live/{key}", self.addr)
-    }
-
-    fn opts(&self) -> ClientOptions {
-        ClientOptions { trust: Trust::CaFile(self.ca.clone()), ..ClientOptions::default() }
-    }
-}
 
 /// One test at a time: RSS is per process, and the timing checks should not compete
 /// with each other for two cores.
@@ -240,7 +190,7 @@ fn on_media(checker: &mut SeqChecker, audio_seen: &mut Vec<u32>, kind: MediaKind
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow0_peer_with_audio_in_datagrams_publishes_to_tcp_and_roqr_players() -> Result {
     bounded(async {
-        let relay = Relay::start().await?;
+        let relay = start_relay(|c| c.handshake_timeout_ms = 2000).await?;
         let mut peer = MiniPeer::connect(&relay).await?;
         peer.start(&relay, "mini", true).await?;
         ensure!(peer.conn.max_datagram_size().is_some(), "the relay did not negotiate QUIC DATAGRAM");
@@ -325,7 +275,7 @@ async fn a_flow0_peer_with_audio_in_datagrams_publishes_to_tcp_and_roqr_players(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow0_peer_plays_everything_on_its_one_stream() -> Result {
     bounded(async {
-        let relay = Relay::start().await?;
+        let relay = start_relay(|c| c.handshake_timeout_ms = 2000).await?;
         let mut peer = MiniPeer::connect(&relay).await?;
         // The play waits for a publisher: a qrelay RoQR publisher (per-track streams).
         peer.request(&relay, "mini2", false).await?;
@@ -419,7 +369,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_and_huge_claims_close_with_frame_encoding_error() -> Result {
     bounded(async {
-        let relay = Relay::start().await?;
+        let relay = start_relay(|c| c.handshake_timeout_ms = 2000).await?;
         beside_pair(&relay, 64, || async {
             let cases: [(&str, Vec<u8>); 3] = [
                 ("empty payload", vec![0, 0, 20, 0, 3, 0]),
@@ -461,7 +411,7 @@ async fn malformed_frames_and_huge_claims_close_with_frame_encoding_error() -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_flows_are_bounded_and_datagram_garbage_is_dropped() -> Result {
     bounded(async {
-        let relay = Relay::start().await?;
+        let relay = start_relay(|c| c.handshake_timeout_ms = 2000).await?;
         beside_pair(&relay, 64, || async {
             let mut peer = MiniPeer::connect(&relay).await?;
             peer.start(&relay, "flows", true).await?;
@@ -521,7 +471,7 @@ async fn unknown_flows_are_bounded_and_datagram_garbage_is_dropped() -> Result {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_floods_wait_for_credit_and_silent_peers_are_closed() -> Result {
     bounded(async {
-        let relay = Relay::start().await?;
+        let relay = start_relay(|c| c.handshake_timeout_ms = 2000).await?;
         beside_pair(&relay, 64, || async {
             // Opening far more streams than allowed: quinn holds the opener to the
             // limit; the relay's memory and the pair do not notice.
@@ -566,7 +516,7 @@ async fn stream_floods_wait_for_credit_and_silent_peers_are_closed() -> Result {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_that_changes_address_keeps_publishing_without_a_gap() -> Result {
     bounded(async {
-        let relay = Relay::start().await?;
+        let relay = start_relay(|c| c.handshake_timeout_ms = 2000).await?;
         let url = StreamUrl::parse(&relay.url("rtmp+quic", "move"))?;
         let mut publisher = RtmpClient::connect(&url, ClientMode::Publish, &relay.opts()).await?;
         let play = StreamUrl::parse(&relay.url("rtmp", "move"))?;

@@ -27,26 +27,23 @@ mod quic_peers;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context};
 use bytes::{BufMut, Bytes, BytesMut};
-use qrelay::client::{ClientError, ClientOptions, RtmpClient};
+use qrelay::client::{ClientError, RtmpClient};
 use qrelay::config::Config;
 use qrelay::reason::{Counters, Reason};
 use qrelay::rtmp::amf0::{self, Amf0Value};
 use qrelay::rtmp::chunk::{self, ChunkDecoder, DecoderLimits, Message};
 use qrelay::rtmp::message::{Command, RtmpMessage};
 use qrelay::rtmp::session::{ClientEvent, ClientMode, SessionError};
-use qrelay::server::Shutdown;
 use qrelay::transport::quic;
 use qrelay::transport::tls::{Trust, ALPN_RTMP};
 use qrelay::url::StreamUrl;
 use support_hostile::*;
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
@@ -146,62 +143,13 @@ async fn expect_counted(counters: &Counters, reason: Reason, n: usize) -> Result
 // The relay and the case runner
 // ---------------------------------------------------------------------------------------
 
-/// An in-process relay; stopped on drop.
-struct Relay {
-    env: Env,
-    shutdown: Shutdown,
-    task: JoinHandle<std::result::Result<(), qrelay::ServerError>>,
-    _dir: TempDir,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.shutdown.immediate.cancel();
-        self.shutdown.graceful.cancel();
-        self.task.abort();
-    }
-}
-
-/// What a case needs to know about the relay.
-#[derive(Debug, Clone)]
-struct Env {
-    addr: SocketAddr,
-    /// The relay's closes and refusals by reason.
-    counters: std::sync::Arc<Counters>,
-    ca: PathBuf,
-    config: Config,
-}
-
-impl Env {
-    fn url(&self, scheme: &str, key: &str) -> String {
-        format!("{scheme}://{}/live/{key}", self.addr)
-    }
-
-    fn opts(&self) -> ClientOptions {
-        ClientOptions { trust: Trust::CaFile(self.ca.clone()), ..ClientOptions::default() }
-    }
-
-    fn handshake_timeout(&self) -> Duration {
-        Duration::from_millis(self.config.handshake_timeout_ms)
-    }
-}
-
-async fn start_relay(tweak: impl FnOnce(&mut Config)) -> Result<Relay> {
-    let dir = tempfile::Builder::new().prefix("qrelay-hostile-").tempdir()?;
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse()?,
-        cert_dir: dir.path().join("certs"),
-        handshake_timeout_ms: HANDSHAKE_MS,
-        ..Default::default()
-    };
-    tweak(&mut config);
-    let server = qrelay::Server::bind(config.clone()).await?;
-    let addr = server.local_addr();
-    let ca = server.dev_ca().cloned().context("no development CA")?;
-    let counters = server.counters();
-    let shutdown = Shutdown::default();
-    let task = tokio::spawn(server.run(shutdown.clone()));
-    Ok(Relay { env: Env { addr, counters, ca, config }, shutdown, task, _dir: dir })
+/// A relay with the cases' handshake timeout, then `tweak`.
+async fn start_hostile_relay(tweak: impl FnOnce(&mut Config)) -> Result<Relay> {
+    start_relay(|c| {
+        c.handshake_timeout_ms = HANDSHAKE_MS;
+        tweak(c);
+    })
+    .await
 }
 
 /// How the pair's player connects.
@@ -260,7 +208,7 @@ where
     timeout(TEST_LIMIT, async {
         clear_logs();
         let panics = PANICS.load(Ordering::SeqCst);
-        let relay = start_relay(tweak).await?;
+        let relay = start_hostile_relay(tweak).await?;
         let env = relay.env.clone();
         let play_scheme = match player {
             PlayerOver::Tcp => "rtmp",

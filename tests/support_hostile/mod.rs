@@ -7,13 +7,20 @@
 // "shared between test files".
 #![allow(dead_code, unreachable_pub)]
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use bytes::{BufMut, Bytes, BytesMut};
 use qrelay::client::{ClientOptions, RtmpClient};
+use qrelay::config::Config;
 use qrelay::media::frame::MediaKind;
+use qrelay::reason::Counters;
 use qrelay::rtmp::session::{ClientEvent, ClientMode};
+use qrelay::server::Shutdown;
+use qrelay::transport::tls::Trust;
 use qrelay::url::StreamUrl;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -27,6 +34,74 @@ pub const FRAME_INTERVAL: Duration = Duration::from_millis(20);
 pub const GOP: u32 = 25;
 /// Payload bytes of each synthetic frame.
 pub const FRAME_BYTES: usize = 2048;
+
+// ---------------------------------------------------------------------------------------
+// An in-process relay
+// ---------------------------------------------------------------------------------------
+
+/// An in-process relay on 127.0.0.1, port 0; stopped on drop. Derefs to its [`Env`].
+pub struct Relay {
+    pub env: Env,
+    shutdown: Shutdown,
+    task: JoinHandle<std::result::Result<(), qrelay::ServerError>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.shutdown.immediate.cancel();
+        self.shutdown.graceful.cancel();
+        self.task.abort();
+    }
+}
+
+impl std::ops::Deref for Relay {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
+}
+
+/// What a test needs to know about the relay.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub addr: SocketAddr,
+    /// The relay's closes and refusals by reason.
+    pub counters: Arc<Counters>,
+    pub ca: PathBuf,
+    pub config: Config,
+}
+
+impl Env {
+    /// `scheme://127.0.0.1:PORT/live/key`.
+    pub fn url(&self, scheme: &str, key: &str) -> String {
+        format!("{scheme}://{}/live/{key}", self.addr)
+    }
+
+    /// Client options trusting the relay's development CA.
+    pub fn opts(&self) -> ClientOptions {
+        ClientOptions { trust: Trust::CaFile(self.ca.clone()), ..ClientOptions::default() }
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.handshake_timeout_ms)
+    }
+}
+
+/// Starts a relay with the default configuration as `tweak` adjusts it.
+pub async fn start_relay(tweak: impl FnOnce(&mut Config)) -> Result<Relay> {
+    let dir = tempfile::Builder::new().prefix("qrelay-test-").tempdir()?;
+    let mut config =
+        Config { listen: "127.0.0.1:0".parse()?, cert_dir: dir.path().join("certs"), ..Default::default() };
+    tweak(&mut config);
+    let server = qrelay::Server::bind(config.clone()).await?;
+    let addr = server.local_addr();
+    let ca = server.dev_ca().cloned().context("no development CA")?;
+    let counters = server.counters();
+    let shutdown = Shutdown::default();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    Ok(Relay { env: Env { addr, counters, ca, config }, shutdown, task, _dir: dir })
+}
 
 // ---------------------------------------------------------------------------------------
 // Synthetic numbered video

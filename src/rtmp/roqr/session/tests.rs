@@ -29,6 +29,27 @@ fn pump(c: &mut RoqrSession<ClientCore>, s: &mut RoqrSession<ServerCore>, now: I
     }
 }
 
+/// A server session whose publish was accepted.
+fn publishing(now: Instant) -> RoqrSession<ServerCore> {
+    let mut c = publisher();
+    let mut s = RoqrSession::new(ServerCore::new(), RoqrLimits::default());
+    pump(&mut c, &mut s, now);
+    s.core().accept_publish();
+    pump(&mut c, &mut s, now);
+    s
+}
+
+/// A command frame on flow 0.
+fn command(name: &str, args: Vec<crate::rtmp::amf0::Amf0Value>) -> RoqrFrame {
+    let cmd = crate::rtmp::message::Command {
+        name: name.into(),
+        transaction: 0.0,
+        object: crate::rtmp::amf0::Amf0Value::Null,
+        args,
+    };
+    RoqrFrame { flow: 0, message: RtmpMessage::Command(cmd).to_message(0, 0) }
+}
+
 fn publisher() -> RoqrSession<ClientCore> {
     let mut core = ClientCore::new(ClientMode::Publish, "live", "cam", "rtmp+quic://h/live");
     core.start();
@@ -77,11 +98,7 @@ fn publish_over_roqr_needs_no_handshake_and_no_control_messages() {
 #[test]
 fn a_repeated_configuration_is_dropped_and_a_new_one_kept() {
     let now = Instant::now();
-    let mut c = publisher();
-    let mut s = RoqrSession::new(ServerCore::new(), RoqrLimits::default());
-    pump(&mut c, &mut s, now);
-    s.core().accept_publish();
-    pump(&mut c, &mut s, now);
+    let mut s = publishing(now);
     let config = |ts, b| media_message(MediaKind::Video, ts, 1, Bytes::from(vec![0x17, 0, 0, 0, 0, 1, b]));
     for (ts, b) in [(0, 1), (2000, 1), (4000, 2), (6000, 2)] {
         s.handle_frame(RoqrFrame { flow: 0, message: config(ts, b) }, Via::Stream, now).unwrap();
@@ -99,11 +116,7 @@ fn a_repeated_configuration_is_dropped_and_a_new_one_kept() {
 #[test]
 fn a_delete_stream_that_overtakes_the_last_media_waits_for_the_media_streams() {
     let now = Instant::now();
-    let mut c = publisher();
-    let mut s = RoqrSession::new(ServerCore::new(), RoqrLimits::default());
-    pump(&mut c, &mut s, now);
-    s.core().accept_publish();
-    pump(&mut c, &mut s, now);
+    let mut s = publishing(now);
     s.stream_opened(); // the publisher's audio stream
     let audio = |ts| RoqrFrame {
         flow: 0,
@@ -111,14 +124,8 @@ fn a_delete_stream_that_overtakes_the_last_media_waits_for_the_media_streams() {
     };
     s.handle_frame(audio(0), Via::Stream, now).unwrap();
     // deleteStream arrives on the command stream before the audio stream's last frame.
-    let delete = RtmpMessage::Command(crate::rtmp::message::Command {
-        name: "deleteStream".into(),
-        transaction: 0.0,
-        object: crate::rtmp::amf0::Amf0Value::Null,
-        args: vec![crate::rtmp::amf0::Amf0Value::Number(1.0)],
-    })
-    .to_message(0, 0);
-    s.handle_frame(RoqrFrame { flow: 0, message: delete }, Via::Stream, now).unwrap();
+    let delete = command("deleteStream", vec![crate::rtmp::amf0::Amf0Value::Number(1.0)]);
+    s.handle_frame(delete, Via::Stream, now).unwrap();
     s.handle_frame(audio(23), Via::Stream, now).unwrap();
     s.stream_closed().unwrap();
     let got: Vec<String> = std::iter::from_fn(|| s.core().poll_event())
@@ -131,14 +138,7 @@ fn a_delete_stream_that_overtakes_the_last_media_waits_for_the_media_streams() {
     // With a stream that never ends, the command goes after the limit.
     let mut s2 = RoqrSession::new(ServerCore::new(), RoqrLimits::default());
     s2.stream_opened();
-    let late = RtmpMessage::Command(crate::rtmp::message::Command {
-        name: "closeStream".into(),
-        transaction: 0.0,
-        object: crate::rtmp::amf0::Amf0Value::Null,
-        args: vec![],
-    })
-    .to_message(0, 0);
-    s2.handle_frame(RoqrFrame { flow: 0, message: late }, Via::Stream, now).unwrap();
+    s2.handle_frame(command("closeStream", vec![]), Via::Stream, now).unwrap();
     assert_eq!(s2.poll_timeout(), Some(now + DEFER_LIMIT));
     s2.handle_timeout(now + DEFER_LIMIT).unwrap();
     assert!(s2.deferred.is_empty());
