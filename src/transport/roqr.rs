@@ -2,11 +2,11 @@
 //! every stream and datagram of a connection into frames for one session task, and the
 //! [`MediaSender`] that maps outgoing media onto streams.
 //!
-//! The media mapping (ours, on top of the draft; DESIGN §1): commands and metadata on the
-//! first bidirectional stream; audio (its configuration first) on a unidirectional stream
-//! of its own; video on a new unidirectional stream per GOP, each GOP stream starting with
-//! the current video configuration so that any GOP decodes on its own (receivers drop a
-//! repeat identical to the configuration they have). Priorities put commands first,
+//! The media mapping (ours, on top of the draft; DESIGN §1): commands on the first
+//! bidirectional stream; audio frames on a unidirectional stream of their own; video,
+//! metadata and codec configuration on a new unidirectional stream per GOP, each GOP
+//! stream starting with the current video and audio configuration so that any GOP
+//! decodes on its own (receivers drop a repeat identical to the configuration they have). Priorities put commands first,
 //! then audio, then the current GOP, then older GOPs, so audio never waits behind video
 //! and a new GOP never waits behind an old one. A GOP stream still unacknowledged
 //! `max_latency` after it ended is reset with `FRAME_CANCELLED`: its media is too old to
@@ -245,6 +245,9 @@ pub struct MediaSender {
     gop_keyed: bool,
     /// The video configuration, repeated at the start of every GOP stream.
     video_config: Option<Bytes>,
+    /// The audio configuration, likewise (the audio stream carries only frames, so that
+    /// the configuration keeps its place before the first of them).
+    audio_config: Option<Bytes>,
     stats: Arc<SenderStats>,
 }
 
@@ -276,6 +279,7 @@ impl MediaSender {
             gop: None,
             gop_keyed: false,
             video_config: None,
+            audio_config: None,
             stats: Arc::default(),
         }
     }
@@ -318,39 +322,50 @@ impl MediaSender {
                 let s = self.open(PRIORITY_CURRENT_GOP).await?;
                 self.gop = Some(s);
                 self.gop_keyed = false;
-                if let (false, Some(config)) = (info.essential, &self.video_config) {
-                    // Stamped with the keyframe's time: it is that GOP's configuration.
-                    let m = Message { payload: config.clone(), ..msg.clone() };
-                    run.extend([frame::encode_header(0, &m), m.payload]);
+                if (msg.type_id, info.essential) == (9, false) {
+                    // Stamped with the keyframe's time: they are that GOP's configuration.
+                    let configs = [(9, &self.video_config), (8, &self.audio_config)];
+                    for (type_id, config) in configs {
+                        if let Some(config) = config {
+                            let m = Message { type_id, payload: config.clone(), ..msg.clone() };
+                            run.extend([frame::encode_header(0, &m), m.payload]);
+                        }
+                    }
                 }
             }
-            if target == Target::Gop {
-                if info.essential {
-                    self.video_config = Some(msg.payload.clone());
-                } else if info.keyframe {
-                    self.gop_keyed = true;
-                }
+            match (msg.type_id, info.essential) {
+                (9, true) => self.video_config = Some(msg.payload.clone()),
+                (8, true) => self.audio_config = Some(msg.payload.clone()),
+                (9, false) if info.keyframe => self.gop_keyed = true,
+                _ => {}
             }
             run.extend([header.clone(), msg.payload.clone()]);
         }
         self.write(command, run_target, &mut run).await
     }
 
-    fn target(&self, msg: &Message, _info: MediaInfo) -> Target {
+    fn target(&self, msg: &Message, info: MediaInfo) -> Target {
         match (self.mapping, msg.type_id) {
+            // Metadata and codec configuration travel with the pictures, in the order they
+            // were sent: on other streams they could overtake or trail them.
+            (MediaMapping::Tracks, 8) if info.essential => Target::Gop,
             (MediaMapping::Tracks, 8) => Target::Audio,
-            (MediaMapping::Tracks, 9) => Target::Gop,
+            (MediaMapping::Tracks, 9 | 18) => Target::Gop,
             _ => Target::Command,
         }
     }
 
-    /// A video message that needs a new GOP stream: the first, or a keyframe when the
-    /// current stream already has one (a keyframe after configuration alone belongs to
-    /// that stream).
+    /// A message that needs a new GOP stream: the first video or metadata, or a keyframe
+    /// when the current stream already has one (a keyframe after metadata and
+    /// configuration alone belongs to that stream).
     fn starts_gop(&self, msg: &Message, info: MediaInfo) -> bool {
         self.mapping == MediaMapping::Tracks
-            && msg.type_id == 9
-            && (self.gop.is_none() || (info.keyframe && !info.essential && self.gop_keyed))
+            && match msg.type_id {
+                9 => self.gop.is_none() || (info.keyframe && !info.essential && self.gop_keyed),
+                18 => self.gop.is_none(),
+                8 => info.essential && self.gop.is_none(),
+                _ => false,
+            }
     }
 
     async fn write(

@@ -59,13 +59,16 @@ pub struct Reorder {
     seq: u64,
     /// Newest timestamp received per track (audio, video), once the track has been seen.
     newest: [Option<u32>; 2],
+    /// Audio waited a whole hold without any video showing up: the stream has none, and
+    /// audio stops waiting for it (until video appears).
+    audio_only: bool,
     hold: Duration,
 }
 
 impl Reorder {
     /// A buffer that holds a message at most `hold`.
     pub fn new(hold: Duration) -> Self {
-        Self { held: BinaryHeap::new(), seq: 0, newest: [None, None], hold }
+        Self { held: BinaryHeap::new(), seq: 0, newest: [None, None], audio_only: false, hold }
     }
 
     /// Adds a media message (types 8, 9, 18) received at `now`.
@@ -99,9 +102,18 @@ impl Reorder {
     pub fn pop(&mut self, now: Instant) -> Option<Message> {
         let Reverse(first) = self.held.peek()?;
         let is_audio = first.message.type_id == 8;
-        // Only audio waits, and only for video (once video has been seen at all).
-        let caught_up = !is_audio || self.newest[1].is_none_or(|v| v >= first.timestamp);
-        if caught_up || now >= first.arrived + self.hold || self.held.len() > MAX_HELD {
+        // Only audio waits, and only for video: until video reached its time, or, before
+        // any video was seen, until the hold shows there is none.
+        let caught_up = !is_audio
+            || match self.newest[1] {
+                Some(v) => v >= first.timestamp,
+                None => self.audio_only,
+            };
+        let expired = now >= first.arrived + self.hold;
+        if caught_up || expired || self.held.len() > MAX_HELD {
+            if is_audio && expired && self.newest[1].is_none() {
+                self.audio_only = true;
+            }
             return self.held.pop().map(|Reverse(h)| h.message);
         }
         None
@@ -172,6 +184,28 @@ mod tests {
         assert_eq!(r.len(), 1);
         r.push(m(9, 100, 0x27), t0);
         assert_eq!(ts_of(&mut r, t0), vec![69, 100]);
+    }
+
+    #[test]
+    fn audio_before_any_video_waits_for_it_once() {
+        let t0 = Instant::now();
+        let hold = Duration::from_millis(300);
+        let mut r = Reorder::new(hold);
+        // A late joiner: the audio stream's frames arrive before the GOP stream's.
+        r.push(m(8, 2017, 0xaf), t0);
+        r.push(m(8, 2040, 0xaf), t0);
+        assert!(r.pop(t0).is_none(), "audio waits for the pictures it goes with");
+        r.push(m(18, 2000, 0x02), t0);
+        r.push(m(9, 2000, 0x17), t0);
+        r.push(m(9, 2033, 0x27), t0);
+        assert_eq!(ts_of(&mut r, t0), vec![2000, 2000, 2017, 2033]);
+        // A stream without video: audio waits one hold, then flows.
+        let mut a = Reorder::new(hold);
+        a.push(m(8, 0, 0xaf), t0);
+        assert!(a.pop(t0).is_none());
+        assert_eq!(ts_of(&mut a, t0 + hold), vec![0]);
+        a.push(m(8, 23, 0xaf), t0 + hold);
+        assert_eq!(ts_of(&mut a, t0 + hold), vec![23], "no more waiting once it is known");
     }
 
     #[test]

@@ -308,7 +308,7 @@ impl<C: MessageCore> RoqrSession<C> {
     fn collect(&mut self) {
         while let Some(t) = self.core.poll_transmit() {
             match t {
-                Transmit::Message(m) if matches!(m.type_id, 8 | 9) => self.media.push_back(m),
+                Transmit::Message(m) if matches!(m.type_id, 8 | 9 | 18) => self.media.push_back(m),
                 Transmit::Message(m) => frame::encode(0, &m, &mut self.out),
                 // RoQR has no chunk size or acknowledgement window to announce.
                 Transmit::Setup => {}
