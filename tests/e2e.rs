@@ -396,32 +396,17 @@ async fn stalled_subscriber_does_not_slow_others_or_grow_memory() -> Result {
         let normal = spawn_normal_player(url.clone(), opts.clone(), progress);
         srv.wait_subscribers("stall", 2).await?;
 
-        // Samples the largest subscriber queue while publishing.
-        let hub = srv.hub.clone();
-        let (stop, stopped) = watch::channel(false);
-        let sampler = tokio::spawn(async move {
-            let mut max = 0;
-            while !*stopped.borrow() {
-                if let Some(s) = hub.stats("live/stall") {
-                    max = max.max(s.max_queued_bytes);
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            max
-        });
-
         let start = Instant::now();
         let publisher = match publish_synth_paced(&url, &opts, seen).await {
             Ok(p) => p,
             Err(e) => anyhow::bail!("{e:#}; normal player: {:?}", normal.await?),
         };
-        let skipped = srv.stats("stall").context("stream gone while publishing")?.skipped;
+        let stats = srv.stats("stall").context("stream gone while publishing")?;
+        let (skipped, max_queued) = (stats.skipped, stats.peak_queued_bytes);
         publisher.finish().await?;
         let publish_time = start.elapsed();
         let received =
             tokio::time::timeout(END_LIMIT, normal).await.context("normal player did not end")???;
-        let _ = stop.send(true);
-        let max_queued = sampler.await?;
         let _ = release.send(true);
         stalled.await??;
 

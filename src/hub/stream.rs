@@ -39,6 +39,9 @@ pub struct StreamStats {
     /// Largest payload bytes queued for any one subscriber now (bounded by the queue limit
     /// plus one GOP for a late joiner's start).
     pub max_queued_bytes: usize,
+    /// The most payload bytes any one subscriber's queue has held since the stream was
+    /// created: what `max_queued_bytes` shows only if read at the right moment.
+    pub peak_queued_bytes: usize,
     /// Frames the publisher wrote straight to an idle player's socket, summed over
     /// players (the rest went through the players' queues).
     pub direct_writes: u64,
@@ -68,6 +71,8 @@ pub(super) struct Counters {
     gop_frames: AtomicUsize,
     /// Frames skipped by subscribers, present and gone.
     pub(super) skipped: AtomicU64,
+    /// High-water mark of any one subscriber's queued bytes.
+    pub(super) peak_queued_bytes: AtomicUsize,
     direct_writes: AtomicU64,
 }
 
@@ -294,6 +299,7 @@ impl Stream {
             gop_frames: c.gop_frames.load(Ordering::Relaxed),
             skipped: c.skipped.load(Ordering::Relaxed),
             max_queued_bytes: subscribers.iter().map(|q| q.queued_bytes()).max().unwrap_or(0),
+            peak_queued_bytes: c.peak_queued_bytes.load(Ordering::Relaxed),
             direct_writes: c.direct_writes.load(Ordering::Relaxed),
         }
     }

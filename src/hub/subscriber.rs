@@ -167,6 +167,7 @@ impl Queue {
     fn set_bytes(&self, st: &mut QueueState, bytes: usize) {
         st.bytes = bytes;
         self.queued_bytes.store(bytes, Ordering::Relaxed);
+        self.counters.peak_queued_bytes.fetch_max(bytes, Ordering::Relaxed);
     }
 
     fn count_skips(&self, n: u64) {

@@ -174,6 +174,7 @@ fn publisher_does_not_block_on_a_full_queue() {
     }
     let stats = hub.stats("live/a").unwrap();
     assert!(stats.max_queued_bytes <= 10_000, "{stats:?}");
+    assert!((5_000..=10_000).contains(&stats.peak_queued_bytes), "{stats:?}");
     assert_eq!(stats.subscribers, 100);
 }
 
