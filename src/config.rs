@@ -109,9 +109,79 @@ pub struct Config {
     /// Connections from one IP address at once.
     #[arg(long, env = "QRELAY_MAX_CONNECTIONS_PER_IP", default_value_t = Config::default().max_connections_per_ip)]
     pub max_connections_per_ip: usize,
-    /// On SIGTERM, how long sessions get to finish before the relay exits anyway.
+    /// On SIGTERM (or `POST /api/drain`), how long sessions get to finish before the
+    /// relay exits anyway.
     #[arg(long, env = "QRELAY_SHUTDOWN_GRACE_MS", default_value_t = Config::default().shutdown_grace_ms)]
     pub shutdown_grace_ms: u64,
+    /// The control API, `/metrics` and the status page: an address, or `off`. Loopback by
+    /// default; any other address needs `[api] token`.
+    #[arg(long = "http", env = "QRELAY_HTTP_LISTEN", default_value_t = Config::default().http_listen)]
+    pub http_listen: HttpListen,
+    /// `[api]`: the control API's own settings.
+    #[command(flatten)]
+    pub api: ApiConfig,
+}
+
+/// The `[api]` table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Bearer token every control API request must carry (`Authorization: Bearer ...`);
+    /// required when `http_listen` is not a loopback address.
+    #[arg(id = "api.token", long = "api-token", env = "QRELAY_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Where the control API listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum HttpListen {
+    /// No HTTP server.
+    Off,
+    /// This address.
+    Addr(SocketAddr),
+}
+
+impl HttpListen {
+    /// The address, unless off.
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            HttpListen::Off => None,
+            HttpListen::Addr(a) => Some(a),
+        }
+    }
+}
+
+impl std::str::FromStr for HttpListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "off" => Ok(HttpListen::Off),
+            a => a.parse().map(HttpListen::Addr).map_err(|_| format!("expected ADDRESS:PORT or off, not {a:?}")),
+        }
+    }
+}
+
+impl TryFrom<String> for HttpListen {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<HttpListen> for String {
+    fn from(h: HttpListen) -> String {
+        h.to_string()
+    }
+}
+
+impl std::fmt::Display for HttpListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpListen::Off => f.write_str("off"),
+            HttpListen::Addr(a) => write!(f, "{a}"),
+        }
+    }
 }
 
 impl Default for Config {
@@ -145,6 +215,8 @@ impl Default for Config {
             max_connections: 20_000,
             max_connections_per_ip: 2_000,
             shutdown_grace_ms: 5_000,
+            http_listen: HttpListen::Addr(SocketAddr::from(([127, 0, 0, 1], 8935))),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -204,8 +276,25 @@ impl Config {
                 matches.value_source(name),
                 Some(ValueSource::CommandLine | ValueSource::EnvVariable)
             );
-            if let (true, Some(value)) = (explicit, given.get(name)) {
-                table.insert(name.to_owned(), value.clone());
+            if !explicit {
+                continue;
+            }
+            // `table.key` ids are keys of a nested table (`[api] token`).
+            match name.split_once('.') {
+                None => {
+                    if let Some(value) = given.get(name) {
+                        table.insert(name.to_owned(), value.clone());
+                    }
+                }
+                Some((section, key)) => {
+                    let value = given.get(section).and_then(|t| t.get(key)).cloned();
+                    let target = table
+                        .entry(section.to_owned())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    if let (Some(value), toml::Value::Table(t)) = (value, target) {
+                        t.insert(key.to_owned(), value);
+                    }
+                }
             }
         }
         let config: Config = table
@@ -304,6 +393,16 @@ impl Config {
         }
         if self.queue_max_bytes == 0 {
             return bad("queue_max_bytes must be non-zero (every frame would be dropped)");
+        }
+        if let Some(token) = &self.api.token {
+            if token.trim().is_empty() || token.len() > 4096 {
+                return bad("[api] token must be non-empty (and at most 4096 bytes)");
+            }
+        }
+        if let HttpListen::Addr(a) = self.http_listen {
+            if !a.ip().is_loopback() && self.api.token.is_none() {
+                return bad("http_listen on a non-loopback address needs [api] token (or --api-token)");
+            }
         }
         if self.max_pending_bytes < self.max_message_size as usize {
             return bad("max_pending_bytes must be at least max_message_size (or no message that large arrives whole)");
@@ -458,6 +557,31 @@ mod tests {
         let c = resolve(&["t", "--config", f]);
         std::env::remove_var("QRELAY_MAX_GOP_BYTES");
         assert_eq!((c.max_gop_bytes, c.chunk_size), (1 << 20, 1024));
+    }
+
+    #[test]
+    fn http_listen_and_the_api_token_from_file_command_line_and_environment() {
+        let c = Config::from_toml("http_listen = \"off\"").unwrap();
+        assert_eq!(c.http_listen, HttpListen::Off);
+        assert_eq!(Config::default().http_listen.to_string(), "127.0.0.1:8935");
+        let e = Config::from_toml("http_listen = \"0.0.0.0:8935\"").map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("[api] token"), "{e}");
+        let c = Config::from_toml("http_listen = \"0.0.0.0:8935\"\n[api]\ntoken = \"s3cret\"\n").unwrap();
+        assert_eq!(c.api.token.as_deref(), Some("s3cret"));
+        assert!(Config::from_toml("http_listen = \"nowhere\"").is_err());
+        assert!(Config::from_toml("[api]\ntokn = \"x\"").is_err(), "unknown keys in [api] refused");
+        assert!(Config::from_toml("[api]\ntoken = \"\"").is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("q.toml");
+        std::fs::write(&file, "http_listen = \"127.0.0.1:9000\"\n[api]\ntoken = \"from-file\"\n").unwrap();
+        let f = file.to_str().unwrap();
+        let c = resolve(&["t", "--config", f]);
+        assert_eq!((c.http_listen.to_string(), c.api.token.as_deref()), ("127.0.0.1:9000".into(), Some("from-file")));
+        let c = resolve(&["t", "--config", f, "--http", "off", "--api-token", "from-cli"]);
+        assert_eq!((c.http_listen, c.api.token.as_deref()), (HttpListen::Off, Some("from-cli")));
+        let c = resolve(&["t", "--api-token", "cli-only"]);
+        assert_eq!(c.api.token.as_deref(), Some("cli-only"));
     }
 
     #[test]

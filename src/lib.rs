@@ -13,6 +13,8 @@
 //! - [`server`]: binds the one port, accepts (TCP, QUIC with ALPN dispatch) and drives
 //!   each session (byte streams in `server::connection`, RoQR in `server::roqr_conn`)
 //!   until shutdown.
+//! - [`control`]: the HTTP control plane: JSON API, Prometheus `/metrics`, status page,
+//!   session allocation, drain.
 //! - [`gate`]: the asynchronous decision before a publish or play is accepted.
 //! - [`reason`]: why connections end or are refused, with stable codes and counters.
 //! - [`client`]: the outbound side (`qrelay publish` / `qrelay play`, relays), own options.
@@ -23,6 +25,7 @@ pub mod bench;
 pub mod bridge;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod gate;
 pub mod hub;
 pub mod media;

@@ -102,6 +102,8 @@ reasons! {
     Shutdown = 0x190, "shutdown";
     /// Another I/O failure.
     Io = 0x191, "io";
+    /// An operator ended the session through the control API.
+    EndedByApi = 0x192, "ended_by_api";
 }
 
 impl Reason {
@@ -119,6 +121,21 @@ impl Reason {
     /// The reason behind a QUIC application error code, if it is one of ours.
     pub fn from_quic(code: quinn::VarInt) -> Option<Reason> {
         Self::from_code(code.into_inner())
+    }
+
+    /// Whether this reason refuses something (a connection, a publish, a play) rather
+    /// than ending what was running: `/metrics` counts the two apart.
+    pub fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            Reason::PublishTaken
+                | Reason::TooManyPublishers
+                | Reason::Refused
+                | Reason::StreamNotFound
+                | Reason::ConnectionLimit
+                | Reason::AddressLimit
+                | Reason::UnsupportedAlpn
+        )
     }
 
     /// Why a session machine gave up.

@@ -72,7 +72,7 @@ async fn start_relay() -> Result<RelayProcess> {
     let dir = tempfile::Builder::new().prefix("qrelay-soak-").tempdir()?;
     let cert_dir = dir.path().join("certs");
     let mut child = Command::new(env!("CARGO_BIN_EXE_qrelay"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--cert-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "off", "--cert-dir"])
         .arg(&cert_dir)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")

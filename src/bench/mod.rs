@@ -677,6 +677,7 @@ mod tests {
         let config = crate::Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             cert_dir: dir.path().to_owned(),
+            http_listen: crate::config::HttpListen::Off,
             ..crate::Config::default()
         };
         let server = crate::Server::bind(config).await.unwrap();

@@ -49,7 +49,15 @@ pub struct ClientOptions {
     /// by default, then `NetStream.Play.StreamNotFound`), so this only guards against a
     /// server that never answers and is well above any server's own wait.
     pub play_wait: Duration,
+    /// Declare E-RTMP v2 reconnect support (`capsEx` Reconnect) in `connect`: a server
+    /// may then ask for a reconnect ([`ClientEvent::ReconnectRequest`]) instead of
+    /// closing the session, e.g. when it drains.
+    pub reconnect: bool,
 }
+
+/// The `connect` property of E-RTMP v2 capabilities, and its Reconnect bit.
+const CAPS_EX: &str = "capsEx";
+const CAPS_EX_RECONNECT: f64 = 1.0;
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -60,6 +68,7 @@ impl Default for ClientOptions {
             max_latency: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(10),
             play_wait: Duration::from_secs(120),
+            reconnect: false,
         }
     }
 }
@@ -241,6 +250,7 @@ impl RtmpClient {
                     &url.key,
                     &url.tc_url(),
                     max_latency,
+                    opts.reconnect,
                 )
                 .await?;
                 return Ok(Link::Roqr(Box::new(link)));
@@ -251,7 +261,7 @@ impl RtmpClient {
                 (Box::new(recv), Box::new(send), Some((endpoint, conn)))
             }
         };
-        Self::chunked(reader, writer, quic, url, mode, opts.session)
+        Self::chunked(reader, writer, quic, url, mode, opts.session, opts.reconnect)
     }
 
     /// Like [`connect`](Self::connect), but a tunnel-mapping session goes on a connection
@@ -273,7 +283,8 @@ impl RtmpClient {
             let addr = resolve(&url.host, url.port).await?;
             let (conn, lease) = pool.connection(addr, &url.host, tls::ALPN_RTMP).await?;
             let (send, recv) = conn.open_bi().await.map_err(quic_connect_error)?;
-            let mut link = Self::chunked(Box::new(recv), Box::new(send), None, url, mode, opts.session)?;
+            let mut link =
+                Self::chunked(Box::new(recv), Box::new(send), None, url, mode, opts.session, opts.reconnect)?;
             if let Link::Chunked(l) = &mut link {
                 l._lease = Some(lease);
             }
@@ -294,7 +305,7 @@ impl RtmpClient {
         mode: ClientMode,
         session: SessionConfig,
     ) -> Result<Self, ClientError> {
-        Self::start(Self::chunked(reader, writer, None, url, mode, session)?, Limits::default()).await
+        Self::start(Self::chunked(reader, writer, None, url, mode, session, false)?, Limits::default()).await
     }
 
     fn chunked(
@@ -304,8 +315,12 @@ impl RtmpClient {
         url: &StreamUrl,
         mode: ClientMode,
         config: SessionConfig,
+        reconnect: bool,
     ) -> Result<Link, ClientError> {
-        let session = ClientSession::new(config, mode, &url.app, &url.key, &url.tc_url())?;
+        let mut session = ClientSession::new(config, mode, &url.app, &url.key, &url.tc_url())?;
+        if reconnect {
+            session.set_connect_property(CAPS_EX, crate::rtmp::amf0::Amf0Value::Number(CAPS_EX_RECONNECT));
+        }
         let link = ChunkedLink { reader, writer, session, buf: vec![0; 64 * 1024], quic, _lease: None };
         Ok(Link::Chunked(Box::new(link)))
     }

@@ -13,6 +13,7 @@
 //! and only then is the stream locked. No lock but a subscriber's own queue lock is held
 //! over a socket write (`subscriber.rs`).
 
+mod peer;
 mod stream;
 mod subscriber;
 
@@ -21,6 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+pub use peer::{Peer, PlayerInfo, PublisherInfo, StreamInfo};
 pub use stream::{Publisher, StreamStats};
 pub use subscriber::{DirectSink, Handback, QueueLimits, Subscriber};
 
@@ -74,6 +76,8 @@ struct HubInner {
     streams: Mutex<HashMap<String, Arc<Stream>>>,
     /// Live publishers; changed only under the `streams` lock.
     publishers: std::sync::atomic::AtomicUsize,
+    /// The last [`Peer`] id handed out.
+    peer_ids: std::sync::atomic::AtomicU64,
 }
 
 impl Hub {
@@ -102,8 +106,18 @@ impl Hub {
             .clone()
     }
 
+    /// A fresh id for a [`Peer`].
+    pub fn next_peer_id(&self) -> u64 {
+        self.inner.peer_ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// Claims the session ID for a publisher. Dropping the [`Publisher`] ends the stream.
     pub fn publish(&self, session_id: &str) -> Result<Publisher, HubError> {
+        self.publish_by(session_id, None)
+    }
+
+    /// [`Hub::publish`] for a session the control API can show and end.
+    pub fn publish_by(&self, session_id: &str, peer: Option<Arc<Peer>>) -> Result<Publisher, HubError> {
         // Claimed under the hub lock so `release` cannot remove the entry in between.
         let mut streams = self.streams();
         let live = self.inner.publishers.load(Ordering::Relaxed);
@@ -117,13 +131,18 @@ impl Hub {
         self.inner.publishers.store(live + 1, Ordering::Relaxed);
         drop(streams);
         // The stream lock only now, with the hub lock released.
-        stream.start_publish();
+        stream.start_publish(peer);
         Ok(Publisher::new(stream, self.clone()))
     }
 
     /// Subscribes to a session ID, live or not yet. Wait for it with
     /// [`Subscriber::wait_live`]. Dropping the subscriber unsubscribes.
     pub fn subscribe(&self, session_id: &str) -> Subscriber {
+        self.subscribe_by(session_id, None)
+    }
+
+    /// [`Hub::subscribe`] for a session the control API can show and end.
+    pub fn subscribe_by(&self, session_id: &str, peer: Option<Arc<Peer>>) -> Subscriber {
         let stream = {
             let mut streams = self.streams();
             let stream = self.entry(&mut streams, session_id);
@@ -132,7 +151,7 @@ impl Hub {
             stream.add_user();
             stream
         };
-        stream.subscribe(self.clone())
+        stream.subscribe(self.clone(), peer)
     }
 
     /// Session IDs with a live publisher.
@@ -148,6 +167,50 @@ impl Hub {
     pub fn stats(&self, session_id: &str) -> Option<StreamStats> {
         let stream = self.streams().get(session_id).cloned();
         stream.map(|s| s.stats())
+    }
+
+    /// Every stream entry (live or with waiting players), by session ID. The hub lock for
+    /// a list of pointers, then each stream's lock for a few clones: fan-out never waits
+    /// for it.
+    pub fn snapshot(&self) -> Vec<StreamInfo> {
+        let mut streams: Vec<Arc<Stream>> = self.streams().values().cloned().collect();
+        streams.sort_by(|a, b| a.session_id().cmp(b.session_id()));
+        streams.iter().map(|s| s.info()).collect()
+    }
+
+    /// One stream entry, with its players.
+    pub fn stream_info(&self, session_id: &str) -> Option<StreamInfo> {
+        let stream = self.streams().get(session_id).cloned();
+        stream.map(|s| s.info())
+    }
+
+    /// Asks the publisher of `session_id` to end; `false` when there is none (or it has
+    /// no session to end).
+    pub fn end_publisher(&self, session_id: &str) -> bool {
+        let stream = self.streams().get(session_id).cloned();
+        match stream.and_then(|s| s.publisher()) {
+            Some(peer) => {
+                peer.end();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Asks the player with peer id `id` to end, on `session_id` or (with `None`) on any
+    /// stream; `false` when there is no such player.
+    pub fn end_player(&self, session_id: Option<&str>, id: u64) -> bool {
+        let streams: Vec<Arc<Stream>> = match session_id {
+            Some(sid) => self.streams().get(sid).cloned().into_iter().collect(),
+            None => self.streams().values().cloned().collect(),
+        };
+        for stream in streams {
+            if let Some(peer) = stream.player(id) {
+                peer.end();
+                return true;
+            }
+        }
+        false
     }
 
     /// Number of stream entries (live or with waiting players).

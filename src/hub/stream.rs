@@ -10,11 +10,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use super::peer::{Peer, PublisherInfo, StreamInfo};
 use super::subscriber::{Queue, Subscriber};
 use super::{Hub, HubConfig};
-use crate::media::frame::{Frame, MediaKind};
+use crate::media::frame::{self, Frame, MediaKind};
 
 /// How long one frame's direct writes to subscribers may hold up its publisher: about a
 /// thousand loopback players' worth, a third of a 30 fps frame interval. The remaining
@@ -74,11 +75,23 @@ pub(super) struct Counters {
     /// High-water mark of any one subscriber's queued bytes.
     pub(super) peak_queued_bytes: AtomicUsize,
     direct_writes: AtomicU64,
+    /// Media payload bytes published (single writer: the publisher).
+    bytes_in: AtomicU64,
+    /// Payload bytes sent to subscribers that have since left (each queue counts its
+    /// own while it lives, so players never share a counter).
+    pub(super) bytes_out_departed: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct State {
     live: bool,
+    /// Who publishes, and since when (for the control API).
+    publisher: Option<Arc<Peer>>,
+    publish_since: Option<SystemTime>,
+    /// Codecs seen in this publish (sequence headers, or the first frame of a format
+    /// that has none).
+    video_codec: Option<Arc<str>>,
+    audio_codec: Option<Arc<str>>,
     metadata: Option<Frame>,
     /// Sequence headers in arrival order, one per set of E-RTMP tracks (one entry for
     /// all but multitrack streams): a header for track 1 must not evict track 0's.
@@ -145,9 +158,15 @@ impl Stream {
 
     /// Starts a publish (after [`Stream::claim_publisher`], outside the hub lock):
     /// resets the cache and wakes the players waiting for it.
-    pub(super) fn start_publish(&self) {
+    pub(super) fn start_publish(&self, peer: Option<Arc<Peer>>) {
         let mut st = self.state();
-        *st = State { live: true, subscribers: st.subscribers.clone(), ..State::default() };
+        *st = State {
+            live: true,
+            publisher: peer,
+            publish_since: Some(SystemTime::now()),
+            subscribers: st.subscribers.clone(),
+            ..State::default()
+        };
         self.counters.frames.store(0, Ordering::Relaxed);
         self.counters.gop_frames.store(0, Ordering::Relaxed);
         self.counters.live.store(true, Ordering::Relaxed);
@@ -156,8 +175,8 @@ impl Stream {
         }
     }
 
-    pub(super) fn subscribe(self: &Arc<Self>, hub: Hub) -> Subscriber {
-        let queue = Arc::new(Queue::new(self.config.queue, self.counters.clone()));
+    pub(super) fn subscribe(self: &Arc<Self>, hub: Hub, peer: Option<Arc<Peer>>) -> Subscriber {
+        let queue = Arc::new(Queue::new(self.config.queue, self.counters.clone(), peer));
         let mut st = self.state();
         if st.live {
             // Metadata goes out at the joiner's start (the cached GOP's first frame), not
@@ -186,6 +205,9 @@ impl Stream {
         if st.subscribers.iter().any(|q| Arc::ptr_eq(q, queue)) {
             st.subscribers = st.subscribers.iter().filter(|q| !Arc::ptr_eq(q, queue)).cloned().collect();
             self.counters.subscribers.store(st.subscribers.len(), Ordering::Relaxed);
+            // Under the stream lock, with the list change: a reader sums the departed
+            // and the present either both before or both after.
+            self.counters.bytes_out_departed.fetch_add(queue.bytes_sent(), Ordering::Relaxed);
         }
     }
 
@@ -208,8 +230,24 @@ impl Stream {
                 MediaKind::Video if frame.is_sequence_header() => {
                     st.has_video = true;
                     cache_header(&mut st.video_headers, &frame);
+                    if let Some(name) = frame::codec_name(MediaKind::Video, frame.payload()) {
+                        st.video_codec = Some(name.into());
+                    }
                 }
-                MediaKind::Audio if frame.is_sequence_header() => cache_header(&mut st.audio_headers, &frame),
+                MediaKind::Audio if frame.is_sequence_header() => {
+                    cache_header(&mut st.audio_headers, &frame);
+                    if let Some(name) = frame::codec_name(MediaKind::Audio, frame.payload()) {
+                        st.audio_codec = Some(name.into());
+                    }
+                }
+                MediaKind::Audio if st.audio_codec.is_none() => {
+                    // Formats without a configuration record (MP3, G.711...) are named by
+                    // their first frame.
+                    if let Some(name) = frame::codec_name(MediaKind::Audio, frame.payload()) {
+                        st.audio_codec = Some(name.into());
+                    }
+                    self.cache_in_gop(&mut st, &frame);
+                }
                 MediaKind::Video => {
                     st.has_video = true;
                     if frame.is_keyframe() {
@@ -227,6 +265,8 @@ impl Stream {
         // Single writer (the publisher): a load and a store, no locked instruction.
         let c = &self.counters;
         c.frames.store(c.frames.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let len = frame.payload().len() as u64;
+        c.bytes_in.store(c.bytes_in.load(Ordering::Relaxed) + len, Ordering::Relaxed);
         // Direct writes run on the publisher's task, from the snapshot, with no stream or
         // hub lock held (a player joining or leaving meanwhile does not wait for them; one
         // that joined is in the next frame's snapshot, one that left has closed its
@@ -268,6 +308,8 @@ impl Stream {
     pub(super) fn end_publish(&self) {
         let mut st = self.state();
         st.live = false;
+        st.publisher = None;
+        st.publish_since = None;
         st.metadata = None;
         st.video_headers.clear();
         st.audio_headers.clear();
@@ -301,6 +343,57 @@ impl Stream {
             max_queued_bytes: subscribers.iter().map(|q| q.queued_bytes()).max().unwrap_or(0),
             peak_queued_bytes: c.peak_queued_bytes.load(Ordering::Relaxed),
             direct_writes: c.direct_writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The subscriber whose peer has id `id`.
+    pub(super) fn player(&self, id: u64) -> Option<Arc<Peer>> {
+        let subscribers = self.state().subscribers.clone();
+        subscribers.iter().filter_map(|q| q.peer()).find(|p| p.id == id).cloned()
+    }
+
+    /// The publisher (if any) of this stream.
+    pub(super) fn publisher(&self) -> Option<Arc<Peer>> {
+        self.state().publisher.clone()
+    }
+
+    /// Everything the control API shows about this stream: one stream lock for a few
+    /// clones, then the queues' atomics.
+    pub(super) fn info(&self) -> StreamInfo {
+        let (subscribers, publisher, gop_bytes) = {
+            let st = self.state();
+            let publisher = st.publish_since.filter(|_| st.live).map(|since| PublisherInfo {
+                peer: st.publisher.clone(),
+                since,
+                video_codec: st.video_codec.clone(),
+                audio_codec: st.audio_codec.clone(),
+            });
+            // Departed bytes read under the same lock that moves a leaving queue's count.
+            let departed = self.counters.bytes_out_departed.load(Ordering::Relaxed);
+            ((st.subscribers.clone(), departed), publisher, st.gop_bytes)
+        };
+        let (subscribers, departed) = subscribers;
+        let players: Vec<_> = subscribers.iter().map(|q| q.info()).collect();
+        let bytes_out = departed + players.iter().map(|p| p.bytes_sent).sum::<u64>();
+        let c = &self.counters;
+        let stats = StreamStats {
+            live: c.live.load(Ordering::Relaxed),
+            subscribers: subscribers.len(),
+            frames: c.frames.load(Ordering::Relaxed),
+            gop_frames: c.gop_frames.load(Ordering::Relaxed),
+            skipped: c.skipped.load(Ordering::Relaxed),
+            max_queued_bytes: players.iter().map(|p| p.queued_bytes).max().unwrap_or(0),
+            peak_queued_bytes: c.peak_queued_bytes.load(Ordering::Relaxed),
+            direct_writes: c.direct_writes.load(Ordering::Relaxed),
+        };
+        StreamInfo {
+            session_id: self.session_id.clone(),
+            publisher,
+            players,
+            stats,
+            bytes_in: c.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+            gop_bytes,
         }
     }
 }

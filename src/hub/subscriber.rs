@@ -23,13 +23,14 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::peer::{Peer, PlayerInfo};
 use super::stream::{Counters, Stream};
 use super::Hub;
 use crate::media::frame::{Frame, MediaKind};
@@ -139,11 +140,23 @@ pub(super) struct Queue {
     queued_bytes: AtomicUsize,
     /// The stream's counters, where skips are summed as they happen.
     counters: Arc<Counters>,
+    /// Media payload bytes handed to the transport: changed only under the queue lock
+    /// (by the publisher's direct write or the task's drain), read without it.
+    sent_bytes: AtomicU64,
+    /// `phase == Live`, copied on every change so the control API reads it without the lock.
+    live: AtomicBool,
+    /// Who plays, for the control API.
+    peer: Option<Arc<Peer>>,
+    since: SystemTime,
 }
 
 impl Queue {
-    pub(super) fn new(limits: QueueLimits, counters: Arc<Counters>) -> Self {
+    pub(super) fn new(limits: QueueLimits, counters: Arc<Counters>, peer: Option<Arc<Peer>>) -> Self {
         Self {
+            sent_bytes: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            peer,
+            since: SystemTime::now(),
             limits,
             state: Mutex::new(QueueState {
                 phase: Phase::Waiting,
@@ -181,6 +194,7 @@ impl Queue {
         let mut st = self.state();
         if st.phase == Phase::Waiting {
             st.phase = Phase::Live;
+            self.live.store(true, Ordering::Relaxed);
             drop(st);
             self.notify.notify_one();
         }
@@ -191,6 +205,7 @@ impl Queue {
     pub(super) fn start_with(&self, snapshot: impl Iterator<Item = Frame>) {
         let mut st = self.state();
         st.phase = Phase::Live;
+        self.live.store(true, Ordering::Relaxed);
         let mut bytes = st.bytes;
         for f in snapshot {
             bytes += f.payload().len();
@@ -203,6 +218,7 @@ impl Queue {
         let mut st = self.state();
         if st.phase != Phase::Ended {
             st.phase = Phase::Ended;
+            self.live.store(false, Ordering::Relaxed);
             drop(st);
             self.notify.notify_one();
         }
@@ -216,11 +232,38 @@ impl Queue {
         self.queued_bytes.load(Ordering::Relaxed)
     }
 
+    pub(super) fn bytes_sent(&self) -> u64 {
+        self.sent_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Adds to `sent_bytes`; the caller holds the queue lock (the only writers do), so a
+    /// load and a store suffice.
+    fn count_sent(&self, n: usize) {
+        self.sent_bytes.store(self.sent_bytes.load(Ordering::Relaxed) + n as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn peer(&self) -> Option<&Arc<Peer>> {
+        self.peer.as_ref()
+    }
+
+    /// This subscriber as the control API shows it; reads atomics and the phase.
+    pub(super) fn info(&self) -> PlayerInfo {
+        PlayerInfo {
+            peer: self.peer.clone(),
+            since: self.since,
+            live: self.live.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent(),
+            queued_bytes: self.queued_bytes(),
+            skipped: self.skipped(),
+        }
+    }
+
     /// The subscriber is gone: nothing more is queued or written (a push that still
     /// holds this queue in its snapshot finds it closed), and the sink is dropped.
     fn close(&self) {
         let mut st = self.state();
         st.phase = Phase::Ended;
+        self.live.store(false, Ordering::Relaxed);
         st.writer = Writer::Task;
         st.frames.clear();
         self.set_bytes(&mut st, 0);
@@ -237,7 +280,12 @@ impl Queue {
             return false;
         }
         if let Writer::Publisher(sink) = &mut st.writer {
-            if direct && Self::write_direct(sink.as_mut(), frame, &mut st.unwritten) {
+            let written = direct && Self::write_direct(sink.as_mut(), frame, &mut st.unwritten);
+            if written || st.unwritten.is_some() {
+                // Whole, or begun (the task writes the rest first).
+                self.count_sent(frame.payload().len());
+            }
+            if written {
                 return true;
             }
             // The socket is full (or failed, which the task's own write will report), or
@@ -365,6 +413,7 @@ impl Subscriber {
             if let Some(f) = st.frames.pop_front() {
                 let bytes = st.bytes - f.payload().len();
                 self.queue.set_bytes(&mut st, bytes);
+                self.queue.count_sent(f.payload().len());
                 return Some(f);
             }
         }
@@ -437,6 +486,7 @@ impl Subscriber {
         }
         let bytes = st.bytes - taken;
         self.queue.set_bytes(&mut st, bytes);
+        self.queue.count_sent(taken);
     }
 
     /// Frames this subscriber skipped because it fell behind.

@@ -380,6 +380,63 @@ fn next_track(layout: u8, rest: &[u8]) -> Option<(u8, &[u8])> {
     Some((id, split_at(after, size)?.1))
 }
 
+/// A codec's name for people and dashboards, from a sequence header (or, for audio
+/// formats without one, any frame): RFC 6381 style where the header says enough
+/// (`avc1.64001f`, `mp4a.40.2`), else the E-RTMP FourCC (`hvc1`, `av01`, `Opus`) or the
+/// legacy format's name. `None` for payloads that name no codec (cut short, data).
+pub fn codec_name(kind: MediaKind, payload: &[u8]) -> Option<String> {
+    let (&first, rest) = payload.split_first()?;
+    match kind {
+        MediaKind::Video if first & VIDEO_EX_HEADER != 0 => ex_fourcc(first & 0x0F, VIDEO_MODEX, VIDEO_MULTITRACK, rest),
+        MediaKind::Video => match first & 0x0F {
+            // AVCDecoderConfigurationRecord after packet type and composition time:
+            // version, profile, compatibility, level.
+            CODEC_AVC => match rest {
+                [AVC_SEQUENCE_HEADER, _, _, _, 1, profile, compat, level, ..] => {
+                    Some(format!("avc1.{profile:02x}{compat:02x}{level:02x}"))
+                }
+                _ => Some("avc1".into()),
+            },
+            CODEC_HEVC_LEGACY => Some("hvc1".into()),
+            2 => Some("h263".into()),
+            3 => Some("screen".into()),
+            4 | 5 => Some("vp6".into()),
+            6 => Some("screen2".into()),
+            _ => None,
+        },
+        MediaKind::Audio => match first >> 4 {
+            SOUND_EX_HEADER => ex_fourcc(first & 0x0F, AUDIO_MODEX, AUDIO_MULTITRACK, rest),
+            // AudioSpecificConfig: the audio object type is its first five bits.
+            SOUND_AAC => match rest {
+                [AAC_SEQUENCE_HEADER, asc, ..] => Some(format!("mp4a.40.{}", asc >> 3)),
+                _ => None,
+            },
+            0 | 3 => Some("pcm".into()),
+            1 => Some("adpcm".into()),
+            2 | 14 => Some("mp3".into()),
+            4..=6 => Some("nellymoser".into()),
+            7 => Some("alaw".into()),
+            8 => Some("ulaw".into()),
+            11 => Some("speex".into()),
+            _ => None,
+        },
+        MediaKind::Data => None,
+    }
+}
+
+/// The FourCC of an E-RTMP header (the first track's, for multitrack), when printable.
+fn ex_fourcc(packet_type: u8, modex: u8, multitrack: u8, rest: &[u8]) -> Option<String> {
+    let (packet_type, rest) = skip_modex(packet_type, modex, rest)?;
+    let fourcc = if packet_type == multitrack {
+        // Multitrack type byte, then the FourCC (in every layout, first or per track).
+        split_at(rest.get(1..)?, 4)?.0
+    } else {
+        split_at(rest, 4)?.0
+    };
+    let text = std::str::from_utf8(fourcc).ok()?;
+    text.chars().all(|c| c.is_ascii_graphic() || c == ' ').then(|| text.trim_end().to_owned())
+}
+
 /// `slice.split_at(n)` without the panic.
 fn split_at(slice: &[u8], n: usize) -> Option<(&[u8], &[u8])> {
     (slice.len() >= n).then(|| slice.split_at(n))

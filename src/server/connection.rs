@@ -14,8 +14,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::hub_link::{HubLink, Next, PlayerEvent};
+use super::hub_link::{Drain, HubLink, Next, PlayerEvent};
 use crate::config::Config;
+use crate::control::Connections;
 use crate::gate::{self, Decision, Gate, Request};
 use crate::hub::{DirectSink, Hub};
 use crate::media::frame::Frame;
@@ -40,12 +41,15 @@ pub struct ConnContext {
     pub hub: Hub,
     /// Limits and timeouts.
     pub config: Arc<Config>,
-    /// Cancelled on SIGTERM: stop publishing, let players drain, then close.
+    /// Cancelled on SIGTERM or `POST /api/drain`: stop accepting, end publishers at
+    /// their next keyframe (or ask them to reconnect), let players drain, then close.
     pub shutdown: CancellationToken,
     /// Decides publish and play requests before the hub sees them.
     pub gate: Arc<dyn Gate>,
     /// Closes and refusals by reason.
     pub counters: Arc<Counters>,
+    /// Connections by transport (and QUIC statistics), for `/metrics`.
+    pub conns: Connections,
 }
 
 impl ConnContext {
@@ -71,6 +75,7 @@ pub fn log_end(ctx: &ConnContext, result: &Result<(), ConnError>) {
     match result {
         Ok(()) => info!("closed"),
         Err(e) if reason == Reason::PeerGone => info!(%reason, error = %e, "closed: peer went away"),
+        Err(e @ ConnError::Ended(_)) => info!(%reason, "closed: {e}"),
         Err(e) => warn!(%reason, error = %e, "closed with error"),
     }
 }
@@ -87,6 +92,9 @@ pub enum ConnError {
     /// A deadline passed.
     #[error("timed out: {0}")]
     Timeout(&'static str, Reason),
+    /// Ended from outside (the control API), not by anything the peer did.
+    #[error("ended ({0})")]
+    Ended(Reason),
 }
 
 impl From<io::Error> for ConnError {
@@ -113,7 +121,7 @@ impl ConnError {
             }
             ConnError::Io(_) => Reason::Io,
             ConnError::Session(e) => Reason::of_session(e),
-            ConnError::Timeout(_, reason) => *reason,
+            ConnError::Timeout(_, reason) | ConnError::Ended(reason) => *reason,
         }
     }
 }
@@ -192,6 +200,8 @@ where
         session: ServerSession::new(ctx.config.session()),
         link: HubLink::new(ctx.clone(), peer.0, peer.1),
         close_after_flush: false,
+        linger: true,
+        ended_by: None,
         batch: Vec::new(),
         unwritten: None,
     };
@@ -202,6 +212,10 @@ where
     // once per frame per player.
     let shutdown = ctx.shutdown.cancelled();
     tokio::pin!(shutdown);
+    let end = conn.link.end_token();
+    let ended = end.cancelled();
+    tokio::pin!(ended);
+    let mut ending = false;
 
     let direct = writer.direct();
 
@@ -215,8 +229,10 @@ where
         }
         if conn.close_after_flush {
             let _ = writer.shutdown().await;
-            drain_until_closed(&mut reader, &mut buf).await;
-            return Ok(());
+            if conn.linger {
+                drain_until_closed(&mut reader, &mut buf).await;
+            }
+            return conn.ended_by.map_or(Ok(()), |r| Err(ConnError::Ended(r)));
         }
         // Idle: the publisher writes media straight to the socket until something needs
         // this task (a full socket, input, the end of the stream).
@@ -227,11 +243,23 @@ where
             biased;
             _ = &mut shutdown, if !shutting_down => {
                 shutting_down = true;
-                // Publishers stop now (their players then drain and end); a live player
-                // stays until its stream ends, everyone else goes.
-                if !conn.link.live_player() {
-                    return Ok(());
+                // A live player stays until its stream ends; a publisher until its next
+                // keyframe (or, asked to reconnect, until it goes); everyone else goes.
+                if conn.link.on_drain(conn.session.core()) == Drain::Close {
+                    conn.close_publisher();
                 }
+            }
+            _ = &mut ended, if !ending => {
+                ending = true;
+                let stopped = conn.link.on_ended_by_api(conn.session.core());
+                // A player is told (`NetStream.Play.Stop`), so it lingers for that to
+                // arrive; a publisher is simply cut off.
+                conn.close_after_flush = true;
+                conn.linger = stopped.is_some();
+                if let Some(stopped) = stopped {
+                    conn.unwritten = stopped.sub.take_writer().unwritten;
+                }
+                conn.ended_by = Some(Reason::EndedByApi);
             }
             read = read_until(&mut reader, &mut buf, read_deadline) => {
                 let n = read?;
@@ -240,6 +268,9 @@ where
                     return Ok(());
                 }
                 conn.on_input(&buf[..n])?;
+                if conn.link.drained() {
+                    conn.close_publisher();
+                }
                 if n == buf.len() && buf.len() < READ_BUF_MAX {
                     buf.resize(buf.len() * 2, 0);
                 }
@@ -284,6 +315,11 @@ struct Conn {
     link: HubLink<Option<Box<dyn DirectSink>>>,
     /// Write what is pending, then close (refusals and ended streams).
     close_after_flush: bool,
+    /// After the last write, read until the peer closes (see [`drain_until_closed`]);
+    /// not for a publisher cut off, which has nothing more to receive.
+    linger: bool,
+    /// Ended from outside, counted under this reason.
+    ended_by: Option<Reason>,
     /// Frames drained for one write, kept to reuse its allocation.
     batch: Vec<Frame>,
     /// The rest of a frame the publisher wrote only part of, to a player that has since
@@ -314,6 +350,13 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// Closes without lingering unless a player is still attached (a publisher cut off
+    /// has nothing left to receive, and would keep sending meanwhile).
+    fn close_publisher(&mut self) {
+        self.close_after_flush = true;
+        self.linger = self.link.player.is_some();
     }
 
     fn then(&mut self, next: Next) {

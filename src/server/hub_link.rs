@@ -4,15 +4,24 @@
 //! counted; the end of a stream ends its players. The byte-stream driver
 //! (`connection.rs`) and the RoQR driver (`roqr_conn.rs`) own the I/O and call in here
 //! with the message-level [`ServerCore`] of their framing.
+//!
+//! Two ways a session is ended from outside, both selected on by the drivers: its
+//! [`Peer`]'s end token (the control API's `DELETE`), and the drain (SIGTERM or
+//! `POST /api/drain`): a publisher that declared E-RTMP reconnect support is asked to
+//! reconnect and keeps publishing until it leaves; any other publisher is ended at its
+//! next video keyframe, so its players get whole GOPs up to the end.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::connection::ConnContext;
 use crate::gate::{Decision, Request, Role};
-use crate::hub::{Publisher, Subscriber};
+use crate::hub::{Peer, Publisher, Subscriber};
+use crate::media::frame::MediaKind;
 use crate::reason::Reason;
 use crate::rtmp::session::{ServerCore, ServerEvent};
 
@@ -44,6 +53,16 @@ pub(super) enum Next {
     CloseAfterFlush,
 }
 
+/// What a session does when the relay drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Drain {
+    /// Go on: a player until its stream ends, a publisher until its next keyframe or
+    /// until it reconnects elsewhere.
+    Continue,
+    /// Close now (nothing to finish).
+    Close,
+}
+
 /// One session's hub handles and its pending request.
 pub(super) struct HubLink<W> {
     ctx: ConnContext,
@@ -52,11 +71,90 @@ pub(super) struct HubLink<W> {
     pub(super) publisher: Option<Publisher>,
     pub(super) player: Option<Player<W>>,
     pending: Option<Request>,
+    /// This session as the control API sees it; its id is fixed for the session.
+    peer_id: u64,
+    /// Cancelled by the control API to end the session.
+    end: CancellationToken,
+    /// Draining: the publisher ends at its next video keyframe.
+    end_at_keyframe: bool,
+    /// The publish ended for the drain: the driver closes the session.
+    drained: bool,
+    /// Video went through this session's publish (a drain then waits for a keyframe).
+    saw_video: bool,
 }
 
 impl<W: Default> HubLink<W> {
     pub(super) fn new(ctx: ConnContext, peer: SocketAddr, transport: &'static str) -> Self {
-        Self { ctx, peer, transport, publisher: None, player: None, pending: None }
+        let peer_id = ctx.hub.next_peer_id();
+        Self {
+            ctx,
+            peer,
+            transport,
+            publisher: None,
+            player: None,
+            pending: None,
+            peer_id,
+            end: CancellationToken::new(),
+            end_at_keyframe: false,
+            drained: false,
+            saw_video: false,
+        }
+    }
+
+    /// The token the control API cancels to end this session (the driver selects on it).
+    pub(super) fn end_token(&self) -> CancellationToken {
+        self.end.clone()
+    }
+
+    fn as_peer(&self) -> Arc<Peer> {
+        Peer::new(self.peer_id, self.transport, Some(self.peer), self.end.clone())
+    }
+
+    /// The control API ended this session: a player is told its play stopped, a
+    /// publisher's stream ends (its players drain and end). Counted; the driver writes
+    /// what the session has to say and closes.
+    pub(super) fn on_ended_by_api(&mut self, core: &mut ServerCore) -> Option<Player<W>> {
+        self.pending = None;
+        if self.publisher.take().is_some() {
+            info!("publish ended through the control API");
+        }
+        let player = self.player.take();
+        if player.is_some() {
+            info!("play ended through the control API");
+            core.stop_play("Stopped by the relay's operator");
+        }
+        player
+    }
+
+    /// The relay drains (SIGTERM or `POST /api/drain`).
+    pub(super) fn on_drain(&mut self, core: &mut ServerCore) -> Drain {
+        if self.publisher.is_some() {
+            if core.supports_reconnect() {
+                info!("draining: asking the publisher to reconnect");
+                core.request_reconnect("The relay is shutting down; reconnect to continue");
+                return Drain::Continue;
+            }
+            if self.saw_video {
+                info!("draining: the publish ends at its next keyframe");
+                self.end_at_keyframe = true;
+                return Drain::Continue;
+            }
+            // Audio only: every frame is a boundary.
+            self.publisher = None;
+            info!("draining: publish ended");
+            return Drain::Close;
+        }
+        // A live player stays until its stream ends; anyone else goes now.
+        if self.live_player() {
+            Drain::Continue
+        } else {
+            Drain::Close
+        }
+    }
+
+    /// Whether the drain ended this session's publish (the driver then closes it).
+    pub(super) fn drained(&self) -> bool {
+        self.drained
     }
 
     /// Acts on an event of the session core. A player that stopped is returned, for the
@@ -70,7 +168,17 @@ impl<W: Default> HubLink<W> {
                 self.pending = Some(self.request(Role::Play, session_id, app, key));
             }
             ServerEvent::Media(frame) => {
+                let video = frame.kind() == MediaKind::Video;
+                if self.end_at_keyframe && video && frame.is_keyframe() {
+                    // The GOP before it went out whole; this one is not started.
+                    if self.publisher.take().is_some() {
+                        info!("draining: publish ended at a keyframe");
+                    }
+                    self.end_at_keyframe = false;
+                    self.drained = true;
+                }
                 if let Some(p) = &mut self.publisher {
+                    self.saw_video |= video;
                     p.send(frame);
                 }
             }
@@ -103,7 +211,7 @@ impl<W: Default> HubLink<W> {
 
     fn on_decision(&mut self, core: &mut ServerCore, request: Request, decision: Decision) -> Next {
         match (request.role, decision) {
-            (Role::Publish, Decision::Allow) => match self.ctx.hub.publish(&request.session_id) {
+            (Role::Publish, Decision::Allow) => match self.ctx.hub.publish_by(&request.session_id, Some(self.as_peer())) {
                 Ok(p) => {
                     info!(key = %redact(&request.key), "publish started");
                     core.accept_publish();
@@ -119,7 +227,7 @@ impl<W: Default> HubLink<W> {
             },
             (Role::Play, Decision::Allow) => {
                 info!("play requested");
-                let sub = self.ctx.hub.subscribe(&request.session_id);
+                let sub = self.ctx.hub.subscribe_by(&request.session_id, Some(self.as_peer()));
                 let deadline = Instant::now() + self.ctx.hub.config().play_wait;
                 self.player = Some(Player { sub, live: false, deadline, writer: W::default() });
                 Next::Continue

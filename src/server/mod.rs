@@ -1,9 +1,13 @@
 //! The relay: binds the one port (TCP and UDP), prepares TLS, and runs the accept loops
 //! until shutdown. Submodules: [`tcp`] and [`quic`] accept and dispatch,
 //! [`connection`] drives a session over a byte stream (TCP, TLS, the QUIC tunnel),
-//! [`roqr_conn`] a RoQR connection.
-//! Graceful shutdown (SIGTERM): stop accepting, end publishers so players drain
-//! and close, wait up to the grace period. Immediate shutdown (SIGINT): stop now.
+//! [`roqr_conn`] a RoQR connection. The control plane's HTTP server
+//! ([`crate::control`]) runs beside the accept loops and stops with them.
+//!
+//! Graceful shutdown, the drain (SIGTERM or `POST /api/drain`): stop accepting; ask
+//! publishers that declared E-RTMP reconnect support to reconnect, end the others at
+//! their next keyframe; players drain and close when their stream ends; exit when no
+//! session is left or after the grace period. Immediate shutdown (SIGINT): stop now.
 
 pub mod connection;
 mod hub_link;
@@ -23,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::control::{self, Allocations, Connections, ControlParts, RelayBoard, TokenMinter};
 use crate::gate::{self, Gate};
 use crate::hub::Hub;
 use crate::reason::Counters;
@@ -50,6 +55,13 @@ pub struct Server {
     hub: Hub,
     gate: Arc<dyn Gate>,
     counters: Arc<Counters>,
+    /// The control API's listener, unless `http_listen = "off"`.
+    http: Option<TcpListener>,
+    http_addr: Option<SocketAddr>,
+    conns: Connections,
+    allocations: Allocations,
+    relays: RelayBoard,
+    minter: Option<Arc<dyn TokenMinter>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -74,6 +86,14 @@ pub enum ServerError {
     /// The TCP port is taken or not allowed.
     #[error("TCP port for RTMP not available on {addr}: {error}")]
     TcpPort {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why not.
+        error: std::io::Error,
+    },
+    /// The control API's address is taken or not allowed.
+    #[error("HTTP address for the control API not available on {addr}: {error}")]
+    HttpPort {
         /// The address asked for.
         addr: SocketAddr,
         /// Why not.
@@ -141,6 +161,13 @@ impl Server {
         let tls = TlsAcceptor::from(Arc::new(tls::rtmps_server_config(&identity)?));
         let hub = Hub::new(config.hub());
         let gate: Arc<dyn Gate> = Arc::new(gate::Open);
+        let http = match config.http_listen.addr() {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).await.map_err(|error| ServerError::HttpPort { addr, error })?)
+            }
+            None => None,
+        };
+        let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
         Ok(Self {
             config: Arc::new(config),
             tcp,
@@ -151,7 +178,40 @@ impl Server {
             hub,
             gate,
             counters: Arc::default(),
+            http,
+            http_addr,
+            conns: Connections::default(),
+            allocations: Allocations::default(),
+            relays: RelayBoard::default(),
+            minter: None,
         })
+    }
+
+    /// Where the control API listens (`None` with `http_listen = "off"`).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Session allocations made through `POST /api/sessions` (their forward targets,
+    /// for the forwarder).
+    pub fn allocations(&self) -> Allocations {
+        self.allocations.clone()
+    }
+
+    /// Where relay clients (forward, pull) report their state for the control API.
+    pub fn relay_board(&self) -> RelayBoard {
+        self.relays.clone()
+    }
+
+    /// Connections by transport, as `/metrics` reports them.
+    pub fn connections(&self) -> Connections {
+        self.conns.clone()
+    }
+
+    /// Gives `POST /api/sessions` a way to make publish and play tokens (without one,
+    /// the session URLs carry none).
+    pub fn set_token_minter(&mut self, minter: Arc<dyn TokenMinter>) {
+        self.minter = Some(minter);
     }
 
     /// The address both TCP and UDP are bound to.
@@ -188,9 +248,29 @@ impl Server {
             shutdown: shutdown.graceful.clone(),
             gate: self.gate.clone(),
             counters: self.counters.clone(),
+            conns: self.conns.clone(),
         };
+        let http_stop = CancellationToken::new();
+        let http = self.http.map(|listener| {
+            let parts = ControlParts {
+                hub: self.hub.clone(),
+                counters: self.counters.clone(),
+                conns: self.conns.clone(),
+                allocations: self.allocations.clone(),
+                relays: self.relays.clone(),
+                drain: shutdown.graceful.clone(),
+                minter: self.minter.clone(),
+                rtmp_addr: self.local_addr,
+                api_token: self.config.api.token.clone(),
+                grace: Duration::from_millis(self.config.shutdown_grace_ms),
+            };
+            tokio::spawn(control::serve(listener, parts, http_stop.clone()))
+        });
         let admission = Admission::new(self.config.max_connections, self.config.max_connections_per_ip);
         let tasks = TaskTracker::new();
+        if let Some(http) = self.http_addr {
+            info!(%http, "control API, /metrics and status page on HTTP");
+        }
         info!(addr = %self.local_addr, "listening: RTMP on TCP, QUIC on UDP, same port");
         let accept = TaskTracker::new();
         accept.spawn(tcp::accept_loop(
@@ -210,7 +290,7 @@ impl Server {
         accept.wait().await;
         tasks.close();
         if !shutdown.immediate.is_cancelled() {
-            info!(sessions = tasks.len(), "shutting down: waiting for sessions to finish");
+            info!(sessions = tasks.len(), "draining: waiting for sessions to finish");
             let grace = Duration::from_millis(self.config.shutdown_grace_ms);
             tokio::select! {
                 _ = tasks.wait() => {}
@@ -226,6 +306,14 @@ impl Server {
         // their connection closed, which is now: give them a moment, so that the port is
         // free when this returns (a restart on the same port).
         let _ = tokio::time::timeout(Duration::from_secs(1), tasks.wait()).await;
+        // The control API answers until here (a drain can be watched); its open
+        // requests get a moment to finish.
+        http_stop.cancel();
+        if let Some(mut http) = http {
+            if tokio::time::timeout(Duration::from_secs(1), &mut http).await.is_err() {
+                http.abort();
+            }
+        }
         info!("stopped");
         Ok(())
     }

@@ -14,6 +14,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use super::connection::{log_end, serve_rtmp, ConnContext};
 use super::roqr_conn::serve_roqr;
+use crate::control::ConnKind;
 use crate::reason::Reason;
 use crate::transport::admission::Admission;
 use crate::transport::tls::{ALPN_ROQR, ALPN_RTMP};
@@ -65,8 +66,14 @@ pub async fn accept_loop(
                     .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
                     .and_then(|h| h.protocol);
                 match alpn.as_deref() {
-                    Some(ALPN_RTMP) => serve_tunnel(conn, peer, ctx).await,
-                    Some(ALPN_ROQR) => serve_roqr(conn, peer, ctx).await,
+                    Some(ALPN_RTMP) => {
+                        let _counted = ctx.conns.open_quic(ConnKind::QuicTunnel, &conn);
+                        serve_tunnel(conn, peer, ctx).await
+                    }
+                    Some(ALPN_ROQR) => {
+                        let _counted = ctx.conns.open_quic(ConnKind::Roqr, &conn);
+                        serve_roqr(conn, peer, ctx).await
+                    }
                     other => {
                         ctx.counters.count(Reason::UnsupportedAlpn);
                         warn!(alpn = ?other.map(String::from_utf8_lossy), "unsupported ALPN");

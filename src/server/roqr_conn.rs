@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::hub_link::{HubLink, Next, PlayerEvent};
+use super::hub_link::{Drain, HubLink, Next, PlayerEvent};
 use crate::media::frame::Frame;
 use crate::reason::Reason;
 use crate::rtmp::amf0::Amf0Value;
@@ -106,6 +106,10 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
     let shutdown = ctx.shutdown.cancelled();
     tokio::pin!(shutdown);
     let mut shutting_down = false;
+    let end = link.end_token();
+    let ended = end.cancelled();
+    tokio::pin!(ended);
+    let mut ending = false;
     // Set when the session is over once its last answers are written.
     let mut closing: Option<End> = None;
     let mut command_ended = false;
@@ -141,9 +145,20 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
             biased;
             _ = &mut shutdown, if !shutting_down => {
                 shutting_down = true;
-                if !link.live_player() {
-                    return End::ok("shutting down");
+                // A live player stays until its stream ends; a publisher until its next
+                // keyframe (or, asked to reconnect, until it goes); everyone else goes.
+                if link.on_drain(session.core()) == Drain::Close {
+                    closing = Some(End::ok("shutting down"));
                 }
+            }
+            _ = &mut ended, if !ending => {
+                ending = true;
+                // A player's last media may still be in flight on its own streams: the
+                // stop goes after it, as the end of a stream does.
+                if let Some(mut s) = link.on_ended_by_api(session.core()).and_then(|p| p.writer) {
+                    s.drain(Duration::from_secs(2)).await;
+                }
+                closing = Some(End::err(Reason::EndedByApi, ErrorCode::NoError, "ended through the control API"));
             }
             incoming = rx.recv() => {
                 let Some(incoming) = incoming else { return End::ok("peer closed") };
@@ -169,12 +184,18 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
                     }
                 }
                 on_events(&mut session, &mut link);
+                if link.drained() {
+                    closing = closing.or(Some(End::ok("drained at a keyframe")));
+                }
             }
             _ = sleep_until_opt(reorder_deadline) => {
                 if let Err(e) = session.handle_timeout(std::time::Instant::now()) {
                     return e.into();
                 }
                 on_events(&mut session, &mut link);
+                if link.drained() {
+                    closing = closing.or(Some(End::ok("drained at a keyframe")));
+                }
             }
             _ = sleep_until_opt(read_deadline) => {
                 return End::err(Reason::PeerSilent, ErrorCode::General, "peer silent too long");

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::connection::{log_end, serve_rtmp, ConnContext, SessionWriter, TryWrite};
+use crate::control::ConnKind;
 use crate::reason::Reason;
 use crate::transport::admission::Admission;
 
@@ -88,6 +89,7 @@ async fn handle(stream: TcpStream, peer: std::net::SocketAddr, tls: Option<TlsAc
         }
     };
     tracing::Span::current().record("transport", if is_tls { "tls" } else { "tcp" });
+    let _counted = ctx.conns.open(if is_tls { ConnKind::Tls } else { ConnKind::Tcp });
     info!("connected");
     let result = match (is_tls, tls) {
         (true, Some(acceptor)) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {

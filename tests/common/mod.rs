@@ -68,6 +68,10 @@ pub struct TestServer {
     pub ca: PathBuf,
     /// The relay's stream registry, for assertions.
     pub hub: Hub,
+    /// The control API (HTTP on 127.0.0.1, port 0).
+    pub http: SocketAddr,
+    /// Closes and refusals by reason.
+    pub counters: std::sync::Arc<qrelay::reason::Counters>,
     /// Cancel to stop the relay.
     pub shutdown: Shutdown,
     /// Certificates and the tests' output files; removed on drop.
@@ -91,10 +95,16 @@ pub async fn start_server_gated(
     gate: Option<std::sync::Arc<dyn qrelay::gate::Gate>>,
 ) -> Result<TestServer> {
     let dir = tempfile::Builder::new().prefix("qrelay-e2e-").tempdir()?;
-    let mut config =
-        Config { listen: "127.0.0.1:0".parse()?, cert_dir: dir.path().join("certs"), ..Default::default() };
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse()?,
+        cert_dir: dir.path().join("certs"),
+        http_listen: qrelay::config::HttpListen::Addr("127.0.0.1:0".parse()?),
+        ..Default::default()
+    };
     tweak(&mut config);
     let mut server = qrelay::Server::bind(config).await?;
+    let http = server.http_addr().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let counters = server.counters();
     if let Some(gate) = gate {
         server.set_gate(gate);
     }
@@ -103,7 +113,7 @@ pub async fn start_server_gated(
     let hub = server.hub();
     let shutdown = Shutdown::default();
     let task = tokio::spawn(server.run(shutdown.clone()));
-    Ok(TestServer { addr, ca, hub, shutdown, dir, task })
+    Ok(TestServer { addr, ca, hub, http, counters, shutdown, dir, task })
 }
 
 impl Drop for TestServer {
@@ -121,6 +131,11 @@ impl TestServer {
         self.shutdown.immediate.cancel();
         self.shutdown.graceful.cancel();
         let _ = (&mut self.task).await;
+    }
+
+    /// `http://127.0.0.1:PORT/path` on the control API.
+    pub fn api(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
     }
 
     /// `scheme://127.0.0.1:PORT/live/key` (the session ID is `live/key`).
@@ -241,10 +256,12 @@ pub fn ffmpeg_publisher(input: &Path, url: &str, looped: bool) -> Command {
     cmd
 }
 
-/// The project's own binary with plain (uncoloured) logs; killed when dropped.
+/// The project's own binary with plain (uncoloured) logs; killed when dropped. A relay
+/// it runs puts its control API on a free loopback port (tests run side by side; the
+/// default port is fixed), unless the test says otherwise with `--http`.
 pub fn qrelay<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_qrelay"));
-    cmd.env("NO_COLOR", "1").env("RUST_LOG", "info").args(args);
+    cmd.env("NO_COLOR", "1").env("RUST_LOG", "info").env("QRELAY_HTTP_LISTEN", "127.0.0.1:0").args(args);
     quiet(&mut cmd);
     cmd
 }
@@ -321,6 +338,8 @@ pub struct ServeProcess {
     pub child: Child,
     /// Where it listens (TCP and UDP).
     pub addr: SocketAddr,
+    /// Where its control API listens, if it logged one.
+    pub http: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
     _reader: JoinHandle<()>,
 }
@@ -358,7 +377,9 @@ pub async fn spawn_serve_cmd(mut cmd: Command) -> Result<ServeProcess> {
     .await
     .map_err(|_| anyhow!("qrelay serve did not log `listening` within 10 s"))?
     .with_context(|| format!("log: {}", strip_ansi(&log.lock().unwrap().join("\n"))))?;
-    Ok(ServeProcess { child, addr, log, _reader: reader })
+    // The control API logs its address before the accept loops start.
+    let http = log.lock().unwrap().iter().find_map(|l| parse_field(&strip_ansi(l), "http="));
+    Ok(ServeProcess { child, addr, http, log, _reader: reader })
 }
 
 impl ServeProcess {
@@ -384,6 +405,11 @@ impl ServeProcess {
             .map_err(|_| anyhow!("qrelay serve did not exit within {limit:?}; log:\n{}", self.logs()))??;
         Ok(status)
     }
+}
+
+/// `name=ADDRESS` from a log line.
+fn parse_field(line: &str, name: &str) -> Option<SocketAddr> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(name)).and_then(|v| v.parse().ok())
 }
 
 /// `addr=127.0.0.1:PORT` from a log line.

@@ -91,8 +91,12 @@ impl Env {
 /// Starts a relay with the default configuration as `tweak` adjusts it.
 pub async fn start_relay(tweak: impl FnOnce(&mut Config)) -> Result<Relay> {
     let dir = tempfile::Builder::new().prefix("qrelay-test-").tempdir()?;
-    let mut config =
-        Config { listen: "127.0.0.1:0".parse()?, cert_dir: dir.path().join("certs"), ..Default::default() };
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse()?,
+        cert_dir: dir.path().join("certs"),
+        http_listen: qrelay::config::HttpListen::Addr("127.0.0.1:0".parse()?),
+        ..Default::default()
+    };
     tweak(&mut config);
     let server = qrelay::Server::bind(config.clone()).await?;
     let addr = server.local_addr();
@@ -277,7 +281,7 @@ pub async fn play_frames(
             match event {
                 ClientEvent::Media { kind, payload, .. } => checker.on_media(kind, &payload),
                 ClientEvent::StreamEnded => return Ok(PlayEnd::StreamEnded),
-                ClientEvent::PublishStarted | ClientEvent::PlayStarted => {}
+                ClientEvent::PublishStarted | ClientEvent::PlayStarted | ClientEvent::ReconnectRequest { .. } => {}
             }
         }
         client.flush().await?;

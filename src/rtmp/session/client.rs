@@ -42,6 +42,15 @@ pub enum ClientEvent {
     },
     /// The stream being played ended (StreamEOF or `NetStream.Play.UnpublishNotify`).
     StreamEnded,
+    /// The server asks the client to reconnect (E-RTMP v2
+    /// `NetConnection.Connect.ReconnectRequest`), to `tc_url` or, without one, to the
+    /// same URL, after streaming on to the next media boundary.
+    ReconnectRequest {
+        /// Where to reconnect, when not to the current URL.
+        tc_url: Option<String>,
+        /// The server's reason.
+        description: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +240,13 @@ impl ClientCore {
                 let (code, description) = status_fields(&cmd);
                 let level = cmd.args.first().and_then(|i| i.get("level")).and_then(Amf0Value::as_str);
                 match (code.as_str(), self.state) {
+                    (super::server::RECONNECT_REQUEST, _) => {
+                        let tc_url = cmd.args.first().and_then(|i| i.get("tcUrl")).and_then(Amf0Value::as_str);
+                        self.events.push_back(ClientEvent::ReconnectRequest {
+                            tc_url: tc_url.map(str::to_owned),
+                            description,
+                        });
+                    }
                     ("NetStream.Publish.Start", State::Starting(sid)) => {
                         self.state = State::Active(sid);
                         self.events.push_back(ClientEvent::PublishStarted);

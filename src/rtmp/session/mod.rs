@@ -18,7 +18,7 @@ mod tests;
 
 pub use chunked::{ClientSession, MediaEncoder, ServerSession};
 pub use client::{ClientCore, ClientEvent, ClientMode};
-pub use server::{ServerCore, ServerEvent};
+pub use server::{ServerCore, ServerEvent, RECONNECT_REQUEST};
 
 use crate::rtmp::chunk::{ChunkError, DecoderLimits, Message};
 use crate::rtmp::handshake::HandshakeError;

@@ -164,6 +164,34 @@ impl ServerCore {
         }
     }
 
+    /// Whether the client declared E-RTMP v2 reconnect support in `connect` (the
+    /// `capsEx` Reconnect bit): it may be asked to reconnect instead of being cut off.
+    pub fn supports_reconnect(&self) -> bool {
+        self.connect_property("capsEx")
+            .and_then(Amf0Value::as_number)
+            .is_some_and(|caps| caps.is_finite() && caps >= 0.0 && (caps as u64) & CAPS_EX_RECONNECT != 0)
+    }
+
+    /// Asks the client to reconnect (E-RTMP v2 `NetConnection.Connect.ReconnectRequest`:
+    /// a NetConnection `onStatus` on message stream 0, transaction 0, a null command
+    /// object), to the same URL. It goes on streaming up to its next media boundary,
+    /// then connects anew and leaves this connection.
+    pub fn request_reconnect(&mut self, description: &str) {
+        let info = message::status("status", RECONNECT_REQUEST, description);
+        let cmd = Command { name: "onStatus".into(), transaction: 0.0, object: Amf0Value::Null, args: vec![info] };
+        self.send(&RtmpMessage::Command(cmd), 0, 0);
+    }
+
+    /// The relay stops a player (not the end of its stream: an operator ended the
+    /// session): StreamEOF and `NetStream.Play.Stop`.
+    pub fn stop_play(&mut self, description: &str) {
+        if let Role::Playing(sid) | Role::PlayPending(sid) = self.role {
+            self.send(&RtmpMessage::UserControl(UserControl::StreamEof(sid)), 0, 0);
+            self.on_status(sid, "status", "NetStream.Play.Stop", description);
+            self.role = Role::Idle;
+        }
+    }
+
     /// The stream being played ended: StreamEOF and `NetStream.Play.UnpublishNotify`.
     pub fn play_ended(&mut self) {
         if let Role::Playing(sid) = self.role {
@@ -334,10 +362,15 @@ impl ServerCore {
     }
 }
 
-/// E-RTMP v2 `capsEx` bits the relay supports: Multitrack (0x02) and ModEx (0x04), both
-/// relayed byte for byte and parsed for keyframes and sequence headers. Not Reconnect
-/// (0x01): the relay never asks a publisher to reconnect.
-const CAPS_EX: f64 = (0x02 | 0x04) as f64;
+/// E-RTMP v2 `capsEx` Reconnect bit: the client understands
+/// `NetConnection.Connect.ReconnectRequest`.
+const CAPS_EX_RECONNECT: u64 = 0x01;
+/// E-RTMP v2 `capsEx` bits the relay supports: Reconnect (0x01: a draining relay asks
+/// publishers that support it to reconnect), Multitrack (0x02) and ModEx (0x04), both
+/// relayed byte for byte and parsed for keyframes and sequence headers.
+const CAPS_EX: f64 = (CAPS_EX_RECONNECT | 0x02 | 0x04) as f64;
+/// The status code of an E-RTMP v2 reconnect request.
+pub const RECONNECT_REQUEST: &str = "NetConnection.Connect.ReconnectRequest";
 /// `FourCcInfoMask.CanForward`: a relay forwards every codec without decoding it.
 const CAN_FORWARD: f64 = 4.0;
 

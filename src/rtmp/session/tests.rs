@@ -372,7 +372,7 @@ fn enhanced_rtmp_clients_get_the_relays_capabilities() {
         ("videoFourCcInfoMap", object([("hvc1", Amf0Value::Number(2.0))])),
     ]));
     let caps = v2.get("capsEx").and_then(Amf0Value::as_number);
-    assert_eq!(caps, Some(6.0), "Multitrack | ModEx");
+    assert_eq!(caps, Some(7.0), "Reconnect | Multitrack | ModEx");
     for map in ["videoFourCcInfoMap", "audioFourCcInfoMap"] {
         let forward = v2.get(map).and_then(|m| m.get("*")).and_then(Amf0Value::as_number);
         assert_eq!(forward, Some(4.0), "{map}: CanForward for any codec");
@@ -386,4 +386,58 @@ fn enhanced_rtmp_clients_get_the_relays_capabilities() {
     let legacy = connect_answer(object([app()]));
     assert!(legacy.get("capsEx").is_none() && legacy.get("videoFourCcInfoMap").is_none());
     assert_eq!(legacy.get("fmsVer").and_then(Amf0Value::as_str), Some("FMS/3,0,1,123"));
+}
+
+#[test]
+fn a_reconnect_capable_client_is_asked_to_reconnect_on_stream_zero() {
+    use crate::rtmp::amf0::Amf0Value;
+    // The client declares the capsEx Reconnect bit; the server sees it and sends the
+    // E-RTMP v2 NetConnection onStatus, which the client reports.
+    let mut core = ClientCore::new(ClientMode::Publish, "live", "cam", "rtmp://h/live");
+    core.set_connect_property("capsEx", Amf0Value::Number(1.0));
+    let mut server = ServerCore::new();
+    core.start();
+    let pump = |core: &mut ClientCore, server: &mut ServerCore| {
+        for _ in 0..8 {
+            while let Some(Transmit::Message(m)) = core.poll_transmit() {
+                let typed = RtmpMessage::parse(&m).unwrap();
+                server.handle_message(m, typed).unwrap();
+            }
+            while let Some(ev) = server.poll_event() {
+                if matches!(ev, ServerEvent::PublishRequest { .. }) {
+                    server.accept_publish();
+                }
+            }
+            while let Some(t) = server.poll_transmit() {
+                if let Transmit::Message(m) = t {
+                    let typed = RtmpMessage::parse(&m).unwrap();
+                    core.handle_message(m, typed).unwrap();
+                }
+            }
+        }
+    };
+    pump(&mut core, &mut server);
+    assert!(server.supports_reconnect());
+    assert_eq!(core.poll_event(), Some(ClientEvent::PublishStarted));
+    server.request_reconnect("the relay is draining");
+    let Some(Transmit::Message(m)) = server.poll_transmit() else { panic!("no reconnect request") };
+    assert_eq!(m.stream_id, 0, "a NetConnection command goes on message stream 0");
+    let typed = RtmpMessage::parse(&m).unwrap();
+    match &typed {
+        RtmpMessage::Command(c) => {
+            assert_eq!((c.name.as_str(), c.transaction, &c.object), ("onStatus", 0.0, &Amf0Value::Null));
+            let info = &c.args[0];
+            assert_eq!(info.get("code").and_then(Amf0Value::as_str), Some(super::server::RECONNECT_REQUEST));
+            assert_eq!(info.get("level").and_then(Amf0Value::as_str), Some("status"));
+        }
+        other => panic!("{other:?}"),
+    }
+    core.handle_message(m, typed).unwrap();
+    assert_eq!(
+        core.poll_event(),
+        Some(ClientEvent::ReconnectRequest { tc_url: None, description: "the relay is draining".into() })
+    );
+    // A client that did not declare it is not asked.
+    let legacy = ServerCore::new();
+    assert!(!legacy.supports_reconnect());
 }
