@@ -133,6 +133,15 @@ impl TestServer {
         let _ = (&mut self.task).await;
     }
 
+    /// Waits for the relay to stop on its own (a drain) within `limit`; how long it took.
+    pub async fn stopped(&mut self, limit: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        tokio::time::timeout(limit, &mut self.task)
+            .await
+            .map_err(|_| anyhow!("the relay did not stop within {limit:?}"))???;
+        Ok(start.elapsed())
+    }
+
     /// `http://127.0.0.1:PORT/path` on the control API.
     pub fn api(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
