@@ -615,3 +615,43 @@ async fn late_joiner_of_a_multitrack_stream_gets_every_track_header_and_the_defa
         vec![(0, 0, true), (0, 1, true), (0, 0, false), (10, 1, false), (33, 1, false), (40, 0, false)]
     );
 }
+
+#[test]
+fn snapshots_show_peers_bytes_and_codecs_and_end_tokens_reach_the_sessions() {
+    use tokio_util::sync::CancellationToken;
+    let hub = Hub::default();
+    let (pub_end, play_end) = (CancellationToken::new(), CancellationToken::new());
+    let addr = Some("127.0.0.1:5000".parse().unwrap());
+    let publisher_peer = Peer::new(hub.next_peer_id(), "tcp", addr, pub_end.clone());
+    let player_peer = Peer::new(hub.next_peer_id(), "roqr", addr, play_end.clone());
+    let player_id = player_peer.id;
+    let mut sub = hub.subscribe_by("live/a", Some(player_peer));
+    let mut p = hub.publish_by("live/a", Some(publisher_peer)).unwrap();
+    let aac = Frame::new(MediaKind::Audio, 0, Bytes::from_static(&[0xAF, 0, 0x12, 0x10]));
+    let avc = Frame::new(MediaKind::Video, 0, Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x4d, 0, 0x1e]));
+    for f in [avc, aac, video(0, true, 100), video(33, false, 50)] {
+        p.send(f);
+    }
+    let mut got = Vec::new();
+    sub.drain_into(&mut got, usize::MAX);
+    let info = hub.stream_info("live/a").unwrap();
+    let publisher = info.publisher.as_ref().unwrap();
+    assert_eq!(publisher.peer.as_ref().unwrap().transport, "tcp");
+    assert_eq!(publisher.video_codec.as_deref(), Some("avc1.4d001e"));
+    assert_eq!(publisher.audio_codec.as_deref(), Some("mp4a.40.2"));
+    assert_eq!(info.bytes_in, 9 + 4 + 100 + 50);
+    assert_eq!(info.players.len(), 1);
+    assert_eq!((info.players[0].bytes_sent, info.players[0].live), (info.bytes_in, true));
+    assert_eq!(info.bytes_out, info.bytes_in);
+    assert_eq!(info.gop_bytes, 150);
+    assert_eq!(hub.snapshot().len(), 1);
+
+    assert!(!hub.end_player(Some("live/b"), player_id), "another stream's player");
+    assert!(hub.end_player(None, player_id) && play_end.is_cancelled());
+    assert!(hub.end_publisher("live/a") && pub_end.is_cancelled());
+    // A player that leaves keeps its bytes in the stream's total.
+    drop(sub);
+    assert_eq!(hub.stream_info("live/a").unwrap().bytes_out, 9 + 4 + 100 + 50);
+    drop(p);
+    assert!(!hub.end_publisher("live/a"));
+}

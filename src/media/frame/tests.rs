@@ -310,3 +310,30 @@ fn frame_uses_inspection() {
     let data = Frame::new(MediaKind::Data, 0, Bytes::from_static(&[0x17, 0x01]));
     assert!(!data.is_keyframe() && !data.is_sequence_header());
 }
+
+#[test]
+fn codecs_are_named_from_their_headers() {
+    // AVC sequence header: AVCDecoderConfigurationRecord version 1, High, level 3.1.
+    let avc = [0x17, 0, 0, 0, 0, 1, 0x64, 0x00, 0x1f, 0xff];
+    assert_eq!(codec_name(MediaKind::Video, &avc).as_deref(), Some("avc1.64001f"));
+    // AAC LC (object type 2 in the top five bits of the AudioSpecificConfig).
+    assert_eq!(codec_name(MediaKind::Audio, &[0xAF, 0, 0x12, 0x10]).as_deref(), Some("mp4a.40.2"));
+    assert_eq!(codec_name(MediaKind::Audio, &[0xAF, 1, 0x21]), None, "raw AAC names nothing");
+    // E-RTMP: the FourCC, also behind ModEx and in a multitrack header.
+    let hevc = [0x90, b'h', b'v', b'c', b'1', 1, 2];
+    assert_eq!(codec_name(MediaKind::Video, &hevc).as_deref(), Some("hvc1"));
+    let multitrack = [0x96, 0x00, b'a', b'v', b'0', b'1', 0, 9];
+    assert_eq!(codec_name(MediaKind::Video, &multitrack).as_deref(), Some("av01"));
+    let opus = [0x90, b'O', b'p', b'u', b's', 1];
+    assert_eq!(codec_name(MediaKind::Audio, &opus).as_deref(), Some("Opus"));
+    assert_eq!(codec_name(MediaKind::Audio, &[0x2F, 0xFF]).as_deref(), Some("mp3"));
+    // Cut short, unprintable or data: nothing.
+    for (kind, payload) in [
+        (MediaKind::Video, &[0x90, b'h'][..]),
+        (MediaKind::Video, &[0x90, 0, 1, 2, 3][..]),
+        (MediaKind::Video, &[][..]),
+        (MediaKind::Data, &[2, 0, 1][..]),
+    ] {
+        assert_eq!(codec_name(kind, payload), None, "{payload:?}");
+    }
+}
