@@ -602,6 +602,17 @@ async fn sigterm_case(player_scheme: &str, publisher_scheme: &str) -> Result {
     let tags = read_tags(&out).await?;
     assert_keyframe_first(&tags)?;
     ensure!(video_payloads(&tags).len() > 10, "the player wrote too little");
+    // The publish ended at a keyframe: the last GOP the player got is whole (the test
+    // media has a keyframe every 30 frames, and its loops start with one).
+    let video: Vec<bool> = tags
+        .iter()
+        .filter(|t| t.kind == MediaKind::Video)
+        .map(|t| inspect_video(&t.payload))
+        .filter(|i| !i.sequence_header)
+        .map(|i| i.keyframe)
+        .collect();
+    let last_gop = video.len() - video.iter().rposition(|k| *k).context("no keyframe")?;
+    ensure!(last_gop == 30, "the last GOP played has {last_gop} frames, not 30: cut inside a GOP");
     expect_success(&played, "qrelay play")?;
     finish(publisher, "qrelay publish", END_LIMIT).await?;
     Ok(())
