@@ -157,7 +157,10 @@ impl std::str::FromStr for HttpListen {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim() {
             "off" => Ok(HttpListen::Off),
-            a => a.parse().map(HttpListen::Addr).map_err(|_| format!("expected ADDRESS:PORT or off, not {a:?}")),
+            a => a
+                .parse()
+                .map(HttpListen::Addr)
+                .map_err(|_| format!("expected ADDRESS:PORT or off, not {a:?}")),
         }
     }
 }
@@ -577,7 +580,10 @@ mod tests {
         std::fs::write(&file, "http_listen = \"127.0.0.1:9000\"\n[api]\ntoken = \"from-file\"\n").unwrap();
         let f = file.to_str().unwrap();
         let c = resolve(&["t", "--config", f]);
-        assert_eq!((c.http_listen.to_string(), c.api.token.as_deref()), ("127.0.0.1:9000".into(), Some("from-file")));
+        assert_eq!(
+            (c.http_listen.to_string(), c.api.token.as_deref()),
+            ("127.0.0.1:9000".into(), Some("from-file"))
+        );
         let c = resolve(&["t", "--config", f, "--http", "off", "--api-token", "from-cli"]);
         assert_eq!((c.http_listen, c.api.token.as_deref()), (HttpListen::Off, Some("from-cli")));
         let c = resolve(&["t", "--api-token", "cli-only"]);

@@ -90,14 +90,14 @@ async fn streams_list_publisher_players_codecs_and_bitrates() -> Result {
         let mut publisher = spawn(&mut ffmpeg_publisher(&media().flv, &srv.url("rtmp", "api"), true))?;
         let tcp_out = srv.path("tcp.flv");
         let tcp_player = spawn(&mut ffmpeg_player(&srv.url("rtmp", "api"), &tcp_out))?;
-        let quic_player = spawn(&mut qrelay_play(&srv.url("rtmp+quic", "api"), &srv.ca, &srv.path("q.flv"), None))?;
+        let quic_player =
+            spawn(&mut qrelay_play(&srv.url("rtmp+quic", "api"), &srv.ca, &srv.path("q.flv"), None))?;
         srv.wait_live("api").await?;
         srv.wait_subscribers("api", 2).await?;
 
         let list = wait_json(&srv.api("/api/streams"), "live/api flowing both ways", |j| {
-            stream(j, "live/api").is_some_and(|s| {
-                s["bitrate_in"].as_u64() > Some(0) && s["bitrate_out"].as_u64() > Some(0)
-            })
+            stream(j, "live/api")
+                .is_some_and(|s| s["bitrate_in"].as_u64() > Some(0) && s["bitrate_out"].as_u64() > Some(0))
         })
         .await?;
         let s = stream(&list, "live/api").context("live/api listed")?;
@@ -110,7 +110,10 @@ async fn streams_list_publisher_players_codecs_and_bitrates() -> Result {
         // The test media: H.264 (profile and level from the AVC configuration), AAC LC.
         ensure!(p["codecs"]["video"].as_str().is_some_and(|c| c.starts_with("avc1.")), "{p:#}");
         ensure!(p["codecs"]["audio"] == "mp4a.40.2", "{p:#}");
-        ensure!(s["bytes_in"].as_u64() > Some(10_000) && s["gop_cache"]["frames"].as_u64() > Some(0), "{s:#}");
+        ensure!(
+            s["bytes_in"].as_u64() > Some(10_000) && s["gop_cache"]["frames"].as_u64() > Some(0),
+            "{s:#}"
+        );
         ensure!(s.get("players").is_none(), "the list carries counts, not players: {s:#}");
 
         let (status, d) = get(&srv.api("/api/streams/live/api")).await?;
@@ -120,14 +123,28 @@ async fn streams_list_publisher_players_codecs_and_bitrates() -> Result {
         ensure!(transports == HashSet::from(["tcp", "roqr"]), "{players:#?}");
         for p in players {
             ensure!(p["state"] == "playing" && p["id"].as_u64().is_some(), "{p:#}");
-            ensure!(p["bytes_sent"].as_u64() > Some(0) && p["queue_bytes"].is_u64() && p["skipped"] == 0, "{p:#}");
+            ensure!(
+                p["bytes_sent"].as_u64() > Some(0) && p["queue_bytes"].is_u64() && p["skipped"] == 0,
+                "{p:#}"
+            );
         }
-        ensure!(d["forward"] == serde_json::json!([]) && d["pull"].is_null() && d["allocation"].is_null(), "{d:#}");
+        ensure!(
+            d["forward"] == serde_json::json!([]) && d["pull"].is_null() && d["allocation"].is_null(),
+            "{d:#}"
+        );
 
         // Bad input: JSON errors with their status, never a panic.
-        expect_error(&get(&srv.api("/api/streams/live/nope")).await?, StatusCode::NOT_FOUND, "unknown stream")?;
+        expect_error(
+            &get(&srv.api("/api/streams/live/nope")).await?,
+            StatusCode::NOT_FOUND,
+            "unknown stream",
+        )?;
         expect_error(&get(&srv.api("/api/streams/onlyakey")).await?, StatusCode::BAD_REQUEST, "no app")?;
-        expect_error(&get(&srv.api("/api/streams/live//x")).await?, StatusCode::BAD_REQUEST, "empty segment")?;
+        expect_error(
+            &get(&srv.api("/api/streams/live//x")).await?,
+            StatusCode::BAD_REQUEST,
+            "empty segment",
+        )?;
         expect_error(&get(&srv.api("/api/nothing")).await?, StatusCode::NOT_FOUND, "unknown endpoint")?;
         let put = call(reqwest::Method::PUT, &srv.api("/api/streams"), None).await?;
         expect_error(&put, StatusCode::METHOD_NOT_ALLOWED, "PUT")?;
@@ -174,7 +191,8 @@ async fn delete_ends_players_and_then_the_publisher() -> Result {
         // A player by its stream's path, another by id alone: each is told and ends
         // cleanly (exit 0), the others go on.
         let (status, body) =
-            call(reqwest::Method::DELETE, &srv.api(&format!("/api/streams/live/del/players/{tcp_id}")), None).await?;
+            call(reqwest::Method::DELETE, &srv.api(&format!("/api/streams/live/del/players/{tcp_id}")), None)
+                .await?;
         ensure!(status == StatusCode::ACCEPTED && body["ended"] == "player", "{status}: {body}");
         expect_success(&finish(tcp_goes, "tcp player", END_LIMIT).await?, "tcp player ended by the API")?;
         let (status, _) =
@@ -182,7 +200,11 @@ async fn delete_ends_players_and_then_the_publisher() -> Result {
         ensure!(status == StatusCode::ACCEPTED, "{status}");
         expect_success(&finish(roqr_goes, "roqr player", END_LIMIT).await?, "roqr player ended by the API")?;
         srv.wait_stats("del", "one player left", |s| s.subscribers == 1 && s.live).await?;
-        ensure!(srv.counters.get(Reason::EndedByApi) == 2, "counted: {}", srv.counters.get(Reason::EndedByApi));
+        ensure!(
+            srv.counters.get(Reason::EndedByApi) == 2,
+            "counted: {}",
+            srv.counters.get(Reason::EndedByApi)
+        );
 
         // The publisher: its stream ends, the remaining player drains and ends cleanly.
         let (status, body) = call(reqwest::Method::DELETE, &srv.api("/api/streams/live/del"), None).await?;
@@ -286,10 +308,13 @@ async fn allocated_urls_carry_the_minted_tokens() -> Result {
         let shutdown = qrelay::server::Shutdown::default();
         let task = tokio::spawn(server.run(shutdown.clone()));
         let url = format!("http://{http_addr}/api/sessions");
-        let (status, made) = call(reqwest::Method::POST, &url, Some(r#"{"session":"live/tok","ttl_s":60}"#)).await?;
+        let (status, made) =
+            call(reqwest::Method::POST, &url, Some(r#"{"session":"live/tok","ttl_s":60}"#)).await?;
         ensure!(status == StatusCode::CREATED && made["tokens"] == true, "{status}: {made}");
         // Encoded for a URL: '/' in the session ID travels as %2F.
-        let want = |scheme: &str, role: &str| format!("{scheme}://127.0.0.1:{port}/live/tok?token=T-{role}-live%2Ftok-60");
+        let want = |scheme: &str, role: &str| {
+            format!("{scheme}://127.0.0.1:{port}/live/tok?token=T-{role}-live%2Ftok-60")
+        };
         ensure!(made["publish"]["rtmps"] == want("rtmps", "Publish").as_str(), "{made:#}");
         ensure!(made["play"]["rtmp+quic"] == want("rtmp+quic", "Play").as_str(), "{made:#}");
         shutdown.immediate.cancel();
@@ -354,9 +379,15 @@ async fn metrics_report_connections_streams_reasons_quic_and_the_process() -> Re
         ensure!(value(&all, r#"qrelay_stream_queue_max_bytes{stream="live/m"}"#).is_some());
         at_least(r#"qrelay_refusals_total{reason="publish_taken"}"#, 1.0)?;
         ensure!(value(&all, r#"qrelay_closes_total{reason="normal"}"#).is_some(), "closes by reason");
-        ensure!(value(&all, r#"qrelay_closes_total{reason="publish_taken"}"#).is_none(), "a refusal is no close");
+        ensure!(
+            value(&all, r#"qrelay_closes_total{reason="publish_taken"}"#).is_none(),
+            "a refusal is no close"
+        );
         // The RoQR publisher's QUIC connection: a measured RTT, a window, packets sent.
-        ensure!(value(&all, r#"qrelay_quic_rtt_mean_seconds{class="roqr"}"#).is_some_and(|v| v > 0.0), "{text}");
+        ensure!(
+            value(&all, r#"qrelay_quic_rtt_mean_seconds{class="roqr"}"#).is_some_and(|v| v > 0.0),
+            "{text}"
+        );
         at_least(r#"qrelay_quic_cwnd_mean_bytes{class="roqr"}"#, 1200.0)?;
         at_least(r#"qrelay_quic_sent_packets_total{class="roqr"}"#, 10.0)?;
         ensure!(value(&all, r#"qrelay_quic_lost_packets_total{class="quic_tunnel"}"#).is_some());
@@ -468,12 +499,14 @@ async fn drain_ends_publishers_at_a_keyframe_and_players_cleanly_then_exits() ->
         ensure!(status == StatusCode::ACCEPTED && body["draining"] == true, "{status}: {body}");
         let drained = Instant::now();
         // The relay closed the (legacy) publisher; players got whole GOPs, then the end.
-        let published = tokio::time::timeout(END_LIMIT, publisher).await.context("publisher still running")??;
+        let published =
+            tokio::time::timeout(END_LIMIT, publisher).await.context("publisher still running")??;
         let err = published.err().context("the publisher was not closed by the drain")?;
         let err = format!("{err:#}");
         ensure!(err.contains("closed the publisher") || err.contains("sending a frame"), "{err}");
         for player in players {
-            let checker = tokio::time::timeout(END_LIMIT, player).await.context("player did not end")???;
+            let checker =
+                tokio::time::timeout(END_LIMIT, player).await.context("player did not end")???;
             let last = checker.last().context("the player got nothing")?;
             ensure!(
                 (last + 1).is_multiple_of(support_hostile::GOP),
@@ -502,7 +535,9 @@ async fn drain_asks_reconnect_capable_publishers_to_reconnect() -> Result {
             let url = StreamUrl::parse(&srv.url("rtmp", key))?;
             players.push(tokio::spawn(play_checked(url, opts.clone())));
             srv.wait_subscribers(key, 1).await?;
-            let client = RtmpClient::connect(&StreamUrl::parse(&srv.url(scheme, key))?, ClientMode::Publish, &opts).await?;
+            let client =
+                RtmpClient::connect(&StreamUrl::parse(&srv.url(scheme, key))?, ClientMode::Publish, &opts)
+                    .await?;
             let stop = CancellationToken::new();
             publishers.push((stop.clone(), tokio::spawn(publish_watching(client, stop))));
             srv.wait_stats(key, "10 frames", |s| s.frames > 10).await?;
@@ -517,13 +552,15 @@ async fn drain_asks_reconnect_capable_publishers_to_reconnect() -> Result {
         for (stop, publisher) in publishers {
             // Each leaves (as it would at its next keyframe, reconnecting elsewhere).
             stop.cancel();
-            let (sent, request, after) = tokio::time::timeout(END_LIMIT, publisher).await??.context("publisher")?;
+            let (sent, request, after) =
+                tokio::time::timeout(END_LIMIT, publisher).await??.context("publisher")?;
             let description = request.context("no reconnect request")?;
             ensure!(description.contains("reconnect"), "{description}");
             ensure!(after > 30 && sent > after, "published {sent} frames, {after} after the request");
         }
         for player in players {
-            let checker = tokio::time::timeout(END_LIMIT, player).await.context("player did not end")???;
+            let checker =
+                tokio::time::timeout(END_LIMIT, player).await.context("player did not end")???;
             ensure!(checker.received > 40, "the player got {} frames", checker.received);
         }
         srv.stopped(Duration::from_secs(15)).await?;
@@ -577,7 +614,8 @@ async fn the_status_page_shows_live_streams_in_headless_chromium() -> Result {
 
         let profile = tempfile::tempdir()?;
         let dom = chromium_dom(&srv.api("/"), profile.path()).await?;
-        let card_at = dom.find(r#"data-session="live/page""#).with_context(|| format!("no stream card:\n{dom}"))?;
+        let card_at =
+            dom.find(r#"data-session="live/page""#).with_context(|| format!("no stream card:\n{dom}"))?;
         let card = &dom[card_at..];
         let field = |class: &str| -> Option<&str> {
             let at = card.find(&format!(r#"class="{class}">"#))? + class.len() + 9;

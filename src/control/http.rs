@@ -259,7 +259,8 @@ async fn create_session(
 }
 
 async fn list_sessions(State(control): State<Control>) -> Json<serde_json::Value> {
-    let sessions: Vec<AllocationJson> = control.inner.allocations.list().iter().map(AllocationJson::new).collect();
+    let sessions: Vec<AllocationJson> =
+        control.inner.allocations.list().iter().map(AllocationJson::new).collect();
     Json(json!({ "sessions": sessions }))
 }
 

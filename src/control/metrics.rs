@@ -99,7 +99,8 @@ impl Collector for RelayCollector {
         let per_stream = |f: &dyn Fn(&crate::hub::StreamInfo) -> u64| {
             streams.iter().map(move |s| (s.session_id.clone(), f(s))).collect::<Vec<_>>()
         };
-        let counters = |v: Vec<(String, u64)>| v.into_iter().map(|(k, v)| (k, counter(v))).collect::<Vec<_>>();
+        let counters =
+            |v: Vec<(String, u64)>| v.into_iter().map(|(k, v)| (k, counter(v))).collect::<Vec<_>>();
         let gauges = |v: Vec<(String, u64)>| v.into_iter().map(|(k, v)| (k, gauge(v))).collect::<Vec<_>>();
         family(
             &mut enc,
@@ -176,24 +177,54 @@ impl Collector for RelayCollector {
             quic.iter().map(|(k, s)| (k.label().to_owned(), counter(f(s)))).collect::<Vec<_>>()
         };
         for (name, help, values) in [
-            ("qrelay_quic_rtt_mean_seconds", "Mean smoothed RTT of live QUIC connections", class(&|s| s.rtt_mean.as_secs_f64())),
-            ("qrelay_quic_rtt_max_seconds", "Largest smoothed RTT of live QUIC connections", class(&|s| s.rtt_max.as_secs_f64())),
-            ("qrelay_quic_cwnd_mean_bytes", "Mean congestion window of live QUIC connections", class(&|s| s.cwnd_mean as f64)),
-            ("qrelay_quic_cwnd_min_bytes", "Smallest congestion window of live QUIC connections", class(&|s| s.cwnd_min as f64)),
+            (
+                "qrelay_quic_rtt_mean_seconds",
+                "Mean smoothed RTT of live QUIC connections",
+                class(&|s| s.rtt_mean.as_secs_f64()),
+            ),
+            (
+                "qrelay_quic_rtt_max_seconds",
+                "Largest smoothed RTT of live QUIC connections",
+                class(&|s| s.rtt_max.as_secs_f64()),
+            ),
+            (
+                "qrelay_quic_cwnd_mean_bytes",
+                "Mean congestion window of live QUIC connections",
+                class(&|s| s.cwnd_mean as f64),
+            ),
+            (
+                "qrelay_quic_cwnd_min_bytes",
+                "Smallest congestion window of live QUIC connections",
+                class(&|s| s.cwnd_min as f64),
+            ),
         ] {
             family(&mut enc, name, help, "class", MetricType::Gauge, values)?;
         }
         for (name, help, values) in [
             ("qrelay_quic_sent_packets", "QUIC packets sent", class_counter(&|s| s.sent_packets)),
             ("qrelay_quic_lost_packets", "QUIC packets declared lost", class_counter(&|s| s.lost_packets)),
-            ("qrelay_quic_congestion_events", "QUIC congestion events", class_counter(&|s| s.congestion_events)),
+            (
+                "qrelay_quic_congestion_events",
+                "QUIC congestion events",
+                class_counter(&|s| s.congestion_events),
+            ),
         ] {
             family(&mut enc, name, help, "class", MetricType::Counter, values)?;
         }
 
         if let Some(p) = process::read() {
-            single(&mut enc, "process_resident_memory_bytes", "Resident memory size in bytes", gauge(p.rss_bytes))?;
-            single(&mut enc, "process_cpu_seconds", "User and system CPU time in seconds", ConstCounter::new(p.cpu_seconds))?;
+            single(
+                &mut enc,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                gauge(p.rss_bytes),
+            )?;
+            single(
+                &mut enc,
+                "process_cpu_seconds",
+                "User and system CPU time in seconds",
+                ConstCounter::new(p.cpu_seconds),
+            )?;
             single(&mut enc, "process_open_fds", "Open file descriptors", gauge(p.open_fds))?;
             if let Some(max) = p.max_fds {
                 single(&mut enc, "process_max_fds", "Limit on open file descriptors", gauge(max))?;

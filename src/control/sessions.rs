@@ -109,7 +109,8 @@ impl Allocations {
             StreamUrl::parse(url).map_err(|e| AllocError::Invalid(format!("forward[{i}]: {e}")))?;
         }
         let now = SystemTime::now();
-        let allocation = Allocation { session_id: session_id.clone(), forward, created: now, expires: now + ttl };
+        let allocation =
+            Allocation { session_id: session_id.clone(), forward, created: now, expires: now + ttl };
         let mut table = self.table();
         table.retain(|_, a| a.expires > now);
         if table.contains_key(&session_id) {

@@ -387,7 +387,9 @@ fn next_track(layout: u8, rest: &[u8]) -> Option<(u8, &[u8])> {
 pub fn codec_name(kind: MediaKind, payload: &[u8]) -> Option<String> {
     let (&first, rest) = payload.split_first()?;
     match kind {
-        MediaKind::Video if first & VIDEO_EX_HEADER != 0 => ex_fourcc(first & 0x0F, VIDEO_MODEX, VIDEO_MULTITRACK, rest),
+        MediaKind::Video if first & VIDEO_EX_HEADER != 0 => {
+            ex_fourcc(first & 0x0F, VIDEO_MODEX, VIDEO_MULTITRACK, rest)
+        }
         MediaKind::Video => match first & 0x0F {
             // AVCDecoderConfigurationRecord after packet type and composition time:
             // version, profile, compatibility, level.

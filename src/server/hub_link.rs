@@ -211,20 +211,22 @@ impl<W: Default> HubLink<W> {
 
     fn on_decision(&mut self, core: &mut ServerCore, request: Request, decision: Decision) -> Next {
         match (request.role, decision) {
-            (Role::Publish, Decision::Allow) => match self.ctx.hub.publish_by(&request.session_id, Some(self.as_peer())) {
-                Ok(p) => {
-                    info!(key = %redact(&request.key), "publish started");
-                    core.accept_publish();
-                    self.publisher = Some(p);
-                    Next::Continue
+            (Role::Publish, Decision::Allow) => {
+                match self.ctx.hub.publish_by(&request.session_id, Some(self.as_peer())) {
+                    Ok(p) => {
+                        info!(key = %redact(&request.key), "publish started");
+                        core.accept_publish();
+                        self.publisher = Some(p);
+                        Next::Continue
+                    }
+                    Err(e) => {
+                        self.ctx.counters.count(Reason::of_hub(&e));
+                        warn!(reason = %e, "publish refused");
+                        core.reject_publish("NetStream.Publish.BadName", &e.to_string());
+                        Next::CloseAfterFlush
+                    }
                 }
-                Err(e) => {
-                    self.ctx.counters.count(Reason::of_hub(&e));
-                    warn!(reason = %e, "publish refused");
-                    core.reject_publish("NetStream.Publish.BadName", &e.to_string());
-                    Next::CloseAfterFlush
-                }
-            },
+            }
             (Role::Play, Decision::Allow) => {
                 info!("play requested");
                 let sub = self.ctx.hub.subscribe_by(&request.session_id, Some(self.as_peer()));

@@ -281,7 +281,9 @@ pub async fn play_frames(
             match event {
                 ClientEvent::Media { kind, payload, .. } => checker.on_media(kind, &payload),
                 ClientEvent::StreamEnded => return Ok(PlayEnd::StreamEnded),
-                ClientEvent::PublishStarted | ClientEvent::PlayStarted | ClientEvent::ReconnectRequest { .. } => {}
+                ClientEvent::PublishStarted
+                | ClientEvent::PlayStarted
+                | ClientEvent::ReconnectRequest { .. } => {}
             }
         }
         client.flush().await?;

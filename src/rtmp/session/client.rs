@@ -241,7 +241,8 @@ impl ClientCore {
                 let level = cmd.args.first().and_then(|i| i.get("level")).and_then(Amf0Value::as_str);
                 match (code.as_str(), self.state) {
                     (super::server::RECONNECT_REQUEST, _) => {
-                        let tc_url = cmd.args.first().and_then(|i| i.get("tcUrl")).and_then(Amf0Value::as_str);
+                        let tc_url =
+                            cmd.args.first().and_then(|i| i.get("tcUrl")).and_then(Amf0Value::as_str);
                         self.events.push_back(ClientEvent::ReconnectRequest {
                             tc_url: tc_url.map(str::to_owned),
                             description,

@@ -178,7 +178,8 @@ impl ServerCore {
     /// then connects anew and leaves this connection.
     pub fn request_reconnect(&mut self, description: &str) {
         let info = message::status("status", RECONNECT_REQUEST, description);
-        let cmd = Command { name: "onStatus".into(), transaction: 0.0, object: Amf0Value::Null, args: vec![info] };
+        let cmd =
+            Command { name: "onStatus".into(), transaction: 0.0, object: Amf0Value::Null, args: vec![info] };
         self.send(&RtmpMessage::Command(cmd), 0, 0);
     }
 
