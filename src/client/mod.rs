@@ -241,18 +241,9 @@ impl RtmpClient {
             }
             Transport::Quic(QuicMapping::Roqr) => {
                 let (endpoint, conn) = quic_connect(addr, url, opts, tls::ALPN_ROQR).await?;
-                let max_latency = opts.max_latency;
-                let link = roqr::RoqrLink::open(
-                    endpoint,
-                    conn,
-                    mode,
-                    &url.app,
-                    &url.key,
-                    &url.tc_url(),
-                    max_latency,
-                    opts.reconnect,
-                )
-                .await?;
+                let link =
+                    roqr::RoqrLink::open(endpoint, conn, mode, &url.app, &url.key, &url.tc_url(), opts)
+                        .await?;
                 return Ok(Link::Roqr(Box::new(link)));
             }
             Transport::Quic(QuicMapping::Tunnel) => {

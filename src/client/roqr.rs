@@ -45,14 +45,14 @@ impl RoqrLink {
         app: &str,
         key: &str,
         tc_url: &str,
-        max_latency: Duration,
-        reconnect: bool,
+        opts: &super::ClientOptions,
     ) -> Result<Self, ClientError> {
+        let max_latency = opts.max_latency;
         let (command, recv) = conn.open_bi().await.map_err(|e| ClientError::QuicConnect(e.to_string()))?;
         prioritise_commands(&command);
         let mut core = ClientCore::new(mode, app, key, tc_url);
         core.set_connect_property(MAPPING_PROPERTY, Amf0Value::String(MAPPING_TRACKS.into()));
-        if reconnect {
+        if opts.reconnect {
             core.set_connect_property(super::CAPS_EX, Amf0Value::Number(super::CAPS_EX_RECONNECT));
         }
         core.start();

@@ -174,7 +174,7 @@ impl Connections {
                     connections: n,
                     rtt_mean: if n > 0 { rtt_sum / n as u32 } else { Duration::ZERO },
                     rtt_max: stats.iter().map(|s| s.path.rtt).max().unwrap_or_default(),
-                    cwnd_mean: if n > 0 { stats.iter().map(|s| s.path.cwnd).sum::<u64>() / n } else { 0 },
+                    cwnd_mean: stats.iter().map(|s| s.path.cwnd).sum::<u64>().checked_div(n).unwrap_or(0),
                     cwnd_min: stats.iter().map(|s| s.path.cwnd).min().unwrap_or(0),
                     sent_packets: totals.sent_packets,
                     lost_packets: totals.lost_packets,
