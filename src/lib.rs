@@ -15,6 +15,8 @@
 //!   until shutdown.
 //! - [`gate`]: the asynchronous decision before a publish or play is accepted.
 //! - [`reason`]: why connections end or are refused, with stable codes and counters.
+//! - [`relay`]: links between nodes: edges pulling streams from origins on demand.
+//! - [`registry`]: which node publishes a session ID across a cluster (embedded or Redis).
 //! - [`client`]: the outbound side (`qrelay publish` / `qrelay play`, relays), own options.
 //! - [`bridge`]: `qrelay bridge`, local RTMP for stock encoders carried upstream over RoQR.
 //! - [`bench`]: `qrelay bench`, the load generator.
@@ -27,6 +29,8 @@ pub mod gate;
 pub mod hub;
 pub mod media;
 pub mod reason;
+pub mod registry;
+pub mod relay;
 pub mod rtmp;
 pub mod server;
 pub mod transport;
