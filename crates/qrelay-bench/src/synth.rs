@@ -194,7 +194,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::frame::inspect_video;
+    use qrelay_proto::media::frame::inspect_video;
 
     #[test]
     fn plan_matches_bitrate_and_keyframe_ratio() {

@@ -35,8 +35,10 @@ use load::{Dialer, PlayerOutcome, Shared, Source};
 pub use report::{ChurnUsage, IdleUsage, Report, ServerUsage};
 use stats::Histogram;
 
-use crate::transport::tls::Trust;
-use crate::url::{StreamUrl, Transport};
+use qrelay_proto::rtmp::chunk::DecoderLimits;
+use qrelay_proto::rtmp::session::SessionConfig;
+use qrelay_proto::transport::tls::Trust;
+use qrelay_proto::url::{StreamUrl, Transport};
 
 /// Concurrent connection attempts during the ramp.
 const MAX_CONNECTING: usize = 64;
@@ -167,6 +169,22 @@ pub fn stream_url(base: &StreamUrl, i: usize) -> StreamUrl {
         };
     }
     url
+}
+
+/// Players' session settings: the relay's own defaults for its sessions (what
+/// `qrelay::Config::default().session()` gives), so a player accepts what qrelay's own
+/// sessions accept.
+fn player_session() -> SessionConfig {
+    SessionConfig {
+        chunk_size: 4096,
+        window_ack_size: 2_500_000,
+        limits: DecoderLimits {
+            max_message_size: 8 * 1024 * 1024,
+            min_chunk_size: 64,
+            max_chunk_size: 1024 * 1024,
+            max_pending_bytes: 16 * 1024 * 1024,
+        },
+    }
 }
 
 /// Server and bench accounting between two points in time.
@@ -356,7 +374,7 @@ fn spawn_progress(shared: Arc<Shared>, total: usize, stop: tokio_util::sync::Can
 async fn run_play(
     args: &BenchArgs,
     base: &StreamUrl,
-    opts: &crate::client::ClientOptions,
+    opts: &qrelay_proto::client::ClientOptions,
     dialer: Arc<Dialer>,
     acct: &Accounting,
     shared: Arc<Shared>,
@@ -374,7 +392,7 @@ async fn run_play(
                 let file = tokio::fs::File::open(path)
                     .await
                     .with_context(|| format!("opening {}", path.display()))?;
-                let tags = crate::client::read_flv_tags(tokio::io::BufReader::new(file))
+                let tags = qrelay_proto::client::read_flv_tags(tokio::io::BufReader::new(file))
                     .await
                     .with_context(|| format!("reading {}", path.display()))?;
                 anyhow::ensure!(!tags.is_empty(), "{} has no tags", path.display());
@@ -419,7 +437,7 @@ async fn run_play(
     let _progress_guard = progress_stop.clone().drop_guard();
 
     let mut players: JoinSet<PlayerOutcome> = JoinSet::new();
-    let session = crate::Config::default().session();
+    let session = player_session();
     let ramp = args.ramp(args.players);
     let (player_urls, player_shared) = (urls.clone(), shared.clone());
     let churn_dialer = dialer.clone();
@@ -555,7 +573,7 @@ fn spawn_churn(
     args: &BenchArgs,
     urls: Vec<Arc<StreamUrl>>,
     dialer: Arc<Dialer>,
-    session: crate::rtmp::session::SessionConfig,
+    session: SessionConfig,
     shared: Arc<Shared>,
 ) -> tokio::task::JoinHandle<usize> {
     let every = Duration::from_secs_f64(1.0 / args.churn_rate);
@@ -668,104 +686,6 @@ mod tests {
         let base = StreamUrl::parse("rtmp://h/live/b?token=x").unwrap();
         assert_eq!(stream_url(&base, 1).key, "b-1?token=x");
         assert_eq!(stream_url(&base, 1).session_id(), "live/b-1");
-    }
-
-    /// The whole bench against an in-process relay, TCP and QUIC, and the idle mode.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn runs_against_an_in_process_relay() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = crate::Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            cert_dir: dir.path().to_owned(),
-            ..crate::Config::default()
-        };
-        let server = crate::Server::bind(config).await.unwrap();
-        let addr = server.local_addr();
-        let shutdown = crate::server::Shutdown::default();
-        let running = tokio::spawn(server.run(shutdown.clone()));
-        let me = std::process::id();
-
-        let args = BenchArgs {
-            players: 6,
-            duration: 1.0,
-            streams: 2,
-            bitrate: 500_000,
-            audio: true,
-            ramp_ms: Some(0),
-            quiet: true,
-            server_pid: vec![me],
-            ..BenchArgs::new(&format!("rtmp://{addr}/live/t"))
-        };
-        let r = run(args).await.unwrap();
-        assert_eq!((r.players_total, r.players_started, r.players_ok), (6, 6, 6), "{}", r.table());
-        assert_eq!(r.skips, 0);
-        assert!(r.delivered_mbps > 1.0, "{}", r.table());
-        assert!(r.relay_latency_ms.unwrap().count > 0);
-        assert!(r.first_frame_ms.unwrap().count == 6);
-        assert!(r.server.unwrap().cpu_s_per_gbit.is_some());
-        assert!(r.to_json().contains("\"players_ok\": 6"));
-
-        // Churn: players joining and leaving beside the steady ones, reported apart.
-        let args = BenchArgs {
-            players: 3,
-            duration: 1.0,
-            bitrate: 500_000,
-            ramp_ms: Some(0),
-            quiet: true,
-            churn_rate: 40.0,
-            churn_hold_ms: 200,
-            ..BenchArgs::new(&format!("rtmp://{addr}/live/churn"))
-        };
-        let r = run(args).await.unwrap();
-        assert_eq!((r.players_total, r.players_started, r.players_ok), (3, 3, 3), "{}", r.table());
-        let churn = r.churn.unwrap();
-        assert!(churn.joined >= 20 && churn.played > 0, "{churn:?}");
-        assert!(r.to_json().contains("\"churn_joined\": "));
-        let quic_churn = BenchArgs { churn_rate: 1.0, ..BenchArgs::new("rtmp+quic://h/live/q") };
-        assert!(run(quic_churn).await.is_err(), "churn is TCP only");
-
-        let args = BenchArgs {
-            players: 4,
-            duration: 1.0,
-            bitrate: 500_000,
-            ramp_ms: Some(0),
-            quiet: true,
-            insecure: true,
-            quic_streams_per_conn: 3,
-            ..BenchArgs::new(&format!("rtmp+quic://127.0.0.1:{}/live/q?mode=tunnel", addr.port()))
-        };
-        let r = run(args).await.unwrap();
-        assert_eq!((r.players_started, r.players_ok), (4, 4), "{}", r.table());
-        assert_eq!(r.quic_connections, 2);
-
-        // RoQR players: one connection each, through the client library.
-        let args = BenchArgs {
-            players: 3,
-            duration: 1.0,
-            bitrate: 500_000,
-            ramp_ms: Some(0),
-            quiet: true,
-            insecure: true,
-            ..BenchArgs::new(&format!("rtmp+quic://127.0.0.1:{}/live/r", addr.port()))
-        };
-        let r = run(args).await.unwrap();
-        assert_eq!((r.players_started, r.players_ok), (3, 3), "{}", r.table());
-        assert_eq!(r.skips, 0);
-
-        let args = BenchArgs {
-            idle: Some(5),
-            ramp_ms: Some(0),
-            quiet: true,
-            server_pid: vec![me],
-            ..BenchArgs::new(&format!("rtmp://{addr}/live/idle"))
-        };
-        let r = run(args).await.unwrap();
-        assert_eq!(r.idle.unwrap().connections, 5, "{}", r.table());
-        assert!(r.idle.unwrap().rss_per_conn_kib.is_some());
-
-        shutdown.immediate.cancel();
-        shutdown.graceful.cancel();
-        let _ = running.await;
     }
 
     #[test]

@@ -175,7 +175,7 @@ impl PlayerTracker {
         let marker = synth::parse_marker(payload);
         let key = match marker {
             Some((_, _, key)) => key,
-            None => crate::media::frame::inspect_video(payload).keyframe,
+            None => qrelay_proto::media::frame::inspect_video(payload).keyframe,
         };
         let mut seen = Seen { latency_us: None, skipped: 0 };
         if self.first_key_us.is_none() {
@@ -231,7 +231,7 @@ impl PlayerTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::synth::video_frame;
+    use crate::synth::video_frame;
 
     #[test]
     fn buckets_are_monotonic_and_cover_their_values() {
