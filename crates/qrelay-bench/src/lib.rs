@@ -1,14 +1,15 @@
 //! `qrelay bench`: a load generator for any RTMP server over TCP (nginx-rtmp too) and
 //! for qrelay over QUIC (tunnel mapping).
 //!
-//! One process publishes `--streams` streams (synthetic frames whose payloads carry a
-//! send time and a sequence number, or an FLV file) at real-time pace, attaches
-//! `--players` players round-robin over them (ramped, with bounded concurrent connects),
-//! measures for `--duration` seconds once everyone is connected, and reports delivery,
-//! first-frame time, relay latency (receive − send on one in-process monotonic clock),
-//! lost frames, and with `--server-pid` the server's CPU and memory.
+//! One process publishes `--streams` streams (synthetic H.264 and AAC whose video frames
+//! carry a send time and a sequence number, see [`synth`], or an FLV file) at real-time
+//! pace, attaches `--players` players round-robin over them (ramped, with bounded
+//! concurrent connects), measures for `--duration` seconds once everyone is connected,
+//! and reports delivery, first-frame time, relay latency (receive − send on one
+//! in-process monotonic clock), lost frames, and with `--server-pid` the server's CPU
+//! and memory. Synthetic streams carry audio unless `--no-audio`.
 //!
-//! - [`synth`]: synthetic frames and their marker.
+//! - [`synth`]: the synthetic stream (valid H.264 and AAC) and its marker.
 //! - [`stats`]: histogram, percentiles, per-player tracking.
 //! - [`proc`]: `/proc` CPU and memory sampling.
 //! - [`load`]: publishers, players, idle connections, QUIC connection sharing.
@@ -60,7 +61,7 @@ pub struct BenchArgs {
     pub duration: f64,
     /// Publish this FLV file (looped, real-time pace) instead of synthetic frames. Without
     /// the synthetic markers there is no latency or loss measurement.
-    #[arg(long, conflicts_with_all = ["bitrate", "fps", "gop", "audio"])]
+    #[arg(long, conflicts_with_all = ["bitrate", "fps", "gop", "audio", "no_audio"])]
     pub publish: Option<PathBuf>,
     /// Synthetic video bitrate per stream (e.g. 3M, 2500k).
     #[arg(long, default_value = "3M", value_parser = synth::parse_bitrate)]
@@ -71,9 +72,13 @@ pub struct BenchArgs {
     /// Synthetic GOP length (e.g. 2s, 500ms).
     #[arg(long, default_value = "2s", value_parser = synth::parse_duration)]
     pub gop: Duration,
-    /// Add synthetic AAC audio (128 kbit/s) to each stream.
-    #[arg(long)]
+    /// Synthetic AAC audio beside the video: the default (AAC-LC, 44.1 kHz stereo,
+    /// 128 kbit/s, about 43 frames a second); `--no-audio` turns it off.
+    #[arg(long, overrides_with = "no_audio")]
     pub audio: bool,
+    /// Video only: no synthetic audio.
+    #[arg(long, overrides_with = "audio")]
+    pub no_audio: bool,
     /// Streams to publish.
     #[arg(long, default_value_t = 1)]
     pub streams: usize,
@@ -131,6 +136,7 @@ impl BenchArgs {
             fps: 30,
             gop: Duration::from_secs(2),
             audio: false,
+            no_audio: false,
             streams: 1,
             no_publish: false,
             server_pid: Vec::new(),
@@ -144,6 +150,11 @@ impl BenchArgs {
             churn_hold_ms: 1000,
             quiet: false,
         }
+    }
+
+    /// Whether synthetic streams carry audio (unless `--no-audio`).
+    pub fn with_audio(&self) -> bool {
+        !self.no_audio
     }
 
     fn trust(&self) -> Trust {
@@ -400,9 +411,10 @@ async fn run_play(
             }
             None => {
                 let plan = synth::VideoPlan::new(args.bitrate, args.fps, args.gop);
-                let audio_mbps = if args.audio { synth::AUDIO_BITRATE as f64 / 1e6 } else { 0.0 };
+                let audio = args.with_audio();
+                let audio_mbps = if audio { synth::AUDIO_BITRATE as f64 / 1e6 } else { 0.0 };
                 report.source_mbps = Some(plan.bitrate_bps() / 1e6 + audio_mbps);
-                Source::Synthetic { plan, audio: args.audio }
+                Source::Synthetic { plan, audio }
             }
         };
         for url in &urls {
@@ -686,6 +698,27 @@ mod tests {
         let base = StreamUrl::parse("rtmp://h/live/b?token=x").unwrap();
         assert_eq!(stream_url(&base, 1).key, "b-1?token=x");
         assert_eq!(stream_url(&base, 1).session_id(), "live/b-1");
+    }
+
+    #[test]
+    fn audio_is_on_unless_no_audio() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: BenchArgs,
+        }
+        let parse = |extra: &[&str]| {
+            let argv = ["bench", "--url", "rtmp://h/live/b"].iter().chain(extra);
+            Cli::try_parse_from(argv).map(|c| c.args.with_audio())
+        };
+        assert_eq!(parse(&[]).ok(), Some(true));
+        assert_eq!(parse(&["--audio"]).ok(), Some(true));
+        assert_eq!(parse(&["--no-audio"]).ok(), Some(false));
+        assert_eq!(parse(&["--no-audio", "--audio"]).ok(), Some(true), "the last one wins");
+        assert_eq!(parse(&["--audio", "--no-audio"]).ok(), Some(false));
+        assert!(parse(&["--publish", "a.flv", "--no-audio"]).is_err(), "a file has its own tracks");
+        assert!(BenchArgs::new("rtmp://h/live/b").with_audio());
     }
 
     #[test]

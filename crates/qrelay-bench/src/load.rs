@@ -462,25 +462,20 @@ pub(super) async fn publisher(
             if audio {
                 client.send_media(MediaKind::Audio, 0, synth::audio_sequence_header()).await?;
             }
-            let (mut n_video, mut n_audio) = (0u64, 0u64);
-            loop {
-                let video_due = plan.due(n_video);
-                let audio_due = audio.then(|| Duration::from_secs_f64(n_audio as f64 / synth::AUDIO_FPS));
-                let is_video = audio_due.is_none_or(|a| video_due <= a);
-                let due = if is_video { video_due } else { audio_due.unwrap_or(video_due) };
+            for (due, next) in synth::Schedule::new(plan, audio) {
                 if !wait_until(&mut client, start + due, &shared.stop).await? {
                     break;
                 }
-                if is_video {
-                    let payload =
-                        synth::video_frame(plan.is_key(n_video), plan.size(n_video), now_us(), n_video);
-                    client.send_media(MediaKind::Video, plan.timestamp_ms(n_video), payload).await?;
-                    n_video += 1;
-                    mark_live(&shared);
-                } else {
-                    let ts = (n_audio * 1024 * 1000 / 44_100) as u32;
-                    client.send_media(MediaKind::Audio, ts, synth::audio_frame()).await?;
-                    n_audio += 1;
+                match next {
+                    synth::Next::Video(n) => {
+                        let payload = plan.frame(n, now_us());
+                        client.send_media(MediaKind::Video, plan.timestamp_ms(n), payload).await?;
+                        mark_live(&shared);
+                    }
+                    synth::Next::Audio(n) => {
+                        let ts = synth::audio_timestamp_ms(n);
+                        client.send_media(MediaKind::Audio, ts, synth::audio_frame()).await?;
+                    }
                 }
                 shared.frames_sent.fetch_add(1, Ordering::Relaxed);
             }
