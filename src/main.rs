@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the relay.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Publish an FLV file to a stream URL, paced at its real time.
     Publish {
         /// FLV file to send.
@@ -69,7 +69,7 @@ enum Command {
     },
     /// Load-test an RTMP server (any, over TCP; qrelay also over QUIC): publishers,
     /// players, latency, loss, server CPU and memory.
-    Bench(qrelay::bench::BenchArgs),
+    Bench(qrelay_bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -162,7 +162,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args, serve_matches.unwrap_or_default()).await,
+        Command::Serve(args) => serve(*args, serve_matches.unwrap_or_default()).await,
         Command::Publish { file, url, looped, trust } => {
             let url = StreamUrl::parse(&url).with_context(|| format!("bad URL `{url}`"))?;
             let t =
@@ -197,7 +197,7 @@ async fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Resul
         }
         Command::Bench(args) => {
             let json = args.json.clone();
-            let report = qrelay::bench::run(args).await?;
+            let report = qrelay_bench::run(args).await?;
             print!("{}", report.table());
             if let Some(path) = json {
                 std::fs::write(&path, report.to_json())

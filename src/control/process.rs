@@ -1,7 +1,7 @@
 //! The relay's own process figures for `/metrics`, read from `/proc/self` at scrape time
 //! (Linux; elsewhere they are left out).
 
-use crate::bench::proc::{parse_stat, parse_status};
+use qrelay_bench::proc::{parse_stat, parse_status};
 
 /// Linux's `USER_HZ`: `/proc` counts CPU time in 1/100 s on every architecture it
 /// supports, whatever the kernel's own tick rate.

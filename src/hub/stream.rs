@@ -60,6 +60,9 @@ pub(super) struct Stream {
     /// to zero. Changed only under the hub lock, so a join racing a leave cannot pick up
     /// an entry that is being removed; the stream's own lock is not needed for it.
     users: AtomicUsize,
+    /// Subscriber count, for whoever must act when it changes (a relay link closing
+    /// after its last player left). Sent under the stream lock, so in order.
+    watchers: tokio::sync::watch::Sender<usize>,
 }
 
 /// A stream's counters, read by stats without any lock and updated where things happen
@@ -118,6 +121,7 @@ impl Stream {
             counters: Arc::default(),
             claimed: AtomicBool::new(false),
             users: AtomicUsize::new(0),
+            watchers: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -196,6 +200,7 @@ impl Stream {
         }
         st.subscribers = st.subscribers.iter().cloned().chain(std::iter::once(queue.clone())).collect();
         self.counters.subscribers.store(st.subscribers.len(), Ordering::Relaxed);
+        self.watchers.send_replace(st.subscribers.len());
         drop(st);
         Subscriber::new(queue, self.clone(), hub)
     }
@@ -208,6 +213,7 @@ impl Stream {
             // Under the stream lock, with the list change: a reader sums the departed
             // and the present either both before or both after.
             self.counters.bytes_out_departed.fetch_add(queue.bytes_sent(), Ordering::Relaxed);
+            self.watchers.send_replace(st.subscribers.len());
         }
     }
 
@@ -322,6 +328,11 @@ impl Stream {
         for q in subscribers.iter() {
             q.end();
         }
+    }
+
+    /// Follows the subscriber count.
+    pub(super) fn watch_subscribers(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.watchers.subscribe()
     }
 
     /// Whether a publisher is sending; no lock.

@@ -50,6 +50,10 @@ pub struct ConnContext {
     pub counters: Arc<Counters>,
     /// Connections by transport (and QUIC statistics), for `/metrics`.
     pub conns: Connections,
+    /// Who publishes what across the cluster (publisher leases).
+    pub registry: Arc<dyn crate::registry::Registry>,
+    /// Pulls streams that players ask for from origins.
+    pub puller: crate::relay::pull::Puller,
 }
 
 impl ConnContext {

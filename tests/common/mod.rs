@@ -70,7 +70,9 @@ pub struct TestServer {
     pub hub: Hub,
     /// The control API (HTTP on 127.0.0.1, port 0).
     pub http: SocketAddr,
-    /// Closes and refusals by reason.
+    /// Its open connections (TCP and QUIC), for assertions.
+    pub connections: std::sync::Arc<qrelay::transport::admission::Admission>,
+    /// Its close and refusal counters.
     pub counters: std::sync::Arc<qrelay::reason::Counters>,
     /// Cancel to stop the relay.
     pub shutdown: Shutdown,
@@ -104,16 +106,16 @@ pub async fn start_server_gated(
     tweak(&mut config);
     let mut server = qrelay::Server::bind(config).await?;
     let http = server.http_addr().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let counters = server.counters();
     if let Some(gate) = gate {
         server.set_gate(gate);
     }
     let addr = server.local_addr();
     let ca = server.dev_ca().cloned().context("the relay made no development CA")?;
     let hub = server.hub();
+    let (connections, counters) = (server.connections(), server.counters());
     let shutdown = Shutdown::default();
     let task = tokio::spawn(server.run(shutdown.clone()));
-    Ok(TestServer { addr, ca, hub, http, counters, shutdown, dir, task })
+    Ok(TestServer { addr, ca, hub, http, connections, counters, shutdown, dir, task })
 }
 
 impl Drop for TestServer {
