@@ -63,7 +63,8 @@ pub struct Bridge {
 impl Bridge {
     /// Checks the upstream URL and binds the local listener.
     pub async fn bind(opts: BridgeOptions) -> Result<Self, BridgeError> {
-        upstream_url(&opts.upstream, "check").map_err(|e| BridgeError::Upstream(opts.upstream.clone(), e))?;
+        StreamUrl::with_key(&opts.upstream, "check")
+            .map_err(|e| BridgeError::Upstream(opts.upstream.clone(), e))?;
         let listener =
             TcpListener::bind(opts.listen).await.map_err(|e| BridgeError::Listen(opts.listen, e))?;
         Ok(Self { listener, opts })
@@ -105,21 +106,6 @@ impl Bridge {
         tasks.close();
         tasks.wait().await;
     }
-}
-
-/// The upstream URL for one session: the configured `scheme://host:port/app` with the
-/// session's stream key appended.
-fn upstream_url(base: &str, key: &str) -> Result<StreamUrl, UrlError> {
-    let (head, query) = match base.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (base, None),
-    };
-    let mut url = format!("{}/{key}", head.trim_end_matches('/'));
-    if let Some(q) = query {
-        url.push(if key.contains('?') { '&' } else { '?' });
-        url.push_str(q);
-    }
-    StreamUrl::parse(&url)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,7 +196,7 @@ async fn start_upstream(
     key: &str,
     shutdown: CancellationToken,
 ) -> Result<mpsc::Sender<Frame>, String> {
-    let url = upstream_url(&opts.upstream, key).map_err(|e| e.to_string())?;
+    let url = StreamUrl::with_key(&opts.upstream, key).map_err(|e| e.to_string())?;
     let connect = RtmpClient::connect(&url, ClientMode::Publish, &opts.client);
     let client = match tokio::time::timeout(FIRST_CONNECT, connect).await {
         Ok(Ok(c)) => c,

@@ -16,6 +16,8 @@
 //! - [`gate`]: the asynchronous decision before a publish or play is accepted.
 //! - [`reason`]: why connections end or are refused, with stable codes and counters.
 //! - [`client`]: the outbound side (`qrelay publish` / `qrelay play`, relays), own options.
+//! - [`relay`]: the relay as a client of other servers: push forwarding, with the
+//!   reconnect and loop/hop rules relay clients share.
 //! - [`bridge`]: `qrelay bridge`, local RTMP for stock encoders carried upstream over RoQR.
 //! - [`bench`]: `qrelay bench`, the load generator.
 
@@ -27,6 +29,7 @@ pub mod gate;
 pub mod hub;
 pub mod media;
 pub mod reason;
+pub mod relay;
 pub mod rtmp;
 pub mod server;
 pub mod transport;

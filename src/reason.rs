@@ -102,6 +102,19 @@ reasons! {
     Shutdown = 0x190, "shutdown";
     /// Another I/O failure.
     Io = 0x191, "io";
+    /// A relay target that is this relay itself (a forward to itself would loop).
+    RelayLoop = 0x1B0, "relay_loop";
+    /// A relayed publish (or a forward) that would pass more relays than `max_hops`.
+    HopLimit = 0x1B1, "hop_limit";
+    /// A forward target that could not be reached (refused connection, no answer,
+    /// name not resolved, TLS/QUIC failure).
+    TargetUnreachable = 0x1B2, "target_unreachable";
+    /// A forward target that answered but refused the publish (status code in the log).
+    TargetRefused = 0x1B3, "target_refused";
+    /// A forward target that closed or lost the connection while we published.
+    TargetLost = 0x1B4, "target_lost";
+    /// A forward target that took no data for `write_timeout_ms`.
+    TargetStalled = 0x1B5, "target_stalled";
 }
 
 impl Reason {

@@ -12,11 +12,16 @@
 //! is looked up (and the stream's user count changed, an atomic) under it, then dropped,
 //! and only then is the stream locked. No lock but a subscriber's own queue lock is held
 //! over a socket write (`subscriber.rs`).
+//!
+//! A [`LiveWatcher`] given at construction hears of every publish that starts (the
+//! relay's push forwarding starts its forwards there, `relay::push`): one place that
+//! sees every publisher, whatever brought it (an encoder, a relay upstream).
 
 mod stream;
 mod subscriber;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -62,6 +67,26 @@ pub enum HubError {
     TooManyPublishers(usize),
 }
 
+/// A publish that just started, as a [`LiveWatcher`] hears of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveStream {
+    /// The session ID published.
+    pub session_id: String,
+    /// Relays the stream came through before this one: 0 when an encoder publishes here,
+    /// one more per relay that forwarded it (`relay::hops`).
+    pub hops: u32,
+}
+
+/// Hears of every publish that starts: once per publish, right after the publisher
+/// claimed the session ID and before its first frame, with no hub or stream lock held.
+/// A subscription made from [`went_live`](LiveWatcher::went_live) therefore gets the
+/// whole publish, from its first frame. It runs on the publisher's task and must not
+/// wait: spawn whatever takes time.
+pub trait LiveWatcher: Send + Sync + fmt::Debug {
+    /// `stream` went live on `hub`.
+    fn went_live(&self, hub: &Hub, stream: &LiveStream);
+}
+
 /// Shared handle to the registry of live streams. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Hub {
@@ -74,12 +99,19 @@ struct HubInner {
     streams: Mutex<HashMap<String, Arc<Stream>>>,
     /// Live publishers; changed only under the `streams` lock.
     publishers: std::sync::atomic::AtomicUsize,
+    /// Told of every publish that starts.
+    watcher: Option<Arc<dyn LiveWatcher>>,
 }
 
 impl Hub {
     /// An empty hub.
     pub fn new(config: HubConfig) -> Self {
         Self { inner: Arc::new(HubInner { config, ..HubInner::default() }) }
+    }
+
+    /// An empty hub whose publishes `watcher` hears of.
+    pub fn with_watcher(config: HubConfig, watcher: Arc<dyn LiveWatcher>) -> Self {
+        Self { inner: Arc::new(HubInner { config, watcher: Some(watcher), ..HubInner::default() }) }
     }
 
     /// The hub's settings.
@@ -104,6 +136,12 @@ impl Hub {
 
     /// Claims the session ID for a publisher. Dropping the [`Publisher`] ends the stream.
     pub fn publish(&self, session_id: &str) -> Result<Publisher, HubError> {
+        self.publish_relayed(session_id, 0)
+    }
+
+    /// [`publish`](Self::publish) for a stream that came through `hops` relays already
+    /// (what the [`LiveWatcher`] is told, so forwards can bound the chain).
+    pub fn publish_relayed(&self, session_id: &str, hops: u32) -> Result<Publisher, HubError> {
         // Claimed under the hub lock so `release` cannot remove the entry in between.
         let mut streams = self.streams();
         let live = self.inner.publishers.load(Ordering::Relaxed);
@@ -118,7 +156,11 @@ impl Hub {
         drop(streams);
         // The stream lock only now, with the hub lock released.
         stream.start_publish();
-        Ok(Publisher::new(stream, self.clone()))
+        let publisher = Publisher::new(stream, self.clone());
+        if let Some(watcher) = &self.inner.watcher {
+            watcher.went_live(self, &LiveStream { session_id: session_id.to_owned(), hops });
+        }
+        Ok(publisher)
     }
 
     /// Subscribes to a session ID, live or not yet. Wait for it with

@@ -615,3 +615,64 @@ async fn late_joiner_of_a_multitrack_stream_gets_every_track_header_and_the_defa
         vec![(0, 0, true), (0, 1, true), (0, 0, false), (10, 1, false), (33, 1, false), (40, 0, false)]
     );
 }
+
+/// Records what it is told and subscribes at once, as push forwarding does.
+#[derive(Debug, Default)]
+struct Recorder {
+    told: Mutex<Vec<LiveStream>>,
+    subs: Mutex<Vec<Subscriber>>,
+}
+
+impl LiveWatcher for Recorder {
+    fn went_live(&self, hub: &Hub, stream: &LiveStream) {
+        self.told.lock().unwrap().push(stream.clone());
+        self.subs.lock().unwrap().push(hub.subscribe(&stream.session_id));
+    }
+}
+
+#[tokio::test]
+async fn the_watcher_hears_of_each_publish_once_in_time_to_get_its_first_frame() {
+    let recorder = Arc::new(Recorder::default());
+    let hub = Hub::with_watcher(HubConfig::default(), recorder.clone());
+    let mut p = hub.publish_relayed("live/a", 2).unwrap();
+    assert!(hub.publish("live/a").is_err());
+    p.send(video_header());
+    p.send(video(0, true, 10));
+    let told = recorder.told.lock().unwrap().clone();
+    assert_eq!(told, vec![LiveStream { session_id: "live/a".into(), hops: 2 }], "a refused publish is not news");
+    let mut sub = recorder.subs.lock().unwrap().pop().unwrap();
+    assert!(next(&mut sub).await.unwrap().is_sequence_header(), "the subscription has the first frame");
+    assert!(next(&mut sub).await.unwrap().is_keyframe());
+    drop(p);
+    assert!(next(&mut sub).await.is_none());
+    let _q = hub.publish("live/a").unwrap();
+    assert_eq!(recorder.told.lock().unwrap().last().map(|l| l.hops), Some(0), "an encoder's publish: 0 hops");
+}
+
+#[tokio::test]
+async fn rejoin_drops_the_backlog_and_restarts_from_the_cache_of_the_same_publish() {
+    let hub = Hub::default();
+    let mut p = hub.publish("live/a").unwrap();
+    let mut sub = hub.subscribe("live/a");
+    p.send(video_header());
+    p.send(video(0, true, 10));
+    p.send(video(33, false, 10));
+    p.send(video(66, true, 10));
+    p.send(video(99, false, 10));
+    assert!(sub.rejoin());
+    let mut frames = Vec::new();
+    sub.drain_into(&mut frames, usize::MAX);
+    let got: Vec<(u32, bool, bool)> =
+        frames.iter().map(|f| (f.timestamp(), f.is_keyframe(), f.is_sequence_header())).collect();
+    assert_eq!(got, vec![(0, false, true), (66, true, false), (99, false, false)]);
+    p.send(video(133, false, 10));
+    assert_eq!(next(&mut sub).await.map(|f| f.timestamp()), Some(133), "follows the publish once, not twice");
+    assert_eq!(hub.stats("live/a").unwrap().subscribers, 1, "still one subscriber");
+    drop(p);
+    assert!(!sub.rejoin(), "the publish it followed is over");
+    let _p2 = hub.publish("live/a").unwrap();
+    assert!(!sub.rejoin(), "a new publish is not the one it followed");
+    drop(sub);
+    drop(_p2);
+    assert!(hub.is_empty());
+}

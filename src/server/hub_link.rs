@@ -14,6 +14,7 @@ use super::connection::ConnContext;
 use crate::gate::{Decision, Request, Role};
 use crate::hub::{Publisher, Subscriber};
 use crate::reason::Reason;
+use crate::relay::hops;
 use crate::rtmp::session::{ServerCore, ServerEvent};
 
 /// A player's hub side, with whatever its transport keeps per player (`W`: the byte
@@ -103,20 +104,18 @@ impl<W: Default> HubLink<W> {
 
     fn on_decision(&mut self, core: &mut ServerCore, request: Request, decision: Decision) -> Next {
         match (request.role, decision) {
-            (Role::Publish, Decision::Allow) => match self.ctx.hub.publish(&request.session_id) {
-                Ok(p) => {
-                    info!(key = %redact(&request.key), "publish started");
-                    core.accept_publish();
-                    self.publisher = Some(p);
-                    Next::Continue
-                }
-                Err(e) => {
-                    self.ctx.counters.count(Reason::of_hub(&e));
-                    warn!(reason = %e, "publish refused");
-                    core.reject_publish("NetStream.Publish.BadName", &e.to_string());
-                    Next::CloseAfterFlush
-                }
-            },
+            (Role::Publish, Decision::Allow) => {
+                let hops = match self.relayed_hops(core) {
+                    Ok(hops) => hops,
+                    Err(refusal) => {
+                        self.ctx.counters.count(Reason::HopLimit);
+                        warn!(reason = %refusal, "publish refused");
+                        core.reject_publish("NetStream.Publish.BadName", &refusal);
+                        return Next::CloseAfterFlush;
+                    }
+                };
+                self.publish(core, &request, hops)
+            }
             (Role::Play, Decision::Allow) => {
                 info!("play requested");
                 let sub = self.ctx.hub.subscribe(&request.session_id);
@@ -137,6 +136,35 @@ impl<W: Default> HubLink<W> {
                 Next::CloseAfterFlush
             }
         }
+    }
+
+    /// The hub's answer to an allowed publish that came through `hops` relays.
+    fn publish(&mut self, core: &mut ServerCore, request: &Request, hops: u32) -> Next {
+        match self.ctx.hub.publish_relayed(&request.session_id, hops) {
+            Ok(p) => {
+                info!(key = %redact(&request.key), hops, "publish started");
+                core.accept_publish();
+                self.publisher = Some(p);
+                Next::Continue
+            }
+            Err(e) => {
+                self.ctx.counters.count(Reason::of_hub(&e));
+                warn!(reason = %e, "publish refused");
+                core.reject_publish("NetStream.Publish.BadName", &e.to_string());
+                Next::CloseAfterFlush
+            }
+        }
+    }
+
+    /// The relays a publish came through (what a forwarding relay announced in
+    /// `connect`), or why it is refused: a malformed count, or more than `max_hops`.
+    fn relayed_hops(&self, core: &ServerCore) -> Result<u32, String> {
+        let hops = hops::announced_hops(core.connect_property(hops::HOPS_PROPERTY))?;
+        let max = self.ctx.config.max_hops;
+        if hops > max {
+            return Err(format!("the stream passed {hops} relays, more than max_hops ({max})"));
+        }
+        Ok(hops)
     }
 
     /// What the player waits for next; pending for ever without a player.

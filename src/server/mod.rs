@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::gate::{self, Gate};
 use crate::hub::Hub;
 use crate::reason::Counters;
+use crate::relay::push::Forwarding;
 use crate::transport::admission::Admission;
 use crate::transport::{quic as quic_endpoint, tls};
 use connection::ConnContext;
@@ -50,6 +51,7 @@ pub struct Server {
     hub: Hub,
     gate: Arc<dyn Gate>,
     counters: Arc<Counters>,
+    forwarding: Forwarding,
 }
 
 impl std::fmt::Debug for Server {
@@ -139,7 +141,13 @@ impl Server {
         let local_addr = tcp.local_addr()?;
         let endpoint = quic_endpoint::server_endpoint(udp, &identity, &config.quic())?;
         let tls = TlsAcceptor::from(Arc::new(tls::rtmps_server_config(&identity)?));
-        let hub = Hub::new(config.hub());
+        if let Some(ca) = &config.upstream_ca {
+            // A CA file that cannot be used is an error now, not at the first forward.
+            tls::client_config(&tls::Trust::CaFile(ca.clone()), &[])?;
+        }
+        let counters = Arc::<Counters>::default();
+        let forwarding = Forwarding::new(&config, local_addr, counters.clone());
+        let hub = Hub::with_watcher(config.hub(), Arc::new(forwarding.clone()));
         let gate: Arc<dyn Gate> = Arc::new(gate::Open);
         Ok(Self {
             config: Arc::new(config),
@@ -150,7 +158,8 @@ impl Server {
             dev_ca: identity.dev_ca,
             hub,
             gate,
-            counters: Arc::default(),
+            counters,
+            forwarding,
         })
     }
 
@@ -180,6 +189,12 @@ impl Server {
         self.hub.clone()
     }
 
+    /// Push forwarding: its rules (replaceable) and the status of every forward (for
+    /// tests and the control API).
+    pub fn forwarding(&self) -> Forwarding {
+        self.forwarding.clone()
+    }
+
     /// Runs until shutdown.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ServerError> {
         let ctx = ConnContext {
@@ -202,6 +217,15 @@ impl Server {
         ));
         accept.spawn(quic::accept_loop(self.endpoint.clone(), admission, ctx, tasks.clone()));
         accept.close();
+        // Forwards stop with an immediate shutdown even if this future is dropped first.
+        let forwarding = self.forwarding.clone();
+        let immediate = shutdown.immediate.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = immediate.cancelled() => forwarding.stop(),
+                _ = forwarding.stopped() => {}
+            }
+        });
 
         tokio::select! {
             _ = shutdown.graceful.cancelled() => {}
@@ -212,12 +236,15 @@ impl Server {
         if !shutdown.immediate.is_cancelled() {
             info!(sessions = tasks.len(), "shutting down: waiting for sessions to finish");
             let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+            // Forwards end with their streams, politely (their targets' sessions too).
+            let drained = async { tokio::join!(tasks.wait(), self.forwarding.wait()) };
             tokio::select! {
-                _ = tasks.wait() => {}
+                _ = drained => {}
                 _ = shutdown.immediate.cancelled() => {}
                 _ = tokio::time::sleep(grace) => warn!(sessions = tasks.len(), "grace period over; closing the rest"),
             }
         }
+        self.forwarding.stop();
         self.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
         // Closed connections drain for three probe timeouts before the endpoint lets go of
         // the UDP port.
