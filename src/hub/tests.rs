@@ -639,7 +639,11 @@ async fn the_watcher_hears_of_each_publish_once_in_time_to_get_its_first_frame()
     p.send(video_header());
     p.send(video(0, true, 10));
     let told = recorder.told.lock().unwrap().clone();
-    assert_eq!(told, vec![LiveStream { session_id: "live/a".into(), hops: 2 }], "a refused publish is not news");
+    assert_eq!(
+        told,
+        vec![LiveStream { session_id: "live/a".into(), hops: 2 }],
+        "a refused publish is not news"
+    );
     let mut sub = recorder.subs.lock().unwrap().pop().unwrap();
     assert!(next(&mut sub).await.unwrap().is_sequence_header(), "the subscription has the first frame");
     assert!(next(&mut sub).await.unwrap().is_keyframe());

@@ -19,6 +19,8 @@ use bytes::Bytes;
 use qrelay::hub::{Hub, StreamStats};
 use qrelay::media::flv::FlvTag;
 use qrelay::media::frame::MediaKind;
+use qrelay::reason::Counters;
+use qrelay::relay::push::Forwarding;
 use qrelay::server::Shutdown;
 use qrelay::Config;
 use tempfile::TempDir;
@@ -70,6 +72,10 @@ pub struct TestServer {
     pub hub: Hub,
     /// Cancel to stop the relay.
     pub shutdown: Shutdown,
+    /// Push forwarding: rules and the status of every forward.
+    pub forwarding: Forwarding,
+    /// Closes, refusals and failures by reason.
+    pub counters: Arc<Counters>,
     /// Certificates and the tests' output files; removed on drop.
     pub dir: TempDir,
     task: JoinHandle<std::result::Result<(), qrelay::ServerError>>,
@@ -101,9 +107,10 @@ pub async fn start_server_gated(
     let addr = server.local_addr();
     let ca = server.dev_ca().cloned().context("the relay made no development CA")?;
     let hub = server.hub();
+    let (forwarding, counters) = (server.forwarding(), server.counters());
     let shutdown = Shutdown::default();
     let task = tokio::spawn(server.run(shutdown.clone()));
-    Ok(TestServer { addr, ca, hub, shutdown, dir, task })
+    Ok(TestServer { addr, ca, hub, shutdown, forwarding, counters, dir, task })
 }
 
 impl Drop for TestServer {
