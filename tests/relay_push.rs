@@ -18,7 +18,9 @@ use qrelay::media::frame::MediaKind;
 use qrelay::reason::Reason;
 use qrelay::relay::hops::hops_property;
 use qrelay::relay::push::{ForwardRule, ForwardState};
-use qrelay::rtmp::session::{ClientMode, SessionError};
+use qrelay::rtmp::session::{
+    ClientEvent, ClientMode, ServerEvent, ServerSession, SessionConfig, SessionError,
+};
 use qrelay::url::StreamUrl;
 use tokio::process::Child;
 
@@ -291,6 +293,110 @@ async fn a_target_that_comes_up_late_gets_the_stream_and_a_dead_one_harms_nobody
             origin.forwarding.status().is_empty().then_some(())
         })
         .await?;
+        Ok(())
+    })
+    .await
+}
+
+/// An RTMP server that accepts every publish and then reads nothing more: the target of
+/// a relay that can no longer send to it. Holds every connection until dropped.
+async fn black_hole() -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            if accept_publish(&mut socket).await.is_some() {
+                held.push(socket);
+            }
+        }
+    });
+    Ok((addr, task))
+}
+
+/// Answers a client up to its accepted publish; `None` if it went away first.
+async fn accept_publish(socket: &mut tokio::net::TcpStream) -> Option<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut session = ServerSession::new(SessionConfig::default());
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = socket.read(&mut buf).await.ok().filter(|n| *n > 0)?;
+        session.handle_input(&buf[..n]).ok()?;
+        let mut publishing = false;
+        while let Some(event) = session.poll_event() {
+            if let ServerEvent::PublishRequest { .. } = event {
+                session.core().accept_publish();
+                publishing = true;
+            }
+        }
+        if let Some(out) = session.take_output() {
+            socket.write_all(&out).await.ok()?;
+        }
+        if publishing {
+            return Some(());
+        }
+    }
+}
+
+/// A large synthetic picture: keyframes every 30.
+fn big_frame(i: u32) -> Bytes {
+    let mut frame = vec![if i.is_multiple_of(30) { 0x17 } else { 0x27 }, 1, 0, 0, 0];
+    frame.extend_from_slice(&i.to_be_bytes());
+    frame.resize(128 * 1024, i as u8);
+    Bytes::from(frame)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_stops_reading_is_given_up_without_slowing_the_publisher() -> Result {
+    bounded(async {
+        const FRAMES: u32 = 120;
+        let (hole, _hole_task) = black_hole().await?;
+        let origin = start_server_with(|c| {
+            c.forward = vec![rule("live/*", &[format!("rtmp://{hole}/live")])];
+            c.write_timeout_ms = 300;
+        })
+        .await?;
+        let opts = ClientOptions::default();
+        let url = StreamUrl::parse(&origin.url("rtmp", "big"))?;
+        let (seen_tx, mut seen) = tokio::sync::watch::channel(0u32);
+        let play_url = url.clone();
+        let player = tokio::spawn(async move {
+            let mut client =
+                RtmpClient::connect(&play_url, ClientMode::Play, &ClientOptions::default()).await?;
+            let mut n = 0u32;
+            while let Some(event) = client.read_event().await? {
+                match event {
+                    ClientEvent::Media { kind: MediaKind::Video, payload, .. } => {
+                        ensure!(payload == big_frame(n), "picture {n} is not the one published");
+                        n += 1;
+                        let _ = seen_tx.send(n);
+                    }
+                    ClientEvent::StreamEnded => break,
+                    _ => {}
+                }
+            }
+            anyhow::Ok(n)
+        });
+        origin.wait_subscribers("big", 1).await?;
+
+        // 15 MiB, far more than the stalled target's socket buffers take: its forward's
+        // writes stop. The publisher is paced by its own player only (a few frames
+        // ahead), never by the forward.
+        let mut publisher = RtmpClient::connect(&url, ClientMode::Publish, &opts).await?;
+        for i in 0..FRAMES {
+            seen.wait_for(|n| n + 4 > i).await.context("the player stopped early")?;
+            publisher.send_media(MediaKind::Video, i * 33, big_frame(i)).await?;
+        }
+        let status = wait_until("the stalled target to be given up", Duration::from_secs(10), || {
+            origin.forwarding.status().into_iter().find(|s| s.reconnects >= 1)
+        })
+        .await?;
+        let error = status.last_error.unwrap_or_default();
+        ensure!(error.contains("target_stalled"), "{error}");
+        ensure!(origin.counters.get(Reason::TargetStalled) >= 1, "the stall was not counted");
+        publisher.finish().await?;
+        let played = player.await??;
+        ensure!(played == FRAMES, "the player got {played} of {FRAMES} pictures");
         Ok(())
     })
     .await

@@ -378,7 +378,9 @@ impl Inner {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             self.lock().insert(id, Entry { shared: shared.clone(), cancel: cancel.clone() });
             let span = info_span!("forward", session_id = %live.session_id, to = %shared.target);
-            let forward = Forward { inner: self.clone(), shared, url, sub, cancel, hops };
+            let target_key = crate::url::without_query(&url.key);
+            let secret_key = (target_key != key).then(|| target_key.to_owned());
+            let forward = Forward { inner: self.clone(), shared, url, sub, cancel, hops, secret_key };
             let inner = self.clone();
             self.tasks.spawn_on(
                 async move {
@@ -401,6 +403,9 @@ struct Forward {
     cancel: CancellationToken,
     /// What this relay announces to the target (the stream's hops plus this one).
     hops: u32,
+    /// The target's stream key when it is not the stream's own: it may be a credential,
+    /// so it is kept out of the logs and the status (a target's error may quote it).
+    secret_key: Option<String>,
 }
 
 /// How a connected session ended.
@@ -461,6 +466,10 @@ impl Forward {
             };
             first = false;
             let (reason, error) = failure;
+            let error = match &self.secret_key {
+                Some(key) => error.replace(key.as_str(), "***"),
+                None => error,
+            };
             self.inner.counters.count(reason);
             let delay = backoff.next_delay();
             warn!(%reason, error = %error, retry_in_ms = delay.as_millis() as u64, "forward target failed");
@@ -498,7 +507,11 @@ impl Forward {
                     };
                     let len = frame.payload().len() as u64;
                     let send = client.send_media(frame.kind(), frame.timestamp(), frame.payload().clone());
-                    match tokio::time::timeout(write_timeout, send).await {
+                    let sent = tokio::select! {
+                        _ = self.cancel.cancelled() => return SessionEnd::Cancelled,
+                        sent = tokio::time::timeout(write_timeout, send) => sent,
+                    };
+                    match sent {
                         Ok(Ok(())) => {
                             self.shared.bytes_sent.fetch_add(len, Ordering::Relaxed);
                         }

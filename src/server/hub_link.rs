@@ -1,6 +1,6 @@
 //! The session↔hub rules every transport shares, free of sockets: a publish or play
-//! request waits for the gate, then the hub (one publisher per session ID, players wait
-//! for a publisher up to `play_wait_ms`); refusals answer with their status code and are
+//! request waits for the gate, then the hub (one publisher per session ID, a relayed
+//! publish within `max_hops`, players wait for a publisher up to `play_wait_ms`); refusals answer with their status code and are
 //! counted; the end of a stream ends its players. The byte-stream driver
 //! (`connection.rs`) and the RoQR driver (`roqr_conn.rs`) own the I/O and call in here
 //! with the message-level [`ServerCore`] of their framing.
