@@ -22,6 +22,8 @@
 //!   until shutdown.
 //! - [`gate`]: the asynchronous decision before a publish or play is accepted.
 //! - [`reason`]: why connections end or are refused, with stable codes and counters.
+//! - [`relay`]: links between nodes: edges pulling streams from origins on demand.
+//! - [`registry`]: which node publishes a session ID across a cluster (embedded or Redis).
 //! - [`config`]: the one configuration type (TOML file, command line, environment).
 //! - [`bridge`]: `qrelay bridge`, local RTMP for stock encoders carried upstream over RoQR.
 //!
@@ -33,6 +35,8 @@ pub mod config;
 pub mod gate;
 pub mod hub;
 pub mod reason;
+pub mod registry;
+pub mod relay;
 pub mod server;
 
 pub use qrelay_proto::{client, media, rtmp, transport, url};
