@@ -12,7 +12,7 @@
 //! - [`synth`]: the synthetic stream (valid H.264 and AAC) and its marker.
 //! - [`stats`]: histogram, percentiles, per-player tracking.
 //! - [`proc`]: `/proc` CPU and memory sampling.
-//! - [`load`]: publishers, players, idle connections, QUIC connection sharing.
+//! - `load`: publishers, players, idle connections, QUIC connection sharing.
 //! - [`report`]: table and JSON.
 
 mod load;
