@@ -103,18 +103,28 @@ reasons! {
     /// Another I/O failure.
     Io = 0x191, "io";
     /// A relay target that is this relay itself (a forward to itself would loop).
-    RelayLoop = 0x1B0, "relay_loop";
+    RelayLoop = 0x1b0, "relay_loop";
     /// A relayed publish (or a forward) that would pass more relays than `max_hops`.
-    HopLimit = 0x1B1, "hop_limit";
+    HopLimit = 0x1b1, "hop_limit";
     /// A forward target that could not be reached (refused connection, no answer,
     /// name not resolved, TLS/QUIC failure).
-    TargetUnreachable = 0x1B2, "target_unreachable";
+    TargetUnreachable = 0x1b2, "target_unreachable";
     /// A forward target that answered but refused the publish (status code in the log).
-    TargetRefused = 0x1B3, "target_refused";
+    TargetRefused = 0x1b3, "target_refused";
     /// A forward target that closed or lost the connection while we published.
-    TargetLost = 0x1B4, "target_lost";
+    TargetLost = 0x1b4, "target_lost";
     /// A forward target that took no data for `write_timeout_ms`.
-    TargetStalled = 0x1B5, "target_stalled";
+    TargetStalled = 0x1b5, "target_stalled";
+    /// The cluster registry could not be reached (publish and play go on locally).
+    RegistryUnavailable = 0x1c0, "registry_unavailable";
+    /// A publish refused because another node holds the session ID's lease.
+    PublishedElsewhere = 0x1c1, "published_elsewhere";
+    /// A publisher's lease was taken by another node while it published.
+    LeaseLost = 0x1c2, "lease_lost";
+    /// A pull could not start on an origin (down, refused, no such stream).
+    UpstreamFailed = 0x1c3, "upstream_failed";
+    /// A pull that was playing lost its origin (it pulls again).
+    UpstreamLost = 0x1c4, "upstream_lost";
 }
 
 impl Reason {

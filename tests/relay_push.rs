@@ -178,7 +178,7 @@ async fn forwards_to_another_qrelay_over_quic_with_the_key_appended_or_renamed()
         let ca = edge.ca.clone();
         let origin = start_server_with(|c| {
             c.forward = vec![rule("live/*", &to)];
-            c.upstream_ca = Some(ca);
+            c.relay_ca = Some(ca);
         })
         .await?;
         let input = &media().flv;

@@ -77,11 +77,12 @@ pub struct LiveStream {
     pub hops: u32,
 }
 
-/// Hears of every publish that starts: once per publish, right after the publisher
-/// claimed the session ID and before its first frame, with no hub or stream lock held.
-/// A subscription made from [`went_live`](LiveWatcher::went_live) therefore gets the
-/// whole publish, from its first frame. It runs on the publisher's task and must not
-/// wait: spawn whatever takes time.
+/// Hears of every publish that starts: once per publish, when its first frame arrives
+/// and before that frame is fanned out, with no hub or stream lock held. A subscription
+/// made from [`went_live`](LiveWatcher::went_live) therefore gets the whole publish, and
+/// a publish that is refused after the hub's claim (by the cluster registry) and so
+/// never sends anything is never announced. It runs on the publisher's task and must
+/// not wait: spawn whatever takes time.
 pub trait LiveWatcher: Send + Sync + fmt::Debug {
     /// `stream` went live on `hub`.
     fn went_live(&self, hub: &Hub, stream: &LiveStream);
@@ -156,11 +157,7 @@ impl Hub {
         drop(streams);
         // The stream lock only now, with the hub lock released.
         stream.start_publish();
-        let publisher = Publisher::new(stream, self.clone());
-        if let Some(watcher) = &self.inner.watcher {
-            watcher.went_live(self, &LiveStream { session_id: session_id.to_owned(), hops });
-        }
-        Ok(publisher)
+        Ok(Publisher::new(stream, self.clone(), hops))
     }
 
     /// Subscribes to a session ID, live or not yet. Wait for it with
@@ -186,6 +183,19 @@ impl Hub {
         live
     }
 
+    /// Whether `session_id` has a live publisher.
+    pub fn is_live(&self, session_id: &str) -> bool {
+        self.streams().get(session_id).is_some_and(|s| s.is_live())
+    }
+
+    /// Follows the number of subscribers of `session_id`'s stream entry, if it exists.
+    /// The entry goes when it has neither publisher nor subscribers; the receiver then
+    /// reads zero for ever, and a new entry for the same session ID is another stream.
+    pub fn watch_subscribers(&self, session_id: &str) -> Option<tokio::sync::watch::Receiver<usize>> {
+        let stream = self.streams().get(session_id).cloned();
+        stream.map(|s| s.watch_subscribers())
+    }
+
     /// Statistics of one stream, if it exists.
     pub fn stats(&self, session_id: &str) -> Option<StreamStats> {
         let stream = self.streams().get(session_id).cloned();
@@ -200,6 +210,14 @@ impl Hub {
     /// Whether no stream entry exists.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Tells the watcher that `stream`'s publish is under way (its first frame is about
+    /// to be fanned out).
+    fn announce(&self, session_id: &str, hops: u32) {
+        if let Some(watcher) = &self.inner.watcher {
+            watcher.went_live(self, &LiveStream { session_id: session_id.to_owned(), hops });
+        }
     }
 
     /// The publisher of `stream` went away (after ending the stream for its players).

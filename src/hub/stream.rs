@@ -59,6 +59,9 @@ pub(super) struct Stream {
     /// to zero. Changed only under the hub lock, so a join racing a leave cannot pick up
     /// an entry that is being removed; the stream's own lock is not needed for it.
     users: AtomicUsize,
+    /// Subscriber count, for whoever must act when it changes (a relay link closing
+    /// after its last player left). Sent under the stream lock, so in order.
+    watchers: tokio::sync::watch::Sender<usize>,
 }
 
 /// A stream's counters, read by stats without any lock and updated where things happen
@@ -105,6 +108,7 @@ impl Stream {
             counters: Arc::default(),
             claimed: AtomicBool::new(false),
             users: AtomicUsize::new(0),
+            watchers: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -164,6 +168,7 @@ impl Stream {
         }
         st.subscribers = st.subscribers.iter().cloned().chain(std::iter::once(queue.clone())).collect();
         self.counters.subscribers.store(st.subscribers.len(), Ordering::Relaxed);
+        self.watchers.send_replace(st.subscribers.len());
         drop(st);
         Subscriber::new(queue, self.clone(), hub)
     }
@@ -214,6 +219,7 @@ impl Stream {
         if st.subscribers.iter().any(|q| Arc::ptr_eq(q, queue)) {
             st.subscribers = st.subscribers.iter().filter(|q| !Arc::ptr_eq(q, queue)).cloned().collect();
             self.counters.subscribers.store(st.subscribers.len(), Ordering::Relaxed);
+            self.watchers.send_replace(st.subscribers.len());
         }
     }
 
@@ -310,6 +316,11 @@ impl Stream {
         }
     }
 
+    /// Follows the subscriber count.
+    pub(super) fn watch_subscribers(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.watchers.subscribe()
+    }
+
     /// Whether a publisher is sending; no lock.
     pub(super) fn is_live(&self) -> bool {
         self.counters.live.load(Ordering::Relaxed)
@@ -338,17 +349,26 @@ impl Stream {
 pub struct Publisher {
     stream: Arc<Stream>,
     hub: Hub,
+    /// Relays the stream came through, for the hub's watcher.
+    hops: u32,
+    /// The watcher was told (at the first frame).
+    announced: bool,
 }
 
 impl Publisher {
-    pub(super) fn new(stream: Arc<Stream>, hub: Hub) -> Self {
-        Self { stream, hub }
+    pub(super) fn new(stream: Arc<Stream>, hub: Hub, hops: u32) -> Self {
+        Self { stream, hub, hops, announced: false }
     }
 
     /// Fans a frame out to every subscriber and updates the late-joiner cache. `&mut`:
     /// the fan-out runs outside the stream lock, so it is the one `Publisher` that keeps
-    /// frames in order (and its counters single-writer).
+    /// frames in order (and its counters single-writer). The first frame announces the
+    /// publish to the hub's watcher first ([`super::LiveWatcher`]).
     pub fn send(&mut self, frame: Frame) {
+        if !self.announced {
+            self.announced = true;
+            self.hub.announce(self.stream.session_id(), self.hops);
+        }
         self.stream.push(frame);
     }
 

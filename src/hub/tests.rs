@@ -636,6 +636,7 @@ async fn the_watcher_hears_of_each_publish_once_in_time_to_get_its_first_frame()
     let hub = Hub::with_watcher(HubConfig::default(), recorder.clone());
     let mut p = hub.publish_relayed("live/a", 2).unwrap();
     assert!(hub.publish("live/a").is_err());
+    assert!(recorder.told.lock().unwrap().is_empty(), "told only once something is published");
     p.send(video_header());
     p.send(video(0, true, 10));
     let told = recorder.told.lock().unwrap().clone();
@@ -649,7 +650,9 @@ async fn the_watcher_hears_of_each_publish_once_in_time_to_get_its_first_frame()
     assert!(next(&mut sub).await.unwrap().is_keyframe());
     drop(p);
     assert!(next(&mut sub).await.is_none());
-    let _q = hub.publish("live/a").unwrap();
+    let mut q = hub.publish("live/a").unwrap();
+    q.send(audio(0));
+    assert_eq!(recorder.told.lock().unwrap().len(), 2);
     assert_eq!(recorder.told.lock().unwrap().last().map(|l| l.hops), Some(0), "an encoder's publish: 0 hops");
 }
 

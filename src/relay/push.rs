@@ -33,6 +33,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use super::backoff::Backoff;
 use super::hops;
+use super::node::{is_self, NodeUrl};
 use crate::client::{ClientError, ClientOptions, QuicPool, RtmpClient};
 use crate::config::Config;
 use crate::hub::{Hub, LiveStream, LiveWatcher, Subscriber};
@@ -217,6 +218,8 @@ struct Inner {
     settings: Settings,
     /// Where this relay listens: a target there is a loop.
     local: SocketAddr,
+    /// How other nodes reach this one (`node_url`): a target naming it is a loop too.
+    me: Option<NodeUrl>,
     counters: Arc<Counters>,
     pool: QuicPool,
     forwards: Mutex<HashMap<u64, Entry>>,
@@ -227,9 +230,9 @@ struct Inner {
 }
 
 impl Forwarding {
-    /// Forwarding with `config`'s rules for a relay listening on `local`, counting
-    /// failures in `counters`.
-    pub fn new(config: &Config, local: SocketAddr, counters: Arc<Counters>) -> Self {
+    /// Forwarding with `config`'s rules for a relay listening on `local` and known to
+    /// other nodes as `me`, counting failures in `counters`.
+    pub fn new(config: &Config, local: SocketAddr, me: Option<NodeUrl>, counters: Arc<Counters>) -> Self {
         let client = super::client_options(config);
         let settings = Settings {
             max_hops: config.max_hops,
@@ -244,6 +247,7 @@ impl Forwarding {
                 rules: RwLock::new(config.forward.clone().into()),
                 settings,
                 local,
+                me,
                 counters,
                 pool: QuicPool::new(client, per_conn, None),
                 forwards: Mutex::default(),
@@ -482,12 +486,16 @@ impl Forward {
         }
     }
 
-    /// Whether the target is this relay: any address its host resolves to is where we
-    /// listen. A name that does not resolve is left to the connection attempts (which
-    /// fail, are counted and retried: DNS may come back).
+    /// Whether the target is this relay: it names this node's `node_url`, or an address
+    /// its host resolves to is where we listen. A name that does not resolve is left to
+    /// the connection attempts (which fail, are counted and retried: DNS may come back).
     async fn is_loop(&self) -> bool {
-        match tokio::net::lookup_host((self.url.host.as_str(), self.url.port)).await {
-            Ok(mut addrs) => addrs.any(|a| hops::is_self(a, self.inner.local)),
+        let (host, port) = (self.url.host.as_str(), self.url.port);
+        if self.inner.me.as_ref().is_some_and(|me| me.host_port() == (host, port)) {
+            return true;
+        }
+        match tokio::net::lookup_host((host, port)).await {
+            Ok(mut addrs) => addrs.any(|a| is_self(a, self.inner.local)),
             Err(_) => false,
         }
     }

@@ -14,6 +14,7 @@ use super::connection::ConnContext;
 use crate::gate::{Decision, Request, Role};
 use crate::hub::{Publisher, Subscriber};
 use crate::reason::Reason;
+use crate::registry::PublisherLease;
 use crate::relay::hops;
 use crate::rtmp::session::{ServerCore, ServerEvent};
 
@@ -52,12 +53,14 @@ pub(super) struct HubLink<W> {
     transport: &'static str,
     pub(super) publisher: Option<Publisher>,
     pub(super) player: Option<Player<W>>,
+    /// The publisher's registry lease, held as long as `publisher`.
+    lease: Option<PublisherLease>,
     pending: Option<Request>,
 }
 
 impl<W: Default> HubLink<W> {
     pub(super) fn new(ctx: ConnContext, peer: SocketAddr, transport: &'static str) -> Self {
-        Self { ctx, peer, transport, publisher: None, player: None, pending: None }
+        Self { ctx, peer, transport, publisher: None, player: None, lease: None, pending: None }
     }
 
     /// Acts on an event of the session core. A player that stopped is returned, for the
@@ -76,6 +79,7 @@ impl<W: Default> HubLink<W> {
                 }
             }
             ServerEvent::Unpublish => {
+                self.lease = None;
                 if self.publisher.take().is_some() {
                     info!("publish ended by the publisher");
                 }
@@ -94,7 +98,7 @@ impl<W: Default> HubLink<W> {
     pub(super) async fn decide_pending(&mut self, core: &mut ServerCore) -> Next {
         let Some(request) = self.pending.take() else { return Next::Continue };
         let decision = self.ctx.decide(&request).await;
-        self.on_decision(core, request, decision)
+        self.on_decision(core, request, decision).await
     }
 
     fn request(&self, role: Role, session_id: String, app: String, key: String) -> Request {
@@ -102,7 +106,7 @@ impl<W: Default> HubLink<W> {
         Request { role, session_id, app, key, peer: self.peer, transport: self.transport }
     }
 
-    fn on_decision(&mut self, core: &mut ServerCore, request: Request, decision: Decision) -> Next {
+    async fn on_decision(&mut self, core: &mut ServerCore, request: Request, decision: Decision) -> Next {
         match (request.role, decision) {
             (Role::Publish, Decision::Allow) => {
                 let hops = match self.relayed_hops(core) {
@@ -114,11 +118,16 @@ impl<W: Default> HubLink<W> {
                         return Next::CloseAfterFlush;
                     }
                 };
-                self.publish(core, &request, hops)
+                self.publish(core, &request, hops).await
             }
             (Role::Play, Decision::Allow) => {
                 info!("play requested");
                 let sub = self.ctx.hub.subscribe(&request.session_id);
+                // Subscribed first: a pull that is just ending sees this player and
+                // starts again (`Puller::want`).
+                if !self.ctx.hub.is_live(&request.session_id) {
+                    self.ctx.puller.want(&request.session_id);
+                }
                 let deadline = Instant::now() + self.ctx.hub.config().play_wait;
                 self.player = Some(Player { sub, live: false, deadline, writer: W::default() });
                 Next::Continue
@@ -138,10 +147,27 @@ impl<W: Default> HubLink<W> {
         }
     }
 
-    /// The hub's answer to an allowed publish that came through `hops` relays.
-    fn publish(&mut self, core: &mut ServerCore, request: &Request, hops: u32) -> Next {
+    /// The hub's answer to an allowed publish that came through `hops` relays, then the
+    /// cluster registry's.
+    async fn publish(&mut self, core: &mut ServerCore, request: &Request, hops: u32) -> Next {
         match self.ctx.hub.publish_relayed(&request.session_id, hops) {
             Ok(p) => {
+                // Claimed here first (the hub's claim is instant and local), then in
+                // the cluster, so two publishers racing on one node never both ask
+                // the registry.
+                let registry = self.ctx.registry.clone();
+                let counters = self.ctx.counters.clone();
+                match PublisherLease::acquire(registry, &request.session_id, counters).await {
+                    Ok(lease) => self.lease = Some(lease),
+                    Err(node) => {
+                        drop(p);
+                        self.ctx.counters.count(Reason::PublishedElsewhere);
+                        warn!(%node, "publish refused: another node publishes this session ID");
+                        let why = format!("the stream is being published on {node}");
+                        core.reject_publish("NetStream.Publish.BadName", &why);
+                        return Next::CloseAfterFlush;
+                    }
+                }
                 info!(key = %redact(&request.key), hops, "publish started");
                 core.accept_publish();
                 self.publisher = Some(p);

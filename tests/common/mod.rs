@@ -19,7 +19,6 @@ use bytes::Bytes;
 use qrelay::hub::{Hub, StreamStats};
 use qrelay::media::flv::FlvTag;
 use qrelay::media::frame::MediaKind;
-use qrelay::reason::Counters;
 use qrelay::relay::push::Forwarding;
 use qrelay::server::Shutdown;
 use qrelay::Config;
@@ -70,12 +69,14 @@ pub struct TestServer {
     pub ca: PathBuf,
     /// The relay's stream registry, for assertions.
     pub hub: Hub,
+    /// Its open connections (TCP and QUIC), for assertions.
+    pub connections: std::sync::Arc<qrelay::transport::admission::Admission>,
+    /// Its close and refusal counters.
+    pub counters: std::sync::Arc<qrelay::reason::Counters>,
     /// Cancel to stop the relay.
     pub shutdown: Shutdown,
     /// Push forwarding: rules and the status of every forward.
     pub forwarding: Forwarding,
-    /// Closes, refusals and failures by reason.
-    pub counters: Arc<Counters>,
     /// Certificates and the tests' output files; removed on drop.
     pub dir: TempDir,
     task: JoinHandle<std::result::Result<(), qrelay::ServerError>>,
@@ -107,10 +108,10 @@ pub async fn start_server_gated(
     let addr = server.local_addr();
     let ca = server.dev_ca().cloned().context("the relay made no development CA")?;
     let hub = server.hub();
-    let (forwarding, counters) = (server.forwarding(), server.counters());
+    let (connections, counters, forwarding) = (server.connections(), server.counters(), server.forwarding());
     let shutdown = Shutdown::default();
     let task = tokio::spawn(server.run(shutdown.clone()));
-    Ok(TestServer { addr, ca, hub, shutdown, forwarding, counters, dir, task })
+    Ok(TestServer { addr, ca, hub, connections, counters, shutdown, forwarding, dir, task })
 }
 
 impl Drop for TestServer {
