@@ -13,17 +13,21 @@
 //! - [`server`]: binds the one port, accepts (TCP, QUIC with ALPN dispatch) and drives
 //!   each session (byte streams in `server::connection`, RoQR in `server::roqr_conn`)
 //!   until shutdown.
-//! - [`gate`]: the asynchronous decision before a publish or play is accepted.
+//! - [`gate`]: the asynchronous decision before a publish or play is accepted, and the
+//!   gate the configuration asks for: [`auth`] (publish/play tokens), then [`hooks`]
+//!   (HTTP hooks).
 //! - [`reason`]: why connections end or are refused, with stable codes and counters.
 //! - [`client`]: the outbound side (`qrelay publish` / `qrelay play`, relays), own options.
 //! - [`bridge`]: `qrelay bridge`, local RTMP for stock encoders carried upstream over RoQR.
 //! - [`bench`]: `qrelay bench`, the load generator.
 
+pub mod auth;
 pub mod bench;
 pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod gate;
+pub mod hooks;
 pub mod hub;
 pub mod media;
 pub mod reason;
