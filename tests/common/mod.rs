@@ -68,6 +68,8 @@ pub struct TestServer {
     pub ca: PathBuf,
     /// The relay's stream registry, for assertions.
     pub hub: Hub,
+    /// Closes and refusals by reason.
+    pub counters: Arc<qrelay::reason::Counters>,
     /// Cancel to stop the relay.
     pub shutdown: Shutdown,
     /// Certificates and the tests' output files; removed on drop.
@@ -101,9 +103,10 @@ pub async fn start_server_gated(
     let addr = server.local_addr();
     let ca = server.dev_ca().cloned().context("the relay made no development CA")?;
     let hub = server.hub();
+    let counters = server.counters();
     let shutdown = Shutdown::default();
     let task = tokio::spawn(server.run(shutdown.clone()));
-    Ok(TestServer { addr, ca, hub, shutdown, dir, task })
+    Ok(TestServer { addr, ca, hub, counters, shutdown, dir, task })
 }
 
 impl Drop for TestServer {
