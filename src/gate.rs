@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::reason::Reason;
-use crate::url::{query_params, without_query};
+use crate::url::{query_params, redact_tokens, without_query};
 
 /// What a session asks to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +24,8 @@ pub enum Role {
     Play,
 }
 
-/// A publish or play request, as a gate sees it.
-#[derive(Debug, Clone)]
+/// A publish or play request, as a gate sees it. Its `Debug` form hides tokens.
+#[derive(Clone)]
 pub struct Request {
     /// Publish or play.
     pub role: Role,
@@ -40,6 +40,19 @@ pub struct Request {
     pub peer: SocketAddr,
     /// `tcp`, `tls`, `quic` (tunnel) or `roqr`.
     pub transport: &'static str,
+}
+
+impl Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("role", &self.role)
+            .field("session_id", &self.session_id)
+            .field("app", &redact_tokens(&self.app))
+            .field("key", &redact_tokens(&self.key))
+            .field("peer", &self.peer)
+            .field("transport", &self.transport)
+            .finish()
+    }
 }
 
 impl Request {
@@ -197,4 +210,69 @@ pub async fn decide(gate: &dyn Gate, request: &Request, limit: Duration) -> Deci
     tokio::time::timeout(limit, gate.decide(request))
         .await
         .unwrap_or_else(|_| Decision::refuse(Reason::Refused, "the publish/play decision timed out"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn request() -> Request {
+        Request {
+            role: Role::Publish,
+            session_id: "live/cam1".into(),
+            app: "live?token=secret-a&x=1".into(),
+            key: "cam1?token=secret-k".into(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            transport: "tcp",
+        }
+    }
+
+    #[test]
+    fn the_keys_parameters_come_first_and_debug_hides_tokens() {
+        let r = request();
+        assert_eq!((r.app_name(), r.key_name()), ("live", "cam1"));
+        assert_eq!(r.param("token"), Some("secret-k"));
+        assert_eq!(r.param("x"), Some("1"));
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("secret") && shown.contains("token=***"), "{shown}");
+    }
+
+    /// Answers `answer` and counts what it was asked and told.
+    #[derive(Debug)]
+    struct Counting {
+        answer: Decision,
+        asked: AtomicUsize,
+        ended: AtomicUsize,
+    }
+
+    impl Gate for Counting {
+        fn decide(&self, _: &Request) -> Pending {
+            self.asked.fetch_add(1, Ordering::Relaxed);
+            Box::pin(std::future::ready(self.answer.clone()))
+        }
+        fn ended(&self, _: &Request) {
+            self.ended.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chain_stops_at_the_first_refusal_and_tells_every_gate_of_an_end() {
+        let gate =
+            |answer| Arc::new(Counting { answer, asked: AtomicUsize::new(0), ended: AtomicUsize::new(0) });
+        let (allow, refuse, last) = (
+            gate(Decision::Allow),
+            gate(Decision::refuse(Reason::TokenMissing, "no")),
+            gate(Decision::Allow),
+        );
+        let chain = Chain::new(vec![allow.clone(), refuse.clone(), last.clone()]);
+        let got = decide(&chain, &request(), Duration::from_secs(1)).await;
+        assert_eq!(got, Decision::refuse(Reason::TokenMissing, "no"));
+        let asked = |g: &Counting| g.asked.load(Ordering::Relaxed);
+        assert_eq!((asked(&allow), asked(&refuse), asked(&last)), (1, 1, 0));
+        chain.ended(&request());
+        assert!([&allow, &refuse, &last].iter().all(|g| g.ended.load(Ordering::Relaxed) == 1));
+        let open = Chain::new(vec![allow, last]);
+        assert_eq!(decide(&open, &request(), Duration::from_secs(1)).await, Decision::Allow);
+    }
 }
