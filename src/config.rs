@@ -435,7 +435,8 @@ impl Config {
             crate::hooks::check_url(url).map_err(|e| ConfigError::Invalid(format!("hooks.{name}: {e}")))?;
         }
         let t = self.hooks.timeout_ms;
-        if t == 0 || t >= self.handshake_timeout_ms {
+        let hooked = self.hooks.urls().next().is_some();
+        if t == 0 || (hooked && t >= self.handshake_timeout_ms) {
             return Err(ConfigError::Invalid(format!(
                 "hooks.timeout_ms must be within 1..{} (below handshake_timeout_ms, which bounds \
                  every publish/play decision; it is {t})",
@@ -548,6 +549,8 @@ mod tests {
         assert_eq!(c.auth.apps["private"], AppAuth { publish: None, play: Some(AuthMode::Token) });
         assert_eq!(c.auth.apps["a/b"].publish, Some(AuthMode::Open));
         assert_eq!((c.hooks.publish.as_deref(), c.hooks.timeout_ms), (Some("http://127.0.0.1:9/p"), 500));
+        // Without hooks their timeout does not matter.
+        assert!(Config::from_toml("handshake_timeout_ms = 1000").is_ok());
         for (bad, key) in [
             ("[auth]\npublish = \"tokens\"", "publish"),
             ("[auth]\nsecret = \"x\"", "secret"),
@@ -556,7 +559,7 @@ mod tests {
             ("[hooks]\npublish = \"ftp://h/x\"", "hooks.publish"),
             ("[hooks]\nstop = \"/relative\"", "hooks.stop"),
             ("[hooks]\ntimeout_ms = 0", "hooks.timeout_ms"),
-            ("handshake_timeout_ms = 1000\n[hooks]\ntimeout_ms = 2000", "hooks.timeout_ms"),
+            ("handshake_timeout_ms = 1000\n[hooks]\nplay = \"http://h/p\"\ntimeout_ms = 2000", "hooks.timeout_ms"),
         ] {
             let e = Config::from_toml(bad).map(|_| ()).unwrap_err().to_string();
             assert!(e.contains(key), "{bad}: {e}");
