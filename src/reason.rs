@@ -119,6 +119,16 @@ reasons! {
     HookTimeout = 0x1a9, "hook_timeout";
     /// The publish or play hook could not be reached.
     HookFailed = 0x1aa, "hook_failed";
+    /// The cluster registry could not be reached (publish and play go on locally).
+    RegistryUnavailable = 0x1c0, "registry_unavailable";
+    /// A publish refused because another node holds the session ID's lease.
+    PublishedElsewhere = 0x1c1, "published_elsewhere";
+    /// A publisher's lease was taken by another node while it published.
+    LeaseLost = 0x1c2, "lease_lost";
+    /// A pull could not start on an origin (down, refused, no such stream).
+    UpstreamFailed = 0x1c3, "upstream_failed";
+    /// A pull that was playing lost its origin (it pulls again).
+    UpstreamLost = 0x1c4, "upstream_lost";
 }
 
 impl Reason {

@@ -14,6 +14,7 @@ use super::connection::ConnContext;
 use crate::gate::{Decision, Refusal, Request, Role};
 use crate::hub::{Publisher, Subscriber};
 use crate::reason::Reason;
+use crate::registry::PublisherLease;
 use crate::rtmp::session::{ServerCore, ServerEvent};
 
 /// A player's hub side, with whatever its transport keeps per player (`W`: the byte
@@ -51,6 +52,8 @@ pub(super) struct HubLink<W> {
     transport: &'static str,
     pub(super) publisher: Option<Publisher>,
     pub(super) player: Option<Player<W>>,
+    /// The publisher's registry lease, held as long as `publisher`.
+    lease: Option<PublisherLease>,
     pending: Option<Request>,
     /// The request the gate allowed and that has not ended yet: the gate hears of its end
     /// once (`Gate::ended`), however it ends.
@@ -59,7 +62,16 @@ pub(super) struct HubLink<W> {
 
 impl<W: Default> HubLink<W> {
     pub(super) fn new(ctx: ConnContext, peer: SocketAddr, transport: &'static str) -> Self {
-        Self { ctx, peer, transport, publisher: None, player: None, pending: None, allowed: None }
+        Self {
+            ctx,
+            peer,
+            transport,
+            publisher: None,
+            player: None,
+            lease: None,
+            pending: None,
+            allowed: None,
+        }
     }
 
     /// Acts on an event of the session core. A player that stopped is returned, for the
@@ -78,6 +90,7 @@ impl<W: Default> HubLink<W> {
                 }
             }
             ServerEvent::Unpublish => {
+                self.lease = None;
                 if self.publisher.take().is_some() {
                     info!("publish ended by the publisher");
                     self.end_allowed();
@@ -98,7 +111,7 @@ impl<W: Default> HubLink<W> {
     pub(super) async fn decide_pending(&mut self, core: &mut ServerCore) -> Next {
         let Some(request) = self.pending.take() else { return Next::Continue };
         let decision = self.ctx.decide(&request).await;
-        self.on_decision(core, request, decision)
+        self.on_decision(core, request, decision).await
     }
 
     fn request(&self, role: Role, session_id: String, app: String, key: String) -> Request {
@@ -106,15 +119,33 @@ impl<W: Default> HubLink<W> {
         Request { role, session_id, app, key, peer: self.peer, transport: self.transport }
     }
 
-    fn on_decision(&mut self, core: &mut ServerCore, request: Request, decision: Decision) -> Next {
+    async fn on_decision(&mut self, core: &mut ServerCore, request: Request, decision: Decision) -> Next {
         if decision == Decision::Allow {
-            // Whatever follows (even the hub's refusal), the gate hears of the end.
+            // Whatever follows (even the hub's or the registry's refusal), the gate hears
+            // of the end.
             self.end_allowed();
             self.allowed = Some(request.clone());
         }
         match (request.role, decision) {
             (Role::Publish, Decision::Allow) => match self.ctx.hub.publish(&request.session_id) {
                 Ok(p) => {
+                    // Claimed here first (the hub's claim is instant and local), then in
+                    // the cluster, so two publishers racing on one node never both ask
+                    // the registry.
+                    let registry = self.ctx.registry.clone();
+                    let counters = self.ctx.counters.clone();
+                    match PublisherLease::acquire(registry, &request.session_id, counters).await {
+                        Ok(lease) => self.lease = Some(lease),
+                        Err(node) => {
+                            drop(p);
+                            self.ctx.counters.count(Reason::PublishedElsewhere);
+                            warn!(%node, "publish refused: another node publishes this session ID");
+                            let why = format!("the stream is being published on {node}");
+                            core.reject_publish("NetStream.Publish.BadName", &why);
+                            self.end_allowed();
+                            return Next::CloseAfterFlush;
+                        }
+                    }
                     info!(key = %redact(&request.key), "publish started");
                     core.accept_publish();
                     self.publisher = Some(p);
@@ -131,6 +162,11 @@ impl<W: Default> HubLink<W> {
             (Role::Play, Decision::Allow) => {
                 info!("play requested");
                 let sub = self.ctx.hub.subscribe(&request.session_id);
+                // Subscribed first: a pull that is just ending sees this player and
+                // starts again (`Puller::want`).
+                if !self.ctx.hub.is_live(&request.session_id) {
+                    self.ctx.puller.want(&request.session_id);
+                }
                 let deadline = Instant::now() + self.ctx.hub.config().play_wait;
                 self.player = Some(Player { sub, live: false, deadline, writer: W::default() });
                 Next::Continue
