@@ -373,7 +373,7 @@ impl Inner {
             let sub = hub.subscribe(&live.session_id);
             let shared = Arc::new(Shared {
                 session_id: live.session_id.clone(),
-                target: url.redacted(key),
+                target: url.redacted_target(key),
                 state: Mutex::new((ForwardState::Connecting, SystemTime::now(), None)),
                 bytes_sent: AtomicU64::new(0),
                 reconnects: AtomicU32::new(0),

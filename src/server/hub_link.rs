@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::connection::ConnContext;
-use crate::gate::{Decision, Request, Role};
+use crate::gate::{Decision, Refusal, Request, Role};
 use crate::hub::{Publisher, Subscriber};
 use crate::reason::Reason;
 use crate::registry::PublisherLease;
@@ -56,11 +56,23 @@ pub(super) struct HubLink<W> {
     /// The publisher's registry lease, held as long as `publisher`.
     lease: Option<PublisherLease>,
     pending: Option<Request>,
+    /// The request the gate allowed and that has not ended yet: the gate hears of its end
+    /// once (`Gate::ended`), however it ends.
+    allowed: Option<Request>,
 }
 
 impl<W: Default> HubLink<W> {
     pub(super) fn new(ctx: ConnContext, peer: SocketAddr, transport: &'static str) -> Self {
-        Self { ctx, peer, transport, publisher: None, player: None, lease: None, pending: None }
+        Self {
+            ctx,
+            peer,
+            transport,
+            publisher: None,
+            player: None,
+            lease: None,
+            pending: None,
+            allowed: None,
+        }
     }
 
     /// Acts on an event of the session core. A player that stopped is returned, for the
@@ -82,11 +94,13 @@ impl<W: Default> HubLink<W> {
                 self.lease = None;
                 if self.publisher.take().is_some() {
                     info!("publish ended by the publisher");
+                    self.end_allowed();
                 }
             }
             ServerEvent::StopPlay => {
                 let p = self.player.take()?;
                 info!(skipped = p.sub.skipped(), "play stopped by the player");
+                self.end_allowed();
                 return Some(p);
             }
         }
@@ -107,6 +121,12 @@ impl<W: Default> HubLink<W> {
     }
 
     async fn on_decision(&mut self, core: &mut ServerCore, request: Request, decision: Decision) -> Next {
+        if decision == Decision::Allow {
+            // Whatever follows (even the hub's or the registry's refusal), the gate hears
+            // of the end.
+            self.end_allowed();
+            self.allowed = Some(request.clone());
+        }
         match (request.role, decision) {
             (Role::Publish, Decision::Allow) => {
                 let hops = match self.relayed_hops(core) {
@@ -115,6 +135,7 @@ impl<W: Default> HubLink<W> {
                         self.ctx.counters.count(Reason::HopLimit);
                         warn!(reason = %refusal, "publish refused");
                         core.reject_publish("NetStream.Publish.BadName", &refusal);
+                        self.end_allowed();
                         return Next::CloseAfterFlush;
                     }
                 };
@@ -132,16 +153,16 @@ impl<W: Default> HubLink<W> {
                 self.player = Some(Player { sub, live: false, deadline, writer: W::default() });
                 Next::Continue
             }
-            (Role::Publish, Decision::Refuse(reason)) => {
-                self.ctx.counters.count(Reason::Refused);
-                warn!(%reason, "publish refused by the gate");
-                core.reject_publish("NetStream.Publish.BadName", &reason);
+            (Role::Publish, Decision::Refuse(Refusal { reason, message })) => {
+                self.ctx.counters.count(reason);
+                warn!(%reason, detail = %message, "publish refused by the gate");
+                core.reject_publish("NetStream.Publish.BadName", &message);
                 Next::CloseAfterFlush
             }
-            (Role::Play, Decision::Refuse(reason)) => {
-                self.ctx.counters.count(Reason::Refused);
-                warn!(%reason, "play refused by the gate");
-                core.reject_play("NetStream.Play.Failed", &reason);
+            (Role::Play, Decision::Refuse(Refusal { reason, message })) => {
+                self.ctx.counters.count(reason);
+                warn!(%reason, detail = %message, "play refused by the gate");
+                core.reject_play("NetStream.Play.Failed", &message);
                 Next::CloseAfterFlush
             }
         }
@@ -165,6 +186,7 @@ impl<W: Default> HubLink<W> {
                         warn!(%node, "publish refused: another node publishes this session ID");
                         let why = format!("the stream is being published on {node}");
                         core.reject_publish("NetStream.Publish.BadName", &why);
+                        self.end_allowed();
                         return Next::CloseAfterFlush;
                     }
                 }
@@ -175,8 +197,9 @@ impl<W: Default> HubLink<W> {
             }
             Err(e) => {
                 self.ctx.counters.count(Reason::of_hub(&e));
-                warn!(reason = %e, "publish refused");
+                warn!(reason = %Reason::of_hub(&e), detail = %e, "publish refused");
                 core.reject_publish("NetStream.Publish.BadName", &e.to_string());
+                self.end_allowed();
                 Next::CloseAfterFlush
             }
         }
@@ -191,6 +214,13 @@ impl<W: Default> HubLink<W> {
             return Err(format!("the stream passed {hops} relays, more than max_hops ({max})"));
         }
         Ok(hops)
+    }
+
+    /// Tells the gate that the request it allowed ended (once).
+    fn end_allowed(&mut self) {
+        if let Some(request) = self.allowed.take() {
+            self.ctx.gate.ended(&request);
+        }
     }
 
     /// What the player waits for next; pending for ever without a player.
@@ -219,6 +249,7 @@ impl<W: Default> HubLink<W> {
             info!("no publisher within the play wait");
             core.reject_play("NetStream.Play.StreamNotFound", "no such stream is being published");
             self.player = None;
+            self.end_allowed();
             Next::CloseAfterFlush
         }
     }
@@ -231,6 +262,7 @@ impl<W: Default> HubLink<W> {
             info!(skipped = p.sub.skipped(), "stream ended; closing player");
         }
         core.play_ended();
+        self.end_allowed();
         player
     }
 
@@ -238,6 +270,15 @@ impl<W: Default> HubLink<W> {
     /// stream ends).
     pub(super) fn live_player(&self) -> bool {
         self.player.as_ref().is_some_and(|p| p.live)
+    }
+}
+
+impl<W> Drop for HubLink<W> {
+    /// The session is over: a publish or play still on ended with it.
+    fn drop(&mut self) {
+        if let Some(request) = self.allowed.take() {
+            self.ctx.gate.ended(&request);
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::gate::{self, Gate};
 use crate::hub::Hub;
@@ -52,6 +53,7 @@ pub struct Server {
     dev_ca: Option<PathBuf>,
     hub: Hub,
     gate: Arc<dyn Gate>,
+    auth: Option<Arc<Auth>>,
     counters: Arc<Counters>,
     forwarding: Forwarding,
     registry: Arc<dyn Registry>,
@@ -71,6 +73,9 @@ pub enum ServerError {
     /// The configuration is not usable.
     #[error("{0}")]
     Config(crate::config::ConfigError),
+    /// The configured gate (tokens, hooks) cannot work: no secret, a bad one...
+    #[error("{0}")]
+    Gate(gate::GateError),
     /// Certificates could not be loaded or made.
     #[error("{0}")]
     Tls(tls::TlsError),
@@ -104,6 +109,12 @@ impl From<crate::config::ConfigError> for ServerError {
     }
 }
 
+impl From<gate::GateError> for ServerError {
+    fn from(e: gate::GateError) -> Self {
+        Self::Gate(e)
+    }
+}
+
 impl From<tls::TlsError> for ServerError {
     fn from(e: tls::TlsError) -> Self {
         Self::Tls(e)
@@ -129,6 +140,8 @@ impl Server {
     /// Binds TCP and UDP on the same port and loads (or makes) the certificates.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
+        // Before any port is taken: a missing secret is a configuration error at start.
+        let gate::Configured { gate, auth } = gate::from_config(&config)?;
         let (identity, created) = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => (tls::load_identity(cert, key)?, false),
             _ => tls::dev_identity(&config.cert_dir)?,
@@ -153,7 +166,6 @@ impl Server {
         let me = config.node(local_addr)?;
         let forwarding = Forwarding::new(&config, local_addr, me, counters.clone());
         let hub = Hub::with_watcher(config.hub(), Arc::new(forwarding.clone()));
-        let gate: Arc<dyn Gate> = Arc::new(gate::Open);
         let registry = registry_from(&config, local_addr)?;
         let config_limits = (config.max_connections, config.max_connections_per_ip);
         Ok(Self {
@@ -165,6 +177,7 @@ impl Server {
             dev_ca: identity.dev_ca,
             hub,
             gate,
+            auth,
             counters,
             forwarding,
             registry,
@@ -182,10 +195,16 @@ impl Server {
         self.dev_ca.as_ref()
     }
 
-    /// Replaces the gate that decides publish and play requests (the default lets
-    /// everything through).
+    /// Replaces the gate that decides publish and play requests (by default the one the
+    /// configuration asks for: tokens, then hooks; with neither, everything goes through).
     pub fn set_gate(&mut self, gate: Arc<dyn Gate>) {
         self.gate = gate;
+    }
+
+    /// The token rules and secret, when a secret is configured: mints publish and play
+    /// tokens this relay accepts ([`Auth::mint`]).
+    pub fn auth(&self) -> Option<Arc<Auth>> {
+        self.auth.clone()
     }
 
     /// Closes and refusals by reason (for tests and metrics).

@@ -273,7 +273,8 @@ fn mb(kib: u64) -> f64 {
 /// Runs the bench and returns its report (also printed as a progress line each second
 /// unless `quiet`). Writing `--json` is the caller's business.
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
-    let base = StreamUrl::parse(&args.url).with_context(|| format!("bad URL `{}`", args.url))?;
+    let base = StreamUrl::parse(&args.url)
+        .with_context(|| format!("bad URL `{}`", qrelay_proto::url::redact_tokens(&args.url)))?;
     anyhow::ensure!(args.streams >= 1, "--streams must be at least 1");
     anyhow::ensure!(
         args.churn_rate >= 0.0 && args.churn_rate.is_finite() && args.churn_rate <= 10_000.0,
