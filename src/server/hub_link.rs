@@ -147,7 +147,10 @@ impl<W: Default> HubLink<W> {
                 // Subscribed first: a pull that is just ending sees this player and
                 // starts again (`Puller::want`).
                 if !self.ctx.hub.is_live(&request.session_id) {
-                    self.ctx.puller.want(&request.session_id);
+                    // A player that is itself a pulling relay says how far the stream
+                    // would have travelled; a malformed count starts no pull.
+                    let hops = hops::announced_hops(core.connect_property(hops::HOPS_PROPERTY));
+                    self.ctx.puller.want(&request.session_id, hops.unwrap_or(u32::MAX));
                 }
                 let deadline = Instant::now() + self.ctx.hub.config().play_wait;
                 self.player = Some(Player { sub, live: false, deadline, writer: W::default() });

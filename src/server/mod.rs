@@ -305,6 +305,7 @@ impl Server {
             me: c.node(self.local_addr).ok().flatten(),
             local: self.local_addr,
             idle: Duration::from_millis(c.pull_idle_ms),
+            max_hops: c.max_hops,
             client,
         };
         Puller::new(self.hub.clone(), self.registry.clone(), settings, self.counters.clone(), stop)
