@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -200,14 +199,36 @@ async fn a_pull_chain_longer_than_max_hops_is_not_started() -> Result {
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_pulls_from_nginx_rtmp() -> Result {
+    bounded(async {
+        // Any RTMP server can be an origin: here nginx-rtmp, over plain RTMP.
+        let nginx = Nginx::start().await?;
+        let _publisher = spawn(&mut ffmpeg_publisher(&media().flv, &nginx.url("ng"), true))?;
+        let origin = format!("rtmp://127.0.0.1:{}", nginx.port);
+        let edge = start_server_with(|c| c.origin = vec![origin]).await?;
+        // nginx answers a play at once, live or not: retry until the stream is there.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut watcher = loop {
+            let mut p = player(&edge, "rtmp", "ng").await?;
+            match pictures(&mut p, 30, Duration::from_secs(5)).await {
+                Ok(_) => break p,
+                // Before nginx had the stream (its play ended at once): again.
+                Err(_) if tokio::time::Instant::now() < deadline => {}
+                Err(e) => return Err(e),
+            }
+        };
+        let second = pictures(&mut watcher, 30, Duration::from_secs(10)).await?;
+        ensure!(second.len() == 30, "the edge stopped relaying nginx's stream");
+        ensure!(edge.stats("ng").is_some_and(|s| s.live), "the pulled stream is not live on the edge");
+        Ok(())
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------
 // A cluster with a Redis registry
 // ---------------------------------------------------------------------------------------
-
-/// A port free on TCP now (a server started on it next has it to itself in practice).
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 /// A `redis-server` on a free loopback port, without persistence; killed on drop.
 struct RedisServer {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -33,12 +33,6 @@ fn rule(streams: &str, to: &[String]) -> ForwardRule {
     ForwardRule { streams: streams.into(), to: to.to_vec() }
 }
 
-/// A loopback port nobody listens on now (bound and released: the kernel does not hand
-/// it out again soon).
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Waits for a child to exit within `limit` and requires success.
 async fn expect_exit(child: Child, what: &str, limit: Duration) -> Result {
     expect_success(&finish(child, what, limit).await?, what)
@@ -51,69 +45,6 @@ async fn expect_same_packets(input: &Path, played: &Path) -> Result<usize> {
         .with_context(|| format!("comparing {}", played.display()))?;
     ensure!(compared > 100, "only {compared} packets compared in {}", played.display());
     Ok(compared)
-}
-
-// ---------------------------------------------------------------------------------------
-// nginx-rtmp
-// ---------------------------------------------------------------------------------------
-
-const NGINX_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
-
-/// nginx with the RTMP module as a child process (one process, no daemon), application
-/// `live` on a loopback port of its own; killed when dropped.
-struct Nginx {
-    port: u16,
-    _child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    async fn start() -> Result<Self> {
-        ensure!(
-            Path::new(NGINX_MODULE).exists(),
-            "nginx-rtmp missing: run scripts/install-test-deps.sh (nginx-light, libnginx-mod-rtmp)"
-        );
-        let dir = tempfile::Builder::new().prefix("qrelay-nginx-").tempdir()?;
-        let port = free_port()?;
-        let work = dir.path().display();
-        let conf = format!(
-            "load_module {NGINX_MODULE};\n\
-             daemon off;\n\
-             master_process off;\n\
-             pid {work}/nginx.pid;\n\
-             error_log {work}/error.log error;\n\
-             events {{ worker_connections 256; }}\n\
-             rtmp {{\n\
-               access_log off;\n\
-               server {{\n\
-                 listen 127.0.0.1:{port};\n\
-                 chunk_size 4096;\n\
-                 application live {{ live on; }}\n\
-               }}\n\
-             }}\n"
-        );
-        let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf)?;
-        let mut cmd = tokio::process::Command::new("nginx");
-        cmd.arg("-c").arg(&conf_path).arg("-p").arg(dir.path()).arg("-e").arg(dir.path().join("error.log"));
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let child = spawn(&mut cmd)?;
-        // Listening is the event to wait for: nginx has no readiness signal of its own.
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            ensure!(tokio::time::Instant::now() < deadline, "nginx did not listen on {addr} within 10 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(Self { port, _child: child, _dir: dir })
-    }
-
-    fn url(&self, key: &str) -> String {
-        format!("rtmp://127.0.0.1:{}/live/{key}", self.port)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
