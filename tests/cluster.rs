@@ -226,6 +226,38 @@ async fn an_edge_pulls_from_nginx_rtmp() -> Result {
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_sharing_the_token_secret_pulls_from_an_origin_that_requires_tokens() -> Result {
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "a cluster-wide secret of 32 bytes")?;
+        let file = secret.clone();
+        let origin = start_server_with(|c| {
+            c.auth.secret_file = Some(file);
+            c.auth.play = qrelay::auth::AuthMode::Token;
+        })
+        .await?;
+        let _publisher = spawn(&mut ffmpeg_publisher(&media().flv, &origin.url("rtmp", "tk"), true))?;
+        origin.wait_live("tk").await?;
+        // Players of the edge need no token (its own play is open); its pull carries one.
+        let file = secret.clone();
+        let edge = edge_of(&origin, |c| c.auth.secret_file = Some(file)).await?;
+        let mut p = player(&edge, "rtmp", "tk").await?;
+        pictures(&mut p, 10, Duration::from_secs(10)).await?;
+        // An edge without the secret is refused by the origin.
+        let stranger = edge_of(&origin, |c| c.play_wait_ms = 1_500).await?;
+        ensure!(player(&stranger, "rtmp", "tk").await.is_err(), "a pull without a token was let in");
+        ensure!(stranger.counters.get(Reason::UpstreamFailed) >= 1, "the refused pull was not counted");
+        ensure!(
+            origin.counters.get(Reason::TokenMissing) >= 1,
+            "the origin did not refuse for want of a token"
+        );
+        Ok(())
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------
 // A cluster with a Redis registry
 // ---------------------------------------------------------------------------------------

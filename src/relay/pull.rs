@@ -23,6 +23,8 @@ use super::backoff::Backoff;
 use super::hops;
 use super::node::{is_self, relay_mapping, NodeUrl};
 use super::splice::Splice;
+use crate::auth::token::TokenRole;
+use crate::auth::Auth;
 use crate::client::{ClientError, ClientOptions, QuicPool, RtmpClient};
 use crate::hub::{Hub, HubError, Publisher};
 use crate::media::frame::Frame;
@@ -58,6 +60,9 @@ pub struct PullSettings {
     pub idle: Duration,
     /// Relays a stream may pass through (`max_hops`).
     pub max_hops: u32,
+    /// This node's token secret, when it has one: a cluster shares it, and a pull then
+    /// carries a play token it minted, so origins that require tokens let edges in.
+    pub auth: Option<Arc<Auth>>,
     /// How to reach upstreams.
     pub client: ClientOptions,
 }
@@ -272,7 +277,7 @@ impl Puller {
         players: &mut watch::Receiver<usize>,
     ) -> Outcome {
         let inner = &self.inner;
-        let url = match upstream_url(node, session_id) {
+        let url = match upstream_url(node, session_id, inner.settings.auth.as_deref()) {
             Ok(u) => u,
             Err(e) => return Outcome::Failed(e),
         };
@@ -340,10 +345,19 @@ impl Inner {
     }
 }
 
-/// The URL of `session_id` on `node`, in the mapping relay links use.
-fn upstream_url(node: &NodeUrl, session_id: &str) -> Result<StreamUrl, ClientError> {
+/// How long a pull's play token is valid: it is checked once, when the play starts.
+const PULL_TOKEN_TTL: Duration = Duration::from_secs(300);
+
+/// The URL of `session_id` on `node`, in the mapping relay links use, with a play token
+/// when this node can mint one.
+fn upstream_url(node: &NodeUrl, session_id: &str, auth: Option<&Auth>) -> Result<StreamUrl, ClientError> {
+    let token = auth.and_then(|a| a.mint(session_id, TokenRole::Play, PULL_TOKEN_TTL).ok());
+    let path = match token {
+        Some(t) => format!("{session_id}?token={t}"),
+        None => session_id.to_owned(),
+    };
     let mut url = node
-        .stream_url(session_id)
+        .stream_url(&path)
         .map_err(|_| ClientError::Unsupported("the session ID does not make a URL on this origin"))?;
     if let Some(mapping) = relay_mapping(node) {
         url.transport = Transport::Quic(mapping);

@@ -306,6 +306,7 @@ impl Server {
             local: self.local_addr,
             idle: Duration::from_millis(c.pull_idle_ms),
             max_hops: c.max_hops,
+            auth: self.auth.clone(),
             client,
         };
         Puller::new(self.hub.clone(), self.registry.clone(), settings, self.counters.clone(), stop)
