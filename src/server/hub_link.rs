@@ -1,7 +1,9 @@
 //! The session↔hub rules every transport shares, free of sockets: a publish or play
 //! request waits for the gate, then the hub (one publisher per session ID, players wait
 //! for a publisher up to `play_wait_ms`); refusals answer with their status code and are
-//! counted; the end of a stream ends its players. The byte-stream driver
+//! counted; the end of a stream ends its players. A publisher that unpublishes ends its
+//! stream; one whose session ends otherwise leaves its players a grace, and one replaced
+//! by a new publisher (a takeover) has its session closed. The byte-stream driver
 //! (`connection.rs`) and the RoQR driver (`roqr_conn.rs`) own the I/O and call in here
 //! with the message-level [`ServerCore`] of their framing.
 
@@ -12,7 +14,7 @@ use tracing::{info, warn};
 
 use super::connection::ConnContext;
 use crate::gate::{Decision, Request, Role};
-use crate::hub::{Publisher, Subscriber};
+use crate::hub::{Publisher, Subscriber, Takeover};
 use crate::reason::Reason;
 use crate::rtmp::session::{ServerCore, ServerEvent};
 
@@ -75,7 +77,8 @@ impl<W: Default> HubLink<W> {
                 }
             }
             ServerEvent::Unpublish => {
-                if self.publisher.take().is_some() {
+                if let Some(p) = self.publisher.take() {
+                    p.finish();
                     info!("publish ended by the publisher");
                 }
             }
@@ -103,20 +106,22 @@ impl<W: Default> HubLink<W> {
 
     fn on_decision(&mut self, core: &mut ServerCore, request: Request, decision: Decision) -> Next {
         match (request.role, decision) {
-            (Role::Publish, Decision::Allow) => match self.ctx.hub.publish(&request.session_id) {
-                Ok(p) => {
-                    info!(key = %redact(&request.key), "publish started");
-                    core.accept_publish();
-                    self.publisher = Some(p);
-                    Next::Continue
+            (Role::Publish, Decision::Allow) => {
+                match self.ctx.hub.publish_with(&request.session_id, takeover(&request)) {
+                    Ok(p) => {
+                        info!(key = %redact(&request.key), "publish started");
+                        core.accept_publish();
+                        self.publisher = Some(p);
+                        Next::Continue
+                    }
+                    Err(e) => {
+                        self.ctx.counters.count(Reason::of_hub(&e));
+                        warn!(reason = %e, "publish refused");
+                        core.reject_publish("NetStream.Publish.BadName", &e.to_string());
+                        Next::CloseAfterFlush
+                    }
                 }
-                Err(e) => {
-                    self.ctx.counters.count(Reason::of_hub(&e));
-                    warn!(reason = %e, "publish refused");
-                    core.reject_publish("NetStream.Publish.BadName", &e.to_string());
-                    Next::CloseAfterFlush
-                }
-            },
+            }
             (Role::Play, Decision::Allow) => {
                 info!("play requested");
                 let sub = self.ctx.hub.subscribe(&request.session_id);
@@ -137,6 +142,21 @@ impl<W: Default> HubLink<W> {
                 Next::CloseAfterFlush
             }
         }
+    }
+
+    /// Resolves when another publisher took this session's place; pending for ever
+    /// without a publisher.
+    pub(super) async fn publisher_replaced(&self) {
+        match &self.publisher {
+            Some(p) => p.replaced().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// This session's publisher was replaced: it lets go of the stream (which goes on
+    /// with the new publisher) and the session closes.
+    pub(super) fn on_replaced(&mut self) {
+        self.publisher = None;
     }
 
     /// What the player waits for next; pending for ever without a player.
@@ -185,6 +205,14 @@ impl<W: Default> HubLink<W> {
     pub(super) fn live_player(&self) -> bool {
         self.player.as_ref().is_some_and(|p| p.live)
     }
+}
+
+/// Whether a publish may replace the current publisher of its session ID. Until publish
+/// credentials exist, only one silent for `publisher_takeover_ms` (a frozen encoder,
+/// a connection dead without a reset) can be; when the gate can tell that `request` carries
+/// the current publisher's own credentials, this answers [`Takeover::Now`] for it.
+fn takeover(_request: &Request) -> Takeover {
+    Takeover::IfSilent
 }
 
 /// A stream key for logs: the name without its query (tokens stay out of logs).
