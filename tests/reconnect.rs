@@ -358,3 +358,47 @@ async fn a_frozen_publisher_is_replaced_after_a_short_silence() -> Result {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_closed_for_silence_leaves_its_players_a_grace() -> Result {
+    bounded(async {
+        // No takeover: the idle timeout is what ends the silent publisher.
+        let srv = start_server_with(|c| {
+            c.idle_timeout_ms = 500;
+            c.publisher_takeover_ms = 0;
+        })
+        .await?;
+        let opts = client_options(&srv);
+        let url = StreamUrl::parse(&srv.url("rtmp", "idle"))?;
+        let recorder = spawn_recorder(srv.url("rtmp", "idle"), opts.clone());
+        srv.wait_subscribers("idle", 1).await?;
+
+        let mut silent = RtmpClient::connect(&url, ClientMode::Publish, &opts).await?;
+        silent.send_media(MediaKind::Video, 0, synth_header(1)).await?;
+        for i in 0..5 {
+            silent.send_media(MediaKind::Video, i * 33, synth_frame(1, i)).await?;
+        }
+        let stats = srv.wait_stats("idle", "the grace after the idle timeout", |s| s.grace).await?;
+        ensure!(stats.subscribers == 1 && !recorder.is_finished(), "the player left: {stats:?}");
+        ensure!(srv.counters.get(Reason::PeerSilent) == 1, "the idle close was not counted");
+
+        let mut new = RtmpClient::connect(&url, ClientMode::Publish, &opts).await?;
+        new.send_media(MediaKind::Video, 0, synth_header(2)).await?;
+        new.send_media(MediaKind::Video, 0, synth_frame(2, 0)).await?;
+        new.finish().await?;
+        let played =
+            tokio::time::timeout(END_LIMIT, recorder).await.context("the player did not end")???;
+        let got: Vec<(u32, Bytes)> = played.msgs.iter().map(|m| (m.ts, m.payload.clone())).collect();
+        let resumed = 4 * 33 + RESUME_STEP_MS;
+        ensure!(
+            got.ends_with(&[(resumed, synth_header(2)), (resumed, synth_frame(2, 0))]) && got.len() == 8,
+            "the player got {:?}",
+            got.iter().map(|(ts, p)| (*ts, p.len())).collect::<Vec<_>>()
+        );
+        drop(silent);
+        let events = srv.hub.publisher_events();
+        ensure!((events.graces, events.resumed) == (1, 1), "{events:?}");
+        Ok(())
+    })
+    .await
+}
