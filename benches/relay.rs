@@ -15,15 +15,16 @@ use qrelay::hub::{DirectSink, Hub, HubConfig, Subscriber};
 use qrelay::media::frame::{inspect_video, Frame, MediaKind};
 use qrelay::rtmp::chunk::{self, ChunkDecoder, DecoderLimits, Message};
 use qrelay::rtmp::handshake::Handshake;
+use qrelay_bench::synth::VideoPlan;
 
 /// A 3 Mbit/s, 30 fps inter frame is about 12 KB; a keyframe about 60 KB.
 const INTER: usize = 12 * 1024;
 const KEY: usize = 60 * 1024;
 
+/// A synthetic video payload of `len` bytes (`qrelay_bench::synth`, the stream the load
+/// generator publishes): frame 0 of its GOP for a keyframe, frame 1 otherwise.
 fn video_payload(key: bool, len: usize) -> Bytes {
-    let mut p = vec![0xA5u8; len];
-    p[..5].copy_from_slice(&[if key { 0x17 } else { 0x27 }, 1, 0, 0, 0]);
-    Bytes::from(p)
+    VideoPlan::fixed(30, 30, len).frame(u64::from(!key), 0)
 }
 
 fn video_message(ts: u32, payload: Bytes) -> Message {

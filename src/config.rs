@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::hub::{HubConfig, QueueLimits};
+use crate::relay::node::NodeUrl;
 use crate::rtmp::chunk::DecoderLimits;
 use crate::rtmp::session::SessionConfig;
 use crate::transport::quic::QuicSettings;
@@ -123,6 +124,34 @@ pub struct Config {
     /// On SIGTERM, how long sessions get to finish before the relay exits anyway.
     #[arg(long, env = "QRELAY_SHUTDOWN_GRACE_MS", default_value_t = Config::default().shutdown_grace_ms)]
     pub shutdown_grace_ms: u64,
+    /// Origins an edge pulls a stream from when a player asks for one not published
+    /// here: node URLs (`rtmp+quic://origin:1935`, `rtmp://nginx:1935`), tried in order
+    /// after the registry's answer. Repeat the flag (or separate with commas) for more.
+    #[arg(long = "origin", env = "QRELAY_ORIGIN", value_delimiter = ',')]
+    pub origin: Vec<String>,
+    /// How long a pulled stream's upstream stays open after its last player left.
+    #[arg(long, env = "QRELAY_PULL_IDLE_MS", default_value_t = Config::default().pull_idle_ms)]
+    pub pull_idle_ms: u64,
+    /// Cluster registry: `redis://host:port[/db]`. Without it, each node decides alone
+    /// and edges pull from the `origin` list.
+    #[arg(long, env = "QRELAY_REGISTRY")]
+    pub registry: Option<String>,
+    /// How other nodes reach this one (`rtmp+quic://10.0.0.1:1935`), registered with each
+    /// local publisher's lease. Defaults to `rtmp+quic://` and the listen address when
+    /// that is not a wildcard.
+    #[arg(long, env = "QRELAY_NODE_URL")]
+    pub node_url: Option<String>,
+    /// A publisher's registry lease: another node may take its session ID over this long
+    /// after this node stopped refreshing it (it died or lost the registry).
+    #[arg(long, env = "QRELAY_REGISTRY_LEASE_MS", default_value_t = Config::default().registry_lease_ms)]
+    pub registry_lease_ms: u64,
+    /// CA certificates (PEM) trusted on this relay's own outbound links (origins it
+    /// pulls from); the web PKI roots when absent.
+    #[arg(long, env = "QRELAY_RELAY_CA")]
+    pub relay_ca: Option<PathBuf>,
+    /// Skip certificate checks on outbound links (development only).
+    #[arg(long, env = "QRELAY_RELAY_INSECURE", action = clap::ArgAction::Set, default_value_t = false)]
+    pub relay_insecure: bool,
 }
 
 impl Default for Config {
@@ -158,6 +187,13 @@ impl Default for Config {
             publisher_grace_ms: 5_000,
             publisher_takeover_ms: 2_000,
             shutdown_grace_ms: 5_000,
+            origin: Vec::new(),
+            pull_idle_ms: 5_000,
+            registry: None,
+            node_url: None,
+            registry_lease_ms: 5_000,
+            relay_ca: None,
+            relay_insecure: false,
         }
     }
 }
@@ -321,10 +357,65 @@ impl Config {
         if self.queue_max_bytes == 0 {
             return bad("queue_max_bytes must be non-zero (every frame would be dropped)");
         }
+        for origin in &self.origin {
+            NodeUrl::parse(origin).map_err(|e| ConfigError::Invalid(format!("origin `{origin}`: {e}")))?;
+        }
+        if let Some(registry) = &self.registry {
+            if !registry.starts_with("redis://") {
+                return Err(ConfigError::Invalid(format!(
+                    "registry `{registry}`: only redis://host:port[/db] is supported"
+                )));
+            }
+            // Port 0 is chosen at bind time, where the node URL is made.
+            let listen = SocketAddr::new(self.listen.ip(), self.listen.port().max(1));
+            self.node(listen)?;
+            if !(300..=MAX_MS).contains(&self.registry_lease_ms) {
+                return bad("registry_lease_ms must be at least 300 (three heartbeats fit in a lease)");
+            }
+        } else if let Some(url) = &self.node_url {
+            NodeUrl::parse(url).map_err(|e| ConfigError::Invalid(format!("node_url `{url}`: {e}")))?;
+        }
+        if self.pull_idle_ms > MAX_MS {
+            return bad("pull_idle_ms must be at most a day");
+        }
         if self.max_pending_bytes < self.max_message_size as usize {
             return bad("max_pending_bytes must be at least max_message_size (or no message that large arrives whole)");
         }
         Ok(())
+    }
+
+    /// This node's URL for other nodes: `node_url`, or QUIC on the address the relay is
+    /// bound to (`bound`) when that names one. `None` without either (then only the
+    /// embedded registry works).
+    pub fn node(&self, bound: SocketAddr) -> Result<Option<NodeUrl>, ConfigError> {
+        let url = match (&self.node_url, bound.ip().is_unspecified()) {
+            (Some(url), _) => url.clone(),
+            (None, false) => format!("rtmp+quic://{bound}"),
+            (None, true) if self.registry.is_some() => {
+                return Err(ConfigError::Invalid(
+                    "node_url is needed with a registry when listen is a wildcard address \
+                     (how do other nodes reach this one?)"
+                        .into(),
+                ))
+            }
+            (None, true) => return Ok(None),
+        };
+        NodeUrl::parse(&url).map(Some).map_err(|e| ConfigError::Invalid(format!("node_url `{url}`: {e}")))
+    }
+
+    /// The static origins, parsed (checked by `validate`).
+    pub fn origins(&self) -> Vec<NodeUrl> {
+        self.origin.iter().filter_map(|o| NodeUrl::parse(o).ok()).collect()
+    }
+
+    /// Certificate trust for outbound relay links.
+    pub fn relay_trust(&self) -> crate::transport::tls::Trust {
+        use crate::transport::tls::Trust;
+        match (&self.relay_ca, self.relay_insecure) {
+            (_, true) => Trust::Insecure,
+            (Some(ca), false) => Trust::CaFile(ca.clone()),
+            (None, false) => Trust::WebPki,
+        }
     }
 
     /// Settings of each RTMP session.

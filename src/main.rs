@@ -69,7 +69,7 @@ enum Command {
     },
     /// Load-test an RTMP server (any, over TCP; qrelay also over QUIC): publishers,
     /// players, latency, loss, server CPU and memory.
-    Bench(qrelay::bench::BenchArgs),
+    Bench(qrelay_bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -197,7 +197,7 @@ async fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Resul
         }
         Command::Bench(args) => {
             let json = args.json.clone();
-            let report = qrelay::bench::run(args).await?;
+            let report = qrelay_bench::run(args).await?;
             print!("{}", report.table());
             if let Some(path) = json {
                 std::fs::write(&path, report.to_json())

@@ -105,6 +105,16 @@ reasons! {
     Shutdown = 0x190, "shutdown";
     /// Another I/O failure.
     Io = 0x191, "io";
+    /// The cluster registry could not be reached (publish and play go on locally).
+    RegistryUnavailable = 0x1c0, "registry_unavailable";
+    /// A publish refused because another node holds the session ID's lease.
+    PublishedElsewhere = 0x1c1, "published_elsewhere";
+    /// A publisher's lease was taken by another node while it published.
+    LeaseLost = 0x1c2, "lease_lost";
+    /// A pull could not start on an origin (down, refused, no such stream).
+    UpstreamFailed = 0x1c3, "upstream_failed";
+    /// A pull that was playing lost its origin (it pulls again).
+    UpstreamLost = 0x1c4, "upstream_lost";
 }
 
 impl Reason {

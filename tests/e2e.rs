@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use common::*;
 use qrelay::client::{ClientError, ClientOptions, RtmpClient};
 use qrelay::media::flv::FlvTag;
@@ -15,6 +15,7 @@ use qrelay::media::frame::{inspect_video, MediaKind};
 use qrelay::rtmp::session::{ClientEvent, ClientMode, SessionError};
 use qrelay::transport::tls::Trust;
 use qrelay::url::StreamUrl;
+use qrelay_bench::synth::{self, VideoPlan};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -300,10 +301,12 @@ async fn late_joiner_gets_keyframe_first_immediately() -> Result {
     .await
 }
 
-/// Synthetic legacy-AVC video for the stalled-player test: a sequence header, then 64 KiB
-/// frames, a keyframe every 30, each payload unique.
+/// The numbered synthetic stream (`qrelay_bench::synth`) for the stalled- and slow-player
+/// tests: a sequence header, then 64 KiB frames, a keyframe every 30, each payload unique.
 const SYNTH_FRAME: usize = 64 * 1024;
 const SYNTH_FRAMES: usize = 640; // 40 MiB
+const SYNTH: VideoPlan =
+    VideoPlan { fps: 30, gop_frames: 30, key_bytes: SYNTH_FRAME, inter_bytes: SYNTH_FRAME };
 
 /// Per-subscriber queue bound in the tests with a stalled or slow player.
 const QUEUE: usize = 512 * 1024;
@@ -313,15 +316,12 @@ const QUEUE: usize = 512 * 1024;
 const WINDOW: usize = 4;
 
 fn synth_header() -> Bytes {
-    Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x42, 0xc0, 0x1e, 0xff])
+    synth::video_sequence_header()
 }
 
+/// Frame `i` (send time 0: the same index always gives the same bytes).
 fn synth_frame(i: usize) -> Bytes {
-    let mut b = BytesMut::with_capacity(SYNTH_FRAME);
-    b.put_slice(&[if i.is_multiple_of(30) { 0x17 } else { 0x27 }, 1, 0, 0, 0]);
-    b.put_u64(i as u64);
-    b.resize(SYNTH_FRAME, i as u8);
-    b.freeze()
+    SYNTH.frame(i as u64, 0)
 }
 
 /// A player that reads everything, checking each video message against what was sent and
@@ -447,9 +447,7 @@ async fn slow_player_gets_an_intact_stream_across_direct_and_queued_writes() -> 
                             if payload == synth_header() {
                                 continue;
                             }
-                            let i = payload.get(5..13).map_or(usize::MAX, |b| {
-                                u64::from_be_bytes(b.try_into().unwrap_or_default()) as usize
-                            });
+                            let i = SYNTH.check(&payload).map_or(usize::MAX, |m| m.seq as usize);
                             ensure!(
                                 i < SYNTH_FRAMES && payload == synth_frame(i) && timestamp == i as u32 * 33,
                                 "a corrupt frame: {} bytes @{timestamp} ms (index {i})",

@@ -244,6 +244,19 @@ impl Hub {
         live
     }
 
+    /// Whether `session_id` has a live publisher.
+    pub fn is_live(&self, session_id: &str) -> bool {
+        self.streams().get(session_id).is_some_and(|s| s.is_live())
+    }
+
+    /// Follows the number of subscribers of `session_id`'s stream entry, if it exists.
+    /// The entry goes when it has neither publisher nor subscribers; the receiver then
+    /// reads zero for ever, and a new entry for the same session ID is another stream.
+    pub fn watch_subscribers(&self, session_id: &str) -> Option<tokio::sync::watch::Receiver<usize>> {
+        let stream = self.streams().get(session_id).cloned();
+        stream.map(|s| s.watch_subscribers())
+    }
+
     /// Statistics of one stream, if it exists.
     pub fn stats(&self, session_id: &str) -> Option<StreamStats> {
         let stream = self.streams().get(session_id).cloned();

@@ -81,6 +81,9 @@ pub(super) struct Stream {
     /// cannot pick up an entry that is being removed; the stream's own lock is not needed
     /// for it.
     users: AtomicUsize,
+    /// Subscriber count, for whoever must act when it changes (a relay link closing
+    /// after its last player left). Sent under the stream lock, so in order.
+    watchers: tokio::sync::watch::Sender<usize>,
 }
 
 /// Who publishes, and how their timestamps map to the stream's.
@@ -140,6 +143,7 @@ impl Stream {
             events,
             current: watch::Sender::new(0),
             users: AtomicUsize::new(0),
+            watchers: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -318,6 +322,7 @@ impl Stream {
         }
         st.subscribers = st.subscribers.iter().cloned().chain(std::iter::once(queue.clone())).collect();
         self.counters.subscribers.store(st.subscribers.len(), Ordering::Relaxed);
+        self.watchers.send_replace(st.subscribers.len());
         drop(st);
         Subscriber::new(queue, self.clone(), hub)
     }
@@ -327,6 +332,7 @@ impl Stream {
         if st.subscribers.iter().any(|q| Arc::ptr_eq(q, queue)) {
             st.subscribers = st.subscribers.iter().filter(|q| !Arc::ptr_eq(q, queue)).cloned().collect();
             self.counters.subscribers.store(st.subscribers.len(), Ordering::Relaxed);
+            self.watchers.send_replace(st.subscribers.len());
         }
     }
 
@@ -445,6 +451,11 @@ impl Stream {
         for q in subscribers.iter() {
             q.end();
         }
+    }
+
+    /// Follows the subscriber count.
+    pub(super) fn watch_subscribers(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.watchers.subscribe()
     }
 
     /// Whether a publisher is sending; no lock.

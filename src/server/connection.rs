@@ -46,6 +46,10 @@ pub struct ConnContext {
     pub gate: Arc<dyn Gate>,
     /// Closes and refusals by reason.
     pub counters: Arc<Counters>,
+    /// Who publishes what across the cluster (publisher leases).
+    pub registry: Arc<dyn crate::registry::Registry>,
+    /// Pulls streams that players ask for from origins.
+    pub puller: crate::relay::pull::Puller,
 }
 
 impl ConnContext {

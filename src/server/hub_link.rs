@@ -16,6 +16,7 @@ use super::connection::ConnContext;
 use crate::gate::{Decision, Request, Role};
 use crate::hub::{Publisher, Subscriber, Takeover};
 use crate::reason::Reason;
+use crate::registry::PublisherLease;
 use crate::rtmp::session::{ServerCore, ServerEvent};
 
 /// A player's hub side, with whatever its transport keeps per player (`W`: the byte
@@ -53,12 +54,14 @@ pub(super) struct HubLink<W> {
     transport: &'static str,
     pub(super) publisher: Option<Publisher>,
     pub(super) player: Option<Player<W>>,
+    /// The publisher's registry lease, held as long as `publisher`.
+    lease: Option<PublisherLease>,
     pending: Option<Request>,
 }
 
 impl<W: Default> HubLink<W> {
     pub(super) fn new(ctx: ConnContext, peer: SocketAddr, transport: &'static str) -> Self {
-        Self { ctx, peer, transport, publisher: None, player: None, pending: None }
+        Self { ctx, peer, transport, publisher: None, player: None, lease: None, pending: None }
     }
 
     /// Acts on an event of the session core. A player that stopped is returned, for the
@@ -77,6 +80,7 @@ impl<W: Default> HubLink<W> {
                 }
             }
             ServerEvent::Unpublish => {
+                self.lease = None;
                 if let Some(p) = self.publisher.take() {
                     p.finish();
                     info!("publish ended by the publisher");
@@ -96,7 +100,7 @@ impl<W: Default> HubLink<W> {
     pub(super) async fn decide_pending(&mut self, core: &mut ServerCore) -> Next {
         let Some(request) = self.pending.take() else { return Next::Continue };
         let decision = self.ctx.decide(&request).await;
-        self.on_decision(core, request, decision)
+        self.on_decision(core, request, decision).await
     }
 
     fn request(&self, role: Role, session_id: String, app: String, key: String) -> Request {
@@ -104,11 +108,28 @@ impl<W: Default> HubLink<W> {
         Request { role, session_id, app, key, peer: self.peer, transport: self.transport }
     }
 
-    fn on_decision(&mut self, core: &mut ServerCore, request: Request, decision: Decision) -> Next {
+    async fn on_decision(&mut self, core: &mut ServerCore, request: Request, decision: Decision) -> Next {
         match (request.role, decision) {
             (Role::Publish, Decision::Allow) => {
                 match self.ctx.hub.publish_with(&request.session_id, takeover(&request)) {
                     Ok(p) => {
+                        // Claimed here first (the hub's claim is instant and local), then in
+                        // the cluster, so two publishers racing on one node never both ask
+                        // the registry.
+                        let registry = self.ctx.registry.clone();
+                        let counters = self.ctx.counters.clone();
+                        match PublisherLease::acquire(registry, &request.session_id, counters).await {
+                            Ok(lease) => self.lease = Some(lease),
+                            Err(node) => {
+                                // Refused, not lost: the stream ends here, no grace.
+                                p.finish();
+                                self.ctx.counters.count(Reason::PublishedElsewhere);
+                                warn!(%node, "publish refused: another node publishes this session ID");
+                                let why = format!("the stream is being published on {node}");
+                                core.reject_publish("NetStream.Publish.BadName", &why);
+                                return Next::CloseAfterFlush;
+                            }
+                        }
                         info!(key = %redact(&request.key), "publish started");
                         core.accept_publish();
                         self.publisher = Some(p);
@@ -125,6 +146,11 @@ impl<W: Default> HubLink<W> {
             (Role::Play, Decision::Allow) => {
                 info!("play requested");
                 let sub = self.ctx.hub.subscribe(&request.session_id);
+                // Subscribed first: a pull that is just ending sees this player and
+                // starts again (`Puller::want`).
+                if !self.ctx.hub.is_live(&request.session_id) {
+                    self.ctx.puller.want(&request.session_id);
+                }
                 let deadline = Instant::now() + self.ctx.hub.config().play_wait;
                 self.player = Some(Player { sub, live: false, deadline, writer: W::default() });
                 Next::Continue

@@ -22,10 +22,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::client::ClientOptions;
 use crate::config::Config;
 use crate::gate::{self, Gate};
 use crate::hub::Hub;
 use crate::reason::Counters;
+use crate::registry::{Embedded, Redis, Registry};
+use crate::relay::pull::{PullSettings, Puller};
 use crate::transport::admission::Admission;
 use crate::transport::{quic as quic_endpoint, tls};
 use connection::ConnContext;
@@ -50,6 +53,8 @@ pub struct Server {
     hub: Hub,
     gate: Arc<dyn Gate>,
     counters: Arc<Counters>,
+    registry: Arc<dyn Registry>,
+    admission: Arc<Admission>,
 }
 
 impl std::fmt::Debug for Server {
@@ -141,6 +146,8 @@ impl Server {
         let tls = TlsAcceptor::from(Arc::new(tls::rtmps_server_config(&identity)?));
         let hub = Hub::new(config.hub());
         let gate: Arc<dyn Gate> = Arc::new(gate::Open);
+        let registry = registry_from(&config, local_addr)?;
+        let config_limits = (config.max_connections, config.max_connections_per_ip);
         Ok(Self {
             config: Arc::new(config),
             tcp,
@@ -151,6 +158,8 @@ impl Server {
             hub,
             gate,
             counters: Arc::default(),
+            registry,
+            admission: Admission::new(config_limits.0, config_limits.1),
         })
     }
 
@@ -175,6 +184,11 @@ impl Server {
         self.counters.clone()
     }
 
+    /// Connections (TCP and QUIC) open now.
+    pub fn connections(&self) -> Arc<Admission> {
+        self.admission.clone()
+    }
+
     /// The stream registry (for tests and the control API).
     pub fn hub(&self) -> Hub {
         self.hub.clone()
@@ -182,14 +196,17 @@ impl Server {
 
     /// Runs until shutdown.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ServerError> {
+        let puller = self.puller(shutdown.graceful.clone());
         let ctx = ConnContext {
             hub: self.hub.clone(),
             config: self.config.clone(),
             shutdown: shutdown.graceful.clone(),
             gate: self.gate.clone(),
             counters: self.counters.clone(),
+            registry: self.registry.clone(),
+            puller,
         };
-        let admission = Admission::new(self.config.max_connections, self.config.max_connections_per_ip);
+        let admission = self.admission.clone();
         let tasks = TaskTracker::new();
         info!(addr = %self.local_addr, "listening: RTMP on TCP, QUIC on UDP, same port");
         let accept = TaskTracker::new();
@@ -231,6 +248,40 @@ impl Server {
         info!("stopped");
         Ok(())
     }
+}
+
+impl Server {
+    /// The edge puller, from the origins and the registry.
+    fn puller(&self, stop: tokio_util::sync::CancellationToken) -> Puller {
+        let c = &self.config;
+        let mut client = ClientOptions { trust: c.relay_trust(), ..ClientOptions::default() };
+        client.quic = c.quic();
+        client.session = c.session();
+        client.play_wait = Duration::from_millis(c.play_wait_ms) + Duration::from_secs(5);
+        let settings = PullSettings {
+            origins: c.origins(),
+            me: c.node(self.local_addr).ok().flatten(),
+            local: self.local_addr,
+            idle: Duration::from_millis(c.pull_idle_ms),
+            client,
+        };
+        Puller::new(self.hub.clone(), self.registry.clone(), settings, self.counters.clone(), stop)
+    }
+}
+
+/// The registry the configuration asks for.
+fn registry_from(config: &Config, bound: SocketAddr) -> Result<Arc<dyn Registry>, ServerError> {
+    let Some(url) = &config.registry else { return Ok(Arc::new(Embedded)) };
+    let me = config.node(bound)?.ok_or_else(|| {
+        ServerError::Config(crate::config::ConfigError::Invalid("node_url is needed with a registry".into()))
+    })?;
+    let lease = Duration::from_millis(config.registry_lease_ms);
+    // A request may take a third of the lease: a heartbeat that waits longer is late anyway.
+    let redis = Redis::new(url, &me, lease, lease / 3).map_err(|e| {
+        ServerError::Config(crate::config::ConfigError::Invalid(format!("registry `{url}`: {e}")))
+    })?;
+    info!(registry = %url, node = %me, "cluster registry: Redis");
+    Ok(Arc::new(redis))
 }
 
 /// Binds, then runs: the library entry point tests call on port 0.

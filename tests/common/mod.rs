@@ -68,8 +68,10 @@ pub struct TestServer {
     pub ca: PathBuf,
     /// The relay's stream registry, for assertions.
     pub hub: Hub,
-    /// Closes and refusals by reason.
-    pub counters: Arc<qrelay::reason::Counters>,
+    /// Its open connections (TCP and QUIC), for assertions.
+    pub connections: std::sync::Arc<qrelay::transport::admission::Admission>,
+    /// Its close and refusal counters.
+    pub counters: std::sync::Arc<qrelay::reason::Counters>,
     /// Cancel to stop the relay.
     pub shutdown: Shutdown,
     /// Certificates and the tests' output files; removed on drop.
@@ -103,10 +105,10 @@ pub async fn start_server_gated(
     let addr = server.local_addr();
     let ca = server.dev_ca().cloned().context("the relay made no development CA")?;
     let hub = server.hub();
-    let counters = server.counters();
+    let (connections, counters) = (server.connections(), server.counters());
     let shutdown = Shutdown::default();
     let task = tokio::spawn(server.run(shutdown.clone()));
-    Ok(TestServer { addr, ca, hub, counters, shutdown, dir, task })
+    Ok(TestServer { addr, ca, hub, connections, counters, shutdown, dir, task })
 }
 
 impl Drop for TestServer {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use qrelay::client::{ClientOptions, RtmpClient};
 use qrelay::config::Config;
 use qrelay::media::frame::MediaKind;
@@ -22,6 +22,7 @@ use qrelay::rtmp::session::{ClientEvent, ClientMode};
 use qrelay::server::Shutdown;
 use qrelay::transport::tls::Trust;
 use qrelay::url::StreamUrl;
+use qrelay_bench::synth::{self, VideoPlan};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -107,25 +108,19 @@ pub async fn start_relay(tweak: impl FnOnce(&mut Config)) -> Result<Relay> {
 // Synthetic numbered video
 // ---------------------------------------------------------------------------------------
 
-/// An AVC sequence header (legacy FLV video tag: keyframe + AVC, packet type 0, then an
-/// AVCDecoderConfigurationRecord with a token SPS and PPS).
+/// The numbered stream (`qrelay_bench::synth`, the one synthetic stream generator):
+/// 50 frames a second, a keyframe every [`GOP`] frames, every frame [`FRAME_BYTES`].
+pub const PLAN: VideoPlan =
+    VideoPlan { fps: 50, gop_frames: GOP, key_bytes: FRAME_BYTES, inter_bytes: FRAME_BYTES };
+
+/// The AVC sequence header of the synthetic stream.
 pub fn sequence_header() -> Bytes {
-    Bytes::from_static(&[
-        0x17, 0, 0, 0, 0, // keyframe, AVC, sequence header, composition time 0
-        1, 0x64, 0, 0x1f, 0xff, 0xe1, // version, profile/compat/level, NAL length 4, 1 SPS
-        0, 4, 0x67, 0x64, 0, 0x1f, // SPS
-        1, 0, 4, 0x68, 0xee, 0x3c, 0x80, // 1 PPS
-    ])
+    synth::video_sequence_header()
 }
 
-/// Frame `seq`: a keyframe every [`GOP`] frames, `seq` as a big-endian u32 right after the
-/// 5-byte video tag header, then filler to [`FRAME_BYTES`] that depends on `seq` too.
+/// Frame `seq` of [`PLAN`] (send time 0, so the same number always gives the same bytes).
 pub fn frame(seq: u32) -> Bytes {
-    let mut b = BytesMut::with_capacity(FRAME_BYTES);
-    b.put_slice(&[if seq.is_multiple_of(GOP) { 0x17 } else { 0x27 }, 1, 0, 0, 0]);
-    b.put_u32(seq);
-    b.resize(FRAME_BYTES, seq as u8);
-    b.freeze()
+    PLAN.frame(u64::from(seq), 0)
 }
 
 /// What a received video payload is.
@@ -137,16 +132,14 @@ pub enum Video {
     Frame { seq: u32, keyframe: bool },
 }
 
-/// Reads a payload made by [`sequence_header`] or [`frame`]; `None` for anything else.
+/// Reads a payload made by [`sequence_header`] or [`frame`] (every byte checked);
+/// `None` for anything else.
 pub fn parse_video(payload: &[u8]) -> Option<Video> {
-    match payload {
-        [0x17, 0, ..] => Some(Video::Header),
-        [first @ (0x17 | 0x27), 1, _, _, _, a, b, c, d, ..] if payload.len() == FRAME_BYTES => {
-            let seq = u32::from_be_bytes([*a, *b, *c, *d]);
-            (payload == &frame(seq)[..]).then_some(Video::Frame { seq, keyframe: *first == 0x17 })
-        }
-        _ => None,
+    if payload == &sequence_header()[..] {
+        return Some(Video::Header);
     }
+    let m = PLAN.check(payload)?;
+    Some(Video::Frame { seq: u32::try_from(m.seq).ok()?, keyframe: m.keyframe })
 }
 
 // ---------------------------------------------------------------------------------------

@@ -16,15 +16,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::stats::{Histogram, PlayerTracker};
 use super::synth::{self, now_us, VideoPlan};
-use crate::client::{ClientError, ClientOptions, Lease, QuicPool, RtmpClient};
-use crate::media::flv::FlvTag;
-use crate::media::frame::MediaKind;
-use crate::rtmp::amf0::{self, Amf0Value};
-use crate::rtmp::chunk::{self, ChunkDecoder};
-use crate::rtmp::handshake::Handshake;
-use crate::rtmp::message::{Command, RtmpMessage};
-use crate::rtmp::session::{ClientEvent, ClientMode, ClientSession, SessionConfig};
-use crate::url::{StreamUrl, Transport};
+use qrelay_proto::client::{ClientError, ClientOptions, Lease, QuicPool, RtmpClient};
+use qrelay_proto::media::flv::FlvTag;
+use qrelay_proto::media::frame::MediaKind;
+use qrelay_proto::rtmp::amf0::{self, Amf0Value};
+use qrelay_proto::rtmp::chunk::{self, ChunkDecoder};
+use qrelay_proto::rtmp::handshake::Handshake;
+use qrelay_proto::rtmp::message::{Command, RtmpMessage};
+use qrelay_proto::rtmp::session::{ClientEvent, ClientMode, ClientSession, SessionConfig};
+use qrelay_proto::url::{StreamUrl, Transport};
 
 /// Bytes a player reads from its socket at a time.
 const READ_BUF: usize = 32 * 1024;
@@ -101,12 +101,12 @@ impl Dialer {
             .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", url.host))?;
         Ok(match url.transport {
             Transport::Tcp => Dialer::Tcp(addr),
-            Transport::Quic(crate::url::QuicMapping::Tunnel) => Dialer::Quic {
+            Transport::Quic(qrelay_proto::url::QuicMapping::Tunnel) => Dialer::Quic {
                 addr,
                 host: url.host.clone(),
                 pool: Box::new(QuicPool::new(opts.clone(), per_conn, Some(UDP_BUFFER))),
             },
-            Transport::Quic(crate::url::QuicMapping::Roqr) => Dialer::Roqr(Box::new(opts.clone())),
+            Transport::Quic(qrelay_proto::url::QuicMapping::Roqr) => Dialer::Roqr(Box::new(opts.clone())),
             Transport::Tls => anyhow::bail!("the bench speaks rtmp:// and rtmp+quic:// only"),
         })
     }
@@ -123,7 +123,7 @@ impl Dialer {
             Dialer::Roqr(_) => Err("RoQR sessions are not byte streams".to_owned()),
             Dialer::Quic { addr, host, pool } => {
                 let (conn, lease) = pool
-                    .connection(*addr, host, crate::transport::tls::ALPN_RTMP)
+                    .connection(*addr, host, qrelay_proto::transport::tls::ALPN_RTMP)
                     .await
                     .map_err(|e| e.to_string())?;
                 let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
@@ -462,25 +462,20 @@ pub(super) async fn publisher(
             if audio {
                 client.send_media(MediaKind::Audio, 0, synth::audio_sequence_header()).await?;
             }
-            let (mut n_video, mut n_audio) = (0u64, 0u64);
-            loop {
-                let video_due = plan.due(n_video);
-                let audio_due = audio.then(|| Duration::from_secs_f64(n_audio as f64 / synth::AUDIO_FPS));
-                let is_video = audio_due.is_none_or(|a| video_due <= a);
-                let due = if is_video { video_due } else { audio_due.unwrap_or(video_due) };
+            for (due, next) in synth::Schedule::new(plan, audio) {
                 if !wait_until(&mut client, start + due, &shared.stop).await? {
                     break;
                 }
-                if is_video {
-                    let payload =
-                        synth::video_frame(plan.is_key(n_video), plan.size(n_video), now_us(), n_video);
-                    client.send_media(MediaKind::Video, plan.timestamp_ms(n_video), payload).await?;
-                    n_video += 1;
-                    mark_live(&shared);
-                } else {
-                    let ts = (n_audio * 1024 * 1000 / 44_100) as u32;
-                    client.send_media(MediaKind::Audio, ts, synth::audio_frame()).await?;
-                    n_audio += 1;
+                match next {
+                    synth::Next::Video(n) => {
+                        let payload = plan.frame(n, now_us());
+                        client.send_media(MediaKind::Video, plan.timestamp_ms(n), payload).await?;
+                        mark_live(&shared);
+                    }
+                    synth::Next::Audio(n) => {
+                        let ts = synth::audio_timestamp_ms(n);
+                        client.send_media(MediaKind::Audio, ts, synth::audio_frame()).await?;
+                    }
                 }
                 shared.frames_sent.fetch_add(1, Ordering::Relaxed);
             }
@@ -536,6 +531,6 @@ async fn wait_until(
 }
 
 /// Options for publisher connections.
-pub(super) fn client_options(trust: crate::transport::tls::Trust) -> ClientOptions {
+pub(super) fn client_options(trust: qrelay_proto::transport::tls::Trust) -> ClientOptions {
     ClientOptions { trust, connect_timeout: CONNECT_TIMEOUT, ..ClientOptions::default() }
 }

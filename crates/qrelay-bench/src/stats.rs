@@ -174,8 +174,8 @@ impl PlayerTracker {
         self.first_video_us.get_or_insert(now_us);
         let marker = synth::parse_marker(payload);
         let key = match marker {
-            Some((_, _, key)) => key,
-            None => crate::media::frame::inspect_video(payload).keyframe,
+            Some(m) => m.keyframe,
+            None => qrelay_proto::media::frame::inspect_video(payload).keyframe,
         };
         let mut seen = Seen { latency_us: None, skipped: 0 };
         if self.first_key_us.is_none() {
@@ -187,7 +187,7 @@ impl PlayerTracker {
         }
         self.max_gap_us = self.max_gap_us.max(now_us.saturating_sub(self.last_video_us));
         self.last_video_us = now_us;
-        if let Some((send_us, seq, _)) = marker {
+        if let Some(synth::Marker { send_us, seq, .. }) = marker {
             match self.last_seq {
                 Some(last) if seq > last => {
                     seen.skipped = seq - last - 1;
@@ -231,7 +231,12 @@ impl PlayerTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::synth::video_frame;
+    use crate::synth::VideoPlan;
+
+    /// Frame `seq` sent at `send_us`, from a stream with a keyframe every 5 frames.
+    fn video_frame(seq: u64, send_us: u64) -> bytes::Bytes {
+        VideoPlan::fixed(30, 5, 100).frame(seq, send_us)
+    }
 
     #[test]
     fn buckets_are_monotonic_and_cover_their_values() {
@@ -288,22 +293,22 @@ mod tests {
     fn tracker_counts_skips_gaps_and_latency() {
         let mut t = PlayerTracker::new(1_000);
         // Inter frame before any keyframe: counted as first frame, not tracked.
-        assert_eq!(t.on_video(&video_frame(false, 100, 900, 4), 1_100).latency_us, None);
+        assert_eq!(t.on_video(&video_frame(4, 900), 1_100).latency_us, None);
         assert_eq!(t.first_frame_us(), Some(100));
         // Keyframe from the GOP cache, sent before the play request: no latency.
-        let s = t.on_video(&video_frame(true, 100, 500, 5), 1_200);
+        let s = t.on_video(&video_frame(5, 500), 1_200);
         assert_eq!(s, Seen { latency_us: None, skipped: 0 });
         assert_eq!(t.first_key_delay_us(), Some(200));
-        let s = t.on_video(&video_frame(false, 100, 1_300, 6), 1_400);
+        let s = t.on_video(&video_frame(6, 1_300), 1_400);
         assert_eq!(s, Seen { latency_us: Some(100), skipped: 0 });
         assert!(t.ok());
         // Two frames lost.
-        let s = t.on_video(&video_frame(false, 100, 1_500, 9), 1_600);
+        let s = t.on_video(&video_frame(9, 1_500), 1_600);
         assert_eq!(s.skipped, 2);
         assert_eq!(t.skips, 2);
         assert!(!t.ok());
         // A repeat is reordered, not a skip.
-        t.on_video(&video_frame(false, 100, 1_500, 9), 1_700);
+        t.on_video(&video_frame(9, 1_500), 1_700);
         assert_eq!(t.reordered, 1);
         assert_eq!(t.video_frames, 5);
     }
@@ -311,8 +316,8 @@ mod tests {
     #[test]
     fn tracker_gap_includes_the_end() {
         let mut t = PlayerTracker::new(0);
-        t.on_video(&video_frame(true, 100, 10, 0), 20);
-        t.on_video(&video_frame(false, 100, 30, 1), 40);
+        t.on_video(&video_frame(0, 10), 20);
+        t.on_video(&video_frame(1, 30), 40);
         t.finish(500_000);
         assert!(t.ok());
         t.finish(2_000_000);

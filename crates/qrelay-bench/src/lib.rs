@@ -1,14 +1,15 @@
 //! `qrelay bench`: a load generator for any RTMP server over TCP (nginx-rtmp too) and
 //! for qrelay over QUIC (tunnel mapping).
 //!
-//! One process publishes `--streams` streams (synthetic frames whose payloads carry a
-//! send time and a sequence number, or an FLV file) at real-time pace, attaches
-//! `--players` players round-robin over them (ramped, with bounded concurrent connects),
-//! measures for `--duration` seconds once everyone is connected, and reports delivery,
-//! first-frame time, relay latency (receive − send on one in-process monotonic clock),
-//! lost frames, and with `--server-pid` the server's CPU and memory.
+//! One process publishes `--streams` streams (synthetic H.264 and AAC whose video frames
+//! carry a send time and a sequence number, see [`synth`], or an FLV file) at real-time
+//! pace, attaches `--players` players round-robin over them (ramped, with bounded
+//! concurrent connects), measures for `--duration` seconds once everyone is connected,
+//! and reports delivery, first-frame time, relay latency (receive − send on one
+//! in-process monotonic clock), lost frames, and with `--server-pid` the server's CPU
+//! and memory. Synthetic streams carry audio unless `--no-audio`.
 //!
-//! - [`synth`]: synthetic frames and their marker.
+//! - [`synth`]: the synthetic stream (valid H.264 and AAC) and its marker.
 //! - [`stats`]: histogram, percentiles, per-player tracking.
 //! - [`proc`]: `/proc` CPU and memory sampling.
 //! - [`load`]: publishers, players, idle connections, QUIC connection sharing.
@@ -35,8 +36,10 @@ use load::{Dialer, PlayerOutcome, Shared, Source};
 pub use report::{ChurnUsage, IdleUsage, Report, ServerUsage};
 use stats::Histogram;
 
-use crate::transport::tls::Trust;
-use crate::url::{StreamUrl, Transport};
+use qrelay_proto::rtmp::chunk::DecoderLimits;
+use qrelay_proto::rtmp::session::SessionConfig;
+use qrelay_proto::transport::tls::Trust;
+use qrelay_proto::url::{StreamUrl, Transport};
 
 /// Concurrent connection attempts during the ramp.
 const MAX_CONNECTING: usize = 64;
@@ -58,7 +61,7 @@ pub struct BenchArgs {
     pub duration: f64,
     /// Publish this FLV file (looped, real-time pace) instead of synthetic frames. Without
     /// the synthetic markers there is no latency or loss measurement.
-    #[arg(long, conflicts_with_all = ["bitrate", "fps", "gop", "audio"])]
+    #[arg(long, conflicts_with_all = ["bitrate", "fps", "gop", "audio", "no_audio"])]
     pub publish: Option<PathBuf>,
     /// Synthetic video bitrate per stream (e.g. 3M, 2500k).
     #[arg(long, default_value = "3M", value_parser = synth::parse_bitrate)]
@@ -69,9 +72,13 @@ pub struct BenchArgs {
     /// Synthetic GOP length (e.g. 2s, 500ms).
     #[arg(long, default_value = "2s", value_parser = synth::parse_duration)]
     pub gop: Duration,
-    /// Add synthetic AAC audio (128 kbit/s) to each stream.
-    #[arg(long)]
+    /// Synthetic AAC audio beside the video: the default (AAC-LC, 44.1 kHz stereo,
+    /// 128 kbit/s, about 43 frames a second); `--no-audio` turns it off.
+    #[arg(long, overrides_with = "no_audio")]
     pub audio: bool,
+    /// Video only: no synthetic audio.
+    #[arg(long, overrides_with = "audio")]
+    pub no_audio: bool,
     /// Streams to publish.
     #[arg(long, default_value_t = 1)]
     pub streams: usize,
@@ -129,6 +136,7 @@ impl BenchArgs {
             fps: 30,
             gop: Duration::from_secs(2),
             audio: false,
+            no_audio: false,
             streams: 1,
             no_publish: false,
             server_pid: Vec::new(),
@@ -142,6 +150,11 @@ impl BenchArgs {
             churn_hold_ms: 1000,
             quiet: false,
         }
+    }
+
+    /// Whether synthetic streams carry audio (unless `--no-audio`).
+    pub fn with_audio(&self) -> bool {
+        !self.no_audio
     }
 
     fn trust(&self) -> Trust {
@@ -167,6 +180,22 @@ pub fn stream_url(base: &StreamUrl, i: usize) -> StreamUrl {
         };
     }
     url
+}
+
+/// Players' session settings: the relay's own defaults for its sessions (what
+/// `qrelay::Config::default().session()` gives), so a player accepts what qrelay's own
+/// sessions accept.
+fn player_session() -> SessionConfig {
+    SessionConfig {
+        chunk_size: 4096,
+        window_ack_size: 2_500_000,
+        limits: DecoderLimits {
+            max_message_size: 8 * 1024 * 1024,
+            min_chunk_size: 64,
+            max_chunk_size: 1024 * 1024,
+            max_pending_bytes: 16 * 1024 * 1024,
+        },
+    }
 }
 
 /// Server and bench accounting between two points in time.
@@ -356,7 +385,7 @@ fn spawn_progress(shared: Arc<Shared>, total: usize, stop: tokio_util::sync::Can
 async fn run_play(
     args: &BenchArgs,
     base: &StreamUrl,
-    opts: &crate::client::ClientOptions,
+    opts: &qrelay_proto::client::ClientOptions,
     dialer: Arc<Dialer>,
     acct: &Accounting,
     shared: Arc<Shared>,
@@ -374,7 +403,7 @@ async fn run_play(
                 let file = tokio::fs::File::open(path)
                     .await
                     .with_context(|| format!("opening {}", path.display()))?;
-                let tags = crate::client::read_flv_tags(tokio::io::BufReader::new(file))
+                let tags = qrelay_proto::client::read_flv_tags(tokio::io::BufReader::new(file))
                     .await
                     .with_context(|| format!("reading {}", path.display()))?;
                 anyhow::ensure!(!tags.is_empty(), "{} has no tags", path.display());
@@ -382,9 +411,10 @@ async fn run_play(
             }
             None => {
                 let plan = synth::VideoPlan::new(args.bitrate, args.fps, args.gop);
-                let audio_mbps = if args.audio { synth::AUDIO_BITRATE as f64 / 1e6 } else { 0.0 };
+                let audio = args.with_audio();
+                let audio_mbps = if audio { synth::AUDIO_BITRATE as f64 / 1e6 } else { 0.0 };
                 report.source_mbps = Some(plan.bitrate_bps() / 1e6 + audio_mbps);
-                Source::Synthetic { plan, audio: args.audio }
+                Source::Synthetic { plan, audio }
             }
         };
         for url in &urls {
@@ -419,7 +449,7 @@ async fn run_play(
     let _progress_guard = progress_stop.clone().drop_guard();
 
     let mut players: JoinSet<PlayerOutcome> = JoinSet::new();
-    let session = crate::Config::default().session();
+    let session = player_session();
     let ramp = args.ramp(args.players);
     let (player_urls, player_shared) = (urls.clone(), shared.clone());
     let churn_dialer = dialer.clone();
@@ -555,7 +585,7 @@ fn spawn_churn(
     args: &BenchArgs,
     urls: Vec<Arc<StreamUrl>>,
     dialer: Arc<Dialer>,
-    session: crate::rtmp::session::SessionConfig,
+    session: SessionConfig,
     shared: Arc<Shared>,
 ) -> tokio::task::JoinHandle<usize> {
     let every = Duration::from_secs_f64(1.0 / args.churn_rate);
@@ -670,102 +700,25 @@ mod tests {
         assert_eq!(stream_url(&base, 1).session_id(), "live/b-1");
     }
 
-    /// The whole bench against an in-process relay, TCP and QUIC, and the idle mode.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn runs_against_an_in_process_relay() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = crate::Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            cert_dir: dir.path().to_owned(),
-            ..crate::Config::default()
+    #[test]
+    fn audio_is_on_unless_no_audio() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: BenchArgs,
+        }
+        let parse = |extra: &[&str]| {
+            let argv = ["bench", "--url", "rtmp://h/live/b"].iter().chain(extra);
+            Cli::try_parse_from(argv).map(|c| c.args.with_audio())
         };
-        let server = crate::Server::bind(config).await.unwrap();
-        let addr = server.local_addr();
-        let shutdown = crate::server::Shutdown::default();
-        let running = tokio::spawn(server.run(shutdown.clone()));
-        let me = std::process::id();
-
-        let args = BenchArgs {
-            players: 6,
-            duration: 1.0,
-            streams: 2,
-            bitrate: 500_000,
-            audio: true,
-            ramp_ms: Some(0),
-            quiet: true,
-            server_pid: vec![me],
-            ..BenchArgs::new(&format!("rtmp://{addr}/live/t"))
-        };
-        let r = run(args).await.unwrap();
-        assert_eq!((r.players_total, r.players_started, r.players_ok), (6, 6, 6), "{}", r.table());
-        assert_eq!(r.skips, 0);
-        assert!(r.delivered_mbps > 1.0, "{}", r.table());
-        assert!(r.relay_latency_ms.unwrap().count > 0);
-        assert!(r.first_frame_ms.unwrap().count == 6);
-        assert!(r.server.unwrap().cpu_s_per_gbit.is_some());
-        assert!(r.to_json().contains("\"players_ok\": 6"));
-
-        // Churn: players joining and leaving beside the steady ones, reported apart.
-        let args = BenchArgs {
-            players: 3,
-            duration: 1.0,
-            bitrate: 500_000,
-            ramp_ms: Some(0),
-            quiet: true,
-            churn_rate: 40.0,
-            churn_hold_ms: 200,
-            ..BenchArgs::new(&format!("rtmp://{addr}/live/churn"))
-        };
-        let r = run(args).await.unwrap();
-        assert_eq!((r.players_total, r.players_started, r.players_ok), (3, 3, 3), "{}", r.table());
-        let churn = r.churn.unwrap();
-        assert!(churn.joined >= 20 && churn.played > 0, "{churn:?}");
-        assert!(r.to_json().contains("\"churn_joined\": "));
-        let quic_churn = BenchArgs { churn_rate: 1.0, ..BenchArgs::new("rtmp+quic://h/live/q") };
-        assert!(run(quic_churn).await.is_err(), "churn is TCP only");
-
-        let args = BenchArgs {
-            players: 4,
-            duration: 1.0,
-            bitrate: 500_000,
-            ramp_ms: Some(0),
-            quiet: true,
-            insecure: true,
-            quic_streams_per_conn: 3,
-            ..BenchArgs::new(&format!("rtmp+quic://127.0.0.1:{}/live/q?mode=tunnel", addr.port()))
-        };
-        let r = run(args).await.unwrap();
-        assert_eq!((r.players_started, r.players_ok), (4, 4), "{}", r.table());
-        assert_eq!(r.quic_connections, 2);
-
-        // RoQR players: one connection each, through the client library.
-        let args = BenchArgs {
-            players: 3,
-            duration: 1.0,
-            bitrate: 500_000,
-            ramp_ms: Some(0),
-            quiet: true,
-            insecure: true,
-            ..BenchArgs::new(&format!("rtmp+quic://127.0.0.1:{}/live/r", addr.port()))
-        };
-        let r = run(args).await.unwrap();
-        assert_eq!((r.players_started, r.players_ok), (3, 3), "{}", r.table());
-        assert_eq!(r.skips, 0);
-
-        let args = BenchArgs {
-            idle: Some(5),
-            ramp_ms: Some(0),
-            quiet: true,
-            server_pid: vec![me],
-            ..BenchArgs::new(&format!("rtmp://{addr}/live/idle"))
-        };
-        let r = run(args).await.unwrap();
-        assert_eq!(r.idle.unwrap().connections, 5, "{}", r.table());
-        assert!(r.idle.unwrap().rss_per_conn_kib.is_some());
-
-        shutdown.immediate.cancel();
-        shutdown.graceful.cancel();
-        let _ = running.await;
+        assert_eq!(parse(&[]).ok(), Some(true));
+        assert_eq!(parse(&["--audio"]).ok(), Some(true));
+        assert_eq!(parse(&["--no-audio"]).ok(), Some(false));
+        assert_eq!(parse(&["--no-audio", "--audio"]).ok(), Some(true), "the last one wins");
+        assert_eq!(parse(&["--audio", "--no-audio"]).ok(), Some(false));
+        assert!(parse(&["--publish", "a.flv", "--no-audio"]).is_err(), "a file has its own tracks");
+        assert!(BenchArgs::new("rtmp://h/live/b").with_audio());
     }
 
     #[test]

@@ -1,0 +1,335 @@
+//! Edge pull on demand: a player asking for a stream that has no publisher here makes
+//! this node play it from an origin and publish it into its own hub, where it is an
+//! ordinary stream (GOP cache, bounded fan-out). One upstream session per stream however
+//! many players watch it; QUIC upstreams share one connection per node (tunnel mapping,
+//! [`QuicPool`]). The upstream closes `pull_idle_ms` after the last player left, and is
+//! re-made with backoff when it fails, while the players stay: the stream is spliced
+//! ([`Splice`]) onto the new upstream.
+//!
+//! Origins are the registry's holder of the session ID, then the static `--origin` list,
+//! in order; this node itself is never one (a loop), and a play that came from another
+//! relay past the hop limit does not start a pull.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::backoff::Backoff;
+use super::node::{is_self, relay_mapping, NodeUrl};
+use super::splice::Splice;
+use crate::client::{ClientError, ClientOptions, QuicPool, RtmpClient};
+use crate::hub::{Hub, HubError, Publisher};
+use crate::media::frame::Frame;
+use crate::reason::{Counters, Reason};
+use crate::registry::Registry;
+use crate::rtmp::session::{ClientEvent, ClientMode};
+use crate::url::{StreamUrl, Transport};
+
+/// Sessions one pooled QUIC connection to an upstream node carries (each a stream).
+const SESSIONS_PER_CONNECTION: usize = 1_000;
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What the puller needs to know.
+#[derive(Debug, Clone)]
+pub struct PullSettings {
+    /// Static origins, tried in order after the registry's answer.
+    pub origins: Vec<NodeUrl>,
+    /// This node's own URL (never pulled from).
+    pub me: Option<NodeUrl>,
+    /// The relay's bound address (never pulled from either).
+    pub local: SocketAddr,
+    /// How long an upstream stays after its last player left.
+    pub idle: Duration,
+    /// How to reach upstreams.
+    pub client: ClientOptions,
+}
+
+/// Starts and tracks the pulls of one relay. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Puller {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    hub: Hub,
+    registry: Arc<dyn Registry>,
+    settings: PullSettings,
+    pool: QuicPool,
+    counters: Arc<Counters>,
+    /// Session IDs with a pull task.
+    active: Mutex<HashSet<String>>,
+    shutdown: CancellationToken,
+}
+
+/// How one upstream session ended.
+enum Outcome {
+    /// The stream ended upstream (its publisher left): it ends here too.
+    Ended,
+    /// No player has wanted it for the idle time, or the relay is stopping.
+    Idle,
+    /// A local publisher took the session ID; nothing to pull.
+    Local,
+    /// The session could not start on this node.
+    Failed(ClientError),
+    /// It was playing and broke.
+    Lost(ClientError),
+}
+
+impl Puller {
+    /// A puller for `hub`; `shutdown` stops every pull.
+    pub fn new(
+        hub: Hub,
+        registry: Arc<dyn Registry>,
+        settings: PullSettings,
+        counters: Arc<Counters>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let pool = QuicPool::new(settings.client.clone(), SESSIONS_PER_CONNECTION, None);
+        Self {
+            inner: Arc::new(Inner {
+                hub,
+                registry,
+                settings,
+                pool,
+                counters,
+                active: Mutex::default(),
+                shutdown,
+            }),
+        }
+    }
+
+    /// Whether there is anywhere to pull from.
+    pub fn enabled(&self) -> bool {
+        !self.inner.settings.origins.is_empty() || self.inner.registry.lease().is_some()
+    }
+
+    /// A player subscribed to `session_id`, which has no publisher here: pulls it unless
+    /// a pull is already on its way.
+    pub fn want(&self, session_id: &str) {
+        if !self.enabled() || !self.inner.active().insert(session_id.to_owned()) {
+            return;
+        }
+        let this = self.clone();
+        let session_id = session_id.to_owned();
+        let span = info_span!("pull", session_id = %session_id);
+        tokio::spawn(
+            async move {
+                this.run(&session_id).await;
+                this.inner.active().remove(&session_id);
+                // A player that arrived as this pull was ending found it active and
+                // started nothing: it is subscribed by now, so it is seen here.
+                if this.inner.hub.watch_subscribers(&session_id).is_some_and(|w| *w.borrow() > 0)
+                    && !this.inner.hub.is_live(&session_id)
+                {
+                    this.want(&session_id);
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Session IDs being pulled now.
+    pub fn pulling(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inner.active().iter().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// QUIC connections open to upstream nodes.
+    pub fn upstream_connections(&self) -> usize {
+        self.inner.pool.connections()
+    }
+
+    /// Pulls `session_id` until it ends upstream, idles out or the relay stops.
+    async fn run(&self, session_id: &str) {
+        let inner = &self.inner;
+        let Some(mut players) = inner.hub.watch_subscribers(session_id) else { return };
+        let mut publisher: Option<Publisher> = None;
+        let mut splice = Splice::default();
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        loop {
+            let nodes = self.candidates(session_id).await;
+            if nodes.is_empty() {
+                debug!("no origin known for the stream yet");
+            }
+            for node in nodes {
+                let outcome =
+                    self.session(&node, session_id, &mut publisher, &mut splice, &mut players).await;
+                match outcome {
+                    Outcome::Ended => {
+                        info!(%node, "stream ended upstream");
+                        // Ended, not lost: the players get the end now, without a grace.
+                        if let Some(p) = publisher.take() {
+                            p.finish();
+                        }
+                        return;
+                    }
+                    Outcome::Idle | Outcome::Local => return,
+                    Outcome::Failed(e) => {
+                        inner.counters.count(Reason::UpstreamFailed);
+                        warn!(%node, reason = %e, "cannot pull from this origin");
+                    }
+                    Outcome::Lost(e) => {
+                        inner.counters.count(Reason::UpstreamLost);
+                        warn!(%node, reason = %e, "upstream lost; pulling again");
+                        splice.reconnected();
+                        backoff.reset();
+                        break;
+                    }
+                }
+            }
+            let delay = backoff.next_delay();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = idle(&mut players, inner.settings.idle) => return,
+                _ = inner.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Where `session_id` may be pulled from, best first, without this node.
+    async fn candidates(&self, session_id: &str) -> Vec<NodeUrl> {
+        let inner = &self.inner;
+        let mut nodes = Vec::new();
+        match inner.registry.resolve(session_id).await {
+            Ok(Some(node)) => nodes.push(node),
+            Ok(None) => {}
+            Err(e) => {
+                inner.counters.count(Reason::RegistryUnavailable);
+                warn!(reason = %e, "registry lookup failed; trying the static origins");
+            }
+        }
+        for o in &inner.settings.origins {
+            if !nodes.contains(o) {
+                nodes.push(o.clone());
+            }
+        }
+        let me = inner.settings.me.as_ref();
+        let mut out = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            if Some(&node) == me || self.resolves_to_self(&node).await {
+                debug!(%node, "not pulling from this node itself");
+                continue;
+            }
+            out.push(node);
+        }
+        out
+    }
+
+    async fn resolves_to_self(&self, node: &NodeUrl) -> bool {
+        let local = self.inner.settings.local;
+        match tokio::net::lookup_host(node.host_port()).await {
+            Ok(mut addrs) => addrs.any(|a| is_self(a, local)),
+            Err(_) => false,
+        }
+    }
+
+    /// One upstream session on `node`: plays the stream there and publishes it here.
+    async fn session(
+        &self,
+        node: &NodeUrl,
+        session_id: &str,
+        publisher: &mut Option<Publisher>,
+        splice: &mut Splice,
+        players: &mut watch::Receiver<usize>,
+    ) -> Outcome {
+        let inner = &self.inner;
+        let url = match upstream_url(node, session_id) {
+            Ok(u) => u,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let connect = async {
+            if url.transport == Transport::Quic(crate::url::QuicMapping::Tunnel) {
+                RtmpClient::connect_pooled(&url, ClientMode::Play, &inner.settings.client, &inner.pool).await
+            } else {
+                RtmpClient::connect(&url, ClientMode::Play, &inner.settings.client).await
+            }
+        };
+        let mut client = tokio::select! {
+            c = connect => match c {
+                Ok(c) => c,
+                Err(e) => return Outcome::Failed(e),
+            },
+            _ = idle(players, inner.settings.idle) => return Outcome::Idle,
+            _ = inner.shutdown.cancelled() => return Outcome::Idle,
+        };
+        let publisher = match publisher {
+            Some(p) => p,
+            None => match inner.hub.publish(session_id) {
+                Ok(p) => publisher.insert(p),
+                Err(HubError::AlreadyPublishing(_)) => return Outcome::Local,
+                Err(e) => return Outcome::Failed(ClientError::Unsupported(hub_refusal(&e))),
+            },
+        };
+        info!(%node, "pulling");
+        // Made once: a timer re-made per frame would never run out.
+        let idle = idle(players, inner.settings.idle);
+        tokio::pin!(idle);
+        loop {
+            tokio::select! {
+                event = client.read_event() => match event {
+                    Ok(Some(ClientEvent::Media { kind, timestamp, payload })) => {
+                        if let Some(frame) = splice.map(Frame::new(kind, timestamp, payload)) {
+                            publisher.send(frame);
+                        }
+                    }
+                    Ok(Some(ClientEvent::StreamEnded)) => return Outcome::Ended,
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Outcome::Lost(ClientError::Interrupted),
+                    Err(e) => return Outcome::Lost(e),
+                },
+                _ = &mut idle => {
+                    info!("no players for the idle time; closing the upstream");
+                    let _ = tokio::time::timeout(Duration::from_secs(1), client.finish()).await;
+                    return Outcome::Idle;
+                }
+                _ = inner.shutdown.cancelled() => return Outcome::Idle,
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The URL of `session_id` on `node`, in the mapping relay links use.
+fn upstream_url(node: &NodeUrl, session_id: &str) -> Result<StreamUrl, ClientError> {
+    let mut url = node
+        .stream_url(session_id)
+        .map_err(|_| ClientError::Unsupported("the session ID does not make a URL on this origin"))?;
+    if let Some(mapping) = relay_mapping(node) {
+        url.transport = Transport::Quic(mapping);
+    }
+    Ok(url)
+}
+
+fn hub_refusal(e: &HubError) -> &'static str {
+    match e {
+        HubError::AlreadyPublishing(_) => "a local publisher has the session ID",
+        HubError::TooManyPublishers(_) => "this relay is at its publisher limit",
+    }
+}
+
+/// Resolves once nobody has subscribed for `idle` in a row.
+async fn idle(players: &mut watch::Receiver<usize>, idle: Duration) {
+    loop {
+        if players.wait_for(|n| *n == 0).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(idle) => return,
+            r = players.wait_for(|n| *n > 0) => if r.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Relays chained into a CDN, with real processes on loopback: edges pulling from origins
+//! over QUIC (one upstream per stream, one connection per node), chains of three hops,
+//! and a cluster whose registry is a real `redis-server`.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context};
+use common::*;
+use qrelay::client::{ClientOptions, RtmpClient};
+use qrelay::media::frame::{inspect_video, MediaKind};
+use qrelay::reason::Reason;
+use qrelay::rtmp::session::{ClientEvent, ClientMode};
+use qrelay::transport::tls::Trust;
+use qrelay::url::StreamUrl;
+use qrelay::Config;
+use tokio::process::{Child, Command};
+
+/// Longest a publisher of the 4 s test file takes.
+const PUBLISH_LIMIT: Duration = Duration::from_secs(20);
+/// Longest a player takes to end after its stream ended, across a chain of relays.
+const END_LIMIT: Duration = Duration::from_secs(10);
+
+/// `rtmp+quic://127.0.0.1:PORT`: how another node reaches `srv`.
+fn quic_node(srv: &TestServer) -> String {
+    format!("rtmp+quic://127.0.0.1:{}", srv.addr.port())
+}
+
+/// A relay pulling from `upstream` (trusting its development CA).
+async fn edge_of(upstream: &TestServer, tweak: impl FnOnce(&mut Config)) -> Result<TestServer> {
+    let (node, ca) = (quic_node(upstream), upstream.ca.clone());
+    start_server_with(|c| {
+        c.origin = vec![node];
+        c.relay_ca = Some(ca);
+        tweak(c);
+    })
+    .await
+}
+
+fn client_options(srv: &TestServer) -> ClientOptions {
+    ClientOptions { trust: Trust::CaFile(srv.ca.clone()), ..ClientOptions::default() }
+}
+
+/// An in-process player of `live/key` on `srv`, started (the stream is live).
+async fn player(srv: &TestServer, scheme: &str, key: &str) -> Result<RtmpClient> {
+    let url = StreamUrl::parse(&srv.url(scheme, key))?;
+    Ok(RtmpClient::connect(&url, ClientMode::Play, &client_options(srv)).await?)
+}
+
+/// Reads until `n` video pictures arrived; returns their timestamps (sequence headers
+/// left out), failing on a timestamp that goes back.
+async fn pictures(client: &mut RtmpClient, n: usize, limit: Duration) -> Result<Vec<u32>> {
+    let mut seen = Vec::with_capacity(n);
+    tokio::time::timeout(limit, async {
+        while seen.len() < n {
+            match client.read_event().await? {
+                Some(ClientEvent::Media { kind: MediaKind::Video, timestamp, payload }) => {
+                    if inspect_video(&payload).sequence_header {
+                        continue;
+                    }
+                    if let Some(last) = seen.last() {
+                        ensure!(timestamp >= *last, "video time went back: {last} ms, then {timestamp} ms");
+                    }
+                    seen.push(timestamp);
+                }
+                Some(ClientEvent::StreamEnded) => bail!("the stream ended after {} pictures", seen.len()),
+                Some(_) => {}
+                None => bail!("the relay closed after {} pictures", seen.len()),
+            }
+        }
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("{} of {n} pictures within {limit:?}", seen.len()))??;
+    Ok(seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hop_chain_delivers_byte_exact_media() -> Result {
+    bounded(async {
+        let origin = start_server().await?;
+        let mid = edge_of(&origin, |_| {}).await?;
+        let edge = edge_of(&mid, |_| {}).await?;
+        let input = &media().flv;
+        let out = edge.path("edge.flv");
+
+        // The player comes first: its play makes the edge pull from the mid node, whose
+        // own pull then waits at the origin for the publisher.
+        let ff_player = spawn(&mut ffmpeg_player(&edge.url("rtmp", "c3"), &out))?;
+        origin.wait_subscribers("c3", 1).await?;
+        ensure!(mid.stats("c3").is_some_and(|s| s.subscribers == 1), "mid: {:?}", mid.stats("c3"));
+
+        let publisher = spawn(&mut ffmpeg_publisher(input, &origin.url("rtmp", "c3"), false))?;
+        expect_success(&finish(publisher, "ffmpeg publisher", PUBLISH_LIMIT).await?, "ffmpeg publisher")?;
+        // The end of the stream travels down the chain and ends the player.
+        expect_success(&finish(ff_player, "ffmpeg player", END_LIMIT).await?, "ffmpeg player")?;
+        let compared = compare_packets(&probe_packets(input).await?, &probe_packets(&out).await?, true)?;
+        ensure!(compared > 200, "only {compared} packets compared");
+        for (name, srv) in [("edge", &edge), ("mid", &mid), ("origin", &origin)] {
+            srv.wait_released("c3").await.with_context(|| format!("{name} kept the stream"))?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_pulls_each_stream_once_over_one_connection_and_lets_go_when_idle() -> Result {
+    bounded(async {
+        let origin = start_server().await?;
+        let edge = edge_of(&origin, |c| c.pull_idle_ms = 300).await?;
+        let keys = ["m1", "m2"];
+        let mut publishers = Vec::new();
+        for key in keys {
+            publishers.push(spawn(&mut ffmpeg_publisher(&media().flv, &origin.url("rtmp", key), true))?);
+            origin.wait_live(key).await?;
+        }
+
+        // Three players per stream, over TCP and both QUIC mappings.
+        let mut players = Vec::new();
+        for key in keys {
+            for scheme in ["rtmp", "rtmp+quic", "rtmpq"] {
+                let url = if scheme == "rtmpq" {
+                    format!("{}?mode=tunnel", edge.url("rtmp+quic", key))
+                } else {
+                    edge.url(scheme, key)
+                };
+                let url = StreamUrl::parse(&url)?;
+                let mut p = RtmpClient::connect(&url, ClientMode::Play, &client_options(&edge)).await?;
+                pictures(&mut p, 5, Duration::from_secs(10)).await?;
+                players.push(p);
+            }
+        }
+        // Seen from the origin: one subscriber per stream, and one connection for both
+        // (the rest are the two publishers).
+        for key in keys {
+            let s = origin.stats(key).context("stream gone")?;
+            ensure!(s.subscribers == 1, "{key}: {} subscribers at the origin", s.subscribers);
+        }
+        ensure!(
+            origin.connections.current() == keys.len() + 1,
+            "{} connections at the origin for 2 publishers and one edge",
+            origin.connections.current()
+        );
+
+        // Every player gone: the upstreams close once the idle time passed.
+        drop(players);
+        for key in keys {
+            origin.wait_stats(key, "no subscribers", |s| s.subscribers == 0).await?;
+            ensure!(edge.stats(key).is_none(), "the edge kept {key}: {:?}", edge.stats(key));
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_never_pulls_from_itself() -> Result {
+    bounded(async {
+        // The origin list names the edge itself (a loop): it is skipped, and the player
+        // is told there is no such stream when its wait is over.
+        let port = free_port()?;
+        let edge = start_server_with(|c| {
+            c.listen = format!("127.0.0.1:{port}").parse().expect("address");
+            c.origin = vec![format!("rtmp+quic://localhost:{port}"), format!("rtmp://127.0.0.1:{port}")];
+            c.play_wait_ms = 500;
+        })
+        .await?;
+        let err = player(&edge, "rtmp", "self").await.err().context("played a stream nobody publishes")?;
+        ensure!(format!("{err:#}").contains("StreamNotFound"), "{err:#}");
+        ensure!(edge.counters.get(Reason::UpstreamFailed) == 0, "it tried to pull from itself");
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------
+// A cluster with a Redis registry
+// ---------------------------------------------------------------------------------------
+
+/// A port free on TCP now (a server started on it next has it to itself in practice).
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A `redis-server` on a free loopback port, without persistence; killed on drop.
+struct RedisServer {
+    url: String,
+    _child: Child,
+}
+
+impl RedisServer {
+    async fn start() -> Result<Self> {
+        let port = free_port()?;
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting redis-server (scripts/install-test-deps.sh installs it)")?;
+        let ready = wait_until("redis-server to accept connections", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+        .await;
+        if let Err(e) = ready {
+            let _ = child.kill().await;
+            return Err(e);
+        }
+        Ok(Self { url: format!("redis://127.0.0.1:{port}"), _child: child })
+    }
+}
+
+/// A cluster node using `registry`, with the certificates in `certs` (one CA for the
+/// whole cluster, so edges trust every origin).
+async fn node(registry: &str, certs: &Path, tweak: impl FnOnce(&mut Config)) -> Result<TestServer> {
+    let (registry, certs) = (registry.to_owned(), certs.to_owned());
+    start_server_with(|c| {
+        c.registry = Some(registry);
+        c.registry_lease_ms = 1_000;
+        c.relay_ca = Some(certs.join("dev-ca.pem"));
+        c.cert_dir = certs;
+        tweak(c);
+    })
+    .await
+}
+
+/// An in-process publish attempt of `live/key` on `srv`: the error text when refused.
+async fn try_publish(srv: &TestServer, key: &str) -> Option<String> {
+    let url = StreamUrl::parse(&srv.url("rtmp", key)).ok()?;
+    match RtmpClient::connect(&url, ClientMode::Publish, &client_options(srv)).await {
+        Ok(_) => None,
+        Err(e) => Some(format!("{e:#}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_failover_through_redis_keeps_edge_players_playing() -> Result {
+    bounded(async {
+        let redis = RedisServer::start().await?;
+        let certs = tempfile::tempdir()?;
+        // Origin A is a process of its own, so that it can die as a crash does.
+        let lease = "1000";
+        let cert_dir = certs.path().to_str().context("path")?;
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--registry",
+            &redis.url,
+            "--registry-lease-ms",
+            lease,
+            "--cert-dir",
+            cert_dir,
+        ];
+        let mut a = spawn_serve(args).await?;
+        let b = node(&redis.url, certs.path(), |_| {}).await?;
+        let edge = node(&redis.url, certs.path(), |c| c.pull_idle_ms = 500).await?;
+
+        let first = spawn(&mut ffmpeg_publisher(&media().flv, &a.url("rtmp", "fo"), true))?;
+        // The edge finds the stream's origin through the registry (its play is answered
+        // once A has the publisher).
+        let mut watcher = player(&edge, "rtmp", "fo").await?;
+        let before = pictures(&mut watcher, 10, Duration::from_secs(10)).await?;
+        // A holds the lease: B refuses a publisher of the same session ID.
+        let refused = try_publish(&b, "fo").await.context("B accepted a second publisher of live/fo")?;
+        ensure!(refused.contains("BadName"), "{refused}");
+        ensure!(b.counters.get(Reason::PublishedElsewhere) == 1, "refusal not counted");
+
+        // A dies; its lease expires; the publisher comes back on B.
+        a.child.kill().await?;
+        drop(first);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let _second = loop {
+            let mut p = spawn(&mut ffmpeg_publisher(&media().flv, &b.url("rtmp", "fo"), true))?;
+            let live = wait_until("B to take the publisher", Duration::from_millis(1500), || {
+                b.stats("fo").filter(|s| s.live)
+            })
+            .await;
+            if live.is_ok() {
+                break p;
+            }
+            let _ = p.kill().await;
+            ensure!(tokio::time::Instant::now() < deadline, "B never took the publisher over");
+        };
+
+        // The same player goes on, with time moving forward, from the new origin.
+        let after = pictures(&mut watcher, 60, Duration::from_secs(20)).await?;
+        let last_before = *before.last().context("no pictures before")?;
+        ensure!(
+            after[0] >= last_before,
+            "time went back across the failover: {last_before} ms, then {} ms",
+            after[0]
+        );
+        ensure!(edge.counters.get(Reason::UpstreamLost) >= 1, "the edge never saw its upstream go");
+        b.wait_stats("fo", "the edge pulling from B", |s| s.subscribers == 1).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_is_down_never_stops_local_publish_and_play() -> Result {
+    bounded(async {
+        // Nothing listens there.
+        let registry = format!("redis://127.0.0.1:{}", free_port()?);
+        let certs = tempfile::tempdir()?;
+        let srv = node(&registry, certs.path(), |_| {}).await?;
+        let publisher = spawn(&mut ffmpeg_publisher(&media().flv, &srv.url("rtmp", "solo"), true))?;
+        srv.wait_live("solo").await?;
+        let mut p = player(&srv, "rtmp+quic", "solo").await?;
+        pictures(&mut p, 10, Duration::from_secs(10)).await?;
+        ensure!(srv.counters.get(Reason::RegistryUnavailable) >= 1, "the outage was not counted");
+        drop(publisher);
+        Ok(())
+    })
+    .await
+}
