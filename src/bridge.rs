@@ -46,7 +46,7 @@ pub struct BridgeOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
     /// The upstream URL is not usable.
-    #[error("bad upstream URL `{0}`: {1}")]
+    #[error("bad upstream URL `{}`: {}", crate::url::redact_tokens(.0), .1)]
     Upstream(String, UrlError),
     /// The listener could not be bound.
     #[error("cannot listen on {0}: {1}")]
@@ -104,6 +104,19 @@ impl Bridge {
         }
         tasks.close();
         tasks.wait().await;
+    }
+}
+
+/// The stream key sent upstream: the encoder's key with the parameters of the app's query
+/// added to its own, so a token the encoder put in the app (OBS's "Server" box
+/// `rtmp://bridge/live?token=...`) reaches the upstream too.
+fn upstream_key(app: &str, key: &str) -> String {
+    match app.split_once('?') {
+        Some((_, query)) if !query.is_empty() => {
+            let sep = if key.contains('?') { '&' } else { '?' };
+            format!("{key}{sep}{query}")
+        }
+        _ => key.to_owned(),
     }
 }
 
@@ -166,9 +179,9 @@ async fn serve_encoder(
         session.handle_input(&buf[..n])?;
         while let Some(event) = session.poll_event() {
             match event {
-                ServerEvent::PublishRequest { key, session_id, .. } => {
+                ServerEvent::PublishRequest { app, key, session_id, .. } => {
                     tracing::Span::current().record("session_id", session_id.as_str());
-                    match start_upstream(opts, &key, shutdown.clone()).await {
+                    match start_upstream(opts, &upstream_key(&app, &key), shutdown.clone()).await {
                         Ok(tx) => {
                             info!("publish carried upstream");
                             session.core().accept_publish();
@@ -328,5 +341,20 @@ async fn upstream_task(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_in_the_encoders_app_goes_upstream_with_the_key() {
+        assert_eq!(upstream_key("live", "cam1"), "cam1");
+        assert_eq!(upstream_key("live?token=t1", "cam1"), "cam1?token=t1");
+        assert_eq!(upstream_key("live?token=t1", "cam1?x=1"), "cam1?x=1&token=t1");
+        assert_eq!(upstream_key("live?", "cam1"), "cam1");
+        let url = upstream_url("rtmp+quic://relay/up?mode=tunnel", &upstream_key("live?token=t1", "cam1"));
+        assert_eq!(url.map(|u| u.key), Ok("cam1?token=t1".to_owned()));
     }
 }

@@ -4,6 +4,7 @@
 //! wins over the defaults ([`Config::resolve`]). Every limit the relay enforces lives here
 //! with its default.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -117,8 +118,9 @@ pub struct Config {
     #[arg(long, env = "QRELAY_PUBLISHER_GRACE_MS", default_value_t = Config::default().publisher_grace_ms)]
     pub publisher_grace_ms: u64,
     /// A publisher that sent no media this long may be replaced at once by a new publisher
-    /// on its session ID (until publish credentials exist, the sign that it froze rather
-    /// than that a second encoder is hijacking the stream). 0: never replaced.
+    /// on its session ID (the sign that it froze rather than that a second encoder is
+    /// hijacking the stream; one presenting the same publish token may replace it at once
+    /// anyway). 0: only the same token replaces a publisher.
     #[arg(long, env = "QRELAY_PUBLISHER_TAKEOVER_MS", default_value_t = Config::default().publisher_takeover_ms)]
     pub publisher_takeover_ms: u64,
     /// On SIGTERM, how long sessions get to finish before the relay exits anyway.
@@ -152,6 +154,95 @@ pub struct Config {
     /// Skip certificate checks on outbound links (development only).
     #[arg(long, env = "QRELAY_RELAY_INSECURE", action = clap::ArgAction::Set, default_value_t = false)]
     pub relay_insecure: bool,
+    /// Publish and play tokens (`[auth]`).
+    #[command(flatten)]
+    pub auth: AuthConfig,
+    /// HTTP hooks on publish and play (`[hooks]`).
+    #[command(flatten)]
+    pub hooks: HooksConfig,
+}
+
+/// `[auth]`: whether publishing and playing need a token, globally and per app. Tokens
+/// are checked with a secret from `secret_file` or, without one, from the
+/// `QRELAY_AUTH_SECRET` environment variable; the secret itself is never part of the
+/// configuration (nor of anything that prints it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// File holding the token signing secret (surrounding whitespace ignored).
+    #[arg(id = "auth.secret_file", long = "auth-secret-file", env = "QRELAY_AUTH_SECRET_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// Whether publishing needs a token: `open` or `token`.
+    #[arg(id = "auth.publish", long = "auth-publish", env = "QRELAY_AUTH_PUBLISH", default_value_t = AuthMode::Open)]
+    pub publish: AuthMode,
+    /// Whether playing needs a token: `open` or `token`.
+    #[arg(id = "auth.play", long = "auth-play", env = "QRELAY_AUTH_PLAY", default_value_t = AuthMode::Open)]
+    pub play: AuthMode,
+    /// Rules for single apps (`[auth.apps.NAME]`, file only), over the two above.
+    #[arg(skip)]
+    pub apps: BTreeMap<String, AppAuth>,
+}
+
+/// `[auth.apps.NAME]`: what differs for the app `NAME` (its whole name, `a/b` for a
+/// multi-segment app); an absent key keeps the `[auth]` setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppAuth {
+    /// Whether publishing to this app needs a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<AuthMode>,
+    /// Whether playing from this app needs a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub play: Option<AuthMode>,
+}
+
+/// `[hooks]`: HTTP endpoints told about publishes and plays (a JSON POST). `publish` and
+/// `play` decide (2xx allows, anything else or no answer in time refuses); `unpublish`
+/// and `stop` are told when an allowed one ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// URL asked before a publish starts.
+    #[arg(id = "hooks.publish", long = "hook-publish", env = "QRELAY_HOOK_PUBLISH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish: Option<String>,
+    /// URL told when a publish ends.
+    #[arg(id = "hooks.unpublish", long = "hook-unpublish", env = "QRELAY_HOOK_UNPUBLISH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unpublish: Option<String>,
+    /// URL asked before a play starts.
+    #[arg(id = "hooks.play", long = "hook-play", env = "QRELAY_HOOK_PLAY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub play: Option<String>,
+    /// URL told when a play ends.
+    #[arg(id = "hooks.stop", long = "hook-stop", env = "QRELAY_HOOK_STOP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
+    /// How long a hook may take to answer (a publish or play hook that has not answered
+    /// by then refuses; a notification is abandoned).
+    #[arg(id = "hooks.timeout_ms", long = "hook-timeout-ms", env = "QRELAY_HOOK_TIMEOUT_MS", default_value_t = HooksConfig::default().timeout_ms)]
+    pub timeout_ms: u64,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        Self { publish: None, unpublish: None, play: None, stop: None, timeout_ms: 2_000 }
+    }
+}
+
+impl HooksConfig {
+    /// Every configured hook with its key name.
+    pub fn urls(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("publish", &self.publish),
+            ("unpublish", &self.unpublish),
+            ("play", &self.play),
+            ("stop", &self.stop),
+        ]
+        .into_iter()
+        .filter_map(|(name, url)| url.as_deref().map(|u| (name, u)))
+    }
 }
 
 impl Default for Config {
@@ -194,6 +285,8 @@ impl Default for Config {
             registry_lease_ms: 5_000,
             relay_ca: None,
             relay_insecure: false,
+            auth: AuthConfig::default(),
+            hooks: HooksConfig::default(),
         }
     }
 }
@@ -202,6 +295,7 @@ impl Default for Config {
 /// live relay and would overflow deadline arithmetic.
 const MAX_MS: u64 = 24 * 60 * 60 * 1000;
 
+pub use crate::auth::AuthMode;
 pub use crate::transport::quic::Congestion;
 
 /// Why a configuration was refused. Messages include their cause, which is therefore
@@ -253,9 +347,26 @@ impl Config {
                 matches.value_source(name),
                 Some(ValueSource::CommandLine | ValueSource::EnvVariable)
             );
-            if let (true, Some(value)) = (explicit, given.get(name)) {
-                table.insert(name.to_owned(), value.clone());
-            }
+            // `auth.publish` is `publish` in the `[auth]` table.
+            let (section, key) = match name.split_once('.') {
+                Some((section, key)) => (Some(section), key),
+                None => (None, name),
+            };
+            let from = match section {
+                Some(section) => given.get(section).and_then(toml::Value::as_table),
+                None => Some(&given),
+            };
+            let Some(value) = from.and_then(|t| t.get(key)).filter(|_| explicit) else { continue };
+            let into = match section {
+                Some(section) => {
+                    match table.entry(section).or_insert_with(|| toml::Value::Table(toml::Table::new())) {
+                        toml::Value::Table(t) => t,
+                        _ => continue,
+                    }
+                }
+                None => &mut table,
+            };
+            into.insert(key.to_owned(), value.clone());
         }
         let config: Config = table
             .try_into()
@@ -380,6 +491,31 @@ impl Config {
         }
         if self.max_pending_bytes < self.max_message_size as usize {
             return bad("max_pending_bytes must be at least max_message_size (or no message that large arrives whole)");
+        }
+        self.validate_gates()
+    }
+
+    /// Checks `[auth]` and `[hooks]` (whether a needed secret exists is checked when the
+    /// server starts: it is read from a file or the environment).
+    fn validate_gates(&self) -> Result<(), ConfigError> {
+        for app in self.auth.apps.keys() {
+            if app.is_empty() || app.contains('?') || app.starts_with('/') || app.ends_with('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "auth.apps.\"{app}\": an app name without `?` or leading/trailing `/`"
+                )));
+            }
+        }
+        for (name, url) in self.hooks.urls() {
+            crate::hooks::check_url(url).map_err(|e| ConfigError::Invalid(format!("hooks.{name}: {e}")))?;
+        }
+        let t = self.hooks.timeout_ms;
+        let hooked = self.hooks.urls().next().is_some();
+        if t == 0 || (hooked && t >= self.handshake_timeout_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "hooks.timeout_ms must be within 1..{} (below handshake_timeout_ms, which bounds \
+                 every publish/play decision; it is {t})",
+                self.handshake_timeout_ms
+            )));
         }
         Ok(())
     }
@@ -513,6 +649,37 @@ mod tests {
     }
 
     #[test]
+    fn auth_and_hooks_tables() {
+        let c = Config::from_toml(
+            "[auth]\npublish = \"token\"\nsecret_file = \"/s\"\n[auth.apps.private]\nplay = \"token\"\n\
+             [auth.apps.\"a/b\"]\npublish = \"open\"\n[hooks]\npublish = \"http://127.0.0.1:9/p\"\ntimeout_ms = 500\n",
+        )
+        .unwrap();
+        assert_eq!((c.auth.publish, c.auth.play), (AuthMode::Token, AuthMode::Open));
+        assert_eq!(c.auth.apps["private"], AppAuth { publish: None, play: Some(AuthMode::Token) });
+        assert_eq!(c.auth.apps["a/b"].publish, Some(AuthMode::Open));
+        assert_eq!((c.hooks.publish.as_deref(), c.hooks.timeout_ms), (Some("http://127.0.0.1:9/p"), 500));
+        // Without hooks their timeout does not matter.
+        assert!(Config::from_toml("handshake_timeout_ms = 1000").is_ok());
+        for (bad, key) in [
+            ("[auth]\npublish = \"tokens\"", "publish"),
+            ("[auth]\nsecret = \"x\"", "secret"),
+            ("[auth.apps.x]\nplay = \"token\"\nrecord = \"open\"", "record"),
+            ("[auth.apps.\"x?y\"]\nplay = \"token\"", "auth.apps"),
+            ("[hooks]\npublish = \"ftp://h/x\"", "hooks.publish"),
+            ("[hooks]\nstop = \"/relative\"", "hooks.stop"),
+            ("[hooks]\ntimeout_ms = 0", "hooks.timeout_ms"),
+            (
+                "handshake_timeout_ms = 1000\n[hooks]\nplay = \"http://h/p\"\ntimeout_ms = 2000",
+                "hooks.timeout_ms",
+            ),
+        ] {
+            let e = Config::from_toml(bad).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn a_parse_error_is_printed_once() {
         let e = Config::from_toml("lisen = 1").map(|_| ()).unwrap_err();
         let text = format!("{:#}", anyhow::Error::from(e));
@@ -562,6 +729,15 @@ mod tests {
             (c.chunk_size, c.play_wait_ms, c.tcp_nodelay, c.quic_congestion),
             (8192, 5, false, Congestion::Cubic)
         );
+        // Nested tables too, over the file's other keys of the same table.
+        std::fs::write(&file, "[auth]\npublish = \"token\"\n[auth.apps.p]\nplay = \"token\"\n").unwrap();
+        let c = resolve(&["t", "--config", f, "--auth-play", "token", "--hook-play", "http://h/p"]);
+        assert_eq!((c.auth.publish, c.auth.play), (AuthMode::Token, AuthMode::Token));
+        assert_eq!(c.auth.apps["p"].play, Some(AuthMode::Token));
+        assert_eq!(c.hooks.play.as_deref(), Some("http://h/p"));
+        let c = resolve(&["t", "--config", f, "--auth-publish", "open"]);
+        assert_eq!(c.auth.publish, AuthMode::Open);
+        std::fs::write(&file, "chunk_size = 1024\nplay_wait_ms = 5\nmax_publishers = 3\n").unwrap();
         // So does the environment (a variable no other test reads).
         std::env::set_var("QRELAY_MAX_GOP_BYTES", "1048576");
         let c = resolve(&["t", "--config", f]);

@@ -20,7 +20,9 @@
 //! - [`server`]: binds the one port, accepts (TCP, QUIC with ALPN dispatch) and drives
 //!   each session (byte streams in `server::connection`, RoQR in `server::roqr_conn`)
 //!   until shutdown.
-//! - [`gate`]: the asynchronous decision before a publish or play is accepted.
+//! - [`gate`]: the asynchronous decision before a publish or play is accepted, and the
+//!   gate the configuration asks for: [`auth`] (publish/play tokens), then [`hooks`]
+//!   (HTTP hooks).
 //! - [`reason`]: why connections end or are refused, with stable codes and counters.
 //! - [`relay`]: links between nodes: edges pulling streams from origins on demand.
 //! - [`registry`]: which node publishes a session ID across a cluster (embedded or Redis).
@@ -30,9 +32,11 @@
 //! `qrelay bench` (the load generator) is the `qrelay-bench` crate, which the binary
 //! calls; the library does not use it.
 
+pub mod auth;
 pub mod bridge;
 pub mod config;
 pub mod gate;
+pub mod hooks;
 pub mod hub;
 pub mod reason;
 pub mod registry;

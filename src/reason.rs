@@ -81,7 +81,8 @@ reasons! {
     PublishTaken = 0x160, "publish_taken";
     /// A publish over `max_publishers`.
     TooManyPublishers = 0x161, "too_many_publishers";
-    /// The gate refused a publish or play (token, hook, registry).
+    /// The gate refused a publish or play without a more specific reason (or did not
+    /// decide within the handshake timeout).
     Refused = 0x162, "refused";
     /// A play whose stream was not published within `play_wait_ms`.
     StreamNotFound = 0x163, "stream_not_found";
@@ -105,6 +106,22 @@ reasons! {
     Shutdown = 0x190, "shutdown";
     /// Another I/O failure.
     Io = 0x191, "io";
+    /// A publish or play that needs a token came without one.
+    TokenMissing = 0x1a0, "token_missing";
+    /// A token that is malformed or signed with another secret.
+    TokenInvalid = 0x1a1, "token_invalid";
+    /// A token past its expiry.
+    TokenExpired = 0x1a2, "token_expired";
+    /// A token for the other role (a play token used to publish...).
+    TokenWrongRole = 0x1a3, "token_wrong_role";
+    /// A token for other session IDs.
+    TokenWrongStream = 0x1a4, "token_wrong_stream";
+    /// The publish or play hook answered with a status other than 2xx.
+    HookRefused = 0x1a8, "hook_refused";
+    /// The publish or play hook did not answer within `hooks.timeout_ms`.
+    HookTimeout = 0x1a9, "hook_timeout";
+    /// The publish or play hook could not be reached.
+    HookFailed = 0x1aa, "hook_failed";
     /// The cluster registry could not be reached (publish and play go on locally).
     RegistryUnavailable = 0x1c0, "registry_unavailable";
     /// A publish refused because another node holds the session ID's lease.
@@ -230,6 +247,8 @@ mod tests {
         // Pinned: these codes are on the wire and in dashboards.
         assert_eq!(Reason::Normal.code(), 0x100);
         assert_eq!(Reason::PublishTaken.code(), 0x160);
+        assert_eq!(Reason::TokenMissing.code(), 0x1a0);
+        assert_eq!(Reason::HookRefused.code(), 0x1a8);
         assert_eq!(Reason::from_code(0x3), None);
     }
 

@@ -803,7 +803,7 @@ impl qrelay::gate::Gate for TestGate {
         let key = r.key.clone();
         Box::pin(async move {
             if key.starts_with("denied") {
-                Decision::Refuse("not on the list".into())
+                Decision::refuse(qrelay::reason::Reason::Refused, "not on the list")
             } else if key.starts_with("slow") {
                 tokio::time::sleep(Duration::from_millis(800)).await;
                 Decision::Allow

@@ -402,3 +402,67 @@ async fn a_publisher_closed_for_silence_leaves_its_players_a_grace() -> Result {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_with_the_same_token_replaces_its_predecessor_at_once() -> Result {
+    use qrelay::auth::token::{mint, Secret};
+    use qrelay::auth::{AuthMode, TokenRole};
+    bounded(async {
+        const SECRET: &str = "reconnect-secret-0123456789abcdef";
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("secret");
+        std::fs::write(&file, SECRET)?;
+        let srv = start_server_with(|c| {
+            c.auth.secret_file = Some(file);
+            c.auth.publish = AuthMode::Token;
+            // No silence makes a takeover here: only the credentials do.
+            c.publisher_takeover_ms = 60_000;
+        })
+        .await?;
+        let secret = Secret::new(SECRET.as_bytes(), "test")?;
+        let hour = Duration::from_secs(3600);
+        let own = mint(&secret, "live/tok", TokenRole::Publish, hour)?;
+        let other = mint(&secret, "live/*", TokenRole::Publish, hour)?;
+        let opts = client_options(&srv);
+        let with = |token: &str| StreamUrl::parse(&srv.url("rtmp", &format!("tok?token={token}")));
+        let recorder = spawn_recorder(srv.url("rtmp", "tok"), opts.clone());
+        srv.wait_subscribers("tok", 1).await?;
+
+        let mut first = RtmpClient::connect(&with(&own)?, ClientMode::Publish, &opts).await?;
+        first.send_media(MediaKind::Video, 0, synth_header(1)).await?;
+        for i in 0..5 {
+            first.send_media(MediaKind::Video, i * 33, synth_frame(1, i)).await?;
+        }
+        srv.wait_stats("tok", "its 6 frames", |s| s.frames == 6).await?;
+
+        // Another valid token does not take the stream from an active publisher...
+        let refused = RtmpClient::connect(&with(&other)?, ClientMode::Publish, &opts).await;
+        ensure!(refused.is_err(), "a publisher with another token took the stream over");
+        // ...the same token does, at once: an encoder reconnecting before its old
+        // connection is known to be dead.
+        let mut second = RtmpClient::connect(&with(&own)?, ClientMode::Publish, &opts)
+            .await
+            .context("the same token was refused")?;
+        let closed =
+            tokio::time::timeout(END_LIMIT, async { while let Ok(Some(_)) = first.read_event().await {} })
+                .await;
+        ensure!(closed.is_ok(), "the replaced publisher's connection stayed open");
+        second.send_media(MediaKind::Video, 0, synth_header(2)).await?;
+        second.send_media(MediaKind::Video, 0, synth_frame(2, 0)).await?;
+        second.finish().await?;
+
+        let played =
+            tokio::time::timeout(END_LIMIT, recorder).await.context("the player did not end")???;
+        let got: Vec<(u32, Bytes)> = played.msgs.iter().map(|m| (m.ts, m.payload.clone())).collect();
+        let resumed = 4 * 33 + RESUME_STEP_MS;
+        ensure!(
+            got.len() == 8 && got.ends_with(&[(resumed, synth_header(2)), (resumed, synth_frame(2, 0))]),
+            "the player got {:?}",
+            got.iter().map(|(ts, p)| (*ts, p.len())).collect::<Vec<_>>()
+        );
+        ensure!(srv.counters.get(Reason::PublisherReplaced) == 1, "the replacement was not counted");
+        ensure!(srv.hub.publisher_events().taken_over == 1);
+        Ok(())
+    })
+    .await
+}

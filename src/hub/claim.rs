@@ -12,14 +12,15 @@
 //! ```
 //!
 //! Each claim gets a new generation; a publisher's handle carries its own, so the handle
-//! of a publisher that was replaced can neither send into the stream nor end it.
+//! of a publisher that was replaced can neither send into the stream nor end it. A claim
+//! made with credentials remembers whose they were ([`Owner`]), so that the same owner may
+//! replace its own publisher at once.
 
 use std::time::{Duration, Instant};
 
 /// Whether a publish may replace the current publisher of its session ID. The session
-/// layer decides: until publish credentials exist only a silent publisher may be
-/// replaced; a request that proves it comes from the current publisher's owner (the same
-/// credentials) may replace it at once.
+/// layer decides: without credentials only a silent publisher may be replaced; a request
+/// that presents the current publisher's own credentials may replace it at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Takeover {
     /// Never: a second publisher is refused while the first holds the session ID.
@@ -27,14 +28,22 @@ pub enum Takeover {
     /// When the current publisher sent no media for the hub's takeover threshold
     /// (`publisher_takeover_ms`; never when that is 0).
     IfSilent,
+    /// The request presents these credentials: it replaces a publisher that presented
+    /// the same at once, any other as [`Takeover::IfSilent`]; the new claim remembers them.
+    SameOwner(Owner),
     /// At once (the requester is known to own the stream).
     Now,
 }
 
+/// Whose credentials a claim was made with: a keyed hash of them ([`crate::hub::Hub::owner`]),
+/// so the hub keeps no secret and compares in constant size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner(pub(super) u64);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Free,
-    Active { generation: u64, last_media: Instant },
+    Active { generation: u64, last_media: Instant, owner: Option<Owner> },
     Grace { generation: u64, since: Instant, until: Instant },
 }
 
@@ -81,11 +90,13 @@ impl Claim {
         match self.state {
             State::Free => Some(Claimed::Fresh),
             State::Grace { since, .. } => Some(Claimed::Resumed(now.saturating_duration_since(since))),
-            State::Active { last_media, .. } => {
+            State::Active { last_media, owner, .. } => {
                 let silent = now.saturating_duration_since(last_media);
+                let is_silent = !silence.is_zero() && silent >= silence;
                 let replace = match takeover {
                     Takeover::Never => false,
-                    Takeover::IfSilent => !silence.is_zero() && silent >= silence,
+                    Takeover::IfSilent => is_silent,
+                    Takeover::SameOwner(o) => owner == Some(o) || is_silent,
                     Takeover::Now => true,
                 };
                 replace.then_some(Claimed::TookOver(silent))
@@ -93,11 +104,15 @@ impl Claim {
         }
     }
 
-    /// Grants the claim [`Claim::decide`] allowed: a new active publisher. Returns its
-    /// generation.
-    pub(super) fn commit(&mut self, now: Instant) -> u64 {
+    /// Grants the claim [`Claim::decide`] allowed: a new active publisher, owned by the
+    /// credentials `takeover` carried, if any. Returns its generation.
+    pub(super) fn commit(&mut self, now: Instant, takeover: Takeover) -> u64 {
         self.generation += 1;
-        self.state = State::Active { generation: self.generation, last_media: now };
+        let owner = match takeover {
+            Takeover::SameOwner(o) => Some(o),
+            _ => None,
+        };
+        self.state = State::Active { generation: self.generation, last_media: now, owner };
         self.generation
     }
 
@@ -118,7 +133,7 @@ impl Claim {
     /// must be ignored).
     pub(super) fn media(&mut self, generation: u64, now: Instant) -> bool {
         match &mut self.state {
-            State::Active { generation: g, last_media } if *g == generation => {
+            State::Active { generation: g, last_media, .. } if *g == generation => {
                 *last_media = now;
                 true
             }
@@ -183,7 +198,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Claim::default();
         assert_eq!(c.decide(t0, Takeover::IfSilent, 2000 * MS), Some(Claimed::Fresh));
-        let g1 = c.commit(t0);
+        let g1 = c.commit(t0, Takeover::Never);
         assert!(c.media(g1, t0 + 500 * MS));
         assert_eq!(c.decide(t0 + 2499 * MS, Takeover::IfSilent, 2000 * MS), None, "still active");
         assert_eq!(c.decide(t0 + 2499 * MS, Takeover::Never, 2000 * MS), None);
@@ -197,11 +212,28 @@ mod tests {
     }
 
     #[test]
+    fn the_same_owner_replaces_its_publisher_at_once_and_others_only_after_the_silence() {
+        let t0 = Instant::now();
+        let (alice, mallory) = (Owner(1), Owner(2));
+        let mut c = Claim::default();
+        c.commit(t0, Takeover::SameOwner(alice));
+        let at = t0 + 10 * MS;
+        assert_eq!(c.decide(at, Takeover::SameOwner(alice), 2000 * MS), Some(Claimed::TookOver(10 * MS)));
+        assert_eq!(c.decide(at, Takeover::SameOwner(mallory), 2000 * MS), None, "other credentials");
+        assert_eq!(c.decide(at, Takeover::IfSilent, 2000 * MS), None);
+        let later = t0 + 2000 * MS;
+        assert!(c.decide(later, Takeover::SameOwner(mallory), 2000 * MS).is_some(), "silent: as IfSilent");
+        // A claim made without credentials has no owner to match.
+        c.commit(later, Takeover::IfSilent);
+        assert_eq!(c.decide(later, Takeover::SameOwner(alice), 2000 * MS), None);
+    }
+
+    #[test]
     fn a_replaced_publisher_can_neither_send_nor_end_the_stream() {
         let t0 = Instant::now();
         let mut c = Claim::default();
-        let old = c.commit(t0);
-        let new = c.commit(t0 + 3000 * MS);
+        let old = c.commit(t0, Takeover::Never);
+        let new = c.commit(t0 + 3000 * MS, Takeover::Never);
         assert_ne!(old, new);
         assert!(!c.media(old, t0 + 3001 * MS));
         assert!(c.media(new, t0 + 3001 * MS));
@@ -214,7 +246,7 @@ mod tests {
     fn a_lost_publisher_leaves_a_grace_that_a_successor_resumes_or_that_expires() {
         let t0 = Instant::now();
         let mut c = Claim::default();
-        let g1 = c.commit(t0);
+        let g1 = c.commit(t0, Takeover::Never);
         assert_eq!(c.lose(g1, t0 + 100 * MS, 5000 * MS), Lost::Grace(t0 + 5100 * MS));
         assert!(c.in_grace());
         assert!(!c.media(g1, t0 + 200 * MS), "a lost publisher sends nothing more");
@@ -223,7 +255,7 @@ mod tests {
             c.decide(t0 + 1100 * MS, Takeover::Never, Duration::ZERO),
             Some(Claimed::Resumed(1000 * MS))
         );
-        let g2 = c.commit(t0 + 1100 * MS);
+        let g2 = c.commit(t0 + 1100 * MS, Takeover::Never);
         assert!(!c.expire(g1, t0 + 9000 * MS), "a resumed grace does not expire");
         assert_eq!(c.active(), Some(g2));
 
@@ -236,12 +268,12 @@ mod tests {
     fn no_grace_ends_at_once_and_finish_ends_regardless() {
         let t0 = Instant::now();
         let mut c = Claim::default();
-        let g = c.commit(t0);
+        let g = c.commit(t0, Takeover::Never);
         assert_eq!(c.lose(g, t0, Duration::ZERO), Lost::Ended);
-        let g = c.commit(t0);
+        let g = c.commit(t0, Takeover::Never);
         assert!(c.finish(g));
         assert!(!c.finish(g), "once");
-        let g = c.commit(t0);
+        let g = c.commit(t0, Takeover::Never);
         c.lose(g, t0, 5000 * MS);
         assert!(c.end_grace());
         assert!(!c.end_grace());

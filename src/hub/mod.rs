@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use claim::Takeover;
+pub use claim::{Owner, Takeover};
 pub use stream::{Publisher, StreamStats};
 pub use subscriber::{DirectSink, Handback, QueueLimits, Subscriber};
 
@@ -119,6 +119,9 @@ struct HubInner {
     events: Arc<EventCounters>,
     /// Shutting down: no more graces.
     closing: AtomicBool,
+    /// Keys the hash of publishers' credentials ([`Hub::owner`]): random per hub, so a
+    /// colliding credential cannot be made up front.
+    owners: std::collections::hash_map::RandomState,
 }
 
 impl Hub {
@@ -183,6 +186,13 @@ impl Hub {
                 Err(e)
             }
         }
+    }
+
+    /// The owner that `credential` (a publish token the gate accepted) stands for, to
+    /// claim with [`Takeover::SameOwner`]. Only a keyed hash is kept.
+    pub fn owner(&self, credential: &str) -> Owner {
+        use std::hash::BuildHasher;
+        Owner(self.inner.owners.hash_one(credential))
     }
 
     /// Takes a publisher slot unless all are taken.

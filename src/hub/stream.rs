@@ -192,7 +192,7 @@ impl Stream {
         if claimed == Claimed::Fresh && !reserve() {
             return Err(HubError::TooManyPublishers(self.config.max_publishers));
         }
-        let generation = p.claim.commit(now);
+        let generation = p.claim.commit(now, takeover);
         match claimed {
             Claimed::Fresh => p.timeline.reset(),
             Claimed::Resumed(after) => {

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::connection::ConnContext;
-use crate::gate::{Decision, Request, Role};
+use crate::gate::{Decision, Refusal, Request, Role};
 use crate::hub::{Publisher, Subscriber, Takeover};
 use crate::reason::Reason;
 use crate::registry::PublisherLease;
@@ -57,11 +57,23 @@ pub(super) struct HubLink<W> {
     /// The publisher's registry lease, held as long as `publisher`.
     lease: Option<PublisherLease>,
     pending: Option<Request>,
+    /// The request the gate allowed and that has not ended yet: the gate hears of its end
+    /// once (`Gate::ended`), however it ends.
+    allowed: Option<Request>,
 }
 
 impl<W: Default> HubLink<W> {
     pub(super) fn new(ctx: ConnContext, peer: SocketAddr, transport: &'static str) -> Self {
-        Self { ctx, peer, transport, publisher: None, player: None, lease: None, pending: None }
+        Self {
+            ctx,
+            peer,
+            transport,
+            publisher: None,
+            player: None,
+            lease: None,
+            pending: None,
+            allowed: None,
+        }
     }
 
     /// Acts on an event of the session core. A player that stopped is returned, for the
@@ -84,11 +96,13 @@ impl<W: Default> HubLink<W> {
                 if let Some(p) = self.publisher.take() {
                     p.finish();
                     info!("publish ended by the publisher");
+                    self.end_allowed();
                 }
             }
             ServerEvent::StopPlay => {
                 let p = self.player.take()?;
                 info!(skipped = p.sub.skipped(), "play stopped by the player");
+                self.end_allowed();
                 return Some(p);
             }
         }
@@ -109,9 +123,15 @@ impl<W: Default> HubLink<W> {
     }
 
     async fn on_decision(&mut self, core: &mut ServerCore, request: Request, decision: Decision) -> Next {
+        if decision == Decision::Allow {
+            // Whatever follows (even the hub's or the registry's refusal), the gate hears
+            // of the end.
+            self.end_allowed();
+            self.allowed = Some(request.clone());
+        }
         match (request.role, decision) {
             (Role::Publish, Decision::Allow) => {
-                match self.ctx.hub.publish_with(&request.session_id, takeover(&request)) {
+                match self.ctx.hub.publish_with(&request.session_id, self.takeover(&request)) {
                     Ok(p) => {
                         // Claimed here first (the hub's claim is instant and local), then in
                         // the cluster, so two publishers racing on one node never both ask
@@ -127,6 +147,7 @@ impl<W: Default> HubLink<W> {
                                 warn!(%node, "publish refused: another node publishes this session ID");
                                 let why = format!("the stream is being published on {node}");
                                 core.reject_publish("NetStream.Publish.BadName", &why);
+                                self.end_allowed();
                                 return Next::CloseAfterFlush;
                             }
                         }
@@ -137,8 +158,9 @@ impl<W: Default> HubLink<W> {
                     }
                     Err(e) => {
                         self.ctx.counters.count(Reason::of_hub(&e));
-                        warn!(reason = %e, "publish refused");
+                        warn!(reason = %Reason::of_hub(&e), detail = %e, "publish refused");
                         core.reject_publish("NetStream.Publish.BadName", &e.to_string());
+                        self.end_allowed();
                         Next::CloseAfterFlush
                     }
                 }
@@ -155,16 +177,16 @@ impl<W: Default> HubLink<W> {
                 self.player = Some(Player { sub, live: false, deadline, writer: W::default() });
                 Next::Continue
             }
-            (Role::Publish, Decision::Refuse(reason)) => {
-                self.ctx.counters.count(Reason::Refused);
-                warn!(%reason, "publish refused by the gate");
-                core.reject_publish("NetStream.Publish.BadName", &reason);
+            (Role::Publish, Decision::Refuse(Refusal { reason, message })) => {
+                self.ctx.counters.count(reason);
+                warn!(%reason, detail = %message, "publish refused by the gate");
+                core.reject_publish("NetStream.Publish.BadName", &message);
                 Next::CloseAfterFlush
             }
-            (Role::Play, Decision::Refuse(reason)) => {
-                self.ctx.counters.count(Reason::Refused);
-                warn!(%reason, "play refused by the gate");
-                core.reject_play("NetStream.Play.Failed", &reason);
+            (Role::Play, Decision::Refuse(Refusal { reason, message })) => {
+                self.ctx.counters.count(reason);
+                warn!(%reason, detail = %message, "play refused by the gate");
+                core.reject_play("NetStream.Play.Failed", &message);
                 Next::CloseAfterFlush
             }
         }
@@ -183,6 +205,26 @@ impl<W: Default> HubLink<W> {
     /// with the new publisher) and the session closes.
     pub(super) fn on_replaced(&mut self) {
         self.publisher = None;
+        self.end_allowed();
+    }
+
+    /// Whether a publish may replace the current publisher of its session ID: one that
+    /// presents the same publish token (where publishing needs one, so the gate checked
+    /// it) at once, as an encoder reconnecting with its own key does; anyone else only a
+    /// publisher silent for `publisher_takeover_ms` (a frozen encoder, a connection dead
+    /// without a reset).
+    fn takeover(&self, request: &Request) -> Takeover {
+        match crate::auth::publish_credential(&self.ctx.config.auth, request) {
+            Some(token) => Takeover::SameOwner(self.ctx.hub.owner(token)),
+            None => Takeover::IfSilent,
+        }
+    }
+
+    /// Tells the gate that the request it allowed ended (once).
+    fn end_allowed(&mut self) {
+        if let Some(request) = self.allowed.take() {
+            self.ctx.gate.ended(&request);
+        }
     }
 
     /// What the player waits for next; pending for ever without a player.
@@ -211,6 +253,7 @@ impl<W: Default> HubLink<W> {
             info!("no publisher within the play wait");
             core.reject_play("NetStream.Play.StreamNotFound", "no such stream is being published");
             self.player = None;
+            self.end_allowed();
             Next::CloseAfterFlush
         }
     }
@@ -223,6 +266,7 @@ impl<W: Default> HubLink<W> {
             info!(skipped = p.sub.skipped(), "stream ended; closing player");
         }
         core.play_ended();
+        self.end_allowed();
         player
     }
 
@@ -233,12 +277,13 @@ impl<W: Default> HubLink<W> {
     }
 }
 
-/// Whether a publish may replace the current publisher of its session ID. Until publish
-/// credentials exist, only one silent for `publisher_takeover_ms` (a frozen encoder,
-/// a connection dead without a reset) can be; when the gate can tell that `request` carries
-/// the current publisher's own credentials, this answers [`Takeover::Now`] for it.
-fn takeover(_request: &Request) -> Takeover {
-    Takeover::IfSilent
+impl<W> Drop for HubLink<W> {
+    /// The session is over: a publish or play still on ended with it.
+    fn drop(&mut self) {
+        if let Some(request) = self.allowed.take() {
+            self.ctx.gate.ended(&request);
+        }
+    }
 }
 
 /// A stream key for logs: the name without its query (tokens stay out of logs).

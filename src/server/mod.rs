@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::auth::Auth;
 use crate::client::ClientOptions;
 use crate::config::Config;
 use crate::gate::{self, Gate};
@@ -52,6 +53,7 @@ pub struct Server {
     dev_ca: Option<PathBuf>,
     hub: Hub,
     gate: Arc<dyn Gate>,
+    auth: Option<Arc<Auth>>,
     counters: Arc<Counters>,
     registry: Arc<dyn Registry>,
     admission: Arc<Admission>,
@@ -70,6 +72,9 @@ pub enum ServerError {
     /// The configuration is not usable.
     #[error("{0}")]
     Config(crate::config::ConfigError),
+    /// The configured gate (tokens, hooks) cannot work: no secret, a bad one...
+    #[error("{0}")]
+    Gate(gate::GateError),
     /// Certificates could not be loaded or made.
     #[error("{0}")]
     Tls(tls::TlsError),
@@ -103,6 +108,12 @@ impl From<crate::config::ConfigError> for ServerError {
     }
 }
 
+impl From<gate::GateError> for ServerError {
+    fn from(e: gate::GateError) -> Self {
+        Self::Gate(e)
+    }
+}
+
 impl From<tls::TlsError> for ServerError {
     fn from(e: tls::TlsError) -> Self {
         Self::Tls(e)
@@ -128,6 +139,8 @@ impl Server {
     /// Binds TCP and UDP on the same port and loads (or makes) the certificates.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
+        // Before any port is taken: a missing secret is a configuration error at start.
+        let gate::Configured { gate, auth } = gate::from_config(&config)?;
         let (identity, created) = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => (tls::load_identity(cert, key)?, false),
             _ => tls::dev_identity(&config.cert_dir)?,
@@ -145,7 +158,6 @@ impl Server {
         let endpoint = quic_endpoint::server_endpoint(udp, &identity, &config.quic())?;
         let tls = TlsAcceptor::from(Arc::new(tls::rtmps_server_config(&identity)?));
         let hub = Hub::new(config.hub());
-        let gate: Arc<dyn Gate> = Arc::new(gate::Open);
         let registry = registry_from(&config, local_addr)?;
         let config_limits = (config.max_connections, config.max_connections_per_ip);
         Ok(Self {
@@ -157,6 +169,7 @@ impl Server {
             dev_ca: identity.dev_ca,
             hub,
             gate,
+            auth,
             counters: Arc::default(),
             registry,
             admission: Admission::new(config_limits.0, config_limits.1),
@@ -173,10 +186,16 @@ impl Server {
         self.dev_ca.as_ref()
     }
 
-    /// Replaces the gate that decides publish and play requests (the default lets
-    /// everything through).
+    /// Replaces the gate that decides publish and play requests (by default the one the
+    /// configuration asks for: tokens, then hooks; with neither, everything goes through).
     pub fn set_gate(&mut self, gate: Arc<dyn Gate>) {
         self.gate = gate;
+    }
+
+    /// The token rules and secret, when a secret is configured: mints publish and play
+    /// tokens this relay accepts ([`Auth::mint`]).
+    pub fn auth(&self) -> Option<Arc<Auth>> {
+        self.auth.clone()
     }
 
     /// Closes and refusals by reason (for tests and metrics).

@@ -22,6 +22,12 @@ pub trait MessageCore {
     fn handle_message(&mut self, raw: Message, msg: RtmpMessage) -> Result<(), SessionError>;
     /// Next message (or framing step) to send.
     fn poll_transmit(&mut self) -> Option<Transmit>;
+    /// Whether media from the peer is taken now. A player's media travels on streams of
+    /// its own and may overtake the `NetStream.Play.Start` that makes the core take it:
+    /// until then it is held, not dropped.
+    fn media_ready(&self) -> bool {
+        true
+    }
 }
 
 impl MessageCore for ServerCore {
@@ -40,10 +46,16 @@ impl MessageCore for ClientCore {
     fn poll_transmit(&mut self) -> Option<Transmit> {
         ClientCore::poll_transmit(self)
     }
+    fn media_ready(&self) -> bool {
+        self.is_playing()
+    }
 }
 
 /// Longest a stream-ending command waits for the peer's media streams to end.
 const DEFER_LIMIT: Duration = Duration::from_secs(2);
+/// Media messages held at most while the core does not take media yet (a late joiner's
+/// cached GOP is a few hundred).
+const MAX_HELD_BEFORE_START: usize = 1024;
 /// Commands deferred at most (beyond, they are handled in order at once).
 const MAX_DEFERRED: usize = 64;
 
@@ -277,13 +289,23 @@ impl<C: MessageCore> RoqrSession<C> {
         Ok(())
     }
 
-    /// A non-media message for the core: media received before it goes first.
+    /// A non-media message for the core: media received before it goes first, unless the
+    /// core does not take media yet, when it goes after (the command may be the one that
+    /// starts playback).
     fn command(&mut self, msg: Message, parsed: RtmpMessage) -> Result<(), RoqrError> {
-        let held: Vec<Message> = self.reorder.drain().collect();
-        for m in held {
-            self.deliver(m)?;
-        }
+        self.deliver_held()?;
         self.core.handle_message(msg, parsed)?;
+        self.deliver_held()
+    }
+
+    /// Every held message, in order, if the core takes media.
+    fn deliver_held(&mut self) -> Result<(), RoqrError> {
+        if self.core.media_ready() {
+            let held: Vec<Message> = self.reorder.drain().collect();
+            for m in held {
+                self.deliver(m)?;
+            }
+        }
         Ok(())
     }
 
@@ -322,6 +344,18 @@ impl<C: MessageCore> RoqrSession<C> {
     }
 
     fn release(&mut self, now: Instant) -> Result<(), RoqrError> {
+        if !self.core.media_ready() {
+            // Held until the core takes media, within the reorder buffer's bound: past
+            // it the oldest goes, and the core drops it (a peer that sends media and never
+            // starts the stream costs bounded memory).
+            while self.reorder.len() > MAX_HELD_BEFORE_START {
+                let oldest = self.reorder.drain().next();
+                if let Some(m) = oldest {
+                    self.deliver(m)?;
+                }
+            }
+            return Ok(());
+        }
         while let Some(m) = self.reorder.pop(now) {
             self.deliver(m)?;
         }

@@ -118,6 +118,11 @@ impl ClientCore {
         self.mode == ClientMode::Publish && matches!(self.state, State::Active(_))
     }
 
+    /// Whether the server started the play (media is taken).
+    pub fn is_playing(&self) -> bool {
+        self.mode == ClientMode::Play && matches!(self.state, State::Active(_))
+    }
+
     /// Whether a play was requested and the server has not started it yet: a server
     /// holds such a player until its stream is published.
     pub fn awaiting_play(&self) -> bool {

@@ -188,3 +188,51 @@ fn a_malformed_command_ends_the_session_with_a_general_error() {
     let e = s.handle_frame(RoqrFrame { flow: 0, message: bad }, Via::Stream, now).unwrap_err();
     assert_eq!(e.code(), ErrorCode::General);
 }
+
+#[test]
+fn a_players_media_that_overtakes_play_start_is_held_not_dropped() {
+    // A late joiner's cached GOP comes on media streams of its own and may arrive before
+    // `NetStream.Play.Start` on the command stream.
+    let now = Instant::now();
+    let mut core = ClientCore::new(ClientMode::Play, "live", "cam", "rtmp+quic://h/live");
+    core.start();
+    let mut c = RoqrSession::new(core, RoqrLimits::default());
+    let mut s = RoqrSession::new(ServerCore::new(), RoqrLimits::default());
+    let events = pump(&mut c, &mut s, now);
+    assert!(events.iter().any(|e| matches!(e, ServerEvent::PlayRequest { .. })), "{events:?}");
+    let media = [
+        media_message(
+            MediaKind::Data,
+            2000,
+            1,
+            Bytes::from_static(&[2, 0, 10, b'o', b'n', b'M', b'e', b't', b'a', b'D', b'a', b't', b'a']),
+        ),
+        media_message(MediaKind::Video, 0, 1, Bytes::from_static(&[0x17, 0, 0, 0, 0, 1])),
+        media_message(MediaKind::Audio, 0, 1, Bytes::from_static(&[0xaf, 0, 0x12, 0x10])),
+        media_message(MediaKind::Video, 2000, 1, Bytes::from_static(&[0x17, 1, 0, 0, 0, 9])),
+        media_message(MediaKind::Audio, 2010, 1, Bytes::from_static(&[0xaf, 1, 7])),
+        media_message(MediaKind::Video, 2033, 1, Bytes::from_static(&[0x27, 1, 0, 0, 0, 9])),
+    ];
+    for m in &media {
+        c.handle_frame(RoqrFrame { flow: 0, message: m.clone() }, Via::Stream, now).unwrap();
+    }
+    c.handle_timeout(now + Duration::from_secs(1)).unwrap();
+    assert!(c.core().poll_event().is_none(), "media before the play started");
+    s.core().accept_play();
+    pump(&mut c, &mut s, now);
+    let got: Vec<(MediaKind, u32)> = std::iter::from_fn(|| c.core().poll_event())
+        .filter_map(|e| match e {
+            ClientEvent::Media { kind, timestamp, .. } => Some((kind, timestamp)),
+            _ => None,
+        })
+        .collect();
+    let want = [
+        (MediaKind::Video, 0),
+        (MediaKind::Audio, 0),
+        (MediaKind::Data, 2000),
+        (MediaKind::Video, 2000),
+        (MediaKind::Audio, 2010),
+        (MediaKind::Video, 2033),
+    ];
+    assert_eq!(got, want);
+}
