@@ -166,7 +166,7 @@ fn resumed(c: &mut Criterion) {
         publisher.send(key.clone());
         if resume {
             // A takeover (no runtime here for a grace timer) resumes the same way.
-            publisher = hub.publish_with("live/bench", Takeover::Now).expect("takeover");
+            publisher = hub.publish_with("live/bench", Takeover::Now, 0).expect("takeover");
             publisher.send(key.clone());
         }
         let mut subs = subs;

@@ -63,7 +63,8 @@ pub struct Bridge {
 impl Bridge {
     /// Checks the upstream URL and binds the local listener.
     pub async fn bind(opts: BridgeOptions) -> Result<Self, BridgeError> {
-        upstream_url(&opts.upstream, "check").map_err(|e| BridgeError::Upstream(opts.upstream.clone(), e))?;
+        StreamUrl::with_key(&opts.upstream, "check")
+            .map_err(|e| BridgeError::Upstream(opts.upstream.clone(), e))?;
         let listener =
             TcpListener::bind(opts.listen).await.map_err(|e| BridgeError::Listen(opts.listen, e))?;
         Ok(Self { listener, opts })
@@ -118,21 +119,6 @@ fn upstream_key(app: &str, key: &str) -> String {
         }
         _ => key.to_owned(),
     }
-}
-
-/// The upstream URL for one session: the configured `scheme://host:port/app` with the
-/// session's stream key appended.
-fn upstream_url(base: &str, key: &str) -> Result<StreamUrl, UrlError> {
-    let (head, query) = match base.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (base, None),
-    };
-    let mut url = format!("{}/{key}", head.trim_end_matches('/'));
-    if let Some(q) = query {
-        url.push(if key.contains('?') { '&' } else { '?' });
-        url.push_str(q);
-    }
-    StreamUrl::parse(&url)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,7 +209,7 @@ async fn start_upstream(
     key: &str,
     shutdown: CancellationToken,
 ) -> Result<mpsc::Sender<Frame>, String> {
-    let url = upstream_url(&opts.upstream, key).map_err(|e| e.to_string())?;
+    let url = StreamUrl::with_key(&opts.upstream, key).map_err(|e| e.to_string())?;
     let connect = RtmpClient::connect(&url, ClientMode::Publish, &opts.client);
     let client = match tokio::time::timeout(FIRST_CONNECT, connect).await {
         Ok(Ok(c)) => c,
@@ -354,7 +340,8 @@ mod tests {
         assert_eq!(upstream_key("live?token=t1", "cam1"), "cam1?token=t1");
         assert_eq!(upstream_key("live?token=t1", "cam1?x=1"), "cam1?x=1&token=t1");
         assert_eq!(upstream_key("live?", "cam1"), "cam1");
-        let url = upstream_url("rtmp+quic://relay/up?mode=tunnel", &upstream_key("live?token=t1", "cam1"));
+        let url =
+            StreamUrl::with_key("rtmp+quic://relay/up?mode=tunnel", &upstream_key("live?token=t1", "cam1"));
         assert_eq!(url.map(|u| u.key), Ok("cam1?token=t1".to_owned()));
     }
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hub::{HubConfig, QueueLimits};
 use crate::relay::node::NodeUrl;
+use crate::relay::push::ForwardRule;
 use crate::rtmp::chunk::DecoderLimits;
 use crate::rtmp::session::SessionConfig;
 use crate::transport::quic::QuicSettings;
@@ -148,12 +149,30 @@ pub struct Config {
     #[arg(long, env = "QRELAY_REGISTRY_LEASE_MS", default_value_t = Config::default().registry_lease_ms)]
     pub registry_lease_ms: u64,
     /// CA certificates (PEM) trusted on this relay's own outbound links (origins it
-    /// pulls from); the web PKI roots when absent.
+    /// pulls from, targets it forwards to); the web PKI roots when absent.
     #[arg(long, env = "QRELAY_RELAY_CA")]
     pub relay_ca: Option<PathBuf>,
     /// Skip certificate checks on outbound links (development only).
     #[arg(long, env = "QRELAY_RELAY_INSECURE", action = clap::ArgAction::Set, default_value_t = false)]
     pub relay_insecure: bool,
+    /// Push forwarding: streams whose session ID matches a rule's pattern are published to
+    /// each of its targets while live (`[[forward]]` tables in the file). On the command
+    /// line `PATTERN=URL[,URL...]`, repeatable (or `;`-separated); it replaces the file's
+    /// rules.
+    #[arg(long, env = "QRELAY_FORWARD", value_name = "PATTERN=URL[,URL...]",
+          value_parser = ForwardRule::parse_arg, value_delimiter = ';')]
+    pub forward: Vec<ForwardRule>,
+    /// Relays a stream may pass through: a publish announcing more (`qrelayHops`) is
+    /// refused, and a stream is not forwarded when its next hop would exceed this.
+    #[arg(long, env = "QRELAY_MAX_HOPS", default_value_t = Config::default().max_hops)]
+    pub max_hops: u32,
+    /// First wait before a failed forward target is tried again; it doubles (jittered)
+    /// up to `forward_backoff_max_ms`.
+    #[arg(long, env = "QRELAY_FORWARD_BACKOFF_MIN_MS", default_value_t = Config::default().forward_backoff_min_ms)]
+    pub forward_backoff_min_ms: u64,
+    /// Longest wait between attempts on a failed forward target.
+    #[arg(long, env = "QRELAY_FORWARD_BACKOFF_MAX_MS", default_value_t = Config::default().forward_backoff_max_ms)]
+    pub forward_backoff_max_ms: u64,
     /// Publish and play tokens (`[auth]`).
     #[command(flatten)]
     pub auth: AuthConfig,
@@ -285,6 +304,10 @@ impl Default for Config {
             registry_lease_ms: 5_000,
             relay_ca: None,
             relay_insecure: false,
+            forward: Vec::new(),
+            max_hops: 8,
+            forward_backoff_min_ms: 250,
+            forward_backoff_max_ms: 5_000,
             auth: AuthConfig::default(),
             hooks: HooksConfig::default(),
         }
@@ -439,6 +462,8 @@ impl Config {
         }
         // Zero would close every connection (or drop every frame) at once.
         let non_zero = [
+            ("forward_backoff_min_ms", self.forward_backoff_min_ms),
+            ("forward_backoff_max_ms", self.forward_backoff_max_ms),
             ("handshake_timeout_ms", self.handshake_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("write_timeout_ms", self.write_timeout_ms),
@@ -491,6 +516,15 @@ impl Config {
         }
         if self.max_pending_bytes < self.max_message_size as usize {
             return bad("max_pending_bytes must be at least max_message_size (or no message that large arrives whole)");
+        }
+        if self.forward_backoff_max_ms < self.forward_backoff_min_ms {
+            return bad("forward_backoff_max_ms must be at least forward_backoff_min_ms");
+        }
+        if !(1..=255).contains(&self.max_hops) {
+            return bad("max_hops must be within 1..=255");
+        }
+        for rule in &self.forward {
+            rule.validate().map_err(|e| ConfigError::Invalid(format!("forward: {e}")))?;
         }
         self.validate_gates()
     }
@@ -743,6 +777,47 @@ mod tests {
         let c = resolve(&["t", "--config", f]);
         std::env::remove_var("QRELAY_MAX_GOP_BYTES");
         assert_eq!((c.max_gop_bytes, c.chunk_size), (1 << 20, 1024));
+    }
+
+    #[test]
+    fn forward_rules_come_from_tables_or_the_command_line() {
+        let c = Config::from_toml(
+            "max_hops = 3\n[[forward]]\nstreams = \"live/*\"\nto = [\"rtmp://10.0.0.5/live\", \"rtmp+quic://edge1/live/renamed\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_hops, 3);
+        assert_eq!(c.forward.len(), 1);
+        assert_eq!(c.forward[0].to[1], "rtmp+quic://edge1/live/renamed");
+        let e = Config::from_toml("[[forward]]\nstreams = \"live/*\"\nto = [\"rtmp://h:0/live\"]\n")
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("forward") && e.contains("bad port"), "{e}");
+        assert!(Config::from_toml("[[forward]]\nstreams = \"a\"\nto = []\n").is_err());
+        assert!(Config::from_toml("[[forward]]\nstreams = \"a\"\nto = [\"rtmp://h/l\"]\nx = 1\n").is_err());
+        assert!(Config::from_toml("max_hops = 0").is_err());
+        assert!(Config::from_toml("forward_backoff_min_ms = 10\nforward_backoff_max_ms = 5").is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("q.toml");
+        std::fs::write(&file, "[[forward]]\nstreams = \"x/*\"\nto = [\"rtmp://file/live\"]\n").unwrap();
+        let f = file.to_str().unwrap();
+        assert_eq!(resolve(&["t", "--config", f]).forward[0].streams, "x/*");
+        // The command line replaces the file's rules; repeatable, or `;`-separated.
+        let c = resolve(&[
+            "t",
+            "--config",
+            f,
+            "--forward",
+            "live/*=rtmp://a/live,rtmp://b/live/k",
+            "--forward",
+            "other/*=rtmp://c/x;third=rtmp://d/y",
+        ]);
+        let got: Vec<(&str, usize)> = c.forward.iter().map(|r| (r.streams.as_str(), r.to.len())).collect();
+        assert_eq!(got, [("live/*", 2), ("other/*", 1), ("third", 1)]);
+        use clap::CommandFactory;
+        let e = Cli::command().try_get_matches_from(["t", "--forward", "live/*=ftp://x/y"]).unwrap_err();
+        assert!(e.to_string().contains("ftp"), "{e}");
     }
 
     #[test]

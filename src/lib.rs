@@ -24,7 +24,8 @@
 //!   gate the configuration asks for: [`auth`] (publish/play tokens), then [`hooks`]
 //!   (HTTP hooks).
 //! - [`reason`]: why connections end or are refused, with stable codes and counters.
-//! - [`relay`]: links between nodes: edges pulling streams from origins on demand.
+//! - [`relay`]: links between nodes: edges pulling streams from origins on demand, push
+//!   forwarding of published streams to other servers, and the loop/hop rules they share.
 //! - [`registry`]: which node publishes a session ID across a cluster (embedded or Redis).
 //! - [`config`]: the one configuration type (TOML file, command line, environment).
 //! - [`bridge`]: `qrelay bridge`, local RTMP for stock encoders carried upstream over RoQR.

@@ -122,6 +122,19 @@ reasons! {
     HookTimeout = 0x1a9, "hook_timeout";
     /// The publish or play hook could not be reached.
     HookFailed = 0x1aa, "hook_failed";
+    /// A relay target that is this relay itself (a forward to itself would loop).
+    RelayLoop = 0x1b0, "relay_loop";
+    /// A relayed publish (or a forward) that would pass more relays than `max_hops`.
+    HopLimit = 0x1b1, "hop_limit";
+    /// A forward target that could not be reached (refused connection, no answer,
+    /// name not resolved, TLS/QUIC failure).
+    TargetUnreachable = 0x1b2, "target_unreachable";
+    /// A forward target that answered but refused the publish (status code in the log).
+    TargetRefused = 0x1b3, "target_refused";
+    /// A forward target that closed or lost the connection while we published.
+    TargetLost = 0x1b4, "target_lost";
+    /// A forward target that took no data for `write_timeout_ms`.
+    TargetStalled = 0x1b5, "target_stalled";
     /// The cluster registry could not be reached (publish and play go on locally).
     RegistryUnavailable = 0x1c0, "registry_unavailable";
     /// A publish refused because another node holds the session ID's lease.

@@ -20,6 +20,10 @@
 //! is looked up (and the stream's user count changed, an atomic) under it, then dropped,
 //! and only then is the stream locked. No lock but a subscriber's own queue lock is held
 //! over a socket write (`subscriber.rs`).
+//!
+//! A [`LiveWatcher`] given at construction hears of every publish that starts (the
+//! relay's push forwarding starts its forwards there, `relay::push`): one place that
+//! sees every publisher, whatever brought it (an encoder, a relay upstream).
 
 mod claim;
 mod stream;
@@ -27,6 +31,7 @@ mod subscriber;
 mod timeline;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -104,6 +109,27 @@ struct EventCounters {
     taken_over: AtomicU64,
 }
 
+/// A publish that just started, as a [`LiveWatcher`] hears of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveStream {
+    /// The session ID published.
+    pub session_id: String,
+    /// Relays the stream came through before this one: 0 when an encoder publishes here,
+    /// one more per relay that forwarded it (`relay::hops`).
+    pub hops: u32,
+}
+
+/// Hears of every publish that starts: once per publish, when its first frame arrives
+/// and before that frame is fanned out, with no hub or stream lock held. A subscription
+/// made from [`went_live`](LiveWatcher::went_live) therefore gets the whole publish, and
+/// a publish that is refused after the hub's claim (by the cluster registry) and so
+/// never sends anything is never announced. It runs on the publisher's task and must
+/// not wait: spawn whatever takes time.
+pub trait LiveWatcher: Send + Sync + fmt::Debug {
+    /// `stream` went live on `hub`.
+    fn went_live(&self, hub: &Hub, stream: &LiveStream);
+}
+
 /// Shared handle to the registry of live streams. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Hub {
@@ -122,12 +148,19 @@ struct HubInner {
     /// Keys the hash of publishers' credentials ([`Hub::owner`]): random per hub, so a
     /// colliding credential cannot be made up front.
     owners: std::collections::hash_map::RandomState,
+    /// Told of every publish that starts.
+    watcher: Option<Arc<dyn LiveWatcher>>,
 }
 
 impl Hub {
     /// An empty hub.
     pub fn new(config: HubConfig) -> Self {
         Self { inner: Arc::new(HubInner { config, ..HubInner::default() }) }
+    }
+
+    /// An empty hub whose publishes `watcher` hears of.
+    pub fn with_watcher(config: HubConfig, watcher: Arc<dyn LiveWatcher>) -> Self {
+        Self { inner: Arc::new(HubInner { config, watcher: Some(watcher), ..HubInner::default() }) }
     }
 
     /// The hub's settings.
@@ -155,14 +188,27 @@ impl Hub {
     /// Claims the session ID for a publisher, replacing a silent one
     /// ([`Takeover::IfSilent`]). See [`Hub::publish_with`].
     pub fn publish(&self, session_id: &str) -> Result<Publisher, HubError> {
-        self.publish_with(session_id, Takeover::IfSilent)
+        self.publish_with(session_id, Takeover::IfSilent, 0)
     }
 
-    /// Claims the session ID for a publisher. A stream in its grace is resumed; an active
-    /// publisher is replaced as `takeover` allows (its [`Publisher::replaced`] resolves),
-    /// or the claim is refused. Dropping the [`Publisher`] starts a grace;
-    /// [`Publisher::finish`] ends the stream.
-    pub fn publish_with(&self, session_id: &str, takeover: Takeover) -> Result<Publisher, HubError> {
+    /// [`publish`](Self::publish) for a stream that came through `hops` relays already
+    /// (what the [`LiveWatcher`] is told, so forwards can bound the chain).
+    pub fn publish_relayed(&self, session_id: &str, hops: u32) -> Result<Publisher, HubError> {
+        self.publish_with(session_id, Takeover::IfSilent, hops)
+    }
+
+    /// Claims the session ID for a publisher of a stream that came through `hops` relays.
+    /// A stream in its grace is resumed; an active publisher is replaced as `takeover`
+    /// allows (its [`Publisher::replaced`] resolves), or the claim is refused. Dropping
+    /// the [`Publisher`] starts a grace; [`Publisher::finish`] ends the stream. Only a
+    /// fresh publish is announced to the [`LiveWatcher`]: a resumed one continues the
+    /// stream its subscribers (forwards among them) already follow.
+    pub fn publish_with(
+        &self,
+        session_id: &str,
+        takeover: Takeover,
+        hops: u32,
+    ) -> Result<Publisher, HubError> {
         // Counted as a user under the hub lock so `release` cannot remove the entry
         // before the claim holds it.
         let stream = {
@@ -175,11 +221,12 @@ impl Hub {
         let claimed = stream.claim(Instant::now(), takeover, || self.reserve_slot());
         match claimed {
             Ok((generation, claimed)) => {
-                if claimed != claim::Claimed::Fresh {
+                let fresh = claimed == claim::Claimed::Fresh;
+                if !fresh {
                     // The claim continues the one before, which holds a user already.
                     self.release(&stream);
                 }
-                Ok(Publisher::new(stream, self.clone(), generation))
+                Ok(Publisher::new(stream, self.clone(), generation, fresh.then_some(hops)))
             }
             Err(e) => {
                 self.release(&stream);
@@ -281,6 +328,14 @@ impl Hub {
     /// Whether no stream entry exists.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Tells the watcher that `stream`'s publish is under way (its first frame is about
+    /// to be fanned out).
+    fn announce(&self, session_id: &str, hops: u32) {
+        if let Some(watcher) = &self.inner.watcher {
+            watcher.went_live(self, &LiveStream { session_id: session_id.to_owned(), hops });
+        }
     }
 
     /// The claim on `stream` ended (after the stream ended for its players): its slot

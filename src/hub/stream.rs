@@ -305,26 +305,61 @@ impl Stream {
         let queue = Arc::new(Queue::new(self.config.queue, self.counters.clone()));
         let mut st = self.state();
         if st.live {
-            // Metadata goes out at the joiner's start (the cached GOP's first frame), not
-            // at the time it was published: seconds or hours before everything else the
-            // joiner gets, ffmpeg takes it for a stream of its own (a phantom subtitle).
-            let start = st.gop.first().map(Frame::timestamp);
-            let metadata = st.metadata.as_ref().map(|m| match start {
-                Some(ts) if ts != m.timestamp() => Frame::new(m.kind(), ts, m.payload().clone()),
-                _ => m.clone(),
-            });
-            let snapshot = metadata
-                .into_iter()
-                .chain(st.video_headers.iter().cloned())
-                .chain(st.audio_headers.iter().cloned())
-                .chain(st.gop.iter().cloned());
-            queue.start_with(snapshot);
+            Self::start_late_joiner(&st, &queue);
         }
         st.subscribers = st.subscribers.iter().cloned().chain(std::iter::once(queue.clone())).collect();
         self.counters.subscribers.store(st.subscribers.len(), Ordering::Relaxed);
         self.watchers.send_replace(st.subscribers.len());
         drop(st);
         Subscriber::new(queue, self.clone(), hub)
+    }
+
+    /// Queues what a late joiner starts with: metadata, sequence headers, the cached GOP.
+    /// Stream lock held, so no push lands between the cache read and the queue's start.
+    fn start_late_joiner(st: &State, queue: &Queue) {
+        // Metadata goes out at the joiner's start (the cached GOP's first frame), not
+        // at the time it was published: seconds or hours before everything else the
+        // joiner gets, ffmpeg takes it for a stream of its own (a phantom subtitle).
+        let start = st.gop.first().map(Frame::timestamp);
+        let metadata = st.metadata.as_ref().map(|m| match start {
+            Some(ts) if ts != m.timestamp() => Frame::new(m.kind(), ts, m.payload().clone()),
+            _ => m.clone(),
+        });
+        let snapshot = metadata
+            .into_iter()
+            .chain(st.video_headers.iter().cloned())
+            .chain(st.audio_headers.iter().cloned())
+            .chain(st.gop.iter().cloned());
+        queue.start_with(snapshot);
+    }
+
+    /// Puts a new queue, started as a late joiner's, in the place of `old`, which is
+    /// closed; `None` (and nothing changed) when the publish `old` followed is over. In a
+    /// grace the stream is not over: the new queue starts empty and gets the resume.
+    /// A new queue rather than `old` refilled: a push between its cache update and its
+    /// fan-out would otherwise put its frame in `old` twice (from the cache and from its
+    /// snapshot of the list, which holds `old` but not the new queue).
+    pub(super) fn rejoin(&self, old: &Arc<Queue>) -> Option<Arc<Queue>> {
+        let mut st = self.state();
+        // `grace` changes only under the stream lock held here.
+        let grace = self.counters.grace.load(Ordering::Relaxed);
+        if !(st.live || grace) || old.is_ended() || !st.subscribers.iter().any(|q| Arc::ptr_eq(q, old)) {
+            return None;
+        }
+        let queue = Arc::new(Queue::new(self.config.queue, self.counters.clone()));
+        if st.live {
+            Self::start_late_joiner(&st, &queue);
+        } else {
+            queue.go_live();
+        }
+        st.subscribers = st
+            .subscribers
+            .iter()
+            .map(|q| if Arc::ptr_eq(q, old) { queue.clone() } else { q.clone() })
+            .collect();
+        drop(st);
+        old.close();
+        Some(queue)
     }
 
     pub(super) fn unsubscribe(&self, queue: &Arc<Queue>) {
@@ -494,18 +529,25 @@ pub struct Publisher {
     current: watch::Receiver<u64>,
     /// Ended on purpose (unpublish), not lost.
     finished: bool,
+    /// The hops to announce to the hub's watcher at the first frame; `None` once done,
+    /// or for a publisher that continues a stream (it was announced when it started).
+    announce: Option<u32>,
 }
 
 impl Publisher {
-    pub(super) fn new(stream: Arc<Stream>, hub: Hub, generation: u64) -> Self {
+    pub(super) fn new(stream: Arc<Stream>, hub: Hub, generation: u64, announce: Option<u32>) -> Self {
         let current = stream.watch_current();
-        Self { stream, hub, generation, current, finished: false }
+        Self { stream, hub, generation, current, finished: false, announce }
     }
 
     /// Fans a frame out to every subscriber and updates the late-joiner cache. After a
     /// resume the frame may be held, dropped or re-stamped (`timeline.rs`). Frames of a
-    /// publisher that was replaced are ignored.
+    /// publisher that was replaced are ignored. The first frame of a fresh publish
+    /// announces it to the hub's watcher first ([`super::LiveWatcher`]).
     pub fn send(&mut self, frame: Frame) {
+        if let Some(hops) = self.announce.take() {
+            self.hub.announce(self.stream.session_id(), hops);
+        }
         self.stream.send(self.generation, frame);
     }
 

@@ -214,13 +214,18 @@ impl Queue {
         self.skipped.load(Ordering::Relaxed)
     }
 
+    /// The publish this queue followed is over (or the subscriber left).
+    pub(super) fn is_ended(&self) -> bool {
+        self.state().phase == Phase::Ended
+    }
+
     pub(super) fn queued_bytes(&self) -> usize {
         self.queued_bytes.load(Ordering::Relaxed)
     }
 
     /// The subscriber is gone: nothing more is queued or written (a push that still
     /// holds this queue in its snapshot finds it closed), and the sink is dropped.
-    fn close(&self) {
+    pub(super) fn close(&self) {
         let mut st = self.state();
         st.phase = Phase::Ended;
         st.writer = Writer::Task;
@@ -439,6 +444,25 @@ impl Subscriber {
         }
         let bytes = st.bytes - taken;
         self.queue.set_bytes(&mut st, bytes);
+    }
+
+    /// Starts over as a late joiner of the same publish: whatever is queued is dropped
+    /// and the queue starts again with the stream's metadata, sequence headers and
+    /// cached GOP, then follows the publish as before. `false`, and nothing changed, once
+    /// the publish this subscriber followed has ended. What a relay's forward uses after
+    /// reconnecting to its target: the target gets a decodable start at once instead of
+    /// waiting for the next keyframe, and nothing it already had twice.
+    ///
+    /// Only for a subscriber whose task writes (it never handed a sink to the publisher):
+    /// the old queue is closed with whatever it held.
+    pub fn rejoin(&mut self) -> bool {
+        match self.stream.rejoin(&self.queue) {
+            Some(queue) => {
+                self.queue = queue;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Frames this subscriber skipped because it fell behind.

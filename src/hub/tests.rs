@@ -788,7 +788,7 @@ async fn a_silent_publisher_is_replaced_and_can_no_longer_send_or_end_the_stream
     assert_eq!(hub.publish("live/a").unwrap_err(), HubError::AlreadyPublishing("live/a".into()), "active");
 
     tokio::time::sleep(Duration::from_millis(60)).await; // silence is time passing
-    assert!(hub.publish_with("live/a", Takeover::Never).is_err(), "Never is never");
+    assert!(hub.publish_with("live/a", Takeover::Never, 0).is_err(), "Never is never");
     let mut p2 = hub.publish("live/a").expect("silent past the threshold: replaced");
     tokio::time::timeout(Duration::from_secs(1), p1.replaced()).await.expect("the old publisher learns it");
     p1.send(video(66, true, 10));
@@ -802,7 +802,7 @@ async fn a_silent_publisher_is_replaced_and_can_no_longer_send_or_end_the_stream
     assert_eq!(hub.publisher_events().taken_over, 1);
 
     // Takeover::Now (the session layer knows it is the owner) replaces even an active one.
-    let p3 = hub.publish_with("live/a", Takeover::Now).expect("replaced at once");
+    let p3 = hub.publish_with("live/a", Takeover::Now, 0).expect("replaced at once");
     assert!(tokio::time::timeout(Duration::from_secs(1), p2.replaced()).await.is_ok());
     drop((p2, p3));
 }
@@ -821,4 +821,92 @@ async fn shutdown_ends_graces_and_starts_no_more() {
     drop(p);
     assert!(ends_soon(&sub).await);
     assert_eq!(hub.publisher_events().graces, 1);
+}
+
+/// Records what it is told and subscribes at once, as push forwarding does.
+#[derive(Debug, Default)]
+struct Recorder {
+    told: Mutex<Vec<LiveStream>>,
+    subs: Mutex<Vec<Subscriber>>,
+}
+
+impl LiveWatcher for Recorder {
+    fn went_live(&self, hub: &Hub, stream: &LiveStream) {
+        self.told.lock().unwrap().push(stream.clone());
+        self.subs.lock().unwrap().push(hub.subscribe(&stream.session_id));
+    }
+}
+
+#[tokio::test]
+async fn the_watcher_hears_of_each_publish_once_in_time_to_get_its_first_frame() {
+    let recorder = Arc::new(Recorder::default());
+    let hub = Hub::with_watcher(HubConfig::default(), recorder.clone());
+    let mut p = hub.publish_relayed("live/a", 2).unwrap();
+    assert!(hub.publish("live/a").is_err());
+    assert!(recorder.told.lock().unwrap().is_empty(), "told only once something is published");
+    p.send(video_header());
+    p.send(video(0, true, 10));
+    let told = recorder.told.lock().unwrap().clone();
+    assert_eq!(
+        told,
+        vec![LiveStream { session_id: "live/a".into(), hops: 2 }],
+        "a refused publish is not news"
+    );
+    let mut sub = recorder.subs.lock().unwrap().pop().unwrap();
+    assert!(next(&mut sub).await.unwrap().is_sequence_header(), "the subscription has the first frame");
+    assert!(next(&mut sub).await.unwrap().is_keyframe());
+    p.finish();
+    assert!(next(&mut sub).await.is_none());
+    let mut q = hub.publish("live/a").unwrap();
+    q.send(audio(0));
+    assert_eq!(recorder.told.lock().unwrap().len(), 2);
+    assert_eq!(recorder.told.lock().unwrap().last().map(|l| l.hops), Some(0), "an encoder's publish: 0 hops");
+}
+
+#[tokio::test]
+async fn rejoin_drops_the_backlog_and_restarts_from_the_cache_of_the_same_publish() {
+    let hub = Hub::default();
+    let mut p = hub.publish("live/a").unwrap();
+    let mut sub = hub.subscribe("live/a");
+    p.send(video_header());
+    p.send(video(0, true, 10));
+    p.send(video(33, false, 10));
+    p.send(video(66, true, 10));
+    p.send(video(99, false, 10));
+    assert!(sub.rejoin());
+    let mut frames = Vec::new();
+    sub.drain_into(&mut frames, usize::MAX);
+    let got: Vec<(u32, bool, bool)> =
+        frames.iter().map(|f| (f.timestamp(), f.is_keyframe(), f.is_sequence_header())).collect();
+    assert_eq!(got, vec![(0, false, true), (66, true, false), (99, false, false)]);
+    p.send(video(133, false, 10));
+    assert_eq!(next(&mut sub).await.map(|f| f.timestamp()), Some(133), "follows the publish once, not twice");
+    assert_eq!(hub.stats("live/a").unwrap().subscribers, 1, "still one subscriber");
+    p.finish();
+    assert!(!sub.rejoin(), "the publish it followed is over");
+    let _p2 = hub.publish("live/a").unwrap();
+    assert!(!sub.rejoin(), "a new publish is not the one it followed");
+    drop(sub);
+    drop(_p2);
+    assert!(hub.is_empty());
+}
+
+#[tokio::test]
+async fn a_resumed_publish_is_not_announced_again_and_a_rejoin_in_its_grace_gets_the_resume() {
+    let recorder = Arc::new(Recorder::default());
+    let hub = Hub::with_watcher(HubConfig::default(), recorder.clone());
+    let mut p = hub.publish("live/a").unwrap();
+    p.send(video_header());
+    p.send(video(0, true, 10));
+    let mut forward = recorder.subs.lock().unwrap().pop().unwrap();
+    assert_eq!(drain(&mut forward).len(), 2);
+    drop(p); // lost: the forward's subscription keeps the stream in its grace
+    assert!(forward.rejoin(), "in a grace the stream is not over");
+    let mut p2 = hub.publish("live/a").unwrap();
+    p2.send(other_video_header());
+    p2.send(video(0, true, 10));
+    assert_eq!(recorder.told.lock().unwrap().len(), 1, "the stream went on: no second announcement");
+    let resumed = timeline::RESUME_STEP_MS;
+    assert_eq!(drain(&mut forward), vec![(V, resumed, false, true), (V, resumed, true, false)]);
+    p2.finish();
 }

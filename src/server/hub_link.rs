@@ -1,9 +1,10 @@
 //! The session↔hub rules every transport shares, free of sockets: a publish or play
-//! request waits for the gate, then the hub (one publisher per session ID, players wait
-//! for a publisher up to `play_wait_ms`); refusals answer with their status code and are
-//! counted; the end of a stream ends its players. A publisher that unpublishes ends its
-//! stream; one whose session ends otherwise leaves its players a grace, and one replaced
-//! by a new publisher (a takeover) has its session closed. The byte-stream driver
+//! request waits for the gate, then the hub (one publisher per session ID, a relayed
+//! publish within `max_hops`, players wait for a publisher up to `play_wait_ms`);
+//! refusals answer with their status code and are counted; the end of a stream ends its
+//! players. A publisher that unpublishes ends its stream; one whose session ends
+//! otherwise leaves its players a grace, and one replaced by a new publisher (a
+//! takeover) has its session closed. The byte-stream driver
 //! (`connection.rs`) and the RoQR driver (`roqr_conn.rs`) own the I/O and call in here
 //! with the message-level [`ServerCore`] of their framing.
 
@@ -17,6 +18,7 @@ use crate::gate::{Decision, Refusal, Request, Role};
 use crate::hub::{Publisher, Subscriber, Takeover};
 use crate::reason::Reason;
 use crate::registry::PublisherLease;
+use crate::relay::hops;
 use crate::rtmp::session::{ServerCore, ServerEvent};
 
 /// A player's hub side, with whatever its transport keeps per player (`W`: the byte
@@ -131,39 +133,17 @@ impl<W: Default> HubLink<W> {
         }
         match (request.role, decision) {
             (Role::Publish, Decision::Allow) => {
-                match self.ctx.hub.publish_with(&request.session_id, self.takeover(&request)) {
-                    Ok(p) => {
-                        // Claimed here first (the hub's claim is instant and local), then in
-                        // the cluster, so two publishers racing on one node never both ask
-                        // the registry.
-                        let registry = self.ctx.registry.clone();
-                        let counters = self.ctx.counters.clone();
-                        match PublisherLease::acquire(registry, &request.session_id, counters).await {
-                            Ok(lease) => self.lease = Some(lease),
-                            Err(node) => {
-                                // Refused, not lost: the stream ends here, no grace.
-                                p.finish();
-                                self.ctx.counters.count(Reason::PublishedElsewhere);
-                                warn!(%node, "publish refused: another node publishes this session ID");
-                                let why = format!("the stream is being published on {node}");
-                                core.reject_publish("NetStream.Publish.BadName", &why);
-                                self.end_allowed();
-                                return Next::CloseAfterFlush;
-                            }
-                        }
-                        info!(key = %redact(&request.key), "publish started");
-                        core.accept_publish();
-                        self.publisher = Some(p);
-                        Next::Continue
-                    }
-                    Err(e) => {
-                        self.ctx.counters.count(Reason::of_hub(&e));
-                        warn!(reason = %Reason::of_hub(&e), detail = %e, "publish refused");
-                        core.reject_publish("NetStream.Publish.BadName", &e.to_string());
+                let hops = match self.relayed_hops(core) {
+                    Ok(hops) => hops,
+                    Err(refusal) => {
+                        self.ctx.counters.count(Reason::HopLimit);
+                        warn!(reason = %refusal, "publish refused");
+                        core.reject_publish("NetStream.Publish.BadName", &refusal);
                         self.end_allowed();
-                        Next::CloseAfterFlush
+                        return Next::CloseAfterFlush;
                     }
-                }
+                };
+                self.publish(core, &request, hops).await
             }
             (Role::Play, Decision::Allow) => {
                 info!("play requested");
@@ -218,6 +198,55 @@ impl<W: Default> HubLink<W> {
             Some(token) => Takeover::SameOwner(self.ctx.hub.owner(token)),
             None => Takeover::IfSilent,
         }
+    }
+
+    /// The hub's answer to an allowed publish that came through `hops` relays, then the
+    /// cluster registry's.
+    async fn publish(&mut self, core: &mut ServerCore, request: &Request, hops: u32) -> Next {
+        match self.ctx.hub.publish_with(&request.session_id, self.takeover(request), hops) {
+            Ok(p) => {
+                // Claimed here first (the hub's claim is instant and local), then in
+                // the cluster, so two publishers racing on one node never both ask
+                // the registry.
+                let registry = self.ctx.registry.clone();
+                let counters = self.ctx.counters.clone();
+                match PublisherLease::acquire(registry, &request.session_id, counters).await {
+                    Ok(lease) => self.lease = Some(lease),
+                    Err(node) => {
+                        // Refused, not lost: the stream ends here, no grace.
+                        p.finish();
+                        self.ctx.counters.count(Reason::PublishedElsewhere);
+                        warn!(%node, "publish refused: another node publishes this session ID");
+                        let why = format!("the stream is being published on {node}");
+                        core.reject_publish("NetStream.Publish.BadName", &why);
+                        self.end_allowed();
+                        return Next::CloseAfterFlush;
+                    }
+                }
+                info!(key = %redact(&request.key), hops, "publish started");
+                core.accept_publish();
+                self.publisher = Some(p);
+                Next::Continue
+            }
+            Err(e) => {
+                self.ctx.counters.count(Reason::of_hub(&e));
+                warn!(reason = %Reason::of_hub(&e), detail = %e, "publish refused");
+                core.reject_publish("NetStream.Publish.BadName", &e.to_string());
+                self.end_allowed();
+                Next::CloseAfterFlush
+            }
+        }
+    }
+
+    /// The relays a publish came through (what a forwarding relay announced in
+    /// `connect`), or why it is refused: a malformed count, or more than `max_hops`.
+    fn relayed_hops(&self, core: &ServerCore) -> Result<u32, String> {
+        let hops = hops::announced_hops(core.connect_property(hops::HOPS_PROPERTY))?;
+        let max = self.ctx.config.max_hops;
+        if hops > max {
+            return Err(format!("the stream passed {hops} relays, more than max_hops ({max})"));
+        }
+        Ok(hops)
     }
 
     /// Tells the gate that the request it allowed ended (once).

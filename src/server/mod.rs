@@ -23,13 +23,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::auth::Auth;
-use crate::client::ClientOptions;
 use crate::config::Config;
 use crate::gate::{self, Gate};
 use crate::hub::Hub;
 use crate::reason::Counters;
 use crate::registry::{Embedded, Redis, Registry};
 use crate::relay::pull::{PullSettings, Puller};
+use crate::relay::push::Forwarding;
 use crate::transport::admission::Admission;
 use crate::transport::{quic as quic_endpoint, tls};
 use connection::ConnContext;
@@ -55,6 +55,7 @@ pub struct Server {
     gate: Arc<dyn Gate>,
     auth: Option<Arc<Auth>>,
     counters: Arc<Counters>,
+    forwarding: Forwarding,
     registry: Arc<dyn Registry>,
     admission: Arc<Admission>,
 }
@@ -157,7 +158,14 @@ impl Server {
         let local_addr = tcp.local_addr()?;
         let endpoint = quic_endpoint::server_endpoint(udp, &identity, &config.quic())?;
         let tls = TlsAcceptor::from(Arc::new(tls::rtmps_server_config(&identity)?));
-        let hub = Hub::new(config.hub());
+        if let Some(ca) = &config.relay_ca {
+            // A CA file that cannot be used is an error now, not at the first relay link.
+            tls::client_config(&tls::Trust::CaFile(ca.clone()), &[])?;
+        }
+        let counters = Arc::<Counters>::default();
+        let me = config.node(local_addr)?;
+        let forwarding = Forwarding::new(&config, local_addr, me, counters.clone());
+        let hub = Hub::with_watcher(config.hub(), Arc::new(forwarding.clone()));
         let registry = registry_from(&config, local_addr)?;
         let config_limits = (config.max_connections, config.max_connections_per_ip);
         Ok(Self {
@@ -170,7 +178,8 @@ impl Server {
             hub,
             gate,
             auth,
-            counters: Arc::default(),
+            counters,
+            forwarding,
             registry,
             admission: Admission::new(config_limits.0, config_limits.1),
         })
@@ -213,6 +222,12 @@ impl Server {
         self.hub.clone()
     }
 
+    /// Push forwarding: its rules (replaceable) and the status of every forward (for
+    /// tests and the control API).
+    pub fn forwarding(&self) -> Forwarding {
+        self.forwarding.clone()
+    }
+
     /// Runs until shutdown.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ServerError> {
         let puller = self.puller(shutdown.graceful.clone());
@@ -238,6 +253,15 @@ impl Server {
         ));
         accept.spawn(quic::accept_loop(self.endpoint.clone(), admission, ctx, tasks.clone()));
         accept.close();
+        // Forwards stop with an immediate shutdown even if this future is dropped first.
+        let forwarding = self.forwarding.clone();
+        let immediate = shutdown.immediate.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = immediate.cancelled() => forwarding.stop(),
+                _ = forwarding.stopped() => {}
+            }
+        });
 
         tokio::select! {
             _ = shutdown.graceful.cancelled() => {}
@@ -250,12 +274,15 @@ impl Server {
         if !shutdown.immediate.is_cancelled() {
             info!(sessions = tasks.len(), "shutting down: waiting for sessions to finish");
             let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+            // Forwards end with their streams, politely (their targets' sessions too).
+            let drained = async { tokio::join!(tasks.wait(), self.forwarding.wait()) };
             tokio::select! {
-                _ = tasks.wait() => {}
+                _ = drained => {}
                 _ = shutdown.immediate.cancelled() => {}
                 _ = tokio::time::sleep(grace) => warn!(sessions = tasks.len(), "grace period over; closing the rest"),
             }
         }
+        self.forwarding.stop();
         self.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
         // Closed connections drain for three probe timeouts before the endpoint lets go of
         // the UDP port.
@@ -273,9 +300,7 @@ impl Server {
     /// The edge puller, from the origins and the registry.
     fn puller(&self, stop: tokio_util::sync::CancellationToken) -> Puller {
         let c = &self.config;
-        let mut client = ClientOptions { trust: c.relay_trust(), ..ClientOptions::default() };
-        client.quic = c.quic();
-        client.session = c.session();
+        let mut client = crate::relay::client_options(c);
         client.play_wait = Duration::from_millis(c.play_wait_ms) + Duration::from_secs(5);
         let settings = PullSettings {
             origins: c.origins(),

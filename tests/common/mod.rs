@@ -19,6 +19,7 @@ use bytes::Bytes;
 use qrelay::hub::{Hub, StreamStats};
 use qrelay::media::flv::FlvTag;
 use qrelay::media::frame::MediaKind;
+use qrelay::relay::push::Forwarding;
 use qrelay::server::Shutdown;
 use qrelay::Config;
 use tempfile::TempDir;
@@ -74,6 +75,8 @@ pub struct TestServer {
     pub counters: std::sync::Arc<qrelay::reason::Counters>,
     /// Cancel to stop the relay.
     pub shutdown: Shutdown,
+    /// Push forwarding: rules and the status of every forward.
+    pub forwarding: Forwarding,
     /// Certificates and the tests' output files; removed on drop.
     pub dir: TempDir,
     task: JoinHandle<std::result::Result<(), qrelay::ServerError>>,
@@ -105,10 +108,10 @@ pub async fn start_server_gated(
     let addr = server.local_addr();
     let ca = server.dev_ca().cloned().context("the relay made no development CA")?;
     let hub = server.hub();
-    let (connections, counters) = (server.connections(), server.counters());
+    let (connections, counters, forwarding) = (server.connections(), server.counters(), server.forwarding());
     let shutdown = Shutdown::default();
     let task = tokio::spawn(server.run(shutdown.clone()));
-    Ok(TestServer { addr, ca, hub, connections, counters, shutdown, dir, task })
+    Ok(TestServer { addr, ca, hub, connections, counters, shutdown, forwarding, dir, task })
 }
 
 impl Drop for TestServer {

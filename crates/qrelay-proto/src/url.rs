@@ -144,6 +144,46 @@ impl StreamUrl {
         redact_tokens(&self.to_string()).into_owned()
     }
 
+    /// `base` (`scheme://host[:port]/app[?query]`, no key) with `key` appended: the URL
+    /// a relay uses to carry a stream with that key (`qrelay bridge`). A query in
+    /// `base` goes after the key (`rtmp://h/live?mode=tunnel` + `k` →
+    /// `rtmp://h/live/k?mode=tunnel`), so the relay's own parameters still apply.
+    pub fn with_key(base: &str, key: &str) -> Result<Self, UrlError> {
+        let base = base.trim();
+        let (head, query) = match base.split_once('?') {
+            Some((h, q)) => (h, Some(q)),
+            None => (base, None),
+        };
+        let mut url = format!("{}/{key}", head.trim_end_matches('/'));
+        if let Some(q) = query {
+            url.push(if key.contains('?') { '&' } else { '?' });
+            url.push_str(q);
+        }
+        Self::parse(&url)
+    }
+
+    /// A forward target: `target` itself when it names a stream key
+    /// (`rtmp://h/live/renamed`), otherwise `target` with `key` appended
+    /// ([`with_key`](Self::with_key)): `rtmp://h/live`, or `rtmp://h/a/b/` (a trailing
+    /// `/` says the whole path is the app).
+    pub fn target(target: &str, key: &str) -> Result<Self, UrlError> {
+        match Self::parse(target) {
+            Err(UrlError::MissingKey) => Self::with_key(target, key),
+            other => other,
+        }
+    }
+
+    /// A relay target for logs and status pages, stricter than
+    /// [`redacted`](Self::redacted): no query at all, and the stream key shown only when
+    /// it is `public_key` (one already in the logs, as part of a session ID); any other
+    /// key may be a credential (a platform's stream key) and reads `***`.
+    pub fn redacted_target(&self, public_key: &str) -> String {
+        let key = without_query(&self.key);
+        let key = if key == public_key { key } else { "***" };
+        let app = without_query(&self.app);
+        format!("{}://{}/{app}/{key}", scheme_name(self.transport), self.authority())
+    }
+
     /// Session ID: `app/key` with the key's query removed.
     pub fn session_id(&self) -> String {
         session_id(&self.app, &self.key)

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::media::frame::MediaKind;
+use crate::rtmp::amf0::Amf0Value;
 use crate::rtmp::session::{ClientEvent, ClientMode, ClientSession, SessionConfig, SessionError};
 use crate::transport::quic::QuicSettings;
 use crate::transport::{quic, tls};
@@ -49,6 +50,9 @@ pub struct ClientOptions {
     /// by default, then `NetStream.Play.StreamNotFound`), so this only guards against a
     /// server that never answers and is well above any server's own wait.
     pub play_wait: Duration,
+    /// Further properties of the `connect` command object (a relay's hop count,
+    /// `relay::hops`); servers ignore properties they do not know.
+    pub connect_properties: Vec<(String, Amf0Value)>,
 }
 
 impl Default for ClientOptions {
@@ -60,6 +64,7 @@ impl Default for ClientOptions {
             max_latency: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(10),
             play_wait: Duration::from_secs(120),
+            connect_properties: Vec::new(),
         }
     }
 }
@@ -232,17 +237,7 @@ impl RtmpClient {
             }
             Transport::Quic(QuicMapping::Roqr) => {
                 let (endpoint, conn) = quic_connect(addr, url, opts, tls::ALPN_ROQR).await?;
-                let max_latency = opts.max_latency;
-                let link = roqr::RoqrLink::open(
-                    endpoint,
-                    conn,
-                    mode,
-                    &url.app,
-                    &url.key,
-                    &url.tc_url(),
-                    max_latency,
-                )
-                .await?;
+                let link = roqr::RoqrLink::open(endpoint, conn, mode, url, opts).await?;
                 return Ok(Link::Roqr(Box::new(link)));
             }
             Transport::Quic(QuicMapping::Tunnel) => {
@@ -251,7 +246,7 @@ impl RtmpClient {
                 (Box::new(recv), Box::new(send), Some((endpoint, conn)))
             }
         };
-        Self::chunked(reader, writer, quic, url, mode, opts.session)
+        Self::chunked(reader, writer, quic, url, mode, opts)
     }
 
     /// Like [`connect`](Self::connect), but a tunnel-mapping session goes on a connection
@@ -273,7 +268,7 @@ impl RtmpClient {
             let addr = resolve(&url.host, url.port).await?;
             let (conn, lease) = pool.connection(addr, &url.host, tls::ALPN_RTMP).await?;
             let (send, recv) = conn.open_bi().await.map_err(quic_connect_error)?;
-            let mut link = Self::chunked(Box::new(recv), Box::new(send), None, url, mode, opts.session)?;
+            let mut link = Self::chunked(Box::new(recv), Box::new(send), None, url, mode, opts)?;
             if let Link::Chunked(l) = &mut link {
                 l._lease = Some(lease);
             }
@@ -294,7 +289,8 @@ impl RtmpClient {
         mode: ClientMode,
         session: SessionConfig,
     ) -> Result<Self, ClientError> {
-        Self::start(Self::chunked(reader, writer, None, url, mode, session)?, Limits::default()).await
+        let opts = ClientOptions { session, ..ClientOptions::default() };
+        Self::start(Self::chunked(reader, writer, None, url, mode, &opts)?, Limits::default()).await
     }
 
     fn chunked(
@@ -303,9 +299,12 @@ impl RtmpClient {
         quic: Option<(quinn::Endpoint, quinn::Connection)>,
         url: &StreamUrl,
         mode: ClientMode,
-        config: SessionConfig,
+        opts: &ClientOptions,
     ) -> Result<Link, ClientError> {
-        let session = ClientSession::new(config, mode, &url.app, &url.key, &url.tc_url())?;
+        let mut session = ClientSession::new(opts.session, mode, &url.app, &url.key, &url.tc_url())?;
+        for (name, value) in &opts.connect_properties {
+            session.set_connect_property(name, value.clone());
+        }
         let link = ChunkedLink { reader, writer, session, buf: vec![0; 64 * 1024], quic, _lease: None };
         Ok(Link::Chunked(Box::new(link)))
     }

@@ -188,3 +188,28 @@ fn errors_name_the_part_at_fault() {
     assert!(msg("foo://h/live/k").contains("foo"));
     assert!(msg("rtmp://h/live/k?mode=x").contains("mode=x"));
 }
+
+#[test]
+fn keys_are_appended_to_targets_without_one() {
+    let target = |t: &str, k: &str| StreamUrl::target(t, k).map(|u| u.to_string());
+    assert_eq!(target("rtmp://h/live", "cam1"), Ok("rtmp://h:1935/live/cam1".into()));
+    assert_eq!(target("rtmp://h/live/", "cam1"), Ok("rtmp://h:1935/live/cam1".into()));
+    assert_eq!(target("rtmp://h/live/renamed", "cam1"), Ok("rtmp://h:1935/live/renamed".into()));
+    // A trailing slash makes the whole path the app.
+    assert_eq!(target("rtmp://h/a/b/", "cam1"), Ok("rtmp://h:1935/a/b/cam1".into()));
+    // The base's query goes after the key; the relay's own parameters still apply.
+    assert_eq!(
+        target("rtmpq://h:2000/live?mode=tunnel&t=1", "cam1"),
+        Ok("rtmp+quic://h:2000/live/cam1?t=1&mode=tunnel".into())
+    );
+    assert_eq!(target("rtmp://h/", "cam1"), Err(UrlError::MissingApp));
+    assert_eq!(target("rtmp://h:0/live", "cam1"), Err(UrlError::Port("0".into())));
+    assert_eq!(StreamUrl::with_key("rtmp://h/live/x", "k").map(|u| u.key), Ok("k".into()));
+}
+
+#[test]
+fn redacted_urls_keep_no_query_and_only_the_public_key() {
+    let url = StreamUrl::parse("rtmp://h/live/cam1?token=b&quic=1").unwrap();
+    assert_eq!(url.redacted_target("cam1"), "rtmp+quic://h:1935/live/cam1");
+    assert_eq!(url.redacted_target("other"), "rtmp+quic://h:1935/live/***");
+}

@@ -250,6 +250,11 @@ impl ClientSession {
         Ok(Self { framing, core: ClientCore::new(mode, app, key, tc_url), config })
     }
 
+    /// Adds a property to the `connect` command object (before the handshake is done).
+    pub fn set_connect_property(&mut self, name: &str, value: crate::rtmp::amf0::Amf0Value) {
+        self.core.set_connect_property(name, value);
+    }
+
     /// Feeds bytes from the server.
     pub fn handle_input(&mut self, data: &[u8]) -> Result<(), SessionError> {
         self.framing.feed(data)?;
