@@ -112,6 +112,18 @@ pub struct Config {
     /// Connections from one IP address at once.
     #[arg(long, env = "QRELAY_MAX_CONNECTIONS_PER_IP", default_value_t = Config::default().max_connections_per_ip)]
     pub max_connections_per_ip: usize,
+    /// How long the players of a publisher that went away without unpublishing (lost
+    /// connection, `idle_timeout_ms`, replaced) stay connected waiting for a new publisher
+    /// on the same session ID, which then resumes the stream for them. 0: they get the end
+    /// of stream at once.
+    #[arg(long, env = "QRELAY_PUBLISHER_GRACE_MS", default_value_t = Config::default().publisher_grace_ms)]
+    pub publisher_grace_ms: u64,
+    /// A publisher that sent no media this long may be replaced at once by a new publisher
+    /// on its session ID (the sign that it froze rather than that a second encoder is
+    /// hijacking the stream; one presenting the same publish token may replace it at once
+    /// anyway). 0: only the same token replaces a publisher.
+    #[arg(long, env = "QRELAY_PUBLISHER_TAKEOVER_MS", default_value_t = Config::default().publisher_takeover_ms)]
+    pub publisher_takeover_ms: u64,
     /// On SIGTERM, how long sessions get to finish before the relay exits anyway.
     #[arg(long, env = "QRELAY_SHUTDOWN_GRACE_MS", default_value_t = Config::default().shutdown_grace_ms)]
     pub shutdown_grace_ms: u64,
@@ -282,6 +294,8 @@ impl Default for Config {
             max_quic_streams: 16,
             max_connections: 20_000,
             max_connections_per_ip: 2_000,
+            publisher_grace_ms: 5_000,
+            publisher_takeover_ms: 2_000,
             shutdown_grace_ms: 5_000,
             origin: Vec::new(),
             pull_idle_ms: 5_000,
@@ -462,10 +476,13 @@ impl Config {
                 )));
             }
         }
-        // Zero is meaningful here: no wait for a publisher, no grace on SIGTERM.
+        // Zero is meaningful here: no wait for a publisher, no grace on SIGTERM, players
+        // ended with their publisher, no takeover.
         let may_be_zero = [
             ("play_wait_ms", self.play_wait_ms),
             ("shutdown_grace_ms", self.shutdown_grace_ms),
+            ("publisher_grace_ms", self.publisher_grace_ms),
+            ("publisher_takeover_ms", self.publisher_takeover_ms),
             ("quic_idle_timeout_ms", self.quic_idle_timeout_ms),
         ];
         for (key, value) in may_be_zero {
@@ -607,6 +624,8 @@ impl Config {
             max_gop_bytes: self.max_gop_bytes,
             max_publishers: self.max_publishers,
             play_wait: Duration::from_millis(self.play_wait_ms),
+            publisher_grace: Duration::from_millis(self.publisher_grace_ms),
+            publisher_takeover: Duration::from_millis(self.publisher_takeover_ms),
         }
     }
 }
@@ -652,7 +671,7 @@ mod tests {
                 assert!(e.contains(key), "{key} = {value}: {e}");
             }
         }
-        for key in ["play_wait_ms", "shutdown_grace_ms"] {
+        for key in ["play_wait_ms", "shutdown_grace_ms", "publisher_grace_ms", "publisher_takeover_ms"] {
             assert!(Config::from_toml(&format!("{key} = 0")).is_ok(), "{key} = 0 means no wait");
             let e = Config::from_toml(&format!("{key} = {}", i64::MAX)).map(|_| ()).unwrap_err().to_string();
             assert!(e.contains(key), "{e}");

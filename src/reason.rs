@@ -86,6 +86,9 @@ reasons! {
     Refused = 0x162, "refused";
     /// A play whose stream was not published within `play_wait_ms`.
     StreamNotFound = 0x163, "stream_not_found";
+    /// A publisher silent past `publisher_takeover_ms` was replaced by a new publisher on
+    /// its session ID (its players stay with the stream).
+    PublisherReplaced = 0x164, "publisher_replaced";
     /// A connection over `max_connections`.
     ConnectionLimit = 0x170, "connection_limit";
     /// A connection over `max_connections_per_ip`.

@@ -115,11 +115,7 @@ impl Auth {
 
     /// What `role` on `app` (its name, without query) needs.
     pub fn mode(&self, app: &str, role: Role) -> AuthMode {
-        let rule = self.apps.get(app);
-        match role {
-            Role::Publish => rule.and_then(|r| r.publish).unwrap_or(self.publish),
-            Role::Play => rule.and_then(|r| r.play).unwrap_or(self.play),
-        }
+        mode_of((self.publish, self.play), &self.apps, app, role)
     }
 
     /// A token for `pattern` (a session ID, `app/*`, `*`) and `role`, valid for `ttl`.
@@ -145,6 +141,29 @@ impl Auth {
             Err(e) => Decision::refuse(reason_of(&e), e.to_string()),
         }
     }
+}
+
+/// What `role` on `app` needs under the global modes (publish, play) and the app rules.
+fn mode_of(
+    global: (AuthMode, AuthMode),
+    apps: &BTreeMap<String, AppAuth>,
+    app: &str,
+    role: Role,
+) -> AuthMode {
+    let rule = apps.get(app);
+    match role {
+        Role::Publish => rule.and_then(|r| r.publish).unwrap_or(global.0),
+        Role::Play => rule.and_then(|r| r.play).unwrap_or(global.1),
+    }
+}
+
+/// The credential an allowed publish presented: its token, when publishing there needs
+/// one (the gate checked it before the request was allowed). A publisher presenting the
+/// same token as the current publisher of the session ID may replace it at once (the
+/// hub's takeover); without tokens there is no credential to compare.
+pub fn publish_credential<'a>(config: &AuthConfig, request: &'a Request) -> Option<&'a str> {
+    let mode = mode_of((config.publish, config.play), &config.apps, request.app_name(), Role::Publish);
+    (mode == AuthMode::Token).then(|| request.param(TOKEN_PARAM)).flatten().filter(|t| !t.is_empty())
 }
 
 /// The counted reason for a token refusal.

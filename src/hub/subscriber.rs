@@ -199,9 +199,11 @@ impl Queue {
         self.set_bytes(&mut st, bytes);
     }
 
+    /// The publish this subscriber followed ended. One still waiting for a publisher
+    /// (it joined during a grace) keeps waiting, up to its own play wait.
     pub(super) fn end(&self) {
         let mut st = self.state();
-        if st.phase != Phase::Ended {
+        if st.phase == Phase::Live {
             st.phase = Phase::Ended;
             drop(st);
             self.notify.notify_one();

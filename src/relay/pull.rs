@@ -206,6 +206,10 @@ impl Puller {
                 match outcome {
                     Outcome::Ended => {
                         info!(%node, "stream ended upstream");
+                        // Ended, not lost: the players get the end now, without a grace.
+                        if let Some(p) = publisher.take() {
+                            p.finish();
+                        }
                         return;
                     }
                     Outcome::Idle | Outcome::Local => return,

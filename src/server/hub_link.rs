@@ -1,7 +1,10 @@
 //! The session↔hub rules every transport shares, free of sockets: a publish or play
 //! request waits for the gate, then the hub (one publisher per session ID, a relayed
-//! publish within `max_hops`, players wait for a publisher up to `play_wait_ms`); refusals answer with their status code and are
-//! counted; the end of a stream ends its players. The byte-stream driver
+//! publish within `max_hops`, players wait for a publisher up to `play_wait_ms`);
+//! refusals answer with their status code and are counted; the end of a stream ends its
+//! players. A publisher that unpublishes ends its stream; one whose session ends
+//! otherwise leaves its players a grace, and one replaced by a new publisher (a
+//! takeover) has its session closed. The byte-stream driver
 //! (`connection.rs`) and the RoQR driver (`roqr_conn.rs`) own the I/O and call in here
 //! with the message-level [`ServerCore`] of their framing.
 
@@ -12,7 +15,7 @@ use tracing::{info, warn};
 
 use super::connection::ConnContext;
 use crate::gate::{Decision, Refusal, Request, Role};
-use crate::hub::{Publisher, Subscriber};
+use crate::hub::{Publisher, Subscriber, Takeover};
 use crate::reason::Reason;
 use crate::registry::PublisherLease;
 use crate::relay::hops;
@@ -92,7 +95,8 @@ impl<W: Default> HubLink<W> {
             }
             ServerEvent::Unpublish => {
                 self.lease = None;
-                if self.publisher.take().is_some() {
+                if let Some(p) = self.publisher.take() {
+                    p.finish();
                     info!("publish ended by the publisher");
                     self.end_allowed();
                 }
@@ -171,10 +175,38 @@ impl<W: Default> HubLink<W> {
         }
     }
 
+    /// Resolves when another publisher took this session's place; pending for ever
+    /// without a publisher.
+    pub(super) async fn publisher_replaced(&self) {
+        match &self.publisher {
+            Some(p) => p.replaced().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// This session's publisher was replaced: it lets go of the stream (which goes on
+    /// with the new publisher) and the session closes.
+    pub(super) fn on_replaced(&mut self) {
+        self.publisher = None;
+        self.end_allowed();
+    }
+
+    /// Whether a publish may replace the current publisher of its session ID: one that
+    /// presents the same publish token (where publishing needs one, so the gate checked
+    /// it) at once, as an encoder reconnecting with its own key does; anyone else only a
+    /// publisher silent for `publisher_takeover_ms` (a frozen encoder, a connection dead
+    /// without a reset).
+    fn takeover(&self, request: &Request) -> Takeover {
+        match crate::auth::publish_credential(&self.ctx.config.auth, request) {
+            Some(token) => Takeover::SameOwner(self.ctx.hub.owner(token)),
+            None => Takeover::IfSilent,
+        }
+    }
+
     /// The hub's answer to an allowed publish that came through `hops` relays, then the
     /// cluster registry's.
     async fn publish(&mut self, core: &mut ServerCore, request: &Request, hops: u32) -> Next {
-        match self.ctx.hub.publish_relayed(&request.session_id, hops) {
+        match self.ctx.hub.publish_with(&request.session_id, self.takeover(request), hops) {
             Ok(p) => {
                 // Claimed here first (the hub's claim is instant and local), then in
                 // the cluster, so two publishers racing on one node never both ask
@@ -184,7 +216,8 @@ impl<W: Default> HubLink<W> {
                 match PublisherLease::acquire(registry, &request.session_id, counters).await {
                     Ok(lease) => self.lease = Some(lease),
                     Err(node) => {
-                        drop(p);
+                        // Refused, not lost: the stream ends here, no grace.
+                        p.finish();
                         self.ctx.counters.count(Reason::PublishedElsewhere);
                         warn!(%node, "publish refused: another node publishes this session ID");
                         let why = format!("the stream is being published on {node}");

@@ -267,6 +267,8 @@ impl Server {
             _ = shutdown.graceful.cancelled() => {}
             _ = shutdown.immediate.cancelled() => {}
         }
+        // No publisher will come back: players waiting in a grace get their end now.
+        self.hub.close();
         accept.wait().await;
         tasks.close();
         if !shutdown.immediate.is_cancelled() {

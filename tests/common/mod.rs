@@ -446,6 +446,7 @@ pub struct Packet {
 pub async fn probe_packets(path: &Path) -> Result<Vec<Packet>> {
     let output = Command::new("ffprobe")
         .args(["-v", "error", "-show_packets", "-show_data_hash", "MD5", "-of", "compact=p=0"])
+        .args(["-show_entries", "packet=codec_type,pts,dts,size,flags,data_hash"])
         .arg(path)
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -454,7 +455,16 @@ pub async fn probe_packets(path: &Path) -> Result<Vec<Packet>> {
         .context("running ffprobe")?;
     ensure!(output.status.success(), "ffprobe {}: {}", path.display(), stderr_text(&output));
     let text = String::from_utf8(output.stdout)?;
-    text.lines().filter(|l| !l.trim().is_empty()).map(parse_packet).collect()
+    // A packet with side data (new extradata, after a publisher change) goes on over the
+    // next line, which starts with the separator.
+    let mut lines: Vec<String> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match lines.last_mut() {
+            Some(last) if line.starts_with('|') => last.push_str(line),
+            _ => lines.push(line.to_owned()),
+        }
+    }
+    lines.iter().map(|l| parse_packet(l)).collect()
 }
 
 fn parse_packet(line: &str) -> Result<Packet> {
