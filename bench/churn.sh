@@ -11,7 +11,7 @@
 # only. Prints one row per run and the medians, p99 with churn / p99 without.
 #
 # Environment: PLAYERS (300), RATE (50), HOLD_MS (1000), DURATION (s, 10), REPS (3),
-# BITRATE (3M), PORT (19360), QRELAY_BIN (default: build release), BASE_BIN (optional),
+# BITRATE (3M), AUDIO (1: synthetic AAC beside the video; 0: video only), PORT (19360), QRELAY_BIN (default: build release), BASE_BIN (optional),
 # OUT (results dir, default a temp dir).
 set -euo pipefail
 
@@ -22,6 +22,9 @@ HOLD_MS=${HOLD_MS:-1000}
 DURATION=${DURATION:-10}
 REPS=${REPS:-3}
 BITRATE=${BITRATE:-3M}
+AUDIO=${AUDIO:-1}
+AUDIO_ARGS=()
+[[ $AUDIO == 0 ]] && AUDIO_ARGS=(--no-audio)
 PORT=${PORT:-19360}
 WORK=$(mktemp -d /tmp/qrelay-churn.XXXXXX)
 OUT=${OUT:-$WORK/results}
@@ -68,7 +71,7 @@ run_one() {
     wait_port
     printf '== %s, churn %s/s, rep %s\n' "$build" "$rate" "$rep" >&2
     "$QRELAY" bench --url "rtmp://127.0.0.1:$PORT/live/c" --players "$PLAYERS" --duration "$DURATION" \
-        --bitrate "$BITRATE" --churn-rate "$rate" --churn-hold-ms "$HOLD_MS" --quiet \
+        --bitrate "$BITRATE" "${AUDIO_ARGS[@]}" --churn-rate "$rate" --churn-hold-ms "$HOLD_MS" --quiet \
         --server-pid "$SERVER_PID" --json "$OUT/$build.churn$rate.$rep.json" >/dev/null \
         || echo "bench failed: $build churn $rate rep $rep" >&2
     stop_server

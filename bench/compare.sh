@@ -19,7 +19,8 @@
 #      QUIC/TCP) and writes it with the exact command to bench/RESULTS.md.
 #
 # Environment: DURATION (s, default 20), REPS (2), LOADS ("streams:players ..."),
-# IDLE_CONNS (1000), QRELAY_PORT (19350), NGINX_PORT (19351), BITRATE (3M),
+# IDLE_CONNS (1000), QRELAY_PORT (19350), NGINX_PORT (19351), BITRATE (3M), AUDIO (1:
+# synthetic AAC beside the video, as `qrelay bench` does by default; 0: video only),
 # OUT (results dir, default a temp dir), RESULTS (bench/RESULTS.md), SKIP_QUIC (0/1),
 # SKIP_NAGLE (0/1), QRELAY_BIN (use this binary instead of building), BASE_BIN (another
 # qrelay build, e.g. the commit before a change: adds target qrelay-base, over TCP, run in
@@ -34,13 +35,16 @@ IDLE_CONNS=${IDLE_CONNS:-1000}
 QPORT=${QRELAY_PORT:-19350}
 NPORT=${NGINX_PORT:-19351}
 BITRATE=${BITRATE:-3M}
+AUDIO=${AUDIO:-1}
+AUDIO_ARGS=()
+[[ $AUDIO == 0 ]] && AUDIO_ARGS=(--no-audio)
 SKIP_QUIC=${SKIP_QUIC:-0}
 SKIP_NAGLE=${SKIP_NAGLE:-0}
 RESULTS=${RESULTS:-$ROOT/bench/RESULTS.md}
 WORK=$(mktemp -d /tmp/qrelay-compare.XXXXXX)
 OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"
-COMMAND="DURATION=$DURATION REPS=$REPS LOADS=\"$LOADS\" IDLE_CONNS=$IDLE_CONNS BITRATE=$BITRATE"
+COMMAND="DURATION=$DURATION REPS=$REPS LOADS=\"$LOADS\" IDLE_CONNS=$IDLE_CONNS BITRATE=$BITRATE AUDIO=$AUDIO"
 [[ $SKIP_QUIC == 0 ]] || COMMAND+=" SKIP_QUIC=1"
 [[ $SKIP_NAGLE == 0 ]] || COMMAND+=" SKIP_NAGLE=1"
 [[ -z "${BASE_BIN:-}" ]] || COMMAND+=" BASE_BIN=(previous build)"
@@ -136,7 +140,7 @@ run_one() {
     log "$target: $streams stream(s) x $players players, rep $rep"
     # shellcheck disable=SC2046
     "$QRELAY" bench --url "$url" --streams "$streams" --players "$players" --duration "$DURATION" \
-        --bitrate "$BITRATE" --quiet --json "$json" $(server_args) "${extra[@]}" >&2 \
+        --bitrate "$BITRATE" "${AUDIO_ARGS[@]}" --quiet --json "$json" $(server_args) "${extra[@]}" >&2 \
         || echo "bench failed for $target (see above)" >&2
     stop_server
     sleep 1
@@ -178,10 +182,10 @@ done
 # --- summary --------------------------------------------------------------------------
 MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), \
 Linux $(uname -r), $(nginx -v 2>&1 | sed 's#nginx version: ##'), $("$QRELAY" --version)"
-python3 - "$OUT" "$LOADS" "$COMMAND" "$MACHINE" "$DURATION" "$REPS" "$BITRATE" <<'PY' | tee "$RESULTS"
+python3 - "$OUT" "$LOADS" "$COMMAND" "$MACHINE" "$DURATION" "$REPS" "$BITRATE" "$AUDIO" <<'PY' | tee "$RESULTS"
 """Summarizes bench/compare.sh's JSON results as Markdown (medians over repetitions).
 
-usage: python3 - OUT_DIR LOADS COMMAND MACHINE DURATION REPS BITRATE
+usage: python3 - OUT_DIR LOADS COMMAND MACHINE DURATION REPS BITRATE AUDIO
 """
 import glob
 import json
@@ -236,14 +240,15 @@ def ratio(a, b):
 
 
 def main():
-    out, loads, command, machine, duration, reps, bitrate = sys.argv[1:8]
+    out, loads, command, machine, duration, reps, bitrate, audio = sys.argv[1:9]
     lines = []
     p = lines.append
     p("## Performance: qrelay vs nginx-rtmp (measured)")
     p("")
     p(f"Command: `{command}` (each run {duration} s after every player connected, "
       f"medians of {reps} repetitions, run in turn A B C D A B C D; synthetic {bitrate}bit/s "
-      "AVC, 30 fps, 2 s GOP; one bench process on the same machine).")
+      "H.264, 30 fps, 2 s GOP" + (" + 128 kbit/s AAC" if audio != "0" else ", no audio")
+      + "; one bench process on the same machine).")
     p("")
     p(f"Machine: {machine}.")
     p("")

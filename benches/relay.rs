@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use qrelay::hub::{DirectSink, Hub, HubConfig, Subscriber};
+use qrelay::hub::{DirectSink, Hub, HubConfig, Subscriber, Takeover};
 use qrelay::media::frame::{inspect_video, Frame, MediaKind};
 use qrelay::rtmp::chunk::{self, ChunkDecoder, DecoderLimits, Message};
 use qrelay::rtmp::handshake::Handshake;
@@ -151,6 +151,37 @@ fn fanout_churn(c: &mut Criterion) {
     g.finish();
 }
 
+/// One frame to 100 idle subscribers from a fresh publisher (timestamps passed through)
+/// and from one that resumed the stream (every frame re-stamped to follow the previous
+/// publisher's): what continuing a stream across publishers costs per frame.
+fn resumed(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hub_resumed");
+    let n = 100;
+    let key = Frame::new(MediaKind::Video, 0, video_payload(true, KEY));
+    let frame = Frame::new(MediaKind::Video, 33, video_payload(false, INTER));
+    for resume in [false, true] {
+        let hub = Hub::new(HubConfig::default());
+        let mut publisher = hub.publish("live/bench").expect("fresh hub");
+        let subs: Vec<Subscriber> = (0..n).map(|_| hub.subscribe("live/bench")).collect();
+        publisher.send(key.clone());
+        if resume {
+            // A takeover (no runtime here for a grace timer) resumes the same way.
+            publisher = hub.publish_with("live/bench", Takeover::Now, 0).expect("takeover");
+            publisher.send(key.clone());
+        }
+        let mut subs = subs;
+        for s in subs.iter_mut() {
+            let mut out = Vec::new();
+            s.drain_into(&mut out, usize::MAX);
+            assert!(s.hand_to_publisher(Box::new(DiscardSink)).is_ok(), "idle subscriber");
+        }
+        g.throughput(Throughput::Elements(n as u64));
+        let name = if resume { "direct_write_100_resumed" } else { "direct_write_100_fresh" };
+        g.bench_function(name, |b| b.iter(|| publisher.send(frame.clone())));
+    }
+    g.finish();
+}
+
 /// A socket that takes everything at once.
 struct DiscardSink;
 
@@ -212,6 +243,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = chunk_encode, chunk_decode, fanout, fanout_churn, handshake, keyframe_detection
+    targets = chunk_encode, chunk_decode, fanout, fanout_churn, resumed, handshake, keyframe_detection
 }
 criterion_main!(benches);

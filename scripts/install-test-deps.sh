@@ -1,37 +1,42 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end tests (tests/e2e.rs) need beyond Rust: ffmpeg and ffprobe
-# (with libx264 and the native AAC encoder, as Debian's ffmpeg package has them), and
-# openssl (s_client plays a TLS 1.2 encoder against RTMPS), redis-server (the cluster
-# registry tests, tests/cluster.rs), chromium (the status page in headless Chromium,
-# tests/control.rs).
+# Installs what the end-to-end tests need beyond Rust: ffmpeg and ffprobe (with libx264
+# and the native AAC encoder, as Debian's ffmpeg package has them), openssl (s_client
+# plays a TLS 1.2 encoder against RTMPS), redis-server (the cluster registry tests,
+# tests/cluster.rs), nginx with the RTMP module (a push-forwarding target that is not
+# qrelay, tests/relay_push.rs; the tests run their own nginx), and chromium (the status
+# page in headless Chromium, tests/control.rs).
 # Idempotent: does nothing but print versions when they are already installed.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
+NGINX_RTMP_MODULE=/usr/lib/nginx/modules/ngx_rtmp_module.so
 
-if ! have ffmpeg || ! have ffprobe || ! have openssl || ! have redis-server || ! have chromium; then
+if ! have ffmpeg || ! have ffprobe || ! have openssl || ! have redis-server || ! have nginx \
+    || [[ ! -f $NGINX_RTMP_MODULE ]] || ! have chromium; then
     if ! have apt-get; then
-        echo "ffmpeg/ffprobe/openssl/redis-server/chromium missing and apt-get not available: install them by hand" >&2
+        echo "ffmpeg/ffprobe/openssl/redis-server/nginx-rtmp/chromium missing and apt-get not available: install them by hand" >&2
         exit 1
     fi
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then
         if ! have sudo; then
-            echo "ffmpeg/ffprobe/openssl/redis-server/chromium missing; run this script as root or install sudo" >&2
+            echo "ffmpeg/ffprobe/openssl/redis-server/nginx-rtmp/chromium missing; run this script as root or install sudo" >&2
             exit 1
         fi
         sudo="sudo"
     fi
     $sudo apt-get update
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y ffmpeg openssl redis-server chromium
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y ffmpeg openssl redis-server \
+        nginx-light libnginx-mod-rtmp chromium
 fi
 
 # Whole outputs are read (sed, not head/grep -q) so pipefail never sees a SIGPIPE.
 ffmpeg -hide_banner -version | sed -n 1p
 ffprobe -hide_banner -version | sed -n 1p
 openssl version
-chromium --version 2>/dev/null
 redis-server --version
+nginx -v 2>&1 | sed -n 1p
+chromium --version 2>/dev/null
 encoders="$(ffmpeg -hide_banner -encoders 2>/dev/null)"
 for enc in libx264 aac; do
     if ! grep -qw -- "$enc" <<<"$encoders"; then

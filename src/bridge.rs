@@ -46,7 +46,7 @@ pub struct BridgeOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
     /// The upstream URL is not usable.
-    #[error("bad upstream URL `{0}`: {1}")]
+    #[error("bad upstream URL `{}`: {}", crate::url::redact_tokens(.0), .1)]
     Upstream(String, UrlError),
     /// The listener could not be bound.
     #[error("cannot listen on {0}: {1}")]
@@ -63,7 +63,8 @@ pub struct Bridge {
 impl Bridge {
     /// Checks the upstream URL and binds the local listener.
     pub async fn bind(opts: BridgeOptions) -> Result<Self, BridgeError> {
-        upstream_url(&opts.upstream, "check").map_err(|e| BridgeError::Upstream(opts.upstream.clone(), e))?;
+        StreamUrl::with_key(&opts.upstream, "check")
+            .map_err(|e| BridgeError::Upstream(opts.upstream.clone(), e))?;
         let listener =
             TcpListener::bind(opts.listen).await.map_err(|e| BridgeError::Listen(opts.listen, e))?;
         Ok(Self { listener, opts })
@@ -107,19 +108,17 @@ impl Bridge {
     }
 }
 
-/// The upstream URL for one session: the configured `scheme://host:port/app` with the
-/// session's stream key appended.
-fn upstream_url(base: &str, key: &str) -> Result<StreamUrl, UrlError> {
-    let (head, query) = match base.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (base, None),
-    };
-    let mut url = format!("{}/{key}", head.trim_end_matches('/'));
-    if let Some(q) = query {
-        url.push(if key.contains('?') { '&' } else { '?' });
-        url.push_str(q);
+/// The stream key sent upstream: the encoder's key with the parameters of the app's query
+/// added to its own, so a token the encoder put in the app (OBS's "Server" box
+/// `rtmp://bridge/live?token=...`) reaches the upstream too.
+fn upstream_key(app: &str, key: &str) -> String {
+    match app.split_once('?') {
+        Some((_, query)) if !query.is_empty() => {
+            let sep = if key.contains('?') { '&' } else { '?' };
+            format!("{key}{sep}{query}")
+        }
+        _ => key.to_owned(),
     }
-    StreamUrl::parse(&url)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,9 +165,9 @@ async fn serve_encoder(
         session.handle_input(&buf[..n])?;
         while let Some(event) = session.poll_event() {
             match event {
-                ServerEvent::PublishRequest { key, session_id, .. } => {
+                ServerEvent::PublishRequest { app, key, session_id, .. } => {
                     tracing::Span::current().record("session_id", session_id.as_str());
-                    match start_upstream(opts, &key, shutdown.clone()).await {
+                    match start_upstream(opts, &upstream_key(&app, &key), shutdown.clone()).await {
                         Ok(tx) => {
                             info!("publish carried upstream");
                             session.core().accept_publish();
@@ -210,7 +209,7 @@ async fn start_upstream(
     key: &str,
     shutdown: CancellationToken,
 ) -> Result<mpsc::Sender<Frame>, String> {
-    let url = upstream_url(&opts.upstream, key).map_err(|e| e.to_string())?;
+    let url = StreamUrl::with_key(&opts.upstream, key).map_err(|e| e.to_string())?;
     let connect = RtmpClient::connect(&url, ClientMode::Publish, &opts.client);
     let client = match tokio::time::timeout(FIRST_CONNECT, connect).await {
         Ok(Ok(c)) => c,
@@ -328,5 +327,21 @@ async fn upstream_task(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_in_the_encoders_app_goes_upstream_with_the_key() {
+        assert_eq!(upstream_key("live", "cam1"), "cam1");
+        assert_eq!(upstream_key("live?token=t1", "cam1"), "cam1?token=t1");
+        assert_eq!(upstream_key("live?token=t1", "cam1?x=1"), "cam1?x=1&token=t1");
+        assert_eq!(upstream_key("live?", "cam1"), "cam1");
+        let url =
+            StreamUrl::with_key("rtmp+quic://relay/up?mode=tunnel", &upstream_key("live?token=t1", "cam1"));
+        assert_eq!(url.map(|u| u.key), Ok("cam1?token=t1".to_owned()));
     }
 }

@@ -4,6 +4,7 @@
 //! wins over the defaults ([`Config::resolve`]). Every limit the relay enforces lives here
 //! with its default.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hub::{HubConfig, QueueLimits};
 use crate::relay::node::NodeUrl;
+use crate::relay::push::ForwardRule;
 use crate::rtmp::chunk::DecoderLimits;
 use crate::rtmp::session::SessionConfig;
 use crate::transport::quic::QuicSettings;
@@ -110,6 +112,18 @@ pub struct Config {
     /// Connections from one IP address at once.
     #[arg(long, env = "QRELAY_MAX_CONNECTIONS_PER_IP", default_value_t = Config::default().max_connections_per_ip)]
     pub max_connections_per_ip: usize,
+    /// How long the players of a publisher that went away without unpublishing (lost
+    /// connection, `idle_timeout_ms`, replaced) stay connected waiting for a new publisher
+    /// on the same session ID, which then resumes the stream for them. 0: they get the end
+    /// of stream at once.
+    #[arg(long, env = "QRELAY_PUBLISHER_GRACE_MS", default_value_t = Config::default().publisher_grace_ms)]
+    pub publisher_grace_ms: u64,
+    /// A publisher that sent no media this long may be replaced at once by a new publisher
+    /// on its session ID (the sign that it froze rather than that a second encoder is
+    /// hijacking the stream; one presenting the same publish token may replace it at once
+    /// anyway). 0: only the same token replaces a publisher.
+    #[arg(long, env = "QRELAY_PUBLISHER_TAKEOVER_MS", default_value_t = Config::default().publisher_takeover_ms)]
+    pub publisher_takeover_ms: u64,
     /// On SIGTERM (or `POST /api/drain`), how long sessions get to finish before the
     /// relay exits anyway.
     #[arg(long, env = "QRELAY_SHUTDOWN_GRACE_MS", default_value_t = Config::default().shutdown_grace_ms)]
@@ -136,12 +150,36 @@ pub struct Config {
     #[arg(long, env = "QRELAY_REGISTRY_LEASE_MS", default_value_t = Config::default().registry_lease_ms)]
     pub registry_lease_ms: u64,
     /// CA certificates (PEM) trusted on this relay's own outbound links (origins it
-    /// pulls from); the web PKI roots when absent.
+    /// pulls from, targets it forwards to); the web PKI roots when absent.
     #[arg(long, env = "QRELAY_RELAY_CA")]
     pub relay_ca: Option<PathBuf>,
     /// Skip certificate checks on outbound links (development only).
     #[arg(long, env = "QRELAY_RELAY_INSECURE", action = clap::ArgAction::Set, default_value_t = false)]
     pub relay_insecure: bool,
+    /// Push forwarding: streams whose session ID matches a rule's pattern are published to
+    /// each of its targets while live (`[[forward]]` tables in the file). On the command
+    /// line `PATTERN=URL[,URL...]`, repeatable (or `;`-separated); it replaces the file's
+    /// rules.
+    #[arg(long, env = "QRELAY_FORWARD", value_name = "PATTERN=URL[,URL...]",
+          value_parser = ForwardRule::parse_arg, value_delimiter = ';')]
+    pub forward: Vec<ForwardRule>,
+    /// Relays a stream may pass through: a publish announcing more (`qrelayHops`) is
+    /// refused, and a stream is not forwarded when its next hop would exceed this.
+    #[arg(long, env = "QRELAY_MAX_HOPS", default_value_t = Config::default().max_hops)]
+    pub max_hops: u32,
+    /// First wait before a failed forward target is tried again; it doubles (jittered)
+    /// up to `forward_backoff_max_ms`.
+    #[arg(long, env = "QRELAY_FORWARD_BACKOFF_MIN_MS", default_value_t = Config::default().forward_backoff_min_ms)]
+    pub forward_backoff_min_ms: u64,
+    /// Longest wait between attempts on a failed forward target.
+    #[arg(long, env = "QRELAY_FORWARD_BACKOFF_MAX_MS", default_value_t = Config::default().forward_backoff_max_ms)]
+    pub forward_backoff_max_ms: u64,
+    /// Publish and play tokens (`[auth]`).
+    #[command(flatten)]
+    pub auth: AuthConfig,
+    /// HTTP hooks on publish and play (`[hooks]`).
+    #[command(flatten)]
+    pub hooks: HooksConfig,
     /// The control API, `/metrics` and the status page: an address, or `off`. Loopback by
     /// default; any other address needs `[api] token`.
     #[arg(long = "http", env = "QRELAY_HTTP_LISTEN", default_value_t = Config::default().http_listen)]
@@ -149,6 +187,89 @@ pub struct Config {
     /// `[api]`: the control API's own settings.
     #[command(flatten)]
     pub api: ApiConfig,
+}
+
+/// `[auth]`: whether publishing and playing need a token, globally and per app. Tokens
+/// are checked with a secret from `secret_file` or, without one, from the
+/// `QRELAY_AUTH_SECRET` environment variable; the secret itself is never part of the
+/// configuration (nor of anything that prints it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// File holding the token signing secret (surrounding whitespace ignored).
+    #[arg(id = "auth.secret_file", long = "auth-secret-file", env = "QRELAY_AUTH_SECRET_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// Whether publishing needs a token: `open` or `token`.
+    #[arg(id = "auth.publish", long = "auth-publish", env = "QRELAY_AUTH_PUBLISH", default_value_t = AuthMode::Open)]
+    pub publish: AuthMode,
+    /// Whether playing needs a token: `open` or `token`.
+    #[arg(id = "auth.play", long = "auth-play", env = "QRELAY_AUTH_PLAY", default_value_t = AuthMode::Open)]
+    pub play: AuthMode,
+    /// Rules for single apps (`[auth.apps.NAME]`, file only), over the two above.
+    #[arg(skip)]
+    pub apps: BTreeMap<String, AppAuth>,
+}
+
+/// `[auth.apps.NAME]`: what differs for the app `NAME` (its whole name, `a/b` for a
+/// multi-segment app); an absent key keeps the `[auth]` setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppAuth {
+    /// Whether publishing to this app needs a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<AuthMode>,
+    /// Whether playing from this app needs a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub play: Option<AuthMode>,
+}
+
+/// `[hooks]`: HTTP endpoints told about publishes and plays (a JSON POST). `publish` and
+/// `play` decide (2xx allows, anything else or no answer in time refuses); `unpublish`
+/// and `stop` are told when an allowed one ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// URL asked before a publish starts.
+    #[arg(id = "hooks.publish", long = "hook-publish", env = "QRELAY_HOOK_PUBLISH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish: Option<String>,
+    /// URL told when a publish ends.
+    #[arg(id = "hooks.unpublish", long = "hook-unpublish", env = "QRELAY_HOOK_UNPUBLISH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unpublish: Option<String>,
+    /// URL asked before a play starts.
+    #[arg(id = "hooks.play", long = "hook-play", env = "QRELAY_HOOK_PLAY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub play: Option<String>,
+    /// URL told when a play ends.
+    #[arg(id = "hooks.stop", long = "hook-stop", env = "QRELAY_HOOK_STOP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
+    /// How long a hook may take to answer (a publish or play hook that has not answered
+    /// by then refuses; a notification is abandoned).
+    #[arg(id = "hooks.timeout_ms", long = "hook-timeout-ms", env = "QRELAY_HOOK_TIMEOUT_MS", default_value_t = HooksConfig::default().timeout_ms)]
+    pub timeout_ms: u64,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        Self { publish: None, unpublish: None, play: None, stop: None, timeout_ms: 2_000 }
+    }
+}
+
+impl HooksConfig {
+    /// Every configured hook with its key name.
+    pub fn urls(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("publish", &self.publish),
+            ("unpublish", &self.unpublish),
+            ("play", &self.play),
+            ("stop", &self.stop),
+        ]
+        .into_iter()
+        .filter_map(|(name, url)| url.as_deref().map(|u| (name, u)))
+    }
 }
 
 /// The `[api]` table.
@@ -246,6 +367,8 @@ impl Default for Config {
             max_quic_streams: 16,
             max_connections: 20_000,
             max_connections_per_ip: 2_000,
+            publisher_grace_ms: 5_000,
+            publisher_takeover_ms: 2_000,
             shutdown_grace_ms: 5_000,
             http_listen: HttpListen::Addr(SocketAddr::from(([127, 0, 0, 1], 8935))),
             api: ApiConfig::default(),
@@ -256,6 +379,12 @@ impl Default for Config {
             registry_lease_ms: 5_000,
             relay_ca: None,
             relay_insecure: false,
+            forward: Vec::new(),
+            max_hops: 8,
+            forward_backoff_min_ms: 250,
+            forward_backoff_max_ms: 5_000,
+            auth: AuthConfig::default(),
+            hooks: HooksConfig::default(),
         }
     }
 }
@@ -264,6 +393,7 @@ impl Default for Config {
 /// live relay and would overflow deadline arithmetic.
 const MAX_MS: u64 = 24 * 60 * 60 * 1000;
 
+pub use crate::auth::AuthMode;
 pub use crate::transport::quic::Congestion;
 
 /// Why a configuration was refused. Messages include their cause, which is therefore
@@ -315,26 +445,26 @@ impl Config {
                 matches.value_source(name),
                 Some(ValueSource::CommandLine | ValueSource::EnvVariable)
             );
-            if !explicit {
-                continue;
-            }
-            // `table.key` ids are keys of a nested table (`[api] token`).
-            match name.split_once('.') {
-                None => {
-                    if let Some(value) = given.get(name) {
-                        table.insert(name.to_owned(), value.clone());
+            // `auth.publish` is `publish` in the `[auth]` table.
+            let (section, key) = match name.split_once('.') {
+                Some((section, key)) => (Some(section), key),
+                None => (None, name),
+            };
+            let from = match section {
+                Some(section) => given.get(section).and_then(toml::Value::as_table),
+                None => Some(&given),
+            };
+            let Some(value) = from.and_then(|t| t.get(key)).filter(|_| explicit) else { continue };
+            let into = match section {
+                Some(section) => {
+                    match table.entry(section).or_insert_with(|| toml::Value::Table(toml::Table::new())) {
+                        toml::Value::Table(t) => t,
+                        _ => continue,
                     }
                 }
-                Some((section, key)) => {
-                    let value = given.get(section).and_then(|t| t.get(key)).cloned();
-                    let target = table
-                        .entry(section.to_owned())
-                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                    if let (Some(value), toml::Value::Table(t)) = (value, target) {
-                        t.insert(key.to_owned(), value);
-                    }
-                }
-            }
+                None => &mut table,
+            };
+            into.insert(key.to_owned(), value.clone());
         }
         let config: Config = table
             .try_into()
@@ -407,6 +537,8 @@ impl Config {
         }
         // Zero would close every connection (or drop every frame) at once.
         let non_zero = [
+            ("forward_backoff_min_ms", self.forward_backoff_min_ms),
+            ("forward_backoff_max_ms", self.forward_backoff_max_ms),
             ("handshake_timeout_ms", self.handshake_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("write_timeout_ms", self.write_timeout_ms),
@@ -419,10 +551,13 @@ impl Config {
                 )));
             }
         }
-        // Zero is meaningful here: no wait for a publisher, no grace on SIGTERM.
+        // Zero is meaningful here: no wait for a publisher, no grace on SIGTERM, players
+        // ended with their publisher, no takeover.
         let may_be_zero = [
             ("play_wait_ms", self.play_wait_ms),
             ("shutdown_grace_ms", self.shutdown_grace_ms),
+            ("publisher_grace_ms", self.publisher_grace_ms),
+            ("publisher_takeover_ms", self.publisher_takeover_ms),
             ("quic_idle_timeout_ms", self.quic_idle_timeout_ms),
         ];
         for (key, value) in may_be_zero {
@@ -466,6 +601,40 @@ impl Config {
         }
         if self.max_pending_bytes < self.max_message_size as usize {
             return bad("max_pending_bytes must be at least max_message_size (or no message that large arrives whole)");
+        }
+        if self.forward_backoff_max_ms < self.forward_backoff_min_ms {
+            return bad("forward_backoff_max_ms must be at least forward_backoff_min_ms");
+        }
+        if !(1..=255).contains(&self.max_hops) {
+            return bad("max_hops must be within 1..=255");
+        }
+        for rule in &self.forward {
+            rule.validate().map_err(|e| ConfigError::Invalid(format!("forward: {e}")))?;
+        }
+        self.validate_gates()
+    }
+
+    /// Checks `[auth]` and `[hooks]` (whether a needed secret exists is checked when the
+    /// server starts: it is read from a file or the environment).
+    fn validate_gates(&self) -> Result<(), ConfigError> {
+        for app in self.auth.apps.keys() {
+            if app.is_empty() || app.contains('?') || app.starts_with('/') || app.ends_with('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "auth.apps.\"{app}\": an app name without `?` or leading/trailing `/`"
+                )));
+            }
+        }
+        for (name, url) in self.hooks.urls() {
+            crate::hooks::check_url(url).map_err(|e| ConfigError::Invalid(format!("hooks.{name}: {e}")))?;
+        }
+        let t = self.hooks.timeout_ms;
+        let hooked = self.hooks.urls().next().is_some();
+        if t == 0 || (hooked && t >= self.handshake_timeout_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "hooks.timeout_ms must be within 1..{} (below handshake_timeout_ms, which bounds \
+                 every publish/play decision; it is {t})",
+                self.handshake_timeout_ms
+            )));
         }
         Ok(())
     }
@@ -540,6 +709,8 @@ impl Config {
             max_gop_bytes: self.max_gop_bytes,
             max_publishers: self.max_publishers,
             play_wait: Duration::from_millis(self.play_wait_ms),
+            publisher_grace: Duration::from_millis(self.publisher_grace_ms),
+            publisher_takeover: Duration::from_millis(self.publisher_takeover_ms),
         }
     }
 }
@@ -585,7 +756,7 @@ mod tests {
                 assert!(e.contains(key), "{key} = {value}: {e}");
             }
         }
-        for key in ["play_wait_ms", "shutdown_grace_ms"] {
+        for key in ["play_wait_ms", "shutdown_grace_ms", "publisher_grace_ms", "publisher_takeover_ms"] {
             assert!(Config::from_toml(&format!("{key} = 0")).is_ok(), "{key} = 0 means no wait");
             let e = Config::from_toml(&format!("{key} = {}", i64::MAX)).map(|_| ()).unwrap_err().to_string();
             assert!(e.contains(key), "{e}");
@@ -594,6 +765,37 @@ mod tests {
         assert!(e.contains("queue_max_bytes"), "{e}");
         let e = Config::from_toml("max_pending_bytes = 0").map(|_| ()).unwrap_err().to_string();
         assert!(e.contains("max_pending_bytes"), "{e}");
+    }
+
+    #[test]
+    fn auth_and_hooks_tables() {
+        let c = Config::from_toml(
+            "[auth]\npublish = \"token\"\nsecret_file = \"/s\"\n[auth.apps.private]\nplay = \"token\"\n\
+             [auth.apps.\"a/b\"]\npublish = \"open\"\n[hooks]\npublish = \"http://127.0.0.1:9/p\"\ntimeout_ms = 500\n",
+        )
+        .unwrap();
+        assert_eq!((c.auth.publish, c.auth.play), (AuthMode::Token, AuthMode::Open));
+        assert_eq!(c.auth.apps["private"], AppAuth { publish: None, play: Some(AuthMode::Token) });
+        assert_eq!(c.auth.apps["a/b"].publish, Some(AuthMode::Open));
+        assert_eq!((c.hooks.publish.as_deref(), c.hooks.timeout_ms), (Some("http://127.0.0.1:9/p"), 500));
+        // Without hooks their timeout does not matter.
+        assert!(Config::from_toml("handshake_timeout_ms = 1000").is_ok());
+        for (bad, key) in [
+            ("[auth]\npublish = \"tokens\"", "publish"),
+            ("[auth]\nsecret = \"x\"", "secret"),
+            ("[auth.apps.x]\nplay = \"token\"\nrecord = \"open\"", "record"),
+            ("[auth.apps.\"x?y\"]\nplay = \"token\"", "auth.apps"),
+            ("[hooks]\npublish = \"ftp://h/x\"", "hooks.publish"),
+            ("[hooks]\nstop = \"/relative\"", "hooks.stop"),
+            ("[hooks]\ntimeout_ms = 0", "hooks.timeout_ms"),
+            (
+                "handshake_timeout_ms = 1000\n[hooks]\nplay = \"http://h/p\"\ntimeout_ms = 2000",
+                "hooks.timeout_ms",
+            ),
+        ] {
+            let e = Config::from_toml(bad).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -646,6 +848,15 @@ mod tests {
             (c.chunk_size, c.play_wait_ms, c.tcp_nodelay, c.quic_congestion),
             (8192, 5, false, Congestion::Cubic)
         );
+        // Nested tables too, over the file's other keys of the same table.
+        std::fs::write(&file, "[auth]\npublish = \"token\"\n[auth.apps.p]\nplay = \"token\"\n").unwrap();
+        let c = resolve(&["t", "--config", f, "--auth-play", "token", "--hook-play", "http://h/p"]);
+        assert_eq!((c.auth.publish, c.auth.play), (AuthMode::Token, AuthMode::Token));
+        assert_eq!(c.auth.apps["p"].play, Some(AuthMode::Token));
+        assert_eq!(c.hooks.play.as_deref(), Some("http://h/p"));
+        let c = resolve(&["t", "--config", f, "--auth-publish", "open"]);
+        assert_eq!(c.auth.publish, AuthMode::Open);
+        std::fs::write(&file, "chunk_size = 1024\nplay_wait_ms = 5\nmax_publishers = 3\n").unwrap();
         // So does the environment (a variable no other test reads).
         std::env::set_var("QRELAY_MAX_GOP_BYTES", "1048576");
         let c = resolve(&["t", "--config", f]);
@@ -679,6 +890,47 @@ mod tests {
         assert_eq!((c.http_listen, c.api.token.as_deref()), (HttpListen::Off, Some("from-cli")));
         let c = resolve(&["t", "--api-token", "cli-only"]);
         assert_eq!(c.api.token.as_deref(), Some("cli-only"));
+    }
+
+    #[test]
+    fn forward_rules_come_from_tables_or_the_command_line() {
+        let c = Config::from_toml(
+            "max_hops = 3\n[[forward]]\nstreams = \"live/*\"\nto = [\"rtmp://10.0.0.5/live\", \"rtmp+quic://edge1/live/renamed\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_hops, 3);
+        assert_eq!(c.forward.len(), 1);
+        assert_eq!(c.forward[0].to[1], "rtmp+quic://edge1/live/renamed");
+        let e = Config::from_toml("[[forward]]\nstreams = \"live/*\"\nto = [\"rtmp://h:0/live\"]\n")
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("forward") && e.contains("bad port"), "{e}");
+        assert!(Config::from_toml("[[forward]]\nstreams = \"a\"\nto = []\n").is_err());
+        assert!(Config::from_toml("[[forward]]\nstreams = \"a\"\nto = [\"rtmp://h/l\"]\nx = 1\n").is_err());
+        assert!(Config::from_toml("max_hops = 0").is_err());
+        assert!(Config::from_toml("forward_backoff_min_ms = 10\nforward_backoff_max_ms = 5").is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("q.toml");
+        std::fs::write(&file, "[[forward]]\nstreams = \"x/*\"\nto = [\"rtmp://file/live\"]\n").unwrap();
+        let f = file.to_str().unwrap();
+        assert_eq!(resolve(&["t", "--config", f]).forward[0].streams, "x/*");
+        // The command line replaces the file's rules; repeatable, or `;`-separated.
+        let c = resolve(&[
+            "t",
+            "--config",
+            f,
+            "--forward",
+            "live/*=rtmp://a/live,rtmp://b/live/k",
+            "--forward",
+            "other/*=rtmp://c/x;third=rtmp://d/y",
+        ]);
+        let got: Vec<(&str, usize)> = c.forward.iter().map(|r| (r.streams.as_str(), r.to.len())).collect();
+        assert_eq!(got, [("live/*", 2), ("other/*", 1), ("third", 1)]);
+        use clap::CommandFactory;
+        let e = Cli::command().try_get_matches_from(["t", "--forward", "live/*=ftp://x/y"]).unwrap_err();
+        assert!(e.to_string().contains("ftp"), "{e}");
     }
 
     #[test]

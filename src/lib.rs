@@ -22,9 +22,12 @@
 //!   until shutdown.
 //! - [`control`]: the HTTP control plane: JSON API, Prometheus `/metrics`, status page,
 //!   session allocation, drain.
-//! - [`gate`]: the asynchronous decision before a publish or play is accepted.
+//! - [`gate`]: the asynchronous decision before a publish or play is accepted, and the
+//!   gate the configuration asks for: [`auth`] (publish/play tokens), then [`hooks`]
+//!   (HTTP hooks).
 //! - [`reason`]: why connections end or are refused, with stable codes and counters.
-//! - [`relay`]: links between nodes: edges pulling streams from origins on demand.
+//! - [`relay`]: links between nodes: edges pulling streams from origins on demand, push
+//!   forwarding of published streams to other servers, and the loop/hop rules they share.
 //! - [`registry`]: which node publishes a session ID across a cluster (embedded or Redis).
 //! - [`config`]: the one configuration type (TOML file, command line, environment).
 //! - [`bridge`]: `qrelay bridge`, local RTMP for stock encoders carried upstream over RoQR.
@@ -32,10 +35,12 @@
 //! `qrelay bench` (the load generator) is the `qrelay-bench` crate, which the binary
 //! calls; the library uses only its `/proc` readers (`control::process`).
 
+pub mod auth;
 pub mod bridge;
 pub mod config;
 pub mod control;
 pub mod gate;
+pub mod hooks;
 pub mod hub;
 pub mod reason;
 pub mod registry;

@@ -1,5 +1,5 @@
 //! The `qrelay` command: `serve` runs the relay; `publish` and `play` are the project's
-//! own RTMP client over TCP, TLS or QUIC.
+//! own RTMP client over TCP, TLS or QUIC; `token` mints publish/play tokens.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +70,26 @@ enum Command {
     /// Load-test an RTMP server (any, over TCP; qrelay also over QUIC): publishers,
     /// players, latency, loss, server CPU and memory.
     Bench(qrelay_bench::BenchArgs),
+    /// Print a publish or play token (for `?token=` in the stream key or the app).
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("role").required(true).multiple(true).args(["publish", "play"]))]
+struct TokenArgs {
+    /// File holding the secret the relay checks tokens with (its `auth.secret_file`);
+    /// without it, the secret is taken from QRELAY_AUTH_SECRET.
+    #[arg(long, env = "QRELAY_AUTH_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+    /// Allow publishing to these session IDs: `live/cam1`, `live/*`, `*` (every session).
+    #[arg(long, value_name = "PATTERN")]
+    publish: Option<String>,
+    /// Allow playing them (with --publish: the same pattern, both roles).
+    #[arg(long, value_name = "PATTERN")]
+    play: Option<String>,
+    /// How long the token is valid: 30s, 15m, 1h, 7d (a bare number is seconds).
+    #[arg(long, default_value = "1h", value_parser = qrelay::auth::token::parse_ttl)]
+    ttl: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -163,8 +183,12 @@ fn main() -> ExitCode {
 async fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args, serve_matches.unwrap_or_default()).await,
+        Command::Token(args) => {
+            println!("{}", token(&args)?);
+            Ok(())
+        }
         Command::Publish { file, url, looped, trust } => {
-            let url = StreamUrl::parse(&url).with_context(|| format!("bad URL `{url}`"))?;
+            let url = parse_url(&url)?;
             let t =
                 client::publish_flv(&url, &trust.options(), &file, PublishOptions { looped, unpaced: false })
                     .await?;
@@ -172,7 +196,7 @@ async fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Resul
             Ok(())
         }
         Command::Play { url, output, duration, arrivals, trust } => {
-            let url = StreamUrl::parse(&url).with_context(|| format!("bad URL `{url}`"))?;
+            let url = parse_url(&url)?;
             let duration = duration.map(Duration::from_secs_f64);
             let opts = trust.options();
             let t = if output == "-" {
@@ -206,6 +230,29 @@ async fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Resul
             Ok(())
         }
     }
+}
+
+/// A stream URL from the command line; an error shows it without its token.
+fn parse_url(url: &str) -> anyhow::Result<StreamUrl> {
+    StreamUrl::parse(url).with_context(|| format!("bad URL `{}`", qrelay::url::redact_tokens(url)))
+}
+
+/// `qrelay token`: the token for the requested pattern and role.
+fn token(args: &TokenArgs) -> anyhow::Result<String> {
+    use qrelay::auth::token::{mint, Secret, SECRET_ENV};
+    use qrelay::auth::TokenRole;
+    let (pattern, role) = match (&args.publish, &args.play) {
+        (Some(a), Some(b)) if a != b => {
+            anyhow::bail!("--publish and --play name different patterns; a token holds one (make two tokens)")
+        }
+        (Some(p), Some(_)) => (p, TokenRole::Both),
+        (Some(p), None) => (p, TokenRole::Publish),
+        (None, Some(p)) => (p, TokenRole::Play),
+        (None, None) => anyhow::bail!("--publish PATTERN or --play PATTERN is required"),
+    };
+    let secret = Secret::load(args.secret_file.as_deref())?
+        .with_context(|| format!("no secret: give --secret-file FILE or set {SECRET_ENV}"))?;
+    Ok(mint(&secret, pattern, role, args.ttl)?)
 }
 
 async fn serve(args: ServeArgs, matches: clap::ArgMatches) -> anyhow::Result<()> {

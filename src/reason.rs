@@ -81,10 +81,14 @@ reasons! {
     PublishTaken = 0x160, "publish_taken";
     /// A publish over `max_publishers`.
     TooManyPublishers = 0x161, "too_many_publishers";
-    /// The gate refused a publish or play (token, hook, registry).
+    /// The gate refused a publish or play without a more specific reason (or did not
+    /// decide within the handshake timeout).
     Refused = 0x162, "refused";
     /// A play whose stream was not published within `play_wait_ms`.
     StreamNotFound = 0x163, "stream_not_found";
+    /// A publisher silent past `publisher_takeover_ms` was replaced by a new publisher on
+    /// its session ID (its players stay with the stream).
+    PublisherReplaced = 0x164, "publisher_replaced";
     /// A connection over `max_connections`.
     ConnectionLimit = 0x170, "connection_limit";
     /// A connection over `max_connections_per_ip`.
@@ -104,6 +108,35 @@ reasons! {
     Io = 0x191, "io";
     /// An operator ended the session through the control API.
     EndedByApi = 0x192, "ended_by_api";
+    /// A publish or play that needs a token came without one.
+    TokenMissing = 0x1a0, "token_missing";
+    /// A token that is malformed or signed with another secret.
+    TokenInvalid = 0x1a1, "token_invalid";
+    /// A token past its expiry.
+    TokenExpired = 0x1a2, "token_expired";
+    /// A token for the other role (a play token used to publish...).
+    TokenWrongRole = 0x1a3, "token_wrong_role";
+    /// A token for other session IDs.
+    TokenWrongStream = 0x1a4, "token_wrong_stream";
+    /// The publish or play hook answered with a status other than 2xx.
+    HookRefused = 0x1a8, "hook_refused";
+    /// The publish or play hook did not answer within `hooks.timeout_ms`.
+    HookTimeout = 0x1a9, "hook_timeout";
+    /// The publish or play hook could not be reached.
+    HookFailed = 0x1aa, "hook_failed";
+    /// A relay target that is this relay itself (a forward to itself would loop).
+    RelayLoop = 0x1b0, "relay_loop";
+    /// A relayed publish (or a forward) that would pass more relays than `max_hops`.
+    HopLimit = 0x1b1, "hop_limit";
+    /// A forward target that could not be reached (refused connection, no answer,
+    /// name not resolved, TLS/QUIC failure).
+    TargetUnreachable = 0x1b2, "target_unreachable";
+    /// A forward target that answered but refused the publish (status code in the log).
+    TargetRefused = 0x1b3, "target_refused";
+    /// A forward target that closed or lost the connection while we published.
+    TargetLost = 0x1b4, "target_lost";
+    /// A forward target that took no data for `write_timeout_ms`.
+    TargetStalled = 0x1b5, "target_stalled";
     /// The cluster registry could not be reached (publish and play go on locally).
     RegistryUnavailable = 0x1c0, "registry_unavailable";
     /// A publish refused because another node holds the session ID's lease.
@@ -244,6 +277,8 @@ mod tests {
         // Pinned: these codes are on the wire and in dashboards.
         assert_eq!(Reason::Normal.code(), 0x100);
         assert_eq!(Reason::PublishTaken.code(), 0x160);
+        assert_eq!(Reason::TokenMissing.code(), 0x1a0);
+        assert_eq!(Reason::HookRefused.code(), 0x1a8);
         assert_eq!(Reason::from_code(0x3), None);
     }
 

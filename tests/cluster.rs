@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -178,14 +177,90 @@ async fn an_edge_never_pulls_from_itself() -> Result {
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_chain_longer_than_max_hops_is_not_started() -> Result {
+    bounded(async {
+        let origin = start_server().await?;
+        // The mid node allows one relay: the edge's pull is that one, so mid pulls nothing.
+        let mid = edge_of(&origin, |c| c.max_hops = 1).await?;
+        let edge = edge_of(&mid, |c| c.play_wait_ms = 1_000).await?;
+        let _publisher = spawn(&mut ffmpeg_publisher(&media().flv, &origin.url("rtmp", "far"), true))?;
+        origin.wait_live("far").await?;
+        let err = player(&edge, "rtmp", "far").await.err().context("played across too many relays")?;
+        ensure!(format!("{err:#}").contains("StreamNotFound"), "{err:#}");
+        ensure!(
+            mid.counters.get(Reason::HopLimit) == 1,
+            "mid counted {} hop-limit refusals",
+            mid.counters.get(Reason::HopLimit)
+        );
+        ensure!(origin.stats("far").is_some_and(|s| s.subscribers == 0), "the origin was pulled from");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_pulls_from_nginx_rtmp() -> Result {
+    bounded(async {
+        // Any RTMP server can be an origin: here nginx-rtmp, over plain RTMP.
+        let nginx = Nginx::start().await?;
+        let _publisher = spawn(&mut ffmpeg_publisher(&media().flv, &nginx.url("ng"), true))?;
+        let origin = format!("rtmp://127.0.0.1:{}", nginx.port);
+        let edge = start_server_with(|c| c.origin = vec![origin]).await?;
+        // nginx answers a play at once, live or not: retry until the stream is there.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut watcher = loop {
+            let mut p = player(&edge, "rtmp", "ng").await?;
+            match pictures(&mut p, 30, Duration::from_secs(5)).await {
+                Ok(_) => break p,
+                // Before nginx had the stream (its play ended at once): again.
+                Err(_) if tokio::time::Instant::now() < deadline => {}
+                Err(e) => return Err(e),
+            }
+        };
+        let second = pictures(&mut watcher, 30, Duration::from_secs(10)).await?;
+        ensure!(second.len() == 30, "the edge stopped relaying nginx's stream");
+        ensure!(edge.stats("ng").is_some_and(|s| s.live), "the pulled stream is not live on the edge");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_sharing_the_token_secret_pulls_from_an_origin_that_requires_tokens() -> Result {
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "a cluster-wide secret of 32 bytes")?;
+        let file = secret.clone();
+        let origin = start_server_with(|c| {
+            c.auth.secret_file = Some(file);
+            c.auth.play = qrelay::auth::AuthMode::Token;
+        })
+        .await?;
+        let _publisher = spawn(&mut ffmpeg_publisher(&media().flv, &origin.url("rtmp", "tk"), true))?;
+        origin.wait_live("tk").await?;
+        // Players of the edge need no token (its own play is open); its pull carries one.
+        let file = secret.clone();
+        let edge = edge_of(&origin, |c| c.auth.secret_file = Some(file)).await?;
+        let mut p = player(&edge, "rtmp", "tk").await?;
+        pictures(&mut p, 10, Duration::from_secs(10)).await?;
+        // An edge without the secret is refused by the origin.
+        let stranger = edge_of(&origin, |c| c.play_wait_ms = 1_500).await?;
+        ensure!(player(&stranger, "rtmp", "tk").await.is_err(), "a pull without a token was let in");
+        ensure!(stranger.counters.get(Reason::UpstreamFailed) >= 1, "the refused pull was not counted");
+        ensure!(
+            origin.counters.get(Reason::TokenMissing) >= 1,
+            "the origin did not refuse for want of a token"
+        );
+        Ok(())
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------
 // A cluster with a Redis registry
 // ---------------------------------------------------------------------------------------
-
-/// A port free on TCP now (a server started on it next has it to itself in practice).
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 /// A `redis-server` on a free loopback port, without persistence; killed on drop.
 struct RedisServer {
@@ -289,7 +364,7 @@ async fn origin_failover_through_redis_keeps_edge_players_playing() -> Result {
         };
 
         // The same player goes on, with time moving forward, from the new origin.
-        let after = pictures(&mut watcher, 60, Duration::from_secs(20)).await?;
+        let after = pictures(&mut watcher, 60, Duration::from_secs(30)).await?;
         let last_before = *before.last().context("no pictures before")?;
         ensure!(
             after[0] >= last_before,

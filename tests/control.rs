@@ -528,7 +528,9 @@ async fn drain_ends_publishers_at_a_keyframe_and_players_cleanly_then_exits() ->
 async fn drain_asks_reconnect_capable_publishers_to_reconnect() -> Result {
     bounded(async {
         let mut srv = start_server_with(|c| c.shutdown_grace_ms = 20_000).await?;
-        let opts = ClientOptions { reconnect: true, ..opts(&srv) };
+        // E-RTMP v2 reconnect support declared in `connect` (capsEx, Reconnect bit).
+        let caps = ("capsEx".to_owned(), qrelay::rtmp::amf0::Amf0Value::Number(1.0));
+        let opts = ClientOptions { connect_properties: vec![caps], ..opts(&srv) };
         let mut publishers = Vec::new();
         let mut players = Vec::new();
         for (scheme, key) in [("rtmp", "rc-tcp"), ("rtmp+quic", "rc-roqr")] {
@@ -639,6 +641,46 @@ async fn the_status_page_shows_live_streams_in_headless_chromium() -> Result {
 
         publisher.start_kill()?;
         drop((a, b));
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocated_sessions_carry_tokens_the_relay_accepts() -> Result {
+    bounded(async {
+        let keep = tempfile::tempdir()?;
+        let secret = keep.path().join("secret");
+        std::fs::write(&secret, "a test secret that is long enough for HS256 signing")?;
+        let srv = start_server_with(|c| {
+            c.auth.secret_file = Some(secret.clone());
+            c.auth.publish = qrelay::auth::AuthMode::Token;
+        })
+        .await?;
+        let (status, made) = call(
+            reqwest::Method::POST,
+            &srv.api("/api/sessions"),
+            Some(r#"{"session":"live/tok","ttl_s":600}"#),
+        )
+        .await?;
+        ensure!(status == StatusCode::CREATED && made["tokens"] == true, "{status}: {made}");
+        let url = made["publish"]["rtmp+quic"].as_str().context("publish URL")?.to_owned();
+        ensure!(url.contains("?token="), "{url}");
+        // Playing is open: its URLs carry no token.
+        ensure!(made["play"]["rtmp"].as_str().is_some_and(|u| !u.contains("token")), "{made:#}");
+        // The relay takes its own token, and only with it.
+        let opts = opts(&srv);
+        let bare = StreamUrl::parse(&srv.url("rtmp", "tok"))?;
+        ensure!(
+            RtmpClient::connect(&bare, ClientMode::Publish, &opts).await.is_err(),
+            "published without a token"
+        );
+        let publisher = RtmpClient::connect(&StreamUrl::parse(&url)?, ClientMode::Publish, &opts).await?;
+        srv.wait_live("tok").await?;
+        // The token stays out of the API.
+        let (_, d) = get(&srv.api("/api/streams/live/tok")).await?;
+        ensure!(!d.to_string().contains("token="), "{d}");
+        drop(publisher);
         Ok(())
     })
     .await

@@ -510,7 +510,9 @@ async fn slow_player_gets_an_intact_stream_across_direct_and_queued_writes() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publisher_disconnect_ends_every_player() -> Result {
     bounded(async {
-        let srv = start_server().await?;
+        // No grace (`publisher_grace_ms = 0`): players end with their publisher, at once.
+        // The grace itself is tested in tests/reconnect.rs.
+        let srv = start_server_with(|c| c.publisher_grace_ms = 0).await?;
         let (out_a, out_b, out_q) = (srv.path("a.flv"), srv.path("b.flv"), srv.path("q.flv"));
         let player_a = spawn(&mut ffmpeg_player(&srv.url("rtmp", "kill"), &out_a))?;
         let player_b = spawn(&mut ffmpeg_player(&srv.url("rtmp", "kill"), &out_b))?;
@@ -812,7 +814,7 @@ impl qrelay::gate::Gate for TestGate {
         let key = r.key.clone();
         Box::pin(async move {
             if key.starts_with("denied") {
-                Decision::Refuse("not on the list".into())
+                Decision::refuse(qrelay::reason::Reason::Refused, "not on the list")
             } else if key.starts_with("slow") {
                 tokio::time::sleep(Duration::from_millis(800)).await;
                 Decision::Allow

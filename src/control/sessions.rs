@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
+use crate::auth::{Auth, AuthMode, TokenRole};
 use crate::gate::Role;
 use crate::url::StreamUrl;
 
@@ -30,11 +31,28 @@ const MAX_SESSION_LEN: usize = 1024;
 /// The app of generated session IDs.
 const GENERATED_APP: &str = "live";
 
-/// Makes publish and play tokens for allocated sessions (the auth module provides one).
+/// Makes publish and play tokens for allocated sessions ([`Auth`] is one).
 pub trait TokenMinter: Send + Sync + Debug + 'static {
     /// A token allowing `role` on `session_id` for `ttl`, or `None` when this role needs
     /// none.
     fn mint(&self, session_id: &str, role: Role, ttl: Duration) -> Option<String>;
+}
+
+/// The relay's own tokens: minted for a role only where that role needs one (`[auth]`
+/// rules for the session's app), for exactly the session ID, valid as long as the
+/// allocation.
+impl TokenMinter for Auth {
+    fn mint(&self, session_id: &str, role: Role, ttl: Duration) -> Option<String> {
+        let (app, _) = session_id.rsplit_once('/')?;
+        if self.mode(app, role) == AuthMode::Open {
+            return None;
+        }
+        let role = match role {
+            Role::Publish => TokenRole::Publish,
+            Role::Play => TokenRole::Play,
+        };
+        Auth::mint(self, session_id, role, ttl).ok()
+    }
 }
 
 /// One allocated session.

@@ -145,17 +145,17 @@ pub(super) struct Queue {
     sent_bytes: AtomicU64,
     /// `phase == Live`, copied on every change so the control API reads it without the lock.
     live: AtomicBool,
-    /// Who plays, for the control API.
-    peer: Option<Arc<Peer>>,
+    /// Who plays, for the control API (set once the session identifies itself).
+    peer: std::sync::OnceLock<Arc<Peer>>,
     since: SystemTime,
 }
 
 impl Queue {
-    pub(super) fn new(limits: QueueLimits, counters: Arc<Counters>, peer: Option<Arc<Peer>>) -> Self {
+    pub(super) fn new(limits: QueueLimits, counters: Arc<Counters>) -> Self {
         Self {
             sent_bytes: AtomicU64::new(0),
             live: AtomicBool::new(false),
-            peer,
+            peer: std::sync::OnceLock::new(),
             since: SystemTime::now(),
             limits,
             state: Mutex::new(QueueState {
@@ -214,9 +214,11 @@ impl Queue {
         self.set_bytes(&mut st, bytes);
     }
 
+    /// The publish this subscriber followed ended. One still waiting for a publisher
+    /// (it joined during a grace) keeps waiting, up to its own play wait.
     pub(super) fn end(&self) {
         let mut st = self.state();
-        if st.phase != Phase::Ended {
+        if st.phase == Phase::Live {
             st.phase = Phase::Ended;
             self.live.store(false, Ordering::Relaxed);
             drop(st);
@@ -226,6 +228,11 @@ impl Queue {
 
     pub(super) fn skipped(&self) -> u64 {
         self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// The publish this queue followed is over (or the subscriber left).
+    pub(super) fn is_ended(&self) -> bool {
+        self.state().phase == Phase::Ended
     }
 
     pub(super) fn queued_bytes(&self) -> usize {
@@ -243,13 +250,22 @@ impl Queue {
     }
 
     pub(super) fn peer(&self) -> Option<&Arc<Peer>> {
-        self.peer.as_ref()
+        self.peer.get()
+    }
+
+    /// Takes over what identifies `old`, which this queue replaces (a rejoin): its
+    /// peer and its count of bytes sent.
+    pub(super) fn inherit(&self, old: &Queue) {
+        if let Some(peer) = old.peer.get() {
+            let _ = self.peer.set(peer.clone());
+        }
+        self.sent_bytes.store(old.bytes_sent(), Ordering::Relaxed);
     }
 
     /// This subscriber as the control API shows it; reads atomics and the phase.
     pub(super) fn info(&self) -> PlayerInfo {
         PlayerInfo {
-            peer: self.peer.clone(),
+            peer: self.peer.get().cloned(),
             since: self.since,
             live: self.live.load(Ordering::Relaxed),
             bytes_sent: self.bytes_sent(),
@@ -260,7 +276,7 @@ impl Queue {
 
     /// The subscriber is gone: nothing more is queued or written (a push that still
     /// holds this queue in its snapshot finds it closed), and the sink is dropped.
-    fn close(&self) {
+    pub(super) fn close(&self) {
         let mut st = self.state();
         st.phase = Phase::Ended;
         self.live.store(false, Ordering::Relaxed);
@@ -381,6 +397,12 @@ impl Subscriber {
         Self { queue, stream, hub }
     }
 
+    /// Names the session behind this subscriber, for the control API (which lists it
+    /// and may end it). Once; later calls change nothing.
+    pub fn identify(&self, peer: Arc<Peer>) {
+        let _ = self.queue.peer.set(peer);
+    }
+
     /// Waits until the stream is live. `false` when `timeout` passed first or the
     /// publish ended.
     pub async fn wait_live(&self, timeout: Duration) -> bool {
@@ -487,6 +509,25 @@ impl Subscriber {
         let bytes = st.bytes - taken;
         self.queue.set_bytes(&mut st, bytes);
         self.queue.count_sent(taken);
+    }
+
+    /// Starts over as a late joiner of the same publish: whatever is queued is dropped
+    /// and the queue starts again with the stream's metadata, sequence headers and
+    /// cached GOP, then follows the publish as before. `false`, and nothing changed, once
+    /// the publish this subscriber followed has ended. What a relay's forward uses after
+    /// reconnecting to its target: the target gets a decodable start at once instead of
+    /// waiting for the next keyframe, and nothing it already had twice.
+    ///
+    /// Only for a subscriber whose task writes (it never handed a sink to the publisher):
+    /// the old queue is closed with whatever it held.
+    pub fn rejoin(&mut self) -> bool {
+        match self.stream.rejoin(&self.queue) {
+            Some(queue) => {
+                self.queue = queue;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Frames this subscriber skipped because it fell behind.

@@ -74,8 +74,8 @@ async fn player_before_publisher_waits_and_gets_everything() {
     p.send(video(0, true, 100));
     assert!(next(&mut sub).await.unwrap().is_sequence_header());
     assert!(next(&mut sub).await.unwrap().is_keyframe());
-    drop(p);
-    assert!(next(&mut sub).await.is_none(), "end of stream after the publisher leaves");
+    p.finish();
+    assert!(next(&mut sub).await.is_none(), "end of stream after the publisher unpublishes");
 }
 
 #[tokio::test]
@@ -144,7 +144,7 @@ async fn lagging_subscriber_skips_to_next_keyframe_and_keeps_headers() {
     let first_media = frames.iter().find(|f| !f.is_sequence_header()).unwrap();
     assert!(first_media.is_keyframe(), "resumes at a keyframe");
     assert_eq!(fast.skipped(), 0);
-    drop(p);
+    p.finish();
     assert!(next(&mut slow).await.is_none());
 }
 
@@ -325,7 +325,7 @@ async fn the_end_of_a_directly_written_stream_wakes_the_subscriber() {
     let (mut p, mut sub) = live_subscriber(&hub);
     assert!(hand(&sub, &MemSink::with_room(usize::MAX)));
     p.send(video(0, true, 10));
-    drop(p);
+    p.finish();
     assert!(!sub.ready().await, "ended, nothing left");
     assert!(next(&mut sub).await.is_none());
 }
@@ -579,7 +579,8 @@ async fn joins_racing_leaves_never_orphan_a_player() {
         assert!(sub.wait_live(Duration::from_secs(1)).await, "every player sees the publisher");
     }
     assert_eq!(hub.stats("live/a").unwrap().subscribers, 50);
-    drop((p, players));
+    p.finish();
+    drop(players);
     assert!(hub.is_empty(), "and the entry goes with the last of them");
 }
 
@@ -616,6 +617,300 @@ async fn late_joiner_of_a_multitrack_stream_gets_every_track_header_and_the_defa
     );
 }
 
+// ---------------------------------------------------------------------------------------
+// Publishers that go away, come back, or are replaced
+// ---------------------------------------------------------------------------------------
+
+fn metadata() -> Frame {
+    Frame::new(MediaKind::Data, 0, Bytes::from_static(b"\x02\x00\x0aonMetaData\x05"))
+}
+
+fn audio_header() -> Frame {
+    Frame::new(MediaKind::Audio, 0, Bytes::from_static(&[0xAF, 0, 0x12, 0x10]))
+}
+
+/// A second encoder's video configuration (different bytes from [`video_header`]).
+fn other_video_header() -> Frame {
+    Frame::new(MediaKind::Video, 0, Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x64, 0x1f]))
+}
+
+fn hub_with(grace_ms: u64, takeover_ms: u64) -> Hub {
+    Hub::new(HubConfig {
+        publisher_grace: Duration::from_millis(grace_ms),
+        publisher_takeover: Duration::from_millis(takeover_ms),
+        ..HubConfig::default()
+    })
+}
+
+/// What is queued for `sub`, taken: (kind, timestamp, keyframe, sequence header).
+fn drain(sub: &mut Subscriber) -> Vec<(MediaKind, u32, bool, bool)> {
+    let mut frames = Vec::new();
+    sub.drain_into(&mut frames, usize::MAX);
+    frames
+        .iter()
+        .map(|f| {
+            (f.kind(), f.timestamp(), f.kind() == MediaKind::Video && f.is_keyframe(), f.is_sequence_header())
+        })
+        .collect()
+}
+
+/// Whether `sub` is told the stream ended within a short wait (its queue empty).
+async fn ends_soon(sub: &Subscriber) -> bool {
+    matches!(tokio::time::timeout(Duration::from_millis(100), sub.ready()).await, Ok(false))
+}
+
+/// A first publisher's stream up to 33 ms, taken by `sub`.
+fn first_stream(p: &mut Publisher, sub: &mut Subscriber) {
+    p.send(video_header());
+    p.send(video(0, true, 10));
+    p.send(audio(10));
+    p.send(video(33, false, 10));
+    assert_eq!(drain(sub).len(), 4);
+}
+
+/// A second encoder's start: configuration, a picture it cannot decode without what came
+/// before, audio ahead of its keyframe, the keyframe at its own 0 ms, the next picture.
+fn second_stream(p: &mut Publisher) {
+    p.send(metadata());
+    p.send(other_video_header());
+    p.send(audio_header());
+    p.send(video(0, false, 10));
+    p.send(audio(0));
+    p.send(video(0, true, 20));
+    p.send(video(33, false, 10));
+}
+
+use MediaKind::{Audio as A, Data as D, Video as V};
+
+#[tokio::test]
+async fn a_lost_publisher_leaves_its_players_waiting_and_a_new_one_resumes_the_stream() {
+    let hub = Hub::default();
+    let mut p = hub.publish("live/a").unwrap();
+    let mut sub = hub.subscribe("live/a");
+    first_stream(&mut p, &mut sub);
+
+    drop(p); // the connection was lost: no unpublish
+    let stats = hub.stats("live/a").unwrap();
+    assert!(stats.grace && !stats.live, "{stats:?}");
+    assert!(!ends_soon(&sub).await, "the player is kept");
+    assert!(drain(&mut sub).is_empty(), "and gets nothing meanwhile");
+    let mut joined_in_grace = hub.subscribe("live/a");
+
+    let mut p2 = hub.publish("live/a").expect("a new publisher resumes the stream in its grace");
+    second_stream(&mut p2);
+    let resumed = 33 + timeline::RESUME_STEP_MS;
+    let want = vec![
+        (D, resumed, false, false),
+        (V, resumed, false, true),
+        (A, resumed, false, true),
+        (V, resumed, true, false),
+        (V, resumed + 33, false, false),
+    ];
+    assert_eq!(drain(&mut sub), want, "new configuration, then the keyframe, a step after the last frame");
+    assert!(joined_in_grace.wait_live(Duration::from_secs(1)).await);
+    assert_eq!(drain(&mut joined_in_grace), want, "a player that arrived in the grace gets the same");
+    // A late joiner's cache is the new publisher's, consistent with what players got.
+    let mut late = hub.subscribe("live/a");
+    assert_eq!(drain(&mut late), want);
+
+    let stats = hub.stats("live/a").unwrap();
+    assert!(stats.live && !stats.grace && stats.resumes == 1, "{stats:?}");
+    assert_eq!(
+        hub.publisher_events(),
+        PublisherEvents { graces: 1, resumed: 1, ..PublisherEvents::default() }
+    );
+    p2.finish();
+    assert!(ends_soon(&sub).await && ends_soon(&late).await, "an unpublish ends the stream at once");
+}
+
+#[tokio::test]
+async fn a_grace_that_runs_out_ends_the_players_and_frees_the_stream() {
+    let hub = Hub::new(HubConfig {
+        max_publishers: 1,
+        publisher_grace: Duration::from_millis(50),
+        ..HubConfig::default()
+    });
+    let mut p = hub.publish("live/a").unwrap();
+    let mut sub = hub.subscribe("live/a");
+    first_stream(&mut p, &mut sub);
+    drop(p);
+    assert_eq!(
+        hub.publish("live/b").unwrap_err(),
+        HubError::TooManyPublishers(1),
+        "the grace keeps its slot"
+    );
+    let waiting = hub.subscribe("live/a");
+
+    assert!(next(&mut sub).await.is_none(), "the end of stream once the grace ran out");
+    assert_eq!(
+        hub.publisher_events(),
+        PublisherEvents { graces: 1, expired: 1, ..PublisherEvents::default() }
+    );
+    assert!(!hub.stats("live/a").unwrap().grace);
+    // The player that arrived in the grace was waiting for a publisher, and still is.
+    assert!(!ends_soon(&waiting).await);
+    let mut p = hub.publish("live/a").expect("the slot is free again");
+    assert!(waiting.wait_live(Duration::from_secs(1)).await);
+    // A fresh stream: the publisher's own timestamps.
+    p.send(video(0, true, 10));
+    p.finish();
+    drop((sub, waiting));
+    assert!(hub.is_empty());
+}
+
+#[tokio::test]
+async fn without_players_or_with_no_grace_a_lost_publisher_ends_its_stream_at_once() {
+    let hub = Hub::default();
+    let mut p = hub.publish("live/a").unwrap();
+    p.send(video(5000, true, 10));
+    drop(p);
+    assert!(hub.is_empty(), "nobody to keep: no grace");
+    let mut p = hub.publish("live/a").unwrap();
+    let mut sub = hub.subscribe("live/a");
+    p.send(video(7, true, 10));
+    assert_eq!(drain(&mut sub), vec![(V, 7, true, false)], "a fresh publish keeps its timestamps");
+    p.finish();
+
+    let hub = hub_with(0, 0);
+    let p = hub.publish("live/a").unwrap();
+    let sub = hub.subscribe("live/a");
+    drop(p);
+    assert!(ends_soon(&sub).await, "publisher_grace_ms = 0: ended with the publisher");
+    assert_eq!(hub.publisher_events(), PublisherEvents::default());
+}
+
+#[tokio::test]
+async fn a_silent_publisher_is_replaced_and_can_no_longer_send_or_end_the_stream() {
+    let hub = hub_with(5000, 50);
+    let mut p1 = hub.publish("live/a").unwrap();
+    let mut sub = hub.subscribe("live/a");
+    first_stream(&mut p1, &mut sub);
+    assert_eq!(hub.publish("live/a").unwrap_err(), HubError::AlreadyPublishing("live/a".into()), "active");
+
+    tokio::time::sleep(Duration::from_millis(60)).await; // silence is time passing
+    assert!(hub.publish_with("live/a", Takeover::Never, 0).is_err(), "Never is never");
+    let mut p2 = hub.publish("live/a").expect("silent past the threshold: replaced");
+    tokio::time::timeout(Duration::from_secs(1), p1.replaced()).await.expect("the old publisher learns it");
+    p1.send(video(66, true, 10));
+    assert!(drain(&mut sub).is_empty(), "the replaced publisher's frames are ignored");
+    drop(p1);
+    assert!(hub.stats("live/a").unwrap().live, "and its going does not end the stream");
+
+    second_stream(&mut p2);
+    let got = drain(&mut sub);
+    assert_eq!(got[3], (V, 33 + timeline::RESUME_STEP_MS, true, false), "{got:?}");
+    assert_eq!(hub.publisher_events().taken_over, 1);
+
+    // Takeover::Now (the session layer knows it is the owner) replaces even an active one.
+    let p3 = hub.publish_with("live/a", Takeover::Now, 0).expect("replaced at once");
+    assert!(tokio::time::timeout(Duration::from_secs(1), p2.replaced()).await.is_ok());
+    drop((p2, p3));
+}
+
+#[tokio::test]
+async fn shutdown_ends_graces_and_starts_no_more() {
+    let hub = Hub::default();
+    let p = hub.publish("live/a").unwrap();
+    let sub = hub.subscribe("live/a");
+    drop(p);
+    assert!(!ends_soon(&sub).await);
+    hub.close();
+    assert!(ends_soon(&sub).await, "no publisher comes back to a relay shutting down");
+    let p = hub.publish("live/b").unwrap();
+    let sub = hub.subscribe("live/b");
+    drop(p);
+    assert!(ends_soon(&sub).await);
+    assert_eq!(hub.publisher_events().graces, 1);
+}
+
+/// Records what it is told and subscribes at once, as push forwarding does.
+#[derive(Debug, Default)]
+struct Recorder {
+    told: Mutex<Vec<LiveStream>>,
+    subs: Mutex<Vec<Subscriber>>,
+}
+
+impl LiveWatcher for Recorder {
+    fn went_live(&self, hub: &Hub, stream: &LiveStream) {
+        self.told.lock().unwrap().push(stream.clone());
+        self.subs.lock().unwrap().push(hub.subscribe(&stream.session_id));
+    }
+}
+
+#[tokio::test]
+async fn the_watcher_hears_of_each_publish_once_in_time_to_get_its_first_frame() {
+    let recorder = Arc::new(Recorder::default());
+    let hub = Hub::with_watcher(HubConfig::default(), recorder.clone());
+    let mut p = hub.publish_relayed("live/a", 2).unwrap();
+    assert!(hub.publish("live/a").is_err());
+    assert!(recorder.told.lock().unwrap().is_empty(), "told only once something is published");
+    p.send(video_header());
+    p.send(video(0, true, 10));
+    let told = recorder.told.lock().unwrap().clone();
+    assert_eq!(
+        told,
+        vec![LiveStream { session_id: "live/a".into(), hops: 2 }],
+        "a refused publish is not news"
+    );
+    let mut sub = recorder.subs.lock().unwrap().pop().unwrap();
+    assert!(next(&mut sub).await.unwrap().is_sequence_header(), "the subscription has the first frame");
+    assert!(next(&mut sub).await.unwrap().is_keyframe());
+    p.finish();
+    assert!(next(&mut sub).await.is_none());
+    let mut q = hub.publish("live/a").unwrap();
+    q.send(audio(0));
+    assert_eq!(recorder.told.lock().unwrap().len(), 2);
+    assert_eq!(recorder.told.lock().unwrap().last().map(|l| l.hops), Some(0), "an encoder's publish: 0 hops");
+}
+
+#[tokio::test]
+async fn rejoin_drops_the_backlog_and_restarts_from_the_cache_of_the_same_publish() {
+    let hub = Hub::default();
+    let mut p = hub.publish("live/a").unwrap();
+    let mut sub = hub.subscribe("live/a");
+    p.send(video_header());
+    p.send(video(0, true, 10));
+    p.send(video(33, false, 10));
+    p.send(video(66, true, 10));
+    p.send(video(99, false, 10));
+    assert!(sub.rejoin());
+    let mut frames = Vec::new();
+    sub.drain_into(&mut frames, usize::MAX);
+    let got: Vec<(u32, bool, bool)> =
+        frames.iter().map(|f| (f.timestamp(), f.is_keyframe(), f.is_sequence_header())).collect();
+    assert_eq!(got, vec![(0, false, true), (66, true, false), (99, false, false)]);
+    p.send(video(133, false, 10));
+    assert_eq!(next(&mut sub).await.map(|f| f.timestamp()), Some(133), "follows the publish once, not twice");
+    assert_eq!(hub.stats("live/a").unwrap().subscribers, 1, "still one subscriber");
+    p.finish();
+    assert!(!sub.rejoin(), "the publish it followed is over");
+    let _p2 = hub.publish("live/a").unwrap();
+    assert!(!sub.rejoin(), "a new publish is not the one it followed");
+    drop(sub);
+    drop(_p2);
+    assert!(hub.is_empty());
+}
+
+#[tokio::test]
+async fn a_resumed_publish_is_not_announced_again_and_a_rejoin_in_its_grace_gets_the_resume() {
+    let recorder = Arc::new(Recorder::default());
+    let hub = Hub::with_watcher(HubConfig::default(), recorder.clone());
+    let mut p = hub.publish("live/a").unwrap();
+    p.send(video_header());
+    p.send(video(0, true, 10));
+    let mut forward = recorder.subs.lock().unwrap().pop().unwrap();
+    assert_eq!(drain(&mut forward).len(), 2);
+    drop(p); // lost: the forward's subscription keeps the stream in its grace
+    assert!(forward.rejoin(), "in a grace the stream is not over");
+    let mut p2 = hub.publish("live/a").unwrap();
+    p2.send(other_video_header());
+    p2.send(video(0, true, 10));
+    assert_eq!(recorder.told.lock().unwrap().len(), 1, "the stream went on: no second announcement");
+    let resumed = timeline::RESUME_STEP_MS;
+    assert_eq!(drain(&mut forward), vec![(V, resumed, false, true), (V, resumed, true, false)]);
+    p2.finish();
+}
+
 #[test]
 fn snapshots_show_peers_bytes_and_codecs_and_end_tokens_reach_the_sessions() {
     use tokio_util::sync::CancellationToken;
@@ -625,8 +920,10 @@ fn snapshots_show_peers_bytes_and_codecs_and_end_tokens_reach_the_sessions() {
     let publisher_peer = Peer::new(hub.next_peer_id(), "tcp", addr, pub_end.clone());
     let player_peer = Peer::new(hub.next_peer_id(), "roqr", addr, play_end.clone());
     let player_id = player_peer.id;
-    let mut sub = hub.subscribe_by("live/a", Some(player_peer));
-    let mut p = hub.publish_by("live/a", Some(publisher_peer)).unwrap();
+    let mut sub = hub.subscribe("live/a");
+    sub.identify(player_peer);
+    let mut p = hub.publish("live/a").unwrap();
+    p.identify(publisher_peer);
     let aac = Frame::new(MediaKind::Audio, 0, Bytes::from_static(&[0xAF, 0, 0x12, 0x10]));
     let avc = Frame::new(MediaKind::Video, 0, Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x4d, 0, 0x1e]));
     for f in [avc, aac, video(0, true, 100), video(33, false, 50)] {
@@ -652,6 +949,6 @@ fn snapshots_show_peers_bytes_and_codecs_and_end_tokens_reach_the_sessions() {
     // A player that leaves keeps its bytes in the stream's total.
     drop(sub);
     assert_eq!(hub.stream_info("live/a").unwrap().bytes_out, 9 + 4 + 100 + 50);
-    drop(p);
+    p.finish();
     assert!(!hub.end_publisher("live/a"));
 }

@@ -20,8 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::backoff::Backoff;
+use super::hops;
 use super::node::{is_self, relay_mapping, NodeUrl};
 use super::splice::Splice;
+use crate::auth::token::TokenRole;
+use crate::auth::Auth;
 use crate::client::{ClientError, ClientOptions, QuicPool, RtmpClient};
 use crate::hub::{Hub, HubError, Publisher};
 use crate::media::frame::Frame;
@@ -35,6 +38,14 @@ const SESSIONS_PER_CONNECTION: usize = 1_000;
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Reaching an origin and having the play request sent: seconds even across a continent,
+/// so an origin that died (its address still in the registry until its lease expires)
+/// costs a failover little.
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// An upstream that sends nothing this long while playing is gone (a TCP path that broke
+/// without a reset; QUIC notices sooner through its idle timeout). Longer than an
+/// origin's publisher grace, during which it legitimately sends nothing.
+const UPSTREAM_SILENCE: Duration = Duration::from_secs(10);
 
 /// What the puller needs to know.
 #[derive(Debug, Clone)]
@@ -47,6 +58,11 @@ pub struct PullSettings {
     pub local: SocketAddr,
     /// How long an upstream stays after its last player left.
     pub idle: Duration,
+    /// Relays a stream may pass through (`max_hops`).
+    pub max_hops: u32,
+    /// This node's token secret, when it has one: a cluster shares it, and a pull then
+    /// carries a play token it minted, so origins that require tokens let edges in.
+    pub auth: Option<Arc<Auth>>,
     /// How to reach upstreams.
     pub client: ClientOptions,
 }
@@ -67,6 +83,15 @@ struct Inner {
     /// Session IDs with a pull task.
     active: Mutex<HashSet<String>>,
     shutdown: CancellationToken,
+}
+
+/// One upstream session to make: where, what, and how.
+struct Link<'a> {
+    node: &'a NodeUrl,
+    session_id: &'a str,
+    /// Relays the stream will have passed here (announced upstream, kept in the hub).
+    hops: u32,
+    client: &'a ClientOptions,
 }
 
 /// How one upstream session ended.
@@ -92,6 +117,8 @@ impl Puller {
         counters: Arc<Counters>,
         shutdown: CancellationToken,
     ) -> Self {
+        let mut settings = settings;
+        settings.client.connect_timeout = settings.client.connect_timeout.min(UPSTREAM_CONNECT_TIMEOUT);
         let pool = QuicPool::new(settings.client.clone(), SESSIONS_PER_CONNECTION, None);
         Self {
             inner: Arc::new(Inner {
@@ -112,9 +139,20 @@ impl Puller {
     }
 
     /// A player subscribed to `session_id`, which has no publisher here: pulls it unless
-    /// a pull is already on its way.
-    pub fn want(&self, session_id: &str) {
-        if !self.enabled() || !self.inner.active().insert(session_id.to_owned()) {
+    /// a pull is already on its way. `hops` is how many relays the player's side already
+    /// is (0 for a player, more for a relay pulling from this one): a pull that would make
+    /// the chain longer than `max_hops` is not started (a loop of origins ends here).
+    pub fn want(&self, session_id: &str, hops: u32) {
+        if !self.enabled() {
+            return;
+        }
+        let hops = hops.saturating_add(1);
+        if hops > self.inner.settings.max_hops {
+            self.inner.counters.count(Reason::HopLimit);
+            warn!(session_id, hops, "not pulled: the chain would pass more relays than max_hops");
+            return;
+        }
+        if !self.inner.active().insert(session_id.to_owned()) {
             return;
         }
         let this = self.clone();
@@ -122,14 +160,14 @@ impl Puller {
         let span = info_span!("pull", session_id = %session_id);
         tokio::spawn(
             async move {
-                this.run(&session_id).await;
+                this.run(&session_id, hops).await;
                 this.inner.active().remove(&session_id);
                 // A player that arrived as this pull was ending found it active and
                 // started nothing: it is subscribed by now, so it is seen here.
                 if this.inner.hub.watch_subscribers(&session_id).is_some_and(|w| *w.borrow() > 0)
                     && !this.inner.hub.is_live(&session_id)
                 {
-                    this.want(&session_id);
+                    this.want(&session_id, hops - 1);
                 }
             }
             .instrument(span),
@@ -149,8 +187,10 @@ impl Puller {
     }
 
     /// Pulls `session_id` until it ends upstream, idles out or the relay stops.
-    async fn run(&self, session_id: &str) {
+    async fn run(&self, session_id: &str, hops: u32) {
         let inner = &self.inner;
+        let mut client = inner.settings.client.clone();
+        client.connect_properties.push(hops::hops_property(hops));
         let Some(mut players) = inner.hub.watch_subscribers(session_id) else { return };
         let mut publisher: Option<Publisher> = None;
         let mut splice = Splice::default();
@@ -161,11 +201,15 @@ impl Puller {
                 debug!("no origin known for the stream yet");
             }
             for node in nodes {
-                let outcome =
-                    self.session(&node, session_id, &mut publisher, &mut splice, &mut players).await;
+                let link = Link { node: &node, session_id, hops, client: &client };
+                let outcome = self.session(link, &mut publisher, &mut splice, &mut players).await;
                 match outcome {
                     Outcome::Ended => {
                         info!(%node, "stream ended upstream");
+                        // Ended, not lost: the players get the end now, without a grace.
+                        if let Some(p) = publisher.take() {
+                            p.finish();
+                        }
                         return;
                     }
                     Outcome::Idle | Outcome::Local => return,
@@ -231,22 +275,21 @@ impl Puller {
     /// One upstream session on `node`: plays the stream there and publishes it here.
     async fn session(
         &self,
-        node: &NodeUrl,
-        session_id: &str,
+        Link { node, session_id, hops, client: options }: Link<'_>,
         publisher: &mut Option<Publisher>,
         splice: &mut Splice,
         players: &mut watch::Receiver<usize>,
     ) -> Outcome {
         let inner = &self.inner;
-        let url = match upstream_url(node, session_id) {
+        let url = match upstream_url(node, session_id, inner.settings.auth.as_deref()) {
             Ok(u) => u,
             Err(e) => return Outcome::Failed(e),
         };
         let connect = async {
             if url.transport == Transport::Quic(crate::url::QuicMapping::Tunnel) {
-                RtmpClient::connect_pooled(&url, ClientMode::Play, &inner.settings.client, &inner.pool).await
+                RtmpClient::connect_pooled(&url, ClientMode::Play, options, &inner.pool).await
             } else {
-                RtmpClient::connect(&url, ClientMode::Play, &inner.settings.client).await
+                RtmpClient::connect(&url, ClientMode::Play, options).await
             }
         };
         let mut client = tokio::select! {
@@ -259,7 +302,7 @@ impl Puller {
         };
         let publisher = match publisher {
             Some(p) => p,
-            None => match inner.hub.publish(session_id) {
+            None => match inner.hub.publish_relayed(session_id, hops) {
                 Ok(p) => publisher.insert(p),
                 Err(HubError::AlreadyPublishing(_)) => return Outcome::Local,
                 Err(e) => return Outcome::Failed(ClientError::Unsupported(hub_refusal(&e))),
@@ -269,10 +312,13 @@ impl Puller {
         // Made once: a timer re-made per frame would never run out.
         let idle = idle(players, inner.settings.idle);
         tokio::pin!(idle);
+        let silence = tokio::time::sleep(UPSTREAM_SILENCE);
+        tokio::pin!(silence);
         loop {
             tokio::select! {
                 event = client.read_event() => match event {
                     Ok(Some(ClientEvent::Media { kind, timestamp, payload })) => {
+                        silence.as_mut().reset(tokio::time::Instant::now() + UPSTREAM_SILENCE);
                         if let Some(frame) = splice.map(Frame::new(kind, timestamp, payload)) {
                             publisher.send(frame);
                         }
@@ -282,6 +328,10 @@ impl Puller {
                     Ok(None) => return Outcome::Lost(ClientError::Interrupted),
                     Err(e) => return Outcome::Lost(e),
                 },
+                _ = &mut silence => {
+                    let stage = "receiving from the upstream";
+                    return Outcome::Lost(ClientError::Timeout { stage, after: UPSTREAM_SILENCE });
+                }
                 _ = &mut idle => {
                     info!("no players for the idle time; closing the upstream");
                     let _ = tokio::time::timeout(Duration::from_secs(1), client.finish()).await;
@@ -299,10 +349,19 @@ impl Inner {
     }
 }
 
-/// The URL of `session_id` on `node`, in the mapping relay links use.
-fn upstream_url(node: &NodeUrl, session_id: &str) -> Result<StreamUrl, ClientError> {
+/// How long a pull's play token is valid: it is checked once, when the play starts.
+const PULL_TOKEN_TTL: Duration = Duration::from_secs(300);
+
+/// The URL of `session_id` on `node`, in the mapping relay links use, with a play token
+/// when this node can mint one.
+fn upstream_url(node: &NodeUrl, session_id: &str, auth: Option<&Auth>) -> Result<StreamUrl, ClientError> {
+    let token = auth.and_then(|a| a.mint(session_id, TokenRole::Play, PULL_TOKEN_TTL).ok());
+    let path = match token {
+        Some(t) => format!("{session_id}?token={t}"),
+        None => session_id.to_owned(),
+    };
     let mut url = node
-        .stream_url(session_id)
+        .stream_url(&path)
         .map_err(|_| ClientError::Unsupported("the session ID does not make a URL on this origin"))?;
     if let Some(mapping) = relay_mapping(node) {
         url.transport = Transport::Quic(mapping);

@@ -99,6 +99,9 @@ pub enum ConnError {
     /// Ended from outside (the control API), not by anything the peer did.
     #[error("ended ({0})")]
     Ended(Reason),
+    /// A new publisher took over this session's stream after it was silent.
+    #[error("replaced by a new publisher after publisher_takeover_ms without media")]
+    Replaced,
 }
 
 impl From<io::Error> for ConnError {
@@ -126,6 +129,7 @@ impl ConnError {
             ConnError::Io(_) => Reason::Io,
             ConnError::Session(e) => Reason::of_session(e),
             ConnError::Timeout(_, reason) | ConnError::Ended(reason) => *reason,
+            ConnError::Replaced => Reason::PublisherReplaced,
         }
     }
 }
@@ -280,6 +284,10 @@ where
                 }
                 let next = conn.link.decide_pending(conn.session.core()).await;
                 conn.then(next);
+            }
+            () = conn.link.publisher_replaced() => {
+                conn.link.on_replaced();
+                return Err(ConnError::Replaced);
             }
             event = conn.link.player_event() => match event {
                 PlayerEvent::Live(live) => {

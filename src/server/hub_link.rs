@@ -1,7 +1,10 @@
 //! The session↔hub rules every transport shares, free of sockets: a publish or play
-//! request waits for the gate, then the hub (one publisher per session ID, players wait
-//! for a publisher up to `play_wait_ms`); refusals answer with their status code and are
-//! counted; the end of a stream ends its players. The byte-stream driver
+//! request waits for the gate, then the hub (one publisher per session ID, a relayed
+//! publish within `max_hops`, players wait for a publisher up to `play_wait_ms`);
+//! refusals answer with their status code and are counted; the end of a stream ends its
+//! players. A publisher that unpublishes ends its stream; one whose session ends
+//! otherwise leaves its players a grace, and one replaced by a new publisher (a
+//! takeover) has its session closed. The byte-stream driver
 //! (`connection.rs`) and the RoQR driver (`roqr_conn.rs`) own the I/O and call in here
 //! with the message-level [`ServerCore`] of their framing.
 //!
@@ -19,11 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::connection::ConnContext;
-use crate::gate::{Decision, Request, Role};
-use crate::hub::{Peer, Publisher, Subscriber};
+use crate::gate::{Decision, Refusal, Request, Role};
+use crate::hub::{Peer, Publisher, Subscriber, Takeover};
 use crate::media::frame::MediaKind;
 use crate::reason::Reason;
 use crate::registry::PublisherLease;
+use crate::relay::hops;
 use crate::rtmp::session::{ServerCore, ServerEvent};
 
 /// A player's hub side, with whatever its transport keeps per player (`W`: the byte
@@ -84,6 +88,9 @@ pub(super) struct HubLink<W> {
     drained: bool,
     /// Video went through this session's publish (a drain then waits for a keyframe).
     saw_video: bool,
+    /// The request the gate allowed and that has not ended yet: the gate hears of its end
+    /// once (`Gate::ended`), however it ends.
+    allowed: Option<Request>,
 }
 
 impl<W: Default> HubLink<W> {
@@ -97,6 +104,7 @@ impl<W: Default> HubLink<W> {
             player: None,
             lease: None,
             pending: None,
+            allowed: None,
             peer_id,
             end: CancellationToken::new(),
             end_at_keyframe: false,
@@ -119,7 +127,9 @@ impl<W: Default> HubLink<W> {
     /// what the session has to say and closes.
     pub(super) fn on_ended_by_api(&mut self, core: &mut ServerCore) -> Option<Player<W>> {
         self.pending = None;
-        if self.publisher.take().is_some() {
+        if let Some(p) = self.publisher.take() {
+            // Ended, not lost: no grace for a successor.
+            p.finish();
             info!("publish ended through the control API");
         }
         let player = self.player.take();
@@ -144,7 +154,9 @@ impl<W: Default> HubLink<W> {
                 return Drain::Continue;
             }
             // Audio only: every frame is a boundary.
-            self.publisher = None;
+            if let Some(p) = self.publisher.take() {
+                p.finish();
+            }
             info!("draining: publish ended");
             return Drain::Close;
         }
@@ -175,7 +187,8 @@ impl<W: Default> HubLink<W> {
                 let video = frame.kind() == MediaKind::Video;
                 if self.end_at_keyframe && video && frame.is_keyframe() {
                     // The GOP before it went out whole; this one is not started.
-                    if self.publisher.take().is_some() {
+                    if let Some(p) = self.publisher.take() {
+                        p.finish();
                         info!("draining: publish ended at a keyframe");
                     }
                     self.end_at_keyframe = false;
@@ -188,13 +201,16 @@ impl<W: Default> HubLink<W> {
             }
             ServerEvent::Unpublish => {
                 self.lease = None;
-                if self.publisher.take().is_some() {
+                if let Some(p) = self.publisher.take() {
+                    p.finish();
                     info!("publish ended by the publisher");
+                    self.end_allowed();
                 }
             }
             ServerEvent::StopPlay => {
                 let p = self.player.take()?;
                 info!(skipped = p.sub.skipped(), "play stopped by the player");
+                self.end_allowed();
                 return Some(p);
             }
         }
@@ -215,63 +231,139 @@ impl<W: Default> HubLink<W> {
     }
 
     async fn on_decision(&mut self, core: &mut ServerCore, request: Request, decision: Decision) -> Next {
+        if decision == Decision::Allow {
+            // Whatever follows (even the hub's or the registry's refusal), the gate hears
+            // of the end.
+            self.end_allowed();
+            self.allowed = Some(request.clone());
+        }
         match (request.role, decision) {
             (Role::Publish, Decision::Allow) => {
-                match self.ctx.hub.publish_by(&request.session_id, Some(self.as_peer())) {
-                    Ok(p) => {
-                        // Claimed here first (the hub's claim is instant and local), then in
-                        // the cluster, so two publishers racing on one node never both ask
-                        // the registry.
-                        let registry = self.ctx.registry.clone();
-                        let counters = self.ctx.counters.clone();
-                        match PublisherLease::acquire(registry, &request.session_id, counters).await {
-                            Ok(lease) => self.lease = Some(lease),
-                            Err(node) => {
-                                drop(p);
-                                self.ctx.counters.count(Reason::PublishedElsewhere);
-                                warn!(%node, "publish refused: another node publishes this session ID");
-                                let why = format!("the stream is being published on {node}");
-                                core.reject_publish("NetStream.Publish.BadName", &why);
-                                return Next::CloseAfterFlush;
-                            }
-                        }
-                        info!(key = %redact(&request.key), "publish started");
-                        core.accept_publish();
-                        self.publisher = Some(p);
-                        Next::Continue
+                let hops = match self.relayed_hops(core) {
+                    Ok(hops) => hops,
+                    Err(refusal) => {
+                        self.ctx.counters.count(Reason::HopLimit);
+                        warn!(reason = %refusal, "publish refused");
+                        core.reject_publish("NetStream.Publish.BadName", &refusal);
+                        self.end_allowed();
+                        return Next::CloseAfterFlush;
                     }
-                    Err(e) => {
-                        self.ctx.counters.count(Reason::of_hub(&e));
-                        warn!(reason = %e, "publish refused");
-                        core.reject_publish("NetStream.Publish.BadName", &e.to_string());
-                        Next::CloseAfterFlush
-                    }
-                }
+                };
+                self.publish(core, &request, hops).await
             }
             (Role::Play, Decision::Allow) => {
                 info!("play requested");
-                let sub = self.ctx.hub.subscribe_by(&request.session_id, Some(self.as_peer()));
+                let sub = self.ctx.hub.subscribe(&request.session_id);
+                sub.identify(self.as_peer());
                 // Subscribed first: a pull that is just ending sees this player and
                 // starts again (`Puller::want`).
                 if !self.ctx.hub.is_live(&request.session_id) {
-                    self.ctx.puller.want(&request.session_id);
+                    // A player that is itself a pulling relay says how far the stream
+                    // would have travelled; a malformed count starts no pull.
+                    let hops = hops::announced_hops(core.connect_property(hops::HOPS_PROPERTY));
+                    self.ctx.puller.want(&request.session_id, hops.unwrap_or(u32::MAX));
                 }
                 let deadline = Instant::now() + self.ctx.hub.config().play_wait;
                 self.player = Some(Player { sub, live: false, deadline, writer: W::default() });
                 Next::Continue
             }
-            (Role::Publish, Decision::Refuse(reason)) => {
-                self.ctx.counters.count(Reason::Refused);
-                warn!(%reason, "publish refused by the gate");
-                core.reject_publish("NetStream.Publish.BadName", &reason);
+            (Role::Publish, Decision::Refuse(Refusal { reason, message })) => {
+                self.ctx.counters.count(reason);
+                warn!(%reason, detail = %message, "publish refused by the gate");
+                core.reject_publish("NetStream.Publish.BadName", &message);
                 Next::CloseAfterFlush
             }
-            (Role::Play, Decision::Refuse(reason)) => {
-                self.ctx.counters.count(Reason::Refused);
-                warn!(%reason, "play refused by the gate");
-                core.reject_play("NetStream.Play.Failed", &reason);
+            (Role::Play, Decision::Refuse(Refusal { reason, message })) => {
+                self.ctx.counters.count(reason);
+                warn!(%reason, detail = %message, "play refused by the gate");
+                core.reject_play("NetStream.Play.Failed", &message);
                 Next::CloseAfterFlush
             }
+        }
+    }
+
+    /// Resolves when another publisher took this session's place; pending for ever
+    /// without a publisher.
+    pub(super) async fn publisher_replaced(&self) {
+        match &self.publisher {
+            Some(p) => p.replaced().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// This session's publisher was replaced: it lets go of the stream (which goes on
+    /// with the new publisher) and the session closes.
+    pub(super) fn on_replaced(&mut self) {
+        self.publisher = None;
+        self.end_allowed();
+    }
+
+    /// Whether a publish may replace the current publisher of its session ID: one that
+    /// presents the same publish token (where publishing needs one, so the gate checked
+    /// it) at once, as an encoder reconnecting with its own key does; anyone else only a
+    /// publisher silent for `publisher_takeover_ms` (a frozen encoder, a connection dead
+    /// without a reset).
+    fn takeover(&self, request: &Request) -> Takeover {
+        match crate::auth::publish_credential(&self.ctx.config.auth, request) {
+            Some(token) => Takeover::SameOwner(self.ctx.hub.owner(token)),
+            None => Takeover::IfSilent,
+        }
+    }
+
+    /// The hub's answer to an allowed publish that came through `hops` relays, then the
+    /// cluster registry's.
+    async fn publish(&mut self, core: &mut ServerCore, request: &Request, hops: u32) -> Next {
+        match self.ctx.hub.publish_with(&request.session_id, self.takeover(request), hops) {
+            Ok(p) => {
+                // Claimed here first (the hub's claim is instant and local), then in
+                // the cluster, so two publishers racing on one node never both ask
+                // the registry.
+                let registry = self.ctx.registry.clone();
+                let counters = self.ctx.counters.clone();
+                match PublisherLease::acquire(registry, &request.session_id, counters).await {
+                    Ok(lease) => self.lease = Some(lease),
+                    Err(node) => {
+                        // Refused, not lost: the stream ends here, no grace.
+                        p.finish();
+                        self.ctx.counters.count(Reason::PublishedElsewhere);
+                        warn!(%node, "publish refused: another node publishes this session ID");
+                        let why = format!("the stream is being published on {node}");
+                        core.reject_publish("NetStream.Publish.BadName", &why);
+                        self.end_allowed();
+                        return Next::CloseAfterFlush;
+                    }
+                }
+                info!(key = %redact(&request.key), hops, "publish started");
+                core.accept_publish();
+                p.identify(self.as_peer());
+                self.publisher = Some(p);
+                Next::Continue
+            }
+            Err(e) => {
+                self.ctx.counters.count(Reason::of_hub(&e));
+                warn!(reason = %Reason::of_hub(&e), detail = %e, "publish refused");
+                core.reject_publish("NetStream.Publish.BadName", &e.to_string());
+                self.end_allowed();
+                Next::CloseAfterFlush
+            }
+        }
+    }
+
+    /// The relays a publish came through (what a forwarding relay announced in
+    /// `connect`), or why it is refused: a malformed count, or more than `max_hops`.
+    fn relayed_hops(&self, core: &ServerCore) -> Result<u32, String> {
+        let hops = hops::announced_hops(core.connect_property(hops::HOPS_PROPERTY))?;
+        let max = self.ctx.config.max_hops;
+        if hops > max {
+            return Err(format!("the stream passed {hops} relays, more than max_hops ({max})"));
+        }
+        Ok(hops)
+    }
+
+    /// Tells the gate that the request it allowed ended (once).
+    fn end_allowed(&mut self) {
+        if let Some(request) = self.allowed.take() {
+            self.ctx.gate.ended(&request);
         }
     }
 
@@ -301,6 +393,7 @@ impl<W: Default> HubLink<W> {
             info!("no publisher within the play wait");
             core.reject_play("NetStream.Play.StreamNotFound", "no such stream is being published");
             self.player = None;
+            self.end_allowed();
             Next::CloseAfterFlush
         }
     }
@@ -313,6 +406,7 @@ impl<W: Default> HubLink<W> {
             info!(skipped = p.sub.skipped(), "stream ended; closing player");
         }
         core.play_ended();
+        self.end_allowed();
         player
     }
 
@@ -320,6 +414,15 @@ impl<W: Default> HubLink<W> {
     /// stream ends).
     pub(super) fn live_player(&self) -> bool {
         self.player.as_ref().is_some_and(|p| p.live)
+    }
+}
+
+impl<W> Drop for HubLink<W> {
+    /// The session is over: a publish or play still on ended with it.
+    fn drop(&mut self) {
+        if let Some(request) = self.allowed.take() {
+            self.ctx.gate.ended(&request);
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::client::ClientOptions;
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::control::{self, Allocations, Connections, ControlParts, RelayBoard, TokenMinter};
 use crate::gate::{self, Gate};
@@ -34,6 +34,7 @@ use crate::hub::Hub;
 use crate::reason::Counters;
 use crate::registry::{Embedded, Redis, Registry};
 use crate::relay::pull::{PullSettings, Puller};
+use crate::relay::push::Forwarding;
 use crate::transport::admission::Admission;
 use crate::transport::{quic as quic_endpoint, tls};
 use connection::ConnContext;
@@ -57,6 +58,7 @@ pub struct Server {
     dev_ca: Option<PathBuf>,
     hub: Hub,
     gate: Arc<dyn Gate>,
+    auth: Option<Arc<Auth>>,
     counters: Arc<Counters>,
     /// The control API's listener, unless `http_listen = "off"`.
     http: Option<TcpListener>,
@@ -65,6 +67,7 @@ pub struct Server {
     allocations: Allocations,
     relays: RelayBoard,
     minter: Option<Arc<dyn TokenMinter>>,
+    forwarding: Forwarding,
     registry: Arc<dyn Registry>,
     admission: Arc<Admission>,
 }
@@ -82,6 +85,9 @@ pub enum ServerError {
     /// The configuration is not usable.
     #[error("{0}")]
     Config(crate::config::ConfigError),
+    /// The configured gate (tokens, hooks) cannot work: no secret, a bad one...
+    #[error("{0}")]
+    Gate(gate::GateError),
     /// Certificates could not be loaded or made.
     #[error("{0}")]
     Tls(tls::TlsError),
@@ -123,6 +129,12 @@ impl From<crate::config::ConfigError> for ServerError {
     }
 }
 
+impl From<gate::GateError> for ServerError {
+    fn from(e: gate::GateError) -> Self {
+        Self::Gate(e)
+    }
+}
+
 impl From<tls::TlsError> for ServerError {
     fn from(e: tls::TlsError) -> Self {
         Self::Tls(e)
@@ -148,6 +160,8 @@ impl Server {
     /// Binds TCP and UDP on the same port and loads (or makes) the certificates.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
+        // Before any port is taken: a missing secret is a configuration error at start.
+        let gate::Configured { gate, auth } = gate::from_config(&config)?;
         let (identity, created) = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => (tls::load_identity(cert, key)?, false),
             _ => tls::dev_identity(&config.cert_dir)?,
@@ -164,8 +178,14 @@ impl Server {
         let local_addr = tcp.local_addr()?;
         let endpoint = quic_endpoint::server_endpoint(udp, &identity, &config.quic())?;
         let tls = TlsAcceptor::from(Arc::new(tls::rtmps_server_config(&identity)?));
-        let hub = Hub::new(config.hub());
-        let gate: Arc<dyn Gate> = Arc::new(gate::Open);
+        if let Some(ca) = &config.relay_ca {
+            // A CA file that cannot be used is an error now, not at the first relay link.
+            tls::client_config(&tls::Trust::CaFile(ca.clone()), &[])?;
+        }
+        let counters = Arc::<Counters>::default();
+        let me = config.node(local_addr)?;
+        let forwarding = Forwarding::new(&config, local_addr, me, counters.clone());
+        let hub = Hub::with_watcher(config.hub(), Arc::new(forwarding.clone()));
         let http = match config.http_listen.addr() {
             Some(addr) => {
                 Some(TcpListener::bind(addr).await.map_err(|error| ServerError::HttpPort { addr, error })?)
@@ -184,7 +204,9 @@ impl Server {
             dev_ca: identity.dev_ca,
             hub,
             gate,
-            counters: Arc::default(),
+            auth,
+            counters,
+            forwarding,
             http,
             http_addr,
             conns: Connections::default(),
@@ -233,10 +255,16 @@ impl Server {
         self.dev_ca.as_ref()
     }
 
-    /// Replaces the gate that decides publish and play requests (the default lets
-    /// everything through).
+    /// Replaces the gate that decides publish and play requests (by default the one the
+    /// configuration asks for: tokens, then hooks; with neither, everything goes through).
     pub fn set_gate(&mut self, gate: Arc<dyn Gate>) {
         self.gate = gate;
+    }
+
+    /// The token rules and secret, when a secret is configured: mints publish and play
+    /// tokens this relay accepts ([`Auth::mint`]).
+    pub fn auth(&self) -> Option<Arc<Auth>> {
+        self.auth.clone()
     }
 
     /// Closes and refusals by reason (for tests and metrics).
@@ -252,6 +280,12 @@ impl Server {
     /// The stream registry (for tests and the control API).
     pub fn hub(&self) -> Hub {
         self.hub.clone()
+    }
+
+    /// Push forwarding: its rules (replaceable) and the status of every forward (for
+    /// tests and the control API).
+    pub fn forwarding(&self) -> Forwarding {
+        self.forwarding.clone()
     }
 
     /// Runs until shutdown.
@@ -276,7 +310,9 @@ impl Server {
                 allocations: self.allocations.clone(),
                 relays: self.relays.clone(),
                 drain: shutdown.graceful.clone(),
-                minter: self.minter.clone(),
+                // Tokens in allocated sessions' URLs: the embedder's minter, or the relay's
+                // own `[auth]` rules.
+                minter: self.minter.clone().or_else(|| self.auth.clone().map(|a| a as Arc<dyn TokenMinter>)),
                 rtmp_addr: self.local_addr,
                 api_token: self.config.api.token.clone(),
                 grace: Duration::from_millis(self.config.shutdown_grace_ms),
@@ -299,22 +335,36 @@ impl Server {
         ));
         accept.spawn(quic::accept_loop(self.endpoint.clone(), admission, ctx, tasks.clone()));
         accept.close();
+        // Forwards stop with an immediate shutdown even if this future is dropped first.
+        let forwarding = self.forwarding.clone();
+        let immediate = shutdown.immediate.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = immediate.cancelled() => forwarding.stop(),
+                _ = forwarding.stopped() => {}
+            }
+        });
 
         tokio::select! {
             _ = shutdown.graceful.cancelled() => {}
             _ = shutdown.immediate.cancelled() => {}
         }
+        // No publisher will come back: players waiting in a grace get their end now.
+        self.hub.close();
         accept.wait().await;
         tasks.close();
         if !shutdown.immediate.is_cancelled() {
             info!(sessions = tasks.len(), "draining: waiting for sessions to finish");
             let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+            // Forwards end with their streams, politely (their targets' sessions too).
+            let drained = async { tokio::join!(tasks.wait(), self.forwarding.wait()) };
             tokio::select! {
-                _ = tasks.wait() => {}
+                _ = drained => {}
                 _ = shutdown.immediate.cancelled() => {}
                 _ = tokio::time::sleep(grace) => warn!(sessions = tasks.len(), "grace period over; closing the rest"),
             }
         }
+        self.forwarding.stop();
         self.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
         // Closed connections drain for three probe timeouts before the endpoint lets go of
         // the UDP port.
@@ -340,15 +390,15 @@ impl Server {
     /// The edge puller, from the origins and the registry.
     fn puller(&self, stop: tokio_util::sync::CancellationToken) -> Puller {
         let c = &self.config;
-        let mut client = ClientOptions { trust: c.relay_trust(), ..ClientOptions::default() };
-        client.quic = c.quic();
-        client.session = c.session();
+        let mut client = crate::relay::client_options(c);
         client.play_wait = Duration::from_millis(c.play_wait_ms) + Duration::from_secs(5);
         let settings = PullSettings {
             origins: c.origins(),
             me: c.node(self.local_addr).ok().flatten(),
             local: self.local_addr,
             idle: Duration::from_millis(c.pull_idle_ms),
+            max_hops: c.max_hops,
+            auth: self.auth.clone(),
             client,
         };
         Puller::new(self.hub.clone(), self.registry.clone(), settings, self.counters.clone(), stop)

@@ -200,6 +200,14 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
             _ = sleep_until_opt(read_deadline) => {
                 return End::err(Reason::PeerSilent, ErrorCode::General, "peer silent too long");
             }
+            () = link.publisher_replaced() => {
+                link.on_replaced();
+                return End::err(
+                    Reason::PublisherReplaced,
+                    ErrorCode::General,
+                    "replaced by a new publisher after publisher_takeover_ms without media",
+                );
+            }
             event = link.player_event() => match event {
                 PlayerEvent::Live(live) => {
                     if link.on_live(session.core(), live) == Next::CloseAfterFlush {

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use qrelay::hub::{Hub, StreamStats};
 use qrelay::media::flv::FlvTag;
 use qrelay::media::frame::MediaKind;
+use qrelay::relay::push::Forwarding;
 use qrelay::server::Shutdown;
 use qrelay::Config;
 use tempfile::TempDir;
@@ -76,6 +77,8 @@ pub struct TestServer {
     pub counters: std::sync::Arc<qrelay::reason::Counters>,
     /// Cancel to stop the relay.
     pub shutdown: Shutdown,
+    /// Push forwarding: rules and the status of every forward.
+    pub forwarding: Forwarding,
     /// Certificates and the tests' output files; removed on drop.
     pub dir: TempDir,
     task: JoinHandle<std::result::Result<(), qrelay::ServerError>>,
@@ -112,10 +115,10 @@ pub async fn start_server_gated(
     let addr = server.local_addr();
     let ca = server.dev_ca().cloned().context("the relay made no development CA")?;
     let hub = server.hub();
-    let (connections, counters) = (server.connections(), server.counters());
+    let (connections, counters, forwarding) = (server.connections(), server.counters(), server.forwarding());
     let shutdown = Shutdown::default();
     let task = tokio::spawn(server.run(shutdown.clone()));
-    Ok(TestServer { addr, ca, hub, http, connections, counters, shutdown, dir, task })
+    Ok(TestServer { addr, ca, hub, http, connections, counters, shutdown, forwarding, dir, task })
 }
 
 impl Drop for TestServer {
@@ -475,6 +478,7 @@ pub struct Packet {
 pub async fn probe_packets(path: &Path) -> Result<Vec<Packet>> {
     let output = Command::new("ffprobe")
         .args(["-v", "error", "-show_packets", "-show_data_hash", "MD5", "-of", "compact=p=0"])
+        .args(["-show_entries", "packet=codec_type,pts,dts,size,flags,data_hash"])
         .arg(path)
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -483,7 +487,16 @@ pub async fn probe_packets(path: &Path) -> Result<Vec<Packet>> {
         .context("running ffprobe")?;
     ensure!(output.status.success(), "ffprobe {}: {}", path.display(), stderr_text(&output));
     let text = String::from_utf8(output.stdout)?;
-    text.lines().filter(|l| !l.trim().is_empty()).map(parse_packet).collect()
+    // A packet with side data (new extradata, after a publisher change) goes on over the
+    // next line, which starts with the separator.
+    let mut lines: Vec<String> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match lines.last_mut() {
+            Some(last) if line.starts_with('|') => last.push_str(line),
+            _ => lines.push(line.to_owned()),
+        }
+    }
+    lines.iter().map(|l| parse_packet(l)).collect()
 }
 
 fn parse_packet(line: &str) -> Result<Packet> {
@@ -593,4 +606,74 @@ pub fn assert_same_av_tags(published: &[FlvTag], played: &[FlvTag]) -> Result {
         ensure!(want.len() == got.len(), "published {} {kind:?} tags, played {}", want.len(), got.len());
     }
     Ok(())
+}
+
+/// A loopback port nobody listens on now (bound and released: the kernel does not hand
+/// it out again soon).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+// ---------------------------------------------------------------------------------------
+// nginx-rtmp
+// ---------------------------------------------------------------------------------------
+
+pub const NGINX_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
+
+/// nginx with the RTMP module as a child process (one process, no daemon), application
+/// `live` on a loopback port of its own; killed when dropped.
+pub struct Nginx {
+    /// Where it listens.
+    pub port: u16,
+    _child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    pub async fn start() -> Result<Self> {
+        ensure!(
+            Path::new(NGINX_MODULE).exists(),
+            "nginx-rtmp missing: run scripts/install-test-deps.sh (nginx-light, libnginx-mod-rtmp)"
+        );
+        let dir = tempfile::Builder::new().prefix("qrelay-nginx-").tempdir()?;
+        let port = free_port()?;
+        let work = dir.path().display();
+        let conf = format!(
+            "load_module {NGINX_MODULE};\n\
+             daemon off;\n\
+             master_process off;\n\
+             pid {work}/nginx.pid;\n\
+             error_log {work}/error.log error;\n\
+             events {{ worker_connections 256; }}\n\
+             rtmp {{\n\
+               access_log off;\n\
+               server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 chunk_size 4096;\n\
+                 application live {{ live on; }}\n\
+               }}\n\
+             }}\n"
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let mut cmd = tokio::process::Command::new("nginx");
+        cmd.arg("-c").arg(&conf_path).arg("-p").arg(dir.path()).arg("-e").arg(dir.path().join("error.log"));
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let child = spawn(&mut cmd)?;
+        // Listening is the event to wait for: nginx has no readiness signal of its own.
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            ensure!(tokio::time::Instant::now() < deadline, "nginx did not listen on {addr} within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self { port, _child: child, _dir: dir })
+    }
+
+    pub fn url(&self, key: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/live/{key}", self.port)
+    }
 }

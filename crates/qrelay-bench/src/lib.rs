@@ -12,7 +12,7 @@
 //! - [`synth`]: the synthetic stream (valid H.264 and AAC) and its marker.
 //! - [`stats`]: histogram, percentiles, per-player tracking.
 //! - [`proc`]: `/proc` CPU and memory sampling.
-//! - [`load`]: publishers, players, idle connections, QUIC connection sharing.
+//! - `load`: publishers, players, idle connections, QUIC connection sharing.
 //! - [`report`]: table and JSON.
 
 mod load;
@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// With several streams the keys are KEY, KEY-1, KEY-2, ...
     #[arg(long)]
     pub url: String,
+    /// Players play the streams here instead of at `--url` (same app and keys), e.g. an
+    /// edge that pulls them from the origin the publishers publish to: the latency then
+    /// includes the relay chain.
+    #[arg(long)]
+    pub play_url: Option<String>,
     /// Players, spread round-robin over the streams.
     #[arg(long, default_value_t = 100)]
     pub players: usize,
@@ -129,6 +134,7 @@ impl BenchArgs {
     pub fn new(url: &str) -> Self {
         Self {
             url: url.to_owned(),
+            play_url: None,
             players: 100,
             duration: 30.0,
             publish: None,
@@ -267,7 +273,8 @@ fn mb(kib: u64) -> f64 {
 /// Runs the bench and returns its report (also printed as a progress line each second
 /// unless `quiet`). Writing `--json` is the caller's business.
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
-    let base = StreamUrl::parse(&args.url).with_context(|| format!("bad URL `{}`", args.url))?;
+    let base = StreamUrl::parse(&args.url)
+        .with_context(|| format!("bad URL `{}`", qrelay_proto::url::redact_tokens(&args.url)))?;
     anyhow::ensure!(args.streams >= 1, "--streams must be at least 1");
     anyhow::ensure!(
         args.churn_rate >= 0.0 && args.churn_rate.is_finite() && args.churn_rate <= 10_000.0,
@@ -280,19 +287,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.duration > 0.0 && args.duration.is_finite(), "--duration must be positive");
     synth::now_us(); // Start the shared clock.
     let opts = load::client_options(args.trust());
-    let dialer = Arc::new(Dialer::new(&base, &opts, args.quic_streams_per_conn).await?);
+    let play_base = match &args.play_url {
+        Some(u) => StreamUrl::parse(u).with_context(|| format!("bad --play-url `{u}`"))?,
+        None => base.clone(),
+    };
+    let dialer = Arc::new(Dialer::new(&play_base, &opts, args.quic_streams_per_conn).await?);
     let acct = Accounting::new(&args.server_pid);
     let shared = Arc::new(Shared::default());
     let sampler_stop = tokio_util::sync::CancellationToken::new();
     let sampler = acct.spawn_sampler(sampler_stop.clone());
-    let transport = match base.transport {
+    let transport = match play_base.transport {
         Transport::Quic(_) => "quic",
         _ => "tcp",
     };
     let mut report = Report { url: args.url.clone(), transport, streams: args.streams, ..Report::default() };
     let result = match args.idle {
         Some(n) => run_idle(&args, n, &base, dialer.clone(), &acct, shared.clone(), &mut report).await,
-        None => run_play(&args, &base, &opts, dialer.clone(), &acct, shared.clone(), &mut report).await,
+        None => {
+            let bases = (&base, &play_base);
+            run_play(&args, bases, &opts, dialer.clone(), &acct, shared.clone(), &mut report).await
+        }
     };
     shared.stop.cancel();
     sampler_stop.cancel();
@@ -384,7 +398,7 @@ fn spawn_progress(shared: Arc<Shared>, total: usize, stop: tokio_util::sync::Can
 
 async fn run_play(
     args: &BenchArgs,
-    base: &StreamUrl,
+    (base, play_base): (&StreamUrl, &StreamUrl),
     opts: &qrelay_proto::client::ClientOptions,
     dialer: Arc<Dialer>,
     acct: &Accounting,
@@ -451,7 +465,9 @@ async fn run_play(
     let mut players: JoinSet<PlayerOutcome> = JoinSet::new();
     let session = player_session();
     let ramp = args.ramp(args.players);
-    let (player_urls, player_shared) = (urls.clone(), shared.clone());
+    let player_urls: Vec<Arc<StreamUrl>> =
+        (0..args.streams).map(|i| Arc::new(stream_url(play_base, i))).collect();
+    let player_shared = shared.clone();
     let churn_dialer = dialer.clone();
     ramp_spawn(&mut players, args.players, ramp, &shared.stop, move |i, permit| {
         let url = player_urls[i % player_urls.len()].clone();

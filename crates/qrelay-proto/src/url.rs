@@ -92,7 +92,27 @@ impl StreamUrl {
             Some((path, query)) => (path, Some(query)),
             None => (rest, None),
         };
-        let (app, key) = split_path(path)?;
+        let (app, key, query) = match (split_path(path), query) {
+            // A query on the app, as OBS's "Server" box makes it (`rtmp://h/live?token=x`
+            // with key `cam1`) and ffmpeg reads it: `rtmp://h/live?token=x/cam1`. The app
+            // keeps its query (sent in connect); the key starts after the query's first `/`.
+            // Only for a one-segment app: `rtmp://h/a/b?t=1/k` already means app `a`, key
+            // `b?t=1/k` (a key's query may hold `/`).
+            (Err(UrlError::MissingKey), Some(query))
+                if query.contains('/') && !path.trim_matches('/').contains('/') =>
+            {
+                let (app_query, rest) = query.split_once('/').unwrap_or((query, ""));
+                let (key, key_query) = match rest.split_once('?') {
+                    Some((key, q)) => (key, Some(q)),
+                    None => (rest, None),
+                };
+                (app_with_query(path, app_query)?, key, key_query)
+            }
+            (split, query) => {
+                let (app, key) = split?;
+                (app.to_owned(), key, query)
+            }
+        };
 
         let mut params = RelayParams::default();
         let mut kept = Vec::new();
@@ -116,7 +136,52 @@ impl StreamUrl {
         if key.chars().chain(app.chars()).any(char::is_control) {
             return Err(UrlError::Syntax("control character in app or stream key".into()));
         }
-        Ok(StreamUrl { transport, host, port, app: app.to_owned(), key })
+        Ok(StreamUrl { transport, host, port, app, key })
+    }
+
+    /// The URL for logs: every `token=` value replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_tokens(&self.to_string()).into_owned()
+    }
+
+    /// `base` (`scheme://host[:port]/app[?query]`, no key) with `key` appended: the URL
+    /// a relay uses to carry a stream with that key (`qrelay bridge`). A query in
+    /// `base` goes after the key (`rtmp://h/live?mode=tunnel` + `k` →
+    /// `rtmp://h/live/k?mode=tunnel`), so the relay's own parameters still apply.
+    pub fn with_key(base: &str, key: &str) -> Result<Self, UrlError> {
+        let base = base.trim();
+        let (head, query) = match base.split_once('?') {
+            Some((h, q)) => (h, Some(q)),
+            None => (base, None),
+        };
+        let mut url = format!("{}/{key}", head.trim_end_matches('/'));
+        if let Some(q) = query {
+            url.push(if key.contains('?') { '&' } else { '?' });
+            url.push_str(q);
+        }
+        Self::parse(&url)
+    }
+
+    /// A forward target: `target` itself when it names a stream key
+    /// (`rtmp://h/live/renamed`), otherwise `target` with `key` appended
+    /// ([`with_key`](Self::with_key)): `rtmp://h/live`, or `rtmp://h/a/b/` (a trailing
+    /// `/` says the whole path is the app).
+    pub fn target(target: &str, key: &str) -> Result<Self, UrlError> {
+        match Self::parse(target) {
+            Err(UrlError::MissingKey) => Self::with_key(target, key),
+            other => other,
+        }
+    }
+
+    /// A relay target for logs and status pages, stricter than
+    /// [`redacted`](Self::redacted): no query at all, and the stream key shown only when
+    /// it is `public_key` (one already in the logs, as part of a session ID); any other
+    /// key may be a credential (a platform's stream key) and reads `***`.
+    pub fn redacted_target(&self, public_key: &str) -> String {
+        let key = without_query(&self.key);
+        let key = if key == public_key { key } else { "***" };
+        let app = without_query(&self.app);
+        format!("{}://{}/{app}/{key}", scheme_name(self.transport), self.authority())
     }
 
     /// Session ID: `app/key` with the key's query removed.
@@ -161,6 +226,52 @@ impl fmt::Display for StreamUrl {
 /// its "Server" box (`rtmp://host/live?token=abc`) as the app, its "Stream Key" as the key.
 pub fn session_id(app: &str, key: &str) -> String {
     format!("{}/{}", without_query(app).trim_end_matches('/'), without_query(key))
+}
+
+/// The parameters of a query string (`a=1&b&c=3` → `(a, 1)`, `(b, "")`, `(c, 3)`), as
+/// written: no percent-decoding (tokens and keys are compared byte for byte).
+pub fn query_params(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
+/// Query parameters whose values are secrets and never printed.
+const SECRET_PARAMS: &[&str] = &["token"];
+
+/// `text` (a URL, an app or a key) with the value of every `token=` parameter replaced
+/// by `***`, for logs and error messages.
+pub fn redact_tokens(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut out = String::new();
+    let mut copied = 0;
+    for (at, _) in text.match_indices(['?', '&']) {
+        let rest = &text[at + 1..];
+        let Some(name) =
+            SECRET_PARAMS.iter().find(|n| rest.strip_prefix(**n).is_some_and(|r| r.starts_with('=')))
+        else {
+            continue;
+        };
+        let start = at + 1 + name.len() + 1;
+        let end = text[start..].find(['&', '/', '?', ' ']).map_or(text.len(), |i| start + i);
+        if start < copied {
+            continue;
+        }
+        out.push_str(&text[copied..start]);
+        out.push_str("***");
+        copied = end;
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// `name?query` for an app with a query (the path holds the app's name only).
+fn app_with_query(path: &str, query: &str) -> Result<String, UrlError> {
+    let name = path.trim_matches('/');
+    if name.is_empty() {
+        return Err(UrlError::MissingApp);
+    }
+    Ok(format!("{name}?{query}"))
 }
 
 /// The part before the first `?`.

@@ -185,7 +185,7 @@ pub async fn publish_flv(
     let mut source = TagSource::open(path).await?;
     let mut pending = source.first_media().await?.into_iter();
     let mut client = RtmpClient::connect(url, ClientMode::Publish, opts).await?;
-    info!(url = %url, "publishing");
+    info!(url = %url.redacted(), "publishing");
     let start = Instant::now();
     let mut transfer = Transfer::default();
     let mut offset: u32 = 0;
@@ -240,7 +240,7 @@ pub async fn play_to_flv<W: AsyncWrite + Unpin>(
     play: PlayOptions,
 ) -> Result<Transfer, FileError> {
     let mut client = RtmpClient::connect(url, ClientMode::Play, opts).await?;
-    info!(url = %url, "playing");
+    info!(url = %url.redacted(), "playing");
     let mut header = BytesMut::new();
     flv::write_header(&mut header, true, true);
     out.write_all(&header).await?;

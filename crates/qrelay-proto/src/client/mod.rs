@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::media::frame::MediaKind;
+use crate::rtmp::amf0::Amf0Value;
 use crate::rtmp::session::{ClientEvent, ClientMode, ClientSession, SessionConfig, SessionError};
 use crate::transport::quic::QuicSettings;
 use crate::transport::{quic, tls};
@@ -49,15 +50,10 @@ pub struct ClientOptions {
     /// by default, then `NetStream.Play.StreamNotFound`), so this only guards against a
     /// server that never answers and is well above any server's own wait.
     pub play_wait: Duration,
-    /// Declare E-RTMP v2 reconnect support (`capsEx` Reconnect) in `connect`: a server
-    /// may then ask for a reconnect ([`ClientEvent::ReconnectRequest`]) instead of
-    /// closing the session, e.g. when it drains.
-    pub reconnect: bool,
+    /// Further properties of the `connect` command object (a relay's hop count,
+    /// `relay::hops`); servers ignore properties they do not know.
+    pub connect_properties: Vec<(String, Amf0Value)>,
 }
-
-/// The `connect` property of E-RTMP v2 capabilities, and its Reconnect bit.
-const CAPS_EX: &str = "capsEx";
-const CAPS_EX_RECONNECT: f64 = 1.0;
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -68,7 +64,7 @@ impl Default for ClientOptions {
             max_latency: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(10),
             play_wait: Duration::from_secs(120),
-            reconnect: false,
+            connect_properties: Vec::new(),
         }
     }
 }
@@ -241,9 +237,7 @@ impl RtmpClient {
             }
             Transport::Quic(QuicMapping::Roqr) => {
                 let (endpoint, conn) = quic_connect(addr, url, opts, tls::ALPN_ROQR).await?;
-                let link =
-                    roqr::RoqrLink::open(endpoint, conn, mode, &url.app, &url.key, &url.tc_url(), opts)
-                        .await?;
+                let link = roqr::RoqrLink::open(endpoint, conn, mode, url, opts).await?;
                 return Ok(Link::Roqr(Box::new(link)));
             }
             Transport::Quic(QuicMapping::Tunnel) => {
@@ -252,7 +246,7 @@ impl RtmpClient {
                 (Box::new(recv), Box::new(send), Some((endpoint, conn)))
             }
         };
-        Self::chunked(reader, writer, quic, url, mode, opts.session, opts.reconnect)
+        Self::chunked(reader, writer, quic, url, mode, opts)
     }
 
     /// Like [`connect`](Self::connect), but a tunnel-mapping session goes on a connection
@@ -274,8 +268,7 @@ impl RtmpClient {
             let addr = resolve(&url.host, url.port).await?;
             let (conn, lease) = pool.connection(addr, &url.host, tls::ALPN_RTMP).await?;
             let (send, recv) = conn.open_bi().await.map_err(quic_connect_error)?;
-            let mut link =
-                Self::chunked(Box::new(recv), Box::new(send), None, url, mode, opts.session, opts.reconnect)?;
+            let mut link = Self::chunked(Box::new(recv), Box::new(send), None, url, mode, opts)?;
             if let Link::Chunked(l) = &mut link {
                 l._lease = Some(lease);
             }
@@ -296,7 +289,8 @@ impl RtmpClient {
         mode: ClientMode,
         session: SessionConfig,
     ) -> Result<Self, ClientError> {
-        Self::start(Self::chunked(reader, writer, None, url, mode, session, false)?, Limits::default()).await
+        let opts = ClientOptions { session, ..ClientOptions::default() };
+        Self::start(Self::chunked(reader, writer, None, url, mode, &opts)?, Limits::default()).await
     }
 
     fn chunked(
@@ -305,12 +299,11 @@ impl RtmpClient {
         quic: Option<(quinn::Endpoint, quinn::Connection)>,
         url: &StreamUrl,
         mode: ClientMode,
-        config: SessionConfig,
-        reconnect: bool,
+        opts: &ClientOptions,
     ) -> Result<Link, ClientError> {
-        let mut session = ClientSession::new(config, mode, &url.app, &url.key, &url.tc_url())?;
-        if reconnect {
-            session.set_connect_property(CAPS_EX, crate::rtmp::amf0::Amf0Value::Number(CAPS_EX_RECONNECT));
+        let mut session = ClientSession::new(opts.session, mode, &url.app, &url.key, &url.tc_url())?;
+        for (name, value) in &opts.connect_properties {
+            session.set_connect_property(name, value.clone());
         }
         let link = ChunkedLink { reader, writer, session, buf: vec![0; 64 * 1024], quic, _lease: None };
         Ok(Link::Chunked(Box::new(link)))

@@ -11,7 +11,7 @@ use quinn::{Connection, Endpoint, SendStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::ClientError;
+use super::{ClientError, ClientOptions};
 use crate::media::frame::{inspect_audio, inspect_video, MediaKind};
 use crate::rtmp::amf0::Amf0Value;
 use crate::rtmp::roqr::{RoqrLimits, RoqrSession, Verdict};
@@ -20,6 +20,7 @@ use crate::transport::roqr::{
     prioritise_commands, spawn_readers, write_commands, Incoming, MediaInfo, MediaMapping, MediaSender,
     ReadLimits, MAPPING_PROPERTY, MAPPING_TRACKS,
 };
+use crate::url::StreamUrl;
 
 /// One RTMP session over RoQR.
 #[derive(Debug)]
@@ -37,23 +38,20 @@ pub(super) struct RoqrLink {
 }
 
 impl RoqrLink {
-    /// Opens the command stream on `conn` and sends `connect`.
+    /// Opens the command stream on `conn` and sends `connect` for `url`'s app and key.
     pub(super) async fn open(
         endpoint: Endpoint,
         conn: Connection,
         mode: ClientMode,
-        app: &str,
-        key: &str,
-        tc_url: &str,
-        opts: &super::ClientOptions,
+        url: &StreamUrl,
+        opts: &ClientOptions,
     ) -> Result<Self, ClientError> {
-        let max_latency = opts.max_latency;
         let (command, recv) = conn.open_bi().await.map_err(|e| ClientError::QuicConnect(e.to_string()))?;
         prioritise_commands(&command);
-        let mut core = ClientCore::new(mode, app, key, tc_url);
+        let mut core = ClientCore::new(mode, &url.app, &url.key, &url.tc_url());
         core.set_connect_property(MAPPING_PROPERTY, Amf0Value::String(MAPPING_TRACKS.into()));
-        if opts.reconnect {
-            core.set_connect_property(super::CAPS_EX, Amf0Value::Number(super::CAPS_EX_RECONNECT));
+        for (name, value) in &opts.connect_properties {
+            core.set_connect_property(name, value.clone());
         }
         core.start();
         let limits = RoqrLimits::default();
@@ -62,7 +60,7 @@ impl RoqrLink {
         let mut readers = JoinSet::new();
         let read_limits = ReadLimits { max_payload: limits.max_payload, max_pending: 32 * 1024 * 1024 };
         spawn_readers(&conn, recv, read_limits, tx, &mut readers);
-        let sender = MediaSender::new(conn.clone(), MediaMapping::Tracks, max_latency);
+        let sender = MediaSender::new(conn.clone(), MediaMapping::Tracks, opts.max_latency);
         Ok(Self {
             endpoint,
             conn,

@@ -41,6 +41,11 @@ const ACCEPTED: &[(&str, Transport, &str, u16, &str, &str)] = &[
     ("rtmp://host/live/cam1?token=x&&quic=0", TCP, "host", 1935, "live", "cam1?token=x"),
     ("rtmp://host/live/cam1?quic=TRUE", ROQR, "host", 1935, "live", "cam1"),
     ("rtmp://host/live/cam1?Quic=1", TCP, "host", 1935, "live", "cam1?Quic=1"),
+    // A query on the app (OBS's "Server" box `rtmp://host/live?token=abc`), as ffmpeg reads it.
+    ("rtmp://host/live?token=abc/cam3", TCP, "host", 1935, "live?token=abc", "cam3"),
+    ("rtmp://host/live/?t=1/k", TCP, "host", 1935, "live?t=1", "k"),
+    ("rtmpq://host/live?token=abc/cam3?mode=tunnel", TUNNEL, "host", 1935, "live?token=abc", "cam3"),
+    ("rtmp://host/live?t=a/cam3?token=k&quic=1", ROQR, "host", 1935, "live?t=a", "cam3?token=k"),
 ];
 
 /// (input, expected error)
@@ -70,6 +75,9 @@ fn rejected() -> Vec<(&'static str, UrlError)> {
         ("rtmp://host/live", UrlError::MissingKey),
         ("rtmp://host/live/", UrlError::MissingKey),
         ("rtmp://host/live?token=a", UrlError::MissingKey),
+        ("rtmp://host/live?token=a/", UrlError::MissingKey),
+        ("rtmp://host/?token=a/k", UrlError::MissingApp),
+        ("rtmp://host/a/b/?token=a/k", UrlError::MissingKey),
         ("rtmp://host/live/x?quic=yes", q("quic=yes")),
         ("rtmp://host/live/x?quic", q("quic")),
         ("rtmp://host/live/x?quic=1&mode=webrtc", q("mode=webrtc")),
@@ -149,12 +157,28 @@ fn session_ids() {
 }
 
 #[test]
+fn tokens_are_redacted_for_logs() {
+    let shown = |s: &str| StreamUrl::parse(s).map(|u| u.redacted());
+    assert_eq!(shown("rtmp://h/live/k?token=abc.def&x=1"), Ok("rtmp://h:1935/live/k?token=***&x=1".into()));
+    assert_eq!(
+        shown("rtmp://h/live?token=abc/k?token=xyz"),
+        Ok("rtmp://h:1935/live?token=***/k?token=***".into())
+    );
+    assert_eq!(shown("rtmp://h/live/k?mytoken=a"), Ok("rtmp://h:1935/live/k?mytoken=a".into()));
+    assert_eq!(redact_tokens("cam1?a=1&token="), "cam1?a=1&token=***");
+    assert_eq!(redact_tokens("token=abc"), "token=abc", "only query parameters");
+    let params: Vec<_> = query_params("a=1&&b&token=x=y").collect();
+    assert_eq!(params, [("a", "1"), ("b", ""), ("token", "x=y")]);
+}
+
+#[test]
 fn tc_urls() {
     let tc = |s: &str| StreamUrl::parse(s).map(|u| u.tc_url());
     assert_eq!(tc("rtmp://h/live/k?t=1"), Ok("rtmp://h:1935/live".into()));
     assert_eq!(tc("rtmps://h/a/b/k"), Ok("rtmps://h:443/a/b".into()));
     assert_eq!(tc("rtmp://h/live/k?quic=1&mode=roqr"), Ok("rtmp+quic://h:1935/live".into()));
     assert_eq!(tc("rtmpq://[::1]:1936/live/k"), Ok("rtmp+quic://[::1]:1936/live".into()));
+    assert_eq!(tc("rtmp://h/live?token=a/k"), Ok("rtmp://h:1935/live?token=a".into()));
 }
 
 #[test]
@@ -163,4 +187,29 @@ fn errors_name_the_part_at_fault() {
     assert!(msg("rtmp://h:99999/live/k").contains("99999"));
     assert!(msg("foo://h/live/k").contains("foo"));
     assert!(msg("rtmp://h/live/k?mode=x").contains("mode=x"));
+}
+
+#[test]
+fn keys_are_appended_to_targets_without_one() {
+    let target = |t: &str, k: &str| StreamUrl::target(t, k).map(|u| u.to_string());
+    assert_eq!(target("rtmp://h/live", "cam1"), Ok("rtmp://h:1935/live/cam1".into()));
+    assert_eq!(target("rtmp://h/live/", "cam1"), Ok("rtmp://h:1935/live/cam1".into()));
+    assert_eq!(target("rtmp://h/live/renamed", "cam1"), Ok("rtmp://h:1935/live/renamed".into()));
+    // A trailing slash makes the whole path the app.
+    assert_eq!(target("rtmp://h/a/b/", "cam1"), Ok("rtmp://h:1935/a/b/cam1".into()));
+    // The base's query goes after the key; the relay's own parameters still apply.
+    assert_eq!(
+        target("rtmpq://h:2000/live?mode=tunnel&t=1", "cam1"),
+        Ok("rtmp+quic://h:2000/live/cam1?t=1&mode=tunnel".into())
+    );
+    assert_eq!(target("rtmp://h/", "cam1"), Err(UrlError::MissingApp));
+    assert_eq!(target("rtmp://h:0/live", "cam1"), Err(UrlError::Port("0".into())));
+    assert_eq!(StreamUrl::with_key("rtmp://h/live/x", "k").map(|u| u.key), Ok("k".into()));
+}
+
+#[test]
+fn redacted_urls_keep_no_query_and_only_the_public_key() {
+    let url = StreamUrl::parse("rtmp://h/live/cam1?token=b&quic=1").unwrap();
+    assert_eq!(url.redacted_target("cam1"), "rtmp+quic://h:1935/live/cam1");
+    assert_eq!(url.redacted_target("other"), "rtmp+quic://h:1935/live/***");
 }

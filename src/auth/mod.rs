@@ -1,0 +1,285 @@
+//! Publish and play tokens (`[auth]`): which requests need one (globally, per app), the
+//! [`Auth`] gate that checks them, and minting ([`Auth::mint`], `qrelay token`). The
+//! token format lives in [`token`].
+//!
+//! A token travels as a `token=` query parameter of the stream key (`cam1?token=...`) or
+//! of the app (`live?token=...`, OBS's "Server" box); the key's wins when both have one.
+//! Tokens and the secret are never logged: refusals name the reason, not the token.
+
+pub mod token;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AppAuth, AuthConfig};
+use crate::gate::{Decision, Gate, Pending, Request, Role};
+use crate::reason::Reason;
+pub use token::{Secret, SecretError, TokenError, TokenRole};
+
+/// The query parameter a token travels in.
+pub const TOKEN_PARAM: &str = "token";
+
+/// Whether a role needs a token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone may (the default).
+    #[default]
+    Open,
+    /// Only with a valid token.
+    Token,
+}
+
+impl std::fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthMode::Open => "open",
+            AuthMode::Token => "token",
+        })
+    }
+}
+
+/// Why token checking could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A mode needs tokens and no secret is configured.
+    #[error(
+        "{rule} = \"token\" needs a token secret: set auth.secret_file (--auth-secret-file, \
+         QRELAY_AUTH_SECRET_FILE) or the secret itself in QRELAY_AUTH_SECRET"
+    )]
+    NoSecret {
+        /// The setting that asks for tokens (`auth.publish`, `auth.apps."private".play`).
+        rule: String,
+    },
+    /// The secret could not be read or is unusable.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// Minting needs a secret and none is configured.
+    #[error("no token secret is configured (auth.secret_file or QRELAY_AUTH_SECRET)")]
+    CannotMint,
+    /// The token could not be made (bad pattern or lifetime).
+    #[error(transparent)]
+    Token(#[from] TokenError),
+}
+
+/// The token rules and the secret: decides requests (a [`Gate`]) and mints tokens.
+#[derive(Debug)]
+pub struct Auth {
+    secret: Option<Secret>,
+    publish: AuthMode,
+    play: AuthMode,
+    apps: BTreeMap<String, AppAuth>,
+}
+
+impl Auth {
+    /// The rules of `[auth]` with the secret loaded. `None` when nothing needs a token
+    /// and no secret is configured; an error when a rule needs tokens and there is no
+    /// usable secret.
+    pub fn from_config(config: &AuthConfig) -> Result<Option<Self>, AuthError> {
+        let secret = Secret::load(config.secret_file.as_deref())?;
+        let auth = Self { secret, publish: config.publish, play: config.play, apps: config.apps.clone() };
+        if auth.secret.is_none() {
+            return match auth.first_token_rule() {
+                Some(rule) => Err(AuthError::NoSecret { rule }),
+                None => Ok(None),
+            };
+        }
+        Ok(Some(auth))
+    }
+
+    /// Rules with a given secret (tests, embedders).
+    pub fn new(secret: Secret, publish: AuthMode, play: AuthMode, apps: BTreeMap<String, AppAuth>) -> Self {
+        Self { secret: Some(secret), publish, play, apps }
+    }
+
+    /// The first setting that asks for tokens, for the error that says a secret is needed.
+    fn first_token_rule(&self) -> Option<String> {
+        let global = [("auth.publish", self.publish), ("auth.play", self.play)];
+        if let Some((rule, _)) = global.iter().find(|(_, m)| *m == AuthMode::Token) {
+            return Some((*rule).to_owned());
+        }
+        self.apps.iter().find_map(|(app, rule)| {
+            [("publish", rule.publish), ("play", rule.play)]
+                .into_iter()
+                .find(|(_, m)| *m == Some(AuthMode::Token))
+                .map(|(role, _)| format!("auth.apps.\"{app}\".{role}"))
+        })
+    }
+
+    /// Whether any request may need a token (otherwise the gate is left out).
+    pub fn checks_tokens(&self) -> bool {
+        self.first_token_rule().is_some()
+    }
+
+    /// What `role` on `app` (its name, without query) needs.
+    pub fn mode(&self, app: &str, role: Role) -> AuthMode {
+        mode_of((self.publish, self.play), &self.apps, app, role)
+    }
+
+    /// A token for `pattern` (a session ID, `app/*`, `*`) and `role`, valid for `ttl`.
+    pub fn mint(&self, pattern: &str, role: TokenRole, ttl: Duration) -> Result<String, AuthError> {
+        let secret = self.secret.as_ref().ok_or(AuthError::CannotMint)?;
+        Ok(token::mint(secret, pattern, role, ttl)?)
+    }
+
+    /// Decides `request` at `now` (Unix seconds).
+    pub fn check(&self, request: &Request, now: u64) -> Decision {
+        if self.mode(request.app_name(), request.role) == AuthMode::Open {
+            return Decision::Allow;
+        }
+        let Some(secret) = &self.secret else {
+            // Not reachable through from_config, which refuses such rules without a secret.
+            return Decision::refuse(Reason::TokenInvalid, "no token secret configured");
+        };
+        let Some(token) = request.param(TOKEN_PARAM).filter(|t| !t.is_empty()) else {
+            return Decision::refuse(Reason::TokenMissing, "a token is required (?token=...)");
+        };
+        match token::authorize(secret, token, request.role, &request.session_id, now) {
+            Ok(_) => Decision::Allow,
+            Err(e) => Decision::refuse(reason_of(&e), e.to_string()),
+        }
+    }
+}
+
+/// What `role` on `app` needs under the global modes (publish, play) and the app rules.
+fn mode_of(
+    global: (AuthMode, AuthMode),
+    apps: &BTreeMap<String, AppAuth>,
+    app: &str,
+    role: Role,
+) -> AuthMode {
+    let rule = apps.get(app);
+    match role {
+        Role::Publish => rule.and_then(|r| r.publish).unwrap_or(global.0),
+        Role::Play => rule.and_then(|r| r.play).unwrap_or(global.1),
+    }
+}
+
+/// The credential an allowed publish presented: its token, when publishing there needs
+/// one (the gate checked it before the request was allowed). A publisher presenting the
+/// same token as the current publisher of the session ID may replace it at once (the
+/// hub's takeover); without tokens there is no credential to compare.
+pub fn publish_credential<'a>(config: &AuthConfig, request: &'a Request) -> Option<&'a str> {
+    let mode = mode_of((config.publish, config.play), &config.apps, request.app_name(), Role::Publish);
+    (mode == AuthMode::Token).then(|| request.param(TOKEN_PARAM)).flatten().filter(|t| !t.is_empty())
+}
+
+/// The counted reason for a token refusal.
+fn reason_of(e: &TokenError) -> Reason {
+    match e {
+        TokenError::Expired => Reason::TokenExpired,
+        TokenError::WrongRole(_) => Reason::TokenWrongRole,
+        TokenError::WrongStream => Reason::TokenWrongStream,
+        TokenError::Malformed | TokenError::BadSignature | TokenError::BadPattern(_) | TokenError::BadTtl => {
+            Reason::TokenInvalid
+        }
+    }
+}
+
+impl Gate for Auth {
+    fn decide(&self, request: &Request) -> Pending {
+        Box::pin(std::future::ready(self.check(request, token::unix_now())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::Refusal;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn request(role: Role, app: &str, key: &str) -> Request {
+        Request {
+            role,
+            session_id: crate::url::session_id(app, key),
+            app: app.into(),
+            key: key.into(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            transport: "tcp",
+        }
+    }
+
+    fn reason(d: Decision) -> Option<Reason> {
+        match d {
+            Decision::Allow => None,
+            Decision::Refuse(Refusal { reason, .. }) => Some(reason),
+        }
+    }
+
+    #[test]
+    fn rules_tokens_and_reasons() {
+        let secret = Secret::new(b"0123456789abcdef", "test").unwrap();
+        let apps = BTreeMap::from([
+            ("private".to_owned(), AppAuth { publish: None, play: Some(AuthMode::Token) }),
+            ("open".to_owned(), AppAuth { publish: Some(AuthMode::Open), play: None }),
+        ]);
+        let auth = Auth::new(secret.clone(), AuthMode::Token, AuthMode::Open, apps);
+        let t = |pattern, role| token::mint_until(&secret, pattern, role, NOW + 60).unwrap();
+        let publish = t("live/cam1", TokenRole::Publish);
+        let check = |role, app: &str, key: &str| reason(auth.check(&request(role, app, key), NOW));
+
+        assert_eq!(check(Role::Publish, "live", &format!("cam1?token={publish}")), None);
+        assert_eq!(check(Role::Publish, &format!("live?token={publish}"), "cam1"), None);
+        assert_eq!(check(Role::Publish, &format!("live?a=1&token={publish}"), "cam1?b=2"), None);
+        assert_eq!(check(Role::Publish, "live", "cam1"), Some(Reason::TokenMissing));
+        assert_eq!(check(Role::Publish, "live", "cam1?token="), Some(Reason::TokenMissing));
+        assert_eq!(check(Role::Publish, "live", "cam1?token=abc"), Some(Reason::TokenInvalid));
+        assert_eq!(
+            check(Role::Publish, "live", &format!("cam2?token={publish}")),
+            Some(Reason::TokenWrongStream)
+        );
+        let play = t("live/*", TokenRole::Play);
+        assert_eq!(check(Role::Publish, "live", &format!("cam1?token={play}")), Some(Reason::TokenWrongRole));
+        let old = token::mint_until(&secret, "live/cam1", TokenRole::Publish, NOW).unwrap();
+        assert_eq!(check(Role::Publish, "live", &format!("cam1?token={old}")), Some(Reason::TokenExpired));
+        let other = Secret::new(b"another secret, long enough", "test").unwrap();
+        let forged = token::mint_until(&other, "live/cam1", TokenRole::Publish, NOW + 60).unwrap();
+        assert_eq!(check(Role::Publish, "live", &format!("cam1?token={forged}")), Some(Reason::TokenInvalid));
+        // Per-app rules: play is open except on `private`; publish needs a token except on `open`.
+        assert_eq!(check(Role::Play, "live", "cam1"), None);
+        assert_eq!(check(Role::Play, "private", "x"), Some(Reason::TokenMissing));
+        assert_eq!(check(Role::Play, "private?token=bad", "x"), Some(Reason::TokenInvalid));
+        let private = t("private/*", TokenRole::Both);
+        assert_eq!(check(Role::Play, "private", &format!("x?token={private}")), None);
+        assert_eq!(check(Role::Publish, "open", "x"), None);
+    }
+
+    #[test]
+    fn a_rule_that_needs_tokens_needs_a_secret() {
+        let mut config = AuthConfig::default();
+        assert!(Auth::from_config(&config).unwrap().is_none(), "open needs nothing");
+        config.apps.insert("private".into(), AppAuth { publish: None, play: Some(AuthMode::Token) });
+        let e = Auth::from_config(&config).unwrap_err().to_string();
+        assert!(e.contains("auth.apps.\"private\".play") && e.contains("QRELAY_AUTH_SECRET"), "{e}");
+        config.apps.clear();
+        config.publish = AuthMode::Token;
+        let e = Auth::from_config(&config).unwrap_err().to_string();
+        assert!(e.starts_with("auth.publish = \"token\" needs a token secret"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "short\n").unwrap();
+        config.secret_file = Some(file.clone());
+        let e = Auth::from_config(&config).unwrap_err().to_string();
+        assert!(e.contains("5 bytes") && e.contains("at least 16"), "{e}");
+        std::fs::write(&file, "0123456789abcdef0123\n").unwrap();
+        let auth = Auth::from_config(&config).unwrap().unwrap();
+        assert!(auth.checks_tokens());
+        let t = auth.mint("live/cam1", TokenRole::Publish, Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            reason(auth.decide_now(&request(Role::Publish, "live", &format!("cam1?token={t}")))),
+            None
+        );
+        config.secret_file = Some(dir.path().join("absent"));
+        let e = Auth::from_config(&config).unwrap_err().to_string();
+        assert!(e.contains("absent"), "{e}");
+    }
+
+    impl Auth {
+        fn decide_now(&self, r: &Request) -> Decision {
+            self.check(r, token::unix_now())
+        }
+    }
+}

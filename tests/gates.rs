@@ -1,0 +1,515 @@
+//! Publish/play gates end to end: tokens (`[auth]`) over TCP, RTMPS, RoQR and the QUIC
+//! tunnel, in the stream key and in the app; `qrelay token` output accepted by `qrelay
+//! serve` with ffmpeg and the project's client, and no token in any log; HTTP hooks
+//! (`[hooks]`) against a real HTTP server on loopback that allows, refuses, holds or never
+//! answers, and hears of every allowed publish and play ending.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, ensure, Context};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use common::*;
+use qrelay::auth::token::{mint, mint_until, unix_now, Secret};
+use qrelay::auth::{AuthMode, TokenRole};
+use qrelay::client::{ClientError, ClientOptions, RtmpClient};
+use qrelay::reason::Reason;
+use qrelay::rtmp::session::ClientMode;
+use qrelay::transport::tls::Trust;
+use qrelay::url::StreamUrl;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+const SECRET: &str = "e2e-secret-0123456789abcdef";
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn secret() -> Secret {
+    Secret::new(SECRET.as_bytes(), "test").expect("a valid test secret")
+}
+
+fn client_options(srv: &TestServer) -> ClientOptions {
+    ClientOptions { trust: Trust::CaFile(srv.ca.clone()), ..ClientOptions::default() }
+}
+
+/// Writes the test secret to a file (with the newline an editor leaves) and points the
+/// configuration at it.
+fn secret_file(dir: &tempfile::TempDir) -> Result<std::path::PathBuf> {
+    let file = dir.path().join("secret");
+    std::fs::write(&file, format!("{SECRET}\n"))?;
+    Ok(file)
+}
+
+/// A URL on the relay: `scheme://addr/app/key`, with `?mode=tunnel` added for the tunnel.
+fn url(srv: &TestServer, scheme: &str, app: &str, key: &str) -> Result<StreamUrl> {
+    let (scheme, tunnel) = match scheme {
+        "tunnel" => ("rtmp+quic", true),
+        s => (s, false),
+    };
+    let mut text = format!("{scheme}://{}/{app}/{key}", srv.addr);
+    if tunnel {
+        text.push(if key.contains('?') { '&' } else { '?' });
+        text.push_str("mode=tunnel");
+    }
+    Ok(StreamUrl::parse(&text)?)
+}
+
+async fn connect(
+    srv: &TestServer,
+    url: &StreamUrl,
+    mode: ClientMode,
+) -> std::result::Result<RtmpClient, ClientError> {
+    RtmpClient::connect(url, mode, &client_options(srv)).await
+}
+
+/// Expects a refusal with the role's status code and `message` in its description.
+fn expect_refused(
+    result: std::result::Result<RtmpClient, ClientError>,
+    mode: ClientMode,
+    message: &str,
+) -> Result {
+    let err = match result {
+        Ok(_) => return Err(anyhow!("{mode:?} allowed; expected refused with `{message}`")),
+        Err(e) => e.to_string(),
+    };
+    let code = match mode {
+        ClientMode::Publish => "NetStream.Publish.BadName",
+        ClientMode::Play => "NetStream.Play.Failed",
+    };
+    ensure!(
+        err.contains(code) && err.contains(message),
+        "{mode:?}: `{err}`, expected {code} with `{message}`"
+    );
+    Ok(())
+}
+
+fn count(srv: &TestServer, reason: Reason) -> u64 {
+    srv.counters.get(reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_checked_over_every_transport_in_the_key_and_in_the_app() -> Result {
+    bounded(async {
+        let keep = tempfile::tempdir()?;
+        let file = secret_file(&keep)?;
+        let srv = start_server_with(|c| {
+            c.auth.secret_file = Some(file);
+            c.auth.publish = AuthMode::Token;
+            c.auth.play = AuthMode::Token;
+        })
+        .await?;
+        let other = Secret::new(b"another secret, long enough", "test")?;
+        let transports = ["rtmp", "rtmps", "rtmp+quic", "tunnel"];
+        for scheme in transports {
+            let k = scheme.replace('+', "-");
+            let pattern = format!("live/{k}*");
+            let tok = |s: &Secret, role| mint(s, &pattern, role, HOUR);
+            let (publish, play) = (tok(&secret(), TokenRole::Publish)?, tok(&secret(), TokenRole::Play)?);
+            for (mode, own, wrong_role, role_text) in [
+                (ClientMode::Publish, TokenRole::Publish, &play, "not valid for publishing"),
+                (ClientMode::Play, TokenRole::Play, &publish, "not valid for playing"),
+            ] {
+                let expired = mint_until(&secret(), &pattern, own, unix_now() - 1)?;
+                let cases = [
+                    (k.clone(), "a token is required"),
+                    (format!("{k}?token={}", tok(&other, own)?), "token signature does not verify"),
+                    (format!("{k}?token={expired}"), "token expired"),
+                    (format!("{k}?token={wrong_role}"), role_text),
+                    (
+                        format!("{k}?token={}", mint(&secret(), "live/elsewhere", own, HOUR)?),
+                        "not valid for this stream",
+                    ),
+                    (format!("{k}?token=not.a.token"), "token malformed"),
+                ];
+                for (key, message) in cases {
+                    let refused = connect(&srv, &url(&srv, scheme, "live", &key)?, mode).await;
+                    expect_refused(refused, mode, message).with_context(|| format!("{scheme} {key}"))?;
+                }
+            }
+            // Valid: in the key (as typed into OBS's key box) and in the app (its server box).
+            let in_key = connect(
+                &srv,
+                &url(&srv, scheme, "live", &format!("{k}?token={publish}"))?,
+                ClientMode::Publish,
+            )
+            .await
+            .with_context(|| format!("{scheme}: publish with the token in the key"))?;
+            let app = format!("live?token={publish}");
+            let in_app = connect(&srv, &url(&srv, scheme, &app, &format!("{k}-app"))?, ClientMode::Publish)
+                .await
+                .with_context(|| format!("{scheme}: publish with the token in the app"))?;
+            srv.wait_live(&k).await?;
+            srv.wait_live(&format!("{k}-app")).await?;
+            let app = format!("live?token={play}");
+            let player = connect(&srv, &url(&srv, scheme, &app, &k)?, ClientMode::Play)
+                .await
+                .with_context(|| format!("{scheme}: play with the token in the app"))?;
+            let player2 = connect(
+                &srv,
+                &url(&srv, scheme, "live", &format!("{k}-app?token={play}"))?,
+                ClientMode::Play,
+            )
+            .await
+            .with_context(|| format!("{scheme}: play with the token in the key"))?;
+            drop((in_key, in_app, player, player2));
+        }
+        // Each refusal was counted under its own reason: once per role and transport,
+        // the malformed one and the one signed with another secret both as invalid.
+        let n = 2 * transports.len() as u64;
+        let counts = [
+            (Reason::TokenMissing, n),
+            (Reason::TokenInvalid, 2 * n),
+            (Reason::TokenExpired, n),
+            (Reason::TokenWrongRole, n),
+            (Reason::TokenWrongStream, n),
+            (Reason::Refused, 0),
+        ];
+        for (reason, want) in counts {
+            ensure!(
+                count(&srv, reason) == want,
+                "{reason}: counted {}, expected {want}",
+                count(&srv, reason)
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `qrelay token ARGS` and returns what it printed.
+async fn qrelay_token(args: &[&str]) -> Result<std::process::Output> {
+    let mut cmd = qrelay(["token"]);
+    cmd.args(args).env_remove("QRELAY_AUTH_SECRET").env_remove("QRELAY_AUTH_SECRET_FILE");
+    cmd.stdout(std::process::Stdio::piped());
+    finish(spawn(&mut cmd)?, "qrelay token", Duration::from_secs(10)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qrelay_token_output_is_accepted_by_qrelay_serve_and_no_log_shows_a_token() -> Result {
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let file = secret_file(&dir)?;
+        let f = file.to_str().context("path")?;
+        let token = |args: &'static [&'static str]| {
+            let f = f.to_owned();
+            async move {
+                let mut all = vec!["--secret-file", &f];
+                all.extend_from_slice(args);
+                let out = qrelay_token(&all).await?;
+                expect_success(&out, "qrelay token")?;
+                let text = String::from_utf8(out.stdout)?;
+                let t = text.trim().to_owned();
+                ensure!(text == format!("{t}\n") && t.split('.').count() == 3, "printed `{text}`");
+                anyhow::Ok(t)
+            }
+        };
+        let publish = token(&["--publish", "live/cam1", "--ttl", "1h"]).await?;
+        let play = token(&["--play", "live/*", "--ttl", "15m"]).await?;
+        // Both roles for one pattern, and the mistakes the command refuses.
+        token(&["--publish", "live/x", "--play", "live/x", "--ttl", "7d"]).await?;
+        for (args, says) in [
+            (vec!["--publish", "live/x"], "QRELAY_AUTH_SECRET"),
+            (vec!["--secret-file", f, "--publish", "live/x", "--ttl", "0s"], "0 s"),
+            (vec!["--secret-file", f, "--publish", "live/x", "--ttl", "1w"], "30s, 15m, 1h, 7d"),
+            (vec!["--secret-file", f, "--publish", "a", "--play", "b"], "different patterns"),
+            (vec!["--secret-file", f, "--publish", "cam1"], "app/key"),
+        ] {
+            let out = qrelay_token(&args).await?;
+            ensure!(
+                !out.status.success() && stderr_text(&out).contains(says),
+                "{args:?}: {}",
+                stderr_text(&out)
+            );
+        }
+
+        // Publish needs a token from the command line, play from the file.
+        let config = dir.path().join("qrelay.toml");
+        std::fs::write(&config, format!("[auth]\nsecret_file = {f:?}\nplay = \"token\"\n"))?;
+        let certs = dir.path().join("certs");
+        let mut serve = spawn_serve([
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--cert-dir".as_ref(),
+            certs.as_os_str(),
+            "--auth-publish".as_ref(),
+            "token".as_ref(),
+        ])
+        .await?;
+        let base = format!("rtmp://{}", serve.addr);
+        let _publisher =
+            spawn(&mut ffmpeg_publisher(&media().flv, &format!("{base}/live/cam1?token={publish}"), true))?;
+        let out = dir.path().join("out.flv");
+        // The project's client with the token in the app, as OBS's server box holds it.
+        let player = spawn(&mut qrelay_play(
+            &format!("{base}/live?token={play}/cam1"),
+            &certs.join("dev-ca.pem"),
+            &out,
+            Some(1.0),
+        ))?;
+        let played = finish(player, "qrelay play", Duration::from_secs(20)).await?;
+        expect_success(&played, "qrelay play")?;
+        ensure!(read_tags(&out).await?.len() > 10, "the player got almost nothing");
+        // A play token does not publish; ffmpeg gives up.
+        let refused =
+            spawn(&mut ffmpeg_publisher(&media().flv, &format!("{base}/live/cam2?token={play}"), false))?;
+        let refused = finish(refused, "refused ffmpeg", Duration::from_secs(20)).await?;
+        ensure!(!refused.status.success(), "ffmpeg published with a play token");
+        wait_until("the refusal in the relay's log", Duration::from_secs(5), || {
+            serve.logs().contains("token_wrong_role").then_some(())
+        })
+        .await?;
+        serve.child.start_kill()?;
+        serve.wait(Duration::from_secs(5)).await?;
+
+        // Neither the relay nor the client logged a token (nor its signature alone).
+        let logs = serve.logs();
+        let player_log = stderr_text(&played);
+        ensure!(player_log.contains("token=***"), "the client's log: {player_log}");
+        for t in [&publish, &play] {
+            let signature = t.rsplit('.').next().unwrap_or_default();
+            for (what, log) in [("relay", &logs), ("client", &player_log)] {
+                ensure!(!log.contains(signature), "a token in the {what}'s log:\n{log}");
+            }
+        }
+        ensure!(logs.contains("live/cam1") && logs.contains("publish started"), "{logs}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_mode_without_a_secret_stops_the_relay_at_start() -> Result {
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let mut cmd = qrelay(["serve", "--listen", "127.0.0.1:0", "--auth-play", "token", "--cert-dir"]);
+        cmd.arg(dir.path()).env_remove("QRELAY_AUTH_SECRET").env_remove("QRELAY_AUTH_SECRET_FILE");
+        let out = finish(spawn(&mut cmd)?, "qrelay serve", Duration::from_secs(10)).await?;
+        let log = stderr_text(&out);
+        ensure!(!out.status.success(), "it started: {log}");
+        ensure!(
+            log.contains("auth.play = \"token\" needs a token secret") && !log.contains("listening"),
+            "{log}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------
+// Hooks
+// ---------------------------------------------------------------------------------------
+
+/// A real HTTP server on loopback answering hooks by the stream key: `no…` gets 403,
+/// `hang…` never an answer, `hold…` 200 once the test releases it, anything else 200.
+/// Every request's path and JSON body is reported as it arrives.
+struct HookServer {
+    addr: SocketAddr,
+    events: mpsc::UnboundedReceiver<(String, Value)>,
+    release: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct HookState {
+    tx: mpsc::UnboundedSender<(String, Value)>,
+    release: Arc<Notify>,
+}
+
+async fn hook(State(s): State<HookState>, Path(name): Path<String>, Json(body): Json<Value>) -> StatusCode {
+    let key = body["key"].as_str().unwrap_or_default().to_owned();
+    let _ = s.tx.send((name, body));
+    if key.starts_with("no") {
+        StatusCode::FORBIDDEN
+    } else if key.starts_with("hang") {
+        std::future::pending().await
+    } else if key.starts_with("hold") {
+        s.release.notified().await;
+        StatusCode::OK
+    } else {
+        StatusCode::OK
+    }
+}
+
+impl HookServer {
+    async fn start() -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, events) = mpsc::unbounded_channel();
+        let release = Arc::new(Notify::new());
+        let app =
+            Router::new().route("/{name}", post(hook)).with_state(HookState { tx, release: release.clone() });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, events, release, task })
+    }
+
+    fn url(&self, name: &str) -> Option<String> {
+        Some(format!("http://{}/{name}", self.addr))
+    }
+
+    /// The next hook request: (path, body).
+    async fn next(&mut self) -> Result<(String, Value)> {
+        tokio::time::timeout(Duration::from_secs(10), self.events.recv())
+            .await
+            .map_err(|_| anyhow!("no hook request within 10 s"))?
+            .context("the hook server stopped")
+    }
+
+    /// The next hook request, which must be `action` for `key`; returns its body.
+    async fn expect(&mut self, action: &str, key: &str) -> Result<Value> {
+        let (path, body) = self.next().await?;
+        ensure!(
+            path == action && body["action"] == action && body["key"] == key,
+            "expected {action} {key}, got /{path} {body}"
+        );
+        Ok(body)
+    }
+}
+
+impl Drop for HookServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_decide_after_the_token_and_hear_of_every_end() -> Result {
+    bounded(async {
+        let mut hooks = HookServer::start().await?;
+        let keep = tempfile::tempdir()?;
+        let file = secret_file(&keep)?;
+        let srv = start_server_with(|c| {
+            c.auth.secret_file = Some(file);
+            c.auth.publish = AuthMode::Token;
+            c.hooks.publish = hooks.url("publish");
+            c.hooks.unpublish = hooks.url("unpublish");
+            c.hooks.play = hooks.url("play");
+            c.hooks.stop = hooks.url("stop");
+            c.hooks.timeout_ms = 5_000;
+        })
+        .await?;
+        let token = mint(&secret(), "live/*", TokenRole::Publish, HOUR)?;
+        // No token: refused before the hook is asked (its first request is the next one).
+        expect_refused(
+            connect(&srv, &url(&srv, "rtmp", "live", "ok1")?, ClientMode::Publish).await,
+            ClientMode::Publish,
+            "a token is required",
+        )?;
+        // A token and other parameters: the hook gets the parameters, never the token.
+        let app = format!("live?region=eu&token={token}");
+        let publisher =
+            connect(&srv, &url(&srv, "rtmp", &app, "ok1?quality=hd")?, ClientMode::Publish).await?;
+        let body = hooks.expect("publish", "ok1").await?;
+        let client: SocketAddr = body["client"].as_str().unwrap_or_default().parse()?;
+        ensure!(client.ip().is_loopback(), "{body}");
+        let want = json!({
+            "action": "publish", "session_id": "live/ok1", "app": "live", "key": "ok1",
+            "client": client.to_string(), "transport": "tcp",
+            "query": {"region": "eu", "quality": "hd"}
+        });
+        ensure!(body == want, "the publish hook got {body}, expected {want}");
+        ensure!(!body.to_string().contains(&token), "a token went to the hook");
+        // The hook's 403 refuses, with the reason counted.
+        let refused =
+            connect(&srv, &url(&srv, "rtmp", "live", &format!("no1?token={token}"))?, ClientMode::Publish)
+                .await;
+        expect_refused(refused, ClientMode::Publish, "refused by the publish hook (HTTP 403)")?;
+        hooks.expect("publish", "no1").await?;
+        // Plays are open to tokens here but go through the play hook, over RoQR too.
+        let player = connect(&srv, &url(&srv, "rtmp+quic", "live", "ok1")?, ClientMode::Play).await?;
+        let body = hooks.expect("play", "ok1").await?;
+        ensure!(body["transport"] == "roqr" && body["session_id"] == "live/ok1", "{body}");
+        expect_refused(
+            connect(&srv, &url(&srv, "tunnel", "live", "no2")?, ClientMode::Play).await,
+            ClientMode::Play,
+            "refused by the play hook (HTTP 403)",
+        )?;
+        let body = hooks.expect("play", "no2").await?;
+        ensure!(body["transport"] == "quic", "{body}");
+        // Ends are told: the player leaving, then the publisher finishing.
+        drop(player);
+        let body = hooks.expect("stop", "ok1").await?;
+        ensure!(body["transport"] == "roqr" && body["query"] == json!({}), "{body}");
+        publisher.finish().await?;
+        let body = hooks.expect("unpublish", "ok1").await?;
+        ensure!(body["query"] == json!({"region": "eu", "quality": "hd"}), "{body}");
+        // A player whose wait for a publisher runs out was allowed, so its end is told too.
+        drop(srv);
+        let srv = start_server_with(|c| {
+            c.play_wait_ms = 0;
+            c.hooks.play = hooks.url("play");
+            c.hooks.stop = hooks.url("stop");
+        })
+        .await?;
+        let result = connect(&srv, &url(&srv, "rtmp", "live", "absent")?, ClientMode::Play).await;
+        ensure!(
+            result.is_err_and(|e| e.to_string().contains("StreamNotFound")),
+            "played a stream nobody published"
+        );
+        hooks.expect("play", "absent").await?;
+        hooks.expect("stop", "absent").await?;
+        ensure!(hooks.events.try_recv().is_err(), "more hook requests than publishes and plays");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_hook_holds_up_only_its_session_and_a_silent_or_absent_one_refuses() -> Result {
+    bounded(async {
+        let mut hooks = HookServer::start().await?;
+        // The held hook answers only when released, well within the hook timeout.
+        let srv = start_server_with(|c| {
+            c.hooks.publish = hooks.url("publish");
+            c.hooks.timeout_ms = 9_000;
+        })
+        .await?;
+        let held_url = url(&srv, "rtmp+quic", "live", "hold1")?;
+        let opts = client_options(&srv);
+        let held =
+            tokio::spawn(async move { RtmpClient::connect(&held_url, ClientMode::Publish, &opts).await });
+        hooks.expect("publish", "hold1").await?;
+        // While that hook holds its session, another publish is decided and starts.
+        let other = connect(&srv, &url(&srv, "rtmp", "live", "ok2")?, ClientMode::Publish).await?;
+        hooks.expect("publish", "ok2").await?;
+        ensure!(!held.is_finished(), "the held session was decided before its hook answered");
+        srv.wait_live("ok2").await?;
+        hooks.release.notify_one();
+        let held = held.await??;
+        srv.wait_live("hold1").await?;
+        drop((held, other));
+
+        // A hook that never answers refuses after hooks.timeout_ms; an unreachable one at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let srv = start_server_with(|c| {
+            c.hooks.publish = hooks.url("publish");
+            c.hooks.play = Some(format!("http://{closed}/play"));
+            c.hooks.timeout_ms = 300;
+        })
+        .await?;
+        let started = Instant::now();
+        let refused = connect(&srv, &url(&srv, "rtmps", "live", "hang1")?, ClientMode::Publish).await;
+        let took = started.elapsed();
+        expect_refused(refused, ClientMode::Publish, "the publish hook did not answer in time")?;
+        ensure!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(8),
+            "refused after {took:?}"
+        );
+        hooks.expect("publish", "hang1").await?;
+        let refused = connect(&srv, &url(&srv, "rtmp", "live", "x")?, ClientMode::Play).await;
+        expect_refused(refused, ClientMode::Play, "the play hook could not be reached")?;
+        ensure!(count(&srv, Reason::HookTimeout) == 1 && count(&srv, Reason::HookFailed) == 1);
+        Ok(())
+    })
+    .await
+}
