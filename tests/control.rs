@@ -167,8 +167,11 @@ async fn delete_ends_players_and_then_the_publisher() -> Result {
     bounded(async {
         let srv = start_server().await?;
         let mut publisher = spawn(&mut ffmpeg_publisher(&media().flv, &srv.url("rtmp", "del"), true))?;
+        // One after the other, so their ids (which grow with sessions) say who is who.
         let stays = spawn(&mut qrelay_play(&srv.url("rtmp", "del"), &srv.ca, &srv.path("stays.flv"), None))?;
+        srv.wait_subscribers("del", 1).await?;
         let tcp_goes = spawn(&mut qrelay_play(&srv.url("rtmp", "del"), &srv.ca, &srv.path("t.flv"), None))?;
+        srv.wait_subscribers("del", 2).await?;
         let roqr_goes =
             spawn(&mut qrelay_play(&srv.url("rtmp+quic", "del"), &srv.ca, &srv.path("r.flv"), None))?;
         srv.wait_live("del").await?;
