@@ -90,6 +90,13 @@ pub struct ReadLimits {
 
 /// Starts the readers of a connection: the command stream, every stream the peer opens
 /// later (either kind), and datagrams. They stop when `tasks` is dropped.
+///
+/// The command stream is read by the task that accepts the other streams, which looks
+/// for new streams first: a sender finishes its media streams before it sends the
+/// command that ends the stream, so a stream it opened is announced
+/// ([`Incoming::StreamOpened`]) before that command, and the session waits for it.
+/// Read by separate tasks, the command could overtake the announcement of a stream
+/// opened just before it, and its last frames would come after the end.
 pub fn spawn_readers(
     conn: &Connection,
     command: RecvStream,
@@ -98,16 +105,17 @@ pub fn spawn_readers(
     tasks: &mut JoinSet<()>,
 ) {
     let pending = Arc::new(AtomicUsize::new(0));
-    tasks.spawn(read_stream(command, limits, pending.clone(), tx.clone(), true));
+    let mut command = Some(StreamReader::new(command, limits, pending.clone(), true));
     let (c, t, p) = (conn.clone(), tx.clone(), pending.clone());
     tasks.spawn(async move {
         let mut streams = JoinSet::new();
         loop {
             tokio::select! {
+                biased;
                 s = c.accept_uni() => match s {
                     Ok(recv) => {
                         let _ = t.send(Incoming::StreamOpened).await;
-                        streams.spawn(read_stream(recv, limits, p.clone(), t.clone(), false));
+                        streams.spawn(StreamReader::new(recv, limits, p.clone(), false).run(t.clone()));
                     }
                     Err(_) => return,
                 },
@@ -115,10 +123,20 @@ pub fn spawn_readers(
                     // The send half is left unused; dropping it finishes it.
                     Ok((_send, recv)) => {
                         let _ = t.send(Incoming::StreamOpened).await;
-                        streams.spawn(read_stream(recv, limits, p.clone(), t.clone(), false));
+                        streams.spawn(StreamReader::new(recv, limits, p.clone(), false).run(t.clone()));
                     }
                     Err(_) => return,
                 },
+                // Reading is cancel-safe; what was read is handled outside the race.
+                read = read_command(&mut command), if command.is_some() => {
+                    if let Some(reader) = command.as_mut() {
+                        if !reader.handle(read, &t).await {
+                            if let Some(reader) = command.take() {
+                                reader.finish(&t).await;
+                            }
+                        }
+                    }
+                }
                 Some(_) = streams.join_next(), if !streams.is_empty() => {}
             }
         }
@@ -142,75 +160,133 @@ pub fn spawn_readers(
     });
 }
 
-async fn read_stream(
-    mut recv: RecvStream,
+/// The command stream's next read (pending for ever once it is gone).
+async fn read_command(reader: &mut Option<StreamReader>) -> Read {
+    match reader {
+        Some(r) => r.read().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What one read of a stream gave.
+enum Read {
+    Chunk(Bytes),
+    /// The stream ended (finished, reset, stopped by us).
+    End,
+}
+
+/// Frames from one stream: reads (cancel-safe) and decodes, within the connection's
+/// pending limit.
+struct StreamReader {
+    recv: RecvStream,
     limits: ReadLimits,
     pending: Arc<AtomicUsize>,
-    tx: mpsc::Sender<Incoming>,
     command: bool,
-) {
-    let stop = Arc::new(StreamStop::default());
-    let mut buf = BytesMut::new();
-    let mut held = 0usize;
-    let (id, mut frames, mut bytes) = (recv.id(), 0u64, 0u64);
-    let end = loop {
-        let chunk = tokio::select! {
-            c = recv.read_chunk(READ_CHUNK, true) => c,
-            _ = stop.notify.notified() => {
-                let code = stop.code.load(Ordering::Acquire).saturating_sub(1);
-                let _ = recv.stop(VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0)));
-                break None;
-            }
-        };
-        match chunk {
-            Ok(Some(chunk)) => {
-                bytes += chunk.bytes.len() as u64;
-                buf.extend_from_slice(&chunk.bytes)
-            }
-            Ok(None) => break None,
-            // FRAME_CANCELLED: the sender abandoned stale media; the partial frame goes.
-            Err(e) => {
-                debug!(stream = %id, frames, bytes, reason = %e, "stream ended early");
-                break None;
+    stop: Arc<StreamStop>,
+    buf: BytesMut,
+    /// Bytes of partial frames this stream counts against `pending`.
+    held: usize,
+    /// Past the pending limit: no `CommandStreamEnded` (the session closes for it).
+    over_limit: bool,
+    frames: u64,
+    bytes: u64,
+}
+
+impl StreamReader {
+    fn new(recv: RecvStream, limits: ReadLimits, pending: Arc<AtomicUsize>, command: bool) -> Self {
+        let stop = Arc::new(StreamStop::default());
+        Self {
+            recv,
+            limits,
+            pending,
+            command,
+            stop,
+            buf: BytesMut::new(),
+            held: 0,
+            over_limit: false,
+            frames: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Reads and handles until the stream ends.
+    async fn run(mut self, tx: mpsc::Sender<Incoming>) {
+        loop {
+            let read = self.read().await;
+            if !self.handle(read, &tx).await {
+                break;
             }
         }
+        self.finish(&tx).await;
+    }
+
+    /// The next chunk, or the end; cancel-safe (nothing read is lost when dropped).
+    async fn read(&mut self) -> Read {
+        tokio::select! {
+            c = self.recv.read_chunk(READ_CHUNK, true) => match c {
+                Ok(Some(chunk)) => Read::Chunk(chunk.bytes),
+                Ok(None) => Read::End,
+                // FRAME_CANCELLED: the sender abandoned stale media; the partial frame goes.
+                Err(e) => {
+                    debug!(stream = %self.recv.id(), frames = self.frames, bytes = self.bytes, reason = %e, "stream ended early");
+                    Read::End
+                }
+            },
+            _ = self.stop.notify.notified() => {
+                let code = self.stop.code.load(Ordering::Acquire).saturating_sub(1);
+                let _ = self.recv.stop(VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0)));
+                Read::End
+            }
+        }
+    }
+
+    /// Decodes and sends the frames `read` completes; `false` once the stream is done.
+    async fn handle(&mut self, read: Read, tx: &mpsc::Sender<Incoming>) -> bool {
+        let chunk = match read {
+            Read::Chunk(c) => c,
+            Read::End => return false,
+        };
+        self.bytes += chunk.len() as u64;
+        self.buf.extend_from_slice(&chunk);
         loop {
-            match frame::decode(&mut buf, limits.max_payload) {
+            match frame::decode(&mut self.buf, self.limits.max_payload) {
                 Ok(Some(frame)) => {
-                    frames += 1;
-                    let item = Incoming::Frame { frame, via: Via::Stream, stop: Some(stop.clone()) };
+                    self.frames += 1;
+                    let item = Incoming::Frame { frame, via: Via::Stream, stop: Some(self.stop.clone()) };
                     if tx.send(item).await.is_err() {
-                        break;
+                        return false;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
                     let _ = tx.send(Incoming::Malformed(e)).await;
-                    pending.fetch_sub(held, Ordering::Relaxed);
-                    if !command {
-                        let _ = tx.send(Incoming::StreamClosed).await;
-                    }
-                    return;
+                    self.over_limit = true;
+                    return false;
                 }
             }
         }
         // Partial frames count against the connection's pending limit.
-        let now_held = buf.len();
-        let total = pending.fetch_add(now_held, Ordering::Relaxed) + now_held - held;
-        pending.fetch_sub(held, Ordering::Relaxed);
-        held = now_held;
-        if total > limits.max_pending {
-            let _ = tx
-                .send(Incoming::Malformed(FrameError::TooLarge(total as u64, limits.max_pending as u32)))
-                .await;
-            break Some(());
+        let now_held = self.buf.len();
+        let total = self.pending.fetch_add(now_held, Ordering::Relaxed) + now_held - self.held;
+        self.pending.fetch_sub(self.held, Ordering::Relaxed);
+        self.held = now_held;
+        if total > self.limits.max_pending {
+            let max = self.limits.max_pending as u32;
+            let _ = tx.send(Incoming::Malformed(FrameError::TooLarge(total as u64, max))).await;
+            self.over_limit = true;
+            return false;
         }
-    };
-    pending.fetch_sub(held, Ordering::Relaxed);
-    if !command {
-        let _ = tx.send(Incoming::StreamClosed).await;
-    } else if end.is_none() {
-        let _ = tx.send(Incoming::CommandStreamEnded).await;
+        true
+    }
+
+    /// The stream is done: its partial frame no longer counts, and the session hears.
+    async fn finish(self, tx: &mpsc::Sender<Incoming>) {
+        self.pending.fetch_sub(self.held, Ordering::Relaxed);
+        if !self.command {
+            let _ = tx.send(Incoming::StreamClosed).await;
+        } else if !self.over_limit {
+            let _ = tx.send(Incoming::CommandStreamEnded).await;
+        }
     }
 }
 
