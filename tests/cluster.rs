@@ -140,6 +140,14 @@ async fn an_edge_pulls_each_stream_once_over_one_connection_and_lets_go_when_idl
             let s = origin.stats(key).context("stream gone")?;
             ensure!(s.subscribers == 1, "{key}: {} subscribers at the origin", s.subscribers);
         }
+        // The edge's control API says where each stream comes from.
+        let body = reqwest::get(edge.api("/api/streams/live/m1")).await?.text().await?;
+        ensure!(
+            body.contains("\"pull\":{")
+                && body.contains("\"state\":\"pulling\"")
+                && body.contains(&quic_node(&origin)),
+            "pull state missing from the API: {body}"
+        );
         ensure!(
             origin.connections.current() == keys.len() + 1,
             "{} connections at the origin for 2 publishers and one edge",
@@ -151,6 +159,32 @@ async fn an_edge_pulls_each_stream_once_over_one_connection_and_lets_go_when_idl
         for key in keys {
             origin.wait_stats(key, "no subscribers", |s| s.subscribers == 0).await?;
             ensure!(edge.stats(key).is_none(), "the edge kept {key}: {:?}", edge.stats(key));
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_pulls_over_rtmps_and_roqr_too() -> Result {
+    bounded(async {
+        let origin = start_server().await?;
+        let _publisher = spawn(&mut ffmpeg_publisher(&media().flv, &origin.url("rtmp", "up"), true))?;
+        origin.wait_live("up").await?;
+        let port = origin.addr.port();
+        for node in [format!("rtmps://127.0.0.1:{port}"), format!("rtmp+quic://127.0.0.1:{port}?mode=roqr")] {
+            let ca = origin.ca.clone();
+            let edge = start_server_with(|c| {
+                c.origin = vec![node.clone()];
+                c.relay_ca = Some(ca);
+            })
+            .await?;
+            let mut p = player(&edge, "rtmp", "up").await?;
+            pictures(&mut p, 30, Duration::from_secs(10))
+                .await
+                .with_context(|| format!("pulling from {node}"))?;
+            let body = reqwest::get(edge.api("/api/streams/live/up")).await?.text().await?;
+            ensure!(body.contains(&node), "the API does not name the origin {node}: {body}");
         }
         Ok(())
     })

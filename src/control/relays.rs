@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
+use crate::relay::pull::Puller;
+use crate::relay::push::Forwarding;
+
 /// One forward target of a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ForwardState {
@@ -40,10 +43,12 @@ pub struct RelayState {
     pub pull: Option<PullState>,
 }
 
-/// Relay state by session ID. Cheap to clone.
+/// Relay state by session ID. Cheap to clone. The relay's own forwarding and puller are
+/// read when asked (their state lives with them); other reporters write here.
 #[derive(Debug, Clone, Default)]
 pub struct RelayBoard {
     inner: Arc<Mutex<HashMap<String, RelayState>>>,
+    sources: Arc<std::sync::OnceLock<(Forwarding, Puller)>>,
 }
 
 impl RelayBoard {
@@ -66,8 +71,36 @@ impl RelayBoard {
         self.map().remove(session_id);
     }
 
+    /// Reads forward and pull state from the relay's own forwarding and puller (once).
+    pub fn attach(&self, forwarding: Forwarding, puller: Puller) {
+        let _ = self.sources.set((forwarding, puller));
+    }
+
     /// The state of `session_id` (empty when nobody reported).
     pub fn get(&self, session_id: &str) -> RelayState {
-        self.map().get(session_id).cloned().unwrap_or_default()
+        let mut state = self.map().get(session_id).cloned().unwrap_or_default();
+        if let Some((forwarding, puller)) = self.sources.get() {
+            state.forward.extend(forwarding.status_of(session_id).into_iter().map(|f| {
+                ForwardState {
+                    url: f.target,
+                    state: match f.state {
+                        crate::relay::push::ForwardState::Connecting => "connecting",
+                        crate::relay::push::ForwardState::Connected => "forwarding",
+                        crate::relay::push::ForwardState::BackingOff => "retrying",
+                    }
+                    .to_owned(),
+                    error: f.last_error,
+                    bytes_sent: f.bytes_sent,
+                }
+            }));
+            if let Some(p) = puller.status_of(session_id) {
+                state.pull = Some(PullState {
+                    url: p.origin.unwrap_or_default(),
+                    state: p.state.to_owned(),
+                    error: p.last_error,
+                });
+            }
+        }
+        state
     }
 }

@@ -10,7 +10,7 @@
 //! in order; this node itself is never one (a loop), and a play that came from another
 //! relay past the hop limit does not start a pull.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -80,9 +80,20 @@ struct Inner {
     settings: PullSettings,
     pool: QuicPool,
     counters: Arc<Counters>,
-    /// Session IDs with a pull task.
-    active: Mutex<HashSet<String>>,
+    /// Session IDs with a pull task, and where each is.
+    active: Mutex<HashMap<String, PullStatus>>,
     shutdown: CancellationToken,
+}
+
+/// Where a pull is, for the control API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullStatus {
+    /// The origin tried or pulled from last (a node URL: no stream key, no token).
+    pub origin: Option<String>,
+    /// `resolving`, `connecting`, `pulling` or `retrying`.
+    pub state: &'static str,
+    /// Why the last attempt failed, if one did.
+    pub last_error: Option<String>,
 }
 
 /// One upstream session to make: where, what, and how.
@@ -152,8 +163,11 @@ impl Puller {
             warn!(session_id, hops, "not pulled: the chain would pass more relays than max_hops");
             return;
         }
-        if !self.inner.active().insert(session_id.to_owned()) {
-            return;
+        match self.inner.active().entry(session_id.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(_) => return,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(PullStatus { origin: None, state: "resolving", last_error: None });
+            }
         }
         let this = self.clone();
         let session_id = session_id.to_owned();
@@ -176,9 +190,25 @@ impl Puller {
 
     /// Session IDs being pulled now.
     pub fn pulling(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.inner.active().iter().cloned().collect();
+        let mut v: Vec<String> = self.inner.active().keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// Where the pull of `session_id` is, if it is pulled.
+    pub fn status_of(&self, session_id: &str) -> Option<PullStatus> {
+        self.inner.active().get(session_id).cloned()
+    }
+
+    /// Records where the pull of `session_id` is.
+    fn report(&self, session_id: &str, origin: &NodeUrl, state: &'static str, error: Option<String>) {
+        if let Some(s) = self.inner.active().get_mut(session_id) {
+            s.origin = Some(origin.to_string());
+            s.state = state;
+            if error.is_some() {
+                s.last_error = error;
+            }
+        }
     }
 
     /// QUIC connections open to upstream nodes.
@@ -201,6 +231,7 @@ impl Puller {
                 debug!("no origin known for the stream yet");
             }
             for node in nodes {
+                self.report(session_id, &node, "connecting", None);
                 let link = Link { node: &node, session_id, hops, client: &client };
                 let outcome = self.session(link, &mut publisher, &mut splice, &mut players).await;
                 match outcome {
@@ -216,9 +247,11 @@ impl Puller {
                     Outcome::Failed(e) => {
                         inner.counters.count(Reason::UpstreamFailed);
                         warn!(%node, reason = %e, "cannot pull from this origin");
+                        self.report(session_id, &node, "retrying", Some(e.to_string()));
                     }
                     Outcome::Lost(e) => {
                         inner.counters.count(Reason::UpstreamLost);
+                        self.report(session_id, &node, "retrying", Some(e.to_string()));
                         warn!(%node, reason = %e, "upstream lost; pulling again");
                         splice.reconnected();
                         backoff.reset();
@@ -309,6 +342,7 @@ impl Puller {
             },
         };
         info!(%node, "pulling");
+        self.report(session_id, node, "pulling", None);
         // Made once: a timer re-made per frame would never run out.
         let idle = idle(players, inner.settings.idle);
         tokio::pin!(idle);
@@ -344,7 +378,7 @@ impl Puller {
 }
 
 impl Inner {
-    fn active(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, PullStatus>> {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

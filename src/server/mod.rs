@@ -301,6 +301,7 @@ impl Server {
             registry: self.registry.clone(),
             puller,
         };
+        self.relays.attach(self.forwarding.clone(), ctx.puller.clone());
         let http_stop = CancellationToken::new();
         let http = self.http.map(|listener| {
             let parts = ControlParts {
