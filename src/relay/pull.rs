@@ -33,8 +33,6 @@ use crate::registry::Registry;
 use crate::rtmp::session::{ClientEvent, ClientMode};
 use crate::url::{StreamUrl, Transport};
 
-/// Sessions one pooled QUIC connection to an upstream node carries (each a stream).
-const SESSIONS_PER_CONNECTION: usize = 1_000;
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -130,7 +128,10 @@ impl Puller {
     ) -> Self {
         let mut settings = settings;
         settings.client.connect_timeout = settings.client.connect_timeout.min(UPSTREAM_CONNECT_TIMEOUT);
-        let pool = QuicPool::new(settings.client.clone(), SESSIONS_PER_CONNECTION, None);
+        // Sessions per pooled connection: the origin's `max_quic_streams`, which a
+        // cluster shares; past it, another connection to the same node opens.
+        let per_conn = settings.client.quic.max_bidi_streams as usize;
+        let pool = QuicPool::new(settings.client.clone(), per_conn, None);
         Self {
             inner: Arc::new(Inner {
                 hub,
