@@ -40,6 +40,7 @@ pub mod bridge;
 pub mod config;
 pub mod control;
 pub mod gate;
+pub mod glob;
 pub mod hooks;
 pub mod hub;
 pub mod reason;

@@ -37,24 +37,7 @@ fn client_options(srv: &TestServer) -> ClientOptions {
 /// its sequence headers differ from the first publisher's.
 fn other_size() -> &'static Path {
     static FILE: OnceLock<PathBuf> = OnceLock::new();
-    FILE.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-media");
-        std::fs::create_dir_all(&dir).expect("creating the media directory");
-        let path = dir.join("resume-240x180.flv");
-        let tmp = dir.join(format!("resume-240x180.{}.tmp", std::process::id()));
-        let output = std::process::Command::new("ffmpeg")
-            .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
-            .args(["-f", "lavfi", "-i", "testsrc=size=240x180:rate=30"])
-            .args(["-f", "lavfi", "-i", "sine=frequency=880:sample_rate=44100", "-t", "4"])
-            .args(["-c:v", "libx264", "-preset", "ultrafast", "-bf", "2", "-g", "30"])
-            .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-f", "flv"])
-            .arg(&tmp)
-            .output()
-            .expect("running ffmpeg (install it with scripts/install-test-deps.sh)");
-        assert!(output.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&output.stderr));
-        std::fs::rename(&tmp, &path).expect("renaming the generated media");
-        path
-    })
+    FILE.get_or_init(|| generate("resume-240x180.flv", "240x180", 880, 30))
 }
 
 /// One message a player got.

@@ -259,33 +259,10 @@ pub fn pattern_matches(pattern: &str, session_id: &str) -> bool {
     loop {
         match (pat.next(), id.next()) {
             (None, None) => return true,
-            (Some(p), Some(s)) if glob(p.as_bytes(), s.as_bytes()) => {}
+            (Some(p), Some(s)) if crate::glob::matches(p, s) => {}
             _ => return false,
         }
     }
-}
-
-/// `*` matches any run of bytes; everything else itself. Linear: on a mismatch only the
-/// last `*` is widened (a later `*` can match anything an earlier one could).
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
-            p += 1;
-            t += 1;
-        } else if let Some((sp, st)) = star {
-            p = sp + 1;
-            t = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&b| b == b'*')
 }
 
 /// A token lifetime: a number with `s`, `m`, `h` or `d` (`30s`, `15m`, `1h`, `7d`); a bare

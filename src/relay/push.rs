@@ -88,32 +88,8 @@ impl ForwardRule {
 
     /// Whether the rule applies to `session_id`.
     pub fn matches(&self, session_id: &str) -> bool {
-        glob_match(self.streams.as_bytes(), session_id.as_bytes())
+        crate::glob::matches(&self.streams, session_id)
     }
-}
-
-/// `*` matches any run of bytes, every other byte itself. Linear backtracking to the last
-/// `*` (no recursion, so no pattern can make it exponential).
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
-            p += 1;
-            t += 1;
-        } else if let Some((sp, st)) = star {
-            // Let the last `*` take one more byte and try again from there.
-            p = sp + 1;
-            t = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 /// Where a forward is.

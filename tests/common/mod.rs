@@ -215,22 +215,24 @@ pub struct Media {
 /// The test media, generated on first use.
 pub fn media() -> &'static Media {
     static MEDIA: OnceLock<Media> = OnceLock::new();
-    MEDIA.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-media");
-        std::fs::create_dir_all(&dir).expect("creating the media directory");
-        Media { flv: generate(&dir, "in.flv", 30), gop2: generate(&dir, "gop2.flv", 60) }
+    MEDIA.get_or_init(|| Media {
+        flv: generate("in.flv", "320x240", 440, 30),
+        gop2: generate("gop2.flv", "320x240", 440, 60),
     })
 }
 
-/// Encodes a 4 s test file with GOP `gop` frames into `dir/name` (through a temporary
-/// name and a rename, so concurrent test binaries never see half a file).
-fn generate(dir: &Path, name: &str, gop: u32) -> PathBuf {
+/// Encodes a 4 s test file (`size` pictures at 30 fps with GOP `gop` frames, a `tone_hz`
+/// sine) into the test media directory as `name`, through a temporary name and a rename,
+/// so concurrent test binaries never see half a file.
+pub fn generate(name: &str, size: &str, tone_hz: u32, gop: u32) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-media");
+    std::fs::create_dir_all(&dir).expect("creating the media directory");
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
     let output = std::process::Command::new("ffmpeg")
         .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "4"])
+        .args(["-f", "lavfi", "-i", &format!("testsrc=size={size}:rate=30")])
+        .args(["-f", "lavfi", "-i", &format!("sine=frequency={tone_hz}:sample_rate=44100"), "-t", "4"])
         .args(["-c:v", "libx264", "-preset", "ultrafast", "-bf", "2", "-g", &gop.to_string()])
         .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-f", "flv"])
         .arg(&tmp)
