@@ -26,6 +26,7 @@
 //! sees every publisher, whatever brought it (an encoder, a relay upstream).
 
 mod claim;
+mod coalesce;
 mod peer;
 mod stream;
 mod subscriber;
@@ -62,6 +63,11 @@ pub struct HubConfig {
     /// A publisher that sent no media this long may be replaced by a new publish on its
     /// session ID ([`Takeover::IfSilent`]; zero: never).
     pub publisher_takeover: Duration,
+    /// Longest a frame is held so that a stream's players get it in one write with the
+    /// frames that follow (`coalesce.rs`); zero writes every frame at once. Zero by
+    /// default here (a hub built alone, in tests, writes at once); the relay's
+    /// configuration sets it (`write_coalesce_ms`).
+    pub write_coalesce: Duration,
 }
 
 impl Default for HubConfig {
@@ -73,6 +79,7 @@ impl Default for HubConfig {
             play_wait: Duration::from_secs(30),
             publisher_grace: Duration::from_secs(5),
             publisher_takeover: Duration::from_secs(2),
+            write_coalesce: Duration::ZERO,
         }
     }
 }

@@ -16,15 +16,17 @@
 //! atomics ([`Counters`]), so a stats read does not wait for fan-out either.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use bytes::Bytes;
+use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use super::claim::{Claim, Claimed, Lost, Takeover};
+use super::coalesce::{Coalescer, Offer};
 use super::peer::{Peer, PublisherInfo, StreamInfo};
-use super::subscriber::{Queue, Subscriber};
+use super::subscriber::{Pushed, Queue, Subscriber};
 use super::timeline::Timeline;
 use super::{EventCounters, Hub, HubConfig, HubError};
 use crate::media::frame::{self, Frame, MediaKind};
@@ -58,6 +60,9 @@ pub struct StreamStats {
     /// Frames the publisher wrote straight to an idle player's socket, summed over
     /// players (the rest went through the players' queues).
     pub direct_writes: u64,
+    /// Socket writes (system calls) those frames took, summed over players: below
+    /// `direct_writes` when frames were coalesced (`write_coalesce_ms`).
+    pub direct_sends: u64,
     /// The publisher went away and the stream waits for a new one (`publisher_grace_ms`),
     /// its players kept.
     pub grace: bool,
@@ -85,6 +90,12 @@ pub(super) struct Stream {
     /// Subscriber count, for whoever must act when it changes (a relay link closing
     /// after its last player left). Sent under the stream lock, so in order.
     watchers: tokio::sync::watch::Sender<usize>,
+    /// Wakes the stream's flush timer when a held batch gets a deadline (and when the
+    /// stream goes, so the timer ends).
+    flush_wake: Arc<Notify>,
+    /// Whether the flush timer runs: set at the first held batch; `false` without a
+    /// runtime to run it on (then nothing is held).
+    flusher: OnceLock<bool>,
 }
 
 /// Who publishes, and how their timestamps map to the stream's.
@@ -94,6 +105,12 @@ struct Publishing {
     timeline: Timeline,
     /// What the timeline let out for one input frame; kept to reuse its allocation.
     out: Vec<Frame>,
+    /// Frames held for the players' next write (`coalesce.rs`).
+    coalescer: Coalescer,
+    /// A batch being fanned out; kept to reuse its allocation.
+    batch: Vec<Frame>,
+    /// One player's wire buffers for a batch; kept to reuse its allocation.
+    scratch: Vec<Bytes>,
 }
 
 /// A stream's counters, read by stats without any lock and updated where things happen
@@ -109,6 +126,7 @@ pub(super) struct Counters {
     /// High-water mark of any one subscriber's queued bytes.
     pub(super) peak_queued_bytes: AtomicUsize,
     direct_writes: AtomicU64,
+    direct_sends: AtomicU64,
     grace: AtomicBool,
     resumes: AtomicU64,
     /// Media payload bytes published (single writer: the publisher, under `publishing`).
@@ -150,13 +168,18 @@ impl Stream {
         Self {
             session_id: session_id.to_owned(),
             config,
-            publishing: Mutex::default(),
+            publishing: Mutex::new(Publishing {
+                coalescer: Coalescer::new(config.write_coalesce),
+                ..Publishing::default()
+            }),
             state: Mutex::default(),
             counters: Arc::default(),
             events,
             current: watch::Sender::new(0),
             users: AtomicUsize::new(0),
             watchers: tokio::sync::watch::Sender::new(0),
+            flush_wake: Arc::default(),
+            flusher: OnceLock::new(),
         }
     }
 
@@ -205,6 +228,8 @@ impl Stream {
         if claimed == Claimed::Fresh && !reserve() {
             return Err(HubError::TooManyPublishers(self.config.max_publishers));
         }
+        // A predecessor's held frames go out before anything of the new publisher.
+        self.flush(&mut p);
         let generation = p.claim.commit(now, takeover);
         match claimed {
             Claimed::Fresh => p.timeline.reset(),
@@ -260,6 +285,7 @@ impl Stream {
     /// [`Stream::end_grace`] looked.
     pub(super) fn lose(&self, generation: u64, now: Instant, grace: Duration, closing: &AtomicBool) -> Lost {
         let mut p = self.publishing();
+        self.flush(&mut p);
         let keep =
             !grace.is_zero() && !closing.load(Ordering::SeqCst) && !self.state().subscribers.is_empty();
         let lost = p.claim.lose(generation, now, if keep { grace } else { Duration::ZERO });
@@ -279,6 +305,7 @@ impl Stream {
     /// Publisher `generation` ended its stream: `true` when it was the active one.
     pub(super) fn finish(&self, generation: u64) -> bool {
         let mut p = self.publishing();
+        self.flush(&mut p);
         let ended = p.claim.finish(generation);
         if ended {
             self.end_publish();
@@ -393,88 +420,94 @@ impl Stream {
         }
     }
 
-    /// Publishes one frame: updates the cache and pushes it to every subscriber, into its
-    /// queue or straight into its idle socket. Never waits on a subscriber: a push is a
-    /// short lock and a wake-up, or a write that does not wait. The stream lock is held
+    /// Publishes a batch of frames (one, unless they were held for a coalesced write):
+    /// updates the cache and pushes them to every subscriber, into its queue or straight
+    /// into its idle socket, a batch in one write. Never waits on a subscriber: a push is
+    /// a short lock and a wake-up, or a write that does not wait. The stream lock is held
     /// only to update the cache and take the subscriber snapshot.
     ///
     /// Runs under the `publishing` lock (see [`Stream::send`]), so pushes never overlap:
     /// the fan-out order is the publish order, and the publisher's counters have a single
     /// writer.
-    fn push(&self, frame: Frame) {
+    fn push(&self, frames: &[Frame], scratch: &mut Vec<Bytes>) {
         let (subscribers, has_video) = {
             let mut st = self.state();
-            match frame.kind() {
-                MediaKind::Data => {
-                    if crate::rtmp::message::data_name(frame.payload()).as_deref() == Some("onMetaData") {
-                        st.metadata = Some(frame.clone());
+            for frame in frames {
+                match frame.kind() {
+                    MediaKind::Data => {
+                        if crate::rtmp::message::data_name(frame.payload()).as_deref() == Some("onMetaData") {
+                            st.metadata = Some(frame.clone());
+                        }
                     }
-                }
-                MediaKind::Video if frame.is_sequence_header() => {
-                    st.has_video = true;
-                    cache_header(&mut st.video_headers, &frame);
-                    if let Some(name) = frame::codec_name(MediaKind::Video, frame.payload()) {
-                        st.video_codec = Some(name.into());
+                    MediaKind::Video if frame.is_sequence_header() => {
+                        st.has_video = true;
+                        cache_header(&mut st.video_headers, frame);
+                        if let Some(name) = frame::codec_name(MediaKind::Video, frame.payload()) {
+                            st.video_codec = Some(name.into());
+                        }
                     }
-                }
-                MediaKind::Audio if frame.is_sequence_header() => {
-                    cache_header(&mut st.audio_headers, &frame);
-                    if let Some(name) = frame::codec_name(MediaKind::Audio, frame.payload()) {
-                        st.audio_codec = Some(name.into());
+                    MediaKind::Audio if frame.is_sequence_header() => {
+                        cache_header(&mut st.audio_headers, frame);
+                        if let Some(name) = frame::codec_name(MediaKind::Audio, frame.payload()) {
+                            st.audio_codec = Some(name.into());
+                        }
                     }
-                }
-                MediaKind::Audio if st.audio_codec.is_none() => {
-                    // Formats without a configuration record (MP3, G.711...) are named by
-                    // their first frame.
-                    if let Some(name) = frame::codec_name(MediaKind::Audio, frame.payload()) {
-                        st.audio_codec = Some(name.into());
+                    MediaKind::Audio if st.audio_codec.is_none() => {
+                        // Formats without a configuration record (MP3, G.711...) are named by
+                        // their first frame.
+                        if let Some(name) = frame::codec_name(MediaKind::Audio, frame.payload()) {
+                            st.audio_codec = Some(name.into());
+                        }
+                        self.cache_in_gop(&mut st, frame);
                     }
-                    self.cache_in_gop(&mut st, &frame);
-                }
-                MediaKind::Video => {
-                    st.has_video = true;
-                    if frame.is_keyframe() {
-                        st.gop.clear();
-                        st.gop_bytes = 0;
-                        st.gop_overflowed = false;
+                    MediaKind::Video => {
+                        st.has_video = true;
+                        if frame.is_keyframe() {
+                            st.gop.clear();
+                            st.gop_bytes = 0;
+                            st.gop_overflowed = false;
+                        }
+                        self.cache_in_gop(&mut st, frame);
                     }
-                    self.cache_in_gop(&mut st, &frame);
+                    MediaKind::Audio => self.cache_in_gop(&mut st, frame),
                 }
-                MediaKind::Audio => self.cache_in_gop(&mut st, &frame),
             }
             self.counters.gop_frames.store(st.gop.len(), Ordering::Relaxed);
             (st.subscribers.clone(), st.has_video)
         };
         // Single writer (the publisher): a load and a store, no locked instruction.
         let c = &self.counters;
-        c.frames.store(c.frames.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        let len = frame.payload().len() as u64;
+        c.frames.store(c.frames.load(Ordering::Relaxed) + frames.len() as u64, Ordering::Relaxed);
+        let len: u64 = frames.iter().map(|f| f.payload().len() as u64).sum();
         c.bytes_in.store(c.bytes_in.load(Ordering::Relaxed) + len, Ordering::Relaxed);
-        // Direct writes run on the publisher's task, from the snapshot, with no stream or
-        // hub lock held (a player joining or leaving meanwhile does not wait for them; one
-        // that joined is in the next frame's snapshot, one that left has closed its
-        // queue). Past a time budget per frame the rest of the subscribers are woken
-        // instead, so a huge fan-out spreads over the other workers rather than holding
-        // up this publisher's reads.
+        // Direct writes run on the publisher's task (or the flush timer's), from the
+        // snapshot, with no stream or hub lock held (a player joining or leaving meanwhile
+        // does not wait for them; one that joined is in the next frame's snapshot, one
+        // that left has closed its queue). Past a time budget per batch the rest of the
+        // subscribers are woken instead, so a huge fan-out spreads over the other workers
+        // rather than holding up this publisher's reads.
         // (No clock read for a fan-out too small to reach the first check.)
         let start = (subscribers.len() >= DIRECT_BUDGET_CHECK_EVERY).then(Instant::now);
         let mut direct = true;
-        let mut direct_writes = 0;
+        let mut total = Pushed::default();
         for (i, q) in subscribers.iter().enumerate() {
             if direct && i % DIRECT_BUDGET_CHECK_EVERY == DIRECT_BUDGET_CHECK_EVERY - 1 {
                 direct = start.is_some_and(|t| t.elapsed() < DIRECT_WRITE_BUDGET);
             }
-            direct_writes += u64::from(q.push(&frame, has_video, direct));
+            let pushed = q.push(frames, has_video, direct, scratch);
+            total.frames += pushed.frames;
+            total.sends += pushed.sends;
         }
-        if direct_writes > 0 {
-            c.direct_writes.store(c.direct_writes.load(Ordering::Relaxed) + direct_writes, Ordering::Relaxed);
+        if total.sends > 0 {
+            c.direct_writes.store(c.direct_writes.load(Ordering::Relaxed) + total.frames, Ordering::Relaxed);
+            c.direct_sends.store(c.direct_sends.load(Ordering::Relaxed) + total.sends, Ordering::Relaxed);
         }
     }
 
     /// A frame of publisher `generation`: ignored unless it is the active one; otherwise
-    /// through the timeline (held, dropped, shifted) into the cache and to every
-    /// subscriber.
-    pub(super) fn send(&self, generation: u64, frame: Frame) {
+    /// through the timeline (held, dropped, shifted) and the coalescer (written now or
+    /// with the next batch) into the cache and to every subscriber.
+    pub(super) fn send(self: &Arc<Self>, generation: u64, frame: Frame) {
         let mut p = self.publishing();
         if !p.claim.media(generation, Instant::now()) {
             return;
@@ -486,9 +519,61 @@ impl Stream {
             info!(session_id = %self.session_id, offset_ms = p.timeline.offset(),
                 "stream resumed at the new publisher's first keyframe; its timestamps shifted to follow");
         }
-        for f in p.out.drain(..) {
-            self.push(f);
+        let now = tokio::time::Instant::now();
+        let mut out = std::mem::take(&mut p.out);
+        for f in out.drain(..) {
+            match p.coalescer.offer(f, now) {
+                Offer::Hold { armed: false, .. } => {}
+                // A new deadline: the timer hears of it (without one, nothing is held).
+                Offer::Hold { armed: true, .. } if self.wake_flusher() => {}
+                Offer::Hold { .. } | Offer::Flush => self.write_batch(p, now),
+            }
         }
+        p.out = out;
+    }
+
+    /// Fans out the held batch now (taken as written at `now`).
+    fn write_batch(&self, p: &mut Publishing, now: tokio::time::Instant) {
+        p.coalescer.take(now, &mut p.batch);
+        self.push(&p.batch, &mut p.scratch);
+        p.batch.clear();
+    }
+
+    /// Writes whatever is held (a publish ending or changing hands goes out whole first).
+    fn flush(&self, p: &mut Publishing) {
+        if p.coalescer.is_holding() {
+            self.write_batch(p, tokio::time::Instant::now());
+        }
+    }
+
+    /// The flush timer's turn: writes the held batch if it is due at `now`. Returns when
+    /// the next one is due (`None`: nothing held).
+    fn flush_due(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let mut p = self.publishing();
+        let p = &mut *p;
+        match p.coalescer.due() {
+            Some(due) if due <= now => {
+                self.write_batch(p, now);
+                None
+            }
+            due => due,
+        }
+    }
+
+    /// Tells the stream's flush timer of a new deadline, starting it first if need be.
+    /// `false` when there is no runtime to run it on.
+    fn wake_flusher(self: &Arc<Self>) -> bool {
+        let running = *self.flusher.get_or_init(|| match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(flush_when_due(Arc::downgrade(self), self.flush_wake.clone()));
+                true
+            }
+            Err(_) => false,
+        });
+        if running {
+            self.flush_wake.notify_one();
+        }
+        running
     }
 
     fn cache_in_gop(&self, st: &mut State, frame: &Frame) {
@@ -554,6 +639,7 @@ impl Stream {
             max_queued_bytes: subscribers.iter().map(|q| q.queued_bytes()).max().unwrap_or(0),
             peak_queued_bytes: c.peak_queued_bytes.load(Ordering::Relaxed),
             direct_writes: c.direct_writes.load(Ordering::Relaxed),
+            direct_sends: c.direct_sends.load(Ordering::Relaxed),
             grace: c.grace.load(Ordering::Relaxed),
             resumes: c.resumes.load(Ordering::Relaxed),
         }
@@ -701,6 +787,34 @@ impl Drop for Publisher {
                 }
             }
         }
+    }
+}
+
+/// A stream's flush timer: one task per stream (not per player), asleep until a held
+/// batch is due, then writing it to every player. Holds the stream weakly and ends when
+/// it goes.
+async fn flush_when_due(stream: Weak<Stream>, wake: Arc<Notify>) {
+    loop {
+        let due = match stream.upgrade() {
+            Some(stream) => stream.flush_due(tokio::time::Instant::now()),
+            None => return,
+        };
+        match due {
+            Some(due) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => {}
+                    () = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // The flush timer waits on this to notice the stream is gone.
+        self.flush_wake.notify_one();
     }
 }
 

@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io;
+use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -67,6 +67,16 @@ pub trait DirectSink: Send + Sync {
     fn encode(&self, frame: &Frame) -> Bytes;
     /// Writes as much of `buf` as the socket takes now; `WouldBlock` when it takes none.
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Writes as much of `bufs`, in order, as the socket takes now, in one system call
+    /// where the socket allows (a coalesced batch of frames); `WouldBlock` when it takes
+    /// none. By default only the first non-empty buffer (a partial write: the caller
+    /// copes).
+    fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match bufs.iter().find(|b| !b.is_empty()) {
+            Some(b) => self.try_write(b),
+            None => Ok(0),
+        }
+    }
 }
 
 /// Who writes to the subscriber's socket now.
@@ -107,6 +117,21 @@ impl fmt::Debug for Handback {
             .field("unwritten", &self.unwritten.as_ref().map(Bytes::len))
             .finish()
     }
+}
+
+/// What one push did for one subscriber, summed into the stream's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Pushed {
+    /// Frames written whole straight to the socket.
+    pub(super) frames: u64,
+    /// Socket writes (system calls) made for them.
+    pub(super) sends: u64,
+}
+
+/// What a direct write took.
+struct Written {
+    /// Frames written whole (the first ones of the batch).
+    whole: usize,
 }
 
 #[derive(Debug)]
@@ -285,80 +310,110 @@ impl Queue {
         self.set_bytes(&mut st, 0);
     }
 
-    /// Queues `frame`, or with `direct` allowed and the publisher holding the writer
-    /// role, writes it to the socket at once (then returns `true`). The write is one
-    /// non-blocking `send` under this queue's lock, which is what keeps the two writers
-    /// apart; no stream or hub lock is held.
-    pub(super) fn push(&self, frame: &Frame, has_video: bool, direct: bool) -> bool {
+    /// Queues `frames` (a batch, in publish order), or with `direct` allowed and the
+    /// publisher holding the writer role, writes them to the socket at once, all in one
+    /// system call. The write is a non-blocking `send` under this queue's lock, which is
+    /// what keeps the two writers apart; no stream or hub lock is held. What the socket
+    /// does not take goes to the task: the rest of a frame begun first, then the frames
+    /// not begun, through the queue and its bounds.
+    pub(super) fn push(&self, frames: &[Frame], has_video: bool, direct: bool, scratch: &mut Vec<Bytes>) -> Pushed {
         let mut guard = self.state();
         let st = &mut *guard;
-        if st.phase != Phase::Live {
-            return false;
+        let mut pushed = Pushed::default();
+        if st.phase != Phase::Live || frames.is_empty() {
+            return pushed;
         }
+        let had_work = st.has_work();
+        let mut rest = frames;
         if let Writer::Publisher(sink) = &mut st.writer {
-            let written = direct && Self::write_direct(sink.as_mut(), frame, &mut st.unwritten);
-            if written || st.unwritten.is_some() {
+            if direct {
+                let written = Self::write_direct(sink.as_mut(), frames, &mut st.unwritten, scratch);
+                pushed = Pushed { frames: written.whole as u64, sends: 1 };
+                let begun = written.whole + usize::from(st.unwritten.is_some());
                 // Whole, or begun (the task writes the rest first).
-                self.count_sent(frame.payload().len());
-            }
-            if written {
-                return true;
+                self.count_sent(frames[..begun].iter().map(|f| f.payload().len()).sum());
+                rest = &frames[begun..];
+                if rest.is_empty() && st.unwritten.is_none() {
+                    return pushed;
+                }
             }
             // The socket is full (or failed, which the task's own write will report), or
             // this push may not write: the task takes over from here.
             if let Writer::Publisher(sink) = std::mem::replace(&mut st.writer, Writer::Task) {
                 st.writer = Writer::HandedBack(sink);
             }
-            if st.unwritten.is_some() {
-                drop(guard);
-                self.notify.notify_one();
-                return false;
-            }
         }
+        for frame in rest {
+            self.enqueue(st, frame, has_video);
+        }
+        let wake = !had_work && st.has_work();
+        drop(guard);
+        // A queue with work was already signalled, and the subscriber looks at the queue
+        // before it waits again: one wake-up per batch, not per frame.
+        if wake {
+            self.notify.notify_one();
+        }
+        pushed
+    }
+
+    /// Queues one frame under the bounds: over them, queued media is dropped and the
+    /// queue skips to the next keyframe.
+    fn enqueue(&self, st: &mut QueueState, frame: &Frame, has_video: bool) {
         let is_config = frame.is_sequence_header() || frame.kind() == MediaKind::Data;
         let resumes = if has_video { frame.kind() == MediaKind::Video && frame.is_keyframe() } else { true };
         if st.skipping {
             if resumes {
                 st.skipping = false;
             } else if !is_config {
-                drop(guard);
                 self.count_skips(1);
-                return false;
+                return;
             }
         } else if self.over_limit(st, frame) {
             self.drop_media(st);
             if !resumes {
                 st.skipping = true;
-                drop(guard);
                 self.count_skips(1);
-                return false;
+                return;
             }
         }
         let bytes = st.bytes + frame.payload().len();
         self.set_bytes(st, bytes);
-        let was_empty = st.frames.is_empty();
         st.frames.push_back(frame.clone());
-        drop(guard);
-        // A non-empty queue was already signalled, and the subscriber looks at the queue
-        // before it waits again: one wake-up per batch, not per frame.
-        if was_empty {
-            self.notify.notify_one();
-        }
-        false
     }
 
-    /// Writes `frame` without waiting. `true` when all of it went out; when only part
-    /// did, the rest is left in `unwritten` (and `true` is not returned).
-    fn write_direct(sink: &mut dyn DirectSink, frame: &Frame, unwritten: &mut Option<Bytes>) -> bool {
-        let bytes = sink.encode(frame);
-        match sink.try_write(&bytes) {
-            Ok(n) if n >= bytes.len() => true,
-            Ok(n) if n > 0 => {
-                *unwritten = Some(bytes.slice(n..));
-                false
+    /// Writes `frames` without waiting, in one call. When the socket takes only part, the
+    /// rest of the frame it stopped in is left in `unwritten`.
+    fn write_direct(
+        sink: &mut dyn DirectSink,
+        frames: &[Frame],
+        unwritten: &mut Option<Bytes>,
+        scratch: &mut Vec<Bytes>,
+    ) -> Written {
+        scratch.clear();
+        scratch.extend(frames.iter().map(|f| sink.encode(f)));
+        let result = match scratch.as_slice() {
+            // One buffer: plain send(2), cheaper than sendmsg(2) with an iovec.
+            [one] => sink.try_write(one),
+            many => {
+                let slices: Vec<IoSlice<'_>> = many.iter().map(|b| IoSlice::new(b)).collect();
+                sink.try_write_vectored(&slices)
             }
-            _ => false,
+        };
+        let mut left = result.unwrap_or(0);
+        let mut whole = 0;
+        for bytes in scratch.drain(..) {
+            if left >= bytes.len() {
+                left -= bytes.len();
+                whole += 1;
+            } else {
+                if left > 0 {
+                    *unwritten = Some(bytes.slice(left..));
+                }
+                break;
+            }
         }
+        scratch.clear();
+        Written { whole }
     }
 
     fn over_limit(&self, st: &QueueState, frame: &Frame) -> bool {

@@ -175,6 +175,9 @@ pub trait SessionWriter: AsyncWrite + Unpin + Send {
 pub trait TryWrite: Send + Sync {
     /// Writes as much of `buf` as fits now; `WouldBlock` when nothing does.
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Writes as much of `bufs`, in order, as fits now, in one system call;
+    /// `WouldBlock` when nothing does.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> SessionWriter for tokio::io::WriteHalf<S> {}
@@ -317,6 +320,10 @@ impl DirectSink for PlayerSink {
 
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.socket.try_write(buf)
+    }
+
+    fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.socket.try_write_vectored(bufs)
     }
 }
 

@@ -173,6 +173,10 @@ impl TryWrite for OwnedWriteHalf {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         OwnedWriteHalf::try_write(self, buf)
     }
+
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        OwnedWriteHalf::try_write_vectored(self, bufs)
+    }
 }
 
 impl SessionWriter for TcpWriter {
