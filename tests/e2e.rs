@@ -324,8 +324,19 @@ fn synth_frame(i: usize) -> Bytes {
     SYNTH.frame(i as u64, 0)
 }
 
-/// A player that reads everything, checking each video message against what was sent and
-/// publishing its count to `progress`. Ends with the count when the stream ends.
+/// The audio frame the paced publisher sends after video frame `i`: small, so the relay
+/// holds it and writes it with the next video frame in one write (`write_coalesce_ms`);
+/// its bytes carry `i`, so its order is checked too.
+fn synth_audio(i: usize) -> Bytes {
+    let mut b = BytesMut::from(&[0xAF, 0x01][..]);
+    b.extend_from_slice(&(i as u32).to_be_bytes());
+    b.resize(64, 0x5A);
+    b.freeze()
+}
+
+/// A player that reads everything, checking each video message against what was sent
+/// (and each audio frame's order), publishing its video count to `progress`. Ends with
+/// the count when the stream ends.
 fn spawn_normal_player(
     url: StreamUrl,
     opts: ClientOptions,
@@ -333,9 +344,13 @@ fn spawn_normal_player(
 ) -> tokio::task::JoinHandle<anyhow::Result<usize>> {
     tokio::spawn(async move {
         let mut client = RtmpClient::connect(&url, ClientMode::Play, &opts).await?;
-        let mut n = 0usize;
+        let (mut n, mut audio) = (0usize, 0usize);
         loop {
             match client.read_event().await? {
+                Some(ClientEvent::Media { kind: MediaKind::Audio, payload, .. }) => {
+                    ensure!(payload == synth_audio(audio), "audio frame {audio} is not the one sent");
+                    audio += 1;
+                }
                 Some(ClientEvent::Media { kind: MediaKind::Video, timestamp, payload }) => {
                     let (want, want_ts) = match n {
                         0 => (synth_header(), 0),
@@ -349,7 +364,10 @@ fn spawn_normal_player(
                     n += 1;
                     let _ = progress.send(n);
                 }
-                Some(ClientEvent::StreamEnded) | None => return anyhow::Ok(n),
+                Some(ClientEvent::StreamEnded) | None => {
+                    ensure!(audio == SYNTH_FRAMES, "got {audio} of {SYNTH_FRAMES} audio frames");
+                    return anyhow::Ok(n);
+                }
                 Some(_) => {}
             }
         }
@@ -370,6 +388,7 @@ async fn publish_synth_paced(
         // `seen` counts the header too: frame i - WINDOW must have arrived.
         seen.wait_for(|n| *n + WINDOW > i).await.context("the normal player stopped early")?;
         publisher.send_media(MediaKind::Video, i as u32 * 33, synth_frame(i)).await?;
+        publisher.send_media(MediaKind::Audio, i as u32 * 33 + 10, synth_audio(i)).await?;
     }
     Ok(publisher)
 }

@@ -54,6 +54,9 @@ pub(super) struct StreamJson {
     bytes_out: u64,
     frames: u64,
     skipped: u64,
+    /// How the players were written: frames written straight to their sockets and the
+    /// socket writes that took (fewer when frames were coalesced), summed over players.
+    writes: WritesJson,
     gop_cache: GopJson,
     #[serde(skip_serializing_if = "Option::is_none")]
     players: Option<Vec<PlayerJson>>,
@@ -64,6 +67,13 @@ pub(super) struct StreamJson {
     pull: Option<Option<PullState>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     allocation: Option<Option<AllocationJson>>,
+}
+
+/// A stream's socket writes to its players (`write_coalesce_ms`).
+#[derive(Debug, Serialize)]
+pub(super) struct WritesJson {
+    direct_frames: u64,
+    direct_sends: u64,
 }
 
 /// The cached GOP.
@@ -133,6 +143,7 @@ impl StreamJson {
             bytes_out: s.bytes_out,
             frames: s.stats.frames,
             skipped: s.stats.skipped,
+            writes: WritesJson { direct_frames: s.stats.direct_writes, direct_sends: s.stats.direct_sends },
             gop_cache: GopJson { frames: s.stats.gop_frames, bytes: s.gop_bytes },
             players: None,
             forward: None,

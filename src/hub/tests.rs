@@ -221,6 +221,23 @@ impl DirectSink for Arc<MemSink> {
         self.written.lock().unwrap().extend_from_slice(&buf[..n]);
         Ok(n)
     }
+
+    fn try_write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let mut total = 0;
+        for b in bufs {
+            match self.try_write(b) {
+                Ok(n) => total += n,
+                Err(_) => break,
+            }
+            if *self.room.lock().unwrap() == 0 {
+                break;
+            }
+        }
+        if total == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(total)
+    }
 }
 
 /// Hands `sink` (a box of another handle to it) to the publisher.
@@ -951,4 +968,185 @@ fn snapshots_show_peers_bytes_and_codecs_and_end_tokens_reach_the_sessions() {
     assert_eq!(hub.stream_info("live/a").unwrap().bytes_out, 9 + 4 + 100 + 50);
     p.finish();
     assert!(!hub.end_publisher("live/a"));
+}
+
+fn coalescing_hub(window_ms: u64) -> Hub {
+    Hub::new(HubConfig { write_coalesce: Duration::from_millis(window_ms), ..HubConfig::default() })
+}
+
+fn payloads(frames: &[&Frame]) -> Vec<u8> {
+    frames.iter().flat_map(|f| f.payload().to_vec()).collect()
+}
+
+/// Time is paused: the flush timer fires exactly when due, and `sleep` moves the clock.
+#[tokio::test(start_paused = true)]
+async fn a_busy_stream_is_written_in_batches_within_the_window() {
+    let hub = coalescing_hub(40);
+    let (mut p, sub) = live_subscriber(&hub);
+    let sink = MemSink::with_room(usize::MAX);
+    assert!(hand(&sub, &sink));
+    let (a0, a1, a2) = (audio(0), audio(10), audio(20));
+
+    p.send(a0.clone());
+    assert_eq!(sink.written(), payloads(&[&a0]), "an idle player's first frame goes at once");
+    p.send(a1.clone());
+    p.send(a2.clone());
+    assert_eq!(sink.written(), payloads(&[&a0]), "frames right after a write are held");
+    let stats = hub.stats("live/a").unwrap();
+    assert_eq!((stats.direct_writes, stats.direct_sends), (1, 1));
+
+    tokio::time::sleep(Duration::from_millis(39)).await;
+    assert_eq!(sink.written(), payloads(&[&a0]), "held until the window after the last write");
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert_eq!(sink.written(), payloads(&[&a0, &a1, &a2]), "then written, in order");
+    let stats = hub.stats("live/a").unwrap();
+    assert_eq!((stats.direct_writes, stats.direct_sends), (3, 2), "the two held frames in one write");
+
+    // Within the window of that write, but a batch of a video frame's size: at once, with
+    // the audio held before it.
+    let (a3, v) = (audio(45), video(50, false, 5000));
+    p.send(a3.clone());
+    p.send(v.clone());
+    assert_eq!(sink.written(), payloads(&[&a0, &a1, &a2, &a3, &v]));
+    let stats = hub.stats("live/a").unwrap();
+    assert_eq!((stats.direct_writes, stats.direct_sends), (5, 3));
+    assert!(!wakes(&sub), "the player's task was never needed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_window_writes_every_frame_at_once() {
+    let hub = coalescing_hub(0);
+    let (mut p, sub) = live_subscriber(&hub);
+    let sink = MemSink::with_room(usize::MAX);
+    assert!(hand(&sub, &sink));
+    let frames: Vec<Frame> = (0..10).map(|i| audio(i * 5)).collect();
+    for f in &frames {
+        p.send(f.clone());
+    }
+    assert_eq!(sink.written(), payloads(&frames.iter().collect::<Vec<_>>()));
+    let stats = hub.stats("live/a").unwrap();
+    assert_eq!((stats.direct_writes, stats.direct_sends), (10, 10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_the_socket_takes_in_part_goes_on_in_order_through_the_task() {
+    let hub = coalescing_hub(40);
+    let (mut p, mut sub) = live_subscriber(&hub);
+    let (a0, a1, a2) = (audio(0), video(10, true, 1000), audio(20));
+    // Room for the first frame and half of the second.
+    let sink = MemSink::with_room(a0.payload().len() + 500);
+    assert!(hand(&sub, &sink));
+    p.send(a0.clone());
+    p.send(a1.clone());
+    p.send(a2.clone());
+    assert!(!wakes(&sub), "held: nothing for the task yet");
+    tokio::time::sleep(Duration::from_millis(41)).await;
+    assert!(wakes(&sub), "the socket filled: the task takes over");
+    let back = sub.take_writer();
+    assert!(back.sink.is_some());
+    let mut rest = sink.written();
+    rest.extend(back.unwritten.expect("the rest of the frame begun").to_vec());
+    let mut queued = Vec::new();
+    sub.drain_into(&mut queued, usize::MAX);
+    rest.extend(queued.iter().flat_map(|f| f.payload().to_vec()));
+    assert_eq!(rest, payloads(&[&a0, &a1, &a2]), "every byte once, in order");
+}
+
+#[tokio::test(start_paused = true)]
+async fn held_frames_go_out_before_the_stream_ends() {
+    let hub = coalescing_hub(40);
+    let (mut p, mut sub) = live_subscriber(&hub);
+    let (a0, a1) = (audio(0), audio(10));
+    p.send(a0.clone());
+    p.send(a1.clone());
+    p.finish();
+    let got: Vec<u32> = std::iter::from_fn(|| {
+        let mut out = Vec::new();
+        sub.drain_into(&mut out, usize::MAX);
+        (!out.is_empty()).then_some(out)
+    })
+    .flatten()
+    .map(|f| f.timestamp())
+    .collect();
+    assert_eq!(got, [0, 10], "the held frame was not lost with the publish");
+    assert!(!sub.ready().await, "then the end");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_joiner_during_a_hold_gets_each_frame_once() {
+    let hub = coalescing_hub(40);
+    let mut p = hub.publish("live/a").unwrap();
+    let early = hub.subscribe("live/a");
+    let sink = MemSink::with_room(usize::MAX);
+    assert!(hand(&early, &sink));
+    let (h, k, a1) = (video_header(), video(0, true, 100), audio(10));
+    p.send(h.clone());
+    p.send(k.clone());
+    p.send(a1.clone());
+    // Joins while `k` and `a1` are held: the cache has the header, the held batch
+    // brings the rest (the cache is updated as a batch is written, not before).
+    let mut late = hub.subscribe("live/a");
+    tokio::time::sleep(Duration::from_millis(41)).await;
+    assert_eq!(drain_timestamps(&mut late), [0, 0, 10], "header, keyframe, then the held frame, once each");
+    assert_eq!(sink.written(), payloads(&[&h, &k, &a1]));
+}
+
+/// The regression guard of `write_coalesce_ms` (bench/RESULTS.md, "Write coalescing"):
+/// `qrelay bench`'s default stream (3 Mbit/s H.264 at 30 fps and AAC, about 73 frames a
+/// second) costs a player that keeps up about one write per video frame, not one per
+/// frame, and no frame waits longer than the window. Counted in paused (virtual) time by
+/// the hub's own statistics, not timed.
+#[tokio::test(start_paused = true)]
+async fn the_bench_stream_costs_a_write_per_video_frame_and_waits_at_most_the_window() {
+    use qrelay_bench::synth::{self, Next, Schedule, VideoPlan};
+    const PLAYERS: u64 = 4;
+    let window = Duration::from_millis(40);
+    let hub = coalescing_hub(40);
+    let mut p = hub.publish("live/a").unwrap();
+    let players: Vec<(Subscriber, Arc<MemSink>)> = (0..PLAYERS)
+        .map(|_| {
+            let sub = hub.subscribe("live/a");
+            let sink = MemSink::with_room(usize::MAX);
+            assert!(hand(&sub, &sink));
+            (sub, sink)
+        })
+        .collect();
+    let plan = VideoPlan::new(3_000_000, 30, Duration::from_secs(2));
+    let start = tokio::time::Instant::now();
+    // (when sent, bytes sent up to and including it)
+    let mut sent: Vec<(tokio::time::Instant, usize)> = Vec::new();
+    let (mut total, mut video) = (0usize, 0u64);
+    for (due, next) in Schedule::new(plan, true).take_while(|(due, _)| *due < Duration::from_secs(4)) {
+        tokio::time::sleep_until(start + due).await;
+        let now = tokio::time::Instant::now();
+        // Everything sent a window (and the timer's millisecond) ago is out by now.
+        let out = sent.iter().rev().find(|(at, _)| *at + window + Duration::from_millis(1) <= now);
+        if let Some((_, bytes)) = out {
+            for (_, sink) in &players {
+                assert!(sink.written.lock().unwrap().len() >= *bytes, "a frame was held past the window");
+            }
+        }
+        let frame = match next {
+            Next::Video(n) => {
+                video += 1;
+                Frame::new(MediaKind::Video, plan.timestamp_ms(n), plan.frame(n, 0))
+            }
+            Next::Audio(n) => Frame::new(MediaKind::Audio, synth::audio_timestamp_ms(n), synth::audio_frame()),
+        };
+        total += frame.payload().len();
+        sent.push((now, total));
+        p.send(frame);
+    }
+    tokio::time::sleep(window * 2).await;
+    let stats = hub.stats("live/a").unwrap();
+    let frames = sent.len() as u64;
+    assert_eq!(stats.direct_writes, frames * PLAYERS, "every frame written directly");
+    let sends = stats.direct_sends / PLAYERS;
+    assert!(
+        sends <= video + 2 && sends * 2 < frames,
+        "{sends} writes per player for {frames} frames ({video} video): coalescing regressed"
+    );
+    for (_, sink) in &players {
+        assert_eq!(sink.written.lock().unwrap().len(), total);
+    }
 }
