@@ -63,7 +63,9 @@ async fn fan_out(window_ms: u64) -> anyhow::Result<StreamStats> {
                 let mut got = Sent::new();
                 loop {
                     match client.read_event().await? {
-                        Some(ClientEvent::Media { kind, timestamp, payload }) => got.push((kind, timestamp, payload)),
+                        Some(ClientEvent::Media { kind, timestamp, payload }) => {
+                            got.push((kind, timestamp, payload))
+                        }
                         Some(ClientEvent::StreamEnded) | None => return anyhow::Ok(got),
                         Some(_) => {}
                     }

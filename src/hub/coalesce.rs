@@ -10,10 +10,12 @@
 //! - a frame that finds the players idle (nothing written for `window`) goes out at once;
 //! - otherwise it is held, and goes out with whatever follows it in one write per player,
 //!   at most `window` after the previous write;
-//! - a batch that reaches [`FLUSH_BYTES`] (a video frame at any usual bitrate) goes out
-//!   at once with whatever it carries: a write that large already amortises its cost, so
-//!   holding it would add delay for nothing. So audio rides with the next video frame and
-//!   video is not delayed at all.
+//! - a batch that reaches `flush_bytes` (4 KiB by default: a video frame at any usual
+//!   bitrate) goes out at once with whatever it carries: a write that large already
+//!   amortises much of its cost, so holding it would add delay for little. So audio
+//!   rides with the next video frame and video is not delayed at all. A larger
+//!   `flush_bytes` holds video too, for fewer writes still at up to `window` of added
+//!   latency (SRS's merged writes hold everything for 350 ms).
 //!
 //! Sans-IO: time is passed in. The stream owns one [`Coalescer`] under its publishing
 //! lock and one timer task that flushes a held batch when it is due.
@@ -23,9 +25,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::media::frame::Frame;
-
-/// A held batch of this many payload bytes is written at once.
-pub(super) const FLUSH_BYTES: usize = 4 * 1024;
 
 /// What to do with a frame just offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +46,8 @@ pub(super) enum Offer {
 pub(super) struct Coalescer {
     /// Longest a frame is held; zero writes every frame at once.
     window: Duration,
+    /// A held batch of this many payload bytes is written at once.
+    flush_bytes: usize,
     pending: Vec<Frame>,
     pending_bytes: usize,
     /// When the players were last written (the last batch taken).
@@ -54,8 +55,8 @@ pub(super) struct Coalescer {
 }
 
 impl Coalescer {
-    pub(super) fn new(window: Duration) -> Self {
-        Self { window, ..Self::default() }
+    pub(super) fn new(window: Duration, flush_bytes: usize) -> Self {
+        Self { window, flush_bytes, ..Self::default() }
     }
 
     /// Adds `frame` to the batch and says whether the batch goes out now.
@@ -64,7 +65,7 @@ impl Coalescer {
         self.pending_bytes += frame.payload().len();
         self.pending.push(frame);
         match self.last_write {
-            Some(t) if t + self.window > now && self.pending_bytes < FLUSH_BYTES => {
+            Some(t) if t + self.window > now && self.pending_bytes < self.flush_bytes => {
                 Offer::Hold { due: t + self.window, armed }
             }
             // Idle (or never written), zero window, or a batch large enough.
@@ -109,6 +110,18 @@ mod tests {
         Frame::new(MediaKind::Video, ts, Bytes::from(p))
     }
 
+    const FLUSH_BYTES: usize = 4096;
+
+    #[test]
+    fn a_large_flush_size_holds_video_too() {
+        let t0 = Instant::now();
+        let mut c = Coalescer::new(ms(350), usize::MAX);
+        let mut out = Vec::new();
+        c.offer(audio(0), t0);
+        c.take(t0, &mut out);
+        assert_eq!(c.offer(video(33, 100_000), t0 + ms(33)), Offer::Hold { due: t0 + ms(350), armed: true });
+    }
+
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
@@ -116,7 +129,7 @@ mod tests {
     #[test]
     fn idle_players_get_a_frame_at_once_busy_ones_within_the_window() {
         let t0 = Instant::now();
-        let mut c = Coalescer::new(ms(40));
+        let mut c = Coalescer::new(ms(40), FLUSH_BYTES);
         let mut out = Vec::new();
         assert_eq!(c.offer(audio(0), t0), Offer::Flush, "first frame: idle");
         c.take(t0, &mut out);
@@ -133,7 +146,7 @@ mod tests {
     #[test]
     fn a_large_batch_goes_at_once_with_what_it_carries() {
         let t0 = Instant::now();
-        let mut c = Coalescer::new(ms(40));
+        let mut c = Coalescer::new(ms(40), FLUSH_BYTES);
         let mut out = Vec::new();
         c.offer(audio(0), t0);
         c.take(t0, &mut out);
@@ -148,7 +161,7 @@ mod tests {
     #[test]
     fn zero_window_writes_every_frame() {
         let t0 = Instant::now();
-        let mut c = Coalescer::new(Duration::ZERO);
+        let mut c = Coalescer::new(Duration::ZERO, FLUSH_BYTES);
         let mut out = Vec::new();
         for i in 0..5 {
             assert_eq!(c.offer(audio(i), t0), Offer::Flush);

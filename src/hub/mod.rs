@@ -68,6 +68,9 @@ pub struct HubConfig {
     /// default here (a hub built alone, in tests, writes at once); the relay's
     /// configuration sets it (`write_coalesce_ms`).
     pub write_coalesce: Duration,
+    /// A held batch of this many payload bytes is written at once (so video, larger
+    /// than this, is not held); larger holds video too.
+    pub write_coalesce_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -80,6 +83,7 @@ impl Default for HubConfig {
             publisher_grace: Duration::from_secs(5),
             publisher_takeover: Duration::from_secs(2),
             write_coalesce: Duration::ZERO,
+            write_coalesce_bytes: 4096,
         }
     }
 }

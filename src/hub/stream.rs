@@ -169,7 +169,7 @@ impl Stream {
             session_id: session_id.to_owned(),
             config,
             publishing: Mutex::new(Publishing {
-                coalescer: Coalescer::new(config.write_coalesce),
+                coalescer: Coalescer::new(config.write_coalesce, config.write_coalesce_bytes),
                 ..Publishing::default()
             }),
             state: Mutex::default(),

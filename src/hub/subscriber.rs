@@ -316,7 +316,13 @@ impl Queue {
     /// what keeps the two writers apart; no stream or hub lock is held. What the socket
     /// does not take goes to the task: the rest of a frame begun first, then the frames
     /// not begun, through the queue and its bounds.
-    pub(super) fn push(&self, frames: &[Frame], has_video: bool, direct: bool, scratch: &mut Vec<Bytes>) -> Pushed {
+    pub(super) fn push(
+        &self,
+        frames: &[Frame],
+        has_video: bool,
+        direct: bool,
+        scratch: &mut Vec<Bytes>,
+    ) -> Pushed {
         let mut guard = self.state();
         let st = &mut *guard;
         let mut pushed = Pushed::default();

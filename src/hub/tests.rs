@@ -1131,7 +1131,9 @@ async fn the_bench_stream_costs_a_write_per_video_frame_and_waits_at_most_the_wi
                 video += 1;
                 Frame::new(MediaKind::Video, plan.timestamp_ms(n), plan.frame(n, 0))
             }
-            Next::Audio(n) => Frame::new(MediaKind::Audio, synth::audio_timestamp_ms(n), synth::audio_frame()),
+            Next::Audio(n) => {
+                Frame::new(MediaKind::Audio, synth::audio_timestamp_ms(n), synth::audio_frame())
+            }
         };
         total += frame.payload().len();
         sent.push((now, total));
