@@ -744,6 +744,10 @@ mod tests {
         let c = Config::from_toml("quic_congestion = \"cubic\"").unwrap();
         assert_eq!(c.quic_congestion, Congestion::Cubic);
         assert!(Config::from_toml("quic_congestion = \"vegas\"").is_err());
+        assert_eq!(Config::default().quic().redundancy, RedundancyMode::Auto);
+        let c = Config::from_toml("quic_redundancy = \"off\"").unwrap();
+        assert_eq!(c.quic().redundancy, RedundancyMode::Off);
+        assert!(Config::from_toml("quic_redundancy = \"always\"").is_err());
         assert!(Config::from_toml("quic_max_mtu = 1000").is_err());
         assert_eq!(c.chunk_size, 4096);
     }

@@ -180,8 +180,14 @@ impl RoqrLink {
         self.flush().await?;
         let _ = self.command.finish();
         let stats = self.sender.stats();
+        let path = self.conn.stats().path;
+        let copies = self.endpoint.redundancy.stats();
         tracing::info!(
             gops_cancelled = stats.gops_cancelled.load(std::sync::atomic::Ordering::Relaxed),
+            sent_packets = path.sent_packets,
+            lost_packets = path.lost_packets,
+            copies_sent = copies.extra_datagrams,
+            copies_skipped = copies.skipped,
             "RoQR media sent"
         );
         // The server closes once it has read our deleteStream; wait for that, bounded.

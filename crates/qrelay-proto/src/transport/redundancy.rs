@@ -76,6 +76,10 @@ const MAX_HOLD: Duration = Duration::from_secs(300);
 const PROBE_FOR: Duration = Duration::from_secs(5);
 /// After the path queued, or copies did not help, no copies for this long.
 const BLOCK: Duration = Duration::from_secs(10);
+/// After a change of copies, losses are counted only after this long (or four round
+/// trips, if longer): QUIC declares a packet lost up to about a round trip after it was
+/// sent, so the first losses seen after a change belong to packets sent before it.
+const SETTLE: Duration = Duration::from_secs(1);
 /// How often a connection's statistics are read.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 
@@ -142,8 +146,9 @@ pub struct Policy {
     copies: u8,
     last: Option<PathSample>,
     window: VecDeque<Interval>,
-    /// When the current number of copies was chosen: only intervals since count for it.
-    since: Option<Instant>,
+    /// Until when losses still belong to the previous number of copies: only intervals
+    /// after it count for the current one.
+    settled_at: Option<Instant>,
     hold: Duration,
     hold_until: Option<Instant>,
     probe_since: Option<Instant>,
@@ -158,7 +163,7 @@ impl Policy {
             copies: 1,
             last: None,
             window: VecDeque::new(),
-            since: None,
+            settled_at: None,
             hold: BASE_HOLD,
             hold_until: None,
             probe_since: None,
@@ -194,19 +199,19 @@ impl Policy {
         let enough = sent >= MIN_SENT && lost >= MIN_LOST;
         if self.copies > 1 {
             if queueing {
-                return Some(self.stop(now, OffReason::Queueing));
+                return Some(self.stop(now, s.rtt, OffReason::Queueing));
             }
             if sent >= MIN_SENT && rate > INEFFECTIVE_LOSS {
-                return Some(self.stop(now, OffReason::Ineffective));
+                return Some(self.stop(now, s.rtt, OffReason::Ineffective));
             }
             // Through k copies the path's own loss is the k-th root of what gets through.
             let inferred = rate.powf(1.0 / f64::from(self.copies));
             if enough && copies_for(inferred) > self.copies {
-                return Some(self.start(now, inferred));
+                return Some(self.start(now, s.rtt, inferred));
             }
             if self.hold_until.is_some_and(|t| now >= t) {
                 self.copies = 1;
-                self.since = Some(now);
+                self.settle(now, s.rtt);
                 self.probe_since = Some(now);
                 return Some(Decision::Off(OffReason::Probe));
             }
@@ -216,7 +221,7 @@ impl Policy {
             return None;
         }
         if enough && rate >= ON_LOSS {
-            return Some(self.start(now, rate));
+            return Some(self.start(now, s.rtt, rate));
         }
         if self.probe_since.is_some_and(|t| now.duration_since(t) >= PROBE_FOR) {
             // The probe saw no loss worth copies: the path got better.
@@ -226,28 +231,32 @@ impl Policy {
         None
     }
 
-    /// Packets sent and lost since the current number of copies was chosen, in the window.
+    /// Packets sent and lost with the current number of copies (once settled), in the window.
     fn current_totals(&self) -> (u64, u64) {
         self.window
             .iter()
-            .filter(|i| i.copies == self.copies && self.since.is_none_or(|t| i.at > t))
+            .filter(|i| i.copies == self.copies && self.settled_at.is_none_or(|t| i.at > t))
             .fold((0, 0), |(s, l), i| (s + i.sent, l + i.lost))
     }
 
-    fn start(&mut self, now: Instant, loss: f64) -> Decision {
+    fn settle(&mut self, now: Instant, rtt: Duration) {
+        self.settled_at = Some(now + SETTLE.max(rtt * 4));
+    }
+
+    fn start(&mut self, now: Instant, rtt: Duration, loss: f64) -> Decision {
         if self.probe_since.take().is_some() {
             // The probe found the loss still there: probe less often.
             self.hold = (self.hold * 2).min(MAX_HOLD);
         }
         self.copies = copies_for(loss);
-        self.since = Some(now);
+        self.settle(now, rtt);
         self.hold_until = Some(now + self.hold);
         Decision::On { copies: self.copies, loss }
     }
 
-    fn stop(&mut self, now: Instant, why: OffReason) -> Decision {
+    fn stop(&mut self, now: Instant, rtt: Duration, why: OffReason) -> Decision {
         self.copies = 1;
-        self.since = Some(now);
+        self.settle(now, rtt);
         self.probe_since = None;
         self.hold = BASE_HOLD;
         self.blocked_until = Some(now + BLOCK);
@@ -270,6 +279,7 @@ struct Shared {
     redundant: AtomicUsize,
     extra_datagrams: AtomicU64,
     extra_bytes: AtomicU64,
+    skipped: AtomicU64,
 }
 
 impl Shared {
@@ -307,6 +317,8 @@ pub struct RedundancyStats {
     pub extra_bytes: u64,
     /// Destinations receiving copies now.
     pub redundant_paths: usize,
+    /// Copies not sent because the socket's send buffer was full.
+    pub skipped: u64,
 }
 
 impl Redundancy {
@@ -354,6 +366,16 @@ impl Redundancy {
                     rtt: p.rtt,
                     min_rtt: p.min_rtt,
                 };
+                tracing::debug!(
+                    %peer,
+                    sent = sample.sent_packets,
+                    lost = sample.lost_packets,
+                    rtt_ms = sample.rtt.as_secs_f64() * 1e3,
+                    copies = policy.copies(),
+                    copies_sent = shared.extra_datagrams.load(Ordering::Relaxed),
+                    copies_skipped = shared.skipped.load(Ordering::Relaxed),
+                    "path sample"
+                );
                 match policy.on_sample(Instant::now(), sample) {
                     Some(Decision::On { copies, loss }) => {
                         tracing::info!(%peer, copies, loss_pct = loss * 100.0, "lossy path: sending redundant copies");
@@ -373,6 +395,7 @@ impl Redundancy {
             extra_datagrams: self.shared.extra_datagrams.load(Ordering::Relaxed),
             extra_bytes: self.shared.extra_bytes.load(Ordering::Relaxed),
             redundant_paths: self.shared.redundant.load(Ordering::Relaxed),
+            skipped: self.shared.skipped.load(Ordering::Relaxed),
         }
     }
 }
@@ -390,17 +413,36 @@ impl AsyncUdpSocket for RedundantSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        self.inner.try_send(transmit)?;
-        for _ in 1..self.shared.copies_to(transmit.destination) {
-            // Best effort: a copy the socket buffer has no room for is simply not sent.
-            if self.inner.try_send(transmit).is_err() {
-                break;
+        let copies = self.shared.copies_to(transmit.destination);
+        if copies <= 1 {
+            return self.inner.try_send(transmit);
+        }
+        // Each packet right before its copies: the receiver must never see a later packet
+        // while a copy of an earlier one is still to come, or it acknowledges across the
+        // gap at once and the sender declares the packet lost (and resends it) although a
+        // copy arrives a moment later. So a GSO batch is split into single datagrams.
+        let len = transmit.contents.len();
+        let segment = transmit.segment_size.unwrap_or(len).max(1);
+        for datagram in transmit.contents.chunks(segment) {
+            let one = Transmit {
+                destination: transmit.destination,
+                ecn: transmit.ecn,
+                contents: datagram,
+                segment_size: None,
+                src_ip: transmit.src_ip,
+            };
+            // On a full socket buffer quinn retries the whole transmit when writable; if
+            // part of it went out already, the receiver drops those packets as duplicates.
+            self.inner.try_send(&one)?;
+            for sent in 1..copies {
+                // Best effort: a copy the socket buffer has no room for is not sent.
+                if self.inner.try_send(&one).is_err() {
+                    self.shared.skipped.fetch_add(u64::from(copies - sent), Ordering::Relaxed);
+                    break;
+                }
+                self.shared.extra_datagrams.fetch_add(1, Ordering::Relaxed);
+                self.shared.extra_bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
             }
-            // A GSO transmit is several datagrams of `segment_size` (the last one shorter).
-            let len = transmit.contents.len();
-            let datagrams = len.div_ceil(transmit.segment_size.unwrap_or(len).max(1));
-            self.shared.extra_datagrams.fetch_add(datagrams as u64, Ordering::Relaxed);
-            self.shared.extra_bytes.fetch_add(transmit.contents.len() as u64, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -563,6 +605,18 @@ mod tests {
         // 0.67 % through two copies: the path loses ~8 %, three copies are needed.
         let d = p.run(Duration::from_secs(2), |c| if c == 2 { 1 } else { 0 });
         assert!(matches!(d[..], [Decision::On { copies: 3, .. }]), "{d:?}");
+    }
+
+    #[test]
+    fn losses_of_packets_sent_before_a_change_do_not_count_after_it() {
+        let mut p = Path::new(RedundancyMode::Auto);
+        assert!(matches!(p.step(8), Some(Decision::On { copies: 3, .. })));
+        // QUIC still declares lost what it sent without copies, up to a round trip late...
+        assert_eq!(p.step(8), None);
+        assert_eq!(p.step(8), None);
+        // ...then the path is quiet through the copies, and they stay.
+        assert!(p.run(Duration::from_secs(10), |_| 0).is_empty());
+        assert_eq!(p.policy.copies(), 3);
     }
 
     #[test]
