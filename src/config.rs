@@ -81,16 +81,13 @@ pub struct Config {
     /// Longest the relay holds a frame to write it to a stream's players together with
     /// the frames that follow, one write per player instead of one per frame (much less
     /// CPU per delivered byte). A frame that finds the players idle goes at once, and a
-    /// batch of `write_coalesce_bytes` or more (a video frame) goes at once with what it
-    /// carries: in practice audio rides with the next video frame and video is not
-    /// delayed. 0 writes every frame at once. At most 1000.
+    /// video frame goes at once with the audio held before it: audio rides with the next
+    /// video frame and video is not delayed. 0 writes every frame at once. At most 1000.
     #[arg(long, env = "QRELAY_WRITE_COALESCE_MS", default_value_t = Config::default().write_coalesce_ms)]
     pub write_coalesce_ms: u64,
-    /// A batch of held frames this large (payload bytes) is written at once, with the
-    /// frames it carries. The default (4096) is smaller than any video frame at a usual
-    /// bitrate, so video is never held; raising it (e.g. to 16777216) holds video too, for
-    /// fewer writes and less CPU at up to `write_coalesce_ms` of added latency (as SRS's
-    /// 350 ms merged writes).
+    /// A batch of held audio (and metadata) frames this large, in payload bytes, is
+    /// written at once. Video is never held: a video frame goes at once with the audio
+    /// held before it.
     #[arg(long, env = "QRELAY_WRITE_COALESCE_BYTES", default_value_t = Config::default().write_coalesce_bytes)]
     pub write_coalesce_bytes: usize,
     /// QUIC congestion controller, server and client side. BBR by default: loss-based
@@ -757,9 +754,9 @@ mod tests {
 
     #[test]
     fn write_coalescing_is_bounded() {
-        let c = Config::from_toml("write_coalesce_ms = 350\nwrite_coalesce_bytes = 16777216\n").unwrap();
+        let c = Config::from_toml("write_coalesce_ms = 350\nwrite_coalesce_bytes = 16384\n").unwrap();
         let hub = c.hub();
-        assert_eq!((hub.write_coalesce, hub.write_coalesce_bytes), (Duration::from_millis(350), 16_777_216));
+        assert_eq!((hub.write_coalesce, hub.write_coalesce_bytes), (Duration::from_millis(350), 16_384));
         assert_eq!(Config::default().hub().write_coalesce, Duration::from_millis(40));
         assert!(Config::from_toml("write_coalesce_ms = 1001").is_err(), "the added delay is bounded");
     }

@@ -660,7 +660,14 @@ async fn publish_through_loss(
         publisher.send_media(MediaKind::Video, seq * 20, LOSSY_PLAN.frame(u64::from(seq), 0)).await?;
         if seq % 25 == 0 {
             if let Some((st, r)) = publisher.quic_stats() {
-                println!("DBG seq {seq} sent {} lost {} extra {} rtt {:?} min {:?}", st.path.sent_packets, st.path.lost_packets, r.extra_datagrams, st.path.rtt, st.path.min_rtt);
+                println!(
+                    "DBG seq {seq} sent {} lost {} extra {} rtt {:?} min {:?}",
+                    st.path.sent_packets,
+                    st.path.lost_packets,
+                    r.extra_datagrams,
+                    st.path.rtt,
+                    st.path.min_rtt
+                );
             }
         }
     }

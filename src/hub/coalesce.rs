@@ -62,10 +62,14 @@ impl Coalescer {
     /// Adds `frame` to the batch and says whether the batch goes out now.
     pub(super) fn offer(&mut self, frame: Frame, now: Instant) -> Offer {
         let armed = self.pending.is_empty();
+        // Video goes at once with the audio held before it: a picture is never delayed,
+        // and the frames of two GOPs are never written in the same instant (a RoQR sender
+        // puts a new GOP on a new stream ahead of the old one's tail).
+        let video = frame.kind() == crate::media::frame::MediaKind::Video;
         self.pending_bytes += frame.payload().len();
         self.pending.push(frame);
         match self.last_write {
-            Some(t) if t + self.window > now && self.pending_bytes < self.flush_bytes => {
+            Some(t) if t + self.window > now && !video && self.pending_bytes < self.flush_bytes => {
                 Offer::Hold { due: t + self.window, armed }
             }
             // Idle (or never written), zero window, or a batch large enough.
@@ -113,13 +117,14 @@ mod tests {
     const FLUSH_BYTES: usize = 4096;
 
     #[test]
-    fn a_large_flush_size_holds_video_too() {
+    fn video_goes_at_once_however_small() {
         let t0 = Instant::now();
         let mut c = Coalescer::new(ms(350), usize::MAX);
         let mut out = Vec::new();
         c.offer(audio(0), t0);
         c.take(t0, &mut out);
-        assert_eq!(c.offer(video(33, 100_000), t0 + ms(33)), Offer::Hold { due: t0 + ms(350), armed: true });
+        assert!(matches!(c.offer(audio(10), t0 + ms(10)), Offer::Hold { .. }));
+        assert_eq!(c.offer(video(33, 80), t0 + ms(33)), Offer::Flush);
     }
 
     fn ms(n: u64) -> Duration {

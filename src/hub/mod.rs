@@ -68,8 +68,8 @@ pub struct HubConfig {
     /// default here (a hub built alone, in tests, writes at once); the relay's
     /// configuration sets it (`write_coalesce_ms`).
     pub write_coalesce: Duration,
-    /// A held batch of this many payload bytes is written at once (so video, larger
-    /// than this, is not held); larger holds video too.
+    /// A held batch of this many payload bytes (audio, metadata) is written at once;
+    /// video is never held.
     pub write_coalesce_bytes: usize,
 }
 

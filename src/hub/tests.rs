@@ -1032,7 +1032,9 @@ async fn zero_window_writes_every_frame_at_once() {
 async fn a_batch_the_socket_takes_in_part_goes_on_in_order_through_the_task() {
     let hub = coalescing_hub(40);
     let (mut p, mut sub) = live_subscriber(&hub);
-    let (a0, a1, a2) = (audio(0), video(10, true, 1000), audio(20));
+    let mut big = vec![0xAF, 1];
+    big.resize(1000, 7);
+    let (a0, a1, a2) = (audio(0), Frame::new(MediaKind::Audio, 10, Bytes::from(big)), audio(20));
     // Room for the first frame and half of the second.
     let sink = MemSink::with_room(a0.payload().len() + 500);
     assert!(hand(&sub, &sink));
