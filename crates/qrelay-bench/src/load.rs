@@ -147,7 +147,12 @@ impl Dialer {
         match self {
             Dialer::Quic { pool, .. } => {
                 let s = pool.rx_stats();
-                Some(QuicRx { datagrams: s.datagrams, bytes: s.bytes, ios: s.ios, max_path_mtu: s.max_path_mtu })
+                Some(QuicRx {
+                    datagrams: s.datagrams,
+                    bytes: s.bytes,
+                    ios: s.ios,
+                    max_path_mtu: s.max_path_mtu,
+                })
             }
             _ => None,
         }

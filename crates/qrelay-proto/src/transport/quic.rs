@@ -228,7 +228,8 @@ pub fn client_endpoint_buffered(
     };
     socket.bind(&bind.into())?;
     socket.set_nonblocking(true)?;
-    let mut endpoint = Endpoint::new(endpoint_config(q)?, None, socket.into(), Arc::new(quinn::TokioRuntime))?;
+    let mut endpoint =
+        Endpoint::new(endpoint_config(q)?, None, socket.into(), Arc::new(quinn::TokioRuntime))?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
@@ -277,7 +278,12 @@ mod tests {
             send.finish().unwrap();
             let received = reading.await.unwrap().unwrap();
             let after = server_conn.stats().udp_tx;
-            (server_conn.stats().path.current_mtu, received, after.datagrams - before.datagrams, after.ios - before.ios)
+            (
+                server_conn.stats().path.current_mtu,
+                received,
+                after.datagrams - before.datagrams,
+                after.ios - before.ios,
+            )
         };
         let (mtu, received, datagrams, ios) =
             tokio::time::timeout(Duration::from_secs(10), test).await.expect("transfer timed out");
