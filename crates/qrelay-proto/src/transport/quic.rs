@@ -14,18 +14,16 @@ use super::tls::{self, Identity, Trust, ALPN_ROQR, ALPN_RTMP};
 
 /// Unidirectional streams a peer may have open at once (RoQR media).
 const MAX_UNI_STREAMS: u32 = 32;
-/// The smallest UDP payload QUIC allows (RFC 9000 §14).
-const MIN_UDP_PAYLOAD: u16 = 1200;
-/// The default upper bound of MTU discovery: a jumbo frame. Discovery probes upwards from
-/// 1200 and stops at what the path carries; quinn's socket sets Don't Fragment, so a probe
-/// larger than the local interface's MTU fails at once in `sendmsg` (EMSGSIZE) and costs
-/// nothing on the wire, and on an Ethernet path the search ends near 1472 as before. On
-/// loopback and jumbo-frame paths a video frame then goes out in one or two packets
-/// instead of nine (measured: about 8 % less server CPU per delivered Gbit, half the p99
-/// latency at 300 players). Larger bounds cost memory: quinn keeps a send buffer of up to
-/// ten datagrams per connection (16384 measured 70 KiB per idle connection, 9000 60 KiB,
-/// 1452 54 KiB) and gained no CPU over 9000 (bench/RESULTS.md).
-pub const DEFAULT_MAX_MTU: u16 = 9000;
+/// quinn's default `max_udp_payload_size`: the largest UDP payload of a 1500-byte
+/// Ethernet frame over IPv4. Never announce less.
+const ETHERNET_UDP_PAYLOAD: u16 = 1472;
+/// The default upper bound of MTU discovery: fits a 1500-byte Ethernet path under IPv6.
+/// Raising it (`quic_max_mtu`, e.g. 9000 on jumbo-frame links or loopback) sends a video
+/// frame in far fewer packets: on loopback, 9000 cost about 19 % less server CPU per
+/// delivered Gbit with half the p99 latency, but players joining (a GOP-cache burst)
+/// waited over a second for their first frame at p90 and RoQR players skipped frames
+/// (bench/RESULTS.md), so it is not the default until that is understood.
+pub const DEFAULT_MAX_MTU: u16 = 1452;
 
 /// Why the QUIC side could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +141,7 @@ pub fn transport_config(q: &QuicSettings) -> Result<TransportConfig, QuicError> 
 /// carries far more (loopback, jumbo frames), whatever `max_mtu` says.
 pub fn endpoint_config(q: &QuicSettings) -> Result<EndpointConfig, QuicError> {
     let mut e = EndpointConfig::default();
-    e.max_udp_payload_size(q.max_mtu.max(MIN_UDP_PAYLOAD)).map_err(|_| QuicError::MaxMtu)?;
+    e.max_udp_payload_size(q.max_mtu.max(ETHERNET_UDP_PAYLOAD)).map_err(|_| QuicError::MaxMtu)?;
     Ok(e)
 }
 
@@ -238,7 +236,7 @@ pub fn client_endpoint_buffered(
 mod tests {
     use super::*;
 
-    /// Over loopback, MTU discovery climbs to the configured bound (which needs both ends
+    /// Over loopback, MTU discovery climbs to a raised `max_mtu` (which needs both ends
     /// to announce it as their `max_udp_payload_size`), and the sender hands the kernel
     /// several datagrams per system call (UDP GSO): the two settings that make bulk media
     /// over QUIC cheap, asserted from quinn's own counters.
@@ -246,7 +244,7 @@ mod tests {
     async fn loopback_reaches_the_mtu_bound_and_batches_datagrams() {
         let dir = tempfile::tempdir().unwrap();
         let (id, _) = tls::dev_identity(dir.path()).unwrap();
-        let q = QuicSettings::default();
+        let q = QuicSettings { max_mtu: 9000, ..QuicSettings::default() };
         let server = server_endpoint(UdpSocket::bind("127.0.0.1:0").unwrap(), &id, &q).unwrap();
         let addr = server.local_addr().unwrap();
         let trust = Trust::CaFile(dir.path().join(tls::DEV_CA_FILE));
