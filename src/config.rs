@@ -83,6 +83,12 @@ pub struct Config {
     /// stream at the 0.5–5 % loss of the networks QUIC ingest is for (README, "QUIC on bad networks").
     #[arg(long, env = "QRELAY_QUIC_CONGESTION", default_value_t = Config::default().quic_congestion)]
     pub quic_congestion: Congestion,
+    /// Redundant copies of QUIC datagrams on lossy paths, server and client side. `auto`
+    /// sends each datagram two or three times while the measured loss calls for it and
+    /// the path does not queue, so random loss rarely costs a retransmission (README,
+    /// "QUIC on bad networks"); `off` sends each once.
+    #[arg(long, env = "QRELAY_QUIC_REDUNDANCY", default_value_t = Config::default().quic_redundancy)]
+    pub quic_redundancy: RedundancyMode,
     /// The RTT QUIC assumes before it has measured one. quinn's default (333 ms, the
     /// RFC 9002 value) makes the first loss timers slow; 100 ms suits most ingest paths
     /// and is corrected by the first sample.
@@ -361,6 +367,7 @@ impl Default for Config {
             write_timeout_ms: 30_000,
             tcp_nodelay: true,
             quic_congestion: Congestion::Bbr,
+            quic_redundancy: RedundancyMode::Auto,
             quic_initial_rtt_ms: 100,
             quic_max_mtu: crate::transport::quic::DEFAULT_MAX_MTU,
             max_latency_ms: 1_000,
@@ -397,6 +404,7 @@ const MAX_MS: u64 = 24 * 60 * 60 * 1000;
 
 pub use crate::auth::AuthMode;
 pub use crate::transport::quic::Congestion;
+pub use crate::transport::redundancy::RedundancyMode;
 
 /// Why a configuration was refused. Messages include their cause, which is therefore
 /// never also the `source()`: a `{:#}` chain prints each cause once (a TOML error spans
@@ -698,6 +706,7 @@ impl Config {
             idle_timeout: Duration::from_millis(self.quic_idle_timeout_ms),
             keep_alive: Duration::from_millis(self.quic_keep_alive_ms),
             max_bidi_streams: self.max_quic_streams,
+            redundancy: self.quic_redundancy,
         }
     }
 
@@ -737,6 +746,10 @@ mod tests {
         let c = Config::from_toml("quic_congestion = \"cubic\"").unwrap();
         assert_eq!(c.quic_congestion, Congestion::Cubic);
         assert!(Config::from_toml("quic_congestion = \"vegas\"").is_err());
+        assert_eq!(Config::default().quic().redundancy, RedundancyMode::Auto);
+        let c = Config::from_toml("quic_redundancy = \"off\"").unwrap();
+        assert_eq!(c.quic().redundancy, RedundancyMode::Off);
+        assert!(Config::from_toml("quic_redundancy = \"always\"").is_err());
         assert!(Config::from_toml("quic_max_mtu = 1000").is_err());
         assert_eq!(c.chunk_size, 4096);
     }

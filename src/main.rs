@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use qrelay::client::{self, ClientOptions, PlayOptions, PublishOptions};
-use qrelay::config::Congestion;
+use qrelay::config::{Congestion, RedundancyMode};
 use qrelay::server::Shutdown;
 use qrelay::transport::tls::Trust;
 use qrelay::url::StreamUrl;
@@ -113,6 +113,9 @@ struct TrustArgs {
     /// QUIC congestion controller (bbr, cubic, newreno).
     #[arg(long, default_value_t = Congestion::Bbr)]
     quic_congestion: Congestion,
+    /// Redundant copies of QUIC datagrams while the path loses packets (auto, off).
+    #[arg(long, default_value_t = RedundancyMode::Auto)]
+    quic_redundancy: RedundancyMode,
     /// RoQR: a GOP still unacknowledged this long after it ended is cancelled and sending
     /// resumes at the next keyframe (milliseconds).
     #[arg(long, default_value_t = 1000)]
@@ -128,6 +131,7 @@ impl TrustArgs {
         };
         let mut opts = ClientOptions { trust, ..ClientOptions::default() };
         opts.quic.congestion = self.quic_congestion;
+        opts.quic.redundancy = self.quic_redundancy;
         opts.max_latency = Duration::from_millis(self.max_latency_ms);
         opts
     }

@@ -394,6 +394,9 @@ async fn metrics_report_connections_streams_reasons_quic_and_the_process() -> Re
         at_least(r#"qrelay_quic_cwnd_mean_bytes{class="roqr"}"#, 1200.0)?;
         at_least(r#"qrelay_quic_sent_packets_total{class="roqr"}"#, 10.0)?;
         ensure!(value(&all, r#"qrelay_quic_lost_packets_total{class="quic_tunnel"}"#).is_some());
+        // A clean loopback path: no redundant copies (the lossy case is tests/roqr.rs).
+        ensure!(value(&all, "qrelay_quic_redundant_datagrams_total") == Some(0.0), "{text}");
+        ensure!(value(&all, "qrelay_quic_redundant_paths") == Some(0.0), "{text}");
         at_least("process_resident_memory_bytes", 1_000_000.0)?;
         at_least("process_open_fds", 3.0)?;
         ensure!(value(&all, "process_cpu_seconds_total").is_some(), "{text}");

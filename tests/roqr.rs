@@ -46,7 +46,7 @@ async fn bounded<F: std::future::Future<Output = Result>>(f: F) -> Result {
 // ---------------------------------------------------------------------------------------
 
 struct MiniPeer {
-    _endpoint: quinn::Endpoint,
+    _endpoint: quic::ClientEndpoint,
     conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -62,7 +62,7 @@ impl MiniPeer {
             &Default::default(),
             ALPN_ROQR,
         )?;
-        let conn = timeout(Duration::from_secs(5), endpoint.connect(relay.addr, "localhost")?)
+        let conn = timeout(Duration::from_secs(5), endpoint.connect(relay.addr, "localhost"))
             .await
             .context("QUIC connect timed out")??;
         let (send, recv) = conn.open_bi().await?;
@@ -499,7 +499,7 @@ async fn stream_floods_wait_for_credit_and_silent_peers_are_closed() -> Result {
                 &Default::default(),
                 ALPN_ROQR,
             )?;
-            let silent = endpoint.connect(relay.addr, "localhost")?.await?;
+            let silent = endpoint.connect(relay.addr, "localhost").await?;
             let code = closed_with(&silent, Duration::from_secs(5)).await?;
             ensure!(code == ErrorCode::ExpectationUnmet as u64, "silent peer closed with {code:#x}");
             ensure!(
@@ -553,6 +553,151 @@ async fn a_publisher_that_changes_address_keeps_publishing_without_a_gap() -> Re
         );
         ensure!(checker.max_gap < MAX_GAP, "the player waited {:?} across the move", checker.max_gap);
         println!("moved to {moves:?}; {} frames, max gap {:?}", checker.received, checker.max_gap);
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------
+// Redundant copies on a lossy path
+// ---------------------------------------------------------------------------------------
+
+/// What a [`LossyPath`] saw.
+#[derive(Debug, Default)]
+struct PathCounts {
+    from_client: std::sync::atomic::AtomicU64,
+    dropped: std::sync::atomic::AtomicU64,
+    /// Datagrams byte-for-byte equal to one of the last few: redundant copies on the wire.
+    copies: std::sync::atomic::AtomicU64,
+}
+
+/// A UDP path from one QUIC client to the relay that drops `loss` of the client's
+/// datagrams at random (seeded, independent losses, as the impairment lab's), and
+/// passes everything the relay sends back.
+struct LossyPath {
+    addr: std::net::SocketAddr,
+    counts: std::sync::Arc<PathCounts>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LossyPath {
+    async fn start(relay: std::net::SocketAddr, loss: f64, seed: u64) -> Result<LossyPath> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        back.connect(relay).await?;
+        let addr = front.local_addr()?;
+        let counts = std::sync::Arc::new(PathCounts::default());
+        let c = counts.clone();
+        let task = tokio::spawn(async move {
+            let mut rng = seed.max(1);
+            let mut client = None;
+            let mut recent = std::collections::VecDeque::new();
+            let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+            loop {
+                tokio::select! {
+                    r = front.recv_from(&mut up) => {
+                        let Ok((n, from)) = r else { return };
+                        client = Some(from);
+                        c.from_client.fetch_add(1, Relaxed);
+                        let datagram = Bytes::copy_from_slice(&up[..n]);
+                        if recent.contains(&datagram) {
+                            c.copies.fetch_add(1, Relaxed);
+                        }
+                        recent.push_back(datagram);
+                        if recent.len() > 16 {
+                            recent.pop_front();
+                        }
+                        // xorshift64: the same losses on every run.
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        if (rng % 1_000_000) as f64 / 1e6 < loss {
+                            c.dropped.fetch_add(1, Relaxed);
+                            continue;
+                        }
+                        let _ = back.send(&up[..n]).await;
+                    }
+                    r = back.recv(&mut down) => {
+                        let Ok(n) = r else { return };
+                        if let Some(to) = client {
+                            let _ = front.send_to(&down[..n], to).await;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(LossyPath { addr, counts, task })
+    }
+}
+
+impl Drop for LossyPath {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Publishes 4 s of 3.2 Mbit/s video over RoQR through a path losing 5 % of the
+/// publisher's datagrams; returns the share of packets QUIC declared lost (each one a
+/// retransmission, a frame late by more than a round trip), the copies the publisher
+/// sent and the copies the path saw.
+async fn publish_through_loss(
+    relay: &Relay,
+    mode: qrelay::transport::redundancy::RedundancyMode,
+) -> Result<(f64, u64, u64)> {
+    use std::sync::atomic::Ordering::Relaxed;
+    const LOSSY_PLAN: qrelay_bench::synth::VideoPlan =
+        qrelay_bench::synth::VideoPlan { fps: 50, gop_frames: GOP, key_bytes: 8000, inter_bytes: 8000 };
+    let path = LossyPath::start(relay.addr, 0.05, 7).await?;
+    let mut opts = relay.opts();
+    opts.quic.redundancy = mode;
+    let url = StreamUrl::parse(&format!("rtmp+quic://127.0.0.1:{}/live/lossy-{mode}", path.addr.port()))?;
+    let mut publisher = RtmpClient::connect(&url, ClientMode::Publish, &opts).await?;
+    publisher.send_media(MediaKind::Video, 0, sequence_header()).await?;
+    let mut tick = tokio::time::interval(FRAME_INTERVAL);
+    for seq in 0..200u32 {
+        tick.tick().await;
+        publisher.send_media(MediaKind::Video, seq * 20, LOSSY_PLAN.frame(u64::from(seq), 0)).await?;
+        if seq % 25 == 0 {
+            if let Some((st, r)) = publisher.quic_stats() {
+                println!("DBG seq {seq} sent {} lost {} extra {} rtt {:?} min {:?}", st.path.sent_packets, st.path.lost_packets, r.extra_datagrams, st.path.rtt, st.path.min_rtt);
+            }
+        }
+    }
+    publisher.flush().await?;
+    let (stats, redundancy) = publisher.quic_stats().context("a RoQR publisher has QUIC statistics")?;
+    publisher.finish().await?;
+    let lost = stats.path.lost_packets as f64 / stats.path.sent_packets.max(1) as f64;
+    let dropped =
+        path.counts.dropped.load(Relaxed) as f64 / path.counts.from_client.load(Relaxed).max(1) as f64;
+    println!(
+        "{mode}: path dropped {:.1} % of {} datagrams, QUIC lost {:.2} % of {} packets, {} copies sent, {} seen",
+        dropped * 100.0,
+        path.counts.from_client.load(Relaxed),
+        lost * 100.0,
+        stats.path.sent_packets,
+        redundancy.extra_datagrams,
+        path.counts.copies.load(Relaxed)
+    );
+    ensure!(dropped > 0.04, "the path dropped only {:.1} %", dropped * 100.0);
+    Ok((lost, redundancy.extra_datagrams, path.counts.copies.load(Relaxed)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redundant_copies_hide_random_loss_from_a_roqr_publisher() -> Result {
+    use qrelay::transport::redundancy::RedundancyMode;
+    bounded(async {
+        let relay = start_relay(|_| {}).await?;
+        // Without copies, QUIC sees the path's loss: every lost packet is retransmitted.
+        let (lost, sent, seen) = publish_through_loss(&relay, RedundancyMode::Off).await?;
+        ensure!(sent == 0 && seen == 0, "copies with redundancy off: {sent} sent, {seen} seen");
+        ensure!(lost > 0.03, "without copies QUIC lost only {:.2} %", lost * 100.0);
+        // With them (the default), the publisher measures the loss within half a second
+        // and sends each datagram three times: what QUIC still loses is the first
+        // moments' loss, a fraction of the path's.
+        let (lost, sent, seen) = publish_through_loss(&relay, RedundancyMode::Auto).await?;
+        ensure!(sent > 500 && seen > 500, "too few copies: {sent} sent, {seen} seen on the path");
+        ensure!(lost < 0.02, "with copies QUIC still lost {:.2} % of its packets", lost * 100.0);
         Ok(())
     })
     .await

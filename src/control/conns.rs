@@ -5,8 +5,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
+
+use crate::transport::redundancy::{Redundancy, RedundancyStats};
 
 /// How a connection reached the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,6 +71,7 @@ struct Inner {
     accepted: [AtomicU64; 4],
     quic: Mutex<QuicConns>,
     next_id: AtomicU64,
+    redundancy: OnceLock<Redundancy>,
 }
 
 #[derive(Debug, Default)]
@@ -139,6 +142,16 @@ impl Connections {
         lock(&self.inner.quic).live.insert(id, (kind, conn.clone()));
         guard.quic = Some(id);
         guard
+    }
+
+    /// The QUIC endpoint's redundant sending, for its counters (set once, at bind).
+    pub fn set_redundancy(&self, r: Redundancy) {
+        let _ = self.inner.redundancy.set(r);
+    }
+
+    /// Redundant copies the QUIC endpoint sent (zeros before [`Self::set_redundancy`]).
+    pub fn redundancy_stats(&self) -> RedundancyStats {
+        self.inner.redundancy.get().map(Redundancy::stats).unwrap_or_default()
     }
 
     /// Connections open now.

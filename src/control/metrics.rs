@@ -212,6 +212,26 @@ impl Collector for RelayCollector {
             family(&mut enc, name, help, "class", MetricType::Counter, values)?;
         }
 
+        let r = self.conns.redundancy_stats();
+        single(
+            &mut enc,
+            "qrelay_quic_redundant_datagrams",
+            "Extra copies of QUIC datagrams sent on lossy paths",
+            ConstCounter::new(r.extra_datagrams),
+        )?;
+        single(
+            &mut enc,
+            "qrelay_quic_redundant_bytes",
+            "Bytes of the extra copies of QUIC datagrams",
+            ConstCounter::new(r.extra_bytes),
+        )?;
+        single(
+            &mut enc,
+            "qrelay_quic_redundant_paths",
+            "Peers receiving redundant copies now",
+            gauge(r.redundant_paths as u64),
+        )?;
+
         if let Some(p) = process::read() {
             single(
                 &mut enc,

@@ -36,6 +36,7 @@ use crate::registry::{Embedded, Redis, Registry};
 use crate::relay::pull::{PullSettings, Puller};
 use crate::relay::push::Forwarding;
 use crate::transport::admission::Admission;
+use crate::transport::redundancy::Redundancy;
 use crate::transport::{quic as quic_endpoint, tls};
 use connection::ConnContext;
 
@@ -53,6 +54,7 @@ pub struct Server {
     config: Arc<Config>,
     tcp: TcpListener,
     endpoint: quinn::Endpoint,
+    redundancy: Redundancy,
     tls: TlsAcceptor,
     local_addr: SocketAddr,
     dev_ca: Option<PathBuf>,
@@ -176,7 +178,9 @@ impl Server {
         }
         let (tcp, udp) = bind_pair(config.listen).await?;
         let local_addr = tcp.local_addr()?;
-        let endpoint = quic_endpoint::server_endpoint(udp, &identity, &config.quic())?;
+        let (endpoint, redundancy) = quic_endpoint::server_endpoint(udp, &identity, &config.quic())?;
+        let conns = Connections::default();
+        conns.set_redundancy(redundancy.clone());
         let tls = TlsAcceptor::from(Arc::new(tls::rtmps_server_config(&identity)?));
         if let Some(ca) = &config.relay_ca {
             // A CA file that cannot be used is an error now, not at the first relay link.
@@ -199,6 +203,7 @@ impl Server {
             config: Arc::new(config),
             tcp,
             endpoint,
+            redundancy,
             tls,
             local_addr,
             dev_ca: identity.dev_ca,
@@ -209,7 +214,7 @@ impl Server {
             forwarding,
             http,
             http_addr,
-            conns: Connections::default(),
+            conns,
             allocations: Allocations::default(),
             relays: RelayBoard::default(),
             minter: None,
@@ -334,7 +339,13 @@ impl Server {
             ctx.clone(),
             tasks.clone(),
         ));
-        accept.spawn(quic::accept_loop(self.endpoint.clone(), admission, ctx, tasks.clone()));
+        accept.spawn(quic::accept_loop(
+            self.endpoint.clone(),
+            self.redundancy.clone(),
+            admission,
+            ctx,
+            tasks.clone(),
+        ));
         accept.close();
         // Forwards stop with an immediate shutdown even if this future is dropped first.
         let forwarding = self.forwarding.clone();

@@ -17,11 +17,13 @@ use super::roqr_conn::serve_roqr;
 use crate::control::ConnKind;
 use crate::reason::Reason;
 use crate::transport::admission::Admission;
+use crate::transport::redundancy::Redundancy;
 use crate::transport::tls::{ALPN_ROQR, ALPN_RTMP};
 
 /// Accepts QUIC connections until shutdown.
 pub async fn accept_loop(
     endpoint: Endpoint,
+    redundancy: Redundancy,
     admission: Arc<Admission>,
     ctx: ConnContext,
     tasks: TaskTracker,
@@ -53,6 +55,7 @@ pub async fn accept_loop(
             }
         };
         let ctx = ctx.clone();
+        let redundancy = redundancy.clone();
         let span = info_span!("quic", %peer);
         tasks.spawn(
             async move {
@@ -61,6 +64,7 @@ pub async fn accept_loop(
                     Ok(c) => c,
                     Err(e) => return warn!(error = %e, "QUIC handshake failed"),
                 };
+                redundancy.watch(&conn);
                 let alpn = conn
                     .handshake_data()
                     .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())

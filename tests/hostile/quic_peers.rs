@@ -2,10 +2,10 @@
 
 use super::*;
 
-async fn quic_connect(env: &Env) -> Result<(quinn::Endpoint, quinn::Connection)> {
+async fn quic_connect(env: &Env) -> Result<(quic::ClientEndpoint, quinn::Connection)> {
     let endpoint =
         quic::client_endpoint(env.addr, &Trust::CaFile(env.ca.clone()), &Default::default(), ALPN_RTMP)?;
-    let conn = timeout(Duration::from_secs(5), endpoint.connect(env.addr, "localhost")?)
+    let conn = timeout(Duration::from_secs(5), endpoint.connect(env.addr, "localhost"))
         .await
         .context("QUIC connect timed out")??;
     Ok((endpoint, conn))

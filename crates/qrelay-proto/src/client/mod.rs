@@ -25,7 +25,8 @@ use tokio::time::Instant;
 use crate::media::frame::MediaKind;
 use crate::rtmp::amf0::Amf0Value;
 use crate::rtmp::session::{ClientEvent, ClientMode, ClientSession, SessionConfig, SessionError};
-use crate::transport::quic::QuicSettings;
+use crate::transport::quic::{ClientEndpoint, ConnectFailed, QuicSettings};
+use crate::transport::redundancy::RedundancyStats;
 use crate::transport::{quic, tls};
 use crate::url::{QuicMapping, StreamUrl, Transport};
 
@@ -156,6 +157,14 @@ fn quic_connect_error(error: quinn::ConnectionError) -> ClientError {
     }
 }
 
+/// [`quic_connect_error`] for a connection that may also have failed to start.
+fn quic_connect_failed(error: ConnectFailed) -> ClientError {
+    match error {
+        ConnectFailed::Start(e) => ClientError::QuicConnect(e.to_string()),
+        ConnectFailed::Handshake(e) => quic_connect_error(e),
+    }
+}
+
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
 type Writer = Box<dyn AsyncWrite + Unpin + Send>;
 
@@ -179,7 +188,7 @@ struct ChunkedLink {
     session: ClientSession,
     buf: Vec<u8>,
     /// Keeps the QUIC endpoint and connection alive as long as the session.
-    quic: Option<(quinn::Endpoint, quinn::Connection)>,
+    quic: Option<(ClientEndpoint, quinn::Connection)>,
     /// The session's place on a pooled connection (shared, so never closed by it).
     _lease: Option<Lease>,
 }
@@ -296,7 +305,7 @@ impl RtmpClient {
     fn chunked(
         reader: Reader,
         writer: Writer,
-        quic: Option<(quinn::Endpoint, quinn::Connection)>,
+        quic: Option<(ClientEndpoint, quinn::Connection)>,
         url: &StreamUrl,
         mode: ClientMode,
         opts: &ClientOptions,
@@ -404,10 +413,23 @@ impl RtmpClient {
         match &self.link {
             Link::Roqr(l) => l.rebind(),
             Link::Chunked(l) => match &l.quic {
-                Some((endpoint, _)) => roqr::rebind(endpoint),
+                Some((endpoint, _)) => Ok(endpoint.rebind()?),
                 None => Err(ClientError::Unsupported("only a QUIC session can move to another socket")),
             },
         }
+    }
+
+    /// The QUIC connection's transport statistics and the redundant copies its endpoint
+    /// sent (for a pooled connection: of every session on it); `None` over TCP.
+    pub fn quic_stats(&self) -> Option<(quinn::ConnectionStats, RedundancyStats)> {
+        let (endpoint, conn) = match &self.link {
+            Link::Roqr(l) => l.quic(),
+            Link::Chunked(l) => {
+                let (endpoint, conn) = l.quic.as_ref()?;
+                (endpoint, conn)
+            }
+        };
+        Some((conn.stats(), endpoint.redundancy.stats()))
     }
 
     /// Next event already decoded, without reading.
@@ -447,7 +469,7 @@ impl RtmpClient {
             // Give the server the stream's end before the connection goes.
             let _ = tokio::time::timeout(Duration::from_secs(2), l.reader.read(&mut l.buf)).await;
             conn.close(quinn::VarInt::from_u32(0), b"done");
-            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.endpoint.wait_idle()).await;
         }
         Ok(())
     }
@@ -459,13 +481,9 @@ async fn quic_connect(
     url: &StreamUrl,
     opts: &ClientOptions,
     alpn: &[u8],
-) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
+) -> Result<(ClientEndpoint, quinn::Connection), ClientError> {
     let endpoint = quic::client_endpoint(addr, &opts.trust, &opts.quic, alpn)?;
-    let conn = endpoint
-        .connect(addr, &url.host)
-        .map_err(|e| ClientError::QuicConnect(e.to_string()))?
-        .await
-        .map_err(quic_connect_error)?;
+    let conn = endpoint.connect(addr, &url.host).await.map_err(quic_connect_failed)?;
     Ok((endpoint, conn))
 }
 

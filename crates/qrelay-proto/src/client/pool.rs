@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{quic_connect_error, ClientError, ClientOptions};
+use super::{quic_connect_failed, ClientError, ClientOptions};
 use crate::transport::quic;
 
 /// Which upstream a connection goes to.
@@ -16,7 +16,7 @@ type Upstream = (SocketAddr, String, Vec<u8>);
 
 #[derive(Debug)]
 struct Shared {
-    _endpoint: quinn::Endpoint,
+    _endpoint: quic::ClientEndpoint,
     conn: quinn::Connection,
     sessions: AtomicUsize,
 }
@@ -88,11 +88,7 @@ impl QuicPool {
         }
         let endpoint =
             quic::client_endpoint_buffered(addr, &self.opts.trust, &self.opts.quic, alpn, self.udp_buffer)?;
-        let conn = endpoint
-            .connect(addr, host)
-            .map_err(|e| ClientError::QuicConnect(e.to_string()))?
-            .await
-            .map_err(quic_connect_error)?;
+        let conn = endpoint.connect(addr, host).await.map_err(quic_connect_failed)?;
         let shared =
             Arc::new(Shared { _endpoint: endpoint, conn: conn.clone(), sessions: AtomicUsize::new(1) });
         self.lock().entry(key).or_default().push(shared.clone());

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use quinn::{Connection, Endpoint, SendStream};
+use quinn::{Connection, SendStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -16,6 +16,7 @@ use crate::media::frame::{inspect_audio, inspect_video, MediaKind};
 use crate::rtmp::amf0::Amf0Value;
 use crate::rtmp::roqr::{RoqrLimits, RoqrSession, Verdict};
 use crate::rtmp::session::{ClientCore, ClientEvent, ClientMode, SessionError};
+use crate::transport::quic::ClientEndpoint;
 use crate::transport::roqr::{
     prioritise_commands, spawn_readers, write_commands, Incoming, MediaInfo, MediaMapping, MediaSender,
     ReadLimits, MAPPING_PROPERTY, MAPPING_TRACKS,
@@ -25,7 +26,7 @@ use crate::url::StreamUrl;
 /// One RTMP session over RoQR.
 #[derive(Debug)]
 pub(super) struct RoqrLink {
-    endpoint: Endpoint,
+    endpoint: ClientEndpoint,
     conn: Connection,
     command: SendStream,
     session: RoqrSession<ClientCore>,
@@ -40,7 +41,7 @@ pub(super) struct RoqrLink {
 impl RoqrLink {
     /// Opens the command stream on `conn` and sends `connect` for `url`'s app and key.
     pub(super) async fn open(
-        endpoint: Endpoint,
+        endpoint: ClientEndpoint,
         conn: Connection,
         mode: ClientMode,
         url: &StreamUrl,
@@ -154,7 +155,12 @@ impl RoqrLink {
     /// Moves the connection to a new local UDP socket (a network change: Wi-Fi to
     /// cellular, a NAT rebinding). QUIC migrates the connection; the session goes on.
     pub(super) fn rebind(&self) -> Result<std::net::SocketAddr, ClientError> {
-        rebind(&self.endpoint)
+        Ok(self.endpoint.rebind()?)
+    }
+
+    /// The QUIC endpoint and connection.
+    pub(super) fn quic(&self) -> (&ClientEndpoint, &Connection) {
+        (&self.endpoint, &self.conn)
     }
 
     /// Whether a play was requested and not started yet.
@@ -174,28 +180,22 @@ impl RoqrLink {
         self.flush().await?;
         let _ = self.command.finish();
         let stats = self.sender.stats();
+        let path = self.conn.stats().path;
+        let copies = self.endpoint.redundancy.stats();
         tracing::info!(
             gops_cancelled = stats.gops_cancelled.load(std::sync::atomic::Ordering::Relaxed),
+            sent_packets = path.sent_packets,
+            lost_packets = path.lost_packets,
+            copies_sent = copies.extra_datagrams,
+            copies_skipped = copies.skipped,
             "RoQR media sent"
         );
         // The server closes once it has read our deleteStream; wait for that, bounded.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.closed()).await;
         self.conn.close(quinn::VarInt::from_u32(0), b"done");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.endpoint.wait_idle()).await;
         Ok(())
     }
-}
-
-/// Rebinds `endpoint` to a fresh ephemeral socket of the same address family.
-pub(super) fn rebind(endpoint: &Endpoint) -> Result<std::net::SocketAddr, ClientError> {
-    let old = endpoint.local_addr()?;
-    let any: std::net::SocketAddr = if old.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    endpoint.rebind(std::net::UdpSocket::bind(any)?)?;
-    Ok(endpoint.local_addr()?)
 }
 
 fn roqr_error(e: crate::rtmp::roqr::RoqrError) -> ClientError {

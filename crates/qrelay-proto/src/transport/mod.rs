@@ -5,5 +5,6 @@
 
 pub mod admission;
 pub mod quic;
+pub mod redundancy;
 pub mod roqr;
 pub mod tls;

@@ -10,6 +10,7 @@ use quinn::congestion::{BbrConfig, ControllerFactory, CubicConfig, NewRenoConfig
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 
+use super::redundancy::{Redundancy, RedundancyMode};
 use super::tls::{self, Identity, Trust, ALPN_ROQR, ALPN_RTMP};
 
 /// Unidirectional streams a peer may have open at once (RoQR media).
@@ -90,6 +91,8 @@ pub struct QuicSettings {
     pub keep_alive: Duration,
     /// Bidirectional streams the peer may open at once.
     pub max_bidi_streams: u32,
+    /// Redundant copies of datagrams on lossy paths.
+    pub redundancy: RedundancyMode,
 }
 
 impl Default for QuicSettings {
@@ -101,6 +104,7 @@ impl Default for QuicSettings {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             max_bidi_streams: 16,
+            redundancy: RedundancyMode::Auto,
         }
     }
 }
@@ -154,15 +158,70 @@ pub fn congestion_factory(choice: Congestion) -> Arc<dyn ControllerFactory + Sen
     }
 }
 
-/// The server endpoint on an already bound UDP socket (the same port as TCP).
-pub fn server_endpoint(socket: UdpSocket, id: &Identity, q: &QuicSettings) -> Result<Endpoint, QuicError> {
+/// The server endpoint on an already bound UDP socket (the same port as TCP), and its
+/// redundancy, which the accept loop has watch every connection.
+pub fn server_endpoint(
+    socket: UdpSocket,
+    id: &Identity,
+    q: &QuicSettings,
+) -> Result<(Endpoint, Redundancy), QuicError> {
     let tls = tls::server_config(id, &[ALPN_ROQR, ALPN_RTMP])?;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| QuicError::Crypto(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport_config(q)?));
     socket.set_nonblocking(true)?;
-    let endpoint = Endpoint::new(endpoint_config(q)?, Some(server), socket, Arc::new(quinn::TokioRuntime))?;
-    Ok(endpoint)
+    let redundancy = Redundancy::new(q.redundancy);
+    let endpoint = Endpoint::new_with_abstract_socket(
+        endpoint_config(q)?,
+        Some(server),
+        redundancy.wrap(socket)?,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    Ok((endpoint, redundancy))
+}
+
+/// A client's QUIC endpoint and the redundancy of its socket.
+#[derive(Debug)]
+pub struct ClientEndpoint {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// Its socket's redundant sending; a rebind keeps it.
+    pub redundancy: Redundancy,
+}
+
+impl ClientEndpoint {
+    /// Connects to `addr` (`host` for TLS) and watches the connection for loss.
+    pub async fn connect(&self, addr: SocketAddr, host: &str) -> Result<quinn::Connection, ConnectFailed> {
+        let conn = self.endpoint.connect(addr, host)?.await?;
+        self.redundancy.watch(&conn);
+        Ok(conn)
+    }
+
+    /// Moves the endpoint to a fresh ephemeral socket of the same address family (a
+    /// network change: Wi-Fi to cellular, a NAT rebinding); QUIC migrates its
+    /// connections. Returns the new local address.
+    pub fn rebind(&self) -> std::io::Result<SocketAddr> {
+        let any: SocketAddr = if self.endpoint.local_addr()?.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(any)?;
+        socket.set_nonblocking(true)?;
+        self.endpoint.rebind_abstract(self.redundancy.wrap(socket)?)?;
+        self.endpoint.local_addr()
+    }
+}
+
+/// Why [`ClientEndpoint::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailed {
+    /// The connection could not be started (bad server name, endpoint closing...).
+    #[error(transparent)]
+    Start(#[from] quinn::ConnectError),
+    /// The handshake failed or the connection was lost during it.
+    #[error(transparent)]
+    Handshake(#[from] quinn::ConnectionError),
 }
 
 /// Longest silence from the server a client tolerates, and its keep-alive interval.
@@ -192,7 +251,7 @@ pub fn client_endpoint(
     trust: &Trust,
     q: &QuicSettings,
     alpn: &[u8],
-) -> Result<Endpoint, QuicError> {
+) -> Result<ClientEndpoint, QuicError> {
     client_endpoint_buffered(peer, trust, q, alpn, None)
 }
 
@@ -206,7 +265,7 @@ pub fn client_endpoint_buffered(
     q: &QuicSettings,
     alpn: &[u8],
     udp_buffer: Option<usize>,
-) -> Result<Endpoint, QuicError> {
+) -> Result<ClientEndpoint, QuicError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let tls = tls::client_config(trust, &[alpn])?;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| QuicError::Crypto(e.to_string()))?;
@@ -226,10 +285,15 @@ pub fn client_endpoint_buffered(
     };
     socket.bind(&bind.into())?;
     socket.set_nonblocking(true)?;
-    let mut endpoint =
-        Endpoint::new(endpoint_config(q)?, None, socket.into(), Arc::new(quinn::TokioRuntime))?;
+    let redundancy = Redundancy::new(q.redundancy);
+    let mut endpoint = Endpoint::new_with_abstract_socket(
+        endpoint_config(q)?,
+        None,
+        redundancy.wrap(socket.into())?,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     endpoint.set_default_client_config(client);
-    Ok(endpoint)
+    Ok(ClientEndpoint { endpoint, redundancy })
 }
 
 #[cfg(test)]
@@ -245,13 +309,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (id, _) = tls::dev_identity(dir.path()).unwrap();
         let q = QuicSettings { max_mtu: 9000, ..QuicSettings::default() };
-        let server = server_endpoint(UdpSocket::bind("127.0.0.1:0").unwrap(), &id, &q).unwrap();
+        let (server, _) = server_endpoint(UdpSocket::bind("127.0.0.1:0").unwrap(), &id, &q).unwrap();
         let addr = server.local_addr().unwrap();
         let trust = Trust::CaFile(dir.path().join(tls::DEV_CA_FILE));
         let client = client_endpoint(addr, &trust, &q, ALPN_RTMP).unwrap();
 
         let test = async {
-            let connecting = client.connect(addr, "localhost").unwrap();
+            let connecting = client.connect(addr, "localhost");
             let accepting = async { server.accept().await.unwrap().await };
             let (server_conn, conn) = tokio::join!(accepting, connecting);
             let (server_conn, conn) = (server_conn.unwrap(), conn.unwrap());

@@ -1,0 +1,629 @@
+//! Redundant sending on lossy paths: every QUIC datagram to a lossy peer goes out more
+//! than once.
+//!
+//! On a path that loses packets at random (Wi-Fi, cellular, a congested last mile that
+//! is not *our* congestion), a lost packet costs a loss detection plus a retransmission,
+//! about 1.5 round trips, and every frame it belonged to arrives that much late. A video
+//! frame is 8-10 packets, so at 2 % loss a sixth of the frames is late: that is the p99
+//! of every reliable transport, however good its congestion control (bench/RESULTS.md).
+//! Sending each datagram `k` times turns a random loss rate `p` into `p^k` (2 % into
+//! 0.04 %), so almost no frame waits for a retransmission, at the price of `k` times the
+//! bandwidth. The receiver's QUIC stack drops the copies by packet number, so it needs
+//! nothing: this works with any QUIC peer.
+//!
+//! Copies only help when the path has spare capacity and the loss is random. They hurt a
+//! path that is full (they add to the queue that causes the loss), so [`Policy`] turns
+//! them on from the connection's measured loss, off as soon as the path queues (RTT
+//! above its floor) or the loss goes through the copies anyway (bursts, congestion), and
+//! probes without them now and then, at growing intervals, to see whether the loss has
+//! gone. [`Policy`] is sans-IO (statistics in, decisions out); [`Redundancy`] is the I/O
+//! edge: a UDP socket wrapper that sends the copies, and a watcher per connection that
+//! feeds the policy from quinn's statistics.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, Connection, Runtime, UdpPoller};
+
+/// Whether QUIC senders may send redundant copies on lossy paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RedundancyMode {
+    /// Copies while the measured loss calls for them and the path has room. The default.
+    Auto,
+    /// Never: every datagram once.
+    Off,
+}
+
+impl fmt::Display for RedundancyMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Off => "off",
+        })
+    }
+}
+
+/// Most copies of a datagram: 3 copies hold 10 % random loss to 0.1 %; more only
+/// multiply the bandwidth.
+pub const MAX_COPIES: u8 = 3;
+/// Loss rate (per packet) the copies aim for: a 10-packet frame is then late in 0.5 %
+/// of the cases, inside a p99.
+const TARGET_LOSS: f64 = 5e-4;
+/// Measured loss at which copies start: below it retransmissions are rare enough.
+const ON_LOSS: f64 = 0.002;
+/// Loss that still gets through the copies: they are not helping (the losses come in
+/// bursts, or from our own queue), so they stop.
+const INEFFECTIVE_LOSS: f64 = 0.01;
+/// Packets a loss rate needs before it is believed, and losses at the least.
+const MIN_SENT: u64 = 150;
+const MIN_LOST: u64 = 2;
+/// How far back the loss rate looks.
+const WINDOW: Duration = Duration::from_secs(3);
+/// Copies stay on this long before the first probe without them; each probe that finds
+/// the loss still there doubles it, up to [`MAX_HOLD`].
+const BASE_HOLD: Duration = Duration::from_secs(30);
+const MAX_HOLD: Duration = Duration::from_secs(300);
+/// A probe that sees no loss for this long ends: the path got better.
+const PROBE_FOR: Duration = Duration::from_secs(5);
+/// After the path queued, or copies did not help, no copies for this long.
+const BLOCK: Duration = Duration::from_secs(10);
+/// After a change of copies, losses are counted only after this long (or four round
+/// trips, if longer): QUIC declares a packet lost up to about a round trip after it was
+/// sent, so the first losses seen after a change belong to packets sent before it.
+const SETTLE: Duration = Duration::from_secs(1);
+/// How often a connection's statistics are read.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+
+/// One reading of a connection's path statistics (quinn's `PathStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathSample {
+    /// Packets sent so far.
+    pub sent_packets: u64,
+    /// Packets declared lost so far (with copies: packets whose every copy was lost).
+    pub lost_packets: u64,
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// Lowest round-trip time seen.
+    pub min_rtt: Duration,
+}
+
+/// A change of the number of copies, and why (for the log).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decision {
+    /// Send `copies` copies of each datagram: the measured `loss` calls for it.
+    On {
+        /// Copies of each datagram (2 or more).
+        copies: u8,
+        /// Loss rate per packet that was measured (without copies, or inferred through them).
+        loss: f64,
+    },
+    /// One copy again.
+    Off(OffReason),
+}
+
+/// Why copies stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffReason {
+    /// The path queues: it is full, and copies would add to the loss they fight.
+    Queueing,
+    /// Loss gets through the copies (bursts or congestion): they cost and do not help.
+    Ineffective,
+    /// A scheduled probe: one copy for a while, to see whether the loss is gone.
+    Probe,
+}
+
+impl fmt::Display for OffReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Queueing => "the path is queueing (RTT above its floor)",
+            Self::Ineffective => "loss gets through the copies (bursts or congestion)",
+            Self::Probe => "probing whether the path still loses packets",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Interval {
+    at: Instant,
+    sent: u64,
+    lost: u64,
+    copies: u8,
+}
+
+/// Decides how many copies of each datagram a connection sends, from its statistics.
+#[derive(Debug)]
+pub struct Policy {
+    mode: RedundancyMode,
+    copies: u8,
+    last: Option<PathSample>,
+    window: VecDeque<Interval>,
+    /// Until when losses still belong to the previous number of copies: only intervals
+    /// after it count for the current one.
+    settled_at: Option<Instant>,
+    hold: Duration,
+    hold_until: Option<Instant>,
+    probe_since: Option<Instant>,
+    blocked_until: Option<Instant>,
+}
+
+impl Policy {
+    /// A policy starting at one copy.
+    pub fn new(mode: RedundancyMode) -> Self {
+        Self {
+            mode,
+            copies: 1,
+            last: None,
+            window: VecDeque::new(),
+            settled_at: None,
+            hold: BASE_HOLD,
+            hold_until: None,
+            probe_since: None,
+            blocked_until: None,
+        }
+    }
+
+    /// Copies of each datagram now.
+    pub fn copies(&self) -> u8 {
+        self.copies
+    }
+
+    /// Feeds one reading (every [`SAMPLE_EVERY`]); returns a change of copies, if any.
+    pub fn on_sample(&mut self, now: Instant, s: PathSample) -> Option<Decision> {
+        let prev = self.last.replace(s)?;
+        self.window.push_back(Interval {
+            at: now,
+            sent: s.sent_packets.saturating_sub(prev.sent_packets),
+            lost: s.lost_packets.saturating_sub(prev.lost_packets),
+            copies: self.copies,
+        });
+        while self.window.front().is_some_and(|i| now.duration_since(i.at) > WINDOW) {
+            self.window.pop_front();
+        }
+        if self.mode == RedundancyMode::Off {
+            return None;
+        }
+        // BBR keeps its queue near empty; an RTT well above the floor means the path is
+        // full (a capacity drop), where copies would only deepen the queue.
+        let queueing = !s.min_rtt.is_zero() && s.rtt > s.min_rtt * 3 / 2 + Duration::from_millis(20);
+        let (sent, lost) = self.current_totals();
+        let rate = if sent == 0 { 0.0 } else { lost as f64 / sent as f64 };
+        let enough = sent >= MIN_SENT && lost >= MIN_LOST;
+        if self.copies > 1 {
+            if queueing {
+                return Some(self.stop(now, s.rtt, OffReason::Queueing));
+            }
+            if sent >= MIN_SENT && rate > INEFFECTIVE_LOSS {
+                return Some(self.stop(now, s.rtt, OffReason::Ineffective));
+            }
+            // Through k copies the path's own loss is the k-th root of what gets through.
+            let inferred = rate.powf(1.0 / f64::from(self.copies));
+            if enough && copies_for(inferred) > self.copies {
+                return Some(self.start(now, s.rtt, inferred));
+            }
+            if self.hold_until.is_some_and(|t| now >= t) {
+                self.copies = 1;
+                self.settle(now, s.rtt);
+                self.probe_since = Some(now);
+                return Some(Decision::Off(OffReason::Probe));
+            }
+            return None;
+        }
+        if queueing || self.blocked_until.is_some_and(|t| now < t) {
+            return None;
+        }
+        if enough && rate >= ON_LOSS {
+            return Some(self.start(now, s.rtt, rate));
+        }
+        if self.probe_since.is_some_and(|t| now.duration_since(t) >= PROBE_FOR) {
+            // The probe saw no loss worth copies: the path got better.
+            self.probe_since = None;
+            self.hold = BASE_HOLD;
+        }
+        None
+    }
+
+    /// Packets sent and lost with the current number of copies (once settled), in the window.
+    fn current_totals(&self) -> (u64, u64) {
+        self.window
+            .iter()
+            .filter(|i| i.copies == self.copies && self.settled_at.is_none_or(|t| i.at > t))
+            .fold((0, 0), |(s, l), i| (s + i.sent, l + i.lost))
+    }
+
+    fn settle(&mut self, now: Instant, rtt: Duration) {
+        self.settled_at = Some(now + SETTLE.max(rtt * 4));
+    }
+
+    fn start(&mut self, now: Instant, rtt: Duration, loss: f64) -> Decision {
+        if self.probe_since.take().is_some() {
+            // The probe found the loss still there: probe less often.
+            self.hold = (self.hold * 2).min(MAX_HOLD);
+        }
+        self.copies = copies_for(loss);
+        self.settle(now, rtt);
+        self.hold_until = Some(now + self.hold);
+        Decision::On { copies: self.copies, loss }
+    }
+
+    fn stop(&mut self, now: Instant, rtt: Duration, why: OffReason) -> Decision {
+        self.copies = 1;
+        self.settle(now, rtt);
+        self.probe_since = None;
+        self.hold = BASE_HOLD;
+        self.blocked_until = Some(now + BLOCK);
+        Decision::Off(why)
+    }
+}
+
+/// The fewest copies that bring random loss `p` down to [`TARGET_LOSS`], at most
+/// [`MAX_COPIES`].
+fn copies_for(p: f64) -> u8 {
+    (2..MAX_COPIES).find(|&k| p.powi(i32::from(k)) <= TARGET_LOSS).unwrap_or(MAX_COPIES)
+}
+
+/// Copies per destination and counters, shared by an endpoint's socket (also across a
+/// rebind) and the watchers of its connections.
+#[derive(Debug, Default)]
+struct Shared {
+    copies: RwLock<HashMap<SocketAddr, u8>>,
+    /// Destinations with more than one copy: while 0, sending looks nothing up.
+    redundant: AtomicUsize,
+    extra_datagrams: AtomicU64,
+    extra_bytes: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl Shared {
+    fn copies_to(&self, to: SocketAddr) -> u8 {
+        if self.redundant.load(Ordering::Relaxed) == 0 {
+            return 1;
+        }
+        self.copies.read().unwrap_or_else(|e| e.into_inner()).get(&to).copied().unwrap_or(1)
+    }
+
+    fn set(&self, to: SocketAddr, copies: u8) {
+        let mut map = self.copies.write().unwrap_or_else(|e| e.into_inner());
+        let was = if copies > 1 { map.insert(to, copies) } else { map.remove(&to) };
+        match (was.is_some(), copies > 1) {
+            (false, true) => self.redundant.fetch_add(1, Ordering::Relaxed),
+            (true, false) => self.redundant.fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
+}
+
+/// Redundant sending for one endpoint: wraps its UDP socket and watches its connections.
+#[derive(Debug, Clone)]
+pub struct Redundancy {
+    mode: RedundancyMode,
+    shared: Arc<Shared>,
+}
+
+/// Datagrams and bytes sent as redundant copies (beyond the first of each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedundancyStats {
+    /// Extra datagrams sent.
+    pub extra_datagrams: u64,
+    /// Extra bytes sent.
+    pub extra_bytes: u64,
+    /// Destinations receiving copies now.
+    pub redundant_paths: usize,
+    /// Copies not sent because the socket's send buffer was full.
+    pub skipped: u64,
+}
+
+impl Redundancy {
+    /// Redundancy in `mode` (with [`RedundancyMode::Off`] the socket wrapper only forwards).
+    pub fn new(mode: RedundancyMode) -> Self {
+        Self { mode, shared: Arc::default() }
+    }
+
+    /// `socket` as quinn's socket, sending copies where the watchers ask for them.
+    pub fn wrap(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+        let inner = quinn::TokioRuntime.wrap_udp_socket(socket)?;
+        Ok(Arc::new(RedundantSocket { inner, shared: self.shared.clone() }))
+    }
+
+    /// Starts watching `conn`: its statistics feed a [`Policy`] every [`SAMPLE_EVERY`]
+    /// until it closes. Does nothing with [`RedundancyMode::Off`].
+    pub fn watch(&self, conn: &Connection) {
+        if self.mode == RedundancyMode::Off {
+            return;
+        }
+        let conn = conn.clone();
+        let shared = self.shared.clone();
+        let mode = self.mode;
+        tokio::spawn(async move {
+            let mut policy = Policy::new(mode);
+            let mut peer = conn.remote_address();
+            let mut tick = tokio::time::interval(SAMPLE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = conn.closed() => break,
+                    _ = tick.tick() => {}
+                }
+                let now_peer = conn.remote_address();
+                if now_peer != peer {
+                    // The peer migrated: its copies follow it.
+                    shared.set(peer, 1);
+                    shared.set(now_peer, policy.copies());
+                    peer = now_peer;
+                }
+                let p = conn.stats().path;
+                let sample = PathSample {
+                    sent_packets: p.sent_packets,
+                    lost_packets: p.lost_packets,
+                    rtt: p.rtt,
+                    min_rtt: p.min_rtt,
+                };
+                tracing::debug!(
+                    %peer,
+                    sent = sample.sent_packets,
+                    lost = sample.lost_packets,
+                    rtt_ms = sample.rtt.as_secs_f64() * 1e3,
+                    copies = policy.copies(),
+                    copies_sent = shared.extra_datagrams.load(Ordering::Relaxed),
+                    copies_skipped = shared.skipped.load(Ordering::Relaxed),
+                    "path sample"
+                );
+                match policy.on_sample(Instant::now(), sample) {
+                    Some(Decision::On { copies, loss }) => {
+                        tracing::info!(%peer, copies, loss_pct = loss * 100.0, "lossy path: sending redundant copies");
+                    }
+                    Some(Decision::Off(why)) => tracing::info!(%peer, reason = %why, "redundant copies off"),
+                    None => continue,
+                }
+                shared.set(peer, policy.copies());
+            }
+            shared.set(peer, 1);
+        });
+    }
+
+    /// Copies sent so far.
+    pub fn stats(&self) -> RedundancyStats {
+        RedundancyStats {
+            extra_datagrams: self.shared.extra_datagrams.load(Ordering::Relaxed),
+            extra_bytes: self.shared.extra_bytes.load(Ordering::Relaxed),
+            redundant_paths: self.shared.redundant.load(Ordering::Relaxed),
+            skipped: self.shared.skipped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// quinn's UDP socket, sending each transmit as often as its destination's copies say.
+#[derive(Debug)]
+struct RedundantSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    shared: Arc<Shared>,
+}
+
+impl AsyncUdpSocket for RedundantSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        let copies = self.shared.copies_to(transmit.destination);
+        if copies <= 1 {
+            return self.inner.try_send(transmit);
+        }
+        // Each packet right before its copies: the receiver must never see a later packet
+        // while a copy of an earlier one is still to come, or it acknowledges across the
+        // gap at once and the sender declares the packet lost (and resends it) although a
+        // copy arrives a moment later. So a GSO batch is split into single datagrams.
+        let len = transmit.contents.len();
+        let segment = transmit.segment_size.unwrap_or(len).max(1);
+        for datagram in transmit.contents.chunks(segment) {
+            let one = Transmit {
+                destination: transmit.destination,
+                ecn: transmit.ecn,
+                contents: datagram,
+                segment_size: None,
+                src_ip: transmit.src_ip,
+            };
+            // On a full socket buffer quinn retries the whole transmit when writable; if
+            // part of it went out already, the receiver drops those packets as duplicates.
+            self.inner.try_send(&one)?;
+            for sent in 1..copies {
+                // Best effort: a copy the socket buffer has no room for is not sent.
+                if self.inner.try_send(&one).is_err() {
+                    self.shared.skipped.fetch_add(u64::from(copies - sent), Ordering::Relaxed);
+                    break;
+                }
+                self.shared.extra_datagrams.fetch_add(1, Ordering::Relaxed);
+                self.shared.extra_bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Drives a policy with 150 packets per sample (300/s, a 3 Mbit/s stream).
+    struct Path {
+        policy: Policy,
+        now: Instant,
+        s: PathSample,
+    }
+
+    impl Path {
+        fn new(mode: RedundancyMode) -> Self {
+            let s = PathSample { rtt: 52 * MS, min_rtt: 50 * MS, ..Default::default() };
+            let mut p = Self { policy: Policy::new(mode), now: Instant::now(), s };
+            assert_eq!(p.policy.on_sample(p.now, p.s), None);
+            p
+        }
+
+        /// One sample of 150 packets (300/s, a 3 Mbit/s stream) with `lost` losses.
+        fn step(&mut self, lost: u64) -> Option<Decision> {
+            self.now += SAMPLE_EVERY;
+            self.s.sent_packets += 150;
+            self.s.lost_packets += lost;
+            self.policy.on_sample(self.now, self.s)
+        }
+
+        /// Steps for `d`, `lost_per_sample(copies)` losses each; the decisions seen.
+        fn run(&mut self, d: Duration, mut lost_per_sample: impl FnMut(u8) -> u64) -> Vec<Decision> {
+            let n = d.as_millis() / SAMPLE_EVERY.as_millis();
+            (0..n).filter_map(|_| self.step(lost_per_sample(self.policy.copies()))).collect()
+        }
+    }
+
+    #[test]
+    fn clean_path_never_copies() {
+        let mut p = Path::new(RedundancyMode::Auto);
+        // One loss now and then (0.07 %) is below the threshold.
+        let mut i = 0;
+        let d = p.run(Duration::from_secs(60), |_| {
+            i += 1;
+            u64::from(i % 10 == 0)
+        });
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(p.policy.copies(), 1);
+    }
+
+    #[test]
+    fn two_percent_loss_gets_two_copies_five_percent_three() {
+        let mut p = Path::new(RedundancyMode::Auto);
+        assert_eq!(p.step(1), None, "a single loss is not a loss rate");
+        match p.step(5) {
+            Some(Decision::On { copies: 2, loss }) => assert!((loss - 0.02).abs() < 0.001),
+            other => panic!("{other:?}"),
+        }
+        let mut p = Path::new(RedundancyMode::Auto);
+        assert!(matches!(p.step(8), Some(Decision::On { copies: 3, .. })));
+    }
+
+    #[test]
+    fn off_mode_never_copies() {
+        let mut p = Path::new(RedundancyMode::Off);
+        assert!(p.run(Duration::from_secs(10), |_| 10).is_empty());
+        assert_eq!(p.policy.copies(), 1);
+    }
+
+    #[test]
+    fn copies_hold_through_quiet_loss_then_probe_with_backoff() {
+        let mut p = Path::new(RedundancyMode::Auto);
+        // A 2 % path: through two copies almost nothing is lost.
+        let two_pct = |copies: u8| if copies == 1 { 3 } else { 0 };
+        let d = p.run(Duration::from_secs(2), two_pct);
+        assert!(matches!(d[..], [Decision::On { copies: 2, .. }]), "{d:?}");
+        // Held for 30 s, then one probe, which finds the loss and turns copies back on...
+        let d = p.run(Duration::from_secs(31), two_pct);
+        assert!(matches!(d[..], [Decision::Off(OffReason::Probe), Decision::On { copies: 2, .. }]), "{d:?}");
+        // ... and the next probe comes after 60 s, not 30.
+        let d = p.run(Duration::from_secs(50), two_pct);
+        assert!(d.is_empty(), "{d:?}");
+        let d = p.run(Duration::from_secs(12), two_pct);
+        assert!(matches!(d[..], [Decision::Off(OffReason::Probe), Decision::On { .. }]), "{d:?}");
+    }
+
+    #[test]
+    fn a_probe_that_finds_a_clean_path_stays_off() {
+        let mut p = Path::new(RedundancyMode::Auto);
+        p.run(Duration::from_secs(2), |c| if c == 1 { 3 } else { 0 });
+        assert_eq!(p.policy.copies(), 2);
+        // The loss is gone: the probe at 30 s ends with one copy for good.
+        let d = p.run(Duration::from_secs(60), |_| 0);
+        assert_eq!(d, vec![Decision::Off(OffReason::Probe)]);
+        assert_eq!(p.policy.copies(), 1);
+    }
+
+    #[test]
+    fn queueing_turns_copies_off_and_blocks_them() {
+        let mut p = Path::new(RedundancyMode::Auto);
+        p.step(3);
+        assert_eq!(p.policy.copies(), 2);
+        // The link falls below the stream: the RTT climbs, losses from the full queue.
+        p.s.rtt = 400 * MS;
+        assert_eq!(p.step(0), Some(Decision::Off(OffReason::Queueing)));
+        // While the path queues, no loss turns them back on.
+        let d = p.run(Duration::from_secs(20), |_| 10);
+        assert!(d.is_empty(), "{d:?}");
+        // Once the queue is gone (and the block over) they can come back.
+        p.s.rtt = 55 * MS;
+        let d = p.run(Duration::from_secs(4), |c| if c == 1 { 3 } else { 0 });
+        assert!(matches!(d[..], [Decision::On { .. }]), "{d:?}");
+    }
+
+    #[test]
+    fn loss_that_gets_through_the_copies_stops_them() {
+        let mut p = Path::new(RedundancyMode::Auto);
+        p.step(3);
+        assert_eq!(p.policy.copies(), 2);
+        // Bursts: both copies lost together, 2 % gets through; then blocked for a while
+        // even though the loss stays.
+        let d = p.run(Duration::from_secs(9), |_| 3);
+        assert_eq!(d, vec![Decision::Off(OffReason::Ineffective)]);
+    }
+
+    #[test]
+    fn more_loss_through_copies_raises_them() {
+        let mut p = Path::new(RedundancyMode::Auto);
+        p.step(3);
+        assert_eq!(p.policy.copies(), 2);
+        // 0.67 % through two copies: the path loses ~8 %, three copies are needed.
+        let d = p.run(Duration::from_secs(2), |c| if c == 2 { 1 } else { 0 });
+        assert!(matches!(d[..], [Decision::On { copies: 3, .. }]), "{d:?}");
+    }
+
+    #[test]
+    fn losses_of_packets_sent_before_a_change_do_not_count_after_it() {
+        let mut p = Path::new(RedundancyMode::Auto);
+        assert!(matches!(p.step(8), Some(Decision::On { copies: 3, .. })));
+        // QUIC still declares lost what it sent without copies, up to a round trip late...
+        assert_eq!(p.step(8), None);
+        assert_eq!(p.step(8), None);
+        // ...then the path is quiet through the copies, and they stay.
+        assert!(p.run(Duration::from_secs(10), |_| 0).is_empty());
+        assert_eq!(p.policy.copies(), 3);
+    }
+
+    #[test]
+    fn copies_for_targets() {
+        assert_eq!(copies_for(0.005), 2);
+        assert_eq!(copies_for(0.02), 2);
+        assert_eq!(copies_for(0.05), 3);
+        assert_eq!(copies_for(0.5), MAX_COPIES);
+    }
+}
