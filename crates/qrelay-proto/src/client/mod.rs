@@ -6,7 +6,7 @@ mod flv_file;
 mod pool;
 mod roqr;
 
-pub use pool::{Lease, QuicPool};
+pub use pool::{Lease, QuicPool, RxStats};
 
 pub use flv_file::{
     play_to_flv, publish_flv, read_flv_tags, ArrivalLog, FileError, PlayOptions, PublishOptions, Transfer,
