@@ -11,17 +11,20 @@
 #      (apt-get install nginx-light libnginx-mod-rtmp);
 #   3. for each load, REPS times, in turn (A B C D A B C D ...): a fresh qrelay over TCP,
 #      a fresh nginx-rtmp (one worker, `live on`, no access log), a fresh qrelay over
-#      QUIC (tunnel, players sharing connections), and qrelay over TCP with
+#      QUIC (the tunnel, and RoQR; one QUIC connection per player, as real players
+#      connect), and qrelay over TCP with
 #      `tcp_nodelay = false` (Nagle on, as nginx-rtmp leaves its sockets), each measured
 #      by the same `qrelay bench` with --server-pid (nginx: master + worker);
-#   4. idle memory: N connections that handshake and `connect` but never play;
+#   4. idle memory: N connections that handshake and `connect` but never play (over
+#      QUIC: N QUIC connections, one session each);
 #   5. prints a summary (medians over the repetitions, ratios qrelay/nginx and
 #      QUIC/TCP) and writes it with the exact command to bench/RESULTS.md.
 #
 # Environment: DURATION (s, default 20), REPS (2), LOADS ("streams:players ..."),
 # IDLE_CONNS (1000), QRELAY_PORT (19350), NGINX_PORT (19351), BITRATE (3M), AUDIO (1:
 # synthetic AAC beside the video, as `qrelay bench` does by default; 0: video only),
-# OUT (results dir, default a temp dir), RESULTS (bench/RESULTS.md), SKIP_QUIC (0/1),
+# OUT (results dir, default a temp dir), RESULTS (bench/RESULTS.md), SKIP_QUIC (0/1: the
+# tunnel and RoQR), SKIP_ROQR (0/1: RoQR only),
 # SKIP_NAGLE (0/1), QRELAY_BIN (use this binary instead of building), BASE_BIN (another
 # qrelay build, e.g. the commit before a change: adds target qrelay-base, over TCP, run in
 # turn with the others, and a table of both builds against nginx-rtmp).
@@ -39,6 +42,7 @@ AUDIO=${AUDIO:-1}
 AUDIO_ARGS=()
 [[ $AUDIO == 0 ]] && AUDIO_ARGS=(--no-audio)
 SKIP_QUIC=${SKIP_QUIC:-0}
+SKIP_ROQR=${SKIP_ROQR:-0}
 SKIP_NAGLE=${SKIP_NAGLE:-0}
 RESULTS=${RESULTS:-$ROOT/bench/RESULTS.md}
 WORK=$(mktemp -d /tmp/qrelay-compare.XXXXXX)
@@ -46,6 +50,7 @@ OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"
 COMMAND="DURATION=$DURATION REPS=$REPS LOADS=\"$LOADS\" IDLE_CONNS=$IDLE_CONNS BITRATE=$BITRATE AUDIO=$AUDIO"
 [[ $SKIP_QUIC == 0 ]] || COMMAND+=" SKIP_QUIC=1"
+[[ $SKIP_ROQR == 0 ]] || COMMAND+=" SKIP_ROQR=1"
 [[ $SKIP_NAGLE == 0 ]] || COMMAND+=" SKIP_NAGLE=1"
 [[ -z "${BASE_BIN:-}" ]] || COMMAND+=" BASE_BIN=(previous build)"
 COMMAND+=" bench/compare.sh"
@@ -126,14 +131,20 @@ server_args() {
 
 printf 'tcp_nodelay = false\n' >"$WORK/nagle.toml"
 
-# run_one TARGET STREAMS PLAYERS REP: TARGET is qrelay-tcp, nginx, qrelay-quic or qrelay-nagle.
+# One QUIC connection per player (what real players do); sharing connections would
+# hide the per-connection cost (packets, ACKs, timers, wake-ups) the QUIC rows measure.
+QUIC_ARGS=(--quic-streams-per-conn 1)
+
+# run_one TARGET STREAMS PLAYERS REP: TARGET is qrelay-tcp, nginx, qrelay-quic (tunnel),
+# qrelay-roqr or qrelay-nagle.
 run_one() {
     local target=$1 streams=$2 players=$3 rep=$4 url extra=()
     case $target in
         qrelay-tcp) start_qrelay; url="rtmp://127.0.0.1:$QPORT/live/b" ;;
         qrelay-base) start_qrelay "" "$WORK/qrelay-base"; url="rtmp://127.0.0.1:$QPORT/live/b" ;;
         qrelay-nagle) start_qrelay "$WORK/nagle.toml"; url="rtmp://127.0.0.1:$QPORT/live/b" ;;
-        qrelay-quic) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/b?mode=tunnel"; extra=(--ca "$WORK/certs/dev-ca.pem") ;;
+        qrelay-quic) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/b?mode=tunnel"; extra=(--ca "$WORK/certs/dev-ca.pem" "${QUIC_ARGS[@]}") ;;
+        qrelay-roqr) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/b?mode=roqr"; extra=(--ca "$WORK/certs/dev-ca.pem") ;;
         nginx) start_nginx; url="rtmp://127.0.0.1:$NPORT/live/b" ;;
     esac
     local json="$OUT/s${streams}-p${players}.${target}.${rep}.json"
@@ -150,7 +161,7 @@ run_idle() {
     local target=$1 url extra=()
     case $target in
         qrelay-tcp) start_qrelay; url="rtmp://127.0.0.1:$QPORT/live/idle" ;;
-        qrelay-quic) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/idle?mode=tunnel"; extra=(--ca "$WORK/certs/dev-ca.pem") ;;
+        qrelay-quic) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/idle?mode=tunnel"; extra=(--ca "$WORK/certs/dev-ca.pem" "${QUIC_ARGS[@]}") ;;
         nginx) start_nginx; url="rtmp://127.0.0.1:$NPORT/live/idle" ;;
     esac
     log "$target: $IDLE_CONNS idle connections"
@@ -164,6 +175,7 @@ run_idle() {
 TARGETS=(qrelay-tcp nginx)
 [[ -z "${BASE_BIN:-}" ]] || TARGETS+=(qrelay-base)
 [[ $SKIP_QUIC == 1 ]] || TARGETS+=(qrelay-quic)
+[[ $SKIP_QUIC == 1 || $SKIP_ROQR == 1 ]] || TARGETS+=(qrelay-roqr)
 [[ $SKIP_NAGLE == 1 ]] || TARGETS+=(qrelay-nagle)
 
 for rep in $(seq "$REPS"); do
@@ -176,7 +188,8 @@ done
 for target in "${TARGETS[@]}"; do
     # Idle connections never get media: Nagle changes nothing there (nor the fan-out
     # changes a base build is compared for).
-    [[ $target == qrelay-nagle || $target == qrelay-base || $IDLE_CONNS == 0 ]] || run_idle "$target"
+    # RoQR idles like the tunnel (a QUIC connection per session): measured once, as the tunnel.
+    [[ $target == qrelay-nagle || $target == qrelay-base || $target == qrelay-roqr || $IDLE_CONNS == 0 ]] || run_idle "$target"
 done
 
 # --- summary --------------------------------------------------------------------------
@@ -193,7 +206,7 @@ import os
 import statistics
 import sys
 
-TARGETS = ["qrelay-tcp", "nginx", "qrelay-quic", "qrelay-nagle", "qrelay-base"]
+TARGETS = ["qrelay-tcp", "nginx", "qrelay-quic", "qrelay-roqr", "qrelay-nagle", "qrelay-base"]
 
 
 def load_runs(out, name):
@@ -290,23 +303,27 @@ def main():
               f"| {fmt(m[target]['rss'], 1)} | {fmt(med(rs, 'server_rss_per_player_kib'), 1)} "
               f"| {fmt(med(rs, 'bench_cpu_pct'), 1)} | {fmt(med(rs, 'host_cpu_pct'), 0)} |")
         q, n, u, a = m.get("qrelay-tcp"), m.get("nginx"), m.get("qrelay-quic"), m.get("qrelay-nagle")
-        ratios.append((label, q, n, u, a))
+        ratios.append((label, q, n, u, a, m.get("qrelay-roqr")))
         if "qrelay-base" in m:
             base_rows.append((label, runs))
     p("")
     p("Ratios (below 1 = qrelay better). qrelay is over TCP with its defaults; machine = whole "
       "machine CPU (server, bench and softirq) for the same delivery; Nagle = qrelay with "
       "`tcp_nodelay = false`, the socket setting nginx-rtmp runs with; QUIC/TCP is qrelay over "
-      "the QUIC tunnel vs qrelay over TCP:")
+      "the QUIC tunnel vs qrelay over TCP, RoQR/TCP the same for RoQR (one QUIC connection per "
+      "player in both); Gbit/s per core = delivered Gbit/s per server CPU core (1 / CPU s/Gbit):")
     p("")
     p("| load | CPU s/Gbit qrelay/nginx | latency p99 qrelay/nginx | first frame p50 qrelay/nginx "
       "| peak RSS qrelay/nginx | machine CPU qrelay/nginx | CPU s/Gbit Nagle/nginx "
-      "| latency p99 Nagle/nginx | CPU s/Gbit QUIC/TCP | latency p99 QUIC/TCP |")
-    p("|---|---|---|---|---|---|---|---|---|---|")
-    for label, q, n, u, a in ratios:
+      "| latency p99 Nagle/nginx | CPU s/Gbit QUIC/TCP | latency p99 QUIC/TCP "
+      "| CPU s/Gbit RoQR/TCP | latency p99 RoQR/TCP | Gbit/s per core TCP / tunnel / RoQR |")
+    p("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, q, n, u, a, r in ratios:
         g = lambda x, y, k: fmt_ratio(ratio(x and x[k], y and y[k]))  # noqa: E731
+        per_core = " / ".join(fmt(ratio(1.0, x and x["gbit"]), 1) for x in (q, u, r))
         p(f"| {label} | {g(q, n, 'gbit')} | {g(q, n, 'p99')} | {g(q, n, 'ff50')} | {g(q, n, 'rss')} "
-          f"| {g(q, n, 'host')} | {g(a, n, 'gbit')} | {g(a, n, 'p99')} | {g(u, q, 'gbit')} | {g(u, q, 'p99')} |")
+          f"| {g(q, n, 'host')} | {g(a, n, 'gbit')} | {g(a, n, 'p99')} | {g(u, q, 'gbit')} | {g(u, q, 'p99')} "
+          f"| {g(r, q, 'gbit')} | {g(r, q, 'p99')} | {per_core} |")
     if base_rows:
         p("")
         p("This build (qrelay-tcp) and the previous one (qrelay-base) against nginx-rtmp, CPU s/Gbit "

@@ -106,8 +106,10 @@ pub struct Config {
     /// and is corrected by the first sample.
     #[arg(long, env = "QRELAY_QUIC_INITIAL_RTT_MS", default_value_t = Config::default().quic_initial_rtt_ms)]
     pub quic_initial_rtt_ms: u64,
-    /// Largest UDP payload MTU discovery may probe up to. 1452 fits a 1500-byte Ethernet
-    /// path under IPv6; jumbo-frame or loopback paths may raise it for fewer packets per byte.
+    /// Largest UDP payload MTU discovery may probe up to, and the largest this endpoint
+    /// accepts from peers. Discovery stops at what the path carries (about 1452-1472 on
+    /// Ethernet); jumbo-frame and loopback paths reach this bound, with fewer packets per
+    /// byte. Each connection may buffer up to ten datagrams of this size.
     #[arg(long, env = "QRELAY_QUIC_MAX_MTU", default_value_t = Config::default().quic_max_mtu)]
     pub quic_max_mtu: u16,
     /// RoQR players (per-track mapping): a GOP still unacknowledged this long after it
@@ -381,7 +383,7 @@ impl Default for Config {
             quic_congestion: Congestion::Bbr,
             quic_redundancy: RedundancyMode::Auto,
             quic_initial_rtt_ms: 100,
-            quic_max_mtu: 1452,
+            quic_max_mtu: crate::transport::quic::DEFAULT_MAX_MTU,
             max_latency_ms: 1_000,
             quic_idle_timeout_ms: 30_000,
             quic_keep_alive_ms: 5_000,

@@ -96,6 +96,29 @@ async fn whole_bench() {
     assert_eq!((r.players_started, r.players_ok), (4, 4), "{}", r.table());
     assert_eq!(r.quic_connections, 2);
 
+    // QUIC efficiency, counted rather than timed: one connection per player at 3 Mbit/s,
+    // the datagrams the players received per MB. A video frame (about 12.5 KB here) takes
+    // nine datagrams once discovery reached the default bound (1452) and eleven at the
+    // 1200 it starts from; data split into smaller packets, frames sent in more pieces
+    // or discovery that never climbs all push this figure up.
+    let args = BenchArgs {
+        players: 2,
+        duration: 2.0,
+        bitrate: 3_000_000,
+        ramp_ms: Some(0),
+        quiet: true,
+        insecure: true,
+        quic_streams_per_conn: 1,
+        ..BenchArgs::new(&format!("rtmp+quic://127.0.0.1:{}/live/m?mode=tunnel", addr.port()))
+    };
+    let r = run(args).await.unwrap();
+    assert_eq!(r.players_ok, 2, "{}", r.table());
+    let rx = r.quic_rx.expect("tunnel players report what they received");
+    let per_mb = rx.datagrams_per_mb().unwrap();
+    assert!(rx.max_path_mtu >= 1452, "path MTU stayed at {}: {}", rx.max_path_mtu, r.table());
+    assert!(per_mb < 920.0, "{per_mb:.0} datagrams per MB: {}", r.table());
+    assert!(r.to_json().contains("\"quic_datagrams_per_mb\""));
+
     // RoQR players: one connection each, through the client library.
     let args = BenchArgs {
         players: 3,

@@ -658,18 +658,6 @@ async fn publish_through_loss(
     for seq in 0..200u32 {
         tick.tick().await;
         publisher.send_media(MediaKind::Video, seq * 20, LOSSY_PLAN.frame(u64::from(seq), 0)).await?;
-        if seq % 25 == 0 {
-            if let Some((st, r)) = publisher.quic_stats() {
-                println!(
-                    "DBG seq {seq} sent {} lost {} extra {} rtt {:?} min {:?}",
-                    st.path.sent_packets,
-                    st.path.lost_packets,
-                    r.extra_datagrams,
-                    st.path.rtt,
-                    st.path.min_rtt
-                );
-            }
-        }
     }
     publisher.flush().await?;
     let (stats, redundancy) = publisher.quic_stats().context("a RoQR publisher has QUIC statistics")?;

@@ -17,8 +17,9 @@
 #                                         setting); DELAY is one way, so RTT = 2 x DELAY;
 #                                         LOSS and RATE apply to each direction; RATE 0 = none
 #   netlab.sh rate RATE_MBIT              change the rate limit live (loss/delay unchanged)
-#   netlab.sh tcp-cc ALGO                 TCP congestion control of client -> server
-#                                         connections (a route attribute, see below)
+#   netlab.sh tcp-cc ALGO                 TCP congestion control of the connections
+#                                         between client and server, either side's
+#                                         (a route attribute, see below)
 #   netlab.sh clear                       remove all impairment (links stay up)
 #   netlab.sh down                        clear and delete the namespaces (idempotent)
 #   netlab.sh status                      addresses, qdiscs, rules, daemon statistics
@@ -198,6 +199,8 @@ cmd_tcp_cc() {
         die "$1 is not available (have: $(cat /proc/sys/net/ipv4/tcp_available_congestion_control))"
     ns_exists "$CLI_NS" || cmd_up
     ip -n "$CLI_NS" route replace "$SRV_IP/32" dev "$CLI_IF" congctl lock "$1"
+    # And the server's connections to the client (a relay sending to a player over TCP).
+    ip -n "$SRV_NS" route replace "$CLI_IP/32" dev "$SRV_IF" congctl lock "$1"
 }
 
 cmd_down() {

@@ -20,6 +20,13 @@
 #                 roqr       rtmp+quic://...?mode=roqr with --quic-congestion $ROQR_CC [bbr]
 #               A transport the binary refuses (a preflight publish fails) is reported as
 #               skipped with the error, not run.
+#   SIDE        which side of the impaired link the measured transport is on [publish]:
+#                 publish    the publisher sits behind the link (ingest), the player next
+#                            to the server over plain RTMP
+#                 play       the player sits behind the link and plays over the transport
+#                            (a viewer or an edge on a bad network), the publisher next to
+#                            the server over plain RTMP; tcp-X is then the server's TCP
+#                            congestion control towards the player
 #   DURATION    seconds per run [40]; SKIP: seconds not measured at the start [6]
 #   JITTER      ms, each direction [5]; RATE: link Mbit/s, each direction [20]
 #   DROP_RTT, DROP_LOSS   path of the `drop` case [50, 0]
@@ -44,6 +51,7 @@ for rtt in 50 100 200; do for loss in 0 0.5 2 5; do DEFAULT_CASES+="$rtt:$loss "
 CASES=${CASES:-${DEFAULT_CASES}drop}
 TRANSPORTS=${TRANSPORTS:-tcp-bbr tcp-cubic tunnel-bbr tunnel-cubic roqr}
 DURATION=${DURATION:-40}
+SIDE=${SIDE:-publish}
 SKIP=${SKIP:-6}
 JITTER=${JITTER:-5}
 RATE=${RATE:-20}
@@ -76,6 +84,7 @@ if [ $# -gt 0 ]; then  # no arguments: everything is an environment variable
     exit 2
 fi
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces)"
+[[ "$SIDE" =~ ^(publish|play)$ ]] || die "SIDE is publish or play, not '$SIDE'"
 for t in $TRANSPORTS; do
     [[ "$t" =~ ^(tcp-[a-z0-9]+|tunnel-(bbr|cubic|newreno)|roqr)$ ]] || die "unknown transport '$t'"
 done
@@ -153,8 +162,13 @@ start_server() {  # DIR QUIC_CC
 start_publisher() {  # DIR TRANSPORT
     # --insecure: the development certificate names localhost, not the lab address, and
     # certificate checks are not what this measures.
-    ip netns exec "$CLI_NS" "$QRELAY" publish --loop "$MEDIA" "$(url_of "$2")" --insecure \
-        --quic-congestion "$(quic_cc_of "$2")" >"$1/publish.log" 2>&1 &
+    if [ "$SIDE" = play ]; then  # next to the server; the player is the one measured
+        ip netns exec "$SRV_NS" "$QRELAY" publish --loop "$MEDIA" "rtmp://$SRV_IP:$PORT/live/lab" \
+            >"$1/publish.log" 2>&1 &
+    else
+        ip netns exec "$CLI_NS" "$QRELAY" publish --loop "$MEDIA" "$(url_of "$2")" --insecure \
+            --quic-congestion "$(quic_cc_of "$2")" >"$1/publish.log" 2>&1 &
+    fi
     PUBLISHER=$!
     PIDS+=("$PUBLISHER")
 }
@@ -195,7 +209,7 @@ run_one() {  # CASE RTT LOSS TRANSPORT DROP(0|1)
     mkdir -p "$dir"
     local common=("case=\"$case\"" "transport=\"$transport\"" "rtt_ms=$rtt" "loss_pct=$loss" "jitter_ms=$JITTER"
         "rate_mbit=$RATE" "tcp_cc=\"$(tcp_cc_of "$transport")\"" "quic_cc=\"$(quic_cc_of "$transport")\""
-        "skip_s=$SKIP" "fps=$FPS")
+        "skip_s=$SKIP" "fps=$FPS" "side=\"$SIDE\"")
     if [ "$drop" = 1 ]; then
         [ "$duration" -ge $((DROP_AT + DROP_FOR + 10)) ] || duration=$((DROP_AT + DROP_FOR + 10))
         common+=("drop_rate_mbit=$DROP_RATE" "drop_at_s=$DROP_AT" "drop_for_s=$DROP_FOR")
@@ -212,8 +226,14 @@ run_one() {  # CASE RTT LOSS TRANSPORT DROP(0|1)
     start_server "$dir" "$(quic_cc_of "$transport")"
     # The player stops itself (and so writes out its log) ~1.5 s after the measured
     # window, while the publisher still runs.
-    ip netns exec "$SRV_NS" "$QRELAY" play "rtmp://$SRV_IP:$PORT/live/lab" -o /dev/null \
-        --arrivals "$dir/arrivals.tsv" --duration $((duration + 2)) >"$dir/play.log" 2>&1 &
+    if [ "$SIDE" = play ]; then
+        ip netns exec "$CLI_NS" "$QRELAY" play "$(url_of "$transport")" --insecure \
+            --quic-congestion "$(quic_cc_of "$transport")" -o /dev/null \
+            --arrivals "$dir/arrivals.tsv" --duration $((duration + 2)) >"$dir/play.log" 2>&1 &
+    else
+        ip netns exec "$SRV_NS" "$QRELAY" play "rtmp://$SRV_IP:$PORT/live/lab" -o /dev/null \
+            --arrivals "$dir/arrivals.tsv" --duration $((duration + 2)) >"$dir/play.log" 2>&1 &
+    fi
     local player=$!
     PIDS+=("$player")
     sleep 0.5
@@ -257,7 +277,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 {
-    echo "command: CASES=\"$CASES\" TRANSPORTS=\"$TRANSPORTS\" DURATION=$DURATION SKIP=$SKIP JITTER=$JITTER RATE=$RATE" \
+    echo "command: SIDE=$SIDE CASES=\"$CASES\" TRANSPORTS=\"$TRANSPORTS\" DURATION=$DURATION SKIP=$SKIP JITTER=$JITTER RATE=$RATE" \
         "DROP_RTT=$DROP_RTT DROP_LOSS=$DROP_LOSS DROP_RATE=$DROP_RATE DROP_AT=$DROP_AT DROP_FOR=$DROP_FOR bench/netlab/run.sh"
     echo "started: $(date -u +%FT%TZ)"
     echo "qrelay: $("$QRELAY" --version) ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo no git)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ", modified"))"

@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use load::{Dialer, PlayerOutcome, Shared, Source};
-pub use report::{ChurnUsage, IdleUsage, Report, ServerUsage};
+pub use report::{ChurnUsage, IdleUsage, QuicRx, Report, ServerUsage};
 use stats::Histogram;
 
 use qrelay_proto::rtmp::chunk::DecoderLimits;
@@ -312,6 +312,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     sampler_stop.cancel();
     let _ = sampler.await;
     report.quic_connections = dialer.quic_connections();
+    report.quic_rx = dialer.quic_rx();
     dialer.close();
     report.bench_rss_peak_mb = mb(acct.peak_bench_kib.load(Ordering::Relaxed));
     result?;

@@ -14,6 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::report::QuicRx;
 use super::stats::{Histogram, PlayerTracker};
 use super::synth::{self, now_us, VideoPlan};
 use qrelay_proto::client::{ClientError, ClientOptions, Lease, QuicPool, RtmpClient};
@@ -137,6 +138,23 @@ impl Dialer {
         match self {
             Dialer::Tcp(_) | Dialer::Roqr(_) => 0,
             Dialer::Quic { pool, .. } => pool.connections(),
+        }
+    }
+
+    /// What the tunnel players' connections received (`None` for TCP and RoQR, whose
+    /// connections the client library keeps).
+    pub(super) fn quic_rx(&self) -> Option<QuicRx> {
+        match self {
+            Dialer::Quic { pool, .. } => {
+                let s = pool.rx_stats();
+                Some(QuicRx {
+                    datagrams: s.datagrams,
+                    bytes: s.bytes,
+                    ios: s.ios,
+                    max_path_mtu: s.max_path_mtu,
+                })
+            }
+            _ => None,
         }
     }
 

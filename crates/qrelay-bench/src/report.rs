@@ -55,6 +55,26 @@ pub struct ChurnUsage {
     pub failed: usize,
 }
 
+/// UDP receive counters of the players' QUIC connections, summed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuicRx {
+    /// UDP datagrams the players received.
+    pub datagrams: u64,
+    /// UDP payload bytes the players received.
+    pub bytes: u64,
+    /// Receive system calls that returned datagrams (GRO and `recvmmsg` batch them).
+    pub ios: u64,
+    /// The largest path MTU (UDP payload) a player connection reached.
+    pub max_path_mtu: u16,
+}
+
+impl QuicRx {
+    /// Datagrams per MB (10^6 bytes) of UDP payload received.
+    pub fn datagrams_per_mb(&self) -> Option<f64> {
+        (self.bytes > 0).then(|| self.datagrams as f64 * 1e6 / self.bytes as f64)
+    }
+}
+
 /// Everything one bench run measured.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -78,6 +98,10 @@ pub struct Report {
     pub players_dropped: usize,
     /// QUIC connections the players shared.
     pub quic_connections: usize,
+    /// What the players' QUIC connections received (tunnel players): packetization
+    /// counted, not timed, so a change that makes the server send more, smaller
+    /// datagrams per delivered byte shows on any machine.
+    pub quic_rx: Option<QuicRx>,
     /// Per-stream source bitrate (synthetic), Mbit/s.
     pub source_mbps: Option<f64>,
     /// Measurement window, seconds.
@@ -214,6 +238,11 @@ impl Report {
             ("players_failed", J::Int(self.players_failed as u64)),
             ("players_dropped", J::Int(self.players_dropped as u64)),
             ("quic_connections", J::Int(self.quic_connections as u64)),
+            ("quic_rx_datagrams", self.quic_rx.map_or(J::Null, |q| J::Int(q.datagrams))),
+            ("quic_rx_bytes", self.quic_rx.map_or(J::Null, |q| J::Int(q.bytes))),
+            ("quic_rx_ios", self.quic_rx.map_or(J::Null, |q| J::Int(q.ios))),
+            ("quic_datagrams_per_mb", J::opt(self.quic_rx.and_then(|q| q.datagrams_per_mb()))),
+            ("quic_max_path_mtu", self.quic_rx.map_or(J::Null, |q| J::Int(q.max_path_mtu.into()))),
             ("source_mbps", J::opt(self.source_mbps)),
             ("duration_s", J::Num(self.duration_s)),
             ("delivered_bytes", J::Int(self.delivered_bytes)),
@@ -315,6 +344,19 @@ impl Report {
             row(&mut t, "first keyframe", p(&self.first_keyframe_ms));
             row(&mut t, "relay latency", p(&self.relay_latency_ms));
             row(&mut t, "skips", format!("{} (max gap {:.0} ms)", self.skips, self.max_gap_ms));
+            if let Some(q) = self.quic_rx {
+                row(
+                    &mut t,
+                    "quic receive",
+                    format!(
+                        "{} datagrams, {:.1} per MB, {} receive calls, path MTU up to {}",
+                        q.datagrams,
+                        q.datagrams_per_mb().unwrap_or(0.0),
+                        q.ios,
+                        q.max_path_mtu
+                    ),
+                );
+            }
             if let Some(c) = self.churn {
                 row(
                     &mut t,

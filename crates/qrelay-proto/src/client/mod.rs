@@ -6,7 +6,7 @@ mod flv_file;
 mod pool;
 mod roqr;
 
-pub use pool::{Lease, QuicPool};
+pub use pool::{Lease, QuicPool, RxStats};
 
 pub use flv_file::{
     play_to_flv, publish_flv, read_flv_tags, ArrivalLog, FileError, PlayOptions, PublishOptions, Transfer,
@@ -420,7 +420,7 @@ impl RtmpClient {
     }
 
     /// The QUIC connection's transport statistics and the redundant copies its endpoint
-    /// sent (for a pooled connection: of every session on it); `None` over TCP.
+    /// sent; `None` over TCP and on a pooled connection (shared, not this session's).
     pub fn quic_stats(&self) -> Option<(quinn::ConnectionStats, RedundancyStats)> {
         let (endpoint, conn) = match &self.link {
             Link::Roqr(l) => l.quic(),

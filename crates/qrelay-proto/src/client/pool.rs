@@ -31,6 +31,20 @@ impl Drop for Lease {
     }
 }
 
+/// UDP receive counters summed over connections (quinn's `udp_rx`), and the largest
+/// path MTU any of them reached.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RxStats {
+    /// UDP datagrams received (a GRO batch counts each datagram in it).
+    pub datagrams: u64,
+    /// UDP payload bytes received.
+    pub bytes: u64,
+    /// Receive system calls that returned datagrams.
+    pub ios: u64,
+    /// The largest current path MTU (UDP payload) among the connections.
+    pub max_path_mtu: u16,
+}
+
 /// Shared QUIC connections, by upstream.
 #[derive(Debug)]
 pub struct QuicPool {
@@ -99,6 +113,20 @@ impl QuicPool {
     /// Connections open now, over every upstream.
     pub fn connections(&self) -> usize {
         self.lock().values().map(Vec::len).sum()
+    }
+
+    /// What the pool's connections received, summed: what a load generator reports to
+    /// show how the server packetizes (datagrams per delivered byte, the MTU reached).
+    pub fn rx_stats(&self) -> RxStats {
+        let mut total = RxStats::default();
+        for s in self.lock().values().flatten() {
+            let st = s.conn.stats();
+            total.datagrams += st.udp_rx.datagrams;
+            total.bytes += st.udp_rx.bytes;
+            total.ios += st.udp_rx.ios;
+            total.max_path_mtu = total.max_path_mtu.max(st.path.current_mtu);
+        }
+        total
     }
 
     /// Closes every connection.

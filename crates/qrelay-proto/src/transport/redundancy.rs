@@ -76,9 +76,9 @@ const MAX_HOLD: Duration = Duration::from_secs(300);
 const PROBE_FOR: Duration = Duration::from_secs(5);
 /// After the path queued, or copies did not help, no copies for this long.
 const BLOCK: Duration = Duration::from_secs(10);
-/// After a change of copies, losses are counted only after this long (or four round
+/// After copies start (or rise), losses are counted only after this long (or four round
 /// trips, if longer): QUIC declares a packet lost up to about a round trip after it was
-/// sent, so the first losses seen after a change belong to packets sent before it.
+/// sent, so the first losses seen then belong to packets sent without copies.
 const SETTLE: Duration = Duration::from_secs(1);
 /// How often a connection's statistics are read.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(500);
@@ -199,10 +199,10 @@ impl Policy {
         let enough = sent >= MIN_SENT && lost >= MIN_LOST;
         if self.copies > 1 {
             if queueing {
-                return Some(self.stop(now, s.rtt, OffReason::Queueing));
+                return Some(self.stop(now, OffReason::Queueing));
             }
             if sent >= MIN_SENT && rate > INEFFECTIVE_LOSS {
-                return Some(self.stop(now, s.rtt, OffReason::Ineffective));
+                return Some(self.stop(now, OffReason::Ineffective));
             }
             // Through k copies the path's own loss is the k-th root of what gets through.
             let inferred = rate.powf(1.0 / f64::from(self.copies));
@@ -210,8 +210,10 @@ impl Policy {
                 return Some(self.start(now, s.rtt, inferred));
             }
             if self.hold_until.is_some_and(|t| now >= t) {
+                // Counted at once: what QUIC still declares lost of the packets sent with
+                // copies is next to nothing, and a probe should be short.
                 self.copies = 1;
-                self.settle(now, s.rtt);
+                self.settled_at = Some(now);
                 self.probe_since = Some(now);
                 return Some(Decision::Off(OffReason::Probe));
             }
@@ -239,24 +241,21 @@ impl Policy {
             .fold((0, 0), |(s, l), i| (s + i.sent, l + i.lost))
     }
 
-    fn settle(&mut self, now: Instant, rtt: Duration) {
-        self.settled_at = Some(now + SETTLE.max(rtt * 4));
-    }
-
     fn start(&mut self, now: Instant, rtt: Duration, loss: f64) -> Decision {
         if self.probe_since.take().is_some() {
             // The probe found the loss still there: probe less often.
             self.hold = (self.hold * 2).min(MAX_HOLD);
         }
         self.copies = copies_for(loss);
-        self.settle(now, rtt);
+        // Losses QUIC declares in the next round trips are mostly of packets sent before.
+        self.settled_at = Some(now + SETTLE.max(rtt * 4));
         self.hold_until = Some(now + self.hold);
         Decision::On { copies: self.copies, loss }
     }
 
-    fn stop(&mut self, now: Instant, rtt: Duration, why: OffReason) -> Decision {
+    fn stop(&mut self, now: Instant, why: OffReason) -> Decision {
         self.copies = 1;
-        self.settle(now, rtt);
+        self.settled_at = Some(now);
         self.probe_since = None;
         self.hold = BASE_HOLD;
         self.blocked_until = Some(now + BLOCK);
