@@ -201,15 +201,19 @@ impl ClientEndpoint {
     /// network change: Wi-Fi to cellular, a NAT rebinding); QUIC migrates its
     /// connections. Returns the new local address.
     pub fn rebind(&self) -> std::io::Result<SocketAddr> {
-        let any: SocketAddr = if self.endpoint.local_addr()?.is_ipv6() {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = UdpSocket::bind(any)?;
+        let socket = UdpSocket::bind(any_port_like(self.endpoint.local_addr()?))?;
         socket.set_nonblocking(true)?;
         self.endpoint.rebind_abstract(self.redundancy.wrap(socket)?)?;
         self.endpoint.local_addr()
+    }
+}
+
+/// The unspecified address of `addr`'s family, port 0: where a client socket binds.
+fn any_port_like(addr: SocketAddr) -> SocketAddr {
+    if addr.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     }
 }
 
@@ -278,12 +282,7 @@ pub fn client_endpoint_buffered(
         let _ = socket.set_recv_buffer_size(size);
         let _ = socket.set_send_buffer_size(size);
     }
-    let bind: SocketAddr = if peer.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    socket.bind(&bind.into())?;
+    socket.bind(&any_port_like(peer).into())?;
     socket.set_nonblocking(true)?;
     let redundancy = Redundancy::new(q.redundancy);
     let mut endpoint = Endpoint::new_with_abstract_socket(
