@@ -85,11 +85,15 @@ pub struct Config {
     /// video frame and video is not delayed. 0 writes every frame at once. At most 1000.
     #[arg(long, env = "QRELAY_WRITE_COALESCE_MS", default_value_t = Config::default().write_coalesce_ms)]
     pub write_coalesce_ms: u64,
-    /// A batch of held audio (and metadata) frames this large, in payload bytes, is
-    /// written at once. Video is never held: a video frame goes at once with the audio
-    /// held before it.
+    /// A batch of held frames this large, in payload bytes, is written at once.
     #[arg(long, env = "QRELAY_WRITE_COALESCE_BYTES", default_value_t = Config::default().write_coalesce_bytes)]
     pub write_coalesce_bytes: usize,
+    /// Hold video frames too, as SRS's merged writes do: fewer writes still (less CPU
+    /// with many players) for up to `write_coalesce_ms` of added latency on every frame.
+    /// Raise `write_coalesce_bytes` with it (a video frame is larger than the default).
+    /// Off by default: pictures are never delayed.
+    #[arg(long, env = "QRELAY_WRITE_COALESCE_VIDEO", action = clap::ArgAction::Set, default_value_t = Config::default().write_coalesce_video)]
+    pub write_coalesce_video: bool,
     /// QUIC congestion controller, server and client side. BBR by default: loss-based
     /// controllers (CUBIC, NewReno) halve their window on every loss and starve a live
     /// stream at the 0.5–5 % loss of the networks QUIC ingest is for (README, "QUIC on bad networks").
@@ -380,6 +384,7 @@ impl Default for Config {
             tcp_nodelay: true,
             write_coalesce_ms: 40,
             write_coalesce_bytes: 4096,
+            write_coalesce_video: false,
             quic_congestion: Congestion::Bbr,
             quic_redundancy: RedundancyMode::Auto,
             quic_initial_rtt_ms: 100,
@@ -741,6 +746,7 @@ impl Config {
             publisher_takeover: Duration::from_millis(self.publisher_takeover_ms),
             write_coalesce: Duration::from_millis(self.write_coalesce_ms),
             write_coalesce_bytes: self.write_coalesce_bytes,
+            write_coalesce_video: self.write_coalesce_video,
         }
     }
 }
@@ -756,9 +762,13 @@ mod tests {
 
     #[test]
     fn write_coalescing_is_bounded() {
-        let c = Config::from_toml("write_coalesce_ms = 350\nwrite_coalesce_bytes = 16384\n").unwrap();
+        let c = Config::from_toml(
+            "write_coalesce_ms = 350\nwrite_coalesce_bytes = 16384\nwrite_coalesce_video = true\n",
+        )
+        .unwrap();
         let hub = c.hub();
         assert_eq!((hub.write_coalesce, hub.write_coalesce_bytes), (Duration::from_millis(350), 16_384));
+        assert!(hub.write_coalesce_video && !Config::default().hub().write_coalesce_video);
         assert_eq!(Config::default().hub().write_coalesce, Duration::from_millis(40));
         assert!(Config::from_toml("write_coalesce_ms = 1001").is_err(), "the added delay is bounded");
     }

@@ -10,12 +10,13 @@
 //! - a frame that finds the players idle (nothing written for `window`) goes out at once;
 //! - otherwise it is held, and goes out with whatever follows it in one write per player,
 //!   at most `window` after the previous write;
-//! - a batch that reaches `flush_bytes` (4 KiB by default: a video frame at any usual
-//!   bitrate) goes out at once with whatever it carries: a write that large already
-//!   amortises much of its cost, so holding it would add delay for little. So audio
-//!   rides with the next video frame and video is not delayed at all. A larger
-//!   `flush_bytes` holds video too, for fewer writes still at up to `window` of added
-//!   latency (SRS's merged writes hold everything for 350 ms).
+//! - a video frame goes out at once with the audio held before it, unless `hold_video`
+//!   (off by default): pictures are not delayed, audio rides with the next picture;
+//! - a batch that reaches `flush_bytes` (4 KiB by default) goes out at once with
+//!   whatever it carries: a write that large already amortises much of its cost.
+//!
+//! `hold_video` with a large `flush_bytes` is SRS's merged write (350 ms by default
+//! there): fewer writes still, for up to `window` of added latency on every frame.
 //!
 //! Sans-IO: time is passed in. The stream owns one [`Coalescer`] under its publishing
 //! lock and one timer task that flushes a held batch when it is due.
@@ -48,6 +49,8 @@ pub(super) struct Coalescer {
     window: Duration,
     /// A held batch of this many payload bytes is written at once.
     flush_bytes: usize,
+    /// Video frames are held like audio (otherwise each flushes the batch).
+    hold_video: bool,
     pending: Vec<Frame>,
     pending_bytes: usize,
     /// When the players were last written (the last batch taken).
@@ -55,17 +58,14 @@ pub(super) struct Coalescer {
 }
 
 impl Coalescer {
-    pub(super) fn new(window: Duration, flush_bytes: usize) -> Self {
-        Self { window, flush_bytes, ..Self::default() }
+    pub(super) fn new(window: Duration, flush_bytes: usize, hold_video: bool) -> Self {
+        Self { window, flush_bytes, hold_video, ..Self::default() }
     }
 
     /// Adds `frame` to the batch and says whether the batch goes out now.
     pub(super) fn offer(&mut self, frame: Frame, now: Instant) -> Offer {
         let armed = self.pending.is_empty();
-        // Video goes at once with the audio held before it: a picture is never delayed,
-        // and the frames of two GOPs are never written in the same instant (a RoQR sender
-        // puts a new GOP on a new stream ahead of the old one's tail).
-        let video = frame.kind() == crate::media::frame::MediaKind::Video;
+        let video = frame.kind() == crate::media::frame::MediaKind::Video && !self.hold_video;
         self.pending_bytes += frame.payload().len();
         self.pending.push(frame);
         match self.last_write {
@@ -119,12 +119,28 @@ mod tests {
     #[test]
     fn video_goes_at_once_however_small() {
         let t0 = Instant::now();
-        let mut c = Coalescer::new(ms(350), usize::MAX);
+        let mut c = Coalescer::new(ms(350), usize::MAX, false);
         let mut out = Vec::new();
         c.offer(audio(0), t0);
         c.take(t0, &mut out);
         assert!(matches!(c.offer(audio(10), t0 + ms(10)), Offer::Hold { .. }));
         assert_eq!(c.offer(video(33, 80), t0 + ms(33)), Offer::Flush);
+    }
+
+    #[test]
+    fn held_video_waits_for_the_window_or_the_bytes() {
+        let t0 = Instant::now();
+        let mut c = Coalescer::new(ms(100), 64 * 1024, true);
+        let mut out = Vec::new();
+        c.offer(video(0, 12_000), t0);
+        c.take(t0, &mut out);
+        assert_eq!(c.offer(video(33, 12_000), t0 + ms(33)), Offer::Hold { due: t0 + ms(100), armed: true });
+        assert_eq!(c.offer(audio(40), t0 + ms(40)), Offer::Hold { due: t0 + ms(100), armed: false });
+        assert!(matches!(c.offer(video(66, 12_000), t0 + ms(66)), Offer::Hold { .. }));
+        assert_eq!(c.offer(video(99, 60_000), t0 + ms(99)), Offer::Flush, "64 KiB reached");
+        out.clear();
+        c.take(t0 + ms(99), &mut out);
+        assert_eq!(out.iter().map(Frame::timestamp).collect::<Vec<_>>(), [33, 40, 66, 99]);
     }
 
     fn ms(n: u64) -> Duration {
@@ -134,7 +150,7 @@ mod tests {
     #[test]
     fn idle_players_get_a_frame_at_once_busy_ones_within_the_window() {
         let t0 = Instant::now();
-        let mut c = Coalescer::new(ms(40), FLUSH_BYTES);
+        let mut c = Coalescer::new(ms(40), FLUSH_BYTES, false);
         let mut out = Vec::new();
         assert_eq!(c.offer(audio(0), t0), Offer::Flush, "first frame: idle");
         c.take(t0, &mut out);
@@ -151,7 +167,7 @@ mod tests {
     #[test]
     fn a_large_batch_goes_at_once_with_what_it_carries() {
         let t0 = Instant::now();
-        let mut c = Coalescer::new(ms(40), FLUSH_BYTES);
+        let mut c = Coalescer::new(ms(40), FLUSH_BYTES, false);
         let mut out = Vec::new();
         c.offer(audio(0), t0);
         c.take(t0, &mut out);
@@ -166,7 +182,7 @@ mod tests {
     #[test]
     fn zero_window_writes_every_frame() {
         let t0 = Instant::now();
-        let mut c = Coalescer::new(Duration::ZERO, FLUSH_BYTES);
+        let mut c = Coalescer::new(Duration::ZERO, FLUSH_BYTES, false);
         let mut out = Vec::new();
         for i in 0..5 {
             assert_eq!(c.offer(audio(i), t0), Offer::Flush);

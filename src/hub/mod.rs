@@ -68,9 +68,11 @@ pub struct HubConfig {
     /// default here (a hub built alone, in tests, writes at once); the relay's
     /// configuration sets it (`write_coalesce_ms`).
     pub write_coalesce: Duration,
-    /// A held batch of this many payload bytes (audio, metadata) is written at once;
-    /// video is never held.
+    /// A held batch of this many payload bytes is written at once.
     pub write_coalesce_bytes: usize,
+    /// Video frames are held too (SRS's merged writes); otherwise a video frame goes at
+    /// once with what was held before it.
+    pub write_coalesce_video: bool,
 }
 
 impl Default for HubConfig {
@@ -84,6 +86,7 @@ impl Default for HubConfig {
             publisher_takeover: Duration::from_secs(2),
             write_coalesce: Duration::ZERO,
             write_coalesce_bytes: 4096,
+            write_coalesce_video: false,
         }
     }
 }

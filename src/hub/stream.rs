@@ -169,7 +169,11 @@ impl Stream {
             session_id: session_id.to_owned(),
             config,
             publishing: Mutex::new(Publishing {
-                coalescer: Coalescer::new(config.write_coalesce, config.write_coalesce_bytes),
+                coalescer: Coalescer::new(
+                    config.write_coalesce,
+                    config.write_coalesce_bytes,
+                    config.write_coalesce_video,
+                ),
                 ..Publishing::default()
             }),
             state: Mutex::default(),

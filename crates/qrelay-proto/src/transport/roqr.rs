@@ -7,15 +7,19 @@
 //! metadata and codec configuration on a new unidirectional stream per GOP, each GOP
 //! stream starting with the current video and audio configuration so that any GOP
 //! decodes on its own (receivers drop a repeat identical to the configuration they have). Priorities put commands first,
-//! then audio, then the current GOP, then older GOPs, so audio never waits behind video
-//! and a new GOP never waits behind an old one. A GOP stream still unacknowledged
-//! `max_latency` after it ended is reset with `FRAME_CANCELLED`: its media is too old to
-//! be worth delivering, and the receiver continues from the next keyframe. Peers that
+//! then audio, then the GOPs in their order, so audio never waits behind video and a
+//! GOP's tail is not overtaken by the next keyframe (a player draining a backlog writes
+//! both in the same instant). A GOP stream still unacknowledged [`STALE_AFTER`] after it
+//! ended is stale: it drops below every newer GOP, so a fresh keyframe no longer waits
+//! behind it. Still unacknowledged `max_latency` after it ended, it is reset with
+//! `FRAME_CANCELLED`: its media is too old to be worth delivering, and the receiver
+//! continues from the next keyframe. Peers that
 //! did not ask for this mapping get everything on the command stream (what every RoQR
 //! peer reads).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -26,15 +30,24 @@ use tracing::debug;
 
 use crate::rtmp::chunk::Message;
 use crate::rtmp::roqr::frame::{self, FrameError, RoqrFrame};
+use crate::rtmp::roqr::reorder::is_sequence_header;
 use crate::rtmp::roqr::{ErrorCode, Via};
 
-/// Stream priorities (higher goes first).
-const PRIORITY_COMMANDS: i32 = 3;
-const PRIORITY_AUDIO: i32 = 2;
-const PRIORITY_CURRENT_GOP: i32 = 1;
-const PRIORITY_OLD_GOP: i32 = 0;
+/// Stream priorities (higher goes first). GOP streams count down from
+/// `PRIORITY_FIRST_GOP`, one per GOP, so that an older GOP goes before a newer one until
+/// it is stale.
+const PRIORITY_COMMANDS: i32 = 2;
+const PRIORITY_AUDIO: i32 = 1;
+const PRIORITY_FIRST_GOP: i32 = 0;
+const PRIORITY_STALE_GOP: i32 = i32::MIN;
+/// How long an ended GOP stream keeps its place ahead of newer ones. On a path that
+/// keeps up its tail is out within a few milliseconds; one still unacknowledged this
+/// long is behind a congested path, and the next keyframe goes first.
+pub const STALE_AFTER: Duration = Duration::from_millis(100);
 /// Bytes asked of quinn per read.
 const READ_CHUNK: usize = 64 * 1024;
+/// Longest a GOP stream's first frame waits for the streams opened before it to end.
+const ORDER_WAIT: Duration = Duration::from_millis(250);
 
 /// The connect property by which a client asks for the per-track mapping.
 pub const MAPPING_PROPERTY: &str = "roqrMapping";
@@ -107,6 +120,7 @@ pub fn spawn_readers(
     let pending = Arc::new(AtomicUsize::new(0));
     let mut command = Some(StreamReader::new(command, limits, pending.clone(), true));
     let (c, t, p) = (conn.clone(), tx.clone(), pending.clone());
+    let order = Arc::new(GopOrder::default());
     tasks.spawn(async move {
         let mut streams = JoinSet::new();
         loop {
@@ -115,7 +129,9 @@ pub fn spawn_readers(
                 s = c.accept_uni() => match s {
                     Ok(recv) => {
                         let _ = t.send(Incoming::StreamOpened).await;
-                        streams.spawn(StreamReader::new(recv, limits, p.clone(), false).run(t.clone()));
+                        let mut reader = StreamReader::new(recv, limits, p.clone(), false);
+                        reader.order = Some(order.admit(reader.recv.id().index()));
+                        streams.spawn(reader.run(t.clone()));
                     }
                     Err(_) => return,
                 },
@@ -160,6 +176,84 @@ pub fn spawn_readers(
     });
 }
 
+/// Keeps the GOP streams of a connection in the order they were opened. Each stream has
+/// its own reader task, and the tail of one GOP can arrive in the same packet as the next
+/// GOP's keyframe (a sender draining a backlog writes both at once): the two readers would
+/// then race, and the tail could reach the player after the keyframe. So a GOP stream's
+/// first frame waits until every unidirectional stream opened before it has ended or shown
+/// itself to be the audio stream (at most [`ORDER_WAIT`]: a stalled or silent stream must
+/// not hold the pictures up for long).
+#[derive(Debug, Default)]
+struct GopOrder {
+    /// Unidirectional streams that may still carry pictures, by index: admitted, and not
+    /// yet ended or known to be audio.
+    open: Mutex<BTreeMap<u64, ()>>,
+    changed: Notify,
+}
+
+impl GopOrder {
+    /// Registers stream `index` (accepted in order, so before any newer stream).
+    fn admit(self: &Arc<Self>, index: u64) -> OrderSlot {
+        if let Ok(mut open) = self.open.lock() {
+            open.insert(index, ());
+        }
+        OrderSlot { order: self.clone(), index }
+    }
+
+    fn release(&self, index: u64) {
+        if let Ok(mut open) = self.open.lock() {
+            open.remove(&index);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Whether a stream opened before `index` may still carry pictures.
+    fn behind(&self, index: u64) -> bool {
+        self.open.lock().map(|open| open.range(..index).next().is_some()).unwrap_or(false)
+    }
+}
+
+/// A stream's place in its connection's [`GopOrder`]; released when dropped.
+#[derive(Debug)]
+struct OrderSlot {
+    order: Arc<GopOrder>,
+    index: u64,
+}
+
+impl OrderSlot {
+    /// Called with the stream's first message: the audio stream leaves the order at once
+    /// (it never waits and is never waited for); a GOP stream waits for the older ones.
+    async fn first_frame(&self, first: &Message) {
+        let pictures = matches!(first.type_id, 9 | 18) || is_sequence_header(first);
+        if !pictures {
+            self.order.release(self.index);
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + ORDER_WAIT;
+        loop {
+            let changed = self.order.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if !self.order.behind(self.index) {
+                return;
+            }
+            tokio::select! {
+                _ = &mut changed => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    debug!(stream = self.index, "older media streams still open; GOP goes on");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for OrderSlot {
+    fn drop(&mut self) {
+        self.order.release(self.index);
+    }
+}
+
 /// The command stream's next read (pending for ever once it is gone).
 async fn read_command(reader: &mut Option<StreamReader>) -> Read {
     match reader {
@@ -190,6 +284,8 @@ struct StreamReader {
     over_limit: bool,
     frames: u64,
     bytes: u64,
+    /// Its place among the unidirectional streams (GOP streams keep their order).
+    order: Option<OrderSlot>,
 }
 
 impl StreamReader {
@@ -206,6 +302,7 @@ impl StreamReader {
             over_limit: false,
             frames: 0,
             bytes: 0,
+            order: None,
         }
     }
 
@@ -252,6 +349,11 @@ impl StreamReader {
             match frame::decode(&mut self.buf, self.limits.max_payload) {
                 Ok(Some(frame)) => {
                     self.frames += 1;
+                    if self.frames == 1 {
+                        if let Some(slot) = &self.order {
+                            slot.first_frame(&frame.message).await;
+                        }
+                    }
                     let item = Incoming::Frame { frame, via: Via::Stream, stop: Some(self.stop.clone()) };
                     if tx.send(item).await.is_err() {
                         return false;
@@ -282,6 +384,8 @@ impl StreamReader {
     /// The stream is done: its partial frame no longer counts, and the session hears.
     async fn finish(self, tx: &mpsc::Sender<Incoming>) {
         self.pending.fetch_sub(self.held, Ordering::Relaxed);
+        // Before the session hears: a newer GOP waiting for this one may go on.
+        drop(self.order);
         if !self.command {
             let _ = tx.send(Incoming::StreamClosed).await;
         } else if !self.over_limit {
@@ -316,6 +420,8 @@ pub struct MediaSender {
     max_latency: Duration,
     audio: Option<SendStream>,
     gop: Option<SendStream>,
+    /// The priority of the next GOP stream (one below the last one's).
+    next_gop_priority: i32,
     /// Whether the current GOP stream has had its keyframe (a keyframe on a stream that
     /// has only configuration so far belongs to it).
     gop_keyed: bool,
@@ -353,6 +459,7 @@ impl MediaSender {
             max_latency,
             audio: None,
             gop: None,
+            next_gop_priority: PRIORITY_FIRST_GOP,
             gop_keyed: false,
             video_config: None,
             audio_config: None,
@@ -395,7 +502,9 @@ impl MediaSender {
             }
             if target == Target::Gop && self.starts_gop(msg, info) {
                 self.rotate_gop();
-                let s = self.open(PRIORITY_CURRENT_GOP).await?;
+                let s = self.open(self.next_gop_priority).await?;
+                // Bottoms out above the stale GOPs after 2^31 GOPs (two thousand years).
+                self.next_gop_priority = (self.next_gop_priority - 1).max(PRIORITY_STALE_GOP + 1);
                 self.gop = Some(s);
                 self.gop_keyed = false;
                 if (msg.type_id, info.essential) == (9, false) {
@@ -499,27 +608,36 @@ impl MediaSender {
         Ok(s)
     }
 
-    /// Finishes the current GOP's stream and gives it `max_latency` to be acknowledged;
-    /// what is still unacknowledged then is stale and is cancelled.
+    /// Finishes the current GOP's stream. Unacknowledged after [`STALE_AFTER`], it yields
+    /// to newer GOPs; after `max_latency`, what is left of it is cancelled.
     fn rotate_gop(&mut self) {
         let Some(mut old) = self.gop.take() else { return };
         let _ = old.finish();
-        let _ = old.set_priority(PRIORITY_OLD_GOP);
         let stats = self.stats.clone();
         let budget = self.max_latency;
         let id = old.id();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = old.stopped() => {
-                    stats.gops_delivered.fetch_add(1, Ordering::Relaxed);
-                    debug!(stream = %id, "GOP delivered");
-                }
-                _ = tokio::time::sleep(budget) => {
-                    if old.reset(ErrorCode::FrameCancelled.to_varint()).is_ok() {
-                        stats.gops_cancelled.fetch_add(1, Ordering::Relaxed);
-                        debug!(stream = %id, "stale GOP cancelled");
+            let stale = tokio::time::sleep(STALE_AFTER.min(budget));
+            let cancel = tokio::time::sleep(budget);
+            tokio::pin!(stale, cancel);
+            let mut demoted = false;
+            loop {
+                tokio::select! {
+                    _ = old.stopped() => {
+                        stats.gops_delivered.fetch_add(1, Ordering::Relaxed);
+                        debug!(stream = %id, "GOP delivered");
+                        return;
                     }
+                    _ = &mut stale, if !demoted => {
+                        demoted = true;
+                        let _ = old.set_priority(PRIORITY_STALE_GOP);
+                    }
+                    _ = &mut cancel => break,
                 }
+            }
+            if old.reset(ErrorCode::FrameCancelled.to_varint()).is_ok() {
+                stats.gops_cancelled.fetch_add(1, Ordering::Relaxed);
+                debug!(stream = %id, "stale GOP cancelled");
             }
         });
     }
@@ -533,4 +651,76 @@ pub fn prioritise_commands(s: &SendStream) {
 /// Writes command frames.
 pub async fn write_commands(s: &mut SendStream, out: Bytes) -> Result<(), WriteError> {
     s.write_chunk(out).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+
+    use super::*;
+    use crate::transport::quic::{client_endpoint, server_endpoint, QuicSettings};
+    use crate::transport::tls::{self, Trust, ALPN_ROQR};
+
+    fn video(timestamp: u32, keyframe: bool, len: usize) -> (Bytes, Message, MediaInfo) {
+        let mut payload = vec![0u8; len];
+        payload[0] = if keyframe { 0x17 } else { 0x27 };
+        payload[1] = 1;
+        let msg = Message { csid: 6, timestamp, type_id: 9, stream_id: 1, payload: payload.into() };
+        (frame::encode_header(0, &msg), msg, MediaInfo { keyframe, essential: false })
+    }
+
+    /// A player that fell behind drains its backlog in one batch, which may span
+    /// keyframes. The sender must not let a new GOP's stream overtake the old GOP's tail
+    /// written in the same instant (old GOPs yield to new ones only once they are stale),
+    /// and the receiver's per-stream readers must not reorder a tail and a keyframe that
+    /// arrive in one packet: either way the tail would reach the player after the next
+    /// keyframe, out of order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_across_keyframes_arrive_in_order() {
+        // Large GOPs (several packets per frame) test the sender's priorities; tiny ones
+        // (many frames per packet) the receiver's readers.
+        for (gops, frames, key_len, len) in [(3, 10, 60_000, 25_000), (150, 3, 200, 100)] {
+            batch_arrives_in_order(gops, frames, key_len, len).await;
+        }
+    }
+
+    async fn batch_arrives_in_order(gops: u32, frames: u32, key_len: usize, len: usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, _) = tls::dev_identity(dir.path()).unwrap();
+        let q = QuicSettings::default();
+        let (server, _) = server_endpoint(UdpSocket::bind("127.0.0.1:0").unwrap(), &id, &q).unwrap();
+        let addr = server.local_addr().unwrap();
+        let trust = Trust::CaFile(dir.path().join(tls::DEV_CA_FILE));
+        let client = client_endpoint(addr, &trust, &q, ALPN_ROQR).unwrap();
+
+        let test = async {
+            let accepting = async { server.accept().await.unwrap().await };
+            let (server_conn, conn) = tokio::join!(accepting, client.connect(addr, "localhost"));
+            let (server_conn, conn) = (server_conn.unwrap(), conn.unwrap());
+            let (mut up, down) = conn.open_bi().await.unwrap();
+            up.write_all(b"x").await.unwrap();
+            let (mut command, _recv) = server_conn.accept_bi().await.unwrap();
+            let (tx, mut rx) = mpsc::channel(1024);
+            let mut tasks = JoinSet::new();
+            let limits = ReadLimits { max_payload: 1 << 20, max_pending: 16 << 20 };
+            spawn_readers(&conn, down, limits, tx, &mut tasks);
+
+            let mut sender =
+                MediaSender::new(server_conn.clone(), MediaMapping::Tracks, Duration::from_secs(2));
+            let batch: Vec<_> = (0..gops * frames)
+                .map(|i| video(i * 33, i % frames == 0, if i % frames == 0 { key_len } else { len }))
+                .collect();
+            sender.send_batch(&mut command, &batch).await.unwrap();
+            let mut seen = Vec::new();
+            while seen.len() < batch.len() {
+                if let Some(Incoming::Frame { frame, .. }) = rx.recv().await {
+                    seen.push(frame.message.timestamp);
+                }
+            }
+            seen
+        };
+        let seen = tokio::time::timeout(Duration::from_secs(10), test).await.expect("frames did not arrive");
+        let expected: Vec<u32> = (0..gops * frames).map(|i| i * 33).collect();
+        assert_eq!(seen, expected, "video reached the player out of order");
+    }
 }

@@ -140,7 +140,8 @@ impl Reorder {
     }
 }
 
-fn is_sequence_header(m: &Message) -> bool {
+/// Codec configuration: audio or video sequence headers.
+pub(crate) fn is_sequence_header(m: &Message) -> bool {
     let p = &m.payload;
     match m.type_id {
         // AAC sequence header: sound format 10, packet type 0.
