@@ -1395,7 +1395,7 @@ async fn pooled_sessions_share_one_quic_connection_per_upstream() -> Result {
     bounded(async {
         let srv = start_server().await?;
         let opts = client_options(&srv);
-        let pool = qrelay::client::QuicPool::new(opts.clone(), 4, None);
+        let pool = qrelay::client::QuicPool::new(opts.clone(), 4);
         let url = |key| StreamUrl::parse(&format!("{}?mode=tunnel", srv.url("rtmp+quic", key)));
         // Three publishers and a player on three streams of one upstream.
         let mut sessions = Vec::new();

@@ -131,7 +131,7 @@ impl Puller {
         // Sessions per pooled connection: the origin's `max_quic_streams`, which a
         // cluster shares; past it, another connection to the same node opens.
         let per_conn = settings.client.quic.max_bidi_streams as usize;
-        let pool = QuicPool::new(settings.client.clone(), per_conn, None);
+        let pool = QuicPool::new(settings.client.clone(), per_conn);
         Self {
             inner: Arc::new(Inner {
                 hub,

@@ -225,7 +225,7 @@ impl Forwarding {
                 local,
                 me,
                 counters,
-                pool: QuicPool::new(client, per_conn, None),
+                pool: QuicPool::new(client, per_conn),
                 forwards: Mutex::default(),
                 next_id: AtomicU64::new(0),
                 tasks: TaskTracker::new(),

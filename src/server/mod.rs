@@ -437,12 +437,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
     Server::bind(config).await?.run(shutdown).await
 }
 
-/// Socket buffer asked for on the QUIC socket. The default (~208 KiB) drops datagrams
-/// when many connections burst at once (keyframes to every player, ACK storms), and QUIC
-/// congestion control then reads the drops as congestion. The kernel caps it at
-/// `net.core.{r,w}mem_max`.
-const UDP_BUFFER: usize = 8 * 1024 * 1024;
-
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -450,8 +444,9 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
         // Same behaviour as TcpListener::bind for `[::]` (dual-stack where the OS allows).
         let _ = socket.set_only_v6(false);
     }
-    if let Err(e) =
-        socket.set_recv_buffer_size(UDP_BUFFER).and_then(|()| socket.set_send_buffer_size(UDP_BUFFER))
+    if let Err(e) = socket
+        .set_recv_buffer_size(quic_endpoint::UDP_BUFFER)
+        .and_then(|()| socket.set_send_buffer_size(quic_endpoint::UDP_BUFFER))
     {
         warn!(error = %e, "cannot enlarge the QUIC socket buffers");
     }

@@ -105,7 +105,7 @@ impl Dialer {
             Transport::Quic(qrelay_proto::url::QuicMapping::Tunnel) => Dialer::Quic {
                 addr,
                 host: url.host.clone(),
-                pool: Box::new(QuicPool::new(opts.clone(), per_conn, Some(UDP_BUFFER))),
+                pool: Box::new(QuicPool::new(opts.clone(), per_conn)),
             },
             Transport::Quic(qrelay_proto::url::QuicMapping::Roqr) => Dialer::Roqr(Box::new(opts.clone())),
             Transport::Tls => anyhow::bail!("the bench speaks rtmp:// and rtmp+quic:// only"),
@@ -165,12 +165,6 @@ impl Dialer {
         }
     }
 }
-
-/// UDP socket buffers the bench asks for (the kernel caps them at `net.core.rmem_max`
-/// and `wmem_max`). With the default (~208 KiB) a client receiving tens of Mbit/s drops
-/// datagrams whenever its thread is late, and QUIC's congestion control then throttles
-/// the connection: loss the bench would cause, not the relay.
-const UDP_BUFFER: usize = 8 * 1024 * 1024;
 
 /// What a player saw.
 #[derive(Debug, Default)]

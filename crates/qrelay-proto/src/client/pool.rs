@@ -50,7 +50,6 @@ pub struct RxStats {
 pub struct QuicPool {
     opts: ClientOptions,
     per_conn: usize,
-    udp_buffer: Option<usize>,
     conns: Mutex<HashMap<Upstream, Vec<Arc<Shared>>>>,
     /// Opening a connection is serialised per pool, so that sessions starting together
     /// share the connection the first of them opened instead of each opening one.
@@ -58,13 +57,11 @@ pub struct QuicPool {
 }
 
 impl QuicPool {
-    /// A pool putting up to `per_conn` sessions on a connection, its sockets with
-    /// `udp_buffer` bytes of buffer when given.
-    pub fn new(opts: ClientOptions, per_conn: usize, udp_buffer: Option<usize>) -> Self {
+    /// A pool putting up to `per_conn` sessions on a connection.
+    pub fn new(opts: ClientOptions, per_conn: usize) -> Self {
         Self {
             opts,
             per_conn: per_conn.max(1),
-            udp_buffer,
             conns: Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
         }
@@ -86,8 +83,7 @@ impl QuicPool {
         if let Some(found) = self.free(&key) {
             return Ok(found);
         }
-        let endpoint =
-            quic::client_endpoint_buffered(addr, &self.opts.trust, &self.opts.quic, alpn, self.udp_buffer)?;
+        let endpoint = quic::client_endpoint(addr, &self.opts.trust, &self.opts.quic, alpn)?;
         let conn = endpoint.connect(addr, host).await.map_err(quic_connect_failed)?;
         let shared =
             Arc::new(Shared { _endpoint: endpoint, conn: conn.clone(), sessions: AtomicUsize::new(1) });

@@ -249,26 +249,22 @@ pub fn client_transport_config(q: &QuicSettings) -> Result<TransportConfig, Quic
     Ok(t)
 }
 
-/// A client endpoint with the given trust, bound to an ephemeral port of `peer`'s family.
+/// Send and receive buffer asked for on every QUIC socket, server and client (the kernel
+/// caps it at `net.core.{r,w}mem_max`; quic-go asks for 7 MiB likewise). With the default
+/// (~208 KiB) a socket drops datagrams whenever its thread is late during a burst (a
+/// keyframe to every player, a GOP-cache burst to a joining player, an edge pulling many
+/// streams), and QUIC reads the drops as loss: congestion control backs off, and the
+/// redundancy policy may even start sending copies. The buffer is a limit, not an
+/// allocation: it costs memory only while datagrams wait in it.
+pub const UDP_BUFFER: usize = 8 * 1024 * 1024;
+
+/// A client endpoint with the given trust, bound to an ephemeral port of `peer`'s family,
+/// its socket buffers at [`UDP_BUFFER`].
 pub fn client_endpoint(
     peer: SocketAddr,
     trust: &Trust,
     q: &QuicSettings,
     alpn: &[u8],
-) -> Result<ClientEndpoint, QuicError> {
-    client_endpoint_buffered(peer, trust, q, alpn, None)
-}
-
-/// [`client_endpoint`] on a socket with `udp_buffer` bytes of send and receive buffer
-/// (capped by the kernel's `net.core.{r,w}mem_max`): a client receiving tens of Mbit/s
-/// (a load generator, an edge pulling many streams) drops datagrams with the default
-/// ~208 KiB whenever its thread is late, and QUIC reads the drops as congestion.
-pub fn client_endpoint_buffered(
-    peer: SocketAddr,
-    trust: &Trust,
-    q: &QuicSettings,
-    alpn: &[u8],
-    udp_buffer: Option<usize>,
 ) -> Result<ClientEndpoint, QuicError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let tls = tls::client_config(trust, &[alpn])?;
@@ -277,11 +273,9 @@ pub fn client_endpoint_buffered(
     client.transport_config(Arc::new(client_transport_config(q)?));
     let domain = if peer.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
     let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    if let Some(size) = udp_buffer {
-        // Best effort: a smaller buffer still works, it only drops more under load.
-        let _ = socket.set_recv_buffer_size(size);
-        let _ = socket.set_send_buffer_size(size);
-    }
+    // Best effort: a smaller buffer still works, it only drops more under load.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
     socket.bind(&any_port_like(peer).into())?;
     socket.set_nonblocking(true)?;
     let redundancy = Redundancy::new(q.redundancy);
