@@ -431,6 +431,64 @@ async fn the_api_token_is_required_when_set() -> Result {
     .await
 }
 
+/// Reads from a control connection until the relay closes it (or resets it) within
+/// `limit`; what it sent before.
+async fn read_to_close(s: &mut tokio::net::TcpStream, limit: Duration) -> Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    read.await.map_err(|_| anyhow::anyhow!("the relay kept a control connection open past {limit:?}"))?;
+    Ok(got)
+}
+
+/// A client that opens control connections and never finishes a request (a slowloris)
+/// cannot pile them up: beyond the cap a new connection is closed at once, the silent
+/// ones are closed after the handshake timeout, and the API answers again then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_control_connections_are_bounded_in_number_and_time() -> Result {
+    use tokio::io::AsyncWriteExt;
+    bounded(async {
+        let srv = start_server_with(|c| c.handshake_timeout_ms = 1500).await?;
+        let half_request = b"GET /metrics HTTP/1.1\r\nHost: relay\r\n";
+        let mut silent = Vec::new();
+        for _ in 0..qrelay::control::MAX_CONNECTIONS {
+            let mut s = tokio::net::TcpStream::connect(srv.http).await?;
+            s.write_all(half_request).await?;
+            silent.push(s);
+        }
+        let started = Instant::now();
+        // Accepted in order: once the one past the cap is closed, all the others hold a slot.
+        let mut extra = tokio::net::TcpStream::connect(srv.http).await?;
+        let _ = extra.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n").await;
+        let answer = read_to_close(&mut extra, Duration::from_secs(1)).await?;
+        ensure!(
+            answer.is_empty(),
+            "a connection past the cap was served: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        for s in &mut silent {
+            read_to_close(s, Duration::from_secs(5)).await?;
+        }
+        let waited = started.elapsed();
+        ensure!(
+            waited >= Duration::from_millis(1000),
+            "silent connections closed after {waited:?}, before the timeout"
+        );
+        let (status, _) = get(&srv.api("/api/streams")).await?;
+        ensure!(status == StatusCode::OK, "the API after the silent connections: {status}");
+        Ok(())
+    })
+    .await
+}
+
 /// Sends the synthetic numbered frames of `support_hostile` until `stop`, noting any
 /// reconnect request; returns (frames sent, the request's description, frames sent
 /// after it). Ends with the client's error when the relay closes it.

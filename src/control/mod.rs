@@ -12,6 +12,7 @@
 //! - [`sessions`]: session allocation (`POST /api/sessions`) and the token hook.
 //! - [`relays`]: forward/pull state that the relay clients report.
 //! - [`process`]: the relay's own RSS, CPU and file descriptors.
+//! - [`server`]: HTTP/1.1 connections, bounded in number and in header time.
 
 mod api;
 pub mod conns;
@@ -20,6 +21,7 @@ mod metrics;
 pub mod process;
 pub mod rates;
 pub mod relays;
+mod server;
 pub mod sessions;
 
 use std::net::SocketAddr;
@@ -29,10 +31,10 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 pub use conns::{ConnGuard, ConnKind, Connections};
 pub use relays::{ForwardState, PullState, RelayBoard, RelayState};
+pub use server::MAX_CONNECTIONS;
 pub use sessions::{Allocation, Allocations, TokenMinter};
 
 use crate::hub::Hub;
@@ -64,6 +66,8 @@ pub struct ControlParts {
     pub api_token: Option<String>,
     /// The drain's grace period.
     pub grace: Duration,
+    /// Longest a client may take to send a request's headers.
+    pub header_timeout: Duration,
 }
 
 /// Shared state of the HTTP handlers. Cheap to clone.
@@ -104,10 +108,7 @@ pub async fn serve(listener: TcpListener, parts: ControlParts, stop: Cancellatio
         }),
     };
     let sampler = tokio::spawn(sample_rates(control.clone(), stop.clone()));
-    let app = http::router(control);
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
-        warn!(error = %e, "control API stopped with an error");
-    }
+    server::serve(listener, http::router(control), parts.header_timeout, stop).await;
     sampler.abort();
 }
 

@@ -322,6 +322,7 @@ impl Server {
                 rtmp_addr: self.local_addr,
                 api_token: self.config.api.token.clone(),
                 grace: Duration::from_millis(self.config.shutdown_grace_ms),
+                header_timeout: Duration::from_millis(self.config.handshake_timeout_ms),
             };
             tokio::spawn(control::serve(listener, parts, http_stop.clone()))
         });
