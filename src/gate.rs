@@ -184,6 +184,8 @@ pub struct Configured {
     /// The token rules and secret, when a secret is configured (for minting tokens, e.g.
     /// by the control API, even when no mode needs one).
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// How the hooks' notifications went, when hooks are configured (for `/metrics`).
+    pub hooks: Option<Arc<crate::hooks::HookStats>>,
 }
 
 /// The gates the configuration asks for: token checks (`[auth]`), then the HTTP hooks
@@ -194,7 +196,9 @@ pub fn from_config(config: &crate::Config) -> Result<Configured, GateError> {
     if let Some(a) = auth.as_ref().filter(|a| a.checks_tokens()) {
         gates.push(a.clone());
     }
-    if let Some(hooks) = crate::hooks::Hooks::from_config(&config.hooks)? {
+    let hooks = crate::hooks::Hooks::from_config(&config.hooks)?;
+    let hook_stats = hooks.as_ref().map(crate::hooks::Hooks::stats);
+    if let Some(hooks) = hooks {
         gates.push(Arc::new(hooks));
     }
     let gate: Arc<dyn Gate> = match gates.len() {
@@ -202,7 +206,7 @@ pub fn from_config(config: &crate::Config) -> Result<Configured, GateError> {
         1 => gates.remove(0),
         _ => Arc::new(Chain::new(gates)),
     };
-    Ok(Configured { gate, auth })
+    Ok(Configured { gate, auth, hooks: hook_stats })
 }
 
 /// Asks `gate`, refusing when it does not answer within `limit`.

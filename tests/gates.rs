@@ -443,6 +443,20 @@ async fn hooks_decide_after_the_token_and_hear_of_every_end() -> Result {
         publisher.finish().await?;
         let body = hooks.expect("unpublish", "ok1").await?;
         ensure!(body["query"] == json!({"region": "eu", "quality": "hd"}), "{body}");
+        // Both notifications are counted on /metrics once their answers are in.
+        let delivered = "qrelay_hook_notifications_total{outcome=\"delivered\"} 2";
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = reqwest::get(srv.api("/metrics")).await?.text().await?;
+            if text.contains(delivered)
+                && text.contains("qrelay_hook_notifications_total{outcome=\"failed\"} 0")
+            {
+                break;
+            }
+            let hooks_lines: Vec<&str> = text.lines().filter(|l| l.contains("hook")).collect();
+            ensure!(Instant::now() < deadline, "no `{delivered}` on /metrics: {hooks_lines:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // A player whose wait for a publisher runs out was allowed, so its end is told too.
         drop(srv);
         let srv = start_server_with(|c| {

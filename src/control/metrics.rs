@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 
 use super::conns::{ConnKind, Connections};
 use super::process;
+use crate::hooks::HookStats;
 use crate::hub::Hub;
 use crate::reason::Counters;
 
@@ -24,12 +25,18 @@ struct RelayCollector {
     hub: Hub,
     counters: Arc<Counters>,
     conns: Connections,
+    hooks: Option<Arc<HookStats>>,
 }
 
 /// The registry `/metrics` encodes.
-pub(super) fn registry(hub: Hub, counters: Arc<Counters>, conns: Connections) -> Registry {
+pub(super) fn registry(
+    hub: Hub,
+    counters: Arc<Counters>,
+    conns: Connections,
+    hooks: Option<Arc<HookStats>>,
+) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(RelayCollector { hub, counters, conns }));
+    registry.register_collector(Box::new(RelayCollector { hub, counters, conns, hooks }));
     registry
 }
 
@@ -231,6 +238,24 @@ impl Collector for RelayCollector {
             "Peers receiving redundant copies now",
             gauge(r.redundant_paths as u64),
         )?;
+
+        if let Some(h) = &self.hooks {
+            let read =
+                |n: &std::sync::atomic::AtomicU64| counter(n.load(std::sync::atomic::Ordering::Relaxed));
+            family(
+                &mut enc,
+                "qrelay_hook_notifications",
+                "Unpublish and stop notifications to the HTTP hooks, by outcome",
+                "outcome",
+                MetricType::Counter,
+                [
+                    ("delivered", read(&h.delivered)),
+                    ("failed", read(&h.failed)),
+                    ("dropped", read(&h.dropped)),
+                ]
+                .map(|(k, v)| (k.to_owned(), v)),
+            )?;
+        }
 
         if let Some(p) = process::read() {
             single(

@@ -68,6 +68,8 @@ pub struct ControlParts {
     pub grace: Duration,
     /// Longest a client may take to send a request's headers.
     pub header_timeout: Duration,
+    /// How the hooks' notifications went, when hooks are configured.
+    pub hooks: Option<Arc<crate::hooks::HookStats>>,
 }
 
 /// Shared state of the HTTP handlers. Cheap to clone.
@@ -92,7 +94,7 @@ struct Inner {
 /// Serves the control API on `listener` until `stop` is cancelled, sampling bitrates
 /// meanwhile.
 pub async fn serve(listener: TcpListener, parts: ControlParts, stop: CancellationToken) {
-    let registry = metrics::registry(parts.hub.clone(), parts.counters, parts.conns);
+    let registry = metrics::registry(parts.hub.clone(), parts.counters, parts.conns, parts.hooks);
     let control = Control {
         inner: Arc::new(Inner {
             hub: parts.hub,

@@ -61,6 +61,8 @@ pub struct Server {
     hub: Hub,
     gate: Arc<dyn Gate>,
     auth: Option<Arc<Auth>>,
+    /// The hooks' notification counters, when hooks are configured.
+    hooks: Option<Arc<crate::hooks::HookStats>>,
     counters: Arc<Counters>,
     /// The control API's listener, unless `http_listen = "off"`.
     http: Option<TcpListener>,
@@ -163,7 +165,7 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
         // Before any port is taken: a missing secret is a configuration error at start.
-        let gate::Configured { gate, auth } = gate::from_config(&config)?;
+        let gate::Configured { gate, auth, hooks } = gate::from_config(&config)?;
         let (identity, created) = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => (tls::load_identity(cert, key)?, false),
             _ => tls::dev_identity(&config.cert_dir)?,
@@ -210,6 +212,7 @@ impl Server {
             hub,
             gate,
             auth,
+            hooks,
             counters,
             forwarding,
             http,
@@ -323,6 +326,7 @@ impl Server {
                 api_token: self.config.api.token.clone(),
                 grace: Duration::from_millis(self.config.shutdown_grace_ms),
                 header_timeout: Duration::from_millis(self.config.handshake_timeout_ms),
+                hooks: self.hooks.clone(),
             };
             tokio::spawn(control::serve(listener, parts, http_stop.clone()))
         });
