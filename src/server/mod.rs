@@ -442,30 +442,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
     Server::bind(config).await?.run(shutdown).await
 }
 
-fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        // Same behaviour as TcpListener::bind for `[::]` (dual-stack where the OS allows).
-        let _ = socket.set_only_v6(false);
-    }
-    if let Err(e) = socket
-        .set_recv_buffer_size(quic_endpoint::UDP_BUFFER)
-        .and_then(|()| socket.set_send_buffer_size(quic_endpoint::UDP_BUFFER))
-    {
-        warn!(error = %e, "cannot enlarge the QUIC socket buffers");
-    }
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
 async fn bind_pair(addr: SocketAddr) -> Result<(TcpListener, UdpSocket), ServerError> {
     let attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
     let mut last_err = std::io::Error::from(std::io::ErrorKind::AddrInUse);
     for _ in 0..attempts {
         let tcp = TcpListener::bind(addr).await.map_err(|error| ServerError::TcpPort { addr, error })?;
         let port_addr = tcp.local_addr()?;
-        match bind_udp(port_addr) {
+        match quic_endpoint::bind_udp(port_addr) {
             Ok(udp) => return Ok((tcp, udp)),
             Err(e) => last_err = e,
         }

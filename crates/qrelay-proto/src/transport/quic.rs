@@ -201,8 +201,7 @@ impl ClientEndpoint {
     /// network change: Wi-Fi to cellular, a NAT rebinding); QUIC migrates its
     /// connections. Returns the new local address.
     pub fn rebind(&self) -> std::io::Result<SocketAddr> {
-        let socket = UdpSocket::bind(any_port_like(self.endpoint.local_addr()?))?;
-        socket.set_nonblocking(true)?;
+        let socket = bind_udp(any_port_like(self.endpoint.local_addr()?))?;
         self.endpoint.rebind_abstract(self.redundancy.wrap(socket)?)?;
         self.endpoint.local_addr()
     }
@@ -258,6 +257,27 @@ pub fn client_transport_config(q: &QuicSettings) -> Result<TransportConfig, Quic
 /// allocation: it costs memory only while datagrams wait in it.
 pub const UDP_BUFFER: usize = 8 * 1024 * 1024;
 
+/// A non-blocking UDP socket for QUIC bound to `addr` (dual-stack for `[::]` where the OS
+/// allows, as `TcpListener::bind` is), its buffers asked at [`UDP_BUFFER`]: the one way
+/// every QUIC socket of the relay and its clients is made.
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort (the kernel caps the sizes silently): a smaller buffer still works, it
+    // only drops more under load.
+    if let Err(e) =
+        socket.set_recv_buffer_size(UDP_BUFFER).and_then(|()| socket.set_send_buffer_size(UDP_BUFFER))
+    {
+        tracing::warn!(error = %e, "cannot enlarge a QUIC socket's buffers");
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 /// A client endpoint with the given trust, bound to an ephemeral port of `peer`'s family,
 /// its socket buffers at [`UDP_BUFFER`].
 pub fn client_endpoint(
@@ -266,23 +286,16 @@ pub fn client_endpoint(
     q: &QuicSettings,
     alpn: &[u8],
 ) -> Result<ClientEndpoint, QuicError> {
-    use socket2::{Domain, Protocol, Socket, Type};
     let tls = tls::client_config(trust, &[alpn])?;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| QuicError::Crypto(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(client_transport_config(q)?));
-    let domain = if peer.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
-    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    // Best effort: a smaller buffer still works, it only drops more under load.
-    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
-    let _ = socket.set_send_buffer_size(UDP_BUFFER);
-    socket.bind(&any_port_like(peer).into())?;
-    socket.set_nonblocking(true)?;
+    let socket = bind_udp(any_port_like(peer))?;
     let redundancy = Redundancy::new(q.redundancy);
     let mut endpoint = Endpoint::new_with_abstract_socket(
         endpoint_config(q)?,
         None,
-        redundancy.wrap(socket.into())?,
+        redundancy.wrap(socket)?,
         Arc::new(quinn::TokioRuntime),
     )?;
     endpoint.set_default_client_config(client);
@@ -292,6 +305,19 @@ pub fn client_endpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every QUIC socket asks for [`UDP_BUFFER`]: with the kernel's default a player or an
+    /// edge drops bursts, and QUIC takes the drops for loss (bench/RESULTS.md, "QUIC after
+    /// two fixes"). Linux reports twice what it granted, capped at `net.core.rmem_max`.
+    #[test]
+    fn quic_sockets_get_the_large_buffers() {
+        let max =
+            std::fs::read_to_string("/proc/sys/net/core/rmem_max").ok().and_then(|s| s.trim().parse().ok());
+        let socket = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let got = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
+        let want = max.map_or(UDP_BUFFER, |m: usize| m.min(UDP_BUFFER));
+        assert!(got >= want, "receive buffer {got} bytes, asked {UDP_BUFFER} (rmem_max {max:?})");
+    }
 
     /// Over loopback, MTU discovery climbs to a raised `max_mtu` (which needs both ends
     /// to announce it as their `max_udp_payload_size`), and the sender hands the kernel

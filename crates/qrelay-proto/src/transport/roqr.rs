@@ -684,7 +684,17 @@ mod tests {
         }
     }
 
-    async fn batch_arrives_in_order(gops: u32, frames: u32, key_len: usize, len: usize) {
+    /// A connected pair on loopback: the server's connection and command stream (the
+    /// sending side here) and the frames the client's readers hand over.
+    struct Pair {
+        _endpoints: (quinn::Endpoint, crate::transport::quic::ClientEndpoint, tempfile::TempDir),
+        server_conn: Connection,
+        command: SendStream,
+        rx: mpsc::Receiver<Incoming>,
+        _tasks: JoinSet<()>,
+    }
+
+    async fn pair() -> Pair {
         let dir = tempfile::tempdir().unwrap();
         let (id, _) = tls::dev_identity(dir.path()).unwrap();
         let q = QuicSettings::default();
@@ -692,35 +702,99 @@ mod tests {
         let addr = server.local_addr().unwrap();
         let trust = Trust::CaFile(dir.path().join(tls::DEV_CA_FILE));
         let client = client_endpoint(addr, &trust, &q, ALPN_ROQR).unwrap();
+        let accepting = async { server.accept().await.unwrap().await };
+        let (server_conn, conn) = tokio::join!(accepting, client.connect(addr, "localhost"));
+        let (server_conn, conn) = (server_conn.unwrap(), conn.unwrap());
+        let (mut up, down) = conn.open_bi().await.unwrap();
+        up.write_all(b"x").await.unwrap();
+        let (command, _recv) = server_conn.accept_bi().await.unwrap();
+        let (tx, rx) = mpsc::channel(1024);
+        let mut tasks = JoinSet::new();
+        let limits = ReadLimits { max_payload: 1 << 20, max_pending: 16 << 20 };
+        spawn_readers(&conn, down, limits, tx, &mut tasks);
+        Pair { _endpoints: (server, client, dir), server_conn, command, rx, _tasks: tasks }
+    }
 
+    /// The next frame's timestamp.
+    async fn next_frame(rx: &mut mpsc::Receiver<Incoming>) -> u32 {
+        loop {
+            if let Some(Incoming::Frame { frame, .. }) = rx.recv().await {
+                return frame.message.timestamp;
+            }
+        }
+    }
+
+    async fn batch_arrives_in_order(gops: u32, frames: u32, key_len: usize, len: usize) {
         let test = async {
-            let accepting = async { server.accept().await.unwrap().await };
-            let (server_conn, conn) = tokio::join!(accepting, client.connect(addr, "localhost"));
-            let (server_conn, conn) = (server_conn.unwrap(), conn.unwrap());
-            let (mut up, down) = conn.open_bi().await.unwrap();
-            up.write_all(b"x").await.unwrap();
-            let (mut command, _recv) = server_conn.accept_bi().await.unwrap();
-            let (tx, mut rx) = mpsc::channel(1024);
-            let mut tasks = JoinSet::new();
-            let limits = ReadLimits { max_payload: 1 << 20, max_pending: 16 << 20 };
-            spawn_readers(&conn, down, limits, tx, &mut tasks);
-
+            let mut p = pair().await;
             let mut sender =
-                MediaSender::new(server_conn.clone(), MediaMapping::Tracks, Duration::from_secs(2));
+                MediaSender::new(p.server_conn.clone(), MediaMapping::Tracks, Duration::from_secs(2));
             let batch: Vec<_> = (0..gops * frames)
                 .map(|i| video(i * 33, i % frames == 0, if i % frames == 0 { key_len } else { len }))
                 .collect();
-            sender.send_batch(&mut command, &batch).await.unwrap();
+            sender.send_batch(&mut p.command, &batch).await.unwrap();
             let mut seen = Vec::new();
             while seen.len() < batch.len() {
-                if let Some(Incoming::Frame { frame, .. }) = rx.recv().await {
-                    seen.push(frame.message.timestamp);
-                }
+                seen.push(next_frame(&mut p.rx).await);
             }
             seen
         };
         let seen = tokio::time::timeout(Duration::from_secs(10), test).await.expect("frames did not arrive");
         let expected: Vec<u32> = (0..gops * frames).map(|i| i * 33).collect();
         assert_eq!(seen, expected, "video reached the player out of order");
+    }
+
+    /// A peer that leaves a stream with pictures open (another RoQR sender may keep one
+    /// per track) holds a newer GOP stream back at most `ORDER_WAIT`, and an open audio
+    /// stream holds nothing back; streams that ended hold nothing back either.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_older_stream_holds_a_new_gop_back_only_briefly() {
+        let test = async {
+            let mut p = pair().await;
+            let encoded = |(header, msg, _): (Bytes, Message, MediaInfo)| [header, msg.payload].concat();
+            let audio_msg = Message {
+                csid: 4,
+                timestamp: 0,
+                type_id: 8,
+                stream_id: 1,
+                payload: Bytes::from_static(&[0xaf, 1, 9]),
+            };
+            let audio_frame = (
+                frame::encode_header(0, &audio_msg),
+                audio_msg,
+                MediaInfo { keyframe: false, essential: false },
+            );
+            let mut audio = p.server_conn.open_uni().await.unwrap();
+            audio.write_all(&encoded(audio_frame)).await.unwrap();
+            let mut old = p.server_conn.open_uni().await.unwrap();
+            old.write_all(&encoded(video(0, true, 300))).await.unwrap();
+            let mut got = vec![next_frame(&mut p.rx).await, next_frame(&mut p.rx).await];
+            got.sort_unstable();
+            assert_eq!(got, [0, 0]);
+
+            let started = tokio::time::Instant::now();
+            let mut new = p.server_conn.open_uni().await.unwrap();
+            new.write_all(&encoded(video(33, false, 300))).await.unwrap();
+            assert_eq!(next_frame(&mut p.rx).await, 33);
+            let held = started.elapsed();
+            assert!(
+                held >= ORDER_WAIT - Duration::from_millis(20),
+                "not held behind the open stream: {held:?}"
+            );
+            assert!(held < ORDER_WAIT + Duration::from_millis(500), "held {held:?}");
+
+            old.finish().unwrap();
+            new.finish().unwrap();
+            let started = tokio::time::Instant::now();
+            let mut newer = p.server_conn.open_uni().await.unwrap();
+            newer.write_all(&encoded(video(66, true, 300))).await.unwrap();
+            assert_eq!(next_frame(&mut p.rx).await, 66);
+            let held = started.elapsed();
+            assert!(
+                held < ORDER_WAIT / 2,
+                "held {held:?} although the older streams ended (the audio one is open)"
+            );
+        };
+        tokio::time::timeout(Duration::from_secs(10), test).await.expect("frames did not arrive");
     }
 }
