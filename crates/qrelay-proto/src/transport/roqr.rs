@@ -17,7 +17,7 @@
 //! did not ask for this mapping get everything on the command stream (what every RoQR
 //! peer reads).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -187,7 +187,7 @@ pub fn spawn_readers(
 struct GopOrder {
     /// Unidirectional streams that may still carry pictures, by index: admitted, and not
     /// yet ended or known to be audio.
-    open: Mutex<BTreeMap<u64, ()>>,
+    open: Mutex<BTreeSet<u64>>,
     changed: Notify,
 }
 
@@ -195,7 +195,7 @@ impl GopOrder {
     /// Registers stream `index` (accepted in order, so before any newer stream).
     fn admit(self: &Arc<Self>, index: u64) -> OrderSlot {
         if let Ok(mut open) = self.open.lock() {
-            open.insert(index, ());
+            open.insert(index);
         }
         OrderSlot { order: self.clone(), index }
     }
@@ -503,7 +503,7 @@ impl MediaSender {
             if target == Target::Gop && self.starts_gop(msg, info) {
                 self.rotate_gop();
                 let s = self.open(self.next_gop_priority).await?;
-                // Bottoms out above the stale GOPs after 2^31 GOPs (two thousand years).
+                // Bottoms out above the stale GOPs after 2^31 GOPs (68 years at one a second).
                 self.next_gop_priority = (self.next_gop_priority - 1).max(PRIORITY_STALE_GOP + 1);
                 self.gop = Some(s);
                 self.gop_keyed = false;
