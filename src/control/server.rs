@@ -5,7 +5,6 @@
 //! arrive within the relay's handshake timeout, on a new connection as on a kept-alive
 //! one.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +31,7 @@ pub(super) async fn serve(
     stop: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let refused = AtomicU64::new(0);
+    let mut refused: u64 = 0;
     let mut conns = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -51,9 +50,9 @@ pub(super) async fn serve(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             // Dropping the stream closes it; counted, logged once per 100.
-            let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
-            if n % 100 == 1 {
-                warn!(%peer, refused = n, max = MAX_CONNECTIONS, "control API: too many connections, closing new ones");
+            refused += 1;
+            if refused % 100 == 1 {
+                warn!(%peer, refused, max = MAX_CONNECTIONS, "control API: too many connections, closing new ones");
             }
             continue;
         };

@@ -389,11 +389,7 @@ async fn sample(shared: std::sync::Weak<Shared>) {
         let sampling = {
             let mut watched = shared.watched.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            watched.conns.retain_mut(|w| {
-                let open = w.conn.close_reason().is_none();
-                changes.extend(w.sample(now, open, &shared));
-                open
-            });
+            watched.conns.retain_mut(|w| w.sample(now, &shared, &mut changes));
             // Under the lock: a connection watched from now on starts a new task.
             watched.sampling = !watched.conns.is_empty();
             watched.sampling
@@ -408,12 +404,13 @@ async fn sample(shared: std::sync::Weak<Shared>) {
 }
 
 impl WatchedConn {
-    /// Feeds the policy one reading; the copies to set, per destination, if they change.
-    fn sample(&mut self, now: Instant, open: bool, shared: &Shared) -> Vec<(SocketAddr, u8)> {
-        if !open {
-            return vec![(self.peer, 1)];
+    /// Feeds the policy one reading and adds the copies to set, per destination, to
+    /// `changes` where they change; `false` once the connection is closed (its copies end).
+    fn sample(&mut self, now: Instant, shared: &Shared, changes: &mut Vec<(SocketAddr, u8)>) -> bool {
+        if self.conn.close_reason().is_some() {
+            changes.push((self.peer, 1));
+            return false;
         }
-        let mut changes = Vec::new();
         let now_peer = self.conn.remote_address();
         if now_peer != self.peer {
             // The peer migrated: its copies follow it.
@@ -444,10 +441,10 @@ impl WatchedConn {
                 tracing::info!(%peer, copies, loss_pct = loss * 100.0, "lossy path: sending redundant copies");
             }
             Some(Decision::Off(why)) => tracing::info!(%peer, reason = %why, "redundant copies off"),
-            None => return changes,
+            None => return true,
         }
         changes.push((peer, self.policy.copies()));
-        changes
+        true
     }
 }
 

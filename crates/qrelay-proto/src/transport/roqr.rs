@@ -190,17 +190,13 @@ pub fn spawn_readers(
 /// tail only itself.
 #[derive(Debug, Default)]
 struct GopOrder {
-    state: Mutex<OrderState>,
-    changed: Notify,
-}
-
-#[derive(Debug, Default)]
-struct OrderState {
     /// Unidirectional streams that may carry pictures, by index: admitted, and not yet
     /// ended or known to be audio.
-    open: BTreeMap<u64, Watched>,
-    /// The newest GOP stream whose frames flow.
-    newest_started: Option<u64>,
+    open: Mutex<BTreeMap<u64, Watched>>,
+    changed: Notify,
+    /// One more than the index of the newest GOP stream whose frames flow (0: none yet);
+    /// read for every frame, so not under the lock.
+    newest_started: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -212,24 +208,24 @@ struct Watched {
 }
 
 impl GopOrder {
-    fn lock(&self) -> std::sync::MutexGuard<'_, OrderState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Watched>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers stream `index` (accepted in order, so before any newer stream).
     fn admit(self: &Arc<Self>, index: u64) -> OrderSlot {
         let probe = Arc::new(Notify::new());
-        self.lock().open.insert(index, Watched { probe: probe.clone(), idle: 0 });
+        self.lock().insert(index, Watched { probe: probe.clone(), idle: 0 });
         OrderSlot { order: self.clone(), index, probe, pictures: false }
     }
 
     fn release(&self, index: u64) {
-        self.lock().open.remove(&index);
+        self.lock().remove(&index);
         self.changed.notify_waiters();
     }
 
     fn idle(&self, index: u64) {
-        if let Some(w) = self.lock().open.get_mut(&index) {
+        if let Some(w) = self.lock().get_mut(&index) {
             w.idle += 1;
         }
         self.changed.notify_waiters();
@@ -237,7 +233,7 @@ impl GopOrder {
 
     /// Whether a GOP stream newer than `index` has started.
     fn superseded(&self, index: u64) -> bool {
-        self.lock().newest_started.is_some_and(|n| n > index)
+        self.newest_started.load(Ordering::Acquire) > index + 1
     }
 }
 
@@ -263,7 +259,6 @@ impl OrderSlot {
         let asked: Vec<(u64, u64)> = self
             .order
             .lock()
-            .open
             .range(..self.index)
             .map(|(i, w)| {
                 w.probe.notify_one();
@@ -276,8 +271,8 @@ impl OrderSlot {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let waiting = {
-                let state = self.order.lock();
-                asked.iter().any(|(i, idle)| state.open.get(i).is_some_and(|w| w.idle == *idle))
+                let open = self.order.lock();
+                asked.iter().any(|(i, idle)| open.get(i).is_some_and(|w| w.idle == *idle))
             };
             if !waiting {
                 break;
@@ -290,8 +285,7 @@ impl OrderSlot {
                 }
             }
         }
-        let mut state = self.order.lock();
-        state.newest_started = state.newest_started.max(Some(self.index));
+        self.order.newest_started.fetch_max(self.index + 1, Ordering::AcqRel);
     }
 
     /// Whether this stream's frames are stale now (a newer GOP started).
