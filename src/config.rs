@@ -160,7 +160,8 @@ pub struct Config {
     /// How long a pulled stream's upstream stays open after its last player left.
     #[arg(long, env = "QRELAY_PULL_IDLE_MS", default_value_t = Config::default().pull_idle_ms)]
     pub pull_idle_ms: u64,
-    /// Cluster registry: `redis://host:port[/db]`. Without it, each node decides alone
+    /// Cluster registry: `redis://host:port[/db]`, or a Unix socket of a Redis on this
+    /// host, `redis+unix:///run/redis.sock[?db=N]`. Without it, each node decides alone
     /// and edges pull from the `origin` list.
     #[arg(long, env = "QRELAY_REGISTRY")]
     pub registry: Option<String>,
@@ -614,9 +615,9 @@ impl Config {
             NodeUrl::parse(origin).map_err(|e| ConfigError::Invalid(format!("origin `{origin}`: {e}")))?;
         }
         if let Some(registry) = &self.registry {
-            if !registry.starts_with("redis://") {
+            if !["redis://", "redis+unix://"].iter().any(|scheme| registry.starts_with(scheme)) {
                 return Err(ConfigError::Invalid(format!(
-                    "registry `{registry}`: only redis://host:port[/db] is supported"
+                    "registry `{registry}`: only redis://host:port[/db] and redis+unix:///path[?db=N] are supported"
                 )));
             }
             // Port 0 is chosen at bind time, where the node URL is made.

@@ -196,12 +196,16 @@ async fn an_edge_never_pulls_from_itself() -> Result {
     bounded(async {
         // The origin list names the edge itself (a loop): it is skipped, and the player
         // is told there is no such stream when its wait is over.
-        let port = free_port()?;
-        let edge = start_server_with(|c| {
-            c.listen = format!("127.0.0.1:{port}").parse().expect("address");
-            c.origin = vec![format!("rtmp+quic://localhost:{port}"), format!("rtmp://127.0.0.1:{port}")];
-            c.play_wait_ms = 500;
-        })
+        let reserved = reserve_port()?;
+        let port = reserved.local_addr().port();
+        let edge = start_server_on(
+            reserved,
+            |c| {
+                c.origin = vec![format!("rtmp+quic://localhost:{port}"), format!("rtmp://127.0.0.1:{port}")];
+                c.play_wait_ms = 500;
+            },
+            None,
+        )
         .await?;
         let err = player(&edge, "rtmp", "self").await.err().context("played a stream nobody publishes")?;
         ensure!(format!("{err:#}").contains("StreamNotFound"), "{err:#}");
@@ -296,17 +300,21 @@ async fn an_edge_sharing_the_token_secret_pulls_from_an_origin_that_requires_tok
 // A cluster with a Redis registry
 // ---------------------------------------------------------------------------------------
 
-/// A `redis-server` on a free loopback port, without persistence; killed on drop.
+/// A `redis-server` on a Unix socket of its own (no TCP port: nothing to race other tests
+/// for), without persistence; killed on drop.
 struct RedisServer {
     url: String,
     _child: Child,
+    _dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     async fn start() -> Result<Self> {
-        let port = free_port()?;
+        let dir = tempfile::Builder::new().prefix("qrelay-redis-").tempdir()?;
+        let socket = dir.path().join("redis.sock");
         let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+            .arg(&socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -314,14 +322,14 @@ impl RedisServer {
             .spawn()
             .context("starting redis-server (scripts/install-test-deps.sh installs it)")?;
         let ready = wait_until("redis-server to accept connections", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            std::os::unix::net::UnixStream::connect(&socket).ok()
         })
         .await;
         if let Err(e) = ready {
             let _ = child.kill().await;
             return Err(e);
         }
-        Ok(Self { url: format!("redis://127.0.0.1:{port}"), _child: child })
+        Ok(Self { url: format!("redis+unix://{}", socket.display()), _child: child, _dir: dir })
     }
 }
 
@@ -416,8 +424,8 @@ async fn origin_failover_through_redis_keeps_edge_players_playing() -> Result {
 async fn a_registry_that_is_down_never_stops_local_publish_and_play() -> Result {
     bounded(async {
         // Nothing listens there.
-        let registry = format!("redis://127.0.0.1:{}", free_port()?);
         let certs = tempfile::tempdir()?;
+        let registry = format!("redis+unix://{}", certs.path().join("no-redis.sock").display());
         let srv = node(&registry, certs.path(), |_| {}).await?;
         let publisher = spawn(&mut ffmpeg_publisher(&media().flv, &srv.url("rtmp", "solo"), true))?;
         srv.wait_live("solo").await?;

@@ -164,7 +164,10 @@ async fn forwards_to_another_qrelay_over_quic_with_the_key_appended_or_renamed()
 async fn a_target_that_comes_up_late_gets_the_stream_and_a_dead_one_harms_nobody() -> Result {
     bounded(async {
         let healthy = start_server().await?;
-        let (late_port, dead_port) = (free_port()?, free_port()?);
+        // Both ports are held (refusing connections) for the whole test: the dead one is
+        // never served, the late one is served later by a relay started on it.
+        let (late_reserved, dead_reserved) = (reserve_port()?, reserve_port()?);
+        let (late_port, dead_port) = (late_reserved.local_addr().port(), dead_reserved.local_addr().port());
         let to = [
             format!("rtmp://127.0.0.1:{dead_port}/live"),
             format!("rtmp://127.0.0.1:{late_port}/live"),
@@ -192,7 +195,7 @@ async fn a_target_that_comes_up_late_gets_the_stream_and_a_dead_one_harms_nobody
         })
         .await?;
         // Now it comes up, with a player waiting for the stream.
-        let late = start_server_with(|c| c.listen = SocketAddr::from(([127, 0, 0, 1], late_port))).await?;
+        let late = start_server_on(late_reserved, |_| {}, None).await?;
         let late_player = spawn(&mut ffmpeg_player(&late.url("rtmp", "cam3"), &late_out))?;
         let status =
             wait_until("the late target to get the stream", Duration::from_secs(10), || {

@@ -50,7 +50,7 @@ impl std::fmt::Debug for Redis {
 }
 
 impl Redis {
-    /// A registry at `url` (`redis://host:port[/db]`) for the node reached at `me`. Does
+    /// A registry at `url` (`redis://host:port[/db]`, `redis+unix:///path[?db=N]`) for the node reached at `me`. Does
     /// not connect yet: a Redis that is down must not keep the relay from starting.
     pub fn new(url: &str, me: &NodeUrl, lease: Duration, timeout: Duration) -> Result<Self, RegistryError> {
         let client = redis::Client::open(url).map_err(|e| RegistryError::Unavailable(e.to_string()))?;

@@ -164,6 +164,16 @@ impl Server {
     /// Binds TCP and UDP on the same port and loads (or makes) the certificates.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
+        let port = BoundPort::bind(config.listen)?;
+        Self::bind_on(port, config).await
+    }
+
+    /// As [`Server::bind`], on a port bound beforehand (`config.listen` is not used):
+    /// for a node that must know its own address before it starts (an origin list that
+    /// names itself, a forward target that comes up late), with no window in which
+    /// another process could take the port.
+    pub async fn bind_on(port: BoundPort, config: Config) -> Result<Self, ServerError> {
+        config.validate()?;
         // Before any port is taken: a missing secret is a configuration error at start.
         let gate::Configured { gate, auth, hooks } = gate::from_config(&config)?;
         let (identity, created) = match (&config.cert, &config.key) {
@@ -178,8 +188,8 @@ impl Server {
                 ca.display()
             );
         }
-        let (tcp, udp) = bind_pair(config.listen).await?;
-        let local_addr = tcp.local_addr()?;
+        let BoundPort { tcp, udp, addr: local_addr } = port;
+        let tcp = tcp.listen(TCP_BACKLOG)?;
         let (endpoint, redundancy) = quic_endpoint::server_endpoint(udp, &identity, &config.quic())?;
         let conns = Connections::default();
         conns.set_redundancy(redundancy.clone());
@@ -442,16 +452,47 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> 
     Server::bind(config).await?.run(shutdown).await
 }
 
-async fn bind_pair(addr: SocketAddr) -> Result<(TcpListener, UdpSocket), ServerError> {
-    let attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
-    let mut last_err = std::io::Error::from(std::io::ErrorKind::AddrInUse);
-    for _ in 0..attempts {
-        let tcp = TcpListener::bind(addr).await.map_err(|error| ServerError::TcpPort { addr, error })?;
-        let port_addr = tcp.local_addr()?;
-        match quic_endpoint::bind_udp(port_addr) {
-            Ok(udp) => return Ok((tcp, udp)),
-            Err(e) => last_err = e,
+/// Pending TCP connections the kernel queues for the accept loop (tokio's default).
+const TCP_BACKLOG: u32 = 1024;
+
+/// The relay's one port, TCP and UDP, bound and held but not yet served: until a
+/// [`Server`] runs on it, TCP connections to it are refused (the socket does not listen)
+/// and nobody else can take it.
+#[derive(Debug)]
+pub struct BoundPort {
+    tcp: tokio::net::TcpSocket,
+    udp: UdpSocket,
+    addr: SocketAddr,
+}
+
+impl BoundPort {
+    /// Binds TCP and UDP on the same port of `addr`; with port 0, a port free for both.
+    pub fn bind(addr: SocketAddr) -> Result<Self, ServerError> {
+        let attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
+        let mut last_err = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        for _ in 0..attempts {
+            let tcp = bind_tcp(addr).map_err(|error| ServerError::TcpPort { addr, error })?;
+            let port_addr = tcp.local_addr()?;
+            match quic_endpoint::bind_udp(port_addr) {
+                Ok(udp) => return Ok(Self { tcp, udp, addr: port_addr }),
+                Err(e) => last_err = e,
+            }
         }
+        Err(ServerError::UdpPort { addr, error: last_err })
     }
-    Err(ServerError::UdpPort { addr, error: last_err })
+
+    /// The address both are bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// A TCP socket bound to `addr`, not listening, with `SO_REUSEADDR` as a listener has it
+/// (a restarted relay takes its port back while old connections linger in TIME_WAIT).
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }

@@ -20,7 +20,7 @@ use qrelay::hub::{Hub, StreamStats};
 use qrelay::media::flv::FlvTag;
 use qrelay::media::frame::MediaKind;
 use qrelay::relay::push::Forwarding;
-use qrelay::server::Shutdown;
+use qrelay::server::{BoundPort, Shutdown};
 use qrelay::Config;
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -99,15 +99,30 @@ pub async fn start_server_gated(
     tweak: impl FnOnce(&mut Config),
     gate: Option<std::sync::Arc<dyn qrelay::gate::Gate>>,
 ) -> Result<TestServer> {
+    start_server_on(BoundPort::bind("127.0.0.1:0".parse()?)?, tweak, gate).await
+}
+
+/// A loopback port held for a relay that starts later ([`start_server_on`]): until then
+/// TCP connections to it are refused, and no other test can take it.
+pub fn reserve_port() -> Result<BoundPort> {
+    Ok(BoundPort::bind("127.0.0.1:0".parse()?)?)
+}
+
+/// Starts a relay on a port reserved beforehand (`listen` in the configuration is unused).
+pub async fn start_server_on(
+    port: BoundPort,
+    tweak: impl FnOnce(&mut Config),
+    gate: Option<std::sync::Arc<dyn qrelay::gate::Gate>>,
+) -> Result<TestServer> {
     let dir = tempfile::Builder::new().prefix("qrelay-e2e-").tempdir()?;
     let mut config = Config {
-        listen: "127.0.0.1:0".parse()?,
+        listen: port.local_addr(),
         cert_dir: dir.path().join("certs"),
         http_listen: qrelay::config::HttpListen::Addr("127.0.0.1:0".parse()?),
         ..Default::default()
     };
     tweak(&mut config);
-    let mut server = qrelay::Server::bind(config).await?;
+    let mut server = qrelay::Server::bind_on(port, config).await?;
     let http = server.http_addr().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     if let Some(gate) = gate {
         server.set_gate(gate);
@@ -174,10 +189,18 @@ impl TestServer {
         what: &str,
         cond: impl Fn(&StreamStats) -> bool,
     ) -> Result<StreamStats> {
-        wait_until(&format!("live/{key}: {what}"), Duration::from_secs(10), || {
-            self.stats(key).filter(|s| cond(s))
-        })
-        .await
+        self.wait_stats_within(key, what, Duration::from_secs(10), cond).await
+    }
+
+    /// Waits at most `limit` until the stream's statistics satisfy `cond`.
+    pub async fn wait_stats_within(
+        &self,
+        key: &str,
+        what: &str,
+        limit: Duration,
+        cond: impl Fn(&StreamStats) -> bool,
+    ) -> Result<StreamStats> {
+        wait_until(&format!("live/{key}: {what}"), limit, || self.stats(key).filter(|s| cond(s))).await
     }
 
     /// Waits until at least `n` players are attached to `live/key`.
@@ -610,8 +633,9 @@ pub fn assert_same_av_tags(published: &[FlvTag], played: &[FlvTag]) -> Result {
     Ok(())
 }
 
-/// A loopback port nobody listens on now (bound and released: the kernel does not hand
-/// it out again soon).
+/// A loopback port nobody listens on now (bound and released), for a program that can
+/// only bind a port itself (nginx); everything else gets a bound socket
+/// ([`reserve_port`]), since another test may take this port before it is used.
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -632,11 +656,26 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// nginx cannot be handed a bound socket, so it binds a port picked just before:
+    /// when another process took that port in between, nginx exits at once, and it is
+    /// started again on another.
     pub async fn start() -> Result<Self> {
         ensure!(
             Path::new(NGINX_MODULE).exists(),
             "nginx-rtmp missing: run scripts/install-test-deps.sh (nginx-light, libnginx-mod-rtmp)"
         );
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            match Self::try_start().await? {
+                Ok(nginx) => return Ok(nginx),
+                Err(log) => failures.push(log),
+            }
+        }
+        bail!("nginx did not start: {}", failures.join("\n"))
+    }
+
+    /// `Ok(Err(log))` when nginx exited before it listened (its error log).
+    async fn try_start() -> Result<std::result::Result<Self, String>> {
         let dir = tempfile::Builder::new().prefix("qrelay-nginx-").tempdir()?;
         let port = free_port()?;
         let work = dir.path().display();
@@ -662,20 +701,48 @@ impl Nginx {
         cmd.arg("-c").arg(&conf_path).arg("-p").arg(dir.path()).arg("-e").arg(dir.path().join("error.log"));
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
             .kill_on_drop(true);
-        let child = spawn(&mut cmd)?;
-        // Listening is the event to wait for: nginx has no readiness signal of its own.
+        let mut child = spawn(&mut cmd)?;
+        // Its listening socket is the event to wait for: nginx has no readiness signal of
+        // its own, and a connection alone could reach whoever else took the port.
+        let pid = child.id().context("nginx exited at once")?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
+        while !process_listens_on(pid, port) {
+            if child.try_wait()?.is_some() || bind_failed(&dir) {
+                let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+                return Ok(Err(format!("port {port}: {log}")));
+            }
             ensure!(tokio::time::Instant::now() < deadline, "nginx did not listen on {addr} within 10 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(Self { port, _child: child, _dir: dir })
+        Ok(Ok(Self { port, _child: child, _dir: dir }))
     }
 
     pub fn url(&self, key: &str) -> String {
         format!("rtmp://127.0.0.1:{}/live/{key}", self.port)
     }
+}
+
+/// nginx logs a failed bind at once, then retries for seconds before it exits.
+fn bind_failed(dir: &tempfile::TempDir) -> bool {
+    std::fs::read_to_string(dir.path().join("error.log")).is_ok_and(|log| log.contains("bind()"))
+}
+
+/// Process `pid` holds the socket listening on 127.0.0.1:`port` (read from /proc).
+fn process_listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return false };
+    let local = format!("0100007F:{port:04X}");
+    // Columns: sl local_address rem_address st ... inode (the 10th).
+    let inode = table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.get(1) == Some(&local.as_str()) && cols.get(3) == Some(&"0A"))
+            .then(|| cols.get(9).copied())
+            .flatten()
+    });
+    let Some(inode) = inode else { return false };
+    let wanted = format!("socket:[{inode}]");
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == wanted))
 }

@@ -12,11 +12,16 @@
 //! nothing: this works with any QUIC peer.
 //!
 //! Copies only help when the path has spare capacity and the loss is random. They hurt a
-//! path that is full (they add to the queue that causes the loss), so [`Policy`] turns
-//! them on from the connection's measured loss, off as soon as the path queues (RTT
-//! above its floor) or the loss goes through the copies anyway (bursts, congestion), and
-//! probes without them now and then, at growing intervals, to see whether the loss has
-//! gone. [`Policy`] is sans-IO (statistics in, decisions out); [`Redundancy`] is the I/O
+//! path that is full (they add to the queue that causes the loss: a link whose rate fell
+//! below the stream's, with a shallow bottleneck queue, lost 85 % with three copies and
+//! stalled its players for 18 s), so [`Policy`] tells congestive loss from random loss
+//! and copies only the latter. Congestive is loss that comes with a queue (RTT above its
+//! floor), loss above what copies can mend, loss in bursts (many packets declared lost
+//! at once: a bottleneck queue overflowing, where random loss takes them one by one),
+//! and loss that rises with the sending rate (more of it once copies went on). Any of
+//! these turns copies off and keeps them off until the path has shown none for a while;
+//! otherwise copies go on from the measured loss, and are probed without now and then,
+//! at growing intervals, to see whether the loss has gone. [`Policy`] is sans-IO (statistics in, decisions out); [`Redundancy`] is the I/O
 //! edge: a UDP socket wrapper that sends the copies, and a watcher per connection that
 //! feeds the policy from quinn's statistics.
 
@@ -60,9 +65,20 @@ pub const MAX_COPIES: u8 = 3;
 const TARGET_LOSS: f64 = 5e-4;
 /// Measured loss at which copies start: below it retransmissions are rare enough.
 const ON_LOSS: f64 = 0.002;
-/// Loss that still gets through the copies: they are not helping (the losses come in
-/// bursts, or from our own queue), so they stop.
-const INEFFECTIVE_LOSS: f64 = 0.01;
+/// Loss above this is not what copies mend: [`MAX_COPIES`] bring 10 % random loss to
+/// 0.1 %, and a path losing more is one that cannot carry what is sent. Through copies
+/// it is the path's own loss behind them that counts: 1 % getting through two copies is
+/// 10 % behind them.
+const MENDABLE_LOSS: f64 = 0.10;
+/// Packets declared lost per loss detection (quinn's congestion events) from which the
+/// losses come in bursts. Random loss is found a packet at a time (about 1.1 per event
+/// at 5 %); an overflowing queue drops runs of packets, found together.
+const BURST_LOSSES: f64 = 2.5;
+/// Losses a burst verdict needs (fewer in runs only keep copies from starting).
+const BURST_MIN_LOST: u64 = 4;
+/// Through copies, the path's own loss (inferred) may be this many times what it was
+/// measured at before them; more, and the loss rises with the sending rate.
+const RISE_FACTOR: f64 = 3.0;
 /// Packets a loss rate needs before it is believed, and losses at the least.
 const MIN_SENT: u64 = 150;
 const MIN_LOST: u64 = 2;
@@ -74,7 +90,7 @@ const BASE_HOLD: Duration = Duration::from_secs(30);
 const MAX_HOLD: Duration = Duration::from_secs(300);
 /// A probe that sees no loss for this long ends: the path got better.
 const PROBE_FOR: Duration = Duration::from_secs(5);
-/// After the path queued, or copies did not help, no copies for this long.
+/// After the last sign of congestion, or copies that did not help, no copies for this long.
 const BLOCK: Duration = Duration::from_secs(10);
 /// After copies start (or rise), losses are counted only after this long (or four round
 /// trips, if longer): QUIC declares a packet lost up to about a round trip after it was
@@ -94,6 +110,8 @@ pub struct PathSample {
     pub rtt: Duration,
     /// Lowest round-trip time seen.
     pub min_rtt: Duration,
+    /// Loss detections that found packets lost so far (quinn's congestion events).
+    pub congestion_events: u64,
 }
 
 /// A change of the number of copies, and why (for the log).
@@ -113,20 +131,42 @@ pub enum Decision {
 /// Why copies stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffReason {
-    /// The path queues: it is full, and copies would add to the loss they fight.
-    Queueing,
-    /// Loss gets through the copies (bursts or congestion): they cost and do not help.
-    Ineffective,
+    /// The path is congested: copies would add to the loss they fight.
+    Congested(Congestion),
     /// A scheduled probe: one copy for a while, to see whether the loss is gone.
     Probe,
 }
 
+/// A sign that the path's loss is its own congestion, not random loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Congestion {
+    /// The RTT is well above its floor: a bottleneck queue fills.
+    Queueing,
+    /// More loss than copies can mend (or loss getting through them): the path cannot
+    /// carry what is sent.
+    HeavyLoss,
+    /// Packets are lost in runs, as an overflowing queue drops them.
+    Bursts,
+    /// The loss rose with the sending rate (once copies went on).
+    RisesWithRate,
+}
+
 impl fmt::Display for OffReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Congested(c) => write!(f, "the path is congested: {c}"),
+            Self::Probe => f.write_str("probing whether the path still loses packets"),
+        }
+    }
+}
+
+impl fmt::Display for Congestion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::Queueing => "the path is queueing (RTT above its floor)",
-            Self::Ineffective => "loss gets through the copies (bursts or congestion)",
-            Self::Probe => "probing whether the path still loses packets",
+            Self::Queueing => "it queues (RTT above its floor)",
+            Self::HeavyLoss => "more loss than copies can mend",
+            Self::Bursts => "packets lost in bursts",
+            Self::RisesWithRate => "the loss rose with the sending rate",
         })
     }
 }
@@ -136,6 +176,7 @@ struct Interval {
     at: Instant,
     sent: u64,
     lost: u64,
+    events: u64,
     copies: u8,
 }
 
@@ -153,6 +194,8 @@ pub struct Policy {
     hold_until: Option<Instant>,
     probe_since: Option<Instant>,
     blocked_until: Option<Instant>,
+    /// The loss measured without copies when they went on.
+    loss_before: f64,
 }
 
 impl Policy {
@@ -168,6 +211,7 @@ impl Policy {
             hold_until: None,
             probe_since: None,
             blocked_until: None,
+            loss_before: 0.0,
         }
     }
 
@@ -183,6 +227,7 @@ impl Policy {
             at: now,
             sent: s.sent_packets.saturating_sub(prev.sent_packets),
             lost: s.lost_packets.saturating_sub(prev.lost_packets),
+            events: s.congestion_events.saturating_sub(prev.congestion_events),
             copies: self.copies,
         });
         while self.window.front().is_some_and(|i| now.duration_since(i.at) > WINDOW) {
@@ -191,21 +236,20 @@ impl Policy {
         if self.mode == RedundancyMode::Off {
             return None;
         }
-        // BBR keeps its queue near empty; an RTT well above the floor means the path is
-        // full (a capacity drop), where copies would only deepen the queue.
-        let queueing = !s.min_rtt.is_zero() && s.rtt > s.min_rtt * 3 / 2 + Duration::from_millis(20);
-        let (sent, lost) = self.current_totals();
+        let (sent, lost, events) = self.current_totals();
         let rate = if sent == 0 { 0.0 } else { lost as f64 / sent as f64 };
         let enough = sent >= MIN_SENT && lost >= MIN_LOST;
+        // Through k copies the path's own loss is the k-th root of what gets through.
+        let inferred = rate.powf(1.0 / f64::from(self.copies));
+        if let Some(why) = self.congestion(s, rate, inferred, lost, events) {
+            // Held off until the path has shown no congestion for a while.
+            self.blocked_until = Some(now + BLOCK);
+            if self.copies > 1 {
+                return Some(self.stop(now, OffReason::Congested(why)));
+            }
+            return None;
+        }
         if self.copies > 1 {
-            if queueing {
-                return Some(self.stop(now, OffReason::Queueing));
-            }
-            if sent >= MIN_SENT && rate > INEFFECTIVE_LOSS {
-                return Some(self.stop(now, OffReason::Ineffective));
-            }
-            // Through k copies the path's own loss is the k-th root of what gets through.
-            let inferred = rate.powf(1.0 / f64::from(self.copies));
             if enough && copies_for(inferred) > self.copies {
                 return Some(self.start(now, s.rtt, inferred));
             }
@@ -219,10 +263,11 @@ impl Policy {
             }
             return None;
         }
-        if queueing || self.blocked_until.is_some_and(|t| now < t) {
+        if self.blocked_until.is_some_and(|t| now < t) {
             return None;
         }
-        if enough && rate >= ON_LOSS {
+        if enough && rate >= ON_LOSS && !bursty(lost, events) {
+            self.loss_before = rate;
             return Some(self.start(now, s.rtt, rate));
         }
         if self.probe_since.is_some_and(|t| now.duration_since(t) >= PROBE_FOR) {
@@ -233,12 +278,40 @@ impl Policy {
         None
     }
 
-    /// Packets sent and lost with the current number of copies (once settled), in the window.
-    fn current_totals(&self) -> (u64, u64) {
+    /// Whether the loss now is the path's congestion rather than random loss; `rate` is
+    /// what gets through the current copies, `inferred` the path's own loss behind them.
+    fn congestion(
+        &self,
+        s: PathSample,
+        rate: f64,
+        inferred: f64,
+        lost: u64,
+        events: u64,
+    ) -> Option<Congestion> {
+        // BBR keeps its queue near empty; an RTT well above the floor means the path is
+        // full (a capacity drop with a deep queue).
+        if !s.min_rtt.is_zero() && s.rtt > s.min_rtt * 3 / 2 + Duration::from_millis(20) {
+            return Some(Congestion::Queueing);
+        }
+        if lost >= MIN_LOST && rate.max(inferred) > MENDABLE_LOSS {
+            return Some(Congestion::HeavyLoss);
+        }
+        if lost >= BURST_MIN_LOST && bursty(lost, events) {
+            return Some(Congestion::Bursts);
+        }
+        if self.copies > 1 && lost >= MIN_LOST && inferred > self.loss_before * RISE_FACTOR {
+            return Some(Congestion::RisesWithRate);
+        }
+        None
+    }
+
+    /// Packets sent and lost, and loss detections, with the current number of copies
+    /// (once settled), in the window.
+    fn current_totals(&self) -> (u64, u64, u64) {
         self.window
             .iter()
             .filter(|i| i.copies == self.copies && self.settled_at.is_none_or(|t| i.at > t))
-            .fold((0, 0), |(s, l), i| (s + i.sent, l + i.lost))
+            .fold((0, 0, 0), |(s, l, e), i| (s + i.sent, l + i.lost, e + i.events))
     }
 
     fn start(&mut self, now: Instant, rtt: Duration, loss: f64) -> Decision {
@@ -261,6 +334,11 @@ impl Policy {
         self.blocked_until = Some(now + BLOCK);
         Decision::Off(why)
     }
+}
+
+/// Whether `lost` packets found in `events` loss detections came in runs.
+fn bursty(lost: u64, events: u64) -> bool {
+    lost as f64 >= BURST_LOSSES * events.max(1) as f64
 }
 
 /// The fewest copies that bring random loss `p` down to [`TARGET_LOSS`], at most
@@ -424,12 +502,14 @@ impl WatchedConn {
             lost_packets: p.lost_packets,
             rtt: p.rtt,
             min_rtt: p.min_rtt,
+            congestion_events: p.congestion_events,
         };
         let peer = self.peer;
         tracing::debug!(
             %peer,
             sent = sample.sent_packets,
             lost = sample.lost_packets,
+            loss_events = sample.congestion_events,
             rtt_ms = sample.rtt.as_secs_f64() * 1e3,
             copies = self.policy.copies(),
             copies_sent = shared.extra_datagrams.load(Ordering::Relaxed),
@@ -542,11 +622,18 @@ mod tests {
             p
         }
 
-        /// One sample of 150 packets (300/s, a 3 Mbit/s stream) with `lost` losses.
+        /// One sample of 150 packets (300/s, a 3 Mbit/s stream) with `lost` random
+        /// losses (each found on its own).
         fn step(&mut self, lost: u64) -> Option<Decision> {
+            self.step_with(lost, lost)
+        }
+
+        /// One sample of 150 packets with `lost` losses found in `events` detections.
+        fn step_with(&mut self, lost: u64, events: u64) -> Option<Decision> {
             self.now += SAMPLE_EVERY;
             self.s.sent_packets += 150;
             self.s.lost_packets += lost;
+            self.s.congestion_events += events;
             self.policy.on_sample(self.now, self.s)
         }
 
@@ -624,13 +711,16 @@ mod tests {
         assert_eq!(p.policy.copies(), 2);
         // The link falls below the stream: the RTT climbs, losses from the full queue.
         p.s.rtt = 400 * MS;
-        assert_eq!(p.step(0), Some(Decision::Off(OffReason::Queueing)));
+        assert_eq!(p.step(0), Some(Decision::Off(OffReason::Congested(Congestion::Queueing))));
         // While the path queues, no loss turns them back on.
         let d = p.run(Duration::from_secs(20), |_| 10);
         assert!(d.is_empty(), "{d:?}");
-        // Once the queue is gone (and the block over) they can come back.
+        // The queue is gone, the loss stays: still none until the block (10 s from the
+        // last sign of congestion) is over; then they can come back.
         p.s.rtt = 55 * MS;
-        let d = p.run(Duration::from_secs(4), |c| if c == 1 { 3 } else { 0 });
+        let d = p.run(Duration::from_secs(9), |c| if c == 1 { 3 } else { 0 });
+        assert!(d.is_empty(), "{d:?}");
+        let d = p.run(Duration::from_secs(3), |c| if c == 1 { 3 } else { 0 });
         assert!(matches!(d[..], [Decision::On { .. }]), "{d:?}");
     }
 
@@ -639,10 +729,49 @@ mod tests {
         let mut p = Path::new(RedundancyMode::Auto);
         p.step(3);
         assert_eq!(p.policy.copies(), 2);
-        // Bursts: both copies lost together, 2 % gets through; then blocked for a while
-        // even though the loss stays.
-        let d = p.run(Duration::from_secs(9), |_| 3);
-        assert_eq!(d, vec![Decision::Off(OffReason::Ineffective)]);
+        // 1.3 % gets through two copies, where 0.04 % would if the 2 % were random: the
+        // path loses 11 % behind them. Then blocked for a while even though the loss stays.
+        let d = p.run(Duration::from_secs(9), |_| 2);
+        assert_eq!(d, vec![Decision::Off(OffReason::Congested(Congestion::HeavyLoss))]);
+    }
+
+    #[test]
+    fn a_link_slower_than_the_stream_never_gets_copies() {
+        // The rate fell below the stream's behind a shallow queue: the RTT barely moves,
+        // 40 % of the packets are dropped.
+        let mut p = Path::new(RedundancyMode::Auto);
+        let d = p.run(Duration::from_secs(20), |_| 60);
+        assert!(d.is_empty(), "{d:?}");
+        // Copies that were on for random loss stop when the link falls.
+        let mut p = Path::new(RedundancyMode::Auto);
+        p.step(3);
+        assert_eq!(p.policy.copies(), 2);
+        let d = p.run(Duration::from_secs(5), |_| 60);
+        assert_eq!(d, vec![Decision::Off(OffReason::Congested(Congestion::HeavyLoss))]);
+    }
+
+    #[test]
+    fn losses_in_bursts_never_get_copies() {
+        // 4 % lost, but found six at a time: a queue overflowing, not random loss.
+        let mut p = Path::new(RedundancyMode::Auto);
+        for _ in 0..40 {
+            assert_eq!(p.step_with(6, 1), None);
+        }
+        assert_eq!(p.policy.copies(), 1);
+        // The same loss found one at a time gets copies (once the block is over).
+        let d = p.run(Duration::from_secs(12), |c| if c == 1 { 6 } else { 0 });
+        assert!(matches!(d[..], [Decision::On { copies: 3, .. }]), "{d:?}");
+    }
+
+    #[test]
+    fn loss_that_rises_with_the_copies_stops_them() {
+        let mut p = Path::new(RedundancyMode::Auto);
+        p.step(3);
+        assert_eq!(p.policy.copies(), 2);
+        // 0.67 % through two copies: behind them the path loses 8 %, four times what it
+        // lost without them. The copies feed the loss.
+        let d = p.run(Duration::from_secs(3), |c| if c == 2 { 1 } else { 0 });
+        assert_eq!(d, vec![Decision::Off(OffReason::Congested(Congestion::RisesWithRate))]);
     }
 
     #[test]
@@ -650,8 +779,13 @@ mod tests {
         let mut p = Path::new(RedundancyMode::Auto);
         p.step(3);
         assert_eq!(p.policy.copies(), 2);
-        // 0.67 % through two copies: the path loses ~8 %, three copies are needed.
-        let d = p.run(Duration::from_secs(2), |c| if c == 2 { 1 } else { 0 });
+        // 0.33 % through two copies: the path loses ~6 %, not 2 % (measured on too few
+        // packets), and three copies are needed.
+        let mut i = 0;
+        let d = p.run(Duration::from_secs(4), |c| {
+            i += 1;
+            u64::from(c == 2 && i % 2 == 0)
+        });
         assert!(matches!(d[..], [Decision::On { copies: 3, .. }]), "{d:?}");
     }
 
