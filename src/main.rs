@@ -196,7 +196,7 @@ async fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Resul
             let t =
                 client::publish_flv(&url, &trust.options(), &file, PublishOptions { looped, unpaced: false })
                     .await?;
-            info!(messages = t.messages, bytes = t.bytes, "publish finished");
+            info!(messages = t.messages, bytes = t.bytes, dropped = t.dropped, "publish finished");
             Ok(())
         }
         Command::Play { url, output, duration, arrivals, trust } => {

@@ -227,7 +227,9 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
                             // The header is the same for every player on this stream id:
                             // encoded once per frame.
                             let header = f.roqr_header(sid, || frame::encode_header(0, &msg));
-                            (header, msg, MediaInfo { keyframe: f.is_keyframe(), essential: f.is_sequence_header() })
+                            let info =
+                                MediaInfo { keyframe: f.is_keyframe(), essential: f.is_sequence_header(), due: None };
+                            (header, msg, info)
                         })
                         .collect();
                     if let Err(e) = sender.send_batch(&mut command, &msgs).await {

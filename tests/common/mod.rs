@@ -99,7 +99,12 @@ pub async fn start_server_gated(
     tweak: impl FnOnce(&mut Config),
     gate: Option<std::sync::Arc<dyn qrelay::gate::Gate>>,
 ) -> Result<TestServer> {
-    start_server_on(BoundPort::bind("127.0.0.1:0".parse()?)?, tweak, gate).await
+    let dir = tempfile::Builder::new().prefix("qrelay-e2e-").tempdir()?;
+    let mut config = test_config(&dir, "127.0.0.1:0".parse()?)?;
+    tweak(&mut config);
+    // Port 0, or the address a test gives (a relay restarted where an old one was).
+    let port = BoundPort::bind(config.listen)?;
+    launch(port, config, dir, gate).await
 }
 
 /// A loopback port held for a relay that starts later ([`start_server_on`]): until then
@@ -108,20 +113,36 @@ pub fn reserve_port() -> Result<BoundPort> {
     Ok(BoundPort::bind("127.0.0.1:0".parse()?)?)
 }
 
-/// Starts a relay on a port reserved beforehand (`listen` in the configuration is unused).
+/// Starts a relay on a port reserved beforehand.
 pub async fn start_server_on(
     port: BoundPort,
     tweak: impl FnOnce(&mut Config),
     gate: Option<std::sync::Arc<dyn qrelay::gate::Gate>>,
 ) -> Result<TestServer> {
     let dir = tempfile::Builder::new().prefix("qrelay-e2e-").tempdir()?;
-    let mut config = Config {
-        listen: port.local_addr(),
+    let mut config = test_config(&dir, port.local_addr())?;
+    tweak(&mut config);
+    ensure!(config.listen == port.local_addr(), "a relay on a reserved port listens there");
+    launch(port, config, dir, gate).await
+}
+
+/// The tests' configuration: `listen`, certificates in `dir`, the control API on a port
+/// of its own.
+fn test_config(dir: &TempDir, listen: SocketAddr) -> Result<Config> {
+    Ok(Config {
+        listen,
         cert_dir: dir.path().join("certs"),
         http_listen: qrelay::config::HttpListen::Addr("127.0.0.1:0".parse()?),
         ..Default::default()
-    };
-    tweak(&mut config);
+    })
+}
+
+async fn launch(
+    port: BoundPort,
+    config: Config,
+    dir: TempDir,
+    gate: Option<std::sync::Arc<dyn qrelay::gate::Gate>>,
+) -> Result<TestServer> {
     let mut server = qrelay::Server::bind_on(port, config).await?;
     let http = server.http_addr().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     if let Some(gate) = gate {
@@ -189,18 +210,10 @@ impl TestServer {
         what: &str,
         cond: impl Fn(&StreamStats) -> bool,
     ) -> Result<StreamStats> {
-        self.wait_stats_within(key, what, Duration::from_secs(10), cond).await
-    }
-
-    /// Waits at most `limit` until the stream's statistics satisfy `cond`.
-    pub async fn wait_stats_within(
-        &self,
-        key: &str,
-        what: &str,
-        limit: Duration,
-        cond: impl Fn(&StreamStats) -> bool,
-    ) -> Result<StreamStats> {
-        wait_until(&format!("live/{key}: {what}"), limit, || self.stats(key).filter(|s| cond(s))).await
+        wait_until(&format!("live/{key}: {what}"), Duration::from_secs(10), || {
+            self.stats(key).filter(|s| cond(s))
+        })
+        .await
     }
 
     /// Waits until at least `n` players are attached to `live/key`.

@@ -383,9 +383,22 @@ impl RtmpClient {
         timestamp: u32,
         payload: Bytes,
     ) -> Result<(), ClientError> {
+        self.send_media_due(kind, timestamp, payload, None).await
+    }
+
+    /// Sends one media message that a paced source meant to send at `due` (publish
+    /// mode): over RoQR, the latency budget counts from then, so a source that was held
+    /// up has less of it left before the rest of a GOP is cut.
+    pub async fn send_media_due(
+        &mut self,
+        kind: MediaKind,
+        timestamp: u32,
+        payload: Bytes,
+        due: Option<Instant>,
+    ) -> Result<(), ClientError> {
         match &mut self.link {
             Link::Chunked(l) => l.session.send_media(kind, timestamp, payload),
-            Link::Roqr(l) => return l.send_media(kind, timestamp, payload).await,
+            Link::Roqr(l) => return l.send_media(kind, timestamp, payload, due).await,
         }
         self.flush().await
     }

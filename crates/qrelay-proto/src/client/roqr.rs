@@ -84,19 +84,21 @@ impl RoqrLink {
         Ok(())
     }
 
-    /// Sends one media message on its track's stream.
+    /// Sends one media message on its track's stream; `due` is when a paced source
+    /// meant to send it (the latency budget counts from then).
     pub(super) async fn send_media(
         &mut self,
         kind: MediaKind,
         timestamp: u32,
         payload: Bytes,
+        due: Option<tokio::time::Instant>,
     ) -> Result<(), ClientError> {
         let inspection = match kind {
             MediaKind::Video => inspect_video(&payload),
             MediaKind::Audio => inspect_audio(&payload),
             MediaKind::Data => Default::default(),
         };
-        let info = MediaInfo { keyframe: inspection.keyframe, essential: inspection.sequence_header };
+        let info = MediaInfo { keyframe: inspection.keyframe, essential: inspection.sequence_header, due };
         self.session.core().send_media(kind, timestamp, payload);
         self.flush().await?;
         while let Some(msg) = self.session.take_media() {
@@ -184,6 +186,8 @@ impl RoqrLink {
         let copies = self.endpoint.redundancy.stats();
         tracing::info!(
             gops_cancelled = stats.gops_cancelled.load(std::sync::atomic::Ordering::Relaxed),
+            gops_cut = stats.gops_cut.load(std::sync::atomic::Ordering::Relaxed),
+            frames_skipped = stats.frames_skipped.load(std::sync::atomic::Ordering::Relaxed),
             sent_packets = path.sent_packets,
             lost_packets = path.lost_packets,
             copies_sent = copies.extra_datagrams,

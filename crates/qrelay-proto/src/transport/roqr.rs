@@ -13,11 +13,20 @@
 //! ended is stale: it drops below every newer GOP, so a fresh keyframe no longer waits
 //! behind it. Still unacknowledged `max_latency` after it ended, it is reset with
 //! `FRAME_CANCELLED`: its media is too old to be worth delivering, and the receiver
-//! continues from the next keyframe. Peers that
+//! continues from the next keyframe.
+//!
+//! On a path slower than the stream the current GOP would fall behind too, and a long
+//! GOP's tail with it. So the connection's send window (what quinn buffers and has in
+//! flight) follows the path's delivery rate, to hold about half the budget's worth of
+//! media, and
+//! a GOP write that waits for room longer than the other half cancels the rest of its
+//! GOP: the GOP's leading frames arrive in time, the rest is never sent, and video
+//! resumes at the next keyframe. Audio, on its own higher-priority stream, is not cut.
+//! Peers that
 //! did not ask for this mapping get everything on the command stream (what every RoQR
 //! peer reads).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,6 +57,14 @@ pub const STALE_AFTER: Duration = Duration::from_millis(100);
 const READ_CHUNK: usize = 64 * 1024;
 /// Longest a GOP stream's first frame waits for the older streams' readers.
 const ORDER_WAIT: Duration = Duration::from_millis(250);
+/// The send window holds 1/`BUDGET_SHARE` of the latency budget's worth of media at
+/// the path's rate, and a GOP write waits at most that share of the budget for room.
+const BUDGET_SHARE: u32 = 2;
+/// How often the send window follows the path's rate.
+const FIT_WINDOW_EVERY: Duration = Duration::from_millis(100);
+/// Bounds of the send window: room for a large keyframe, and the transport's own cap.
+const MIN_SEND_WINDOW: u64 = 128 * 1024;
+const MAX_SEND_WINDOW: u64 = 16 * 1024 * 1024;
 
 /// The connect property by which a client asks for the per-track mapping.
 pub const MAPPING_PROPERTY: &str = "roqrMapping";
@@ -488,6 +505,11 @@ pub struct SenderStats {
     pub gops_cancelled: AtomicU64,
     /// GOP streams fully acknowledged in time.
     pub gops_delivered: AtomicU64,
+    /// GOPs whose rest was cut while they were being sent: the path fell behind by the
+    /// latency budget.
+    pub gops_cut: AtomicU64,
+    /// Video frames not sent because their GOP was cut (up to the next keyframe).
+    pub frames_skipped: AtomicU64,
 }
 
 /// Sends media frames of one RTMP session (flow 0) over a connection.
@@ -508,7 +530,43 @@ pub struct MediaSender {
     /// The audio configuration, likewise (the audio stream carries only frames, so that
     /// the configuration keeps its place before the first of them).
     audio_config: Option<Bytes>,
+    /// The current GOP was cut: video frames are skipped up to the next keyframe.
+    skip_video: bool,
+    /// When the send window next follows the path's rate.
+    fit_window_at: Option<tokio::time::Instant>,
+    delivery: DeliveryRate,
     stats: Arc<SenderStats>,
+}
+
+/// How fast a connection delivers: bytes sent less bytes lost over the last
+/// [`DeliveryRate::SPAN`]. Over a span of many round trips, what was sent was either
+/// delivered or declared lost (shorter intervals count a retransmission burst before its
+/// losses are declared, and overshoot several times). Measured rather than read off the
+/// congestion controller, whose estimate lags a capacity drop (quinn's BBR keeps the old
+/// rate for ten round trips and does not heed loss).
+#[derive(Debug, Default)]
+struct DeliveryRate {
+    samples: VecDeque<(tokio::time::Instant, u64)>,
+}
+
+impl DeliveryRate {
+    const SPAN: Duration = Duration::from_secs(1);
+    /// Shortest span a rate is given for.
+    const MIN_SPAN: Duration = Duration::from_millis(200);
+
+    /// Feeds the connection's delivered-bytes counter; the rate in bytes per second, once
+    /// [`Self::MIN_SPAN`] was measured.
+    fn on_sample(&mut self, now: tokio::time::Instant, delivered: u64) -> Option<f64> {
+        self.samples.push_back((now, delivered));
+        while self.samples.len() > 2
+            && self.samples.get(1).is_some_and(|(at, _)| now.duration_since(*at) >= Self::SPAN)
+        {
+            self.samples.pop_front();
+        }
+        let (first_at, first) = *self.samples.front()?;
+        let span = now.duration_since(first_at);
+        (span >= Self::MIN_SPAN).then(|| delivered.saturating_sub(first) as f64 / span.as_secs_f64())
+    }
 }
 
 /// Where a media message goes.
@@ -526,6 +584,9 @@ pub struct MediaInfo {
     pub keyframe: bool,
     /// Codec configuration or metadata: needed whatever else is dropped.
     pub essential: bool,
+    /// When the frame was due to be sent (a paced source's clock), if before it is
+    /// handed over: the latency budget counts from then. `None`: from now.
+    pub due: Option<tokio::time::Instant>,
 }
 
 impl MediaSender {
@@ -541,6 +602,9 @@ impl MediaSender {
             gop_keyed: false,
             video_config: None,
             audio_config: None,
+            skip_video: false,
+            fit_window_at: None,
+            delivery: DeliveryRate::default(),
             stats: Arc::default(),
         }
     }
@@ -569,15 +633,26 @@ impl MediaSender {
         command: &mut SendStream,
         items: &[(Bytes, Message, MediaInfo)],
     ) -> Result<(), WriteError> {
+        self.fit_send_window();
         let mut run: Vec<Bytes> = Vec::new();
         let mut run_target = Target::Command;
+        let mut run_due = None;
         for (header, msg, info) in items {
             let info = *info;
+            if self.skip_video && (msg.type_id, info.essential) == (9, false) {
+                if !info.keyframe {
+                    self.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                self.skip_video = false;
+            }
             let target = self.target(msg, info);
             if target != run_target || self.starts_gop(msg, info) {
-                self.write(command, run_target, &mut run).await?;
+                self.write(command, run_target, &mut run, run_due.take()).await?;
                 run_target = target;
             }
+            // The run's oldest frame sets how long its write may wait.
+            run_due = run_due.or(info.due);
             if target == Target::Gop && self.starts_gop(msg, info) {
                 self.rotate_gop();
                 let s = self.open(self.next_gop_priority).await?;
@@ -604,7 +679,7 @@ impl MediaSender {
             }
             run.extend([header.clone(), msg.payload.clone()]);
         }
-        self.write(command, run_target, &mut run).await
+        self.write(command, run_target, &mut run, run_due).await
     }
 
     fn target(&self, msg: &Message, info: MediaInfo) -> Target {
@@ -636,9 +711,13 @@ impl MediaSender {
         command: &mut SendStream,
         target: Target,
         bufs: &mut Vec<Bytes>,
+        due: Option<tokio::time::Instant>,
     ) -> Result<(), WriteError> {
         if bufs.is_empty() {
             return Ok(());
+        }
+        if target == Target::Gop {
+            return self.write_gop(bufs, due).await;
         }
         let stream = match target {
             Target::Command => command,
@@ -651,14 +730,64 @@ impl MediaSender {
                     None => return Ok(()),
                 }
             }
-            Target::Gop => match self.gop.as_mut() {
-                Some(s) => s,
-                None => return Ok(()),
-            },
+            Target::Gop => return Ok(()),
         };
         let result = stream.write_all_chunks(bufs).await;
         bufs.clear();
         result
+    }
+
+    /// Writes to the current GOP's stream, waiting for room in the send window until
+    /// its share of the budget (counted from `due`) is spent; after that the rest of the
+    /// GOP is cut. A paced source blocked by earlier writes has spent part of it already.
+    async fn write_gop(
+        &mut self,
+        bufs: &mut Vec<Bytes>,
+        due: Option<tokio::time::Instant>,
+    ) -> Result<(), WriteError> {
+        let Some(stream) = self.gop.as_mut() else {
+            bufs.clear();
+            return Ok(());
+        };
+        let until = due.unwrap_or_else(tokio::time::Instant::now) + self.max_latency / BUDGET_SHARE;
+        let written = tokio::time::timeout_at(until, stream.write_all_chunks(bufs)).await;
+        bufs.clear();
+        match written {
+            Ok(result) => result,
+            Err(_) => {
+                self.cut_gop();
+                Ok(())
+            }
+        }
+    }
+
+    /// Cancels the rest of the current GOP (what it sent so far stays delivered) and
+    /// skips video up to the next keyframe.
+    fn cut_gop(&mut self) {
+        if let Some(mut gop) = self.gop.take() {
+            let _ = gop.reset(ErrorCode::FrameCancelled.to_varint());
+            self.stats.gops_cut.fetch_add(1, Ordering::Relaxed);
+            debug!(stream = %gop.id(), "the path fell behind: rest of the GOP cut");
+        }
+        self.skip_video = true;
+    }
+
+    /// Sizes the connection's send window to the path: about the budget's share of media
+    /// at the rate the path delivers, so that what is accepted is sent within that
+    /// share, and a write that finds no room tells the sender the path fell behind.
+    fn fit_send_window(&mut self) {
+        let now = tokio::time::Instant::now();
+        if self.fit_window_at.is_some_and(|t| now < t) {
+            return;
+        }
+        self.fit_window_at = Some(now + FIT_WINDOW_EVERY);
+        let stats = self.conn.stats();
+        let delivered = stats.udp_tx.bytes.saturating_sub(stats.path.lost_bytes);
+        let Some(rate) = self.delivery.on_sample(now, delivered) else { return };
+        let share = self.max_latency / BUDGET_SHARE;
+        let window = ((rate * share.as_secs_f64()) as u64).clamp(MIN_SEND_WINDOW, MAX_SEND_WINDOW);
+        tracing::trace!(rate_kbps = rate * 8e-3, window, "send window fitted to the path");
+        self.conn.set_send_window(window);
     }
 
     /// Ends the media streams and waits (at most `limit`) until the peer has all of
@@ -744,7 +873,7 @@ mod tests {
         payload[0] = if keyframe { 0x17 } else { 0x27 };
         payload[1] = 1;
         let msg = Message { csid: 6, timestamp, type_id: 9, stream_id: 1, payload: payload.into() };
-        (frame::encode_header(0, &msg), msg, MediaInfo { keyframe, essential: false })
+        (frame::encode_header(0, &msg), msg, MediaInfo { keyframe, essential: false, due: None })
     }
 
     /// A player that fell behind drains its backlog in one batch, which may span
@@ -794,6 +923,25 @@ mod tests {
     }
 
     /// The next frame's timestamp.
+    #[test]
+    fn delivery_rate_is_the_mean_of_the_last_second() {
+        let t0 = tokio::time::Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut r = DeliveryRate::default();
+        assert_eq!(r.on_sample(ms(0), 0), None);
+        assert_eq!(r.on_sample(ms(100), 100_000), None, "under 200 ms measured");
+        // 100 kB in the first 100 ms (a burst), then 10 kB per 100 ms.
+        assert_eq!(r.on_sample(ms(200), 110_000), Some(550_000.0));
+        let mut total = 110_000;
+        let mut last = None;
+        for n in 3..=12 {
+            total += 10_000;
+            last = r.on_sample(ms(n * 100), total);
+        }
+        // The burst is over a second old: the path delivers 100 kB/s.
+        assert_eq!(last, Some(100_000.0));
+    }
+
     async fn next_frame(rx: &mut mpsc::Receiver<Incoming>) -> u32 {
         loop {
             if let Some(Incoming::Frame { frame, .. }) = rx.recv().await {
@@ -839,7 +987,11 @@ mod tests {
                     stream_id: 1,
                     payload: Bytes::from_static(&[0xaf, 1, 9]),
                 };
-                encoded((frame::encode_header(0, &msg), msg, MediaInfo { keyframe: false, essential: false }))
+                encoded((
+                    frame::encode_header(0, &msg),
+                    msg,
+                    MediaInfo { keyframe: false, essential: false, due: None },
+                ))
             };
             let mut audio = p.server_conn.open_uni().await.unwrap();
             audio.write_all(&audio_frame(0)).await.unwrap();
