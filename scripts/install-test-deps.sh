@@ -4,7 +4,8 @@
 # plays a TLS 1.2 encoder against RTMPS), redis-server (the cluster registry tests,
 # tests/cluster.rs), nginx with the RTMP module (a push-forwarding target that is not
 # qrelay, tests/relay_push.rs; the tests run their own nginx), and chromium (the status
-# page in headless Chromium, tests/control.rs).
+# page in headless Chromium, tests/control.rs), and iproute2, iptables and python3 (the
+# impairment lab in network namespaces, tests/netlab.rs; it needs root).
 # Idempotent: does nothing but print versions when they are already installed.
 set -euo pipefail
 
@@ -12,7 +13,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 NGINX_RTMP_MODULE=/usr/lib/nginx/modules/ngx_rtmp_module.so
 
 if ! have ffmpeg || ! have ffprobe || ! have openssl || ! have redis-server || ! have nginx \
-    || [[ ! -f $NGINX_RTMP_MODULE ]] || ! have chromium; then
+    || [[ ! -f $NGINX_RTMP_MODULE ]] || ! have chromium || ! have ip || ! have iptables || ! have python3; then
     if ! have apt-get; then
         echo "ffmpeg/ffprobe/openssl/redis-server/nginx-rtmp/chromium missing and apt-get not available: install them by hand" >&2
         exit 1
@@ -27,7 +28,7 @@ if ! have ffmpeg || ! have ffprobe || ! have openssl || ! have redis-server || !
     fi
     $sudo apt-get update
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y ffmpeg openssl redis-server \
-        nginx-light libnginx-mod-rtmp chromium
+        nginx-light libnginx-mod-rtmp chromium iproute2 iptables python3
 fi
 
 # Whole outputs are read (sed, not head/grep -q) so pipefail never sees a SIGPIPE.
