@@ -3,7 +3,10 @@
 //! behaviour on the bad part of the path. The encoder's session is answered locally and
 //! never waits for the upstream: media goes through a bounded queue to an upstream task,
 //! which reconnects with backoff when the upstream fails and resumes with the stream's
-//! metadata and sequence headers, then its next keyframe.
+//! metadata and sequence headers, then its next keyframe. When the upstream is slower
+//! than the stream, media older than the latency budget is dropped (video up to the next
+//! keyframe) rather than queued: players stay live, and the bridge logs the path's
+//! estimate so that whoever runs the encoder can lower its bitrate.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::client::{ClientError, ClientOptions, RtmpClient};
+use crate::client::{ClientError, ClientOptions, LiveSkip, RtmpClient};
 use crate::config::Config;
 use crate::media::frame::{Frame, MediaKind};
 use crate::rtmp::session::{ClientMode, ServerEvent, ServerSession};
@@ -30,6 +33,11 @@ const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Time allowed to reach the upstream before the encoder's publish is refused.
 const FIRST_CONNECT: Duration = Duration::from_secs(10);
+/// Dropped frames are reported at most this often.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// A frame from the encoder and when it arrived: the latency budget counts from then.
+type Queued = (Frame, tokio::time::Instant);
 
 /// What the bridge needs.
 #[derive(Debug, Clone)]
@@ -140,7 +148,7 @@ async fn serve_encoder(
     let config = Config::default();
     let mut session = ServerSession::new(config.session());
     let mut buf = vec![0u8; 64 * 1024];
-    let mut upstream: Option<mpsc::Sender<Frame>> = None;
+    let mut upstream: Option<mpsc::Sender<Queued>> = None;
     let mut dropping = false;
     let handshake = tokio::time::Instant::now() + Duration::from_millis(config.handshake_timeout_ms);
     loop {
@@ -187,7 +195,8 @@ async fn serve_encoder(
                         dropping = false;
                     }
                     let essential = frame.is_sequence_header() || frame.kind() == MediaKind::Data;
-                    if (dropping && !essential) || tx.try_send(frame).is_err() {
+                    if (dropping && !essential) || tx.try_send((frame, tokio::time::Instant::now())).is_err()
+                    {
                         dropping = true;
                     }
                 }
@@ -208,7 +217,7 @@ async fn start_upstream(
     opts: &BridgeOptions,
     key: &str,
     shutdown: CancellationToken,
-) -> Result<mpsc::Sender<Frame>, String> {
+) -> Result<mpsc::Sender<Queued>, String> {
     let url = StreamUrl::with_key(&opts.upstream, key).map_err(|e| e.to_string())?;
     let connect = RtmpClient::connect(&url, ClientMode::Publish, &opts.client);
     let client = match tokio::time::timeout(FIRST_CONNECT, connect).await {
@@ -223,6 +232,40 @@ async fn start_upstream(
     let (tx, rx) = mpsc::channel(UPSTREAM_QUEUE);
     tokio::spawn(upstream_task(client, url, opts.client.clone(), rx, shutdown).in_current_span());
     Ok(tx)
+}
+
+/// Frames too late for the latency budget, dropped, and reported with the path's
+/// estimate (an encoder's operator lowers the bitrate from it).
+#[derive(Debug, Default)]
+struct LateReport {
+    skip: LiveSkip,
+    since_report: u64,
+    reported_at: Option<tokio::time::Instant>,
+}
+
+impl LateReport {
+    fn dropped(&mut self, upstream: &RtmpClient) {
+        self.since_report += 1;
+        let now = tokio::time::Instant::now();
+        if self.reported_at.is_some_and(|t| now.duration_since(t) < REPORT_EVERY) {
+            return;
+        }
+        self.reported_at = Some(now);
+        let frames = std::mem::take(&mut self.since_report);
+        match upstream.path_estimate() {
+            Some(p) => warn!(
+                frames,
+                allowed_kbps = p.allowed_bps / 1000,
+                rtt_ms = p.rtt.as_millis() as u64,
+                gops_cut = p.gops_cut,
+                "upstream slower than the stream: late frames dropped; lower the encoder's bitrate"
+            ),
+            None => warn!(
+                frames,
+                "upstream slower than the stream: late frames dropped; lower the encoder's bitrate"
+            ),
+        }
+    }
 }
 
 /// What a reconnected upstream needs before media: metadata and sequence headers.
@@ -252,11 +295,12 @@ async fn upstream_task(
     client: RtmpClient,
     url: StreamUrl,
     opts: ClientOptions,
-    mut rx: mpsc::Receiver<Frame>,
+    mut rx: mpsc::Receiver<Queued>,
     shutdown: CancellationToken,
 ) {
     let mut client = Some(client);
     let mut resume = Resume::default();
+    let mut late = LateReport::default();
     // After a reconnect, media resumes at a keyframe (what came between is gone).
     let mut need_keyframe = false;
     let mut backoff = BACKOFF_MIN;
@@ -271,7 +315,7 @@ async fn upstream_task(
                     _ = shutdown.cancelled() => return,
                     _ = &mut wait => break,
                     f = rx.recv() => match f {
-                        Some(f) => resume.note(&f),
+                        Some((f, _)) => resume.note(&f),
                         None => return,
                     },
                 }
@@ -297,7 +341,7 @@ async fn upstream_task(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             f = rx.recv() => match f {
-                Some(f) => {
+                Some((f, arrived)) => {
                     resume.note(&f);
                     if need_keyframe && f.kind() == MediaKind::Video && !f.is_sequence_header() {
                         if !f.is_keyframe() {
@@ -305,8 +349,12 @@ async fn upstream_task(
                         }
                         need_keyframe = false;
                     }
+                    if !late.skip.keep(f.kind(), f.payload(), arrived.elapsed(), opts.max_latency) {
+                        late.dropped(c);
+                        continue;
+                    }
                     let payload: Bytes = f.payload().clone();
-                    if let Err(e) = c.send_media(f.kind(), f.timestamp(), payload).await {
+                    if let Err(e) = c.send_media_due(f.kind(), f.timestamp(), payload, Some(arrived)).await {
                         warn!(reason = %e, "upstream lost; reconnecting");
                         client = None;
                     }

@@ -217,9 +217,9 @@ async fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Resul
         Command::Bridge { listen, upstream, trust } => {
             let opts = qrelay::bridge::BridgeOptions { listen, upstream, client: trust.options() };
             let bridge = qrelay::bridge::Bridge::bind(opts).await?;
-            info!(listen = %bridge.local_addr()?, "bridge ready: publish RTMP here");
             let shutdown = Shutdown::default();
-            tokio::spawn(watch_signals(shutdown.clone()));
+            watch_signals(shutdown.clone());
+            info!(listen = %bridge.local_addr()?, "bridge ready: publish RTMP here");
             bridge.run(shutdown.graceful.clone()).await;
             Ok(())
         }
@@ -263,32 +263,36 @@ async fn serve(args: ServeArgs, matches: clap::ArgMatches) -> anyhow::Result<()>
     let config = Config::resolve(&args.settings, &matches, args.config.as_deref())?;
     let server = qrelay::Server::bind(config).await?;
     let shutdown = Shutdown::default();
-    tokio::spawn(watch_signals(shutdown.clone()));
+    watch_signals(shutdown.clone());
     Ok(server.run(shutdown).await?)
 }
 
-/// SIGTERM: graceful (a second one: immediate). SIGINT: immediate.
-async fn watch_signals(shutdown: Shutdown) {
+/// SIGTERM: graceful (a second one: immediate). SIGINT: immediate. The handlers are
+/// installed before this returns, so before the relay says it listens: a signal sent
+/// as soon as it does must not meet the default action (death, no clean stop).
+fn watch_signals(shutdown: Shutdown) {
     use tokio::signal::unix::{signal, SignalKind};
     let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(t), Ok(i)) => (t, i),
         _ => return warn!("cannot install signal handlers"),
     };
-    loop {
-        tokio::select! {
-            _ = term.recv() => {
-                if shutdown.graceful.is_cancelled() {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    if shutdown.graceful.is_cancelled() {
+                        shutdown.immediate.cancel();
+                    } else {
+                        info!("SIGTERM: finishing sessions");
+                        shutdown.graceful.cancel();
+                    }
+                }
+                _ = int.recv() => {
+                    info!("SIGINT: stopping now");
                     shutdown.immediate.cancel();
-                } else {
-                    info!("SIGTERM: finishing sessions");
                     shutdown.graceful.cancel();
                 }
             }
-            _ = int.recv() => {
-                info!("SIGINT: stopping now");
-                shutdown.immediate.cancel();
-                shutdown.graceful.cancel();
-            }
         }
-    }
+    });
 }

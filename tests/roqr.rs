@@ -640,11 +640,11 @@ impl Drop for LossyPath {
 /// Publishes 4 s of 3.2 Mbit/s video over RoQR through a path losing 5 % of the
 /// publisher's datagrams; returns the share of packets QUIC declared lost (each one a
 /// retransmission, a frame late by more than a round trip), the copies the publisher
-/// sent and the copies the path saw.
+/// sent and the copies the path saw, and what the publisher's path estimate said.
 async fn publish_through_loss(
     relay: &Relay,
     mode: qrelay::transport::redundancy::RedundancyMode,
-) -> Result<(f64, u64, u64)> {
+) -> Result<(f64, u64, u64, qrelay::client::PathEstimate)> {
     use std::sync::atomic::Ordering::Relaxed;
     const LOSSY_PLAN: qrelay_bench::synth::VideoPlan =
         qrelay_bench::synth::VideoPlan { fps: 50, gop_frames: GOP, key_bytes: 8000, inter_bytes: 8000 };
@@ -661,6 +661,7 @@ async fn publish_through_loss(
     }
     publisher.flush().await?;
     let (stats, redundancy) = publisher.quic_stats().context("a RoQR publisher has QUIC statistics")?;
+    let estimate = publisher.path_estimate().context("a RoQR publisher has a path estimate")?;
     publisher.finish().await?;
     let lost = stats.path.lost_packets as f64 / stats.path.sent_packets.max(1) as f64;
     let dropped =
@@ -675,7 +676,7 @@ async fn publish_through_loss(
         path.counts.copies.load(Relaxed)
     );
     ensure!(dropped > 0.04, "the path dropped only {:.1} %", dropped * 100.0);
-    Ok((lost, redundancy.extra_datagrams, path.counts.copies.load(Relaxed)))
+    Ok((lost, redundancy.extra_datagrams, path.counts.copies.load(Relaxed), estimate))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -684,15 +685,24 @@ async fn redundant_copies_hide_random_loss_from_a_roqr_publisher() -> Result {
     bounded(async {
         let relay = start_relay(|_| {}).await?;
         // Without copies, QUIC sees the path's loss: every lost packet is retransmitted.
-        let (lost, sent, seen) = publish_through_loss(&relay, RedundancyMode::Off).await?;
+        let (lost, sent, seen, estimate) = publish_through_loss(&relay, RedundancyMode::Off).await?;
         ensure!(sent == 0 && seen == 0, "copies with redundancy off: {sent} sent, {seen} seen");
         ensure!(lost > 0.03, "without copies QUIC lost only {:.2} %", lost * 100.0);
+        // The encoder can see it: the estimate counts the losses, no copies.
+        ensure!(
+            !estimate.redundant
+                && estimate.lost_packets * 100 > estimate.sent_packets * 3
+                && estimate.allowed_bps > 0
+                && !estimate.rtt.is_zero(),
+            "{estimate:?}"
+        );
         // With them (the default), the publisher measures the loss within half a second
         // and sends each datagram three times: what QUIC still loses is the first
         // moments' loss, a fraction of the path's.
-        let (lost, sent, seen) = publish_through_loss(&relay, RedundancyMode::Auto).await?;
+        let (lost, sent, seen, estimate) = publish_through_loss(&relay, RedundancyMode::Auto).await?;
         ensure!(sent > 500 && seen > 500, "too few copies: {sent} sent, {seen} seen on the path");
         ensure!(lost < 0.02, "with copies QUIC still lost {:.2} % of its packets", lost * 100.0);
+        ensure!(estimate.redundant, "the estimate does not say copies are on: {estimate:?}");
         Ok(())
     })
     .await

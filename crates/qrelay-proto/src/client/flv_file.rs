@@ -10,9 +10,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::info;
 
+use super::live::LiveSkip;
 use super::{ClientError, ClientOptions, RtmpClient};
 use crate::media::flv::{self, FlvError, FlvReader, FlvTag};
-use crate::media::frame::{inspect_audio, inspect_video, MediaKind};
+use crate::media::frame::{inspect_video, MediaKind};
 use crate::rtmp::session::{ClientEvent, ClientMode};
 use crate::url::StreamUrl;
 
@@ -43,7 +44,7 @@ pub struct Transfer {
     /// Payload bytes.
     pub bytes: u64,
     /// Audio and video frames a paced publish dropped because its link fell behind real
-    /// time by more than the latency budget ([`LiveSkip`]).
+    /// time by more than the latency budget ([`LiveSkip`](super::LiveSkip)).
     pub dropped: u64,
 }
 
@@ -227,7 +228,12 @@ pub async fn publish_flv(
                     }
                 }
             }
-            if !skip.keep(&tag, Instant::now().saturating_duration_since(due), opts.max_latency) {
+            if !skip.keep(
+                tag.kind,
+                &tag.payload,
+                Instant::now().saturating_duration_since(due),
+                opts.max_latency,
+            ) {
                 transfer.dropped += 1;
                 continue;
             }
@@ -246,43 +252,6 @@ pub async fn publish_flv(
     }
     client.finish().await?;
     Ok(transfer)
-}
-
-/// What a live source does when its link cannot keep up: it never sends media that is
-/// already older than the latency budget (an encoder does not wait for its network; a
-/// paced file publish that did would fall further and further behind real time, and
-/// its players with it). Such a frame is dropped, video up to the next keyframe in time
-/// (nothing after a gap would decode); codec configuration and metadata always go.
-#[derive(Debug, Default)]
-struct LiveSkip {
-    /// Video frames are dropped until the next keyframe.
-    video_gap: bool,
-}
-
-impl LiveSkip {
-    /// Whether to send `tag`, due `behind` ago.
-    fn keep(&mut self, tag: &FlvTag, behind: Duration, budget: Duration) -> bool {
-        let late = behind > budget;
-        match tag.kind {
-            MediaKind::Data => true,
-            MediaKind::Audio => !late || inspect_audio(&tag.payload).sequence_header,
-            MediaKind::Video => {
-                let i = inspect_video(&tag.payload);
-                if i.sequence_header {
-                    return true;
-                }
-                if late {
-                    self.video_gap = true;
-                    return false;
-                }
-                if self.video_gap && !i.keyframe {
-                    return false;
-                }
-                self.video_gap = false;
-                true
-            }
-        }
-    }
 }
 
 /// Plays a stream into `out` as an FLV file until the stream ends (or `duration`).
@@ -413,39 +382,6 @@ mod tests {
 
     fn tag(kind: MediaKind, timestamp: u32) -> FlvTag {
         FlvTag { kind, timestamp, payload: Bytes::new() }
-    }
-
-    #[test]
-    fn a_live_source_skips_late_frames_and_video_up_to_the_next_keyframe() {
-        let budget = Duration::from_secs(1);
-        let (on_time, late) = (Duration::from_millis(20), Duration::from_millis(1500));
-        let video = |key: bool, config: bool| {
-            let frame_type = if key { 0x17 } else { 0x27 };
-            FlvTag {
-                kind: MediaKind::Video,
-                timestamp: 0,
-                payload: Bytes::from(vec![frame_type, u8::from(!config), 0, 0, 0, 1]),
-            }
-        };
-        let audio = |config: bool| FlvTag {
-            kind: MediaKind::Audio,
-            timestamp: 0,
-            payload: Bytes::from(vec![0xaf, u8::from(!config), 1]),
-        };
-        let mut s = LiveSkip::default();
-        assert!(s.keep(&video(false, false), on_time, budget));
-        // Behind by more than the budget: dropped, and so is video until a keyframe...
-        assert!(!s.keep(&video(false, false), late, budget));
-        assert!(!s.keep(&audio(false), late, budget));
-        assert!(!s.keep(&video(false, false), on_time, budget), "a frame after a gap went");
-        // ...but configuration always goes, and audio in time.
-        assert!(s.keep(&video(true, true), late, budget));
-        assert!(s.keep(&audio(true), late, budget));
-        assert!(s.keep(&audio(false), on_time, budget));
-        // A late keyframe is dropped too; the next one in time resumes video.
-        assert!(!s.keep(&video(true, false), late, budget));
-        assert!(s.keep(&video(true, false), on_time, budget));
-        assert!(s.keep(&video(false, false), on_time, budget));
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! [`RtmpClient`]; the bench and relays reuse it.
 
 mod flv_file;
+mod live;
 mod pool;
 mod roqr;
 
+pub use live::LiveSkip;
 pub use pool::{Lease, QuicPool, RxStats};
 
 pub use flv_file::{
@@ -68,6 +70,28 @@ impl Default for ClientOptions {
             connect_properties: Vec::new(),
         }
     }
+}
+
+/// A QUIC session's view of its path ([`RtmpClient::path_estimate`]). Counters run
+/// from the start of the session: a reader compares two estimates for a rate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathEstimate {
+    /// Bits per second the congestion controller allows now (its window per round trip).
+    pub allowed_bps: u64,
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// Packets sent, and declared lost (with redundant copies: every copy lost).
+    pub sent_packets: u64,
+    /// See `sent_packets`.
+    pub lost_packets: u64,
+    /// Redundant copies are being sent (the path loses packets at random).
+    pub redundant: bool,
+    /// RoQR: GOPs whose rest was cut because the path fell behind the latency budget.
+    pub gops_cut: u64,
+    /// RoQR: finished GOPs cancelled still unacknowledged after the budget.
+    pub gops_cancelled: u64,
+    /// RoQR: video frames not sent because their GOP was cut.
+    pub frames_skipped: u64,
 }
 
 /// Why a client failed. Each message carries its cause itself (none is also exposed as
@@ -443,6 +467,31 @@ impl RtmpClient {
             }
         };
         Some((conn.stats(), endpoint.redundancy.stats()))
+    }
+
+    /// What this session knows of its path, for an encoder to fit its bitrate to (as
+    /// OBS's dynamic bitrate does from its TCP send buffer); `None` over TCP and on a
+    /// pooled connection.
+    pub fn path_estimate(&self) -> Option<PathEstimate> {
+        let (stats, copies) = self.quic_stats()?;
+        let path = stats.path;
+        let rtt = path.rtt.max(Duration::from_millis(1));
+        let mut estimate = PathEstimate {
+            allowed_bps: (path.cwnd as f64 * 8.0 / rtt.as_secs_f64()) as u64,
+            rtt: path.rtt,
+            sent_packets: path.sent_packets,
+            lost_packets: path.lost_packets,
+            redundant: copies.redundant_paths > 0,
+            ..PathEstimate::default()
+        };
+        if let Link::Roqr(l) = &self.link {
+            let media = l.sender_stats();
+            let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            estimate.gops_cut = count(&media.gops_cut);
+            estimate.gops_cancelled = count(&media.gops_cancelled);
+            estimate.frames_skipped = count(&media.frames_skipped);
+        }
+        Some(estimate)
     }
 
     /// Next event already decoded, without reading.

@@ -160,6 +160,11 @@ impl RoqrLink {
         Ok(self.endpoint.rebind()?)
     }
 
+    /// The media sender's counters.
+    pub(super) fn sender_stats(&self) -> std::sync::Arc<crate::transport::roqr::SenderStats> {
+        self.sender.stats()
+    }
+
     /// The QUIC endpoint and connection.
     pub(super) fn quic(&self) -> (&ClientEndpoint, &Connection) {
         (&self.endpoint, &self.conn)

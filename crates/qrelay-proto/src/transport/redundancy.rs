@@ -20,8 +20,12 @@
 //! at once: a bottleneck queue overflowing, where random loss takes them one by one),
 //! and loss that rises with the sending rate (more of it once copies went on). Any of
 //! these turns copies off and keeps them off until the path has shown none for a while;
-//! otherwise copies go on from the measured loss, and are probed without now and then,
-//! at growing intervals, to see whether the loss has gone. [`Policy`] is sans-IO (statistics in, decisions out); [`Redundancy`] is the I/O
+//! otherwise copies go on from the measured loss, and now and then, at growing
+//! intervals, a probe sends one datagram in [`PROBE_SHARE`] without copies to see whether
+//! the loss has gone: the loss QUIC then sees is almost all theirs, a `1/PROBE_SHARE`
+//! of the path's, so the path is measured while most frames keep their copies (a probe
+//! without any copies left every frame exposed for as long as it took to find the loss
+//! again, and that was the tail of RoQR's p99 at 100 ms / 5 %). [`Policy`] is sans-IO (statistics in, decisions out); [`Redundancy`] is the I/O
 //! edge: a UDP socket wrapper that sends the copies, and a watcher per connection that
 //! feeds the policy from quinn's statistics.
 
@@ -88,8 +92,10 @@ const WINDOW: Duration = Duration::from_secs(3);
 /// the loss still there doubles it, up to [`MAX_HOLD`].
 const BASE_HOLD: Duration = Duration::from_secs(30);
 const MAX_HOLD: Duration = Duration::from_secs(300);
-/// A probe that sees no loss for this long ends: the path got better.
+/// A probe that finds no loss for this long ends copies: the path got better.
 const PROBE_FOR: Duration = Duration::from_secs(5);
+/// During a probe one datagram in this many goes without copies.
+pub const PROBE_SHARE: u64 = 4;
 /// After the last sign of congestion, or copies that did not help, no copies for this long.
 const BLOCK: Duration = Duration::from_secs(10);
 /// After copies start (or rise), losses are counted only after this long (or four round
@@ -126,6 +132,12 @@ pub enum Decision {
     },
     /// One copy again.
     Off(OffReason),
+    /// Keep `copies`, but one datagram in [`PROBE_SHARE`] goes alone, to measure the
+    /// path's loss behind them.
+    Probe {
+        /// Copies of the other datagrams.
+        copies: u8,
+    },
 }
 
 /// Why copies stopped.
@@ -133,8 +145,8 @@ pub enum Decision {
 pub enum OffReason {
     /// The path is congested: copies would add to the loss they fight.
     Congested(Congestion),
-    /// A scheduled probe: one copy for a while, to see whether the loss is gone.
-    Probe,
+    /// A probe found no loss left: the path got better.
+    LossGone,
 }
 
 /// A sign that the path's loss is its own congestion, not random loss.
@@ -155,7 +167,7 @@ impl fmt::Display for OffReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Congested(c) => write!(f, "the path is congested: {c}"),
-            Self::Probe => f.write_str("probing whether the path still loses packets"),
+            Self::LossGone => f.write_str("a probe found the loss gone"),
         }
     }
 }
@@ -178,6 +190,7 @@ struct Interval {
     lost: u64,
     events: u64,
     copies: u8,
+    probing: bool,
 }
 
 /// Decides how many copies of each datagram a connection sends, from its statistics.
@@ -229,6 +242,7 @@ impl Policy {
             lost: s.lost_packets.saturating_sub(prev.lost_packets),
             events: s.congestion_events.saturating_sub(prev.congestion_events),
             copies: self.copies,
+            probing: self.probe_since.is_some(),
         });
         while self.window.front().is_some_and(|i| now.duration_since(i.at) > WINDOW) {
             self.window.pop_front();
@@ -239,13 +253,37 @@ impl Policy {
         let (sent, lost, events) = self.current_totals();
         let rate = if sent == 0 { 0.0 } else { lost as f64 / sent as f64 };
         let enough = sent >= MIN_SENT && lost >= MIN_LOST;
-        // Through k copies the path's own loss is the k-th root of what gets through.
-        let inferred = rate.powf(1.0 / f64::from(self.copies));
+        // Through k copies the path's own loss is the k-th root of what gets through;
+        // in a probe, nearly all of it is the share sent alone.
+        let inferred = match self.probe_since {
+            Some(_) => rate * PROBE_SHARE as f64,
+            None => rate.powf(1.0 / f64::from(self.copies)),
+        };
         if let Some(why) = self.congestion(s, rate, inferred, lost, events) {
             // Held off until the path has shown no congestion for a while.
             self.blocked_until = Some(now + BLOCK);
             if self.copies > 1 {
                 return Some(self.stop(now, OffReason::Congested(why)));
+            }
+            return None;
+        }
+        if let Some(since) = self.probe_since {
+            if enough && inferred >= ON_LOSS {
+                // The loss is still there: full copies again (more if it grew), and
+                // the next probe after twice the hold.
+                self.hold = (self.hold * 2).min(MAX_HOLD);
+                self.probe_since = None;
+                self.copies = self.copies.max(copies_for(inferred));
+                self.settled_at = Some(now + SETTLE.max(s.rtt * 4));
+                self.hold_until = Some(now + self.hold);
+                return Some(Decision::On { copies: self.copies, loss: inferred });
+            }
+            if now.duration_since(since) >= PROBE_FOR {
+                self.probe_since = None;
+                self.copies = 1;
+                self.hold = BASE_HOLD;
+                self.settled_at = Some(now);
+                return Some(Decision::Off(OffReason::LossGone));
             }
             return None;
         }
@@ -255,11 +293,10 @@ impl Policy {
             }
             if self.hold_until.is_some_and(|t| now >= t) {
                 // Counted at once: what QUIC still declares lost of the packets sent with
-                // copies is next to nothing, and a probe should be short.
-                self.copies = 1;
+                // copies is next to nothing.
                 self.settled_at = Some(now);
                 self.probe_since = Some(now);
-                return Some(Decision::Off(OffReason::Probe));
+                return Some(Decision::Probe { copies: self.copies });
             }
             return None;
         }
@@ -270,12 +307,12 @@ impl Policy {
             self.loss_before = rate;
             return Some(self.start(now, s.rtt, rate));
         }
-        if self.probe_since.is_some_and(|t| now.duration_since(t) >= PROBE_FOR) {
-            // The probe saw no loss worth copies: the path got better.
-            self.probe_since = None;
-            self.hold = BASE_HOLD;
-        }
         None
+    }
+
+    /// Whether a probe is on: one datagram in [`PROBE_SHARE`] goes without copies.
+    pub fn probing(&self) -> bool {
+        self.probe_since.is_some()
     }
 
     /// Whether the loss now is the path's congestion rather than random loss; `rate` is
@@ -306,19 +343,17 @@ impl Policy {
     }
 
     /// Packets sent and lost, and loss detections, with the current number of copies
-    /// (once settled), in the window.
+    /// and probe state (once settled), in the window.
     fn current_totals(&self) -> (u64, u64, u64) {
+        let probing = self.probing();
         self.window
             .iter()
-            .filter(|i| i.copies == self.copies && self.settled_at.is_none_or(|t| i.at > t))
+            .filter(|i| i.copies == self.copies && i.probing == probing)
+            .filter(|i| self.settled_at.is_none_or(|t| i.at > t))
             .fold((0, 0, 0), |(s, l, e), i| (s + i.sent, l + i.lost, e + i.events))
     }
 
     fn start(&mut self, now: Instant, rtt: Duration, loss: f64) -> Decision {
-        if self.probe_since.take().is_some() {
-            // The probe found the loss still there: probe less often.
-            self.hold = (self.hold * 2).min(MAX_HOLD);
-        }
         self.copies = copies_for(loss);
         // Losses QUIC declares in the next round trips are mostly of packets sent before.
         self.settled_at = Some(now + SETTLE.max(rtt * 4));
@@ -351,7 +386,9 @@ fn copies_for(p: f64) -> u8 {
 /// rebind) and the watchers of its connections.
 #[derive(Debug, Default)]
 struct Shared {
-    copies: RwLock<HashMap<SocketAddr, u8>>,
+    copies: RwLock<HashMap<SocketAddr, Copies>>,
+    /// Datagrams to probed destinations, counted for the share sent alone.
+    probe_datagrams: AtomicU64,
     /// Destinations with more than one copy: while 0, sending looks nothing up.
     redundant: AtomicUsize,
     extra_datagrams: AtomicU64,
@@ -377,18 +414,41 @@ struct WatchedConn {
     peer: SocketAddr,
 }
 
+/// How a destination's datagrams go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Copies {
+    /// Copies of each datagram.
+    n: u8,
+    /// One datagram in [`PROBE_SHARE`] goes alone.
+    probe: bool,
+}
+
+impl Copies {
+    const ONE: Copies = Copies { n: 1, probe: false };
+
+    fn of(policy: &Policy) -> Self {
+        Copies { n: policy.copies(), probe: policy.probing() }
+    }
+}
+
 impl Shared {
+    /// Copies of the next datagram to `to`.
     fn copies_to(&self, to: SocketAddr) -> u8 {
         if self.redundant.load(Ordering::Relaxed) == 0 {
             return 1;
         }
-        self.copies.read().unwrap_or_else(|e| e.into_inner()).get(&to).copied().unwrap_or(1)
+        let c =
+            self.copies.read().unwrap_or_else(|e| e.into_inner()).get(&to).copied().unwrap_or(Copies::ONE);
+        if c.probe && self.probe_datagrams.fetch_add(1, Ordering::Relaxed) % PROBE_SHARE == 0 {
+            return 1;
+        }
+        c.n
     }
 
-    fn set(&self, to: SocketAddr, copies: u8) {
+    fn set(&self, to: SocketAddr, copies: Copies) {
         let mut map = self.copies.write().unwrap_or_else(|e| e.into_inner());
-        let was = if copies > 1 { map.insert(to, copies) } else { map.remove(&to) };
-        match (was.is_some(), copies > 1) {
+        let was = if copies.n > 1 { map.insert(to, copies) } else { map.remove(&to) };
+        match (was.is_some(), copies.n > 1) {
             (false, true) => self.redundant.fetch_add(1, Ordering::Relaxed),
             (true, false) => self.redundant.fetch_sub(1, Ordering::Relaxed),
             _ => 0,
@@ -484,16 +544,16 @@ async fn sample(shared: std::sync::Weak<Shared>) {
 impl WatchedConn {
     /// Feeds the policy one reading and adds the copies to set, per destination, to
     /// `changes` where they change; `false` once the connection is closed (its copies end).
-    fn sample(&mut self, now: Instant, shared: &Shared, changes: &mut Vec<(SocketAddr, u8)>) -> bool {
+    fn sample(&mut self, now: Instant, shared: &Shared, changes: &mut Vec<(SocketAddr, Copies)>) -> bool {
         if self.conn.close_reason().is_some() {
-            changes.push((self.peer, 1));
+            changes.push((self.peer, Copies::ONE));
             return false;
         }
         let now_peer = self.conn.remote_address();
         if now_peer != self.peer {
             // The peer migrated: its copies follow it.
-            changes.push((self.peer, 1));
-            changes.push((now_peer, self.policy.copies()));
+            changes.push((self.peer, Copies::ONE));
+            changes.push((now_peer, Copies::of(&self.policy)));
             self.peer = now_peer;
         }
         let p = self.conn.stats().path;
@@ -521,9 +581,12 @@ impl WatchedConn {
                 tracing::info!(%peer, copies, loss_pct = loss * 100.0, "lossy path: sending redundant copies");
             }
             Some(Decision::Off(why)) => tracing::info!(%peer, reason = %why, "redundant copies off"),
+            Some(Decision::Probe { copies }) => {
+                tracing::debug!(%peer, copies, share = PROBE_SHARE, "probing the path: one datagram in share alone");
+            }
             None => return true,
         }
-        changes.push((peer, self.policy.copies()));
+        changes.push((peer, Copies::of(&self.policy)));
         true
     }
 }
@@ -639,8 +702,19 @@ mod tests {
 
         /// Steps for `d`, `lost_per_sample(copies)` losses each; the decisions seen.
         fn run(&mut self, d: Duration, mut lost_per_sample: impl FnMut(u8) -> u64) -> Vec<Decision> {
+            self.run_probed(d, |copies, _| lost_per_sample(copies))
+        }
+
+        /// As `run`, the losses also depending on whether a probe is on.
+        fn run_probed(
+            &mut self,
+            d: Duration,
+            mut lost_per_sample: impl FnMut(u8, bool) -> u64,
+        ) -> Vec<Decision> {
             let n = d.as_millis() / SAMPLE_EVERY.as_millis();
-            (0..n).filter_map(|_| self.step(lost_per_sample(self.policy.copies()))).collect()
+            (0..n)
+                .filter_map(|_| self.step(lost_per_sample(self.policy.copies(), self.policy.probing())))
+                .collect()
         }
     }
 
@@ -676,32 +750,47 @@ mod tests {
         assert_eq!(p.policy.copies(), 1);
     }
 
-    #[test]
-    fn copies_hold_through_quiet_loss_then_probe_with_backoff() {
-        let mut p = Path::new(RedundancyMode::Auto);
-        // A 2 % path: through two copies almost nothing is lost.
-        let two_pct = |copies: u8| if copies == 1 { 3 } else { 0 };
-        let d = p.run(Duration::from_secs(2), two_pct);
-        assert!(matches!(d[..], [Decision::On { copies: 2, .. }]), "{d:?}");
-        // Held for 30 s, then one probe, which finds the loss and turns copies back on...
-        let d = p.run(Duration::from_secs(31), two_pct);
-        assert!(matches!(d[..], [Decision::Off(OffReason::Probe), Decision::On { copies: 2, .. }]), "{d:?}");
-        // ... and the next probe comes after 60 s, not 30.
-        let d = p.run(Duration::from_secs(50), two_pct);
-        assert!(d.is_empty(), "{d:?}");
-        let d = p.run(Duration::from_secs(12), two_pct);
-        assert!(matches!(d[..], [Decision::Off(OffReason::Probe), Decision::On { .. }]), "{d:?}");
+    /// A 2 % path: 3 of 150 packets lost alone, none through two copies, and during a
+    /// probe (one packet in four alone) 0.75 per sample: one every other sample.
+    fn two_pct() -> impl FnMut(u8, bool) -> u64 {
+        let mut i = 0u64;
+        move |copies, probing| {
+            i += 1;
+            match (copies, probing) {
+                (1, _) => 3,
+                (_, true) => i % 2,
+                _ => 0,
+            }
+        }
     }
 
     #[test]
-    fn a_probe_that_finds_a_clean_path_stays_off() {
+    fn copies_hold_through_quiet_loss_then_probe_with_backoff() {
+        let mut p = Path::new(RedundancyMode::Auto);
+        let mut path = two_pct();
+        let d = p.run_probed(Duration::from_secs(2), &mut path);
+        assert!(matches!(d[..], [Decision::On { copies: 2, .. }]), "{d:?}");
+        // Held for 30 s, then a probe that keeps the copies on three datagrams in four,
+        // finds the loss behind them and sends all copies again...
+        let d = p.run_probed(Duration::from_secs(31), &mut path);
+        assert!(matches!(d[..], [Decision::Probe { copies: 2 }, Decision::On { copies: 2, .. }]), "{d:?}");
+        // ... and the next probe comes after 60 s, not 30.
+        let d = p.run_probed(Duration::from_secs(50), &mut path);
+        assert!(d.is_empty(), "{d:?}");
+        let d = p.run_probed(Duration::from_secs(12), &mut path);
+        assert!(matches!(d[..], [Decision::Probe { .. }, Decision::On { .. }]), "{d:?}");
+    }
+
+    #[test]
+    fn a_probe_that_finds_a_clean_path_ends_the_copies() {
         let mut p = Path::new(RedundancyMode::Auto);
         p.run(Duration::from_secs(2), |c| if c == 1 { 3 } else { 0 });
         assert_eq!(p.policy.copies(), 2);
-        // The loss is gone: the probe at 30 s ends with one copy for good.
+        // The loss is gone: the probe at 30 s finds nothing in 5 s, and copies end.
         let d = p.run(Duration::from_secs(60), |_| 0);
-        assert_eq!(d, vec![Decision::Off(OffReason::Probe)]);
+        assert_eq!(d, vec![Decision::Probe { copies: 2 }, Decision::Off(OffReason::LossGone)]);
         assert_eq!(p.policy.copies(), 1);
+        assert!(!p.policy.probing());
     }
 
     #[test]
@@ -799,6 +888,21 @@ mod tests {
         // ...then the path is quiet through the copies, and they stay.
         assert!(p.run(Duration::from_secs(10), |_| 0).is_empty());
         assert_eq!(p.policy.copies(), 3);
+    }
+
+    #[test]
+    fn a_probed_destination_gets_one_datagram_in_share_alone() {
+        let shared = Shared::default();
+        let (probed, other): (SocketAddr, SocketAddr) =
+            ("10.0.0.1:1".parse().unwrap(), "10.0.0.2:1".parse().unwrap());
+        shared.set(probed, Copies { n: 3, probe: true });
+        shared.set(other, Copies { n: 2, probe: false });
+        let sent: Vec<u8> = (0..8).map(|_| shared.copies_to(probed)).collect();
+        assert_eq!(sent, [1, 3, 3, 3, 1, 3, 3, 3]);
+        assert!((0..8).all(|_| shared.copies_to(other) == 2));
+        shared.set(probed, Copies::ONE);
+        shared.set(other, Copies::ONE);
+        assert_eq!(shared.redundant.load(Ordering::Relaxed), 0);
     }
 
     #[test]
