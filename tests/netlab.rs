@@ -6,7 +6,8 @@
 //! publisher sent three copies of every packet into the full bottleneck ("lossy path",
 //! 85 % loss), its players stalled for up to 18 s and stayed that far behind; with copies
 //! off it kept its lateness near 2 s but delivered 85-170 of the 600 frames sent during
-//! the drop. The link carries about 375 of them.
+//! the drop. The link carries about 375 of them; at least half must arrive within the
+//! budget.
 //!
 //! Needs root (network namespaces, iptables NFQUEUE, tc); the lab installs iproute2,
 //! iptables and python3 with apt-get when they are missing. About a minute.
@@ -58,7 +59,7 @@ async fn roqr_keeps_its_budget_and_most_frames_when_the_link_falls_below_the_str
         serde_json::from_slice(&std::fs::read(out.path().join("results.json")).context("no results.json")?)?;
     let r = results.get(0).context("no run in results.json")?;
     let num = |k: &str| r.get(k).and_then(serde_json::Value::as_f64).with_context(|| format!("no {k}: {r}"));
-    let (frames, p99, stall_s) = (num("drop_frames")?, num("drop_p99_ms")?, num("stall_s")?);
+    let (in_time, p99, stall_s) = (num("drop_in_time")?, num("drop_p99_ms")?, num("stall_s")?);
     let table = log.lines().filter(|l| l.starts_with('|')).collect::<Vec<_>>().join("\n");
     // The budget holds: the lab's jitter and the relay's local hop to its player add a
     // little, never the seconds a full queue or a falling-behind publisher adds.
@@ -67,8 +68,8 @@ async fn roqr_keeps_its_budget_and_most_frames_when_the_link_falls_below_the_str
         "lateness p99 during the drop {p99:.0} ms, budget {BUDGET_MS} ms\n{table}"
     );
     ensure!(
-        frames >= (CARRIABLE / 2) as f64,
-        "{frames} frames delivered during the drop, of about {CARRIABLE} the link carries\n{table}"
+        in_time >= (CARRIABLE / 2) as f64,
+        "{in_time} frames in time during the drop, of about {CARRIABLE} the link carries\n{table}"
     );
     ensure!(stall_s <= 3.0, "players stalled {stall_s} s in all\n{table}");
     Ok(())

@@ -15,8 +15,10 @@ wall clock, which run.sh also used to time the publisher's start and the link ch
 * frames = video pictures arriving in the window, of FPS x window length expected.
 * stall = a gap of more than 1 s between consecutive arrivals in the window (the
   window's edges count as arrivals, so a path that stops delivering shows a stall).
-* capacity drop: lateness p99 of the frames arriving while the link was slow, and the
-  time after the link was restored until lateness stayed under RECOVERED_MS for good.
+* capacity drop: lateness p99 of the frames arriving while the link was slow, how many
+  of them arrived in time (lateness at most IN_TIME_MS, the relay's default latency
+  budget), and the time after the link was restored until lateness stayed under
+  RECOVERED_MS for good.
 
 Python 3 standard library only.
 """
@@ -28,6 +30,7 @@ import sys
 
 STALL_MS = 1000.0
 RECOVERED_MS = 200.0
+IN_TIME_MS = 1000.0
 
 
 def percentile(sorted_values, p):
@@ -75,6 +78,7 @@ def analyze_run(meta, frames):
         d0, d1 = meta["drop_start_unix_ms"], meta["drop_end_unix_ms"]
         during = sorted(v for a, v in late if d0 <= a <= d1)
         r["drop_frames"] = len(during)
+        r["drop_in_time"] = sum(1 for v in during if v <= IN_TIME_MS)
         r["drop_expected"] = round((d1 - d0) / 1000.0 * meta["fps"])
         r["drop_p99_ms"] = percentile(during, 99)
         after = sorted(x for x in late if d1 <= x[0] <= end)
@@ -135,7 +139,8 @@ def main():
         json.dump(rows, f, indent=1)
     fields = ["case", "rtt_ms", "loss_pct", "jitter_ms", "rate_mbit", "transport", "tcp_cc", "quic_cc", "load1",
               "frames", "expected", "p50_ms", "p99_ms", "max_ms", "stalls", "stall_s",
-              "drop_rate_mbit", "drop_for_s", "drop_frames", "drop_expected", "drop_p99_ms", "recovery_s",
+              "drop_rate_mbit", "drop_for_s", "drop_frames", "drop_in_time", "drop_expected", "drop_p99_ms",
+              "recovery_s",
               "note"]
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -167,17 +172,17 @@ def main():
                   "(– = not within the run)." % (m["drop_rate_mbit"], m["drop_at_s"], m["drop_at_s"] + m["drop_for_s"],
                                                  m["duration_s"], RECOVERED_MS),
                   "",
-                  "| path | transport | frames (of expected) | lateness p50 | p99 | frames during drop | p99 during drop | recovery | stalls > 1 s | note |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| path | transport | frames (of expected) | lateness p50 | p99 | frames during drop | in time (≤ %d ms) | p99 during drop | recovery | stalls > 1 s | note |" % IN_TIME_MS,
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in drops:
             if r.get("skipped"):
-                lines.append("| %s | %s | – | – | – | – | – | – | – | skipped: %s |" % (case_label(r), r["transport"], r.get("note", "")))
+                lines.append("| %s | %s | – | – | – | – | – | – | – | – | skipped: %s |" % (case_label(r), r["transport"], r.get("note", "")))
                 continue
             rec = "–" if r.get("recovery_s") is None else "%.1f s" % r["recovery_s"]
-            lines.append("| %s | %s | %d/%d | %s | %s | %d/%d | %s | %s | %s | %s |" % (
+            lines.append("| %s | %s | %d/%d | %s | %s | %d/%d | %d | %s | %s | %s | %s |" % (
                 case_label(r), r["transport"], r["frames"], r["expected"], fmt_ms(r["p50_ms"]),
-                fmt_ms(r["p99_ms"]), r["drop_frames"], r["drop_expected"], fmt_ms(r["drop_p99_ms"]), rec,
-                fmt_stalls(r), r.get("note", "")))
+                fmt_ms(r["p99_ms"]), r["drop_frames"], r["drop_expected"], r["drop_in_time"],
+                fmt_ms(r["drop_p99_ms"]), rec, fmt_stalls(r), r.get("note", "")))
     transports = []
     for r in rows:
         if r["transport"] not in transports and not r.get("skipped"):

@@ -227,8 +227,13 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
                             // The header is the same for every player on this stream id:
                             // encoded once per frame.
                             let header = f.roqr_header(sid, || frame::encode_header(0, &msg));
-                            let info =
-                                MediaInfo { keyframe: f.is_keyframe(), essential: f.is_sequence_header(), due: None };
+                            // The budget counts from ingest: time spent in the player's
+                            // queue behind a slow path is part of its lateness.
+                            let info = MediaInfo {
+                                keyframe: f.is_keyframe(),
+                                essential: f.is_sequence_header(),
+                                due: Some(f.received()),
+                            };
                             (header, msg, info)
                         })
                         .collect();

@@ -49,6 +49,8 @@ struct FrameInner {
     timestamp: u32,
     payload: Bytes,
     info: Inspection,
+    /// When this process got the frame: a sender's latency budget counts from then.
+    received: tokio::time::Instant,
     /// Wire bytes for the one outbound chunk size most subscribers use, built by the first
     /// subscriber that needs them and shared by all the others (DESIGN §3 "serialize once").
     encoded: OnceLock<((u32, u32), Bytes)>,
@@ -70,9 +72,15 @@ impl Frame {
             timestamp,
             payload,
             info,
+            received: tokio::time::Instant::now(),
             encoded: OnceLock::new(),
             roqr_header: OnceLock::new(),
         }))
+    }
+
+    /// When this process got the frame (ingest, or arrival from an upstream relay).
+    pub fn received(&self) -> tokio::time::Instant {
+        self.0.received
     }
 
     /// Audio, video or data.

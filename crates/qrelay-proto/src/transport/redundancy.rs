@@ -439,7 +439,7 @@ impl Shared {
         }
         let c =
             self.copies.read().unwrap_or_else(|e| e.into_inner()).get(&to).copied().unwrap_or(Copies::ONE);
-        if c.probe && self.probe_datagrams.fetch_add(1, Ordering::Relaxed) % PROBE_SHARE == 0 {
+        if c.probe && self.probe_datagrams.fetch_add(1, Ordering::Relaxed).is_multiple_of(PROBE_SHARE) {
             return 1;
         }
         c.n

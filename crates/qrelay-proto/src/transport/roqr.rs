@@ -535,6 +535,9 @@ pub struct MediaSender {
     /// When the send window next follows the path's rate.
     fit_window_at: Option<tokio::time::Instant>,
     delivery: DeliveryRate,
+    /// When the sender was made: nothing is due before (a player that joins gets the
+    /// cached GOP, received up to a GOP ago, as fresh).
+    started: tokio::time::Instant,
     stats: Arc<SenderStats>,
 }
 
@@ -584,8 +587,9 @@ pub struct MediaInfo {
     pub keyframe: bool,
     /// Codec configuration or metadata: needed whatever else is dropped.
     pub essential: bool,
-    /// When the frame was due to be sent (a paced source's clock), if before it is
-    /// handed over: the latency budget counts from then. `None`: from now.
+    /// When the frame was due to be sent (a paced source's clock, or when a relay got
+    /// it), if before it is handed over: the latency budget counts from then, or from
+    /// when the sender was made if that is later. `None`: from now.
     pub due: Option<tokio::time::Instant>,
 }
 
@@ -605,6 +609,7 @@ impl MediaSender {
             skip_video: false,
             fit_window_at: None,
             delivery: DeliveryRate::default(),
+            started: tokio::time::Instant::now(),
             stats: Arc::default(),
         }
     }
@@ -652,7 +657,7 @@ impl MediaSender {
                 run_target = target;
             }
             // The run's oldest frame sets how long its write may wait.
-            run_due = run_due.or(info.due);
+            run_due = run_due.or(info.due.map(|due| due.max(self.started)));
             if target == Target::Gop && self.starts_gop(msg, info) {
                 self.rotate_gop();
                 let s = self.open(self.next_gop_priority).await?;
