@@ -245,9 +245,11 @@ async fn players_get_the_end_of_stream_when_the_grace_runs_out() -> Result {
 
         let mut publisher = spawn(&mut ffmpeg_publisher(&media().flv, &srv.url("rtmp", "gone"), true))?;
         srv.wait_stats("gone", "1 s of media", |s| s.frames > 80).await?;
+        // Taken before the kill: the relay sees the connection close as the process
+        // dies, possibly before this task has reaped it.
+        let killed = Instant::now();
         publisher.start_kill()?;
         publisher.wait().await?;
-        let killed = Instant::now();
 
         let (ff, played) = tokio::join!(finish(ff_player, "ffmpeg player", grace + END_LIMIT), async {
             tokio::time::timeout(grace + END_LIMIT, recorder).await
