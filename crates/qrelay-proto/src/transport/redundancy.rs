@@ -259,7 +259,7 @@ impl Policy {
             Some(_) => rate * PROBE_SHARE as f64,
             None => rate.powf(1.0 / f64::from(self.copies)),
         };
-        if let Some(why) = self.congestion(s, rate, inferred, lost, events) {
+        if let Some(why) = self.congestion(s, rate, inferred, (sent, lost, events)) {
             // Held off until the path has shown no congestion for a while.
             self.blocked_until = Some(now + BLOCK);
             if self.copies > 1 {
@@ -316,27 +316,32 @@ impl Policy {
     }
 
     /// Whether the loss now is the path's congestion rather than random loss; `rate` is
-    /// what gets through the current copies, `inferred` the path's own loss behind them.
+    /// what gets through the current copies, `inferred` the path's own loss behind them,
+    /// from `totals` (packets sent, lost, loss detections).
     fn congestion(
         &self,
         s: PathSample,
         rate: f64,
         inferred: f64,
-        lost: u64,
-        events: u64,
+        totals: (u64, u64, u64),
     ) -> Option<Congestion> {
+        let (sent, lost, events) = totals;
+        // A loss rate is judged on enough packets sent alone: in a probe only one in
+        // PROBE_SHARE is, and a few losses more, times PROBE_SHARE, would read as heavy.
+        let alone = if self.probing() { sent / PROBE_SHARE } else { sent };
+        let judged = alone >= MIN_SENT && lost >= MIN_LOST;
         // BBR keeps its queue near empty; an RTT well above the floor means the path is
         // full (a capacity drop with a deep queue).
         if !s.min_rtt.is_zero() && s.rtt > s.min_rtt * 3 / 2 + Duration::from_millis(20) {
             return Some(Congestion::Queueing);
         }
-        if lost >= MIN_LOST && rate.max(inferred) > MENDABLE_LOSS {
+        if judged && rate.max(inferred) > MENDABLE_LOSS {
             return Some(Congestion::HeavyLoss);
         }
         if lost >= BURST_MIN_LOST && bursty(lost, events) {
             return Some(Congestion::Bursts);
         }
-        if self.copies > 1 && lost >= MIN_LOST && inferred > self.loss_before * RISE_FACTOR {
+        if self.copies > 1 && judged && inferred > self.loss_before * RISE_FACTOR {
             return Some(Congestion::RisesWithRate);
         }
         None
@@ -779,6 +784,19 @@ mod tests {
         assert!(d.is_empty(), "{d:?}");
         let d = p.run_probed(Duration::from_secs(12), &mut path);
         assert!(matches!(d[..], [Decision::Probe { .. }, Decision::On { .. }]), "{d:?}");
+    }
+
+    #[test]
+    fn a_probe_on_a_five_percent_path_keeps_the_copies() {
+        let mut p = Path::new(RedundancyMode::Auto);
+        assert!(matches!(p.step(8), Some(Decision::On { copies: 3, .. })));
+        p.run(Duration::from_secs(31), |_| 0);
+        assert!(p.policy.probing());
+        // 4 of the probe's first 150 packets lost (a noisy 10.7 % on the 37 sent alone):
+        // the loss is still there, not a congested path.
+        let d = p.step(4);
+        assert!(matches!(d, Some(Decision::On { copies: 3, .. })), "{d:?}");
+        assert!(!p.policy.probing());
     }
 
     #[test]
