@@ -690,6 +690,14 @@ mod tests {
             p
         }
 
+        /// A path whose 2 % random loss turned two copies on.
+        fn with_two_copies() -> Self {
+            let mut p = Self::new(RedundancyMode::Auto);
+            p.step(3);
+            assert_eq!(p.policy.copies(), 2);
+            p
+        }
+
         /// One sample of 150 packets (300/s, a 3 Mbit/s stream) with `lost` random
         /// losses (each found on its own).
         fn step(&mut self, lost: u64) -> Option<Decision> {
@@ -813,9 +821,7 @@ mod tests {
 
     #[test]
     fn queueing_turns_copies_off_and_blocks_them() {
-        let mut p = Path::new(RedundancyMode::Auto);
-        p.step(3);
-        assert_eq!(p.policy.copies(), 2);
+        let mut p = Path::with_two_copies();
         // The link falls below the stream: the RTT climbs, losses from the full queue.
         p.s.rtt = 400 * MS;
         assert_eq!(p.step(0), Some(Decision::Off(OffReason::Congested(Congestion::Queueing))));
@@ -833,9 +839,7 @@ mod tests {
 
     #[test]
     fn loss_that_gets_through_the_copies_stops_them() {
-        let mut p = Path::new(RedundancyMode::Auto);
-        p.step(3);
-        assert_eq!(p.policy.copies(), 2);
+        let mut p = Path::with_two_copies();
         // 1.3 % gets through two copies, where 0.04 % would if the 2 % were random: the
         // path loses 11 % behind them. Then blocked for a while even though the loss stays.
         let d = p.run(Duration::from_secs(9), |_| 2);
@@ -850,9 +854,7 @@ mod tests {
         let d = p.run(Duration::from_secs(20), |_| 60);
         assert!(d.is_empty(), "{d:?}");
         // Copies that were on for random loss stop when the link falls.
-        let mut p = Path::new(RedundancyMode::Auto);
-        p.step(3);
-        assert_eq!(p.policy.copies(), 2);
+        let mut p = Path::with_two_copies();
         let d = p.run(Duration::from_secs(5), |_| 60);
         assert_eq!(d, vec![Decision::Off(OffReason::Congested(Congestion::HeavyLoss))]);
     }
@@ -872,9 +874,7 @@ mod tests {
 
     #[test]
     fn loss_that_rises_with_the_copies_stops_them() {
-        let mut p = Path::new(RedundancyMode::Auto);
-        p.step(3);
-        assert_eq!(p.policy.copies(), 2);
+        let mut p = Path::with_two_copies();
         // 0.67 % through two copies: behind them the path loses 8 %, four times what it
         // lost without them. The copies feed the loss.
         let d = p.run(Duration::from_secs(3), |c| if c == 2 { 1 } else { 0 });
@@ -883,9 +883,7 @@ mod tests {
 
     #[test]
     fn more_loss_through_copies_raises_them() {
-        let mut p = Path::new(RedundancyMode::Auto);
-        p.step(3);
-        assert_eq!(p.policy.copies(), 2);
+        let mut p = Path::with_two_copies();
         // 0.33 % through two copies: the path loses ~6 %, not 2 % (measured on too few
         // packets), and three copies are needed.
         let mut i = 0;

@@ -721,9 +721,6 @@ impl MediaSender {
         if bufs.is_empty() {
             return Ok(());
         }
-        if target == Target::Gop {
-            return self.write_gop(bufs, due).await;
-        }
         let stream = match target {
             Target::Command => command,
             Target::Audio => {
@@ -735,7 +732,7 @@ impl MediaSender {
                     None => return Ok(()),
                 }
             }
-            Target::Gop => return Ok(()),
+            Target::Gop => return self.write_gop(bufs, due).await,
         };
         let result = stream.write_all_chunks(bufs).await;
         bufs.clear();
