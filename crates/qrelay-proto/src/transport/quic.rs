@@ -364,15 +364,18 @@ mod tests {
                 received,
                 after.datagrams - before.datagrams,
                 after.ios - before.ios,
+                after.bytes - before.bytes,
             )
         };
-        let (mtu, received, datagrams, ios) =
+        let (mtu, received, datagrams, ios, bytes) =
             tokio::time::timeout(Duration::from_secs(10), test).await.expect("transfer timed out");
         assert!(mtu > 1452 && mtu <= q.max_mtu, "path MTU {mtu}");
         assert!(received > 16 * 64 * 1024);
-        // 1 MiB at ~9000 bytes a datagram is about 120 datagrams; with GSO several go
-        // in each system call.
-        assert!(datagrams < 200, "{datagrams} datagrams for 1 MiB at MTU {mtu}");
+        // Datagrams near the MTU (1 MiB is about 120 of them; a loaded machine adds
+        // retransmissions, of the same size, so their size is what is asserted, not
+        // their count); with GSO several go in each system call.
+        let mean = bytes / datagrams.max(1);
+        assert!(mean > 6000, "{datagrams} datagrams of {mean} bytes on average at MTU {mtu}");
         assert!(ios * 2 <= datagrams, "{datagrams} datagrams in {ios} system calls: no GSO batching");
     }
 }
