@@ -48,7 +48,7 @@ pub mod registry;
 pub mod relay;
 pub mod server;
 
-pub use qrelay_proto::{client, media, rtmp, transport, url};
+pub use qrelay_proto::{client, http, media, rtmp, transport, url};
 
 pub use config::Config;
 pub use server::{run, Server, ServerError};

@@ -147,6 +147,12 @@ reasons! {
     UpstreamFailed = 0x1c3, "upstream_failed";
     /// A pull that was playing lost its origin (it pulls again).
     UpstreamLost = 0x1c4, "upstream_lost";
+    /// An HTTP request the relay cannot read: malformed, or its head over the size or
+    /// header-count caps (answered 400 or 431).
+    BadHttpRequest = 0x1d0, "bad_http_request";
+    /// An HTTP request for a path the relay does not serve (answered 404), or with a
+    /// method it does not serve there (405).
+    HttpNotFound = 0x1d1, "http_not_found";
 }
 
 impl Reason {
@@ -178,6 +184,8 @@ impl Reason {
                 | Reason::ConnectionLimit
                 | Reason::AddressLimit
                 | Reason::UnsupportedAlpn
+                | Reason::BadHttpRequest
+                | Reason::HttpNotFound
         )
     }
 

@@ -21,11 +21,15 @@ pub enum ConnKind {
     QuicTunnel,
     /// QUIC, ALPN `roqr`.
     Roqr,
+    /// HTTP/1.1 on the TCP port (HTTP-FLV players, the player page), plain text; over
+    /// TLS it counts as `Tls`.
+    Http,
 }
 
 impl ConnKind {
     /// Every kind, in label order.
-    pub const ALL: [ConnKind; 4] = [ConnKind::Tcp, ConnKind::Tls, ConnKind::QuicTunnel, ConnKind::Roqr];
+    pub const ALL: [ConnKind; 5] =
+        [ConnKind::Tcp, ConnKind::Tls, ConnKind::QuicTunnel, ConnKind::Roqr, ConnKind::Http];
 
     /// The metric label.
     pub fn label(self) -> &'static str {
@@ -34,6 +38,7 @@ impl ConnKind {
             ConnKind::Tls => "tls",
             ConnKind::QuicTunnel => "quic_tunnel",
             ConnKind::Roqr => "roqr",
+            ConnKind::Http => "http",
         }
     }
 
@@ -67,8 +72,8 @@ pub struct Connections {
 
 #[derive(Debug, Default)]
 struct Inner {
-    open: [AtomicU64; 4],
-    accepted: [AtomicU64; 4],
+    open: [AtomicU64; ConnKind::ALL.len()],
+    accepted: [AtomicU64; ConnKind::ALL.len()],
     quic: Mutex<QuicConns>,
     next_id: AtomicU64,
     redundancy: OnceLock<Redundancy>,

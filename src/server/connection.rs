@@ -28,7 +28,7 @@ use crate::rtmp::session::{MediaEncoder, ServerSession, SessionError};
 const READ_BUF_MIN: usize = 4 * 1024;
 const READ_BUF_MAX: usize = 64 * 1024;
 /// Payload bytes of media gathered into one vectored write to a player.
-const WRITE_BATCH: usize = 256 * 1024;
+pub(super) const WRITE_BATCH: usize = 256 * 1024;
 /// After our last byte, how long (and how many bytes) we keep reading what the peer
 /// still sends before closing: see [`drain_until_closed`].
 const LINGER: Duration = Duration::from_secs(5);
@@ -79,7 +79,7 @@ pub fn log_end(ctx: &ConnContext, result: &Result<(), ConnError>) {
     match result {
         Ok(()) => info!("closed"),
         Err(e) if reason == Reason::PeerGone => info!(%reason, error = %e, "closed: peer went away"),
-        Err(e @ ConnError::Ended(_)) => info!(%reason, "closed: {e}"),
+        Err(e @ (ConnError::Ended(_) | ConnError::Refused(..))) => info!(%reason, "closed: {e}"),
         Err(e) => warn!(%reason, error = %e, "closed with error"),
     }
 }
@@ -99,6 +99,10 @@ pub enum ConnError {
     /// Ended from outside (the control API), not by anything the peer did.
     #[error("ended ({0})")]
     Ended(Reason),
+    /// Refused before a session began (an HTTP request: malformed, unknown path, no
+    /// such stream, or a gate's refusal), after the answer was sent.
+    #[error("refused: {1}")]
+    Refused(Reason, String),
     /// A new publisher took over this session's stream after it was silent.
     #[error("replaced by a new publisher after publisher_takeover_ms without media")]
     Replaced,
@@ -128,7 +132,9 @@ impl ConnError {
             }
             ConnError::Io(_) => Reason::Io,
             ConnError::Session(e) => Reason::of_session(e),
-            ConnError::Timeout(_, reason) | ConnError::Ended(reason) => *reason,
+            ConnError::Timeout(_, reason) | ConnError::Ended(reason) | ConnError::Refused(reason, _) => {
+                *reason
+            }
             ConnError::Replaced => Reason::PublisherReplaced,
         }
     }
@@ -438,7 +444,7 @@ async fn read_until<R: AsyncRead + Unpin>(
 /// reset, and a reset makes the peer's kernel discard what the peer has not read yet: a
 /// player still reading the end of its stream (its acknowledgements arriving meanwhile)
 /// would lose that end and `NetStream.Play.UnpublishNotify` with it.
-async fn drain_until_closed<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) {
+pub(super) async fn drain_until_closed<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) {
     let drain = async {
         let mut total = 0;
         while total < LINGER_MAX_BYTES {
@@ -453,7 +459,7 @@ async fn drain_until_closed<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]
 
 /// Writes a batch, failing when it does not complete within `timeout`. Most writes
 /// complete at once into the socket buffer; only those that wait get a timer.
-async fn write_timed<W: SessionWriter>(
+pub(super) async fn write_timed<W: SessionWriter>(
     writer: &mut W,
     bufs: &mut [Bytes],
     timeout: Duration,

@@ -10,6 +10,7 @@
 //! session is left or after the grace period. Immediate shutdown (SIGINT): stop now.
 
 pub mod connection;
+mod http;
 mod hub_link;
 pub mod quic;
 pub mod roqr_conn;

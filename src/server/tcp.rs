@@ -1,5 +1,6 @@
-//! The TCP side of the one port: accepts RTMP, and RTMPS when the first byte is a TLS
-//! handshake record (0x16; plain RTMP starts with version byte 0x03), so both share it.
+//! The TCP side of the one port: accepts RTMP, RTMPS when the first byte is a TLS
+//! handshake record (0x16; plain RTMP starts with version byte 0x03), and HTTP when it
+//! is an ASCII capital (a method), so all of them share it.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -7,14 +8,15 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
-use super::connection::{log_end, serve_rtmp, ConnContext, SessionWriter, TryWrite};
+use super::connection::{log_end, serve_rtmp, ConnContext, ConnError, SessionWriter, TryWrite};
+use super::http::serve_http;
 use crate::control::ConnKind;
 use crate::reason::Reason;
 use crate::transport::admission::Admission;
@@ -79,8 +81,8 @@ async fn handle(stream: TcpStream, peer: std::net::SocketAddr, tls: Option<TlsAc
     }
     let deadline = ctx.handshake_deadline();
     let mut first = [0u8; 1];
-    let is_tls = match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
-        Ok(Ok(1)) => first[0] == TLS_HANDSHAKE_RECORD,
+    let protocol = match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => Protocol::of_first_byte(first[0]),
         Ok(Ok(_)) => return,
         Ok(Err(e)) => return info!(error = %e, "closed before the handshake"),
         Err(_) => {
@@ -88,34 +90,88 @@ async fn handle(stream: TcpStream, peer: std::net::SocketAddr, tls: Option<TlsAc
             return warn!("closed: handshake timed out");
         }
     };
-    tracing::Span::current().record("transport", if is_tls { "tls" } else { "tcp" });
-    let _counted = ctx.conns.open(if is_tls { ConnKind::Tls } else { ConnKind::Tcp });
+    let (kind, label) = match protocol {
+        Protocol::Tls => (ConnKind::Tls, "tls"),
+        Protocol::Http => (ConnKind::Http, "http"),
+        Protocol::Rtmp => (ConnKind::Tcp, "tcp"),
+    };
+    tracing::Span::current().record("transport", label);
+    let _counted = ctx.conns.open(kind);
     info!("connected");
-    let result = match (is_tls, tls) {
-        (true, Some(acceptor)) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-            Ok(Ok(tls_stream)) => {
-                let (r, w) = tokio::io::split(tls_stream);
-                serve_rtmp(r, w, ctx, (peer, "tls"), deadline).await
+    let result = match (protocol, tls) {
+        (Protocol::Tls, Some(acceptor)) => {
+            match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => serve_tls(tls_stream, ctx, peer, deadline).await,
+                Ok(Err(e)) => {
+                    ctx.counters.count(Reason::TlsFailed);
+                    return warn!(error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    ctx.counters.count(Reason::HandshakeTimeout);
+                    return warn!("closed: TLS handshake timed out");
+                }
             }
-            Ok(Err(e)) => {
-                ctx.counters.count(Reason::TlsFailed);
-                return warn!(error = %e, "TLS handshake failed");
-            }
-            Err(_) => {
-                ctx.counters.count(Reason::HandshakeTimeout);
-                return warn!("closed: TLS handshake timed out");
-            }
-        },
-        (true, None) => {
+        }
+        (Protocol::Tls, None) => {
             ctx.counters.count(Reason::TlsFailed);
             return warn!("closed: TLS offered but RTMPS is not configured");
         }
-        (false, _) => {
+        (Protocol::Http, _) => {
+            let (r, w) = stream.into_split();
+            serve_http(r, TcpWriter(Arc::new(w)), ctx, (peer, "http"), deadline).await
+        }
+        (Protocol::Rtmp, _) => {
             let (r, w) = stream.into_split();
             serve_rtmp(r, TcpWriter(Arc::new(w)), ctx, (peer, "tcp"), deadline).await
         }
     };
     log_end(ctx, &result);
+}
+
+/// What a TCP connection speaks, told by its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// A TLS handshake record: RTMPS, or HTTPS (told apart by the first byte inside).
+    Tls,
+    /// An ASCII letter: an HTTP/1.1 method.
+    Http,
+    /// Anything else is RTMP's version byte (0x03), or refused by its handshake.
+    Rtmp,
+}
+
+impl Protocol {
+    fn of_first_byte(b: u8) -> Self {
+        match b {
+            TLS_HANDSHAKE_RECORD => Protocol::Tls,
+            b if b.is_ascii_uppercase() => Protocol::Http,
+            _ => Protocol::Rtmp,
+        }
+    }
+}
+
+/// Inside TLS, the first byte tells RTMPS (0x03) from HTTPS (a method's letter), as it
+/// does outside: no ALPN is needed, so every RTMPS client works whatever it offers.
+async fn serve_tls(
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    ctx: &ConnContext,
+    peer: std::net::SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Result<(), ConnError> {
+    let (mut r, w) = tokio::io::split(stream);
+    let mut first = [0u8; 1];
+    let n = tokio::time::timeout_at(deadline, r.read(&mut first))
+        .await
+        .map_err(|_| ConnError::Timeout("nothing after the TLS handshake", Reason::HandshakeTimeout))??;
+    if n == 0 {
+        return Ok(());
+    }
+    let r = std::io::Cursor::new(first).chain(r);
+    if Protocol::of_first_byte(first[0]) == Protocol::Http {
+        tracing::Span::current().record("transport", "https");
+        serve_http(r, w, ctx, (peer, "https"), deadline).await
+    } else {
+        serve_rtmp(r, w, ctx, (peer, "tls"), deadline).await
+    }
 }
 
 /// The write half of a plain TCP session, shared: the session's task writes through it

@@ -57,6 +57,9 @@ struct FrameInner {
     /// The RoQR frame header for one message stream id (players' media goes on 1), shared
     /// by every RoQR player as `encoded` is by chunk players.
     roqr_header: OnceLock<(u32, Bytes)>,
+    /// The frame as one FLV tag (with its PreviousTagSize), shared by every HTTP-FLV
+    /// player and recorder: the same bytes for all of them.
+    flv_tag: OnceLock<Bytes>,
 }
 
 impl Frame {
@@ -75,6 +78,7 @@ impl Frame {
             received: tokio::time::Instant::now(),
             encoded: OnceLock::new(),
             roqr_header: OnceLock::new(),
+            flv_tag: OnceLock::new(),
         }))
     }
 
@@ -128,6 +132,18 @@ impl Frame {
 }
 
 impl Frame {
+    /// The frame as an FLV tag plus its PreviousTagSize, made once per frame.
+    pub fn flv_tag(&self) -> Bytes {
+        self.0
+            .flv_tag
+            .get_or_init(|| {
+                let mut out = bytes::BytesMut::new();
+                super::flv::write_tag(&mut out, self.kind(), self.timestamp(), self.payload());
+                out.freeze()
+            })
+            .clone()
+    }
+
     /// The RoQR frame header for message stream `stream_id`, made by `encode` at most once
     /// per frame for the first stream id asked for.
     pub fn roqr_header(&self, stream_id: u32, encode: impl Fn() -> Bytes) -> Bytes {
