@@ -168,7 +168,9 @@ fn response_start(first: &[Frame]) -> Bytes {
         (false, false) => (true, true),
         known => known,
     };
-    let clock = first.iter().max_by_key(|f| f.received()).map(|newest| {
+    // Media only: the hub re-stamps metadata and sequence headers for each late joiner.
+    let media = first.iter().filter(|f| f.kind() != MediaKind::Data && !f.is_sequence_header());
+    let clock = media.max_by_key(|f| f.received()).map(|newest| {
         let at = SystemTime::now() - newest.received().elapsed();
         let ms = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
         format!("{ms};{}", newest.timestamp())
