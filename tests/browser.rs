@@ -169,3 +169,21 @@ async fn mpegts_js_plays_the_http_flv_url_in_chromium() -> Result {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_previews_each_live_stream() -> Result {
+    bounded(async {
+        let srv = start_server().await?;
+        let key = "preview";
+        let _publisher = spawn(&mut live_publisher(&srv.url("rtmp", key)))?;
+        srv.wait_live(key).await?;
+        let samples = drive(&srv.api("/"), "qrelay-player", 5, &screenshot_path("status")).await?;
+        let last = samples.last().context("no preview on the status page")?;
+        let src = format!("http://127.0.0.1:{}/live/{key}.flv", srv.addr.port());
+        ensure!(last.get("src") == src, "preview src: {}", last.attrs);
+        ensure!(last.get("data-state") == "playing", "preview: {}", last.attrs);
+        ensure!(last.num("data-frames-decoded").is_some_and(|n| n >= 30.0), "preview: {}", last.attrs);
+        Ok(())
+    })
+    .await
+}

@@ -134,11 +134,18 @@ async fn metrics(State(control): State<Control>) -> ApiResult<Response> {
     Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
-async fn list_streams(State(control): State<Control>) -> Json<serde_json::Value> {
+async fn list_streams(State(control): State<Control>, headers: HeaderMap) -> Json<serde_json::Value> {
     let rates = &control.inner.rates;
     let streams: Vec<StreamJson> =
         control.inner.hub.snapshot().iter().map(|s| StreamJson::summary(s, rates)).collect();
-    Json(json!({ "streams": streams, "draining": control.inner.drain.is_cancelled() }))
+    // Where browsers play: the relay's one port, on the host this API was reached by
+    // (the status page links each stream to `{play_base}/play/{app}/{key}`).
+    let host_header = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let host = public_host(host_header, control.inner.rtmp_addr);
+    let play_base = format!("http://{host}:{}", control.inner.rtmp_addr.port());
+    Json(
+        json!({ "streams": streams, "draining": control.inner.drain.is_cancelled(), "play_base": play_base }),
+    )
 }
 
 /// What a path under `/api/streams/` names.
