@@ -25,7 +25,7 @@
 # synthetic AAC beside the video, as `qrelay bench` does by default; 0: video only),
 # OUT (results dir, default a temp dir), RESULTS (bench/RESULTS.md), SKIP_QUIC (0/1: the
 # tunnel and RoQR), SKIP_ROQR (0/1: RoQR only),
-# SKIP_NAGLE (0/1), QRELAY_BIN (use this binary instead of building), BASE_BIN (another
+# SKIP_NAGLE (0/1), SKIP_HTTP_FLV (0/1: qrelay's HTTP-FLV players, beside its RTMP ones), QRELAY_BIN (use this binary instead of building), BASE_BIN (another
 # qrelay build, e.g. the commit before a change: adds target qrelay-base, over TCP, run in
 # turn with the others, and a table of both builds against nginx-rtmp).
 set -euo pipefail
@@ -44,6 +44,7 @@ AUDIO_ARGS=()
 SKIP_QUIC=${SKIP_QUIC:-0}
 SKIP_ROQR=${SKIP_ROQR:-0}
 SKIP_NAGLE=${SKIP_NAGLE:-0}
+SKIP_HTTP_FLV=${SKIP_HTTP_FLV:-0}
 RESULTS=${RESULTS:-$ROOT/bench/RESULTS.md}
 WORK=$(mktemp -d /tmp/qrelay-compare.XXXXXX)
 OUT=${OUT:-$WORK/results}
@@ -52,6 +53,7 @@ COMMAND="DURATION=$DURATION REPS=$REPS LOADS=\"$LOADS\" IDLE_CONNS=$IDLE_CONNS B
 [[ $SKIP_QUIC == 0 ]] || COMMAND+=" SKIP_QUIC=1"
 [[ $SKIP_ROQR == 0 ]] || COMMAND+=" SKIP_ROQR=1"
 [[ $SKIP_NAGLE == 0 ]] || COMMAND+=" SKIP_NAGLE=1"
+[[ $SKIP_HTTP_FLV == 0 ]] || COMMAND+=" SKIP_HTTP_FLV=1"
 [[ -z "${BASE_BIN:-}" ]] || COMMAND+=" BASE_BIN=(previous build)"
 COMMAND+=" bench/compare.sh"
 
@@ -145,6 +147,7 @@ run_one() {
         qrelay-nagle) start_qrelay "$WORK/nagle.toml"; url="rtmp://127.0.0.1:$QPORT/live/b" ;;
         qrelay-quic) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/b?mode=tunnel"; extra=(--ca "$WORK/certs/dev-ca.pem" "${QUIC_ARGS[@]}") ;;
         qrelay-roqr) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/b?mode=roqr"; extra=(--ca "$WORK/certs/dev-ca.pem") ;;
+        qrelay-http-flv) start_qrelay; url="rtmp://127.0.0.1:$QPORT/live/b"; extra=(--http-flv) ;;
         nginx) start_nginx; url="rtmp://127.0.0.1:$NPORT/live/b" ;;
     esac
     local json="$OUT/s${streams}-p${players}.${target}.${rep}.json"
@@ -177,6 +180,7 @@ TARGETS=(qrelay-tcp nginx)
 [[ $SKIP_QUIC == 1 ]] || TARGETS+=(qrelay-quic)
 [[ $SKIP_QUIC == 1 || $SKIP_ROQR == 1 ]] || TARGETS+=(qrelay-roqr)
 [[ $SKIP_NAGLE == 1 ]] || TARGETS+=(qrelay-nagle)
+[[ $SKIP_HTTP_FLV == 1 ]] || TARGETS+=(qrelay-http-flv)
 
 for rep in $(seq "$REPS"); do
     for load in $LOADS; do
@@ -189,7 +193,7 @@ for target in "${TARGETS[@]}"; do
     # Idle connections never get media: Nagle changes nothing there (nor the fan-out
     # changes a base build is compared for).
     # RoQR idles like the tunnel (a QUIC connection per session): measured once, as the tunnel.
-    [[ $target == qrelay-nagle || $target == qrelay-base || $target == qrelay-roqr || $IDLE_CONNS == 0 ]] || run_idle "$target"
+    [[ $target == qrelay-nagle || $target == qrelay-base || $target == qrelay-roqr || $target == qrelay-http-flv || $IDLE_CONNS == 0 ]] || run_idle "$target"
 done
 
 # --- summary --------------------------------------------------------------------------
@@ -206,7 +210,7 @@ import os
 import statistics
 import sys
 
-TARGETS = ["qrelay-tcp", "nginx", "qrelay-quic", "qrelay-roqr", "qrelay-nagle", "qrelay-base"]
+TARGETS = ["qrelay-tcp", "nginx", "qrelay-quic", "qrelay-roqr", "qrelay-nagle", "qrelay-base", "qrelay-http-flv"]
 
 
 def load_runs(out, name):
@@ -277,6 +281,7 @@ def main():
     p("|---|---|---|---|---|---|---|---|---|---|---|---|")
     ratios = []
     base_rows = []
+    flv_rows = []
     for load in loads.split():
         streams, players = load.split(":")
         name = f"s{streams}-p{players}"
@@ -304,6 +309,8 @@ def main():
               f"| {fmt(med(rs, 'bench_cpu_pct'), 1)} | {fmt(med(rs, 'host_cpu_pct'), 0)} |")
         q, n, u, a = m.get("qrelay-tcp"), m.get("nginx"), m.get("qrelay-quic"), m.get("qrelay-nagle")
         ratios.append((label, q, n, u, a, m.get("qrelay-roqr")))
+        if "qrelay-http-flv" in m:
+            flv_rows.append((label, m["qrelay-http-flv"], q))
         if "qrelay-base" in m:
             base_rows.append((label, runs))
     p("")
@@ -324,6 +331,15 @@ def main():
         p(f"| {label} | {g(q, n, 'gbit')} | {g(q, n, 'p99')} | {g(q, n, 'ff50')} | {g(q, n, 'rss')} "
           f"| {g(q, n, 'host')} | {g(a, n, 'gbit')} | {g(a, n, 'p99')} | {g(u, q, 'gbit')} | {g(u, q, 'p99')} "
           f"| {g(r, q, 'gbit')} | {g(r, q, 'p99')} | {per_core} |")
+    if flv_rows:
+        p("")
+        p("HTTP-FLV players against RTMP players of the same build over TCP (below 1 = HTTP-FLV better):")
+        p("")
+        p("| load | CPU s/Gbit HTTP-FLV/RTMP | latency p99 HTTP-FLV/RTMP | first frame p50 HTTP-FLV/RTMP |")
+        p("|---|---|---|---|")
+        for label, f, q in flv_rows:
+            g = lambda x, y, k: fmt_ratio(ratio(x and x[k], y and y[k]))  # noqa: E731
+            p(f"| {label} | {g(f, q, 'gbit')} | {g(f, q, 'p99')} | {g(f, q, 'ff50')} |")
     if base_rows:
         p("")
         p("This build (qrelay-tcp) and the previous one (qrelay-base) against nginx-rtmp, CPU s/Gbit "

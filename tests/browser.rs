@@ -135,6 +135,12 @@ async fn the_player_page_plays(transport: &str, key: &str) -> Result {
     // The relay's clock and the browser's are this machine's: the latency is real.
     let latency = last.num("data-latency-ms").context("no latency")?;
     ensure!((0.0..1000.0).contains(&latency), "latency {latency} ms");
+    eprintln!(
+        "{transport}: first picture {first_picture} ms, {decoded} of {sent:.0} pictures decoded, relay-to-display \
+         latency p50 {} ms p99 {} ms",
+        last.get("data-latency-p50-ms"),
+        last.get("data-latency-p99-ms")
+    );
     ensure!(std::fs::metadata(&shot)?.len() > 10_000, "screenshot too small to hold a picture");
     Ok(())
 }

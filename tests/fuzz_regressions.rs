@@ -118,6 +118,11 @@ fn replay_url() {
 }
 
 #[test]
+fn replay_http_request() {
+    replay("http_request", checks::http_request);
+}
+
+#[test]
 fn replay_codec_inspect() {
     replay("codec_inspect", checks::codec_inspect);
 }

@@ -865,3 +865,42 @@ pub fn client_session(data: &[u8]) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// http_request
+// ---------------------------------------------------------------------------------------
+
+/// `http::parse_head` on arbitrary bytes: what every peer of the TCP port's HTTP side
+/// reaches first.
+///
+/// Invariants: never panics; a complete head took at most the input and at most
+/// `MAX_HEAD_BYTES`, has a path starting with `/` and at most `MAX_HEADERS` headers, and
+/// parses the same from exactly its own bytes; every shorter prefix of it is incomplete
+/// (never a different head), so reading a head in pieces finds the same one; an input
+/// past the cap is never still incomplete.
+pub fn http_request(data: &[u8]) {
+    use qrelay::http::{parse_head, MAX_HEADERS, MAX_HEAD_BYTES};
+    match parse_head(data) {
+        Ok(Some((head, len))) => {
+            assert!(len <= data.len() && len <= MAX_HEAD_BYTES, "took {len} of {} bytes", data.len());
+            assert!(head.path.starts_with('/'), "path {:?}", head.path);
+            assert!(head.headers.len() <= MAX_HEADERS);
+            assert!(head.headers.iter().all(|(n, _)| *n == n.to_ascii_lowercase()));
+            let again = parse_head(&data[..len]);
+            assert_eq!(again, Ok(Some((head.clone(), len))), "the head's own bytes parse otherwise");
+            for cut in [len / 2, len.saturating_sub(1)] {
+                if cut < len {
+                    assert!(
+                        !matches!(parse_head(&data[..cut]), Ok(Some(_))),
+                        "a prefix of {cut} bytes of a {len}-byte head is complete"
+                    );
+                }
+            }
+        }
+        Ok(None) => assert!(data.len() < MAX_HEAD_BYTES, "{} bytes still incomplete", data.len()),
+        Err(e) => {
+            let (status, _) = e.status();
+            assert!(status == 400 || status == 431, "{e}: status {status}");
+        }
+    }
+}

@@ -111,6 +111,11 @@ pub struct BenchArgs {
     /// or below the server's `max_quic_streams`.
     #[arg(long, default_value_t = 16)]
     pub quic_streams_per_conn: usize,
+    /// Players fetch HTTP-FLV (`GET /{app}/{key}.flv`) from the play URL's host and port
+    /// instead of playing RTMP (the play URL must be `rtmp://`: the relay serves HTTP on
+    /// its TCP port).
+    #[arg(long)]
+    pub http_flv: bool,
     /// Idle mode: open N connections that handshake and `connect` but never play,
     /// and report the server's RSS per connection (needs --server-pid).
     #[arg(long, conflicts_with_all = ["publish", "no_publish"])]
@@ -151,6 +156,7 @@ impl BenchArgs {
             insecure: false,
             ramp_ms: None,
             quic_streams_per_conn: 16,
+            http_flv: false,
             idle: None,
             churn_rate: 0.0,
             churn_hold_ms: 1000,
@@ -291,12 +297,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         Some(u) => StreamUrl::parse(u).with_context(|| format!("bad --play-url `{u}`"))?,
         None => base.clone(),
     };
-    let dialer = Arc::new(Dialer::new(&play_base, &opts, args.quic_streams_per_conn).await?);
+    let dialer = Dialer::new(&play_base, &opts, args.quic_streams_per_conn).await?;
+    let dialer = Arc::new(if args.http_flv { dialer.into_http_flv()? } else { dialer });
     let acct = Accounting::new(&args.server_pid);
     let shared = Arc::new(Shared::default());
     let sampler_stop = tokio_util::sync::CancellationToken::new();
     let sampler = acct.spawn_sampler(sampler_stop.clone());
     let transport = match play_base.transport {
+        _ if args.http_flv => "http-flv",
         Transport::Quic(_) => "quic",
         _ => "tcp",
     };

@@ -92,6 +92,8 @@ pub(super) enum Dialer {
     /// RoQR: one QUIC connection per session (RoQR carries one session per connection),
     /// made by the client library itself.
     Roqr(Box<ClientOptions>),
+    /// HTTP-FLV over TCP: `GET /{app}/{key}.flv` on the relay's TCP port.
+    HttpFlv(SocketAddr),
 }
 
 impl Dialer {
@@ -112,11 +114,19 @@ impl Dialer {
         })
     }
 
+    /// The same address, played over HTTP-FLV (only where players would use TCP).
+    pub(super) fn into_http_flv(self) -> anyhow::Result<Self> {
+        match self {
+            Dialer::Tcp(addr) => Ok(Dialer::HttpFlv(addr)),
+            _ => anyhow::bail!("--http-flv needs an rtmp:// play URL (HTTP is on the relay's TCP port)"),
+        }
+    }
+
     /// A byte stream for a session, with its place on a shared connection (kept as long
     /// as the stream).
     async fn open(&self) -> Result<(Box<dyn Io>, Option<Lease>), String> {
         match self {
-            Dialer::Tcp(addr) => {
+            Dialer::Tcp(addr) | Dialer::HttpFlv(addr) => {
                 let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
                 s.set_nodelay(true).map_err(|e| e.to_string())?;
                 Ok((Box::new(s), None))
@@ -136,7 +146,7 @@ impl Dialer {
     /// QUIC connections opened (0 for TCP).
     pub(super) fn quic_connections(&self) -> usize {
         match self {
-            Dialer::Tcp(_) | Dialer::Roqr(_) => 0,
+            Dialer::Tcp(_) | Dialer::Roqr(_) | Dialer::HttpFlv(_) => 0,
             Dialer::Quic { pool, .. } => pool.connections(),
         }
     }
@@ -199,6 +209,9 @@ pub(super) async fn player(
         let (io, _lease) = tokio::time::timeout(CONNECT_TIMEOUT, dialer.open())
             .await
             .map_err(|_| "timed out connecting".to_owned())??;
+        if let Dialer::HttpFlv(_) = &*dialer {
+            return play_http_flv(io, &url, &shared, permit, &mut out).await;
+        }
         play(io, &url, session, &shared, permit, &mut out).await
     }
     .await;
@@ -333,6 +346,87 @@ async fn play_roqr(
     };
     shared.merge_latencies(&mut latencies);
     shared.connected.fetch_sub(1, Ordering::Relaxed);
+    result
+}
+
+/// An HTTP-FLV player: the request, the response head, then FLV tags, with the same
+/// accounting as [`play`] (bytes are the socket's).
+async fn play_http_flv(
+    mut io: Box<dyn Io>,
+    url: &StreamUrl,
+    shared: &Shared,
+    permit: OwnedSemaphorePermit,
+    out: &mut PlayerOutcome,
+) -> Result<(), String> {
+    out.tracker = PlayerTracker::new(now_us());
+    let request = format!("GET /{}/{}.flv HTTP/1.1\r\nHost: {}\r\n\r\n", url.app, url.key, url.host);
+    write_all(&mut io, request.as_bytes()).await?;
+    out.tracker.play_sent_us = now_us();
+    let mut permit = Some(permit);
+    let mut buf = vec![0u8; READ_BUF];
+    let mut head = Vec::new();
+    let mut reader = qrelay_proto::media::flv::FlvReader::new(16 * 1024 * 1024);
+    let mut latencies: Vec<u32> = Vec::with_capacity(LATENCY_BATCH);
+    let setup_deadline = Instant::now() + CONNECT_TIMEOUT;
+    let result = loop {
+        let n = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => break Ok(()),
+            _ = tokio::time::sleep_until(setup_deadline), if !out.started => {
+                break Err("timed out waiting for the response".to_owned());
+            }
+            r = io.read(&mut buf) => match r {
+                Ok(0) => break Err("server closed the connection".to_owned()),
+                Ok(n) => n,
+                Err(e) => break Err(e.to_string()),
+            },
+        };
+        let now = now_us();
+        shared.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        let mut body = &buf[..n];
+        if !out.started {
+            head.extend_from_slice(body);
+            let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                if head.len() > 16 * 1024 {
+                    break Err("response head too long".to_owned());
+                }
+                continue;
+            };
+            if !head.starts_with(b"HTTP/1.1 200") {
+                let line = String::from_utf8_lossy(&head[..head.len().min(80)]).into_owned();
+                break Err(format!("refused: {}", line.lines().next().unwrap_or_default()));
+            }
+            reader.push(&head[end + 4..]);
+            body = &[];
+            out.started = true;
+            permit = None;
+            shared.connected.fetch_add(1, Ordering::Relaxed);
+            shared.started.fetch_add(1, Ordering::Relaxed);
+        }
+        reader.push(body);
+        let mut failed = None;
+        loop {
+            match reader.next_tag() {
+                Ok(Some(tag)) if tag.kind == MediaKind::Video => {
+                    on_video(out, shared, &mut latencies, &tag.payload, now)
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            break Err(e);
+        }
+    };
+    drop(permit);
+    shared.merge_latencies(&mut latencies);
+    if out.started {
+        shared.connected.fetch_sub(1, Ordering::Relaxed);
+    }
     result
 }
 

@@ -13,7 +13,8 @@
 // `http-flv`), `muted`, `nostats`. For tests and embedding, its stats are mirrored each
 // second as attributes: data-transport, data-state (connecting, playing, stalled, ended,
 // error), data-frames-decoded, data-frames-dropped, data-frames-received,
-// data-latency-ms (relay ingest to display, from the relay's clock), data-delay-ms (the
+// data-latency-ms (relay ingest to display, from the relay's clock; also
+// data-latency-p50-ms and -p99-ms over the last 3000 pictures), data-delay-ms (the
 // jitter buffer), data-first-frame-ms (page time origin to the first picture),
 // data-codec, data-error.
 
@@ -281,6 +282,8 @@ class QrelayPlayer extends HTMLElement {
     this.unmute = root.querySelector('.unmute');
     this.unmute.addEventListener('click', () => this.resumeAudio());
     this.stats = { decoded: 0, dropped: 0, received: 0, latency: NaN, firstFrame: NaN, error: '' };
+    /** Latencies of the last pictures shown (ms), for the percentiles. */
+    this.latencies = [];
     this.state = 'connecting';
     this.transport = '';
   }
@@ -581,6 +584,8 @@ class QrelayPlayer extends HTMLElement {
       // The frame's presentation offset (pts past dts) is part of the buffer, not of
       // the network: latency counts from when the relay had the frame.
       this.stats.latency = Date.now() - relayMs;
+      this.latencies.push(this.stats.latency);
+      if (this.latencies.length > 3000) this.latencies.splice(0, this.latencies.length - 3000);
     }
     shown.close();
     this.lastShown = now;
@@ -602,6 +607,8 @@ class QrelayPlayer extends HTMLElement {
       'data-frames-dropped': s.dropped,
       'data-frames-received': s.received,
       'data-latency-ms': Number.isFinite(s.latency) ? Math.round(s.latency) : '',
+      'data-latency-p50-ms': percentile(this.latencies, 0.5),
+      'data-latency-p99-ms': percentile(this.latencies, 0.99),
       'data-delay-ms': Math.round(this.delay),
       'data-first-frame-ms': Number.isFinite(s.firstFrame) ? Math.round(s.firstFrame) : '',
       'data-codec': this.codec || '',
@@ -623,6 +630,13 @@ class QrelayPlayer extends HTMLElement {
     this.stats.error = message;
     this.setState('error');
   }
+}
+
+/** The `q` quantile of `values`, rounded; '' when there are none. */
+function percentile(values, q) {
+  if (!values.length) return '';
+  const sorted = [...values].sort((a, b) => a - b);
+  return Math.round(sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]);
 }
 
 /** `promise`, or a timeout error after `ms` unless `settled()` says it got going. */
