@@ -303,8 +303,15 @@ impl HooksConfig {
 pub struct ApiConfig {
     /// Bearer token every control API request must carry (`Authorization: Bearer ...`);
     /// required when `http_listen` is not a loopback address.
+    /// At least 16 bytes. Without one, the relay makes one at first start and keeps it
+    /// in `{cert_dir}/api-token` (0600); reads from loopback need none then. Prefer the
+    /// file or the environment to the command line, where other local users see it.
     #[arg(id = "api.token", long = "api-token", env = "QRELAY_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Host names the control API answers to besides IP literals and `localhost`; any
+    /// other Host header is refused (DNS rebinding).
+    #[arg(id = "api.hosts", long = "api-host", env = "QRELAY_API_HOSTS", value_delimiter = ',')]
+    pub hosts: Vec<String>,
 }
 
 /// Where the control API listens, if anywhere.
@@ -602,8 +609,8 @@ impl Config {
             return bad("queue_max_bytes must be non-zero (every frame would be dropped)");
         }
         if let Some(token) = &self.api.token {
-            if token.trim().is_empty() || token.len() > 4096 {
-                return bad("[api] token must be non-empty (and at most 4096 bytes)");
+            if token.trim().len() < crate::control::access::MIN_TOKEN_LEN || token.len() > 4096 {
+                return bad("[api] token must be 16 to 4096 bytes (a short token can be guessed)");
             }
         }
         if let HttpListen::Addr(a) = self.http_listen {
@@ -925,25 +932,33 @@ mod tests {
         assert_eq!(Config::default().http_listen.to_string(), "127.0.0.1:8935");
         let e = Config::from_toml("http_listen = \"0.0.0.0:8935\"").map(|_| ()).unwrap_err().to_string();
         assert!(e.contains("[api] token"), "{e}");
-        let c = Config::from_toml("http_listen = \"0.0.0.0:8935\"\n[api]\ntoken = \"s3cret\"\n").unwrap();
-        assert_eq!(c.api.token.as_deref(), Some("s3cret"));
+        let c =
+            Config::from_toml("http_listen = \"0.0.0.0:8935\"\n[api]\ntoken = \"s3cret-s3cret-s3cret\"\n")
+                .unwrap();
+        assert_eq!(c.api.token.as_deref(), Some("s3cret-s3cret-s3cret"));
+        assert!(
+            Config::from_toml("[api]\ntoken = \"short-token\"").is_err(),
+            "tokens under 16 bytes refused"
+        );
         assert!(Config::from_toml("http_listen = \"nowhere\"").is_err());
         assert!(Config::from_toml("[api]\ntokn = \"x\"").is_err(), "unknown keys in [api] refused");
         assert!(Config::from_toml("[api]\ntoken = \"\"").is_err());
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("q.toml");
-        std::fs::write(&file, "http_listen = \"127.0.0.1:9000\"\n[api]\ntoken = \"from-file\"\n").unwrap();
+        std::fs::write(&file, "http_listen = \"127.0.0.1:9000\"\n[api]\ntoken = \"from-file-0123456789\"\n")
+            .unwrap();
         let f = file.to_str().unwrap();
         let c = resolve(&["t", "--config", f]);
         assert_eq!(
             (c.http_listen.to_string(), c.api.token.as_deref()),
-            ("127.0.0.1:9000".into(), Some("from-file"))
+            ("127.0.0.1:9000".into(), Some("from-file-0123456789"))
         );
-        let c = resolve(&["t", "--config", f, "--http", "off", "--api-token", "from-cli"]);
-        assert_eq!((c.http_listen, c.api.token.as_deref()), (HttpListen::Off, Some("from-cli")));
-        let c = resolve(&["t", "--api-token", "cli-only"]);
-        assert_eq!(c.api.token.as_deref(), Some("cli-only"));
+        let c = resolve(&["t", "--config", f, "--http", "off", "--api-token", "from-cli-0123456789"]);
+        assert_eq!((c.http_listen, c.api.token.as_deref()), (HttpListen::Off, Some("from-cli-0123456789")));
+        let c = resolve(&["t", "--api-token", "cli-only-0123456789", "--api-host", "a.example,b.example"]);
+        assert_eq!(c.api.token.as_deref(), Some("cli-only-0123456789"));
+        assert_eq!(c.api.hosts, ["a.example", "b.example"]);
     }
 
     #[test]

@@ -40,9 +40,14 @@ async fn get(url: &str) -> Result<(StatusCode, Value)> {
     Ok((status, r.json().await.with_context(|| format!("GET {url}: not JSON"))?))
 }
 
-/// `method url [body]` as JSON, with its status.
-async fn call(method: reqwest::Method, url: &str, body: Option<&str>) -> Result<(StatusCode, Value)> {
-    let mut req = http().request(method.clone(), url);
+/// `method url [body]` as JSON, with its status, carrying the API token.
+async fn call(
+    token: &str,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&str>,
+) -> Result<(StatusCode, Value)> {
+    let mut req = http().request(method.clone(), url).bearer_auth(token);
     if let Some(b) = body {
         req = req.header("content-type", "application/json").body(b.to_owned());
     }
@@ -146,11 +151,13 @@ async fn streams_list_publisher_players_codecs_and_bitrates() -> Result {
             "empty segment",
         )?;
         expect_error(&get(&srv.api("/api/nothing")).await?, StatusCode::NOT_FOUND, "unknown endpoint")?;
-        let put = call(reqwest::Method::PUT, &srv.api("/api/streams"), None).await?;
+        let put = call(&srv.api_token, reqwest::Method::PUT, &srv.api("/api/streams"), None).await?;
         expect_error(&put, StatusCode::METHOD_NOT_ALLOWED, "PUT")?;
-        let bad_id = call(reqwest::Method::DELETE, &srv.api("/api/players/abc"), None).await?;
+        let bad_id =
+            call(&srv.api_token, reqwest::Method::DELETE, &srv.api("/api/players/abc"), None).await?;
         expect_error(&bad_id, StatusCode::BAD_REQUEST, "a player id that is no number")?;
-        let no_player = call(reqwest::Method::DELETE, &srv.api("/api/players/999999"), None).await?;
+        let no_player =
+            call(&srv.api_token, reqwest::Method::DELETE, &srv.api("/api/players/999999"), None).await?;
         expect_error(&no_player, StatusCode::NOT_FOUND, "no such player")?;
         let raw = http().get(srv.api("/api/streams/live/%ZZ")).send().await?;
         ensure!(raw.status().is_client_error(), "bad percent-encoding: {}", raw.status());
@@ -193,13 +200,18 @@ async fn delete_ends_players_and_then_the_publisher() -> Result {
 
         // A player by its stream's path, another by id alone: each is told and ends
         // cleanly (exit 0), the others go on.
-        let (status, body) =
-            call(reqwest::Method::DELETE, &srv.api(&format!("/api/streams/live/del/players/{tcp_id}")), None)
-                .await?;
+        let (status, body) = call(
+            &srv.api_token,
+            reqwest::Method::DELETE,
+            &srv.api(&format!("/api/streams/live/del/players/{tcp_id}")),
+            None,
+        )
+        .await?;
         ensure!(status == StatusCode::ACCEPTED && body["ended"] == "player", "{status}: {body}");
         expect_success(&finish(tcp_goes, "tcp player", END_LIMIT).await?, "tcp player ended by the API")?;
         let (status, _) =
-            call(reqwest::Method::DELETE, &srv.api(&format!("/api/players/{roqr_id}")), None).await?;
+            call(&srv.api_token, reqwest::Method::DELETE, &srv.api(&format!("/api/players/{roqr_id}")), None)
+                .await?;
         ensure!(status == StatusCode::ACCEPTED, "{status}");
         expect_success(&finish(roqr_goes, "roqr player", END_LIMIT).await?, "roqr player ended by the API")?;
         srv.wait_stats("del", "one player left", |s| s.subscribers == 1 && s.live).await?;
@@ -210,13 +222,15 @@ async fn delete_ends_players_and_then_the_publisher() -> Result {
         );
 
         // The publisher: its stream ends, the remaining player drains and ends cleanly.
-        let (status, body) = call(reqwest::Method::DELETE, &srv.api("/api/streams/live/del"), None).await?;
+        let (status, body) =
+            call(&srv.api_token, reqwest::Method::DELETE, &srv.api("/api/streams/live/del"), None).await?;
         ensure!(status == StatusCode::ACCEPTED && body["ended"] == "publisher", "{status}: {body}");
         expect_success(&finish(stays, "remaining player", END_LIMIT).await?, "the remaining player")?;
         tokio::time::timeout(END_LIMIT, publisher.wait()).await.context("ffmpeg went on publishing")??;
         srv.wait_released("del").await?;
         ensure!(srv.counters.get(Reason::EndedByApi) == 3);
-        let again = call(reqwest::Method::DELETE, &srv.api("/api/streams/live/del"), None).await?;
+        let again =
+            call(&srv.api_token, reqwest::Method::DELETE, &srv.api("/api/streams/live/del"), None).await?;
         expect_error(&again, StatusCode::NOT_FOUND, "no publisher any more")
     })
     .await
@@ -240,7 +254,7 @@ async fn sessions_are_allocated_with_urls_for_every_transport() -> Result {
         let url = srv.api("/api/sessions");
 
         // Nothing asked: a session is made, URLs without tokens (no minter).
-        let (status, made) = call(reqwest::Method::POST, &url, None).await?;
+        let (status, made) = call(&srv.api_token, reqwest::Method::POST, &url, None).await?;
         ensure!(status == StatusCode::CREATED, "{status}: {made}");
         let sid = made["session"].as_str().context("session")?.to_owned();
         ensure!(sid.starts_with("live/") && sid.len() == 5 + 24, "{sid}");
@@ -258,7 +272,7 @@ async fn sessions_are_allocated_with_urls_for_every_transport() -> Result {
 
         // Everything asked: kept, and shown with the stream.
         let body = r#"{"session": "live/booked", "ttl_s": 120, "forward": ["rtmp://127.0.0.1:1/live/x?key=secret"]}"#;
-        let (status, booked) = call(reqwest::Method::POST, &url, Some(body)).await?;
+        let (status, booked) = call(&srv.api_token, reqwest::Method::POST, &url, Some(body)).await?;
         ensure!(status == StatusCode::CREATED && booked["ttl_s"] == 120, "{status}: {booked}");
         ensure!(booked["forward"] == serde_json::json!(["rtmp://127.0.0.1:1/live/x"]), "no queries: {booked}");
         let player = spawn(&mut qrelay_play(&srv.url("rtmp", "booked"), &srv.ca, &srv.path("b.flv"), None))?;
@@ -271,7 +285,7 @@ async fn sessions_are_allocated_with_urls_for_every_transport() -> Result {
         ensure!(list["sessions"].as_array().is_some_and(|s| s.len() == 2), "{list:#}");
 
         // Refusals: taken, malformed, unknown fields, bad values.
-        let taken = call(reqwest::Method::POST, &url, Some(r#"{"session": "live/booked"}"#)).await?;
+        let taken = call(&srv.api_token, reqwest::Method::POST, &url, Some(r#"{"session": "live/booked"}"#)).await?;
         expect_error(&taken, StatusCode::CONFLICT, "taken")?;
         for (body, what) in [
             ("{", "truncated JSON"),
@@ -284,11 +298,11 @@ async fn sessions_are_allocated_with_urls_for_every_transport() -> Result {
             (r#"{"forward": ["http://example.com/x"]}"#, "not an RTMP URL"),
             ("[1,2,3]", "not an object"),
         ] {
-            let answer = call(reqwest::Method::POST, &url, Some(body)).await?;
+            let answer = call(&srv.api_token, reqwest::Method::POST, &url, Some(body)).await?;
             expect_error(&answer, StatusCode::BAD_REQUEST, what)?;
         }
         let huge = format!(r#"{{"session": "live/{}"}}"#, "x".repeat(100_000));
-        let answer = http().post(&url).body(huge).send().await?;
+        let answer = http().post(&url).bearer_auth(&srv.api_token).body(huge).send().await?;
         ensure!(answer.status() == StatusCode::PAYLOAD_TOO_LARGE, "{}", answer.status());
         Ok(())
     })
@@ -308,11 +322,12 @@ async fn allocated_urls_carry_the_minted_tokens() -> Result {
         let mut server = qrelay::Server::bind(config).await?;
         server.set_token_minter(Arc::new(TestMinter));
         let (port, http_addr) = (server.local_addr().port(), server.http_addr().context("http")?);
+        let token = server.api_token().context("no API token")?.to_owned();
         let shutdown = qrelay::server::Shutdown::default();
         let task = tokio::spawn(server.run(shutdown.clone()));
         let url = format!("http://{http_addr}/api/sessions");
         let (status, made) =
-            call(reqwest::Method::POST, &url, Some(r#"{"session":"live/tok","ttl_s":60}"#)).await?;
+            call(&token, reqwest::Method::POST, &url, Some(r#"{"session":"live/tok","ttl_s":60}"#)).await?;
         ensure!(status == StatusCode::CREATED && made["tokens"] == true, "{status}: {made}");
         // Encoded for a URL: '/' in the session ID travels as %2F.
         let want = |scheme: &str, role: &str| {
@@ -411,14 +426,14 @@ async fn metrics_report_connections_streams_reasons_quic_and_the_process() -> Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_token_is_required_when_set() -> Result {
     bounded(async {
-        let srv = start_server_with(|c| c.api.token = Some("s3cret".into())).await?;
+        let srv = start_server_with(|c| c.api.token = Some("s3cret-s3cret-s3cret".into())).await?;
         for path in ["/api/streams", "/metrics", "/api/sessions"] {
             let r = http().get(srv.api(path)).send().await?;
             ensure!(r.status() == StatusCode::UNAUTHORIZED, "{path} without a token: {}", r.status());
             ensure!(r.headers().get("www-authenticate").is_some_and(|v| v == "Bearer"), "{path}");
             let r = http().get(srv.api(path)).bearer_auth("wrong").send().await?;
             ensure!(r.status() == StatusCode::UNAUTHORIZED, "{path} with a wrong token: {}", r.status());
-            let r = http().get(srv.api(path)).bearer_auth("s3cret").send().await?;
+            let r = http().get(srv.api(path)).bearer_auth("s3cret-s3cret-s3cret").send().await?;
             ensure!(r.status() == StatusCode::OK, "{path} with the token: {}", r.status());
         }
         let r = http().post(srv.api("/api/drain")).send().await?;
@@ -426,6 +441,67 @@ async fn the_api_token_is_required_when_set() -> Result {
         // The page itself is static; it sends the token it is given after `#token=`.
         let r = http().get(srv.api("/")).send().await?;
         ensure!(r.status() == StatusCode::OK && r.text().await?.contains("Authorization"), "status page");
+        Ok(())
+    })
+    .await
+}
+
+/// What a web page on the relay's own host could do before (issue 22, finding 1): a
+/// `no-cors` POST to /api/drain drained the relay, and DNS rebinding read the API. Now
+/// every mutation needs the generated token (kept 0600 beside the development CA), a
+/// foreign Host is refused, and loopback reads (the status page) still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_web_page_cannot_drive_the_api() -> Result {
+    bounded(async {
+        let srv = start_server().await?;
+        let file = srv.dir.path().join("certs").join("api-token");
+        let kept = std::fs::read_to_string(&file).context("no generated API token file")?;
+        ensure!(kept.trim() == srv.api_token && srv.api_token.len() >= 40, "token file: {kept:?}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file)?.permissions().mode() & 0o777;
+            ensure!(mode == 0o600, "token file mode {mode:o}");
+        }
+        // The page's simple request: a form-encoded POST, no Authorization header.
+        let r = http()
+            .post(srv.api("/api/drain"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("origin", "http://attacker.example")
+            .body("x=1")
+            .send()
+            .await?;
+        ensure!(r.status() == StatusCode::UNAUTHORIZED, "a no-cors drain: {}", r.status());
+        for path in ["/api/sessions", "/api/players/1"] {
+            let r = http().post(srv.api(path)).send().await?;
+            ensure!(r.status() == StatusCode::UNAUTHORIZED, "POST {path} without the token: {}", r.status());
+        }
+        ensure!(!srv.shutdown.graceful.is_cancelled(), "the relay was drained");
+        // DNS rebinding: the page's own name in Host, even with loopback's address.
+        let r =
+            http().get(srv.api("/api/streams")).header("host", "rebind.attacker.example:8935").send().await?;
+        ensure!(r.status() == StatusCode::MISDIRECTED_REQUEST, "a rebound Host: {}", r.status());
+        let r = http().get(srv.api("/")).header("host", "rebind.attacker.example").send().await?;
+        ensure!(
+            r.status() == StatusCode::MISDIRECTED_REQUEST,
+            "the page under a rebound Host: {}",
+            r.status()
+        );
+        // The same machine's status page and scrapers still read without a token.
+        for path in ["/", "/api/streams", "/metrics"] {
+            let r = http().get(srv.api(path)).send().await?;
+            ensure!(r.status() == StatusCode::OK, "GET {path} from loopback: {}", r.status());
+        }
+        let r = http()
+            .get(srv.api("/api/streams"))
+            .header("host", format!("localhost:{}", srv.http.port()))
+            .send()
+            .await?;
+        ensure!(r.status() == StatusCode::OK, "Host localhost: {}", r.status());
+        // With the token a mutation goes through.
+        let (status, _) =
+            call(&srv.api_token, reqwest::Method::POST, &srv.api("/api/sessions"), None).await?;
+        ensure!(status == StatusCode::CREATED, "POST /api/sessions with the token: {status}");
         Ok(())
     })
     .await
@@ -559,7 +635,8 @@ async fn drain_ends_publishers_at_a_keyframe_and_players_cleanly_then_exits() ->
         // Past the first GOP, so the next keyframe is a real boundary.
         srv.wait_stats("drain", "40 frames", |s| s.frames > 40).await?;
 
-        let (status, body) = call(reqwest::Method::POST, &srv.api("/api/drain"), None).await?;
+        let (status, body) =
+            call(&srv.api_token, reqwest::Method::POST, &srv.api("/api/drain"), None).await?;
         ensure!(status == StatusCode::ACCEPTED && body["draining"] == true, "{status}: {body}");
         let drained = Instant::now();
         // The relay closed the (legacy) publisher; players got whole GOPs, then the end.
@@ -608,7 +685,7 @@ async fn drain_asks_reconnect_capable_publishers_to_reconnect() -> Result {
             publishers.push((stop.clone(), tokio::spawn(publish_watching(client, stop))));
             srv.wait_stats(key, "10 frames", |s| s.frames > 10).await?;
         }
-        let (status, _) = call(reqwest::Method::POST, &srv.api("/api/drain"), None).await?;
+        let (status, _) = call(&srv.api_token, reqwest::Method::POST, &srv.api("/api/drain"), None).await?;
         ensure!(status == StatusCode::ACCEPTED, "{status}");
         // Still draining while they publish on: they were asked, not cut off.
         for key in ["rc-tcp", "rc-roqr"] {
@@ -723,6 +800,7 @@ async fn allocated_sessions_carry_tokens_the_relay_accepts() -> Result {
         })
         .await?;
         let (status, made) = call(
+            &srv.api_token,
             reqwest::Method::POST,
             &srv.api("/api/sessions"),
             Some(r#"{"session":"live/tok","ttl_s":600}"#),

@@ -182,6 +182,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FlvPlayer<S> {
     /// Asks for `path` and reads the response head (it comes once the stream is live).
     async fn get(mut stream: S, path: &str) -> Result<Self> {
         stream.write_all(&get_request(path)).await?;
+        Self::answer(stream).await
+    }
+
+    /// Reads the response head to a request already sent.
+    async fn answer(mut stream: S) -> Result<Self> {
         let (head, rest) = read_head(&mut stream).await?;
         let mut player =
             Self { stream, head, flv: FlvReader::new(MAX_TAG), prefix: Vec::new(), ended: false };
@@ -580,7 +585,8 @@ async fn refusals_are_answered_and_counted_while_players_keep_receiving() -> Res
 
 /// A client that sends part of a request head and stays silent, and one that trickles a
 /// byte every 50 ms, are both closed at `handshake_timeout_ms`; an HTTP-FLV player that
-/// has been playing longer than that keeps playing.
+/// has been playing longer than that keeps playing, and one whose head comes in pieces
+/// within the deadline plays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowloris_is_closed_at_the_handshake_deadline() -> Result {
     bounded(async {
@@ -636,6 +642,44 @@ async fn a_slowloris_is_closed_at_the_handshake_deadline() -> Result {
         ensure!(opened.elapsed() > Duration::from_millis(500));
         watcher.wait_more(30, "past the handshake deadline").await?;
         ensure!(!watcher.task.is_finished(), "the player ended");
+
+        let mut pieces = TcpStream::connect(srv.addr).await?;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        for piece in [&b"GET /live/sl.f"[..], b"lv HTTP/1.1\r\nHost: 127.", b"0.0.1\r\n", b"\r\n"] {
+            tick.tick().await;
+            pieces.write_all(piece).await?;
+        }
+        let mut player = FlvPlayer::answer(pieces).await?;
+        ensure!(player.head.status == 200, "a head in pieces: {:?}", player.head);
+        assert_decodable_start(&player.read_pictures(5).await?)
+    })
+    .await
+}
+
+/// A player that gives up waiting for a publisher, and one that leaves mid-stream, are
+/// let go at once: the hub forgets the stream nobody publishes, and the publisher of the
+/// other goes on; neither is counted as a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_that_leave_are_let_go() -> Result {
+    bounded(async {
+        let srv = start_server().await?;
+        let mut waiting = TcpStream::connect(srv.addr).await?;
+        waiting.write_all(&get_request(&flv_path("later"))).await?;
+        srv.wait_subscribers("later", 1).await?;
+        drop(waiting);
+        srv.wait_released("later").await?;
+
+        let _publisher = live_publisher(&srv, "leave").await?;
+        let watcher = Watcher::start(srv.addr, &flv_path("leave")).await?;
+        srv.wait_subscribers("leave", 1).await?;
+        watcher.wait_more(30, "before leaving").await?;
+        drop(watcher);
+        srv.wait_stats("leave", "the player gone, the publisher live", |s| s.subscribers == 0 && s.live)
+            .await?;
+        wait_metric(&srv, r#"qrelay_connections{transport="http"}"#, 0.0).await?;
+        for reason in [Reason::BadHttpRequest, Reason::HttpNotFound, Reason::StreamNotFound] {
+            ensure!(srv.counters.get(reason) == 0, "{reason} counted");
+        }
         Ok(())
     })
     .await

@@ -86,13 +86,28 @@ pub(super) fn router(control: Control) -> Router {
         .with_state(control)
 }
 
-/// With `[api] token` set, every request but the status page itself must carry
-/// `Authorization: Bearer TOKEN` (the page sends the token it finds after `#token=`).
+/// The peer of a control connection, put on every request by the server.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PeerAddr(pub(super) std::net::SocketAddr);
+
+/// Who may do what (see [`super::access`]): a Host header naming this API; the bearer
+/// token for every mutating request, and for reads unless the token was generated and
+/// the peer is on loopback; the status page itself is open (it sends the token it finds
+/// after `#token=`).
 async fn require_token(State(control): State<Control>, request: Request, next: Next) -> Response {
-    let Some(token) = control.inner.api_token.as_deref() else {
-        return next.run(request).await;
-    };
-    if request.uri().path() == "/" {
+    let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+    if !super::access::host_allowed(host, &control.inner.api_hosts) {
+        warn!(host = ?host, path = %request.uri().path(), "control API request for another host refused");
+        return ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this Host is not the control API's (add it to [api] hosts)",
+        )
+        .into_response();
+    }
+    let read = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
+    let token = &control.inner.api_token;
+    if read && (request.uri().path() == "/" || token.reads_open_to(peer)) {
         return next.run(request).await;
     }
     let given = request
@@ -102,7 +117,7 @@ async fn require_token(State(control): State<Control>, request: Request, next: N
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match given {
-        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => next.run(request).await,
+        Some(given) if constant_time_eq(given.as_bytes(), token.token.as_bytes()) => next.run(request).await,
         _ => {
             warn!(path = %request.uri().path(), "control API request without a valid bearer token");
             let mut response =

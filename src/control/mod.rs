@@ -14,6 +14,7 @@
 //! - [`process`]: the relay's own RSS, CPU and file descriptors.
 //! - [`server`]: HTTP/1.1 connections, bounded in number and in header time.
 
+pub mod access;
 mod api;
 pub mod conns;
 mod http;
@@ -62,8 +63,10 @@ pub struct ControlParts {
     pub minter: Option<Arc<dyn TokenMinter>>,
     /// The RTMP/QUIC address, for the URLs of allocated sessions.
     pub rtmp_addr: SocketAddr,
-    /// `[api] token`: required as a bearer token when set.
-    pub api_token: Option<String>,
+    /// The bearer token (configured, or generated and kept beside the development CA).
+    pub api_token: access::ApiToken,
+    /// Host names (besides IP literals and `localhost`) the API answers to.
+    pub api_hosts: Vec<String>,
     /// The drain's grace period.
     pub grace: Duration,
     /// Longest a client may take to send a request's headers.
@@ -85,7 +88,8 @@ struct Inner {
     drain: CancellationToken,
     minter: Option<Arc<dyn TokenMinter>>,
     rtmp_addr: SocketAddr,
-    api_token: Option<String>,
+    api_token: access::ApiToken,
+    api_hosts: Vec<String>,
     grace: Duration,
     rates: rates::Rates,
     registry: Registry,
@@ -104,6 +108,7 @@ pub async fn serve(listener: TcpListener, parts: ControlParts, stop: Cancellatio
             minter: parts.minter,
             rtmp_addr: parts.rtmp_addr,
             api_token: parts.api_token,
+            api_hosts: parts.api_hosts,
             grace: parts.grace,
             rates: rates::Rates::default(),
             registry,

@@ -56,7 +56,8 @@ pub(super) async fn serve(
             }
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
+        let service =
+            TowerToHyperService::new(app.clone().layer(axum::Extension(super::http::PeerAddr(peer))));
         let stop = stop.clone();
         conns.spawn(async move {
             let _slot = slot;

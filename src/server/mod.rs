@@ -65,8 +65,8 @@ pub struct Server {
     /// The hooks' notification counters, when hooks are configured.
     hooks: Option<Arc<crate::hooks::HookStats>>,
     counters: Arc<Counters>,
-    /// The control API's listener, unless `http_listen = "off"`.
-    http: Option<TcpListener>,
+    /// The control API's listener and token, unless `http_listen = "off"`.
+    http: Option<(TcpListener, control::access::ApiToken)>,
     http_addr: Option<SocketAddr>,
     conns: Connections,
     allocations: Allocations,
@@ -210,6 +210,22 @@ impl Server {
             None => None,
         };
         let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
+        let http = match http {
+            Some(listener) => {
+                let token = control::access::ApiToken::resolve(config.api.token.as_deref(), &config.cert_dir)
+                    .map_err(|e| {
+                        ServerError::Io(std::io::Error::new(
+                            e.kind(),
+                            format!("the control API token in {}: {e}", config.cert_dir.display()),
+                        ))
+                    })?;
+                if let Some(path) = &token.generated {
+                    info!(path = %path.display(), "control API token (needed for POST and DELETE) kept in this file");
+                }
+                Some((listener, token))
+            }
+            None => None,
+        };
         let registry = registry_from(&config, local_addr)?;
         let config_limits = (config.max_connections, config.max_connections_per_ip);
         Ok(Self {
@@ -240,6 +256,11 @@ impl Server {
     /// Where the control API listens (`None` with `http_listen = "off"`).
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The control API's bearer token (`None` with `http_listen = "off"`).
+    pub fn api_token(&self) -> Option<&str> {
+        self.http.as_ref().map(|(_, t)| t.token.as_str())
     }
 
     /// Session allocations made through `POST /api/sessions` (their forward targets,
@@ -322,7 +343,7 @@ impl Server {
         };
         self.relays.attach(self.forwarding.clone(), ctx.puller.clone());
         let http_stop = CancellationToken::new();
-        let http = self.http.map(|listener| {
+        let http = self.http.map(|(listener, api_token)| {
             let parts = ControlParts {
                 hub: self.hub.clone(),
                 counters: self.counters.clone(),
@@ -334,7 +355,8 @@ impl Server {
                 // own `[auth]` rules.
                 minter: self.minter.clone().or_else(|| self.auth.clone().map(|a| a as Arc<dyn TokenMinter>)),
                 rtmp_addr: self.local_addr,
-                api_token: self.config.api.token.clone(),
+                api_token,
+                api_hosts: self.config.api.hosts.clone(),
                 grace: Duration::from_millis(self.config.shutdown_grace_ms),
                 header_timeout: Duration::from_millis(self.config.handshake_timeout_ms),
                 hooks: self.hooks.clone(),

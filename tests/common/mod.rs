@@ -71,6 +71,9 @@ pub struct TestServer {
     pub hub: Hub,
     /// The control API (HTTP on 127.0.0.1, port 0).
     pub http: SocketAddr,
+    /// Its bearer token (generated in the certificate directory, or the configured one):
+    /// POST and DELETE need it.
+    pub api_token: String,
     /// Its open connections (TCP and QUIC), for assertions.
     pub connections: std::sync::Arc<qrelay::transport::admission::Admission>,
     /// Its close and refusal counters.
@@ -145,6 +148,7 @@ async fn launch(
 ) -> Result<TestServer> {
     let mut server = qrelay::Server::bind_on(port, config).await?;
     let http = server.http_addr().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let api_token = server.api_token().unwrap_or_default().to_owned();
     if let Some(gate) = gate {
         server.set_gate(gate);
     }
@@ -154,7 +158,7 @@ async fn launch(
     let (connections, counters, forwarding) = (server.connections(), server.counters(), server.forwarding());
     let shutdown = Shutdown::default();
     let task = tokio::spawn(server.run(shutdown.clone()));
-    Ok(TestServer { addr, ca, hub, http, connections, counters, shutdown, forwarding, dir, task })
+    Ok(TestServer { addr, ca, hub, http, api_token, connections, counters, shutdown, forwarding, dir, task })
 }
 
 impl Drop for TestServer {
