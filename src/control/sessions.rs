@@ -161,15 +161,16 @@ impl Allocations {
     }
 }
 
-/// `app/key`: an app (one or more segments) and a key, no query, no control characters
-/// or spaces, no empty segment.
+/// `app/key`: an app (one or more segments) and a key, literal (no `*`), no query, no
+/// control characters or spaces, no empty segment.
 fn check_session_id(s: &str) -> Result<String, AllocError> {
     let bad = |why: &str| Err(AllocError::Invalid(format!("session must be app/key: {why}")));
     if s.len() > MAX_SESSION_LEN {
         return bad("too long");
     }
-    if s.chars().any(|c| c.is_control() || c.is_whitespace() || c == '?' || c == '#' || c == '\\') {
-        return bad("no spaces, control characters, '?', '#' or '\\'");
+    // `*` would make the minted tokens' scope a pattern (`*/*`: every stream).
+    if s.chars().any(|c| c.is_control() || c.is_whitespace() || matches!(c, '?' | '#' | '\\' | '*')) {
+        return bad("a literal ID: no spaces, control characters, '?', '#', '\\' or '*'");
     }
     let segments: Vec<&str> = s.split('/').collect();
     if segments.len() < 2 || segments.iter().any(|seg| seg.is_empty()) {
@@ -258,7 +259,7 @@ mod tests {
         let req = |s: &str| SessionRequest { session: Some(s.into()), ..SessionRequest::default() };
         assert!(a.allocate(req("live/cam1")).is_ok());
         assert_eq!(a.allocate(req("live/cam1")), Err(AllocError::Taken("live/cam1".into())));
-        for bad in ["cam1", "live/", "/cam1", "live//x", "live/a b", "live/x?token=1", ""] {
+        for bad in ["cam1", "live/", "/cam1", "live//x", "live/a b", "live/x?token=1", "", "*/*", "live/*", "li*e/x"] {
             assert!(matches!(a.allocate(req(bad)), Err(AllocError::Invalid(_))), "{bad:?}");
         }
         assert!(a.allocate(req("a/b/c")).is_ok(), "multi-segment apps");
