@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::reason::Reason;
-use crate::url::{query_params, redact_tokens, without_query};
+use crate::url::{query_params, redact_tokens};
 
 /// What a session asks to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,14 +56,17 @@ impl Debug for Request {
 }
 
 impl Request {
-    /// The application name without its query.
+    /// The application: the session ID up to its last `/`. Taken from the session ID,
+    /// never from how the client split it, so app `live` with key `a/cam` and app
+    /// `live/a` with key `cam` (both session `live/a/cam`) are one and the same to every
+    /// gate, rule and hook; HTTP, WebTransport and control API paths split the same way.
     pub fn app_name(&self) -> &str {
-        without_query(&self.app).trim_end_matches('/')
+        self.session_id.rsplit_once('/').map_or("", |(app, _)| app)
     }
 
-    /// The stream key without its query.
+    /// The stream key: the session ID's last segment (see [`Request::app_name`]).
     pub fn key_name(&self) -> &str {
-        without_query(&self.key)
+        self.session_id.rsplit_once('/').map_or(self.session_id.as_str(), |(_, key)| key)
     }
 
     /// The query parameters of the key, then those of the app, in order.

@@ -459,7 +459,13 @@ pub fn server_session(data: &[u8]) {
             match ev {
                 ServerEvent::PublishRequest { app, key, session_id, .. } => {
                     assert!(!app.is_empty() && !key.is_empty());
-                    assert!(session_id.starts_with(&format!("{app}/")));
+                    // The app's query (a token, as OBS sends it) is no part of the
+                    // session ID: `live?x=1/2` + `seed` is `live/seed`.
+                    let app_name = qrelay::url::without_query(&app).trim_end_matches('/');
+                    assert!(
+                        session_id.starts_with(&format!("{app_name}/")),
+                        "{app:?} + {key:?} = {session_id:?}"
+                    );
                     if ctl & 2 != 0 {
                         s.core().accept_publish();
                     } else {

@@ -113,9 +113,9 @@ impl Auth {
         self.first_token_rule().is_some()
     }
 
-    /// What `role` on `app` (its name, without query) needs.
-    pub fn mode(&self, app: &str, role: Role) -> AuthMode {
-        mode_of((self.publish, self.play), &self.apps, app, role)
+    /// What `role` on `session_id` needs (see [`mode_of`]).
+    pub fn mode(&self, session_id: &str, role: Role) -> AuthMode {
+        mode_of((self.publish, self.play), &self.apps, session_id, role)
     }
 
     /// A token for `pattern` (a session ID, `app/*`, `*`) and `role`, valid for `ttl`.
@@ -126,7 +126,7 @@ impl Auth {
 
     /// Decides `request` at `now` (Unix seconds).
     pub fn check(&self, request: &Request, now: u64) -> Decision {
-        if self.mode(request.app_name(), request.role) == AuthMode::Open {
+        if self.mode(&request.session_id, request.role) == AuthMode::Open {
             return Decision::Allow;
         }
         let Some(secret) = &self.secret else {
@@ -143,18 +143,35 @@ impl Auth {
     }
 }
 
-/// What `role` on `app` needs under the global modes (publish, play) and the app rules.
+/// What `role` on `session_id` needs under the global modes (publish, play) and the app
+/// rules. An app's rule covers the app and every app under it (`live` covers
+/// `live/cam` and `live/a/cam`), and the longest app with a rule for `role` wins: the
+/// session ID alone decides, so no split of it into app and key (`live` + `a/cam` or
+/// `live/a` + `cam`) can reach another rule.
 fn mode_of(
     global: (AuthMode, AuthMode),
     apps: &BTreeMap<String, AppAuth>,
-    app: &str,
+    session_id: &str,
     role: Role,
 ) -> AuthMode {
-    let rule = apps.get(app);
-    match role {
-        Role::Publish => rule.and_then(|r| r.publish).unwrap_or(global.0),
-        Role::Play => rule.and_then(|r| r.play).unwrap_or(global.1),
-    }
+    let rule_for = |r: &AppAuth| match role {
+        Role::Publish => r.publish,
+        Role::Play => r.play,
+    };
+    apps.iter()
+        .filter(|(app, _)| {
+            let app = app.trim_matches('/');
+            session_id.strip_prefix(app).is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+        })
+        .filter_map(|(app, r)| rule_for(r).map(|m| (app.len(), m)))
+        .max_by_key(|(len, _)| *len)
+        .map_or(
+            match role {
+                Role::Publish => global.0,
+                Role::Play => global.1,
+            },
+            |(_, m)| m,
+        )
 }
 
 /// The credential an allowed publish presented: its token, when publishing there needs
@@ -162,7 +179,7 @@ fn mode_of(
 /// same token as the current publisher of the session ID may replace it at once (the
 /// hub's takeover); without tokens there is no credential to compare.
 pub fn publish_credential<'a>(config: &AuthConfig, request: &'a Request) -> Option<&'a str> {
-    let mode = mode_of((config.publish, config.play), &config.apps, request.app_name(), Role::Publish);
+    let mode = mode_of((config.publish, config.play), &config.apps, &request.session_id, Role::Publish);
     (mode == AuthMode::Token).then(|| request.param(TOKEN_PARAM)).flatten().filter(|t| !t.is_empty())
 }
 
@@ -245,6 +262,30 @@ mod tests {
         let private = t("private/*", TokenRole::Both);
         assert_eq!(check(Role::Play, "private", &format!("x?token={private}")), None);
         assert_eq!(check(Role::Publish, "open", "x"), None);
+    }
+
+    /// Issue 22 #3: app `private` with key `team/cam` and app `private/team` with key
+    /// `cam` are both session `private/team/cam`; before, only the first met the
+    /// `private` rule. Rules now follow the session ID: an app's rule covers the apps
+    /// under it, and the longest app with a rule wins.
+    #[test]
+    fn no_split_of_a_session_id_sidesteps_an_app_rule() {
+        let secret = Secret::new(b"0123456789abcdef", "test").unwrap();
+        let apps = BTreeMap::from([
+            ("private".to_owned(), AppAuth { publish: None, play: Some(AuthMode::Token) }),
+            ("private/lobby".to_owned(), AppAuth { publish: None, play: Some(AuthMode::Open) }),
+        ]);
+        let auth = Auth::new(secret, AuthMode::Open, AuthMode::Open, apps);
+        let check = |app: &str, key: &str| reason(auth.check(&request(Role::Play, app, key), NOW));
+        for (app, key) in [("private", "team/cam"), ("private/team", "cam"), ("private/team/", "cam")] {
+            assert_eq!(check(app, key), Some(Reason::TokenMissing), "{app} + {key}");
+        }
+        assert_eq!(check("private/lobby", "cam"), None, "the longer rule wins");
+        assert_eq!(check("private", "lobby/cam"), None, "whatever the split");
+        assert_eq!(check("privateer", "cam"), None, "a prefix only at a segment boundary");
+        assert_eq!(check("live", "cam"), None);
+        let r = request(Role::Play, "private", "team/cam?token=x");
+        assert_eq!((r.app_name(), r.key_name()), ("private/team", "cam"), "what hooks are told");
     }
 
     #[test]

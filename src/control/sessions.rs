@@ -43,8 +43,7 @@ pub trait TokenMinter: Send + Sync + Debug + 'static {
 /// allocation.
 impl TokenMinter for Auth {
     fn mint(&self, session_id: &str, role: Role, ttl: Duration) -> Option<String> {
-        let (app, _) = session_id.rsplit_once('/')?;
-        if self.mode(app, role) == AuthMode::Open {
+        if self.mode(session_id, role) == AuthMode::Open {
             return None;
         }
         let role = match role {
@@ -259,7 +258,9 @@ mod tests {
         let req = |s: &str| SessionRequest { session: Some(s.into()), ..SessionRequest::default() };
         assert!(a.allocate(req("live/cam1")).is_ok());
         assert_eq!(a.allocate(req("live/cam1")), Err(AllocError::Taken("live/cam1".into())));
-        for bad in ["cam1", "live/", "/cam1", "live//x", "live/a b", "live/x?token=1", "", "*/*", "live/*", "li*e/x"] {
+        for bad in
+            ["cam1", "live/", "/cam1", "live//x", "live/a b", "live/x?token=1", "", "*/*", "live/*", "li*e/x"]
+        {
             assert!(matches!(a.allocate(req(bad)), Err(AllocError::Invalid(_))), "{bad:?}");
         }
         assert!(a.allocate(req("a/b/c")).is_ok(), "multi-segment apps");
