@@ -234,6 +234,15 @@ pub struct AuthConfig {
     /// Rules for single apps (`[auth.apps.NAME]`, file only), over the two above.
     #[arg(skip)]
     pub apps: BTreeMap<String, AppAuth>,
+    /// An edge pulls with a play token it mints from the shared secret only where its own
+    /// players need tokens; set this to mint them for streams it plays openly too (its
+    /// open players then reach an origin that wants tokens: a deliberate widening).
+    #[arg(
+        id = "auth.mint_pull_tokens",
+        long = "auth-mint-pull-tokens",
+        env = "QRELAY_AUTH_MINT_PULL_TOKENS"
+    )]
+    pub mint_pull_tokens: bool,
 }
 
 /// `[auth.apps.NAME]`: what differs for the app `NAME` (its whole name, `a/b` for a

@@ -278,10 +278,37 @@ async fn an_edge_sharing_the_token_secret_pulls_from_an_origin_that_requires_tok
         .await?;
         let _publisher = spawn(&mut ffmpeg_publisher(&media().flv, &origin.url("rtmp", "tk"), true))?;
         origin.wait_live("tk").await?;
-        // Players of the edge need no token (its own play is open); its pull carries one.
+        // An edge whose own play is open does not mint for anyone who asks (issue 22 #5)...
         let file = secret.clone();
-        let edge = edge_of(&origin, |c| c.auth.secret_file = Some(file)).await?;
+        let open_edge = edge_of(&origin, |c| {
+            c.auth.secret_file = Some(file);
+            c.play_wait_ms = 1_500;
+        })
+        .await?;
+        ensure!(player(&open_edge, "rtmp", "tk").await.is_err(), "an open edge minted a pull token");
+        // ...unless told to: then its players need no token and its pull carries one.
+        let file = secret.clone();
+        let edge = edge_of(&origin, |c| {
+            c.auth.secret_file = Some(file);
+            c.auth.mint_pull_tokens = true;
+        })
+        .await?;
         let mut p = player(&edge, "rtmp", "tk").await?;
+        pictures(&mut p, 10, Duration::from_secs(10)).await?;
+        // An edge whose players need tokens mints for the ones it let in.
+        let file = secret.clone();
+        let token_edge = edge_of(&origin, |c| {
+            c.auth.secret_file = Some(file);
+            c.auth.play = qrelay::auth::AuthMode::Token;
+        })
+        .await?;
+        let auth = qrelay::auth::Auth::from_config(&qrelay::config::AuthConfig {
+            secret_file: Some(secret.clone()),
+            ..Default::default()
+        })?
+        .context("an auth from the secret")?;
+        let t = auth.mint("live/tk", qrelay::auth::token::TokenRole::Play, Duration::from_secs(60))?;
+        let mut p = player(&token_edge, "rtmp", &format!("tk?token={t}")).await?;
         pictures(&mut p, 10, Duration::from_secs(10)).await?;
         // An edge without the secret is refused by the origin.
         let stranger = edge_of(&origin, |c| c.play_wait_ms = 1_500).await?;

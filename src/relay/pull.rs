@@ -61,6 +61,9 @@ pub struct PullSettings {
     /// This node's token secret, when it has one: a cluster shares it, and a pull then
     /// carries a play token it minted, so origins that require tokens let edges in.
     pub auth: Option<Arc<Auth>>,
+    /// Mint pull tokens for streams this node plays openly too (`[auth]
+    /// mint_pull_tokens`); otherwise only where its own players need a token.
+    pub mint_for_open_play: bool,
     /// How to reach upstreams.
     pub client: ClientOptions,
 }
@@ -315,7 +318,7 @@ impl Puller {
         players: &mut watch::Receiver<usize>,
     ) -> Outcome {
         let inner = &self.inner;
-        let url = match upstream_url(node, session_id, inner.settings.auth.as_deref()) {
+        let url = match upstream_url(node, session_id, inner.settings.minter(session_id)) {
             Ok(u) => u,
             Err(e) => return Outcome::Failed(e),
         };
@@ -375,6 +378,18 @@ impl Puller {
                 _ = inner.shutdown.cancelled() => return Outcome::Idle,
             }
         }
+    }
+}
+
+impl PullSettings {
+    /// Who mints the pull's play token for `session_id`, if anyone: the node's own auth,
+    /// where its players need a token for it (they proved they may play it), or where the
+    /// operator said so. An edge whose play is open would otherwise hand its secret's
+    /// authority to anyone who asks it for a stream.
+    fn minter(&self, session_id: &str) -> Option<&Auth> {
+        let auth = self.auth.as_deref()?;
+        let needs_token = auth.mode(session_id, crate::gate::Role::Play) == crate::auth::AuthMode::Token;
+        (needs_token || self.mint_for_open_play).then_some(auth)
     }
 }
 

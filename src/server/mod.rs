@@ -449,6 +449,7 @@ impl Server {
             idle: Duration::from_millis(c.pull_idle_ms),
             max_hops: c.max_hops,
             auth: self.auth.clone(),
+            mint_for_open_play: c.auth.mint_pull_tokens,
             client,
         };
         Puller::new(self.hub.clone(), self.registry.clone(), settings, self.counters.clone(), stop)
