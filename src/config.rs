@@ -52,6 +52,11 @@ pub struct Config {
     /// Streams being published at once (a publisher over this is refused).
     #[arg(long, env = "QRELAY_MAX_PUBLISHERS", default_value_t = Config::default().max_publishers)]
     pub max_publishers: usize,
+    /// Streams `/metrics` gives series of their own (the most watched first); the rest
+    /// are left out of the per-stream families, so a flood of session IDs cannot grow a
+    /// scrape without bound.
+    #[arg(long, env = "QRELAY_METRICS_MAX_STREAMS", default_value_t = Config::default().metrics_max_streams)]
+    pub metrics_max_streams: usize,
     /// How long a player waits for a publisher that has not arrived.
     #[arg(long, env = "QRELAY_PLAY_WAIT_MS", default_value_t = Config::default().play_wait_ms)]
     pub play_wait_ms: u64,
@@ -391,6 +396,7 @@ impl Default for Config {
             max_message_size: 8 * 1024 * 1024,
             max_pending_bytes: 16 * 1024 * 1024,
             max_publishers: 1_000,
+            metrics_max_streams: 500,
             play_wait_ms: 30_000,
             queue_max_bytes: 8 * 1024 * 1024,
             queue_max_ms: 10_000,

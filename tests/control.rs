@@ -358,6 +358,45 @@ fn value(all: &[(String, f64)], name: &str) -> Option<f64> {
     all.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
 }
 
+/// Issue 22 #6: a player asking for `live/x"y\z` broke every scrape while it waited
+/// (label values were written unescaped); a flood of session IDs grew every scrape; an
+/// allocated session's key (whoever knows it may publish) showed in the labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_labels_are_escaped_capped_and_keep_allocated_keys_out() -> Result {
+    use tokio::io::AsyncWriteExt;
+    bounded(async {
+        let srv = start_server_with(|c| c.metrics_max_streams = 3).await?;
+        let (status, made) =
+            call(&srv.api_token, reqwest::Method::POST, &srv.api("/api/sessions"), None).await?;
+        ensure!(status == StatusCode::CREATED, "allocation: {status}");
+        let allocated = made["session"].as_str().context("no session")?.to_owned();
+        let secret_key = allocated.rsplit_once('/').context("no key")?.1.to_owned();
+        // Players waiting for streams nobody publishes yet (HTTP-FLV: any bytes in the key).
+        let mut waiting = Vec::new();
+        for path in [r#"live/x"y\z"#, r#"live/x"y\z"#, &allocated, &allocated, "live/a", "live/b"] {
+            let mut s = tokio::net::TcpStream::connect(srv.addr).await?;
+            s.write_all(format!("GET /{path}.flv HTTP/1.1\r\nHost: relay\r\n\r\n").as_bytes()).await?;
+            waiting.push(s);
+        }
+        wait_until("six waiting players", API_WAIT, || {
+            (srv.hub.snapshot().iter().map(|s| s.stats.subscribers).sum::<usize>() == 6).then_some(())
+        })
+        .await?;
+        let text = http().get(srv.api("/metrics")).send().await?.text().await?;
+        ensure!(text.trim_end().ends_with("# EOF"), "not OpenMetrics:\n{text}");
+        let escaped = r#"qrelay_stream_players{stream="live/x\"y\\z"} 2"#;
+        ensure!(text.lines().any(|l| l == escaped), "no escaped label `{escaped}` in\n{text}");
+        ensure!(!text.contains(&secret_key), "an allocated key shows in /metrics:\n{text}");
+        ensure!(text.contains("/allocated-"), "the allocated stream has no series:\n{text}");
+        let per_stream = text.lines().filter(|l| l.starts_with("qrelay_stream_players{")).count();
+        ensure!(per_stream == 3, "{per_stream} streams with series, the cap is 3:\n{text}");
+        ensure!(value(&series(&text), "qrelay_players") == Some(6.0), "players are all counted");
+        drop(waiting);
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_report_connections_streams_reasons_quic_and_the_process() -> Result {
     bounded(async {

@@ -19,25 +19,58 @@ use crate::hooks::HookStats;
 use crate::hub::Hub;
 use crate::reason::Counters;
 
+/// What the collector reads on each scrape.
+#[derive(Debug)]
+pub(super) struct Sources {
+    pub(super) hub: Hub,
+    pub(super) counters: Arc<Counters>,
+    pub(super) conns: Connections,
+    pub(super) hooks: Option<Arc<HookStats>>,
+    /// Allocated sessions, whose keys are secrets of sorts and stay out of labels.
+    pub(super) allocations: super::sessions::Allocations,
+}
+
 /// The relay's collector: holds handles, reads on each scrape.
 #[derive(Debug)]
 struct RelayCollector {
-    hub: Hub,
-    counters: Arc<Counters>,
-    conns: Connections,
-    hooks: Option<Arc<HookStats>>,
+    sources: Sources,
+    max_streams: usize,
 }
 
 /// The registry `/metrics` encodes.
-pub(super) fn registry(
-    hub: Hub,
-    counters: Arc<Counters>,
-    conns: Connections,
-    hooks: Option<Arc<HookStats>>,
-) -> Registry {
+pub(super) fn registry(sources: Sources, max_streams: usize) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(RelayCollector { hub, counters, conns, hooks }));
+    registry.register_collector(Box::new(RelayCollector { sources, max_streams }));
     registry
+}
+
+/// A label value as OpenMetrics wants it: `\`, `"` and line feeds escaped.
+/// prometheus-client writes values as given, and a session ID is the peer's choice: one
+/// `"` would break every scrape while its player waits.
+fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The `stream` label of a session: its ID, escaped; an allocated session's key (a
+/// secret of sorts: whoever knows it may publish or play) replaced by a digest of it.
+fn stream_label(session_id: &str, allocations: &super::sessions::Allocations) -> String {
+    match (allocations.get(session_id), session_id.rsplit_once('/')) {
+        (Some(_), Some((app, key))) => {
+            let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+            let short: String = digest.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect();
+            escape_label(&format!("{app}/allocated-{short}"))
+        }
+        _ => escape_label(session_id),
+    }
 }
 
 /// The registry as OpenMetrics text.
@@ -80,8 +113,14 @@ fn gauge(v: u64) -> ConstGauge<i64> {
 
 impl Collector for RelayCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Fmt {
-        let streams = self.hub.snapshot();
-        let live: Vec<_> = streams.iter().filter(|s| s.stats.live).collect();
+        let Sources { hub, counters, conns, hooks, allocations } = &self.sources;
+        let mut streams = hub.snapshot();
+        let live: Vec<_> = streams.iter().filter(|s| s.stats.live).cloned().collect();
+        let players: usize = streams.iter().map(|s| s.stats.subscribers).sum();
+        // Series of their own for the most watched streams only.
+        streams
+            .sort_by(|a, b| b.stats.subscribers.cmp(&a.stats.subscribers).then(b.bytes_in.cmp(&a.bytes_in)));
+        streams.truncate(self.max_streams);
 
         family(
             &mut enc,
@@ -89,7 +128,7 @@ impl Collector for RelayCollector {
             "Connections open now, by transport",
             "transport",
             MetricType::Gauge,
-            ConnKind::ALL.iter().map(|k| (k.label().to_owned(), gauge(self.conns.open_now(*k)))),
+            ConnKind::ALL.iter().map(|k| (k.label().to_owned(), gauge(conns.open_now(*k)))),
         )?;
         family(
             &mut enc,
@@ -97,16 +136,15 @@ impl Collector for RelayCollector {
             "Connections accepted, by transport",
             "transport",
             MetricType::Counter,
-            ConnKind::ALL.iter().map(|k| (k.label().to_owned(), counter(self.conns.accepted(*k)))),
+            ConnKind::ALL.iter().map(|k| (k.label().to_owned(), counter(conns.accepted(*k)))),
         )?;
         single(&mut enc, "qrelay_publishers", "Streams being published", gauge(live.len() as u64))?;
-        let players: usize = streams.iter().map(|s| s.stats.subscribers).sum();
         single(&mut enc, "qrelay_players", "Players attached (playing or waiting)", gauge(players as u64))?;
 
         let per_stream = |f: &dyn Fn(&crate::hub::StreamInfo) -> u64| {
-            streams.iter().map(move |s| (s.session_id.clone(), f(s))).collect::<Vec<_>>()
+            streams.iter().map(move |s| (stream_label(&s.session_id, allocations), f(s))).collect::<Vec<_>>()
         };
-        let counters =
+        let counters_of =
             |v: Vec<(String, u64)>| v.into_iter().map(|(k, v)| (k, counter(v))).collect::<Vec<_>>();
         let gauges = |v: Vec<(String, u64)>| v.into_iter().map(|(k, v)| (k, gauge(v))).collect::<Vec<_>>();
         family(
@@ -123,7 +161,7 @@ impl Collector for RelayCollector {
             "Media payload bytes received for a stream",
             "stream",
             MetricType::Counter,
-            counters(per_stream(&|s| s.bytes_in)),
+            counters_of(per_stream(&|s| s.bytes_in)),
         )?;
         family(
             &mut enc,
@@ -131,7 +169,7 @@ impl Collector for RelayCollector {
             "Media payload bytes sent to a stream's players",
             "stream",
             MetricType::Counter,
-            counters(per_stream(&|s| s.bytes_out)),
+            counters_of(per_stream(&|s| s.bytes_out)),
         )?;
         family(
             &mut enc,
@@ -139,7 +177,7 @@ impl Collector for RelayCollector {
             "Frames a stream's players skipped because they fell behind",
             "stream",
             MetricType::Counter,
-            counters(per_stream(&|s| s.stats.skipped)),
+            counters_of(per_stream(&|s| s.stats.skipped)),
         )?;
         family(
             &mut enc,
@@ -158,7 +196,7 @@ impl Collector for RelayCollector {
             gauges(per_stream(&|s| s.gop_bytes as u64)),
         )?;
 
-        let reasons = self.counters.snapshot();
+        let reasons = counters.snapshot();
         for (name, help, refusal) in [
             ("qrelay_refusals", "Connections, publishes and plays refused, by reason", true),
             ("qrelay_closes", "Sessions and connections ended, by reason", false),
@@ -176,7 +214,7 @@ impl Collector for RelayCollector {
             )?;
         }
 
-        let quic = self.conns.quic_stats();
+        let quic = conns.quic_stats();
         let class = |f: &dyn Fn(&super::conns::QuicClassStats) -> f64| {
             quic.iter().map(|(k, s)| (k.label().to_owned(), ConstGauge::new(f(s)))).collect::<Vec<_>>()
         };
@@ -219,7 +257,7 @@ impl Collector for RelayCollector {
             family(&mut enc, name, help, "class", MetricType::Counter, values)?;
         }
 
-        let r = self.conns.redundancy_stats();
+        let r = conns.redundancy_stats();
         single(
             &mut enc,
             "qrelay_quic_redundant_datagrams",
@@ -239,7 +277,7 @@ impl Collector for RelayCollector {
             gauge(r.redundant_paths as u64),
         )?;
 
-        if let Some(h) = &self.hooks {
+        if let Some(h) = &hooks {
             let read =
                 |n: &std::sync::atomic::AtomicU64| counter(n.load(std::sync::atomic::Ordering::Relaxed));
             family(

@@ -73,6 +73,8 @@ pub struct ControlParts {
     pub header_timeout: Duration,
     /// How the hooks' notifications went, when hooks are configured.
     pub hooks: Option<Arc<crate::hooks::HookStats>>,
+    /// Streams with series of their own in `/metrics`.
+    pub metrics_max_streams: usize,
 }
 
 /// Shared state of the HTTP handlers. Cheap to clone.
@@ -98,7 +100,16 @@ struct Inner {
 /// Serves the control API on `listener` until `stop` is cancelled, sampling bitrates
 /// meanwhile.
 pub async fn serve(listener: TcpListener, parts: ControlParts, stop: CancellationToken) {
-    let registry = metrics::registry(parts.hub.clone(), parts.counters, parts.conns, parts.hooks);
+    let registry = metrics::registry(
+        metrics::Sources {
+            hub: parts.hub.clone(),
+            counters: parts.counters,
+            conns: parts.conns,
+            hooks: parts.hooks,
+            allocations: parts.allocations.clone(),
+        },
+        parts.metrics_max_streams,
+    );
     let control = Control {
         inner: Arc::new(Inner {
             hub: parts.hub,

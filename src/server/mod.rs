@@ -360,6 +360,7 @@ impl Server {
                 grace: Duration::from_millis(self.config.shutdown_grace_ms),
                 header_timeout: Duration::from_millis(self.config.handshake_timeout_ms),
                 hooks: self.hooks.clone(),
+                metrics_max_streams: self.config.metrics_max_streams,
             };
             tokio::spawn(control::serve(listener, parts, http_stop.clone()))
         });
