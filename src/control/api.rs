@@ -183,11 +183,11 @@ impl AllocationJson {
             session: a.session_id.clone(),
             created: time(a.created),
             expires: time(a.expires),
-            forward: a.forward.iter().map(|f| crate::url::without_query(f).to_owned()).collect(),
+            forward: a.forward.iter().map(|f| redact_target(f, &a.session_id)).collect(),
         }
     }
 
-    /// The forward targets as shown (queries left out).
+    /// The forward targets as shown (queries left out, foreign stream keys as `***`).
     pub(super) fn forward_urls(self) -> Vec<String> {
         self.forward
     }
@@ -209,5 +209,31 @@ pub(super) struct AllocatedJson {
 impl AllocatedJson {
     pub(super) fn expires(a: &Allocation) -> String {
         time(a.expires)
+    }
+}
+
+/// A forward target as the API shows it: no query, and its stream key only when it is
+/// the session's own (already public as part of the session ID); any other key may be a
+/// platform's stream key, a credential, and reads `***`.
+fn redact_target(target: &str, session_id: &str) -> String {
+    let own_key = session_id.rsplit_once('/').map_or("", |(_, key)| key);
+    match crate::url::StreamUrl::parse(target) {
+        Ok(url) => url.redacted_target(own_key),
+        Err(_) => "***".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redact_target;
+
+    #[test]
+    fn forward_targets_keep_their_stream_keys_secret() {
+        assert_eq!(
+            redact_target("rtmp://a.example/live2/sk_live_123?x=1", "live/cam"),
+            "rtmp://a.example:1935/live2/***"
+        );
+        assert_eq!(redact_target("rtmp://a.example/live/cam", "live/cam"), "rtmp://a.example:1935/live/cam");
+        assert_eq!(redact_target("not a url", "live/cam"), "***");
     }
 }

@@ -19,6 +19,9 @@ pub fn hops_property(hops: u32) -> (String, Amf0Value) {
     (HOPS_PROPERTY.to_owned(), Amf0Value::Number(f64::from(hops)))
 }
 
+/// Characters of a malformed hop count echoed back.
+const MAX_ECHO: usize = 64;
+
 /// The hop count a peer announced (its `qrelayHops`, absent: 0). A value that is not a
 /// whole non-negative number is refused with what is wrong with it; a huge one counts as
 /// `u32::MAX` (over any limit).
@@ -28,7 +31,16 @@ pub fn announced_hops(value: Option<&Amf0Value>) -> Result<u32, String> {
         Some(Amf0Value::Number(n)) if n.is_finite() && *n >= 0.0 && n.fract() == 0.0 => {
             Ok(if *n >= f64::from(u32::MAX) { u32::MAX } else { *n as u32 })
         }
-        Some(other) => Err(format!("{HOPS_PROPERTY} is not a hop count: {other:?}")),
+        Some(other) => {
+            // The peer's value is echoed into logs and its refusal: at most a line of it.
+            let mut shown = format!("{other:?}");
+            if shown.len() > MAX_ECHO {
+                let cut = (0..=MAX_ECHO).rev().find(|i| shown.is_char_boundary(*i)).unwrap_or(0);
+                shown.truncate(cut);
+                shown.push('…');
+            }
+            Err(format!("{HOPS_PROPERTY} is not a hop count: {shown}"))
+        }
     }
 }
 
@@ -45,6 +57,9 @@ mod tests {
             assert!(announced_hops(Some(&bad)).is_err(), "{bad:?}");
         }
         assert!(announced_hops(Some(&Amf0Value::String("1".into()))).unwrap_err().contains(HOPS_PROPERTY));
+        // A peer's megabyte is not echoed into logs.
+        let huge = announced_hops(Some(&Amf0Value::String("é".repeat(500_000)))).unwrap_err();
+        assert!(huge.len() < 200, "{} bytes echoed", huge.len());
         let (name, value) = hops_property(2);
         assert_eq!((name.as_str(), announced_hops(Some(&value))), (HOPS_PROPERTY, Ok(2)));
     }

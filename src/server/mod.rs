@@ -465,10 +465,12 @@ fn registry_from(config: &Config, bound: SocketAddr) -> Result<Arc<dyn Registry>
     })?;
     let lease = Duration::from_millis(config.registry_lease_ms);
     // A request may take a third of the lease: a heartbeat that waits longer is late anyway.
+    // The URL may hold Redis AUTH's password: logs and errors get it without.
+    let shown = crate::url::redact_password(url);
     let redis = Redis::new(url, &me, lease, lease / 3).map_err(|e| {
-        ServerError::Config(crate::config::ConfigError::Invalid(format!("registry `{url}`: {e}")))
+        ServerError::Config(crate::config::ConfigError::Invalid(format!("registry `{shown}`: {e}")))
     })?;
-    info!(registry = %url, node = %me, "cluster registry: Redis");
+    info!(registry = %shown, node = %me, "cluster registry: Redis");
     Ok(Arc::new(redis))
 }
 

@@ -237,6 +237,18 @@ pub fn query_params(query: &str) -> impl Iterator<Item = (&str, &str)> {
 /// Query parameters whose values are secrets and never printed.
 const SECRET_PARAMS: &[&str] = &["token"];
 
+/// `url` with the password of its user information (`scheme://user:password@host`)
+/// replaced by `***`, for logs and error messages (Redis AUTH URLs carry one).
+pub fn redact_password(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.into() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.into() };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]).into(),
+        None => url.into(),
+    }
+}
+
 /// `text` (a URL, an app or a key) with the value of every `token=` parameter replaced
 /// by `***`, for logs and error messages.
 pub fn redact_tokens(text: &str) -> std::borrow::Cow<'_, str> {

@@ -57,7 +57,7 @@ where
     tracing::Span::current().record("session_id", session_id.as_str());
     let request = Request { role: Role::Play, session_id, app, key, peer: peer.0, transport: TRANSPORT };
     if let Decision::Refuse(Refusal { reason, message }) = ctx.decide(&request).await {
-        answer(&mut reader, &mut writer, 403, "Forbidden", message.as_bytes()).await?;
+        answer(&mut reader, &mut writer, 403, "Forbidden", message.as_bytes(), head.method != "HEAD").await?;
         return Err(ConnError::Refused(reason, message));
     }
     let _allowed = Allowed { gate: ctx.gate.clone(), request: request.clone() };
@@ -77,7 +77,7 @@ where
     };
     if !live {
         let why = "no such stream is being published";
-        answer(&mut reader, &mut writer, 404, "Not Found", why.as_bytes()).await?;
+        answer(&mut reader, &mut writer, 404, "Not Found", why.as_bytes(), head.method != "HEAD").await?;
         return Err(ConnError::Refused(Reason::StreamNotFound, why.into()));
     }
     info!("http-flv play started");
@@ -114,12 +114,15 @@ where
         wire.extend(back.unwritten);
         sub.drain_into(&mut batch, WRITE_BATCH);
         if !started && !batch.is_empty() {
-            wire.push(response_start(&batch));
+            let (response, flv_header) = response_start(&batch);
+            wire.push(response);
             started = true;
             if head_only {
                 writer.write_batch(&mut wire).await?;
+                let _ = tokio::io::AsyncWriteExt::shutdown(writer).await;
                 return Ok(());
             }
+            wire.push(flv_header);
         }
         wire.extend(batch.drain(..).map(|f| f.flv_tag()));
         if !wire.is_empty() {
@@ -135,7 +138,13 @@ where
             // A player stays through a drain until its stream ends.
             _ = ctx.shutdown.cancelled(), if !shutting_down => shutting_down = true,
             _ = end.cancelled() => {
-                sub.take_writer();
+                // A tag the publisher wrote part of is finished, so the body ends on a
+                // tag boundary.
+                let mut rest: Vec<Bytes> = sub.take_writer().unwritten.into_iter().collect();
+                if !rest.is_empty() {
+                    write_timed(writer, &mut rest, write_timeout).await?;
+                }
+                let _ = tokio::io::AsyncWriteExt::shutdown(writer).await;
                 return Err(ConnError::Ended(Reason::EndedByApi));
             }
             read = reader.read(&mut scratch) => {
@@ -159,10 +168,10 @@ where
     }
 }
 
-/// The response head and the FLV file header, whose flags say which tracks the first
+/// The response head, and the FLV file header, whose flags say which tracks the first
 /// batch (the stream's sequence headers, for a late joiner) configures; both when it
 /// configures neither yet.
-fn response_start(first: &[Frame]) -> Bytes {
+fn response_start(first: &[Frame]) -> (Bytes, Bytes) {
     let configured = |kind| first.iter().any(|f| f.kind() == kind && f.is_sequence_header());
     let (audio, video) = match (configured(MediaKind::Audio), configured(MediaKind::Video)) {
         (false, false) => (true, true),
@@ -180,9 +189,9 @@ fn response_start(first: &[Frame]) -> Bytes {
     if let Some(clock) = &clock {
         headers.push((CLOCK_HEADER, clock));
     }
-    let mut out = BytesMut::from(response_head(200, "OK", &headers).as_bytes());
-    flv::write_header(&mut out, audio, video);
-    out.freeze()
+    let mut flv_header = BytesMut::new();
+    flv::write_header(&mut flv_header, audio, video);
+    (Bytes::from(response_head(200, "OK", &headers)), flv_header.freeze())
 }
 
 /// The publisher's handle on an idle HTTP-FLV player's socket.

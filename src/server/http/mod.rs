@@ -1,8 +1,8 @@
 //! HTTP/1.1 on the one TCP port: HTTP-FLV players, the player page and its script.
-//! The TCP accept loop sends a connection here when its first byte is an ASCII letter
-//! (RTMP starts with 0x03, TLS with 0x16), or when a TLS client negotiated ALPN
-//! `http/1.1`. One request per connection: every answer closes it (see
-//! [`crate::http::response_head`]).
+//! The TCP accept loop sends a connection here when its first byte is an ASCII capital
+//! (RTMP starts with 0x03, TLS with 0x16), and so does the TLS side when the first byte
+//! inside TLS is one (no ALPN needed). One request per connection: every answer closes
+//! it (see [`crate::http::response_head`]). HEAD gets GET's head and no body.
 //!
 //! Bad input: the head is read within the handshake deadline and capped in size and
 //! header count (431 past the caps, 400 when malformed), unknown paths get 404 with the
@@ -46,7 +46,7 @@ where
         Ok(head) => head,
         Err(e) => {
             let (status, phrase) = e.status();
-            answer(&mut reader, &mut writer, status, phrase, e.to_string().as_bytes()).await?;
+            answer(&mut reader, &mut writer, status, phrase, e.to_string().as_bytes(), true).await?;
             return Err(ConnError::Refused(Reason::BadHttpRequest, e.to_string()));
         }
     };
@@ -54,8 +54,8 @@ where
     match route(&head) {
         Route::Flv { app, key } => flv::play(reader, writer, ctx, peer, &head, app, key).await,
         Route::Asset(asset) => {
-            let body = if head.method == "HEAD" { &[][..] } else { asset.body.as_bytes() };
-            respond(&mut writer, 200, "OK", asset.content_type, body).await
+            respond(&mut writer, 200, "OK", asset.content_type, asset.body.as_bytes(), head.method != "HEAD")
+                .await
         }
         Route::Preflight => {
             let mut headers = CORS.to_vec();
@@ -63,12 +63,12 @@ where
             write_all(&mut writer, response_head(204, "No Content", &headers).into_bytes()).await
         }
         Route::NotFound(why) => {
-            answer(&mut reader, &mut writer, 404, "Not Found", why.as_bytes()).await?;
+            answer(&mut reader, &mut writer, 404, "Not Found", why.as_bytes(), head.method != "HEAD").await?;
             Err(ConnError::Refused(Reason::HttpNotFound, why.to_owned()))
         }
         Route::MethodNotAllowed => {
             let why = "only GET, HEAD and OPTIONS are served here";
-            answer(&mut reader, &mut writer, 405, "Method Not Allowed", why.as_bytes()).await?;
+            answer(&mut reader, &mut writer, 405, "Method Not Allowed", why.as_bytes(), true).await?;
             Err(ConnError::Refused(Reason::HttpNotFound, why.to_owned()))
         }
     }
@@ -100,19 +100,23 @@ async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
-/// A whole response with a body, then the write side closed.
+/// A whole response (its body unless `send_body` is false: HEAD gets the length alone),
+/// then the write side closed.
 async fn respond<W: SessionWriter>(
     writer: &mut W,
     status: u16,
     phrase: &str,
     content_type: &str,
     body: &[u8],
+    send_body: bool,
 ) -> Result<(), ConnError> {
     let len = body.len().to_string();
     let mut headers = CORS.to_vec();
     headers.extend([("Content-Type", content_type), ("Content-Length", &len), ("Cache-Control", "no-cache")]);
     let mut out = response_head(status, phrase, &headers).into_bytes();
-    out.extend_from_slice(body);
+    if send_body {
+        out.extend_from_slice(body);
+    }
     write_all(writer, out).await
 }
 
@@ -125,8 +129,9 @@ async fn answer<R: AsyncRead + Unpin, W: SessionWriter>(
     status: u16,
     phrase: &str,
     body: &[u8],
+    send_body: bool,
 ) -> Result<(), ConnError> {
-    respond(writer, status, phrase, "text/plain; charset=utf-8", body).await?;
+    respond(writer, status, phrase, "text/plain; charset=utf-8", body, send_body).await?;
     drain_until_closed(reader, &mut [0u8; 1024]).await;
     Ok(())
 }

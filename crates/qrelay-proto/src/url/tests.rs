@@ -213,3 +213,12 @@ fn redacted_urls_keep_no_query_and_only_the_public_key() {
     assert_eq!(url.redacted_target("cam1"), "rtmp+quic://h:1935/live/cam1");
     assert_eq!(url.redacted_target("other"), "rtmp+quic://h:1935/live/***");
 }
+
+#[test]
+fn passwords_in_urls_are_redacted() {
+    assert_eq!(redact_password("redis://:s3cret@10.0.0.1:6379/0"), "redis://:***@10.0.0.1:6379/0");
+    assert_eq!(redact_password("rediss://relay:p@ss@redis.example/1"), "rediss://relay:***@redis.example/1");
+    assert_eq!(redact_password("redis://10.0.0.1:6379"), "redis://10.0.0.1:6379");
+    assert_eq!(redact_password("redis://user@host/x@y"), "redis://user@host/x@y");
+    assert_eq!(redact_password("redis+unix:///run/redis.sock"), "redis+unix:///run/redis.sock");
+}
