@@ -289,11 +289,16 @@ pub struct HooksConfig {
     /// by then refuses; a notification is abandoned).
     #[arg(id = "hooks.timeout_ms", long = "hook-timeout-ms", env = "QRELAY_HOOK_TIMEOUT_MS", default_value_t = HooksConfig::default().timeout_ms)]
     pub timeout_ms: u64,
+    /// Publish and play decisions waiting for a hook at once; past this a request is
+    /// refused at once (fails closed, counted `hook_overloaded`), so anonymous players
+    /// cannot turn into unbounded outbound requests.
+    #[arg(id = "hooks.max_in_flight", long = "hook-max-in-flight", env = "QRELAY_HOOK_MAX_IN_FLIGHT", default_value_t = HooksConfig::default().max_in_flight)]
+    pub max_in_flight: usize,
 }
 
 impl Default for HooksConfig {
     fn default() -> Self {
-        Self { publish: None, unpublish: None, play: None, stop: None, timeout_ms: 2_000 }
+        Self { publish: None, unpublish: None, play: None, stop: None, timeout_ms: 2_000, max_in_flight: 256 }
     }
 }
 

@@ -87,6 +87,8 @@ pub struct Hooks {
     stop: Option<Uri>,
     timeout: Duration,
     in_flight: Arc<Semaphore>,
+    /// Decisions waiting for a hook (`[hooks] max_in_flight`).
+    deciding: Arc<Semaphore>,
     stats: Arc<HookStats>,
 }
 
@@ -126,8 +128,11 @@ impl Hooks {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client =
-            Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        // Idle connections kept are bounded too; open ones are by the two semaphores.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(32)
+            .build(connector);
         Ok(Some(Self {
             client,
             publish: uri("publish", &config.publish)?,
@@ -136,6 +141,7 @@ impl Hooks {
             stop: uri("stop", &config.stop)?,
             timeout: Duration::from_millis(config.timeout_ms),
             in_flight: Arc::new(Semaphore::new(MAX_NOTIFICATIONS)),
+            deciding: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
             stats: Arc::default(),
         }))
     }
@@ -204,8 +210,15 @@ impl Gate for Hooks {
             Role::Play => ("play", &self.play),
         };
         let Some(uri) = uri.clone() else { return Box::pin(std::future::ready(Decision::Allow)) };
+        let Ok(permit) = self.deciding.clone().try_acquire_owned() else {
+            // Fails closed: an unchecked publish or play is worse than a refused one.
+            warn!(hook = action, "hook decision refused: too many in flight");
+            let why = format!("the {action} hook is overloaded; try again");
+            return Box::pin(std::future::ready(Decision::refuse(Reason::HookOverloaded, why)));
+        };
         let (client, timeout, body) = (self.client.clone(), self.timeout, body(action, request));
         Box::pin(async move {
+            let _permit = permit;
             match Self::post(client, uri, body, timeout).await {
                 Ok(status) if status.is_success() => Decision::Allow,
                 Ok(status) => Decision::refuse(

@@ -124,6 +124,9 @@ reasons! {
     HookTimeout = 0x1a9, "hook_timeout";
     /// The publish or play hook could not be reached.
     HookFailed = 0x1aa, "hook_failed";
+    /// More publish and play decisions were waiting for a hook than `[hooks]
+    /// max_in_flight`: refused without asking it.
+    HookOverloaded = 0x1ab, "hook_overloaded";
     /// A relay target that is this relay itself (a forward to itself would loop).
     RelayLoop = 0x1b0, "relay_loop";
     /// A relayed publish (or a forward) that would pass more relays than `max_hops`.

@@ -527,3 +527,45 @@ async fn a_slow_hook_holds_up_only_its_session_and_a_silent_or_absent_one_refuse
     })
     .await
 }
+
+/// Issue 22 #10: every anonymous play became an outbound hook request, without bound.
+/// Past `[hooks] max_in_flight` decisions waiting, a request is refused at once (fails
+/// closed) and counted; the waiting ones go on when the hook answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hook_decisions_in_flight_are_capped_and_fail_closed() -> Result {
+    bounded(async {
+        let mut hooks = HookServer::start().await?;
+        let srv = start_server_with(|c| {
+            c.hooks.publish = hooks.url("publish");
+            c.hooks.timeout_ms = 9_000;
+            c.hooks.max_in_flight = 2;
+        })
+        .await?;
+        let mut held = Vec::new();
+        for key in ["hold1", "hold2"] {
+            let url = url(&srv, "rtmp", "live", key)?;
+            let opts = client_options(&srv);
+            held.push(tokio::spawn(
+                async move { RtmpClient::connect(&url, ClientMode::Publish, &opts).await },
+            ));
+            hooks.expect("publish", key).await?;
+        }
+        let started = Instant::now();
+        let refused = connect(&srv, &url(&srv, "rtmp", "live", "third")?, ClientMode::Publish).await;
+        expect_refused(refused, ClientMode::Publish, "the publish hook is overloaded")?;
+        ensure!(started.elapsed() < Duration::from_secs(5), "the overloaded refusal waited");
+        ensure!(count(&srv, Reason::HookOverloaded) == 1, "not counted");
+        // The two waiting go on once the hook answers them.
+        hooks.release.notify_one();
+        hooks.release.notify_one();
+        for h in held {
+            h.await??;
+        }
+        // And with the slots free again, the hook is asked once more.
+        let ok = connect(&srv, &url(&srv, "rtmp", "live", "fourth")?, ClientMode::Publish).await?;
+        hooks.expect("publish", "fourth").await?;
+        drop(ok);
+        Ok(())
+    })
+    .await
+}
