@@ -52,6 +52,14 @@ pub struct Config {
     /// Streams being published at once (a publisher over this is refused).
     #[arg(long, env = "QRELAY_MAX_PUBLISHERS", default_value_t = Config::default().max_publishers)]
     pub max_publishers: usize,
+    /// Pulls from origins at once; a player of another stream not live here is not
+    /// pulled for (counted `pull_limit`) and waits out its play wait.
+    #[arg(long, env = "QRELAY_MAX_PULLS", default_value_t = Config::default().max_pulls)]
+    pub max_pulls: usize,
+    /// How long an edge believes its origins' "no such stream": players of that stream
+    /// arriving meanwhile start no pull (0: never cached).
+    #[arg(long, env = "QRELAY_PULL_NOT_FOUND_MS", default_value_t = Config::default().pull_not_found_ms)]
+    pub pull_not_found_ms: u64,
     /// Streams `/metrics` gives series of their own (the most watched first); the rest
     /// are left out of the per-stream families, so a flood of session IDs cannot grow a
     /// scrape without bound.
@@ -402,6 +410,8 @@ impl Default for Config {
             max_pending_bytes: 16 * 1024 * 1024,
             max_publishers: 1_000,
             metrics_max_streams: 500,
+            max_pulls: 1_000,
+            pull_not_found_ms: 2_000,
             play_wait_ms: 30_000,
             queue_max_bytes: 8 * 1024 * 1024,
             queue_max_ms: 10_000,

@@ -150,6 +150,8 @@ reasons! {
     UpstreamFailed = 0x1c3, "upstream_failed";
     /// A pull that was playing lost its origin (it pulls again).
     UpstreamLost = 0x1c4, "upstream_lost";
+    /// A pull not started: `max_pulls` were running.
+    PullLimit = 0x1c5, "pull_limit";
     /// An HTTP request the relay cannot read: malformed, or its head over the size or
     /// header-count caps (answered 400 or 431).
     BadHttpRequest = 0x1d0, "bad_http_request";

@@ -323,6 +323,46 @@ async fn an_edge_sharing_the_token_secret_pulls_from_an_origin_that_requires_tok
     .await
 }
 
+/// Issue 22 #11: every distinct session ID a player named started an upstream pull, and
+/// each retried its origins for as long as its player waited. Now pulls are capped
+/// (`max_pulls`), and an origin's "no such stream" is believed for `pull_not_found_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_pulls_are_capped_and_absent_streams_are_remembered() -> Result {
+    bounded(async {
+        let origin = start_server_with(|c| c.play_wait_ms = 100).await?;
+        let edge = edge_of(&origin, |c| {
+            c.max_pulls = 2;
+            c.pull_not_found_ms = 30_000;
+            c.pull_idle_ms = 100;
+            c.play_wait_ms = 1_500;
+        })
+        .await?;
+        // Three players of three streams nobody publishes: two pulls, the third refused.
+        let ask = |key: &'static str| {
+            let url = StreamUrl::parse(&edge.url("rtmp", key));
+            let opts = client_options(&edge);
+            async move { RtmpClient::connect(&url?, ClientMode::Play, &opts).await.map_err(anyhow::Error::from) }
+        };
+        let (a, b, c) = tokio::join!(ask("ghost1"), ask("ghost2"), ask("ghost3"));
+        ensure!(a.is_err() && b.is_err() && c.is_err(), "a player of an absent stream played");
+        ensure!(edge.counters.get(Reason::PullLimit) >= 1, "no pull was refused at max_pulls = 2");
+        let asked = origin.counters.get(Reason::StreamNotFound);
+        ensure!(asked >= 1, "the origin was never asked");
+        // The origin said "no such stream" for ghost1: another player of it starts no pull.
+        wait_until("the pull of ghost1 to end", Duration::from_secs(10), || {
+            edge.relays.get("live/ghost1").pull.is_none().then_some(())
+        })
+        .await?;
+        ensure!(ask("ghost1").await.is_err(), "ghost1 played");
+        ensure!(
+            origin.counters.get(Reason::StreamNotFound) == asked,
+            "the origin was asked again for a stream it said it does not have"
+        );
+        Ok(())
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------
 // A cluster with a Redis registry
 // ---------------------------------------------------------------------------------------

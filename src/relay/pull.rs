@@ -64,6 +64,12 @@ pub struct PullSettings {
     /// Mint pull tokens for streams this node plays openly too (`[auth]
     /// mint_pull_tokens`); otherwise only where its own players need a token.
     pub mint_for_open_play: bool,
+    /// Pulls at once (`max_pulls`): every distinct session ID a player names would
+    /// otherwise start one, and each is outbound work on the origins.
+    pub max_pulls: usize,
+    /// How long an origin's "no such stream" is believed (`pull_not_found_ms`): new
+    /// players of that session ID start no pull meanwhile.
+    pub not_found_for: Duration,
     /// How to reach upstreams.
     pub client: ClientOptions,
 }
@@ -83,6 +89,8 @@ struct Inner {
     counters: Arc<Counters>,
     /// Session IDs with a pull task, and where each is.
     active: Mutex<HashMap<String, PullStatus>>,
+    /// Session IDs every origin said it does not have, until when that is believed.
+    not_found: Mutex<HashMap<String, tokio::time::Instant>>,
     shutdown: CancellationToken,
 }
 
@@ -143,6 +151,7 @@ impl Puller {
                 pool,
                 counters,
                 active: Mutex::default(),
+                not_found: Mutex::default(),
                 shutdown,
             }),
         }
@@ -167,10 +176,28 @@ impl Puller {
             warn!(session_id, hops, "not pulled: the chain would pass more relays than max_hops");
             return;
         }
-        match self.inner.active().entry(session_id.to_owned()) {
-            std::collections::hash_map::Entry::Occupied(_) => return,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(PullStatus { origin: None, state: "resolving", last_error: None });
+        if self.inner.known_absent(session_id) {
+            self.inner.counters.count(Reason::UpstreamFailed);
+            debug!(session_id, "not pulled: the origins said no such stream a moment ago");
+            return;
+        }
+        {
+            let mut active = self.inner.active();
+            let full = active.len() >= self.inner.settings.max_pulls;
+            match active.entry(session_id.to_owned()) {
+                std::collections::hash_map::Entry::Occupied(_) => return,
+                std::collections::hash_map::Entry::Vacant(_) if full => {
+                    drop(active);
+                    self.inner.counters.count(Reason::PullLimit);
+                    return warn!(
+                        session_id,
+                        max = self.inner.settings.max_pulls,
+                        "not pulled: max_pulls reached"
+                    );
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(PullStatus { origin: None, state: "resolving", last_error: None });
+                }
             }
         }
         let this = self.clone();
@@ -234,6 +261,7 @@ impl Puller {
             if nodes.is_empty() {
                 debug!("no origin known for the stream yet");
             }
+            let mut all_absent = !nodes.is_empty();
             for node in nodes {
                 self.report(session_id, &node, "connecting", None);
                 let link = Link { node: &node, session_id, hops, client: &client };
@@ -249,6 +277,7 @@ impl Puller {
                     }
                     Outcome::Idle | Outcome::Local => return,
                     Outcome::Failed(e) => {
+                        all_absent &= is_not_found(&e);
                         inner.counters.count(Reason::UpstreamFailed);
                         warn!(%node, reason = %e, "cannot pull from this origin");
                         self.report(session_id, &node, "retrying", Some(e.to_string()));
@@ -262,6 +291,9 @@ impl Puller {
                         break;
                     }
                 }
+            }
+            if all_absent {
+                inner.remember_absent(session_id);
             }
             let delay = backoff.next_delay();
             tokio::select! {
@@ -397,6 +429,43 @@ impl Inner {
     fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, PullStatus>> {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn not_found(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::time::Instant>> {
+        self.not_found.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the origins said lately that they do not have `session_id`.
+    fn known_absent(&self, session_id: &str) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut cache = self.not_found();
+        // Expired entries go as they are met, and all of them once the cache is large,
+        // so a flood of names cannot grow it past what `max_pulls` lets in per period.
+        if cache.len() > 4 * self.settings.max_pulls {
+            cache.retain(|_, until| *until > now);
+        }
+        match cache.get(session_id) {
+            Some(until) if *until > now => true,
+            Some(_) => {
+                cache.remove(session_id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Every origin asked said it has no `session_id`.
+    fn remember_absent(&self, session_id: &str) {
+        if !self.settings.not_found_for.is_zero() {
+            let until = tokio::time::Instant::now() + self.settings.not_found_for;
+            self.not_found().insert(session_id.to_owned(), until);
+        }
+    }
+}
+
+/// Whether an origin's refusal says it has no such stream (rather than that it could
+/// not be reached, or refused us).
+fn is_not_found(e: &ClientError) -> bool {
+    matches!(e, ClientError::Session(crate::rtmp::session::SessionError::Refused { code, .. }) if code.ends_with("StreamNotFound"))
 }
 
 /// How long a pull's play token is valid: it is checked once, when the play starts.

@@ -451,6 +451,8 @@ impl Server {
             max_hops: c.max_hops,
             auth: self.auth.clone(),
             mint_for_open_play: c.auth.mint_pull_tokens,
+            max_pulls: c.max_pulls.max(1),
+            not_found_for: Duration::from_millis(c.pull_not_found_ms),
             client,
         };
         Puller::new(self.hub.clone(), self.registry.clone(), settings, self.counters.clone(), stop)

@@ -82,6 +82,8 @@ pub struct TestServer {
     pub shutdown: Shutdown,
     /// Push forwarding: rules and the status of every forward.
     pub forwarding: Forwarding,
+    /// Forward and pull state by session ID (what the control API shows).
+    pub relays: qrelay::control::RelayBoard,
     /// Certificates and the tests' output files; removed on drop.
     pub dir: TempDir,
     task: JoinHandle<std::result::Result<(), qrelay::ServerError>>,
@@ -156,9 +158,23 @@ async fn launch(
     let ca = server.dev_ca().cloned().context("the relay made no development CA")?;
     let hub = server.hub();
     let (connections, counters, forwarding) = (server.connections(), server.counters(), server.forwarding());
+    let relays = server.relay_board();
     let shutdown = Shutdown::default();
     let task = tokio::spawn(server.run(shutdown.clone()));
-    Ok(TestServer { addr, ca, hub, http, api_token, connections, counters, shutdown, forwarding, dir, task })
+    Ok(TestServer {
+        addr,
+        ca,
+        hub,
+        http,
+        api_token,
+        connections,
+        counters,
+        shutdown,
+        forwarding,
+        relays,
+        dir,
+        task,
+    })
 }
 
 impl Drop for TestServer {
