@@ -52,6 +52,14 @@ pub struct Config {
     /// Streams being published at once (a publisher over this is refused).
     #[arg(long, env = "QRELAY_MAX_PUBLISHERS", default_value_t = Config::default().max_publishers)]
     pub max_publishers: usize,
+    /// Streams one address (an IPv4 address, an IPv6 /64) may publish at once, so one
+    /// peer cannot hold every publisher slot.
+    #[arg(long, env = "QRELAY_MAX_PUBLISHERS_PER_IP", default_value_t = Config::default().max_publishers_per_ip)]
+    pub max_publishers_per_ip: usize,
+    /// How long a session may go without asking to publish or play; it is closed then
+    /// (counted `no_role`), however much else it sends.
+    #[arg(long, env = "QRELAY_ROLE_TIMEOUT_MS", default_value_t = Config::default().role_timeout_ms)]
+    pub role_timeout_ms: u64,
     /// Pulls from origins at once; a player of another stream not live here is not
     /// pulled for (counted `pull_limit`) and waits out its play wait.
     #[arg(long, env = "QRELAY_MAX_PULLS", default_value_t = Config::default().max_pulls)]
@@ -409,6 +417,8 @@ impl Default for Config {
             max_message_size: 8 * 1024 * 1024,
             max_pending_bytes: 16 * 1024 * 1024,
             max_publishers: 1_000,
+            max_publishers_per_ip: 100,
+            role_timeout_ms: 30_000,
             metrics_max_streams: 500,
             max_pulls: 1_000,
             pull_not_found_ms: 2_000,

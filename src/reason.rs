@@ -53,6 +53,8 @@ reasons! {
     PeerSilent = 0x111, "peer_silent";
     /// A player's socket took no data for the write timeout.
     WriteTimeout = 0x112, "write_timeout";
+    /// A session that neither published nor played within `role_timeout_ms`.
+    NoRole = 0x113, "no_role";
     /// A malformed RTMP handshake.
     BadHandshake = 0x120, "bad_handshake";
     /// The TLS handshake failed (RTMPS).
@@ -93,6 +95,8 @@ reasons! {
     ConnectionLimit = 0x170, "connection_limit";
     /// A connection over `max_connections_per_ip`.
     AddressLimit = 0x171, "address_limit";
+    /// A publish over `max_publishers_per_ip` from one address.
+    AddressPublisherLimit = 0x172, "address_publisher_limit";
     /// Bytes on a RoQR stream that are not frames (or partial frames over the limit).
     FrameEncoding = 0x180, "frame_encoding";
     /// A RoQR stream of a flow nobody bound, stopped past the bound.
@@ -188,6 +192,7 @@ impl Reason {
                 | Reason::StreamNotFound
                 | Reason::ConnectionLimit
                 | Reason::AddressLimit
+                | Reason::AddressPublisherLimit
                 | Reason::UnsupportedAlpn
                 | Reason::BadHttpRequest
                 | Reason::HttpNotFound
@@ -221,6 +226,7 @@ impl Reason {
         match r {
             Refusal::Total(_) => Reason::ConnectionLimit,
             Refusal::PerIp(_) => Reason::AddressLimit,
+            Refusal::PublishersPerIp(_) => Reason::AddressPublisherLimit,
         }
     }
 

@@ -54,6 +54,8 @@ pub struct ConnContext {
     pub registry: Arc<dyn crate::registry::Registry>,
     /// Pulls streams that players ask for from origins.
     pub puller: crate::relay::pull::Puller,
+    /// Connections and publishers per address.
+    pub admission: Arc<crate::transport::admission::Admission>,
 }
 
 impl ConnContext {
@@ -294,6 +296,9 @@ where
                 let next = conn.link.decide_pending(conn.session.core()).await;
                 conn.then(next);
             }
+            () = conn.link.role_deadline() => {
+                return Err(ConnError::Timeout("neither publish nor play in time", Reason::NoRole));
+            }
             () = conn.link.publisher_replaced() => {
                 conn.link.on_replaced();
                 return Err(ConnError::Replaced);
@@ -445,6 +450,11 @@ async fn read_until<R: AsyncRead + Unpin>(
 /// player still reading the end of its stream (its acknowledgements arriving meanwhile)
 /// would lose that end and `NetStream.Play.UnpublishNotify` with it.
 pub(super) async fn drain_until_closed<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) {
+    drain_for(reader, buf, LINGER).await
+}
+
+/// [`drain_until_closed`] for at most `limit`.
+pub(super) async fn drain_for<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8], limit: Duration) {
     let drain = async {
         let mut total = 0;
         while total < LINGER_MAX_BYTES {
@@ -454,7 +464,7 @@ pub(super) async fn drain_until_closed<R: AsyncRead + Unpin>(reader: &mut R, buf
             }
         }
     };
-    let _ = tokio::time::timeout(LINGER, drain).await;
+    let _ = tokio::time::timeout(limit, drain).await;
 }
 
 /// Writes a batch, failing when it does not complete within `timeout`. Most writes

@@ -91,11 +91,17 @@ pub(super) struct HubLink<W> {
     /// The request the gate allowed and that has not ended yet: the gate hears of its end
     /// once (`Gate::ended`), however it ends.
     allowed: Option<Request>,
+    /// This address's place among publishers, held as long as the publish.
+    publisher_place: Option<crate::transport::admission::PublisherPermit>,
+    /// Until when the session may go without asking to publish or play; `None` once it
+    /// asked.
+    role_by: Option<Instant>,
 }
 
 impl<W: Default> HubLink<W> {
     pub(super) fn new(ctx: ConnContext, peer: SocketAddr, transport: &'static str) -> Self {
         let peer_id = ctx.hub.next_peer_id();
+        let ctx_role_timeout = ctx.config.role_timeout_ms;
         Self {
             ctx,
             peer,
@@ -110,6 +116,17 @@ impl<W: Default> HubLink<W> {
             end_at_keyframe: false,
             drained: false,
             saw_video: false,
+            publisher_place: None,
+            role_by: Some(Instant::now() + std::time::Duration::from_millis(ctx_role_timeout)),
+        }
+    }
+
+    /// Resolves when the session went `role_timeout_ms` without asking to publish or
+    /// play; pending for ever once it asked.
+    pub(super) async fn role_deadline(&self) {
+        match self.role_by {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
         }
     }
 
@@ -225,8 +242,9 @@ impl<W: Default> HubLink<W> {
         self.on_decision(core, request, decision).await
     }
 
-    fn request(&self, role: Role, session_id: String, app: String, key: String) -> Request {
+    fn request(&mut self, role: Role, session_id: String, app: String, key: String) -> Request {
         tracing::Span::current().record("session_id", session_id.as_str());
+        self.role_by = None;
         Request { role, session_id, app, key, peer: self.peer, transport: self.transport }
     }
 
@@ -313,6 +331,17 @@ impl<W: Default> HubLink<W> {
     /// The hub's answer to an allowed publish that came through `hops` relays, then the
     /// cluster registry's.
     async fn publish(&mut self, core: &mut ServerCore, request: &Request, hops: u32) -> Next {
+        let place = match self.ctx.admission.admit_publisher(self.peer.ip()) {
+            Ok(place) => place,
+            Err(refusal) => {
+                let reason = Reason::of_refusal(refusal);
+                self.ctx.counters.count(reason);
+                warn!(%reason, "publish refused: {refusal}");
+                core.reject_publish("NetStream.Publish.BadName", &refusal.to_string());
+                self.end_allowed();
+                return Next::CloseAfterFlush;
+            }
+        };
         match self.ctx.hub.publish_with(&request.session_id, self.takeover(request), hops) {
             Ok(p) => {
                 // Claimed here first (the hub's claim is instant and local), then in
@@ -334,6 +363,7 @@ impl<W: Default> HubLink<W> {
                     }
                 }
                 info!(key = %redact(&request.key), hops, "publish started");
+                self.publisher_place = Some(place);
                 core.accept_publish();
                 p.identify(self.as_peer());
                 self.publisher = Some(p);
@@ -360,8 +390,10 @@ impl<W: Default> HubLink<W> {
         Ok(hops)
     }
 
-    /// Tells the gate that the request it allowed ended (once).
+    /// Tells the gate that the request it allowed ended (once), and frees the address's
+    /// publisher place.
     fn end_allowed(&mut self) {
+        self.publisher_place = None;
         if let Some(request) = self.allowed.take() {
             self.ctx.gate.ended(&request);
         }

@@ -227,7 +227,8 @@ impl Server {
             None => None,
         };
         let registry = registry_from(&config, local_addr)?;
-        let config_limits = (config.max_connections, config.max_connections_per_ip);
+        let config_limits =
+            (config.max_connections, config.max_connections_per_ip, config.max_publishers_per_ip);
         Ok(Self {
             config: Arc::new(config),
             tcp,
@@ -249,7 +250,7 @@ impl Server {
             relays: RelayBoard::default(),
             minter: None,
             registry,
-            admission: Admission::new(config_limits.0, config_limits.1),
+            admission: Admission::with_publishers(config_limits.0, config_limits.1, config_limits.2),
         })
     }
 
@@ -340,6 +341,7 @@ impl Server {
             conns: self.conns.clone(),
             registry: self.registry.clone(),
             puller,
+            admission: self.admission.clone(),
         };
         self.relays.attach(self.forwarding.clone(), ctx.puller.clone());
         let http_stop = CancellationToken::new();

@@ -37,9 +37,17 @@ pub async fn accept_loop(
             },
         };
         let peer = incoming.remote_address();
-        // Under load, make unvalidated peers prove their address with a Retry round trip
-        // first, so spoofed Initials cannot make us spend handshakes (DESIGN §4).
-        if !incoming.remote_address_validated() && admission.current() >= ctx.config.max_connections / 2 {
+        // Make unvalidated peers prove their address with a Retry round trip first under
+        // load (so spoofed Initials cannot make us spend handshakes, DESIGN §4), and
+        // whenever their address already holds a place: spoofed Initials would otherwise
+        // fill a victim address's per-address places (each held until its handshake
+        // times out) and lock it out of TCP and QUIC. A Retry costs a real peer one
+        // round trip; a spoofer never sees it.
+        let unvalidated = !incoming.remote_address_validated();
+        if unvalidated
+            && (admission.current() >= ctx.config.max_connections / 2
+                || admission.current_from(peer.ip()) > 0)
+        {
             if let Err(e) = incoming.retry() {
                 warn!(%peer, error = %e, "QUIC retry failed");
             }

@@ -200,6 +200,9 @@ async fn run(conn: &Connection, mut command: SendStream, recv: quinn::RecvStream
             _ = sleep_until_opt(read_deadline) => {
                 return End::err(Reason::PeerSilent, ErrorCode::General, "peer silent too long");
             }
+            () = link.role_deadline() => {
+                return End::err(Reason::NoRole, ErrorCode::General, "neither publish nor play in time");
+            }
             () = link.publisher_replaced() => {
                 link.on_replaced();
                 return End::err(

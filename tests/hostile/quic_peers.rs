@@ -208,3 +208,64 @@ async fn quic_connection_without_streams_is_closed_at_the_handshake_timeout() ->
     )
     .await
 }
+
+/// Real QUIC Initials for `count` connections, captured before they reach anyone: a
+/// client connects to a UDP socket of ours that only records what arrives. Replayed to
+/// the relay from another socket, they are what a spoofer sends: Initials from an
+/// address that will never answer.
+async fn captured_initials(env: &Env, count: usize) -> Result<Vec<Vec<u8>>> {
+    let trap = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let at = trap.local_addr()?;
+    let endpoint = quic::client_endpoint(at, &Trust::CaFile(env.ca.clone()), &Default::default(), ALPN_RTMP)?;
+    // Connecting sends the Initial at once; the connections are never driven further.
+    let pending: Vec<_> = (0..count)
+        .map(|_| endpoint.endpoint.connect(at, "localhost"))
+        .collect::<std::result::Result<_, _>>()?;
+    let mut initials: Vec<Vec<u8>> = Vec::with_capacity(count);
+    let mut buf = vec![0u8; 65536];
+    let mut seen = std::collections::HashSet::new();
+    while initials.len() < count {
+        let n =
+            timeout(Duration::from_secs(5), trap.recv(&mut buf)).await.context("no Initial captured")??;
+        // First datagrams only: an Initial packet (long header, type 0), each
+        // connection's own destination connection ID.
+        let dcid_len = *buf.get(5).unwrap_or(&0) as usize;
+        let Some(dcid) = buf.get(6..6 + dcid_len) else { continue };
+        if buf[0] & 0xf0 == 0xc0 && seen.insert(dcid.to_vec()) {
+            initials.push(buf[..n].to_vec());
+        }
+    }
+    drop((pending, endpoint));
+    Ok(initials)
+}
+
+/// Issue 22 #7: admission counted a QUIC connection per address before the address was
+/// validated, and each held its place until its handshake timed out, so about 2000
+/// spoofed Initials per 30 s locked the victim address out of TCP and QUIC. Now an
+/// unvalidated Initial from an address that already holds a place gets a Retry, which a
+/// spoofer never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_initials_cannot_lock_an_address_out() -> Result {
+    const PER_IP: usize = 16;
+    const SPOOFED: usize = 64;
+    let tweak = |c: &mut Config| c.max_connections_per_ip = PER_IP;
+    run_case("spoofed Initials", tweak, PlayerOver::Quic, RSS_BOUND_MIB, |env| async move {
+        let initials = captured_initials(&env, SPOOFED).await?;
+        // From the victim's address (the steady pair's, 127.0.0.1), never answered.
+        let spoofer = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        for initial in &initials {
+            spoofer.send_to(initial, env.addr).await?;
+        }
+        // The spoofer reads nothing: whatever the relay answered (Retry packets) is dropped.
+        drop(spoofer);
+        // The victim still gets in, over QUIC and over TCP.
+        let (_endpoint, conn) = quic_connect(&env).await.context("QUIC from the victim's address")?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        quic_served(&mut send, &mut recv).await?;
+        let mut peer = RawPeer::connect(env.addr).await?;
+        peer.handshake().await.context("TCP from the victim's address")?;
+        ensure!(env.counters.get(Reason::AddressLimit) == 0, "the victim address was refused");
+        Ok(())
+    })
+    .await
+}

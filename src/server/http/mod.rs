@@ -17,10 +17,13 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::connection::{drain_until_closed, ConnContext, ConnError, SessionWriter};
+use super::connection::{drain_for, ConnContext, ConnError, SessionWriter};
 use crate::http::{parse_head, response_head, RequestHead, MAX_HEAD_BYTES};
 use crate::reason::Reason;
 use route::{route, Route};
+
+/// How long an answered client may go on sending before the connection closes anyway.
+const ANSWER_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// CORS headers for players and pages on other origins: everything here is public
 /// (tokens travel in the URL, never in cookies), so any origin may read it.
@@ -121,8 +124,9 @@ async fn respond<W: SessionWriter>(
 }
 
 /// A whole answer, then the write side closed and what the client still sends read
-/// away, so the close does not reset the connection before the answer is read (see
-/// `drain_until_closed`).
+/// away for a moment, so the close does not reset the connection before the answer is
+/// read (see `drain_until_closed`). The moment is short: the request was read whole, so
+/// only a client that goes on sending (garbage, a body nobody asked for) has more.
 async fn answer<R: AsyncRead + Unpin, W: SessionWriter>(
     reader: &mut R,
     writer: &mut W,
@@ -132,7 +136,7 @@ async fn answer<R: AsyncRead + Unpin, W: SessionWriter>(
     send_body: bool,
 ) -> Result<(), ConnError> {
     respond(writer, status, phrase, "text/plain; charset=utf-8", body, send_body).await?;
-    drain_until_closed(reader, &mut [0u8; 1024]).await;
+    drain_for(reader, &mut [0u8; 1024], ANSWER_LINGER).await;
     Ok(())
 }
 
