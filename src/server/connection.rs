@@ -54,6 +54,8 @@ pub struct ConnContext {
     pub registry: Arc<dyn crate::registry::Registry>,
     /// Pulls streams that players ask for from origins.
     pub puller: crate::relay::pull::Puller,
+    /// The WebTransport certificate hashes, which the HTTP side lists for browsers.
+    pub webtransport: super::webtransport::WebTransportCerts,
 }
 
 impl ConnContext {

@@ -1,4 +1,5 @@
-//! HTTP/1.1 on the one TCP port: HTTP-FLV players, the player page and its script.
+//! HTTP/1.1 on the one TCP port: HTTP-FLV players, the player page and its script, and
+//! what browsers need to reach the relay over WebTransport.
 //! The TCP accept loop sends a connection here when its first byte is an ASCII letter
 //! (RTMP starts with 0x03, TLS with 0x16), or when a TLS client negotiated ALPN
 //! `http/1.1`. One request per connection: every answer closes it (see
@@ -56,6 +57,11 @@ where
         Route::Asset(asset) => {
             let body = if head.method == "HEAD" { &[][..] } else { asset.body.as_bytes() };
             respond(&mut writer, 200, "OK", asset.content_type, body).await
+        }
+        Route::WebTransport => {
+            let json = ctx.webtransport.json(std::time::SystemTime::now());
+            let body = if head.method == "HEAD" { &[][..] } else { json.as_bytes() };
+            respond(&mut writer, 200, "OK", "application/json", body).await
         }
         Route::Preflight => {
             let mut headers = CORS.to_vec();
