@@ -114,30 +114,38 @@ impl WebTransportCerts {
         serde_json::json!({ "port": self.inner.port, "certificate_hashes": hashes }).to_string()
     }
 
+    /// How long until the current certificate is due for replacement (zero when it is).
+    fn until_renewal(&self) -> Duration {
+        self.renew_at().and_then(|at| at.duration_since(SystemTime::now()).ok()).unwrap_or_default()
+    }
+
     /// Replaces the certificate before it expires, until `stop`. Checked against the
-    /// wall clock after every wake-up, so a machine that slept does not miss a rotation.
+    /// wall clock at least hourly, so a machine that slept does not miss a rotation.
     pub async fn keep_fresh(self, stop: CancellationToken) {
         if self.inner.resolver.is_none() {
             return;
         }
+        let mut wait = self.until_renewal();
         loop {
-            let wait = self
-                .renew_at()
-                .and_then(|at| at.duration_since(SystemTime::now()).ok())
-                .unwrap_or_default()
-                // A timer longer than this only fires late after a suspend.
-                .min(RETRY);
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+                // A long timer only fires late after a suspend: wake up hourly to look.
+                _ = tokio::time::sleep(wait.min(RETRY)) => {}
             }
-            if self.renew_at().is_some_and(|at| SystemTime::now() < at) {
+            wait = self.until_renewal();
+            if !wait.is_zero() {
                 continue;
             }
-            match self.rotate(SystemTime::now()) {
-                Ok(()) => info!("WebTransport certificate renewed"),
-                Err(e) => warn!(error = %e, "WebTransport certificate renewal failed; retrying in an hour"),
-            }
+            wait = match self.rotate(SystemTime::now()) {
+                Ok(()) => {
+                    info!("WebTransport certificate renewed");
+                    self.until_renewal()
+                }
+                Err(e) => {
+                    warn!(error = %e, "WebTransport certificate renewal failed; retrying in an hour");
+                    RETRY
+                }
+            };
         }
     }
 }
