@@ -68,19 +68,38 @@ struct ReadStream {
     /// Its QUIC stream id: the order the relay opened them in.
     id: u64,
     frames: Vec<(FrameHeader, Bytes)>,
+    /// Finished by the relay (not reset, not cut off by the session's close).
+    complete: bool,
 }
 
-/// Every frame of a stream's bytes; malformed bytes fail.
-fn parse_frames(mut buf: &[u8]) -> Result<Vec<(FrameHeader, Bytes)>> {
+/// Every whole frame of a stream's bytes; malformed bytes fail, and so does a partial
+/// frame at the end of a `complete` stream.
+fn parse_frames(mut buf: &[u8], complete: bool) -> Result<Vec<(FrameHeader, Bytes)>> {
     let mut frames = Vec::new();
-    while !buf.is_empty() {
-        let header = FrameHeader::decode(buf)?.context("a partial frame header")?;
+    while let Some(header) = FrameHeader::decode(buf)? {
         let end = HEADER_LEN + header.len as usize;
-        ensure!(buf.len() >= end, "a partial payload: {} of {} bytes", buf.len() - HEADER_LEN, header.len);
+        if buf.len() < end {
+            break;
+        }
         frames.push((header, Bytes::copy_from_slice(&buf[HEADER_LEN..end])));
         buf = &buf[end..];
     }
+    ensure!(!complete || buf.is_empty(), "a finished stream ends in a partial frame ({} bytes)", buf.len());
     Ok(frames)
+}
+
+/// What a stream carried until it finished or broke off.
+async fn read_stream(mut recv: web_transport_quinn::RecvStream) -> Result<ReadStream> {
+    let id = recv.quic_id().index();
+    let mut bytes = Vec::new();
+    let complete = loop {
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk.bytes),
+            Ok(None) => break true,
+            Err(_) => break false,
+        }
+    };
+    Ok(ReadStream { id, frames: parse_frames(&bytes, complete)?, complete })
 }
 
 /// Reads every stream the relay opens until it closes the session; the streams in the
@@ -89,12 +108,8 @@ async fn read_session(session: Session) -> Result<(Vec<ReadStream>, u32)> {
     let mut readers = JoinSet::new();
     let closed = loop {
         match session.accept_uni().await {
-            Ok(mut recv) => {
-                readers.spawn(async move {
-                    let id = recv.quic_id().index();
-                    let bytes = recv.read_to_end(64 * 1024 * 1024).await.context("reading a stream")?;
-                    anyhow::Ok(ReadStream { id, frames: parse_frames(&bytes)? })
-                });
+            Ok(recv) => {
+                readers.spawn(read_stream(recv));
             }
             Err(e) => break e,
         }
@@ -174,6 +189,7 @@ async fn a_webtransport_player_gets_every_frame_in_the_mapping() -> Result {
             timeout(Duration::from_secs(10), player).await.context("the session did not end")???;
         ensure!(code == u32::from(Reason::Normal.code()), "closed with {code:#x}, not the stream's end");
 
+        ensure!(streams.iter().all(|s| s.complete), "a stream was reset or cut off");
         let tags = check_mapping(&streams)?;
         assert_same_av_tags(&read_tags(&media().flv).await?, &tags)?;
         // Headers carry the relay's ingest time: within this test's run.
@@ -380,5 +396,90 @@ async fn check_no_hashes(addr: SocketAddr, cert: &std::path::Path) -> Result {
     let (_endpoint, conn) = quic_connect(addr, ALPN_H3).await?;
     let configured = qrelay::transport::tls::load_certs(cert)?;
     ensure!(presented(&conn)? == configured[0], "h3 does not present the configured certificate");
+    Ok(())
+}
+
+/// Waits until `live/key` has a WebTransport player that got media; its peer id.
+async fn playing(srv: &TestServer, key: &str) -> Result<u64> {
+    wait_until("a WebTransport player getting media", Duration::from_secs(10), || {
+        let info = srv.hub.stream_info(&format!("live/{key}"))?;
+        info.players
+            .iter()
+            .find(|p| {
+                p.live && p.bytes_sent > 0 && p.peer.as_ref().is_some_and(|p| p.transport == "webtransport")
+            })
+            .and_then(|p| p.peer.as_ref().map(|p| p.id))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_api_ends_a_webtransport_player() -> Result {
+    bounded(async {
+        let srv = start_server().await?;
+        let _publisher = spawn(&mut ffmpeg_publisher(&media().flv, &srv.url("rtmp", "wtend"), true))?;
+        srv.wait_live("wtend").await?;
+        let addr = srv.addr;
+        let player = tokio::spawn(async move {
+            let (_endpoint, session) = session(addr, "/live/wtend").await?;
+            read_session(session?).await
+        });
+        let id = playing(&srv, "wtend").await?;
+        ensure!(srv.hub.end_player(Some("live/wtend"), id), "no such player to end");
+        let (streams, code) =
+            timeout(Duration::from_secs(10), player).await.context("the session did not end")???;
+        ensure!(code == u32::from(Reason::EndedByApi.code()), "closed with {code:#x}, not ended_by_api");
+        // A late joiner's first stream is the configuration, then media follows.
+        ensure!(streams.len() >= 2, "{} streams", streams.len());
+        wait_until("the end to be counted", Duration::from_secs(5), || {
+            (srv.counters.get(Reason::EndedByApi) == 1).then_some(())
+        })
+        .await?;
+        ensure!(
+            srv.stats("wtend").is_some_and(|s| s.live && s.subscribers == 0),
+            "the stream lost its publisher"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_webtransport_player_stays_through_a_drain_until_its_stream_ends() -> Result {
+    bounded(async {
+        let mut srv = start_server().await?;
+        let _publisher = spawn(&mut ffmpeg_publisher(&media().flv, &srv.url("rtmp", "wtdrain"), true))?;
+        srv.wait_live("wtdrain").await?;
+        let addr = srv.addr;
+        let player = tokio::spawn(async move {
+            let (_endpoint, session) = session(addr, "/live/wtdrain").await?;
+            read_session(session?).await
+        });
+        playing(&srv, "wtdrain").await?;
+        srv.shutdown.graceful.cancel();
+        // The publisher is ended at its next keyframe; the player gets the stream to there.
+        let (streams, code) =
+            timeout(Duration::from_secs(10), player).await.context("the session did not end")???;
+        ensure!(code == u32::from(Reason::Normal.code()), "closed with {code:#x}, not the stream's end");
+        check_mapping_prefix(&streams)?;
+        srv.stopped(Duration::from_secs(10)).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// A late joiner's streams: configuration first, then audio and whole-GOP prefixes.
+fn check_mapping_prefix(streams: &[ReadStream]) -> Result {
+    let (config, rest) = streams.split_first().context("no stream at all")?;
+    ensure!(!config.frames.is_empty(), "an empty config stream");
+    for s in rest {
+        let first = s.frames.first().context("an empty media stream")?;
+        if first.0.kind == MediaKind::Video {
+            ensure!(
+                Frame::new(first.0.kind, first.0.timestamp, first.1.clone()).is_keyframe(),
+                "a GOP without its keyframe"
+            );
+        }
+    }
     Ok(())
 }
