@@ -426,11 +426,10 @@ async fn the_control_api_ends_a_webtransport_player() -> Result {
         });
         let id = playing(&srv, "wtend").await?;
         ensure!(srv.hub.end_player(Some("live/wtend"), id), "no such player to end");
-        let (streams, code) =
+        // The end is abrupt: what was in flight may be lost, so only the code is checked.
+        let (_, code) =
             timeout(Duration::from_secs(10), player).await.context("the session did not end")???;
         ensure!(code == u32::from(Reason::EndedByApi.code()), "closed with {code:#x}, not ended_by_api");
-        // A late joiner's first stream is the configuration, then media follows.
-        ensure!(streams.len() >= 2, "{} streams", streams.len());
         wait_until("the end to be counted", Duration::from_secs(5), || {
             (srv.counters.get(Reason::EndedByApi) == 1).then_some(())
         })
