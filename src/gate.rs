@@ -126,6 +126,27 @@ pub trait Gate: Send + Sync + Debug + 'static {
     fn ended(&self, _request: &Request) {}
 }
 
+/// A request the gate allowed, held for as long as it lasts: the gate hears of its end
+/// ([`Gate::ended`]) once, when this is dropped, however the session ends.
+#[derive(Debug)]
+pub struct Allowed {
+    gate: Arc<dyn Gate>,
+    request: Request,
+}
+
+impl Allowed {
+    /// Holds `request`, which `gate` allowed.
+    pub fn new(gate: Arc<dyn Gate>, request: Request) -> Self {
+        Self { gate, request }
+    }
+}
+
+impl Drop for Allowed {
+    fn drop(&mut self) {
+        self.gate.ended(&self.request);
+    }
+}
+
 /// Lets everything through (the embedded default).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Open;

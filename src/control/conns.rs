@@ -24,12 +24,20 @@ pub enum ConnKind {
     /// HTTP/1.1 on the TCP port (HTTP-FLV players, the player page), plain text; over
     /// TLS it counts as `Tls`.
     Http,
+    /// QUIC, ALPN `h3`: a browser's WebTransport session.
+    WebTransport,
 }
 
 impl ConnKind {
     /// Every kind, in label order.
-    pub const ALL: [ConnKind; 5] =
-        [ConnKind::Tcp, ConnKind::Tls, ConnKind::QuicTunnel, ConnKind::Roqr, ConnKind::Http];
+    pub const ALL: [ConnKind; 6] = [
+        ConnKind::Tcp,
+        ConnKind::Tls,
+        ConnKind::QuicTunnel,
+        ConnKind::Roqr,
+        ConnKind::Http,
+        ConnKind::WebTransport,
+    ];
 
     /// The metric label.
     pub fn label(self) -> &'static str {
@@ -39,6 +47,7 @@ impl ConnKind {
             ConnKind::QuicTunnel => "quic_tunnel",
             ConnKind::Roqr => "roqr",
             ConnKind::Http => "http",
+            ConnKind::WebTransport => "webtransport",
         }
     }
 
@@ -169,7 +178,7 @@ impl Connections {
         self.inner.accepted[kind.index()].load(Ordering::Relaxed)
     }
 
-    /// QUIC figures per class (tunnel, RoQR). Asks quinn for each live connection's
+    /// QUIC figures per class (tunnel, RoQR, WebTransport). Asks quinn for each live connection's
     /// statistics (a short lock on that connection's state); the list is copied first so
     /// the registry lock is not held meanwhile.
     pub fn quic_stats(&self) -> Vec<(ConnKind, QuicClassStats)> {
@@ -177,7 +186,7 @@ impl Connections {
             let quic = lock(&self.inner.quic);
             (quic.live.values().cloned().collect(), quic.closed.clone())
         };
-        [ConnKind::QuicTunnel, ConnKind::Roqr]
+        [ConnKind::QuicTunnel, ConnKind::Roqr, ConnKind::WebTransport]
             .into_iter()
             .map(|kind| {
                 let stats: Vec<quinn::ConnectionStats> =

@@ -56,6 +56,8 @@ pub struct ConnContext {
     pub puller: crate::relay::pull::Puller,
     /// Connections and publishers per address.
     pub admission: Arc<crate::transport::admission::Admission>,
+    /// The WebTransport certificate hashes, which the HTTP side lists for browsers.
+    pub webtransport: super::webtransport::WebTransportCerts,
 }
 
 impl ConnContext {

@@ -1,7 +1,8 @@
 //! The relay: binds the one port (TCP and UDP), prepares TLS, and runs the accept loops
 //! until shutdown. Submodules: [`tcp`] and [`quic`] accept and dispatch,
 //! [`connection`] drives a session over a byte stream (TCP, TLS, the QUIC tunnel),
-//! [`roqr_conn`] a RoQR connection. The control plane's HTTP server
+//! [`roqr_conn`] a RoQR connection, [`webtransport`] a browser's WebTransport session.
+//! The control plane's HTTP server
 //! ([`crate::control`]) runs beside the accept loops and stops with them.
 //!
 //! Graceful shutdown, the drain (SIGTERM or `POST /api/drain`): stop accepting; ask
@@ -15,6 +16,7 @@ mod hub_link;
 pub mod quic;
 pub mod roqr_conn;
 pub mod tcp;
+pub mod webtransport;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -40,6 +42,7 @@ use crate::transport::admission::Admission;
 use crate::transport::redundancy::Redundancy;
 use crate::transport::{quic as quic_endpoint, tls};
 use connection::ConnContext;
+use webtransport::WebTransportCerts;
 
 /// The two shutdown signals.
 #[derive(Debug, Clone, Default)]
@@ -75,6 +78,8 @@ pub struct Server {
     forwarding: Forwarding,
     registry: Arc<dyn Registry>,
     admission: Arc<Admission>,
+    /// The certificate hashes browsers need for WebTransport, and their rotation.
+    webtransport: WebTransportCerts,
 }
 
 impl std::fmt::Debug for Server {
@@ -191,7 +196,19 @@ impl Server {
         }
         let BoundPort { tcp, udp, addr: local_addr } = port;
         let tcp = tcp.listen(TCP_BACKLOG)?;
-        let (endpoint, redundancy) = quic_endpoint::server_endpoint(udp, &identity, &config.quic())?;
+        // Browsers trust no development CA: without a configured identity, `h3` gets a
+        // short-lived certificate they accept by its hash.
+        let resolver = Arc::new(tls::AlpnCertResolver::new(
+            tls::certified_key(identity.chain.clone(), identity.key.clone_key())?,
+            &tls::SERVER_ALPN,
+        ));
+        let webtransport = if config.cert.is_some() && config.key.is_some() {
+            WebTransportCerts::web_pki(local_addr.port())
+        } else {
+            WebTransportCerts::self_signed(resolver.clone(), local_addr.port())?
+        };
+        let quic_tls = tls::server_config_resolving(resolver, &tls::SERVER_ALPN)?;
+        let (endpoint, redundancy) = quic_endpoint::server_endpoint_with(udp, quic_tls, &config.quic())?;
         let conns = Connections::default();
         conns.set_redundancy(redundancy.clone());
         let tls = TlsAcceptor::from(Arc::new(tls::rtmps_server_config(&identity)?));
@@ -251,6 +268,7 @@ impl Server {
             minter: None,
             registry,
             admission: Admission::with_publishers(config_limits.0, config_limits.1, config_limits.2),
+            webtransport,
         })
     }
 
@@ -342,7 +360,10 @@ impl Server {
             registry: self.registry.clone(),
             puller,
             admission: self.admission.clone(),
+            webtransport: self.webtransport.clone(),
         };
+        let certs_stop = CancellationToken::new();
+        let certs = tokio::spawn(self.webtransport.clone().keep_fresh(certs_stop.clone()));
         self.relays.attach(self.forwarding.clone(), ctx.puller.clone());
         let http_stop = CancellationToken::new();
         let http = self.http.map(|(listener, api_token)| {
@@ -418,6 +439,8 @@ impl Server {
             }
         }
         self.forwarding.stop();
+        certs_stop.cancel();
+        let _ = certs.await;
         self.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
         // Closed connections drain for three probe timeouts before the endpoint lets go of
         // the UDP port.

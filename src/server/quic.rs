@@ -1,7 +1,8 @@
 //! The QUIC side of the one port: accepts connections on the one endpoint, admits them,
 //! and dispatches by ALPN: `roqr` to [`serve_roqr`], `rtmp` (the tunnel: each
 //! bidirectional stream one whole RTMP session, several per connection) to the
-//! byte-stream session driver.
+//! byte-stream session driver, `h3` (a browser's WebTransport session) to
+//! [`serve_webtransport`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,11 +15,12 @@ use tracing::{info, info_span, warn, Instrument};
 
 use super::connection::{log_end, serve_rtmp, ConnContext};
 use super::roqr_conn::serve_roqr;
+use super::webtransport::serve_webtransport;
 use crate::control::ConnKind;
 use crate::reason::Reason;
 use crate::transport::admission::Admission;
 use crate::transport::redundancy::Redundancy;
-use crate::transport::tls::{ALPN_ROQR, ALPN_RTMP};
+use crate::transport::tls::{ALPN_H3, ALPN_ROQR, ALPN_RTMP};
 
 /// Accepts QUIC connections until shutdown.
 pub async fn accept_loop(
@@ -85,6 +87,11 @@ pub async fn accept_loop(
                     Some(ALPN_ROQR) => {
                         let _counted = ctx.conns.open_quic(ConnKind::Roqr, &conn);
                         serve_roqr(conn, peer, ctx).await
+                    }
+                    Some(ALPN_H3) => {
+                        let _counted = ctx.conns.open_quic(ConnKind::WebTransport, &conn);
+                        let span = info_span!("webtransport", session_id = tracing::field::Empty);
+                        serve_webtransport(conn, peer, ctx).instrument(span).await
                     }
                     other => {
                         ctx.counters.count(Reason::UnsupportedAlpn);

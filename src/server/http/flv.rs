@@ -23,7 +23,7 @@ use super::super::connection::{
     drain_until_closed, write_timed, ConnContext, ConnError, SessionWriter, TryWrite, WRITE_BATCH,
 };
 use super::{answer, CORS};
-use crate::gate::{Decision, Gate, Refusal, Request, Role};
+use crate::gate::{Allowed, Decision, Refusal, Request, Role};
 use crate::http::{response_head, RequestHead};
 use crate::hub::{DirectSink, Peer, Subscriber};
 use crate::media::flv;
@@ -60,7 +60,7 @@ where
         answer(&mut reader, &mut writer, 403, "Forbidden", message.as_bytes(), head.method != "HEAD").await?;
         return Err(ConnError::Refused(reason, message));
     }
-    let _allowed = Allowed { gate: ctx.gate.clone(), request: request.clone() };
+    let _allowed = Allowed::new(ctx.gate.clone(), request.clone());
     let end = CancellationToken::new();
     let mut sub = ctx.hub.subscribe(&request.session_id);
     sub.identify(Peer::new(ctx.hub.next_peer_id(), TRANSPORT, Some(peer.0), end.clone()));
@@ -208,17 +208,5 @@ impl DirectSink for FlvSink {
 
     fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         self.0.try_write_vectored(bufs)
-    }
-}
-
-/// A play the gate allowed: the gate hears of its end once, however it ends.
-struct Allowed {
-    gate: Arc<dyn Gate>,
-    request: Request,
-}
-
-impl Drop for Allowed {
-    fn drop(&mut self) {
-        self.gate.ended(&self.request);
     }
 }

@@ -1,4 +1,5 @@
-//! HTTP/1.1 on the one TCP port: HTTP-FLV players, the player page and its script.
+//! HTTP/1.1 on the one TCP port: HTTP-FLV players, the player page and its script, and
+//! what browsers need to reach the relay over WebTransport (`/webtransport.json`).
 //! The TCP accept loop sends a connection here when its first byte is an ASCII capital
 //! (RTMP starts with 0x03, TLS with 0x16), and so does the TLS side when the first byte
 //! inside TLS is one (no ALPN needed). One request per connection: every answer closes
@@ -59,6 +60,10 @@ where
         Route::Asset(asset) => {
             respond(&mut writer, 200, "OK", asset.content_type, asset.body.as_bytes(), head.method != "HEAD")
                 .await
+        }
+        Route::WebTransport => {
+            let json = ctx.webtransport.json(std::time::SystemTime::now());
+            respond(&mut writer, 200, "OK", "application/json", json.as_bytes(), head.method != "HEAD").await
         }
         Route::Preflight => {
             let mut headers = CORS.to_vec();

@@ -5,6 +5,8 @@
 //!   as RTMP's `key?token=` does, so tokens and hooks see the same request.
 //! - `GET /play/{app}/{key}[?query]`: the player page for that stream.
 //! - `GET /player.js`: the player element (an ES module).
+//! - `GET /webtransport.json`: where and how browsers reach the relay over WebTransport
+//!   (the UDP port and the certificate hashes for `serverCertificateHashes`).
 //! - `OPTIONS` anything: a CORS preflight.
 //!
 //! Paths are not percent-decoded: a session ID is compared byte for byte, whatever
@@ -33,6 +35,8 @@ pub(crate) enum Route {
     Flv { app: String, key: String },
     /// A static file.
     Asset(Asset),
+    /// The WebTransport port and certificate hashes (JSON).
+    WebTransport,
     /// A CORS preflight.
     Preflight,
     /// Nothing here; the reason is told to the client.
@@ -51,6 +55,9 @@ pub(crate) fn route(head: &RequestHead) -> Route {
     let path = head.path.as_str();
     if path == "/player.js" {
         return Route::Asset(PLAYER_JS);
+    }
+    if path == "/webtransport.json" {
+        return Route::WebTransport;
     }
     if let Some(stream) = path.strip_prefix("/play/") {
         return match split_stream(stream) {
@@ -71,7 +78,7 @@ pub(crate) fn route(head: &RequestHead) -> Route {
 }
 
 /// `app/key` split at the last `/`, each part checked.
-fn split_stream(stream: &str) -> Result<(&str, &str), &'static str> {
+pub(crate) fn split_stream(stream: &str) -> Result<(&str, &str), &'static str> {
     let (app, key) = stream.rsplit_once('/').ok_or("a stream path needs an app and a key: /{app}/{key}")?;
     let bad_segment = |s: &str| s.is_empty() || s == "." || s == "..";
     if app.split('/').any(bad_segment) || bad_segment(key) {
@@ -108,6 +115,7 @@ mod tests {
     #[test]
     fn pages_and_preflights() {
         assert_eq!(route_of("GET /player.js HTTP/1.1\r\n\r\n"), Route::Asset(PLAYER_JS));
+        assert_eq!(route_of("GET /webtransport.json HTTP/1.1\r\n\r\n"), Route::WebTransport);
         assert_eq!(route_of("GET /play/live/cam1?token=t HTTP/1.1\r\n\r\n"), Route::Asset(PLAYER_PAGE));
         assert_eq!(route_of("OPTIONS /live/cam1.flv HTTP/1.1\r\n\r\n"), Route::Preflight);
         assert_eq!(route_of("POST /live/cam1.flv HTTP/1.1\r\n\r\n"), Route::MethodNotAllowed);

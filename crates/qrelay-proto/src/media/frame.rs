@@ -60,6 +60,9 @@ struct FrameInner {
     /// The frame as one FLV tag (with its PreviousTagSize), shared by every HTTP-FLV
     /// player and recorder: the same bytes for all of them.
     flv_tag: OnceLock<Bytes>,
+    /// The WebTransport frame header, shared by every WebTransport player (it carries
+    /// the ingest time, so every player also gets the same one).
+    webtransport_header: OnceLock<Bytes>,
 }
 
 impl Frame {
@@ -79,6 +82,7 @@ impl Frame {
             encoded: OnceLock::new(),
             roqr_header: OnceLock::new(),
             flv_tag: OnceLock::new(),
+            webtransport_header: OnceLock::new(),
         }))
     }
 
@@ -142,6 +146,11 @@ impl Frame {
                 out.freeze()
             })
             .clone()
+    }
+
+    /// The WebTransport frame header, made by `encode` at most once per frame.
+    pub fn webtransport_header(&self, encode: impl FnOnce() -> Bytes) -> Bytes {
+        self.0.webtransport_header.get_or_init(encode).clone()
     }
 
     /// The RoQR frame header for message stream `stream_id`, made by `encode` at most once

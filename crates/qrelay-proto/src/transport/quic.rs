@@ -11,7 +11,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 
 use super::redundancy::{Redundancy, RedundancyMode};
-use super::tls::{self, Identity, Trust, ALPN_ROQR, ALPN_RTMP};
+use super::tls::{self, Identity, Trust};
 
 /// Unidirectional streams a peer may have open at once (RoQR media).
 const MAX_UNI_STREAMS: u32 = 32;
@@ -165,7 +165,16 @@ pub fn server_endpoint(
     id: &Identity,
     q: &QuicSettings,
 ) -> Result<(Endpoint, Redundancy), QuicError> {
-    let tls = tls::server_config(id, &[ALPN_ROQR, ALPN_RTMP])?;
+    server_endpoint_with(socket, tls::server_config(id, &tls::SERVER_ALPN)?, q)
+}
+
+/// As [`server_endpoint`], with a TLS configuration made by the caller (a certificate
+/// picked per handshake: [`tls::AlpnCertResolver`]).
+pub fn server_endpoint_with(
+    socket: UdpSocket,
+    tls: rustls::ServerConfig,
+    q: &QuicSettings,
+) -> Result<(Endpoint, Redundancy), QuicError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| QuicError::Crypto(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport_config(q)?));
@@ -305,6 +314,7 @@ pub fn client_endpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::tls::ALPN_RTMP;
 
     /// Every QUIC socket asks for [`UDP_BUFFER`]: with the kernel's default a player or an
     /// edge drops bursts, and QUIC takes the drops for loss (bench/RESULTS.md, "QUIC after

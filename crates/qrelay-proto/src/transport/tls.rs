@@ -2,10 +2,16 @@
 //! localhost certificate on first run, and rustls configs for both sides: TLS 1.3 only for
 //! QUIC (which requires it), TLS 1.2 too for RTMPS, where encoders that speak nothing
 //! newer are common.
+//!
+//! Browsers on WebTransport (ALPN `h3`) trust a certificate no CA signed only through
+//! `serverCertificateHashes`, and only an ECDSA one valid for at most 14 days; so the QUIC
+//! server picks its certificate by ALPN ([`AlpnCertResolver`]): `h3` may get such a
+//! short-lived certificate ([`short_lived_cert`]), every other ALPN the relay's identity.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::{self, PemObject};
@@ -14,8 +20,17 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// ALPN of the RTMP tunnel mapping (RTMP bytes on one bidirectional stream).
 pub const ALPN_RTMP: &[u8] = b"rtmp";
-/// ALPN of RoQR (reserved; not served yet).
+/// ALPN of RoQR.
 pub const ALPN_ROQR: &[u8] = b"roqr";
+/// ALPN of HTTP/3, which WebTransport sessions ride on.
+pub const ALPN_H3: &[u8] = b"h3";
+/// What the QUIC server offers, in its order of preference (rustls picks the first of
+/// these that the client offers).
+pub const SERVER_ALPN: [&[u8]; 3] = [ALPN_ROQR, ALPN_RTMP, ALPN_H3];
+
+/// The longest validity browsers accept for a certificate trusted by its hash
+/// (W3C WebTransport, `serverCertificateHashes`).
+pub const HASHED_CERT_MAX_VALIDITY: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// File names inside the certificate directory.
 pub const DEV_CA_FILE: &str = "dev-ca.pem";
@@ -206,6 +221,135 @@ fn server_config_with(
     Ok(config)
 }
 
+/// Server config for QUIC (TLS 1.3 only) whose certificate `resolver` picks per
+/// handshake.
+pub fn server_config_resolving(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(modern_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A chain and key ready for rustls (the key matched against the leaf).
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    Ok(Arc::new(rustls::sign::CertifiedKey::from_der(chain, key, &provider())?))
+}
+
+/// A self-signed certificate for browsers that trust it by its hash.
+#[derive(Debug)]
+pub struct ShortLivedCert {
+    /// The certificate (DER); browsers compare the SHA-256 of exactly these bytes.
+    pub cert: CertificateDer<'static>,
+    /// Its private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The end of its validity.
+    pub not_after: SystemTime,
+}
+
+impl ShortLivedCert {
+    /// The SHA-256 of the certificate's DER, what `serverCertificateHashes` names.
+    pub fn sha256(&self) -> [u8; 32] {
+        sha256(&self.cert)
+    }
+}
+
+/// The SHA-256 of a certificate's DER.
+pub fn sha256(cert: &CertificateDer<'_>) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// A self-signed ECDSA P-256 certificate for `localhost` and the loopback addresses,
+/// valid from an hour before `now` (clocks differ) for `validity` in all. Browsers check
+/// the whole span, not what is left of it, so `validity` must stay within
+/// [`HASHED_CERT_MAX_VALIDITY`] (it is capped there).
+pub fn short_lived_cert(now: SystemTime, validity: Duration) -> Result<ShortLivedCert, TlsError> {
+    let validity = validity.min(HASHED_CERT_MAX_VALIDITY);
+    let skew = Duration::from_secs(3600).min(validity / 2);
+    let not_before = now.checked_sub(skew).unwrap_or(now);
+    let not_after = not_before + validity;
+    // rcgen's default key is ECDSA P-256 with SHA-256: what browsers require here.
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ])?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, "qrelay webtransport");
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = time::OffsetDateTime::from(not_before);
+    params.not_after = time::OffsetDateTime::from(not_after);
+    let cert = params.self_signed(&key)?;
+    Ok(ShortLivedCert {
+        cert: cert.der().clone(),
+        key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        not_after,
+    })
+}
+
+/// Picks the server's certificate by the ALPN the handshake will settle on: `h3` gets the
+/// one set with [`AlpnCertResolver::set_h3`] (a short-lived certificate browsers trust
+/// by its hash), everything else, and `h3` until one is set, the relay's identity.
+#[derive(Debug)]
+pub struct AlpnCertResolver {
+    identity: Arc<rustls::sign::CertifiedKey>,
+    h3: RwLock<Option<Arc<rustls::sign::CertifiedKey>>>,
+    /// The server's ALPN list, in its order: rustls picks the first of these the client
+    /// offers, and the choice here must be the same.
+    server_alpn: Vec<Vec<u8>>,
+}
+
+impl AlpnCertResolver {
+    /// Serves `identity` to every ALPN of `server_alpn` until an `h3` certificate is set.
+    pub fn new(identity: Arc<rustls::sign::CertifiedKey>, server_alpn: &[&[u8]]) -> Self {
+        Self {
+            identity,
+            h3: RwLock::new(None),
+            server_alpn: server_alpn.iter().map(|p| p.to_vec()).collect(),
+        }
+    }
+
+    /// From now on `h3` handshakes present `key` (handshakes under way keep theirs).
+    pub fn set_h3(&self, key: Arc<rustls::sign::CertifiedKey>) {
+        *self.h3.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+    }
+
+    /// The certificate for a client offering `offered`.
+    fn pick<'a>(&self, offered: impl Iterator<Item = &'a [u8]> + Clone) -> Arc<rustls::sign::CertifiedKey> {
+        let chosen = self.server_alpn.iter().find(|ours| offered.clone().any(|p| p == ours.as_slice()));
+        if chosen.is_some_and(|p| p == ALPN_H3) {
+            if let Some(h3) = self.h3.read().unwrap_or_else(|e| e.into_inner()).clone() {
+                return h3;
+            }
+        }
+        self.identity.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for AlpnCertResolver {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(match hello.alpn() {
+            Some(offered) => {
+                let offered: Vec<&[u8]> = offered.collect();
+                self.pick(offered.iter().copied())
+            }
+            None => self.identity.clone(),
+        })
+    }
+}
+
 /// How a client decides to trust the server.
 #[derive(Debug, Clone)]
 pub enum Trust {
@@ -343,5 +487,28 @@ mod tests {
         let ca_false =
             [0x06, 0x03, 0x55, 0x1d, 0x13, 0x01, 0x01, 0xff, 0x04, 0x05, 0x30, 0x03, 0x01, 0x01, 0x00];
         assert!(has(&ca_false), "no critical basicConstraints with CA:FALSE");
+    }
+
+    #[test]
+    fn h3_gets_the_short_lived_certificate_and_every_other_alpn_the_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, _) = dev_identity(dir.path()).unwrap();
+        let identity = certified_key(id.chain.clone(), id.key.clone_key()).unwrap();
+        let resolver = AlpnCertResolver::new(identity.clone(), &SERVER_ALPN);
+        let pick = |offered: &[&[u8]]| resolver.pick(offered.iter().copied());
+        // No h3 certificate yet: the identity for all.
+        assert!(Arc::ptr_eq(&pick(&[ALPN_H3]), &identity));
+        let now = SystemTime::now();
+        let short = short_lived_cert(now, HASHED_CERT_MAX_VALIDITY * 2).unwrap();
+        assert!(short.not_after <= now + HASHED_CERT_MAX_VALIDITY, "validity is capped");
+        let h3 = certified_key(vec![short.cert.clone()], short.key).unwrap();
+        resolver.set_h3(h3.clone());
+        assert!(Arc::ptr_eq(&pick(&[ALPN_H3]), &h3));
+        assert!(Arc::ptr_eq(&pick(&[b"foo", ALPN_H3]), &h3));
+        assert!(Arc::ptr_eq(&pick(&[ALPN_ROQR]), &identity));
+        assert!(Arc::ptr_eq(&pick(&[ALPN_RTMP]), &identity));
+        assert!(Arc::ptr_eq(&pick(&[b"foo"]), &identity));
+        // The server's order decides, as rustls's choice does: roqr before h3.
+        assert!(Arc::ptr_eq(&pick(&[ALPN_H3, ALPN_ROQR]), &identity));
     }
 }
