@@ -1,7 +1,7 @@
 //! Browser playback in a real browser: headless Chromium (driven by Node.js over the
-//! DevTools pipe, tests/browser/drive.mjs) opens the relay's player page, or a page
-//! running mpegts.js (a third-party HTTP-FLV player), for a stream ffmpeg publishes
-//! live, and what the page reports is asserted: transport, pictures decoded in a 10 s
+//! DevTools pipe, tests/browser/drive.mjs) opens the relay's player page (over
+//! WebTransport, and over HTTP-FLV), or a page running mpegts.js (a third-party HTTP-FLV
+//! player), for a stream ffmpeg publishes live, and what the page reports is asserted: transport, pictures decoded in a 10 s
 //! window, time to the first picture, latency. Screenshots are kept in the test's
 //! output directory (target/tmp/browser-*.png).
 
@@ -71,15 +71,24 @@ impl Sample {
 
 /// Runs the driver against `url` for `seconds`, sampling `selector`.
 async fn drive(url: &str, selector: &str, seconds: u32, screenshot: &Path) -> Result<Vec<Sample>> {
+    drive_with(url, selector, seconds, screenshot, None).await
+}
+
+/// [`drive`], running `before_load` in the page before its own scripts.
+async fn drive_with(
+    url: &str,
+    selector: &str,
+    seconds: u32,
+    screenshot: &Path,
+    before_load: Option<&str>,
+) -> Result<Vec<Sample>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/drive.mjs");
-    let output = Command::new("node")
-        .arg(script)
-        .args(["--url", url, "--selector", selector, "--seconds", &seconds.to_string()])
-        .arg("--screenshot")
-        .arg(screenshot)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
+    let mut cmd = Command::new("node");
+    cmd.arg(script).args(["--url", url, "--selector", selector, "--seconds", &seconds.to_string()]);
+    if let Some(js) = before_load {
+        cmd.args(["--before-load", js]);
+    }
+    let output = cmd.arg("--screenshot").arg(screenshot).stdin(Stdio::null()).kill_on_drop(true).output();
     let limit = Duration::from_secs(u64::from(seconds) + 40);
     let output = tokio::time::timeout(limit, output).await.context("the browser driver hung")??;
     ensure!(output.status.success(), "browser driver failed: {}", stderr_text(&output));
@@ -115,13 +124,15 @@ fn decoded_in_window(samples: &[Sample], counter: &str) -> Result<(f64, f64)> {
     Ok((end.num(counter).unwrap_or_default() - first.num(counter).unwrap_or_default(), span))
 }
 
-async fn the_player_page_plays(transport: &str, key: &str) -> Result {
+/// Opens the player page (its transport chosen by itself, `auto`) and checks it plays
+/// over `transport`; `before_load` runs in the page first.
+async fn the_player_page_plays(transport: &str, key: &str, before_load: Option<&str>) -> Result {
     let srv = start_server().await?;
     let _publisher = spawn(&mut live_publisher(&srv.url("rtmp", key)))?;
     srv.wait_live(key).await?;
-    let page = format!("http://{}/play/live/{key}?transport={transport}", srv.addr);
+    let page = format!("http://{}/play/live/{key}", srv.addr);
     let shot = screenshot_path(key);
-    let samples = drive(&page, "qrelay-player", 13, &shot).await?;
+    let samples = drive_with(&page, "qrelay-player", 13, &shot, before_load).await?;
     let last = samples.last().context("no samples")?;
     eprintln!("last sample: {}", last.attrs);
     ensure!(last.get("data-transport") == transport, "transport: {}", last.attrs);
@@ -145,9 +156,17 @@ async fn the_player_page_plays(transport: &str, key: &str) -> Result {
     Ok(())
 }
 
+/// The page finds the relay's WebTransport port and certificate hash at
+/// `/webtransport.json` and connects over QUIC, without the development CA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_player_page_plays_http_flv_in_chromium() -> Result {
-    bounded(the_player_page_plays("http-flv", "page-flv")).await
+async fn the_player_page_plays_webtransport_in_chromium() -> Result {
+    bounded(the_player_page_plays("webtransport", "page-wt", None)).await
+}
+
+/// A browser without WebTransport: the same page falls back to HTTP-FLV.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_webtransport_the_page_falls_back_to_http_flv() -> Result {
+    bounded(the_player_page_plays("http-flv", "page-flv", Some("delete window.WebTransport;"))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

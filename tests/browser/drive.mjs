@@ -3,7 +3,7 @@
 // screenshot at the end. Prints one JSON object: {samples: [{t, attrs}], console: [...]}.
 //
 // node drive.mjs --url URL --seconds N [--selector qrelay-player] [--screenshot FILE]
-//                [--flag CHROMIUM_FLAG]... [--until-attr NAME --until-min N]
+//                [--flag CHROMIUM_FLAG]... [--before-load JS]
 import { spawn } from 'node:child_process';
 import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,6 +20,8 @@ const seconds = Number(opt('seconds', '10'));
 const selector = opt('selector', 'qrelay-player');
 const screenshot = opt('screenshot');
 const chromium = opt('chromium', 'chromium');
+// Script run in every document before its own (e.g. to take an API away).
+const beforeLoad = opt('before-load');
 if (!url) {
   console.error('--url is required');
   process.exit(2);
@@ -101,6 +103,7 @@ try {
   const { sessionId } = await send('Target.attachToTarget', { targetId, flatten: true });
   await send('Runtime.enable', {}, sessionId);
   await send('Page.enable', {}, sessionId);
+  if (beforeLoad) await send('Page.addScriptToEvaluateOnNewDocument', { source: beforeLoad }, sessionId);
   await send('Page.navigate', { url }, sessionId);
   const samples = [];
   const started = Date.now();
