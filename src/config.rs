@@ -554,17 +554,29 @@ impl Config {
     fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), error: Box::new(e) })
+        let config: Self = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), error: Box::new(e) })?;
+        config.warn_if_secrets_shared(path);
+        Ok(config)
+    }
+
+    /// A config file holding the API token must be private like any secret file.
+    fn warn_if_secrets_shared(&self, path: &Path) {
+        if self.api.token.is_some() {
+            crate::files::warn_if_shared(path, "a config file holding [api] token");
+        }
     }
 
     /// Reads a TOML file; absent keys keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
-        Self::from_toml(&text).map_err(|e| match e {
+        let config = Self::from_toml(&text).map_err(|e| match e {
             ConfigError::Parse { error, .. } => ConfigError::Parse { path: path.to_owned(), error },
             other => other,
-        })
+        })?;
+        config.warn_if_secrets_shared(path);
+        Ok(config)
     }
 
     /// Parses TOML text and validates it.

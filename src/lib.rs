@@ -39,6 +39,7 @@ pub mod auth;
 pub mod bridge;
 pub mod config;
 pub mod control;
+pub mod files;
 pub mod gate;
 pub mod glob;
 pub mod hooks;

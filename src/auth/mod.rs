@@ -78,6 +78,9 @@ impl Auth {
     /// and no secret is configured; an error when a rule needs tokens and there is no
     /// usable secret.
     pub fn from_config(config: &AuthConfig) -> Result<Option<Self>, AuthError> {
+        if let Some(path) = &config.secret_file {
+            crate::files::warn_if_shared(path, "the token secret file");
+        }
         let secret = Secret::load(config.secret_file.as_deref())?;
         let auth = Self { secret, publish: config.publish, play: config.play, apps: config.apps.clone() };
         if auth.secret.is_none() {

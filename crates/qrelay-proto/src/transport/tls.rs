@@ -66,6 +66,14 @@ pub enum TlsError {
     /// rustls refused the material.
     #[error("TLS configuration: {0}")]
     Rustls(rustls::Error),
+    /// The certificate was not made for the private key beside it.
+    #[error("{} does not match the private key in {} (a certificate from another key pair?)", cert.display(), key.display())]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
 }
 
 impl From<rcgen::Error> for TlsError {
@@ -104,7 +112,47 @@ pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
         Err(pem::Error::NoItemsFound) => return Err(TlsError::Empty(key.to_owned())),
         Err(e) => return Err(TlsError::Pem { path: key.to_owned(), error: e }),
     };
+    warn_if_shared(key);
+    // A certificate from another key pair would only fail later, in every handshake,
+    // with an error no peer can explain: refuse it now, naming both files.
+    let signer = provider().key_provider.load_private_key(key_der.clone_key())?;
+    match rustls::sign::CertifiedKey::new(chain.clone(), signer).keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(_) => return Err(TlsError::KeyMismatch { cert: cert.to_owned(), key: key.to_owned() }),
+    }
     Ok(Identity { chain, key: key_der, dev_ca: None })
+}
+
+/// Warns when a private key file is readable by group or others.
+#[cfg(unix)]
+fn warn_if_shared(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "private key readable by group or others (chmod 600 it)");
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_shared(_: &Path) {}
+
+/// Makes a private key file of ours owner-only, whenever it was found otherwise.
+#[cfg(unix)]
+fn make_private(path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(path).map_err(io_err(path))?.permissions().mode() & 0o777;
+    if mode != 0o600 {
+        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "development key was not private; making it 0600");
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err(path))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_private(_: &Path) -> Result<(), TlsError> {
+    Ok(())
 }
 
 /// Loads every certificate in a PEM file.
@@ -127,6 +175,7 @@ pub fn dev_identity(dir: &Path) -> Result<(Identity, bool), TlsError> {
     let cert = dir.join(DEV_CERT_FILE);
     let key = dir.join(DEV_KEY_FILE);
     if ca.exists() && cert.exists() && key.exists() {
+        make_private(&key)?;
         let mut id = load_identity(&cert, &key)?;
         id.dev_ca = Some(ca);
         return Ok((id, false));
@@ -443,6 +492,28 @@ impl ServerCertVerifier for NoVerification {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 22 #15: a key found readable by others is made 0600; a certificate that
+    /// does not match its key is refused at start, naming both files.
+    #[test]
+    fn found_keys_are_made_private_and_mismatched_certificates_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        dev_identity(dir.path()).unwrap();
+        let key = dir.path().join(DEV_KEY_FILE);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+            dev_identity(dir.path()).unwrap();
+            assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let other = tempfile::tempdir().unwrap();
+        dev_identity(other.path()).unwrap();
+        fs::copy(other.path().join(DEV_KEY_FILE), &key).unwrap();
+        let e = dev_identity(dir.path()).unwrap_err();
+        assert!(matches!(e, TlsError::KeyMismatch { .. }), "{e}");
+        assert!(e.to_string().contains(DEV_CERT_FILE) && e.to_string().contains(DEV_KEY_FILE), "{e}");
+    }
 
     #[test]
     fn dev_identity_is_made_once_and_reused() {
