@@ -377,10 +377,17 @@ struct RedisServer {
 
 impl RedisServer {
     async fn start() -> Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// A redis-server with these extra arguments (e.g. `--requirepass`).
+    async fn start_with(extra: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("qrelay-redis-").tempdir()?;
         let socket = dir.path().join("redis.sock");
         let mut child = Command::new("redis-server")
-            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .args(extra)
+            .arg("--unixsocket")
             .arg(&socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -398,6 +405,99 @@ impl RedisServer {
         }
         Ok(Self { url: format!("redis+unix://{}", socket.display()), _child: child, _dir: dir })
     }
+}
+
+/// Issue 22 #12: a publisher replaced on the same node released its successor's lease
+/// (the lease's value was the node alone). Leases now name their claim; and Redis AUTH
+/// works from the URL, with the password kept out of what is shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_publisher_never_releases_its_successors_lease() -> Result {
+    use qrelay::registry::{Claim, Redis, Registry};
+    bounded(async {
+        let redis = RedisServer::start_with(&["--requirepass", "s3cret-pass"]).await?;
+        let url = format!("{}?pass=s3cret-pass", redis.url);
+        let me = qrelay::relay::node::NodeUrl::parse("rtmp+quic://10.0.0.1:1935")?;
+        let other = qrelay::relay::node::NodeUrl::parse("rtmp+quic://10.0.0.2:1935")?;
+        let lease = Duration::from_secs(30);
+        let registry = Redis::new(&url, &me, lease, Duration::from_secs(2))?;
+        let Claim::Held(first) = registry.claim("live/cam").await? else { bail!("first claim not held") };
+        // The publisher that replaces it on this node claims anew.
+        let Claim::Held(second) = registry.claim("live/cam").await? else { bail!("second claim not held") };
+        ensure!(first != second, "two claims with one holder");
+        registry.release("live/cam", &first).await?;
+        ensure!(!registry.refresh("live/cam", &first).await?, "the replaced publisher refreshed");
+        ensure!(registry.refresh("live/cam", &second).await?, "the successor lost its lease");
+        ensure!(registry.resolve("live/cam").await? == Some(me.clone()), "resolve after the release");
+        // Another node is told who holds it: the node URL, not the claim's nonce.
+        let theirs = Redis::new(&url, &other, lease, Duration::from_secs(2))?;
+        ensure!(theirs.claim("live/cam").await? == Claim::Taken(me.to_string()), "another node took it");
+        registry.release("live/cam", &second).await?;
+        ensure!(registry.resolve("live/cam").await?.is_none(), "the successor's release");
+        // Without the password, the registry refuses.
+        let nopass = Redis::new(&redis.url, &me, lease, Duration::from_secs(2))?;
+        ensure!(nopass.claim("live/x").await.is_err(), "claimed without AUTH");
+        Ok(())
+    })
+    .await
+}
+
+/// Issue 22 #12: `rediss://` (TLS) registries. redis-server can only serve TLS on a TCP
+/// port, and only on one it is told: a free port is picked and, should another process
+/// take it first, picked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_over_tls_holds_leases() -> Result {
+    use qrelay::registry::{Claim, Redis, Registry};
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        // The relay's own development certificate serves as the Redis server's.
+        qrelay::transport::tls::dev_identity(dir.path())?;
+        let (cert, key) = (dir.path().join("localhost.pem"), dir.path().join("localhost.key"));
+        let mut server = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let mut child = Command::new("redis-server")
+                .args(["--port", "0", "--save", "", "--appendonly", "no", "--tls-auth-clients", "no"])
+                .arg("--tls-port")
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&cert)
+                .arg("--tls-key-file")
+                .arg(&key)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting redis-server")?;
+            let up = wait_until("redis-server over TLS", Duration::from_secs(5), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            })
+            .await;
+            if up.is_ok() && child.try_wait()?.is_none() {
+                server = Some((child, port));
+                break;
+            }
+            let _ = child.kill().await;
+        }
+        let (_child, port) = server.context("redis-server never served TLS")?;
+        // A self-signed test certificate: `#insecure` skips its verification.
+        let url = format!("rediss://127.0.0.1:{port}/#insecure");
+        let me = qrelay::relay::node::NodeUrl::parse("rtmp+quic://10.0.0.1:1935")?;
+        let registry = Redis::new(&url, &me, Duration::from_secs(30), Duration::from_secs(3))?;
+        let Claim::Held(holder) = registry.claim("live/tls").await? else { bail!("not held") };
+        ensure!(registry.resolve("live/tls").await? == Some(me), "resolved over TLS");
+        registry.release("live/tls", &holder).await?;
+        // Plain text to the TLS port gets nothing.
+        let plain = Redis::new(
+            &format!("redis://127.0.0.1:{port}"),
+            &qrelay::relay::node::NodeUrl::parse("rtmp+quic://10.0.0.1:1935")?,
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+        )?;
+        ensure!(plain.claim("live/plain").await.is_err(), "a plain-text client was served on the TLS port");
+        Ok(())
+    })
+    .await
 }
 
 /// A cluster node using `registry`, with the certificates in `certs` (one CA for the

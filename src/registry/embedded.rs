@@ -2,7 +2,7 @@
 //! publishers (edges use the static origin list) and grants every claim (the hub already
 //! allows one publisher per session ID on this node).
 
-use super::{Claim, Pending, Registry};
+use super::{Claim, Holder, Pending, Registry};
 use crate::relay::node::NodeUrl;
 
 /// No cluster state; the default.
@@ -15,14 +15,14 @@ impl Registry for Embedded {
     }
 
     fn claim<'a>(&'a self, _: &'a str) -> Pending<'a, Claim> {
-        Box::pin(std::future::ready(Ok(Claim::Held)))
+        Box::pin(std::future::ready(Ok(Claim::Held(Holder::default()))))
     }
 
-    fn refresh<'a>(&'a self, _: &'a str) -> Pending<'a, bool> {
+    fn refresh<'a>(&'a self, _: &'a str, _: &'a Holder) -> Pending<'a, bool> {
         Box::pin(std::future::ready(Ok(true)))
     }
 
-    fn release<'a>(&'a self, _: &'a str) -> Pending<'a, ()> {
+    fn release<'a>(&'a self, _: &'a str, _: &'a Holder) -> Pending<'a, ()> {
         Box::pin(std::future::ready(Ok(())))
     }
 

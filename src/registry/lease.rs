@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{info, warn, Instrument};
 
-use super::{Claim, Registry};
+use super::{Claim, Holder, Registry};
 use crate::reason::{Counters, Reason};
 
 /// Held while the publish lasts; dropping it releases the lease (in the background).
@@ -27,12 +27,12 @@ impl PublisherLease {
     ) -> Result<Self, String> {
         let Some(lease) = registry.lease() else { return Ok(Self { _stop: None }) };
         let held = match registry.claim(session_id).await {
-            Ok(Claim::Held) => true,
+            Ok(Claim::Held(holder)) => Some(holder),
             Ok(Claim::Taken(node)) => return Err(node),
             Err(e) => {
                 counters.count(Reason::RegistryUnavailable);
                 warn!(reason = %e, "publishing without a registry lease for now");
-                false
+                None
             }
         };
         let stop = CancellationToken::new();
@@ -47,43 +47,43 @@ async fn keep(
     registry: Arc<dyn Registry>,
     session_id: String,
     lease: Duration,
-    mut held: bool,
+    mut held: Option<Holder>,
     stop: CancellationToken,
     counters: Arc<Counters>,
 ) {
     // A failure is logged when it starts, not on every beat of an outage.
-    let mut failing = !held;
+    let mut failing = held.is_none();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(lease / 3) => {}
         }
-        let result = if held {
-            registry.refresh(&session_id).await.map(|ours| {
+        let result = match &held {
+            Some(holder) => registry.refresh(&session_id, holder).await.map(|ours| {
                 if ours {
-                    Claim::Held
+                    Claim::Held(holder.clone())
                 } else {
                     Claim::Taken(String::new())
                 }
-            })
-        } else {
-            registry.claim(&session_id).await
+            }),
+            None => registry.claim(&session_id).await,
         };
         match result {
-            Ok(Claim::Held) => {
+            Ok(Claim::Held(holder)) => {
                 if failing {
                     info!("registry lease held again");
                 }
-                (held, failing) = (true, false);
+                (held, failing) = (Some(holder), false);
             }
-            // Expired while unrefreshed (an outage longer than the lease): claim it anew.
-            Ok(Claim::Taken(node)) if node.is_empty() => held = false,
+            // Expired while unrefreshed (an outage longer than the lease), or claimed by
+            // a publisher that replaced this one: claim it anew (the claim says who has it).
+            Ok(Claim::Taken(node)) if node.is_empty() => held = None,
             Ok(Claim::Taken(node)) => {
                 if !failing {
                     counters.count(Reason::LeaseLost);
                     warn!(%node, "registry lease lost: another node holds this session ID");
                 }
-                (held, failing) = (false, true);
+                (held, failing) = (None, true);
             }
             Err(e) => {
                 if !failing {
@@ -94,8 +94,8 @@ async fn keep(
             }
         }
     }
-    if held {
-        if let Err(e) = registry.release(&session_id).await {
+    if let Some(holder) = held {
+        if let Err(e) = registry.release(&session_id, &holder).await {
             // It expires on its own within the lease.
             warn!(reason = %e, "registry lease not released");
         }

@@ -34,11 +34,17 @@ pub type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, RegistryError>> 
 /// The answer to a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// This node holds the session ID's publisher lease.
-    Held,
+    /// This node holds the session ID's publisher lease, as this holder.
+    Held(Holder),
     /// Another node does (its URL as registered).
     Taken(String),
 }
+
+/// Who holds a lease: this node and one claim of it. A publisher replaced on the same
+/// node claims anew, and the one it replaced can then neither extend nor delete its
+/// successor's lease: refresh and release name the claim, not only the node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holder(pub String);
 
 /// Why the registry could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,10 +66,10 @@ pub trait Registry: Send + Sync + Debug + 'static {
     fn resolve<'a>(&'a self, session_id: &'a str) -> Pending<'a, Option<NodeUrl>>;
     /// Takes `session_id`'s publisher lease for this node, or says who has it.
     fn claim<'a>(&'a self, session_id: &'a str) -> Pending<'a, Claim>;
-    /// Extends this node's lease; `false` when it is no longer this node's.
-    fn refresh<'a>(&'a self, session_id: &'a str) -> Pending<'a, bool>;
-    /// Gives the lease up if this node still holds it.
-    fn release<'a>(&'a self, session_id: &'a str) -> Pending<'a, ()>;
+    /// Extends the lease `holder` claimed; `false` when it is no longer its.
+    fn refresh<'a>(&'a self, session_id: &'a str, holder: &'a Holder) -> Pending<'a, bool>;
+    /// Gives the lease up if `holder` still holds it.
+    fn release<'a>(&'a self, session_id: &'a str, holder: &'a Holder) -> Pending<'a, ()>;
     /// How long a lease lasts without a refresh (`None`: nothing to refresh).
     fn lease(&self) -> Option<Duration>;
 }

@@ -1,8 +1,13 @@
 //! The Redis registry. One key per session ID, `qrelay:publisher:{session ID}`, whose
-//! value is the URL other nodes reach the publishing node at and whose expiry is the
-//! lease. Claim is `SET NX PX`; refresh and release check the value first (a Lua script,
-//! atomic on the server), so a node whose lease expired and was taken over never extends
-//! or deletes the new holder's.
+//! value is `{node URL} {nonce}`: the URL other nodes reach the publishing node at, and
+//! a random nonce of this claim; its expiry is the lease. A claim sets the value when
+//! the key is absent or this node's own (a publisher replaced on this node: the new one
+//! claims anew); refresh and release check the whole value first (Lua scripts, atomic on
+//! the server), so neither a node whose lease was taken over nor a replaced publisher of
+//! the same node ever extends or deletes the new holder's.
+//!
+//! `rediss://` connects over TLS and `redis://:password@host` (or `user:password@`)
+//! authenticates: the redis crate does both from the URL.
 //!
 //! The connection is made on first use and re-made by the connection manager after a
 //! failure; every request is bounded by `timeout`, so a Redis that hangs costs a caller
@@ -13,11 +18,20 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio::sync::Mutex;
 
-use super::{Claim, Pending, Registry, RegistryError};
+use super::{Claim, Holder, Pending, Registry, RegistryError};
 use crate::relay::node::NodeUrl;
 
 /// Prefix of the registry's keys, so a shared Redis keeps them apart from others'.
 const KEY_PREFIX: &str = "qrelay:publisher:";
+
+/// Takes the lease when it is free or this node's (ARGV: value, node URL, lease ms);
+/// answers `{1, value}`, or `{0, holder's value}`.
+const CLAIM: &str = r"local v = redis.call('GET', KEYS[1])
+if (not v) or v == ARGV[2] or string.sub(v, 1, string.len(ARGV[2]) + 1) == ARGV[2] .. ' ' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  return {1, ARGV[1]}
+end
+return {0, v}";
 
 /// Extends the lease only while it is still ours.
 const REFRESH: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -39,6 +53,7 @@ pub struct Redis {
     me: String,
     lease: Duration,
     timeout: Duration,
+    claim: redis::Script,
     refresh: redis::Script,
     release: redis::Script,
 }
@@ -60,6 +75,7 @@ impl Redis {
             me: me.to_string(),
             lease,
             timeout,
+            claim: redis::Script::new(CLAIM),
             refresh: redis::Script::new(REFRESH),
             release: redis::Script::new(RELEASE),
         })
@@ -114,7 +130,7 @@ impl Registry for Redis {
                 self.run(|mut c| async move { redis::cmd("GET").arg(key).query_async(&mut c).await }).await?;
             match value {
                 None => Ok(None),
-                Some(v) => NodeUrl::parse(&v).map(Some).map_err(|_| RegistryError::BadValue(v)),
+                Some(v) => NodeUrl::parse(node_of(&v)).map(Some).map_err(|_| RegistryError::BadValue(v)),
             }
         })
     }
@@ -122,58 +138,42 @@ impl Registry for Redis {
     fn claim<'a>(&'a self, session_id: &'a str) -> Pending<'a, Claim> {
         Box::pin(async move {
             let key = Self::key(session_id);
+            let value = format!("{} {}", self.me, nonce()?);
             let (me, ms) = (self.me.clone(), self.lease_ms());
-            let (set, holder): (Option<String>, Option<String>) = self
-                .run(|mut c| async move {
-                    // SET NX and, when it did not set, who holds it, in one round trip.
-                    redis::pipe()
-                        .cmd("SET")
-                        .arg(&key)
-                        .arg(&me)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ms)
-                        .cmd("GET")
-                        .arg(&key)
-                        .query_async(&mut c)
-                        .await
+            let script = &self.claim;
+            let (set, holder): (i64, String) =
+                self.run(|mut c| async move {
+                    script.key(key).arg(&value).arg(me).arg(ms).invoke_async(&mut c).await
                 })
                 .await?;
-            match (set, holder) {
-                (Some(_), _) => Ok(Claim::Held),
-                // Ours already (a publisher of this node reconnected before release).
-                (None, Some(h)) if h == self.me => {
-                    self.refresh(session_id).await?;
-                    Ok(Claim::Held)
-                }
-                (None, Some(h)) => Ok(Claim::Taken(h)),
-                // Expired between the two commands: try once more next time.
-                (None, None) => {
-                    Err(RegistryError::Unavailable("lease changed hands during the claim".into()))
-                }
+            if set == 1 {
+                Ok(Claim::Held(Holder(holder)))
+            } else {
+                Ok(Claim::Taken(node_of(&holder).to_owned()))
             }
         })
     }
 
-    fn refresh<'a>(&'a self, session_id: &'a str) -> Pending<'a, bool> {
+    fn refresh<'a>(&'a self, session_id: &'a str, holder: &'a Holder) -> Pending<'a, bool> {
         Box::pin(async move {
             let key = Self::key(session_id);
-            let (me, ms) = (self.me.clone(), self.lease_ms());
+            let (value, ms) = (holder.0.clone(), self.lease_ms());
             let script = &self.refresh;
             let n: i64 = self
-                .run(|mut c| async move { script.key(key).arg(me).arg(ms).invoke_async(&mut c).await })
+                .run(|mut c| async move { script.key(key).arg(value).arg(ms).invoke_async(&mut c).await })
                 .await?;
             Ok(n == 1)
         })
     }
 
-    fn release<'a>(&'a self, session_id: &'a str) -> Pending<'a, ()> {
+    fn release<'a>(&'a self, session_id: &'a str, holder: &'a Holder) -> Pending<'a, ()> {
         Box::pin(async move {
             let key = Self::key(session_id);
-            let me = self.me.clone();
+            let value = holder.0.clone();
             let script = &self.release;
-            let _: i64 =
-                self.run(|mut c| async move { script.key(key).arg(me).invoke_async(&mut c).await }).await?;
+            let _: i64 = self
+                .run(|mut c| async move { script.key(key).arg(value).invoke_async(&mut c).await })
+                .await?;
             Ok(())
         })
     }
@@ -181,4 +181,20 @@ impl Registry for Redis {
     fn lease(&self) -> Option<Duration> {
         Some(self.lease)
     }
+}
+
+/// The node URL of a lease's value (`{node URL} {nonce}`; values of older builds are the
+/// URL alone).
+fn node_of(value: &str) -> &str {
+    value.split(' ').next().unwrap_or(value)
+}
+
+/// 64 random bits, hex: one claim's mark.
+fn nonce() -> Result<String, RegistryError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| RegistryError::Unavailable("no randomness for a lease nonce".into()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
