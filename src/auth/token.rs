@@ -3,20 +3,23 @@
 //! pattern (`sub`), the role (`role`: `publish`, `play` or `both`) and the expiry (`exp`,
 //! Unix seconds). A token is three base64url parts joined by `.`: it travels in a URL
 //! query unescaped. Pure: the current time is passed in.
+//!
+//! Parsing, signatures and minting are `jsonwebtoken`'s (a maintained JWT library on
+//! ring, the crypto rustls and quinn use here); what is ours is the choice of key for a
+//! token's algorithm and the time checks, which take `now` instead of reading the clock.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use ring::hmac;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::gate::Role;
 
 /// The only algorithm accepted. Reading `alg` from the token and following it is how JWT
 /// verifiers get fooled (`none`, or an asymmetric key used as an HMAC secret).
-const ALG: &str = "HS256";
+const ALG: Algorithm = Algorithm::HS256;
 /// Longest token looked at: real ones are about 150 characters.
 const MAX_TOKEN_LEN: usize = 2048;
 /// Longest pattern, as long as the longest session ID.
@@ -96,9 +99,13 @@ pub enum TokenError {
     BadTtl,
 }
 
-/// The signing secret. Its bytes never leave this type (not even through `Debug`).
+/// The signing secret. Its bytes never leave this type (not even through `Debug`, which
+/// `jsonwebtoken`'s key types would print).
 #[derive(Clone)]
-pub struct Secret(hmac::Key);
+pub struct Secret {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,7 +145,7 @@ impl Secret {
         if bytes.len() < MIN_SECRET_LEN {
             return Err(SecretError::TooShort { origin: origin.to_owned(), len: bytes.len() });
         }
-        Ok(Self(hmac::Key::new(hmac::HMAC_SHA256, bytes)))
+        Ok(Self { encoding: EncodingKey::from_secret(bytes), decoding: DecodingKey::from_secret(bytes) })
     }
 
     /// The secret in `file`, or else in `QRELAY_AUTH_SECRET`; `None` when neither is set.
@@ -173,16 +180,7 @@ pub fn mint(secret: &Secret, pattern: &str, role: TokenRole, ttl: Duration) -> R
 pub fn mint_until(secret: &Secret, pattern: &str, role: TokenRole, exp: u64) -> Result<String, TokenError> {
     check_pattern(pattern)?;
     let claims = Claims { sub: pattern.to_owned(), role, exp };
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let body = serde_json::to_vec(&claims).map_err(|_| TokenError::Malformed)?;
-    let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(body));
-    let tag = hmac::sign(&secret.0, signed.as_bytes());
-    Ok(format!("{signed}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref())))
-}
-
-#[derive(Deserialize)]
-struct Header {
-    alg: String,
+    jsonwebtoken::encode(&Header::new(ALG), &claims, &secret.encoding).map_err(|_| TokenError::Malformed)
 }
 
 /// The claims of a token signed with `secret` and not expired at `now` (Unix seconds).
@@ -191,21 +189,20 @@ pub fn verify(secret: &Secret, token: &str, now: u64) -> Result<Claims, TokenErr
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed);
     }
-    let mut parts = token.split('.');
-    let (Some(header), Some(body), Some(sig), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(TokenError::Malformed);
-    };
-    let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).map_err(|_| TokenError::Malformed);
-    let header: Header = serde_json::from_slice(&decode(header)?).map_err(|_| TokenError::Malformed)?;
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
     if header.alg != ALG {
         return Err(TokenError::Malformed);
     }
-    let signed_len = token.len() - sig.len() - 1;
-    hmac::verify(&secret.0, &token.as_bytes()[..signed_len], &decode(sig)?)
-        .map_err(|_| TokenError::BadSignature)?;
-    let claims: Claims = serde_json::from_slice(&decode(body)?).map_err(|_| TokenError::Malformed)?;
+    let mut validation = Validation::new(ALG);
+    // The library would read the system clock; expiry is checked below against `now`.
+    validation.validate_exp = false;
+    validation.required_spec_claims.clear();
+    let claims = jsonwebtoken::decode::<Claims>(token, &secret.decoding, &validation)
+        .map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => TokenError::BadSignature,
+            _ => TokenError::Malformed,
+        })?
+        .claims;
     if claims.exp <= now {
         return Err(TokenError::Expired);
     }
@@ -290,6 +287,9 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+
     use super::*;
 
     fn secret(s: &str) -> Secret {
@@ -306,6 +306,45 @@ mod tests {
         let c = verify(&s, &t, NOW).unwrap();
         assert_eq!(c, Claims { sub: "live/cam1".into(), role: TokenRole::Publish, exp: NOW + 60 });
         assert!(authorize(&s, &t, Role::Publish, "live/cam1", NOW).is_ok());
+    }
+
+    /// Tokens minted by the hand-written HS256 code this module had before it used
+    /// `jsonwebtoken` (header `{"alg":"HS256","typ":"JWT"}`, claims `sub`, `role`, `exp`):
+    /// tokens handed out then must keep working until they expire.
+    #[test]
+    fn tokens_minted_by_the_old_code_still_verify() {
+        const OLD_SECRET: &str = "old-code-secret-0123456789";
+        const OLD_EXP: u64 = 1_700_003_600;
+        let s = secret(OLD_SECRET);
+        for (token, sub, role) in [
+            (
+                "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJsaXZlLyoiLCJyb2xlIjoiYm90aCIsImV4cCI6MTcwMDAwMzYwMH0.\
+                 0JlIVmLhxFY40egI4RDjO3wjcnUX2nKv9wfE3UTJ1z0",
+                "live/*",
+                TokenRole::Both,
+            ),
+            (
+                "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJsaXZlL2NhbTEiLCJyb2xlIjoicHVibGlzaCIsImV4cCI6MTcwMDAwMzYwMH0.\
+                 je4My3pNHvfPGvtKE9c9j1dNXLbAfPPaN6A2lMboEGY",
+                "live/cam1",
+                TokenRole::Publish,
+            ),
+            (
+                "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIqIiwicm9sZSI6InBsYXkiLCJleHAiOjE3MDAwMDM2MDB9.\
+                 8VPsqmxuQg5sgd6wDFpm3UOfZd9ZLAD_wytFrjy1qbw",
+                "*",
+                TokenRole::Play,
+            ),
+        ] {
+            let c = verify(&s, token, OLD_EXP - 1).unwrap();
+            assert_eq!(c, Claims { sub: sub.into(), role, exp: OLD_EXP }, "{token}");
+            assert_eq!(verify(&s, token, OLD_EXP + 3600), Err(TokenError::Expired));
+            assert_eq!(verify(&secret("another-secret-of-enough-bytes"), token, NOW), Err(TokenError::BadSignature));
+        }
+        let both = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJsaXZlLyoiLCJyb2xlIjoiYm90aCIsImV4cCI6MTcwMDAwMzYwMH0.\
+                    0JlIVmLhxFY40egI4RDjO3wjcnUX2nKv9wfE3UTJ1z0";
+        assert!(authorize(&s, both, Role::Play, "live/cam9", NOW).is_ok());
+        assert_eq!(authorize(&s, both, Role::Play, "other/cam9", NOW), Err(TokenError::WrongStream));
     }
 
     #[test]
