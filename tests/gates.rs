@@ -116,7 +116,8 @@ async fn tokens_are_checked_over_every_transport_in_the_key_and_in_the_app() -> 
                 (ClientMode::Publish, TokenRole::Publish, &play, "not valid for publishing"),
                 (ClientMode::Play, TokenRole::Play, &publish, "not valid for playing"),
             ] {
-                let expired = mint_until(&secret(), &pattern, own, unix_now() - 1)?;
+                // Past the default 30 s leeway for clocks that disagree.
+                let expired = mint_until(&secret(), &pattern, own, unix_now() - 31)?;
                 let cases = [
                     (k.clone(), "a token is required"),
                     (format!("{k}?token={}", tok(&other, own)?), "token signature does not verify"),
@@ -186,7 +187,11 @@ async fn tokens_are_checked_over_every_transport_in_the_key_and_in_the_app() -> 
 /// Runs `qrelay token ARGS` and returns what it printed.
 async fn qrelay_token(args: &[&str]) -> Result<std::process::Output> {
     let mut cmd = qrelay(["token"]);
-    cmd.args(args).env_remove("QRELAY_AUTH_SECRET").env_remove("QRELAY_AUTH_SECRET_FILE");
+    for var in ["QRELAY_AUTH_SECRET", "QRELAY_AUTH_SECRET_FILE", "QRELAY_AUTH_AUDIENCE", "QRELAY_AUTH_ISSUER"]
+    {
+        cmd.env_remove(var);
+    }
+    cmd.args(args);
     cmd.stdout(std::process::Stdio::piped());
     finish(spawn(&mut cmd)?, "qrelay token", Duration::from_secs(10)).await
 }
@@ -200,7 +205,8 @@ async fn qrelay_token_output_is_accepted_by_qrelay_serve_and_no_log_shows_a_toke
         let token = |args: &'static [&'static str]| {
             let f = f.to_owned();
             async move {
-                let mut all = vec!["--secret-file", &f];
+                // The relay below expects an audience and an issuer.
+                let mut all = vec!["--secret-file", &f, "--audience", "edge", "--issuer", "auth"];
                 all.extend_from_slice(args);
                 let out = qrelay_token(&all).await?;
                 expect_success(&out, "qrelay token")?;
@@ -231,7 +237,12 @@ async fn qrelay_token_output_is_accepted_by_qrelay_serve_and_no_log_shows_a_toke
 
         // Publish needs a token from the command line, play from the file.
         let config = dir.path().join("qrelay.toml");
-        std::fs::write(&config, format!("[auth]\nsecret_file = {f:?}\nplay = \"token\"\n"))?;
+        std::fs::write(
+            &config,
+            format!(
+                "[auth]\nsecret_file = {f:?}\nplay = \"token\"\naudience = \"edge\"\nissuer = \"auth\"\n"
+            ),
+        )?;
         let certs = dir.path().join("certs");
         let mut serve = spawn_serve([
             "--listen".as_ref(),
@@ -265,6 +276,18 @@ async fn qrelay_token_output_is_accepted_by_qrelay_serve_and_no_log_shows_a_toke
         ensure!(!refused.status.success(), "ffmpeg published with a play token");
         wait_until("the refusal in the relay's log", Duration::from_secs(5), || {
             serve.logs().contains("token_wrong_role").then_some(())
+        })
+        .await?;
+        // Nor does a token without the audience and issuer the relay expects.
+        let out = qrelay_token(&["--secret-file", f, "--publish", "live/cam3"]).await?;
+        expect_success(&out, "qrelay token")?;
+        let plain = String::from_utf8(out.stdout)?.trim().to_owned();
+        let refused =
+            spawn(&mut ffmpeg_publisher(&media().flv, &format!("{base}/live/cam3?token={plain}"), false))?;
+        let refused = finish(refused, "refused ffmpeg", Duration::from_secs(20)).await?;
+        ensure!(!refused.status.success(), "ffmpeg published without the audience");
+        wait_until("the refusal in the relay's log", Duration::from_secs(5), || {
+            serve.logs().contains("token_invalid").then_some(())
         })
         .await?;
         serve.child.start_kill()?;

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{AppAuth, AuthConfig};
 use crate::gate::{Decision, Gate, Pending, Request, Role};
 use crate::reason::Reason;
-pub use token::{Secret, SecretError, TokenError, TokenRole};
+pub use token::{Expect, Secret, SecretError, TokenError, TokenRole};
 
 /// The query parameter a token travels in.
 pub const TOKEN_PARAM: &str = "token";
@@ -68,6 +68,8 @@ pub enum AuthError {
 #[derive(Debug)]
 pub struct Auth {
     secret: Option<Secret>,
+    /// What tokens must carry besides their scope, and the clock leeway.
+    expect: Expect,
     publish: AuthMode,
     play: AuthMode,
     apps: BTreeMap<String, AppAuth>,
@@ -79,7 +81,13 @@ impl Auth {
     /// usable secret.
     pub fn from_config(config: &AuthConfig) -> Result<Option<Self>, AuthError> {
         let secret = Secret::load(config.secret_file.as_deref())?;
-        let auth = Self { secret, publish: config.publish, play: config.play, apps: config.apps.clone() };
+        let expect = Expect {
+            audience: config.audience.clone(),
+            issuer: config.issuer.clone(),
+            leeway_s: config.leeway_s,
+        };
+        let auth =
+            Self { secret, expect, publish: config.publish, play: config.play, apps: config.apps.clone() };
         if auth.secret.is_none() {
             return match auth.first_token_rule() {
                 Some(rule) => Err(AuthError::NoSecret { rule }),
@@ -89,9 +97,16 @@ impl Auth {
         Ok(Some(auth))
     }
 
-    /// Rules with a given secret (tests, embedders).
+    /// Rules with a given secret (tests, embedders), with the default leeway and no
+    /// issuer or audience (see [`Auth::expecting`]).
     pub fn new(secret: Secret, publish: AuthMode, play: AuthMode, apps: BTreeMap<String, AppAuth>) -> Self {
-        Self { secret: Some(secret), publish, play, apps }
+        let expect = Expect { leeway_s: token::DEFAULT_LEEWAY_S, ..Expect::default() };
+        Self { secret: Some(secret), expect, publish, play, apps }
+    }
+
+    /// These rules checking and minting tokens as `expect` says.
+    pub fn expecting(self, expect: Expect) -> Self {
+        Self { expect, ..self }
     }
 
     /// The first setting that asks for tokens, for the error that says a secret is needed.
@@ -121,7 +136,7 @@ impl Auth {
     /// A token for `pattern` (a session ID, `app/*`, `*`) and `role`, valid for `ttl`.
     pub fn mint(&self, pattern: &str, role: TokenRole, ttl: Duration) -> Result<String, AuthError> {
         let secret = self.secret.as_ref().ok_or(AuthError::CannotMint)?;
-        Ok(token::mint(secret, pattern, role, ttl)?)
+        Ok(token::mint_for(secret, &self.expect, pattern, role, ttl)?)
     }
 
     /// Decides `request` at `now` (Unix seconds).
@@ -136,7 +151,7 @@ impl Auth {
         let Some(token) = request.param(TOKEN_PARAM).filter(|t| !t.is_empty()) else {
             return Decision::refuse(Reason::TokenMissing, "a token is required (?token=...)");
         };
-        match token::authorize(secret, token, request.role, &request.session_id, now) {
+        match token::authorize_as(secret, &self.expect, token, request.role, &request.session_id, now) {
             Ok(_) => Decision::Allow,
             Err(e) => Decision::refuse(reason_of(&e), e.to_string()),
         }
@@ -187,11 +202,15 @@ pub fn publish_credential<'a>(config: &AuthConfig, request: &'a Request) -> Opti
 fn reason_of(e: &TokenError) -> Reason {
     match e {
         TokenError::Expired => Reason::TokenExpired,
+        TokenError::NotYetValid => Reason::TokenNotYetValid,
         TokenError::WrongRole(_) => Reason::TokenWrongRole,
         TokenError::WrongStream => Reason::TokenWrongStream,
-        TokenError::Malformed | TokenError::BadSignature | TokenError::BadPattern(_) | TokenError::BadTtl => {
-            Reason::TokenInvalid
-        }
+        TokenError::Malformed
+        | TokenError::BadSignature
+        | TokenError::WrongAudience
+        | TokenError::WrongIssuer
+        | TokenError::BadPattern(_)
+        | TokenError::BadTtl => Reason::TokenInvalid,
     }
 }
 
@@ -250,8 +269,21 @@ mod tests {
         );
         let play = t("live/*", TokenRole::Play);
         assert_eq!(check(Role::Publish, "live", &format!("cam1?token={play}")), Some(Reason::TokenWrongRole));
-        let old = token::mint_until(&secret, "live/cam1", TokenRole::Publish, NOW).unwrap();
+        let old = token::mint_until(&secret, "live/cam1", TokenRole::Publish, NOW - 30).unwrap();
         assert_eq!(check(Role::Publish, "live", &format!("cam1?token={old}")), Some(Reason::TokenExpired));
+        let late = token::mint_until(&secret, "live/cam1", TokenRole::Publish, NOW - 29).unwrap();
+        assert_eq!(check(Role::Publish, "live", &format!("cam1?token={late}")), None, "within the leeway");
+        let early = token::Claims {
+            sub: "live/cam1".into(),
+            role: TokenRole::Publish,
+            exp: NOW + 600,
+            nbf: Some(NOW + 31),
+        };
+        let early = token::mint_claims(&secret, &Expect::default(), &early).unwrap();
+        assert_eq!(
+            check(Role::Publish, "live", &format!("cam1?token={early}")),
+            Some(Reason::TokenNotYetValid)
+        );
         let other = Secret::new(b"another secret, long enough", "test").unwrap();
         let forged = token::mint_until(&other, "live/cam1", TokenRole::Publish, NOW + 60).unwrap();
         assert_eq!(check(Role::Publish, "live", &format!("cam1?token={forged}")), Some(Reason::TokenInvalid));
@@ -286,6 +318,34 @@ mod tests {
         assert_eq!(check("live", "cam"), None);
         let r = request(Role::Play, "private", "team/cam?token=x");
         assert_eq!((r.app_name(), r.key_name()), ("private/team", "cam"), "what hooks are told");
+    }
+
+    /// `[auth] audience` and `issuer`: refused without them (as invalid), and what the
+    /// relay mints (control API, pulls) carries them.
+    #[test]
+    fn audience_and_issuer_from_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "0123456789abcdef0123\n").unwrap();
+        let config = AuthConfig {
+            secret_file: Some(file),
+            play: AuthMode::Token,
+            audience: Some("edge.example".into()),
+            issuer: Some("auth.example".into()),
+            ..AuthConfig::default()
+        };
+        let auth = Auth::from_config(&config).unwrap().unwrap();
+        let minted = auth.mint("live/cam1", TokenRole::Play, Duration::from_secs(60)).unwrap();
+        let play =
+            |t: &str| reason(auth.decide_now(&request(Role::Play, "live", &format!("cam1?token={t}"))));
+        assert_eq!(play(&minted), None);
+        let secret = Secret::new(b"0123456789abcdef0123", "test").unwrap();
+        let plain = token::mint(&secret, "live/cam1", TokenRole::Play, Duration::from_secs(60)).unwrap();
+        assert_eq!(play(&plain), Some(Reason::TokenInvalid));
+        let other = Expect { issuer: Some("elsewhere".into()), ..auth.expect.clone() };
+        let foreign =
+            token::mint_for(&secret, &other, "live/cam1", TokenRole::Play, Duration::from_secs(60)).unwrap();
+        assert_eq!(play(&foreign), Some(Reason::TokenInvalid));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Publish/play tokens: JSON Web Tokens (RFC 7519) signed with HMAC-SHA256 (`HS256`),
 //! so any JWT library can mint them with the same secret. The claims are the session-ID
-//! pattern (`sub`), the role (`role`: `publish`, `play` or `both`) and the expiry (`exp`,
-//! Unix seconds). A token is three base64url parts joined by `.`: it travels in a URL
-//! query unescaped. Pure: the current time is passed in.
+//! pattern (`sub`), the role (`role`: `publish`, `play` or `both`), the expiry (`exp`,
+//! Unix seconds) and optionally `nbf` (not before), `iss` and `aud`, checked against
+//! [`Expect`]. A token is three base64url parts joined by `.`: it travels in a URL query
+//! unescaped. Pure: the current time is passed in.
 //!
 //! Parsing, signatures and minting are `jsonwebtoken`'s (a maintained JWT library on
 //! ring, the crypto rustls and quinn use here); what is ours is the choice of key for a
@@ -29,6 +30,23 @@ const MAX_PATTERN_LEN: usize = 2049;
 pub const MIN_SECRET_LEN: usize = 16;
 /// Where the secret itself may be given instead of a file.
 pub const SECRET_ENV: &str = "QRELAY_AUTH_SECRET";
+/// How far `exp` and `nbf` are stretched by default: a token minted by an auth service
+/// whose clock is a little ahead is not refused as "not yet valid" on a fresh edge.
+pub const DEFAULT_LEEWAY_S: u64 = 30;
+/// Largest leeway accepted: more turns `exp` into a suggestion.
+pub const MAX_LEEWAY_S: u64 = 600;
+
+/// What a token must say besides its scope, and how much clocks may disagree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expect {
+    /// The `aud` a token must name (minted tokens carry it). When `None`, a token that
+    /// names an audience is refused (RFC 7519 4.1.3: it is meant for someone else).
+    pub audience: Option<String>,
+    /// The `iss` a token must carry (minted tokens carry it); any or none when `None`.
+    pub issuer: Option<String>,
+    /// Seconds added to `exp` and taken from `nbf` before comparing them with now.
+    pub leeway_s: u64,
+}
 
 /// What a token lets its holder do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -69,8 +87,25 @@ pub struct Claims {
     pub sub: String,
     /// What it allows.
     pub role: TokenRole,
-    /// Expiry, Unix seconds: valid strictly before.
+    /// Expiry, Unix seconds: valid strictly before (plus the leeway). Required: a
+    /// token without one would be valid for ever.
     pub exp: u64,
+    /// Not before, Unix seconds (less the leeway); optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+}
+
+/// What a minted token carries: the claims, and the issuer and audience verifiers expect.
+/// `aud` and `iss` are not in [`Claims`] because other issuers may send `aud` as a list;
+/// `jsonwebtoken` checks both either way.
+#[derive(Serialize)]
+struct Minted<'a> {
+    #[serde(flatten)]
+    claims: &'a Claims,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
 }
 
 /// Why a token was not accepted (or could not be made).
@@ -85,6 +120,15 @@ pub enum TokenError {
     /// Past its expiry.
     #[error("token expired")]
     Expired,
+    /// Before its `nbf`.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// Without the configured audience, or naming one when none is configured.
+    #[error("token not meant for this relay (aud)")]
+    WrongAudience,
+    /// Without the configured issuer.
+    #[error("token from another issuer (iss)")]
+    WrongIssuer,
     /// Valid, for the other role.
     #[error("token not valid for {0}")]
     WrongRole(&'static str),
@@ -169,23 +213,46 @@ pub fn unix_now() -> u64 {
 
 /// A token for `pattern` and `role`, valid for `ttl` from now.
 pub fn mint(secret: &Secret, pattern: &str, role: TokenRole, ttl: Duration) -> Result<String, TokenError> {
+    mint_for(secret, &Expect::default(), pattern, role, ttl)
+}
+
+/// A token for `pattern` and `role`, valid for `ttl` from now, carrying the issuer and
+/// audience `expect` asks for.
+pub fn mint_for(
+    secret: &Secret,
+    expect: &Expect,
+    pattern: &str,
+    role: TokenRole,
+    ttl: Duration,
+) -> Result<String, TokenError> {
     if ttl.is_zero() {
         return Err(TokenError::BadTtl);
     }
     let exp = unix_now().checked_add(ttl.as_secs().max(1)).ok_or(TokenError::BadTtl)?;
-    mint_until(secret, pattern, role, exp)
+    mint_claims(secret, expect, &Claims { sub: pattern.to_owned(), role, exp, nbf: None })
 }
 
 /// A token for `pattern` and `role` that expires at `exp` (Unix seconds).
 pub fn mint_until(secret: &Secret, pattern: &str, role: TokenRole, exp: u64) -> Result<String, TokenError> {
-    check_pattern(pattern)?;
-    let claims = Claims { sub: pattern.to_owned(), role, exp };
-    jsonwebtoken::encode(&Header::new(ALG), &claims, &secret.encoding).map_err(|_| TokenError::Malformed)
+    mint_claims(secret, &Expect::default(), &Claims { sub: pattern.to_owned(), role, exp, nbf: None })
 }
 
-/// The claims of a token signed with `secret` and not expired at `now` (Unix seconds).
-/// Checks the signature before reading the claims.
+/// A token with `claims`, carrying the issuer and audience `expect` asks for.
+pub fn mint_claims(secret: &Secret, expect: &Expect, claims: &Claims) -> Result<String, TokenError> {
+    check_pattern(&claims.sub)?;
+    let minted = Minted { claims, iss: expect.issuer.as_deref(), aud: expect.audience.as_deref() };
+    jsonwebtoken::encode(&Header::new(ALG), &minted, &secret.encoding).map_err(|_| TokenError::Malformed)
+}
+
+/// The claims of a token signed with `secret` and not expired at `now` (Unix seconds),
+/// with no leeway and no issuer or audience expected.
 pub fn verify(secret: &Secret, token: &str, now: u64) -> Result<Claims, TokenError> {
+    verify_as(secret, &Expect::default(), token, now)
+}
+
+/// The claims of a token signed with `secret`, valid at `now` (Unix seconds) as `expect`
+/// says. Checks the signature before reading the claims.
+pub fn verify_as(secret: &Secret, expect: &Expect, token: &str, now: u64) -> Result<Claims, TokenError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed);
     }
@@ -193,20 +260,49 @@ pub fn verify(secret: &Secret, token: &str, now: u64) -> Result<Claims, TokenErr
     if header.alg != ALG {
         return Err(TokenError::Malformed);
     }
-    let mut validation = Validation::new(ALG);
-    // The library would read the system clock; expiry is checked below against `now`.
-    validation.validate_exp = false;
-    validation.required_spec_claims.clear();
-    let claims = jsonwebtoken::decode::<Claims>(token, &secret.decoding, &validation)
+    let claims = jsonwebtoken::decode::<Claims>(token, &secret.decoding, &validation(ALG, expect))
         .map_err(|e| match e.kind() {
             ErrorKind::InvalidSignature => TokenError::BadSignature,
+            ErrorKind::InvalidAudience => TokenError::WrongAudience,
+            ErrorKind::MissingRequiredClaim(c) if c == "aud" => TokenError::WrongAudience,
+            ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+            ErrorKind::MissingRequiredClaim(c) if c == "iss" => TokenError::WrongIssuer,
             _ => TokenError::Malformed,
         })?
         .claims;
-    if claims.exp <= now {
+    check_times(&claims, expect.leeway_s, now)?;
+    Ok(claims)
+}
+
+/// What `jsonwebtoken` checks: the signature with `alg` only, and `aud` and `iss`.
+fn validation(alg: Algorithm, expect: &Expect) -> Validation {
+    let mut validation = Validation::new(alg);
+    // The library would read the system clock; `check_times` compares with `now`.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    // `exp` is required by `Claims` itself; `aud` and `iss` only when configured (the
+    // library checks a present one against the expected value, not an absent one).
+    validation.required_spec_claims.clear();
+    if let Some(aud) = &expect.audience {
+        validation.set_audience(&[aud]);
+        validation.required_spec_claims.insert("aud".to_owned());
+    }
+    if let Some(iss) = &expect.issuer {
+        validation.set_issuer(&[iss]);
+        validation.required_spec_claims.insert("iss".to_owned());
+    }
+    validation
+}
+
+/// `exp` and `nbf` against `now`, each stretched by `leeway_s`.
+fn check_times(claims: &Claims, leeway_s: u64, now: u64) -> Result<(), TokenError> {
+    if claims.exp.saturating_add(leeway_s) <= now {
         return Err(TokenError::Expired);
     }
-    Ok(claims)
+    if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway_s)) {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(())
 }
 
 /// Verifies `token` and checks that it allows `role` on `session_id`.
@@ -217,7 +313,24 @@ pub fn authorize(
     session_id: &str,
     now: u64,
 ) -> Result<Claims, TokenError> {
-    let claims = verify(secret, token, now)?;
+    authorize_as(secret, &Expect::default(), token, role, session_id, now)
+}
+
+/// Verifies `token` as `expect` says and checks that it allows `role` on `session_id`.
+pub fn authorize_as(
+    secret: &Secret,
+    expect: &Expect,
+    token: &str,
+    role: Role,
+    session_id: &str,
+    now: u64,
+) -> Result<Claims, TokenError> {
+    let claims = verify_as(secret, expect, token, now)?;
+    check_scope(claims, role, session_id)
+}
+
+/// Whether verified `claims` allow `role` on `session_id`.
+fn check_scope(claims: Claims, role: Role, session_id: &str) -> Result<Claims, TokenError> {
     if !claims.role.allows(role) {
         return Err(TokenError::WrongRole(match role {
             Role::Publish => "publishing",
@@ -304,7 +417,7 @@ mod tests {
         let t = mint_until(&s, "live/cam1", TokenRole::Publish, NOW + 60).unwrap();
         assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)), "{t}");
         let c = verify(&s, &t, NOW).unwrap();
-        assert_eq!(c, Claims { sub: "live/cam1".into(), role: TokenRole::Publish, exp: NOW + 60 });
+        assert_eq!(c, Claims { sub: "live/cam1".into(), role: TokenRole::Publish, exp: NOW + 60, nbf: None });
         assert!(authorize(&s, &t, Role::Publish, "live/cam1", NOW).is_ok());
     }
 
@@ -337,7 +450,7 @@ mod tests {
             ),
         ] {
             let c = verify(&s, token, OLD_EXP - 1).unwrap();
-            assert_eq!(c, Claims { sub: sub.into(), role, exp: OLD_EXP }, "{token}");
+            assert_eq!(c, Claims { sub: sub.into(), role, exp: OLD_EXP, nbf: None }, "{token}");
             assert_eq!(verify(&s, token, OLD_EXP + 3600), Err(TokenError::Expired));
             assert_eq!(verify(&secret("another-secret-of-enough-bytes"), token, NOW), Err(TokenError::BadSignature));
         }
@@ -367,6 +480,68 @@ mod tests {
         // `alg: none` with no signature is not a token.
         let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#), forged);
         assert_eq!(verify(&s, &none, NOW), Err(TokenError::Malformed));
+    }
+
+    /// `nbf` is checked besides `exp` (before, a token was valid before its `nbf`), both
+    /// stretched by the leeway.
+    #[test]
+    fn not_before_and_leeway() {
+        let s = secret("0123456789abcdef-secret");
+        let claims =
+            Claims { sub: "live/cam1".into(), role: TokenRole::Play, exp: NOW + 600, nbf: Some(NOW) };
+        let t = mint_claims(&s, &Expect::default(), &claims).unwrap();
+        let strict = Expect::default();
+        assert_eq!(verify_as(&s, &strict, &t, NOW - 1), Err(TokenError::NotYetValid));
+        assert_eq!(verify_as(&s, &strict, &t, NOW), Ok(claims.clone()));
+        assert_eq!(verify_as(&s, &strict, &t, NOW + 600), Err(TokenError::Expired));
+        let lenient = Expect { leeway_s: 30, ..Expect::default() };
+        assert_eq!(verify_as(&s, &lenient, &t, NOW - 30), Ok(claims.clone()));
+        assert_eq!(verify_as(&s, &lenient, &t, NOW - 31), Err(TokenError::NotYetValid));
+        assert_eq!(verify_as(&s, &lenient, &t, NOW + 629), Ok(claims.clone()));
+        assert_eq!(verify_as(&s, &lenient, &t, NOW + 630), Err(TokenError::Expired));
+        // Near the end of time the leeway saturates instead of wrapping round.
+        let far = Claims { exp: u64::MAX, nbf: Some(u64::MAX - 10), ..claims };
+        let t = mint_claims(&s, &Expect::default(), &far).unwrap();
+        assert_eq!(verify_as(&s, &lenient, &t, u64::MAX - 20), Ok(far.clone()));
+        assert_eq!(verify_as(&s, &lenient, &t, u64::MAX - 50), Err(TokenError::NotYetValid));
+    }
+
+    /// With `audience` and `issuer` configured a token must carry both; minted tokens do.
+    #[test]
+    fn audience_and_issuer() {
+        let s = secret("0123456789abcdef-secret");
+        let edge = Expect { audience: Some("edge".into()), issuer: Some("auth".into()), leeway_s: 0 };
+        let minted = mint_for(&s, &edge, "live/*", TokenRole::Play, Duration::from_secs(60)).unwrap();
+        assert!(authorize_as(&s, &edge, &minted, Role::Play, "live/x", unix_now()).is_ok());
+        let plain = mint_until(&s, "live/*", TokenRole::Play, NOW + 60).unwrap();
+        // Both missing: either is named (the library checks required claims in no order).
+        let both = verify_as(&s, &edge, &plain, NOW);
+        assert!(matches!(both, Err(TokenError::WrongAudience | TokenError::WrongIssuer)), "{both:?}");
+        let only_aud = Expect { issuer: None, ..edge.clone() };
+        assert_eq!(verify_as(&s, &only_aud, &plain, NOW), Err(TokenError::WrongAudience));
+        let only_iss = Expect { audience: None, ..edge.clone() };
+        assert_eq!(verify_as(&s, &only_iss, &plain, NOW), Err(TokenError::WrongIssuer));
+        let claims = Claims { sub: "live/*".into(), role: TokenRole::Play, exp: NOW + 60, nbf: None };
+        for (aud, iss, want) in [
+            ("other", "auth", Err(TokenError::WrongAudience)),
+            ("edge", "other", Err(TokenError::WrongIssuer)),
+            ("edge", "auth", Ok(claims.clone())),
+        ] {
+            let e = Expect { audience: Some(aud.into()), issuer: Some(iss.into()), leeway_s: 0 };
+            let t = mint_claims(&s, &e, &claims).unwrap();
+            assert_eq!(verify_as(&s, &edge, &t, NOW), want, "aud {aud}, iss {iss}");
+        }
+        // A list of audiences naming this one is accepted, as from other issuers.
+        let body = r#"{"sub":"live/*","role":"play","exp":1700000060,"aud":["x","edge"],"iss":"auth"}"#;
+        let t = jsonwebtoken::encode(
+            &Header::new(ALG),
+            &serde_json::from_str::<serde_json::Value>(body).unwrap(),
+            &s.encoding,
+        )
+        .unwrap();
+        assert_eq!(verify_as(&s, &edge, &t, NOW), Ok(claims.clone()));
+        // A token for an audience is not for a relay that names none.
+        assert_eq!(verify(&s, &t, NOW), Err(TokenError::WrongAudience));
     }
 
     #[test]
