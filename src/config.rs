@@ -262,6 +262,16 @@ pub struct AuthConfig {
     #[arg(id = "auth.issuer", long = "auth-issuer", env = "QRELAY_AUTH_ISSUER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
+    /// PEM public keys (P-256 for `ES256`, Ed25519 for `EdDSA`) of whoever signs tokens
+    /// elsewhere: the relay checks tokens with them and cannot mint any.
+    #[arg(
+        id = "auth.public_keys",
+        long = "auth-public-key",
+        env = "QRELAY_AUTH_PUBLIC_KEYS",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub public_keys: Vec<PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -275,6 +285,7 @@ impl Default for AuthConfig {
             leeway_s: crate::auth::token::DEFAULT_LEEWAY_S,
             audience: None,
             issuer: None,
+            public_keys: Vec::new(),
         }
     }
 }
@@ -979,6 +990,13 @@ mod tests {
         assert_eq!(c.hooks.play.as_deref(), Some("http://h/p"));
         let c = resolve(&["t", "--config", f, "--auth-publish", "open"]);
         assert_eq!(c.auth.publish, AuthMode::Open);
+        // Public keys: repeated, or comma-separated (as QRELAY_AUTH_PUBLIC_KEYS holds them).
+        let c = resolve(&["t", "--auth-public-key", "/a.pem", "--auth-public-key", "/b.pem,/c.pem"]);
+        let want: Vec<PathBuf> = ["/a.pem", "/b.pem", "/c.pem"].iter().map(PathBuf::from).collect();
+        assert_eq!(c.auth.public_keys, want);
+        std::fs::write(&file, "[auth]\npublic_keys = [\"/f.pem\"]\n").unwrap();
+        assert_eq!(resolve(&["t", "--config", f]).auth.public_keys, [PathBuf::from("/f.pem")]);
+        assert_eq!(resolve(&["t", "--config", f, "--auth-public-key", "/a.pem"]).auth.public_keys, want[..1]);
         std::fs::write(&file, "chunk_size = 1024\nplay_wait_ms = 5\nmax_publishers = 3\n").unwrap();
         // So does the environment (a variable no other test reads).
         std::env::set_var("QRELAY_MAX_GOP_BYTES", "1048576");

@@ -550,3 +550,103 @@ async fn a_slow_hook_holds_up_only_its_session_and_a_silent_or_absent_one_refuse
     })
     .await
 }
+
+/// A P-256 or Ed25519 key pair as an auth service holds it: it signs with the private
+/// half; the relay is given the public half as PEM (SubjectPublicKeyInfo).
+struct SigningKey {
+    alg: jsonwebtoken::Algorithm,
+    private: jsonwebtoken::EncodingKey,
+    public_pem: String,
+}
+
+impl SigningKey {
+    fn new(alg: jsonwebtoken::Algorithm) -> Result<Self> {
+        use base64::Engine;
+        use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let bad = |_| anyhow!("ring could not make a key");
+        let (private, spki) = match alg {
+            jsonwebtoken::Algorithm::ES256 => {
+                let pkcs8 =
+                    EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map_err(bad)?;
+                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                    .map_err(|_| anyhow!("ring could not read its key"))?;
+                let prefix = "3059301306072a8648ce3d020106082a8648ce3d030107034200";
+                (
+                    jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()),
+                    (prefix, pair.public_key().as_ref().to_vec()),
+                )
+            }
+            _ => {
+                let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(bad)?;
+                let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+                    .map_err(|_| anyhow!("ring could not read its key"))?;
+                (
+                    jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()),
+                    ("302a300506032b6570032100", pair.public_key().as_ref().to_vec()),
+                )
+            }
+        };
+        let (prefix, point) = spki;
+        let mut der: Vec<u8> = (0..prefix.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&prefix[i..i + 2], 16))
+            .collect::<std::result::Result<_, _>>()?;
+        der.extend(point);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let public_pem = format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n");
+        Ok(Self { alg, private, public_pem })
+    }
+
+    fn sign(&self, claims: &Value) -> Result<String> {
+        Ok(jsonwebtoken::encode(&jsonwebtoken::Header::new(self.alg), claims, &self.private)?)
+    }
+}
+
+/// `[auth] public_keys`: an edge with no secret accepts what an auth service signs with
+/// ES256 or EdDSA, and refuses an HS256 token whose HMAC key is a public key's PEM
+/// (algorithm confusion) or anything signed by another key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_signed_elsewhere_are_checked_with_public_keys() -> Result {
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let (ec, ed) = (SigningKey::new(jsonwebtoken::Algorithm::ES256)?, SigningKey::new(jsonwebtoken::Algorithm::EdDSA)?);
+        let mut files = Vec::new();
+        for (name, key) in [("ec.pem", &ec), ("ed.pem", &ed)] {
+            std::fs::write(dir.path().join(name), &key.public_pem)?;
+            files.push(dir.path().join(name));
+        }
+        let srv = start_server_with(|c| {
+            c.auth.public_keys = files;
+            c.auth.publish = AuthMode::Token;
+            c.auth.play = AuthMode::Token;
+            c.auth.issuer = Some("https://auth.example".into());
+        })
+        .await?;
+        let claims = |role: &str| json!({"sub": "live/*", "role": role, "exp": unix_now() + 3600, "iss": "https://auth.example"});
+        let publish = ec.sign(&claims("publish"))?;
+        let play = ed.sign(&claims("play"))?;
+        let confused = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims("publish"),
+            &jsonwebtoken::EncodingKey::from_secret(ec.public_pem.as_bytes()),
+        )?;
+        let stranger = SigningKey::new(jsonwebtoken::Algorithm::ES256)?.sign(&claims("publish"))?;
+        let no_iss = ec.sign(&json!({"sub": "live/*", "role": "publish", "exp": unix_now() + 3600}))?;
+        for (token, message) in [
+            (&confused, "no key for this token"),
+            (&stranger, "token signature does not verify"),
+            (&no_iss, "token from another issuer"),
+        ] {
+            let refused = connect(&srv, &url(&srv, "rtmp", "live", &format!("cam?token={token}"))?, ClientMode::Publish).await;
+            expect_refused(refused, ClientMode::Publish, message)?;
+        }
+        let _publisher =
+            connect(&srv, &url(&srv, "rtmp+quic", "live", &format!("cam?token={publish}"))?, ClientMode::Publish).await?;
+        srv.wait_live("cam").await?;
+        let _player = connect(&srv, &url(&srv, "rtmp", "live", &format!("cam?token={play}"))?, ClientMode::Play).await?;
+        ensure!(count(&srv, Reason::TokenInvalid) == 3, "counted {}", count(&srv, Reason::TokenInvalid));
+        Ok(())
+    })
+    .await
+}

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{AppAuth, AuthConfig};
 use crate::gate::{Decision, Gate, Pending, Request, Role};
 use crate::reason::Reason;
-pub use token::{Expect, Secret, SecretError, TokenError, TokenRole};
+pub use token::{Expect, KeyError, PublicKey, Secret, SecretError, TokenError, TokenRole};
 
 /// The query parameter a token travels in.
 pub const TOKEN_PARAM: &str = "token";
@@ -44,10 +44,11 @@ impl std::fmt::Display for AuthMode {
 /// Why token checking could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// A mode needs tokens and no secret is configured.
+    /// A mode needs tokens and no secret or public key is configured.
     #[error(
         "{rule} = \"token\" needs a token secret: set auth.secret_file (--auth-secret-file, \
-         QRELAY_AUTH_SECRET_FILE) or the secret itself in QRELAY_AUTH_SECRET"
+         QRELAY_AUTH_SECRET_FILE) or the secret itself in QRELAY_AUTH_SECRET, or public keys \
+         to check tokens signed elsewhere (auth.public_keys)"
     )]
     NoSecret {
         /// The setting that asks for tokens (`auth.publish`, `auth.apps."private".play`).
@@ -56,6 +57,9 @@ pub enum AuthError {
     /// The secret could not be read or is unusable.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// A public key could not be read or is unusable.
+    #[error(transparent)]
+    PublicKey(#[from] KeyError),
     /// Minting needs a secret and none is configured.
     #[error("no token secret is configured (auth.secret_file or QRELAY_AUTH_SECRET)")]
     CannotMint,
@@ -68,6 +72,8 @@ pub enum AuthError {
 #[derive(Debug)]
 pub struct Auth {
     secret: Option<Secret>,
+    /// Keys of whoever signs tokens elsewhere: they verify, they do not mint.
+    public_keys: Vec<PublicKey>,
     /// What tokens must carry besides their scope, and the clock leeway.
     expect: Expect,
     publish: AuthMode,
@@ -76,20 +82,29 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// The rules of `[auth]` with the secret loaded. `None` when nothing needs a token
-    /// and no secret is configured; an error when a rule needs tokens and there is no
-    /// usable secret.
+    /// The rules of `[auth]` with the secret and public keys loaded. `None` when nothing
+    /// needs a token and no secret is configured; an error when a rule needs tokens and
+    /// there is no usable secret or public key.
     pub fn from_config(config: &AuthConfig) -> Result<Option<Self>, AuthError> {
         let secret = Secret::load(config.secret_file.as_deref())?;
+        let public_keys =
+            config.public_keys.iter().map(|p| PublicKey::load(p)).collect::<Result<Vec<_>, _>>()?;
         let expect = Expect {
             audience: config.audience.clone(),
             issuer: config.issuer.clone(),
             leeway_s: config.leeway_s,
         };
-        let auth =
-            Self { secret, expect, publish: config.publish, play: config.play, apps: config.apps.clone() };
+        let auth = Self {
+            secret,
+            public_keys,
+            expect,
+            publish: config.publish,
+            play: config.play,
+            apps: config.apps.clone(),
+        };
         if auth.secret.is_none() {
             return match auth.first_token_rule() {
+                Some(_) if !auth.public_keys.is_empty() => Ok(Some(auth)),
                 Some(rule) => Err(AuthError::NoSecret { rule }),
                 None => Ok(None),
             };
@@ -101,7 +116,12 @@ impl Auth {
     /// issuer or audience (see [`Auth::expecting`]).
     pub fn new(secret: Secret, publish: AuthMode, play: AuthMode, apps: BTreeMap<String, AppAuth>) -> Self {
         let expect = Expect { leeway_s: token::DEFAULT_LEEWAY_S, ..Expect::default() };
-        Self { secret: Some(secret), expect, publish, play, apps }
+        Self { secret: Some(secret), public_keys: Vec::new(), expect, publish, play, apps }
+    }
+
+    /// These rules also accepting tokens signed for `keys`.
+    pub fn with_public_keys(self, keys: Vec<PublicKey>) -> Self {
+        Self { public_keys: keys, ..self }
     }
 
     /// These rules checking and minting tokens as `expect` says.
@@ -144,14 +164,11 @@ impl Auth {
         if self.mode(&request.session_id, request.role) == AuthMode::Open {
             return Decision::Allow;
         }
-        let Some(secret) = &self.secret else {
-            // Not reachable through from_config, which refuses such rules without a secret.
-            return Decision::refuse(Reason::TokenInvalid, "no token secret configured");
-        };
         let Some(token) = request.param(TOKEN_PARAM).filter(|t| !t.is_empty()) else {
             return Decision::refuse(Reason::TokenMissing, "a token is required (?token=...)");
         };
-        match token::authorize_as(secret, &self.expect, token, request.role, &request.session_id, now) {
+        let keys = token::Keys { secret: self.secret.as_ref(), public: &self.public_keys, fetched: &[] };
+        match token::authorize_with(&keys, &self.expect, token, request.role, &request.session_id, now) {
             Ok(_) => Decision::Allow,
             Err(e) => Decision::refuse(reason_of(&e), e.to_string()),
         }
@@ -209,6 +226,8 @@ fn reason_of(e: &TokenError) -> Reason {
         | TokenError::BadSignature
         | TokenError::WrongAudience
         | TokenError::WrongIssuer
+        | TokenError::Algorithm
+        | TokenError::UnknownKey
         | TokenError::BadPattern(_)
         | TokenError::BadTtl => Reason::TokenInvalid,
     }
@@ -346,6 +365,43 @@ mod tests {
         let foreign =
             token::mint_for(&secret, &other, "live/cam1", TokenRole::Play, Duration::from_secs(60)).unwrap();
         assert_eq!(play(&foreign), Some(Reason::TokenInvalid));
+    }
+
+    /// `[auth] public_keys` alone: tokens an auth service signs are checked, nothing is
+    /// minted (an edge holding only public keys cannot make tokens).
+    #[test]
+    fn public_keys_check_tokens_and_mint_none() {
+        use token::test_keys::{ed25519, es256};
+        let dir = tempfile::tempdir().unwrap();
+        let (ec, ed) = (es256(), ed25519());
+        let mut config = AuthConfig { publish: AuthMode::Token, ..AuthConfig::default() };
+        for (name, key) in [("ec.pem", &ec), ("ed.pem", &ed)] {
+            std::fs::write(dir.path().join(name), &key.pem).unwrap();
+            config.public_keys.push(dir.path().join(name));
+        }
+        let auth = Auth::from_config(&config).unwrap().unwrap();
+        assert!(matches!(
+            auth.mint("live/x", TokenRole::Publish, Duration::from_secs(60)),
+            Err(AuthError::CannotMint)
+        ));
+        let claims =
+            token::Claims { sub: "live/*".into(), role: TokenRole::Publish, exp: NOW + 60, nbf: None };
+        let publish =
+            |t: &str| reason(auth.check(&request(Role::Publish, "live", &format!("x?token={t}")), NOW));
+        assert_eq!(publish(&ec.sign(&claims, None)), None);
+        assert_eq!(publish(&ed.sign(&claims, Some("any"))), None);
+        assert_eq!(publish(&es256().sign(&claims, None)), Some(Reason::TokenInvalid));
+        let hs = token::mint_until(
+            &Secret::new(b"0123456789abcdef", "t").unwrap(),
+            "live/*",
+            TokenRole::Publish,
+            NOW + 60,
+        )
+        .unwrap();
+        assert_eq!(publish(&hs), Some(Reason::TokenInvalid), "no secret: no HS256");
+        config.public_keys.push(dir.path().join("absent.pem"));
+        let e = Auth::from_config(&config).unwrap_err().to_string();
+        assert!(e.contains("absent.pem"), "{e}");
     }
 
     #[test]
