@@ -272,6 +272,11 @@ pub struct AuthConfig {
     )]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub public_keys: Vec<PathBuf>,
+    /// A JWKS URL (`https://auth.example/.well-known/jwks.json`) with more such keys:
+    /// fetched at start, every 5 minutes and when a token names an unknown `kid`.
+    #[arg(id = "auth.jwks_url", long = "auth-jwks-url", env = "QRELAY_AUTH_JWKS_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -286,6 +291,7 @@ impl Default for AuthConfig {
             audience: None,
             issuer: None,
             public_keys: Vec::new(),
+            jwks_url: None,
         }
     }
 }
@@ -731,6 +737,9 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("auth.{name} must not be empty when set")));
             }
         }
+        if let Some(url) = &self.auth.jwks_url {
+            crate::hooks::check_url(url).map_err(|e| ConfigError::Invalid(format!("auth.jwks_url: {e}")))?;
+        }
         for (name, url) in self.hooks.urls() {
             crate::hooks::check_url(url).map_err(|e| ConfigError::Invalid(format!("hooks.{name}: {e}")))?;
         }
@@ -916,6 +925,7 @@ mod tests {
             ("[auth]\npublish = \"tokens\"", "publish"),
             ("[auth]\nleeway_s = 601", "auth.leeway_s"),
             ("[auth]\naudience = \"\"", "auth.audience"),
+            ("[auth]\njwks_url = \"file:///etc/jwks.json\"", "auth.jwks_url"),
             ("[auth]\nsecret = \"x\"", "secret"),
             ("[auth.apps.x]\nplay = \"token\"\nrecord = \"open\"", "record"),
             ("[auth.apps.\"x?y\"]\nplay = \"token\"", "auth.apps"),

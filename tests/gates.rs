@@ -1,6 +1,8 @@
 //! Publish/play gates end to end: tokens (`[auth]`) over TCP, RTMPS, RoQR and the QUIC
 //! tunnel, in the stream key and in the app; `qrelay token` output accepted by `qrelay
-//! serve` with ffmpeg and the project's client, and no token in any log; HTTP hooks
+//! serve` with ffmpeg and the project's client, and no token in any log; tokens signed
+//! elsewhere (ES256, EdDSA) checked with public keys from files and from a JWKS URL served
+//! on loopback; HTTP hooks
 //! (`[hooks]`) against a real HTTP server on loopback that allows, refuses, holds or never
 //! answers, and hears of every allowed publish and play ending.
 
@@ -557,6 +559,8 @@ struct SigningKey {
     alg: jsonwebtoken::Algorithm,
     private: jsonwebtoken::EncodingKey,
     public_pem: String,
+    /// The public key's bytes: a P-256 point, or 32 Ed25519 bytes.
+    raw: Vec<u8>,
 }
 
 impl SigningKey {
@@ -587,19 +591,38 @@ impl SigningKey {
                 )
             }
         };
-        let (prefix, point) = spki;
+        let (prefix, raw) = spki;
         let mut der: Vec<u8> = (0..prefix.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&prefix[i..i + 2], 16))
             .collect::<std::result::Result<_, _>>()?;
-        der.extend(point);
+        der.extend(&raw);
         let b64 = base64::engine::general_purpose::STANDARD.encode(der);
         let public_pem = format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n");
-        Ok(Self { alg, private, public_pem })
+        Ok(Self { alg, private, public_pem, raw })
     }
 
     fn sign(&self, claims: &Value) -> Result<String> {
         Ok(jsonwebtoken::encode(&jsonwebtoken::Header::new(self.alg), claims, &self.private)?)
+    }
+
+    fn sign_with_kid(&self, claims: &Value, kid: &str) -> Result<String> {
+        let header =
+            jsonwebtoken::Header { kid: Some(kid.to_owned()), ..jsonwebtoken::Header::new(self.alg) };
+        Ok(jsonwebtoken::encode(&header, claims, &self.private)?)
+    }
+
+    /// The public key as a JWKS entry.
+    fn jwk(&self, kid: &str) -> Value {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        match self.alg {
+            jsonwebtoken::Algorithm::ES256 => json!({
+                "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig",
+                "x": b64(&self.raw[1..33]), "y": b64(&self.raw[33..]),
+            }),
+            _ => json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(&self.raw)}),
+        }
     }
 }
 
@@ -646,6 +669,67 @@ async fn tokens_signed_elsewhere_are_checked_with_public_keys() -> Result {
         srv.wait_live("cam").await?;
         let _player = connect(&srv, &url(&srv, "rtmp", "live", &format!("cam?token={play}"))?, ClientMode::Play).await?;
         ensure!(count(&srv, Reason::TokenInvalid) == 3, "counted {}", count(&srv, Reason::TokenInvalid));
+        Ok(())
+    })
+    .await
+}
+
+/// `[auth] jwks_url` against a JWKS endpoint on loopback: fetched before the relay
+/// listens; a key rotated in later is fetched when a token names its `kid`, and a made-up
+/// `kid` soon after is refused without another fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_jwks_url_are_fetched_at_start_and_on_an_unknown_kid() -> Result {
+    bounded(async {
+        #[derive(Default)]
+        struct Jwks {
+            set: std::sync::Mutex<Value>,
+            hits: std::sync::atomic::AtomicUsize,
+        }
+        async fn jwks(State(s): State<Arc<Jwks>>) -> Json<Value> {
+            s.hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Json(s.set.lock().map(|v| v.clone()).unwrap_or_default())
+        }
+        let hits = |s: &Jwks| s.hits.load(std::sync::atomic::Ordering::SeqCst);
+        let (old, new) = (
+            SigningKey::new(jsonwebtoken::Algorithm::EdDSA)?,
+            SigningKey::new(jsonwebtoken::Algorithm::ES256)?,
+        );
+        let served = Arc::new(Jwks::default());
+        *served.set.lock().map_err(|_| anyhow!("poisoned"))? = json!({"keys": [old.jwk("2024")]});
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let jwks_url = format!("http://{}/.well-known/jwks.json", listener.local_addr()?);
+        let app = Router::new()
+            .route("/.well-known/jwks.json", axum::routing::get(jwks))
+            .with_state(served.clone());
+        let http: JoinHandle<()> = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let srv = start_server_with(|c| {
+            c.auth.jwks_url = Some(jwks_url);
+            c.auth.publish = AuthMode::Token;
+        })
+        .await?;
+        ensure!(hits(&served) == 1, "fetched {} times before listening", hits(&served));
+        let claims = json!({"sub": "live/*", "role": "publish", "exp": unix_now() + 3600});
+        let srv = &srv;
+        let publish = |key: &str, token: String| {
+            let url = url(srv, "rtmp", "live", &format!("{key}?token={token}"));
+            async move { connect(srv, &url?, ClientMode::Publish).await.map_err(anyhow::Error::from) }
+        };
+        let _a = publish("a", old.sign_with_kid(&claims, "2024")?).await?;
+        // The auth service rotates: the new key's first token brings a fetch.
+        *served.set.lock().map_err(|_| anyhow!("poisoned"))? =
+            json!({"keys": [old.jwk("2024"), new.jwk("2025")]});
+        let _b = publish("b", new.sign_with_kid(&claims, "2025")?).await.context("the rotated key")?;
+        ensure!(hits(&served) == 2, "fetched {} times", hits(&served));
+        // A made-up kid right after: refused, no fetch.
+        let made_up = SigningKey::new(jsonwebtoken::Algorithm::ES256)?.sign_with_kid(&claims, "2026")?;
+        let refused =
+            connect(srv, &url(srv, "rtmp", "live", &format!("c?token={made_up}"))?, ClientMode::Publish)
+                .await;
+        expect_refused(refused, ClientMode::Publish, "no key for this token")?;
+        ensure!(hits(&served) == 2, "fetched {} times", hits(&served));
+        http.abort();
         Ok(())
     })
     .await

@@ -6,9 +6,11 @@
 //! of the app (`live?token=...`, OBS's "Server" box); the key's wins when both have one.
 //! Tokens and the secret are never logged: refusals name the reason, not the token.
 
+pub mod jwks;
 pub mod token;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{AppAuth, AuthConfig};
 use crate::gate::{Decision, Gate, Pending, Request, Role};
 use crate::reason::Reason;
+pub use jwks::{Jwks, JwksError};
 pub use token::{Expect, KeyError, PublicKey, Secret, SecretError, TokenError, TokenRole};
 
 /// The query parameter a token travels in.
@@ -48,7 +51,7 @@ pub enum AuthError {
     #[error(
         "{rule} = \"token\" needs a token secret: set auth.secret_file (--auth-secret-file, \
          QRELAY_AUTH_SECRET_FILE) or the secret itself in QRELAY_AUTH_SECRET, or public keys \
-         to check tokens signed elsewhere (auth.public_keys)"
+         to check tokens signed elsewhere (auth.public_keys, auth.jwks_url)"
     )]
     NoSecret {
         /// The setting that asks for tokens (`auth.publish`, `auth.apps."private".play`).
@@ -60,6 +63,9 @@ pub enum AuthError {
     /// A public key could not be read or is unusable.
     #[error(transparent)]
     PublicKey(#[from] KeyError),
+    /// The JWKS URL is unusable.
+    #[error(transparent)]
+    Jwks(#[from] JwksError),
     /// Minting needs a secret and none is configured.
     #[error("no token secret is configured (auth.secret_file or QRELAY_AUTH_SECRET)")]
     CannotMint,
@@ -74,6 +80,8 @@ pub struct Auth {
     secret: Option<Secret>,
     /// Keys of whoever signs tokens elsewhere: they verify, they do not mint.
     public_keys: Vec<PublicKey>,
+    /// More such keys, fetched from a JWKS URL and kept fresh.
+    jwks: Option<Arc<Jwks>>,
     /// What tokens must carry besides their scope, and the clock leeway.
     expect: Expect,
     publish: AuthMode,
@@ -89,6 +97,7 @@ impl Auth {
         let secret = Secret::load(config.secret_file.as_deref())?;
         let public_keys =
             config.public_keys.iter().map(|p| PublicKey::load(p)).collect::<Result<Vec<_>, _>>()?;
+        let jwks = config.jwks_url.as_deref().map(Jwks::new).transpose()?.map(Arc::new);
         let expect = Expect {
             audience: config.audience.clone(),
             issuer: config.issuer.clone(),
@@ -97,6 +106,7 @@ impl Auth {
         let auth = Self {
             secret,
             public_keys,
+            jwks,
             expect,
             publish: config.publish,
             play: config.play,
@@ -104,7 +114,7 @@ impl Auth {
         };
         if auth.secret.is_none() {
             return match auth.first_token_rule() {
-                Some(_) if !auth.public_keys.is_empty() => Ok(Some(auth)),
+                Some(_) if !auth.public_keys.is_empty() || auth.jwks.is_some() => Ok(Some(auth)),
                 Some(rule) => Err(AuthError::NoSecret { rule }),
                 None => Ok(None),
             };
@@ -116,12 +126,18 @@ impl Auth {
     /// issuer or audience (see [`Auth::expecting`]).
     pub fn new(secret: Secret, publish: AuthMode, play: AuthMode, apps: BTreeMap<String, AppAuth>) -> Self {
         let expect = Expect { leeway_s: token::DEFAULT_LEEWAY_S, ..Expect::default() };
-        Self { secret: Some(secret), public_keys: Vec::new(), expect, publish, play, apps }
+        Self { secret: Some(secret), public_keys: Vec::new(), jwks: None, expect, publish, play, apps }
     }
 
     /// These rules also accepting tokens signed for `keys`.
     pub fn with_public_keys(self, keys: Vec<PublicKey>) -> Self {
         Self { public_keys: keys, ..self }
+    }
+
+    /// The JWKS key set, when `jwks_url` is configured: the server fetches it before it
+    /// listens and keeps it fresh ([`Jwks::run`]).
+    pub fn jwks(&self) -> Option<Arc<Jwks>> {
+        self.jwks.clone()
     }
 
     /// These rules checking and minting tokens as `expect` says.
@@ -161,16 +177,44 @@ impl Auth {
 
     /// Decides `request` at `now` (Unix seconds).
     pub fn check(&self, request: &Request, now: u64) -> Decision {
+        match self.outcome(request, now) {
+            Ok(()) => Decision::Allow,
+            Err(refusal) => refusal.into(),
+        }
+    }
+
+    /// Why `request` is refused at `now`, if it is.
+    fn outcome(&self, request: &Request, now: u64) -> Result<(), Refused> {
         if self.mode(&request.session_id, request.role) == AuthMode::Open {
-            return Decision::Allow;
+            return Ok(());
         }
         let Some(token) = request.param(TOKEN_PARAM).filter(|t| !t.is_empty()) else {
-            return Decision::refuse(Reason::TokenMissing, "a token is required (?token=...)");
+            return Err(Refused::NoToken);
         };
-        let keys = token::Keys { secret: self.secret.as_ref(), public: &self.public_keys, fetched: &[] };
+        let fetched = self.jwks.as_ref().map(|j| j.keys());
+        let keys = token::Keys {
+            secret: self.secret.as_ref(),
+            public: &self.public_keys,
+            fetched: fetched.as_deref().unwrap_or_default(),
+        };
         match token::authorize_with(&keys, &self.expect, token, request.role, &request.session_id, now) {
-            Ok(_) => Decision::Allow,
-            Err(e) => Decision::refuse(reason_of(&e), e.to_string()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(Refused::Token(e)),
+        }
+    }
+}
+
+/// Why the token gate refuses a request.
+enum Refused {
+    NoToken,
+    Token(TokenError),
+}
+
+impl From<Refused> for Decision {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::NoToken => Decision::refuse(Reason::TokenMissing, "a token is required (?token=...)"),
+            Refused::Token(e) => Decision::refuse(reason_of(&e), e.to_string()),
         }
     }
 }
@@ -233,9 +277,43 @@ fn reason_of(e: &TokenError) -> Reason {
     }
 }
 
+/// How long a request whose token names an unknown key ID waits for the JWKS fetch it
+/// asked for (the publish/play decision is bounded by the handshake timeout anyway).
+const JWKS_WAIT: Duration = jwks::FETCH_TIMEOUT;
+
 impl Gate for Auth {
     fn decide(&self, request: &Request) -> Pending {
-        Box::pin(std::future::ready(self.check(request, token::unix_now())))
+        let now = token::unix_now();
+        let refused = match self.outcome(request, now) {
+            Ok(()) => return Box::pin(std::future::ready(Decision::Allow)),
+            Err(refused) => refused,
+        };
+        // A key the JWKS does not have yet (the auth service rotated): fetch, then check
+        // once more with the new set. Rate-limited by `Jwks::ask`: made-up key IDs are
+        // refused at once.
+        let asked = match (&refused, &self.jwks) {
+            (Refused::Token(TokenError::UnknownKey), Some(jwks)) => jwks.ask(),
+            _ => None,
+        };
+        let Some(mut changed) = asked else {
+            return Box::pin(std::future::ready(refused.into()));
+        };
+        let again = Self {
+            secret: self.secret.clone(),
+            public_keys: self.public_keys.clone(),
+            jwks: self.jwks.clone(),
+            expect: self.expect.clone(),
+            publish: self.publish,
+            play: self.play,
+            apps: self.apps.clone(),
+        };
+        let request = request.clone();
+        Box::pin(async move {
+            if tokio::time::timeout(JWKS_WAIT, changed.changed()).await.is_err() {
+                return refused.into();
+            }
+            again.check(&request, token::unix_now())
+        })
     }
 }
 

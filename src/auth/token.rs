@@ -14,6 +14,8 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -326,6 +328,43 @@ impl PublicKey {
         Self::from_pem(&pem, &path.display().to_string())
     }
 
+    /// A key from a JWK (RFC 7517) of a JWKS: `EC` on `P-256` or `OKP` on `Ed25519`, for
+    /// signatures. Symmetric (`oct`) keys are refused: `HS256` is checked with the shared
+    /// secret only, never with a key anyone who reads the JWKS has.
+    pub fn from_jwk(jwk: &jsonwebtoken::jwk::Jwk, origin: &str) -> Result<Self, KeyError> {
+        use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, KeyAlgorithm, PublicKeyUse};
+        let unusable = |why| KeyError::Unusable { origin: origin.to_owned(), why };
+        if jwk.common.public_key_use.as_ref().is_some_and(|u| *u != PublicKeyUse::Signature) {
+            return Err(unusable("not a signature key (use)"));
+        }
+        let raw_len = |b64: &str| URL_SAFE_NO_PAD.decode(b64).map(|b| b.len()).unwrap_or(0);
+        let (kind, key) = match &jwk.algorithm {
+            AlgorithmParameters::EllipticCurve(p)
+                if p.curve == EllipticCurve::P256 && raw_len(&p.x) == 32 && raw_len(&p.y) == 32 =>
+            {
+                (KeyKind::Es256, DecodingKey::from_ec_components(&p.x, &p.y))
+            }
+            AlgorithmParameters::OctetKeyPair(p)
+                if p.curve == EllipticCurve::Ed25519 && raw_len(&p.x) == 32 =>
+            {
+                (KeyKind::Ed25519, DecodingKey::from_ed_components(&p.x))
+            }
+            AlgorithmParameters::OctetKey(_) => {
+                return Err(unusable("a symmetric key (HS256 is the secret's)"))
+            }
+            _ => return Err(unusable("not a P-256 (ES256) or Ed25519 (EdDSA) key")),
+        };
+        let alg = match kind {
+            KeyKind::Es256 => KeyAlgorithm::ES256,
+            KeyKind::Ed25519 => KeyAlgorithm::EdDSA,
+        };
+        if jwk.common.key_algorithm.is_some_and(|a| a != alg) {
+            return Err(unusable("its alg does not fit its curve"));
+        }
+        let key = key.map_err(|_| unusable("bad key coordinates"))?;
+        Ok(Self { kind, kid: jwk.common.key_id.clone(), key, origin: origin.to_owned() })
+    }
+
     /// This key with the ID `kid`.
     pub fn with_kid(self, kid: impl Into<String>) -> Self {
         Self { kid: Some(kid.into()), ..self }
@@ -344,7 +383,6 @@ impl PublicKey {
 
 /// The base64 body of the first `-----BEGIN {label}-----` block in `text`, decoded.
 fn pem_block(text: &str, label: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
     let begin = format!("-----BEGIN {label}-----");
     let end = format!("-----END {label}-----");
     let body = text.split_once(&begin)?.1.split_once(&end)?.0;
@@ -621,7 +659,7 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
 /// as PEM and as JWK parameters.
 #[cfg(test)]
 pub(crate) mod test_keys {
-    use base64::engine::general_purpose::STANDARD;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
     use base64::Engine;
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
     use ring::rand::SystemRandom;
@@ -668,14 +706,23 @@ pub(crate) mod test_keys {
             let header = Header { kid: kid.map(str::to_owned), ..Header::new(self.alg) };
             jsonwebtoken::encode(&header, claims, &self.signing).unwrap()
         }
+
+        /// The public key as a JWK (`kty`, `crv`, coordinates, `kid`).
+        pub(crate) fn jwk(&self, kid: &str) -> serde_json::Value {
+            let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+            match self.alg {
+                Algorithm::ES256 => serde_json::json!({
+                    "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+                    "x": b64(&self.raw[1..33]), "y": b64(&self.raw[33..65]),
+                }),
+                _ => serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(&self.raw)}),
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine;
-
     use super::*;
 
     fn secret(s: &str) -> Secret {
