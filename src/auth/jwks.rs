@@ -192,8 +192,8 @@ impl Jwks {
         Some(rx)
     }
 
-    /// Keeps the set fresh until `stop`: every `refresh` after a good fetch, [`RETRY`]
-    /// after a failed one (or before any), and when [`Jwks::ask`] wakes it.
+    /// Keeps the set fresh until `stop`: every `refresh` after a good fetch, sooner
+    /// after a failed one (or before any; 30 s), and when [`Jwks::ask`] wakes it.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut good = *self.generation.borrow() > 0;
         loop {

@@ -1000,6 +1000,20 @@ mod tests {
             let e = PublicKey::from_pem(pem.as_bytes(), "f.pem").unwrap_err().to_string();
             assert!(e.contains("f.pem") && e.contains(says), "{e}");
         }
+        // As `openssl pkey -pubout` writes them.
+        let openssl_ec = concat!(
+            "-----BEGIN PUBLIC KEY-----\n",
+            "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE+jr+thVZie3EAjtcCcxJbu0tIb5V\n",
+            "iH6p1QybBysjZaNsAy8tRKd1YH6csrVKSQAFdbSHO4kh5q+3iz4V4+eIiw==\n",
+            "-----END PUBLIC KEY-----\n"
+        );
+        let openssl_ed = concat!(
+            "-----BEGIN PUBLIC KEY-----\n",
+            "MCowBQYDK2VwAyEAprrS4ezi5F3oxUsfXsvgM148mvkyg5HnkPKQK53zuY0=\n",
+            "-----END PUBLIC KEY-----\n"
+        );
+        assert_eq!(PublicKey::from_pem(openssl_ec.as_bytes(), "ec").unwrap().kind(), KeyKind::Es256);
+        assert_eq!(PublicKey::from_pem(openssl_ed.as_bytes(), "ed").unwrap().kind(), KeyKind::Ed25519);
         let dir = tempfile::tempdir().unwrap();
         let e = PublicKey::load(&dir.path().join("absent.pem")).unwrap_err().to_string();
         assert!(e.contains("absent.pem"), "{e}");
