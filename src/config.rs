@@ -239,7 +239,7 @@ pub struct Config {
 /// are checked with a secret from `secret_file` or, without one, from the
 /// `QRELAY_AUTH_SECRET` environment variable; the secret itself is never part of the
 /// configuration (nor of anything that prints it).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// File holding the token signing secret (surrounding whitespace ignored).
@@ -264,6 +264,52 @@ pub struct AuthConfig {
         env = "QRELAY_AUTH_MINT_PULL_TOKENS"
     )]
     pub mint_pull_tokens: bool,
+    /// Seconds by which `exp` and `nbf` are stretched: clocks of the relay and of whoever
+    /// minted the token disagree a little.
+    #[arg(id = "auth.leeway_s", long = "auth-leeway-s", env = "QRELAY_AUTH_LEEWAY_S",
+          default_value_t = crate::auth::token::DEFAULT_LEEWAY_S)]
+    pub leeway_s: u64,
+    /// The `aud` every token must name; tokens the relay mints carry it. Without it, a
+    /// token naming an audience is refused.
+    #[arg(id = "auth.audience", long = "auth-audience", env = "QRELAY_AUTH_AUDIENCE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// The `iss` every token must carry; tokens the relay mints carry it.
+    #[arg(id = "auth.issuer", long = "auth-issuer", env = "QRELAY_AUTH_ISSUER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// PEM public keys (P-256 for `ES256`, Ed25519 for `EdDSA`) of whoever signs tokens
+    /// elsewhere: the relay checks tokens with them and cannot mint any.
+    #[arg(
+        id = "auth.public_keys",
+        long = "auth-public-key",
+        env = "QRELAY_AUTH_PUBLIC_KEYS",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub public_keys: Vec<PathBuf>,
+    /// A JWKS URL (`https://auth.example/.well-known/jwks.json`) with more such keys:
+    /// fetched at start, every 5 minutes and when a token names an unknown `kid`.
+    #[arg(id = "auth.jwks_url", long = "auth-jwks-url", env = "QRELAY_AUTH_JWKS_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            secret_file: None,
+            publish: AuthMode::Open,
+            play: AuthMode::Open,
+            apps: BTreeMap::new(),
+            mint_pull_tokens: false,
+            leeway_s: crate::auth::token::DEFAULT_LEEWAY_S,
+            audience: None,
+            issuer: None,
+            public_keys: Vec::new(),
+            jwks_url: None,
+        }
+    }
 }
 
 /// `[auth.apps.NAME]`: what differs for the app `NAME` (its whole name, `a/b` for a
@@ -716,6 +762,21 @@ impl Config {
                 )));
             }
         }
+        if self.auth.leeway_s > crate::auth::token::MAX_LEEWAY_S {
+            return Err(ConfigError::Invalid(format!(
+                "auth.leeway_s must be at most {} (it is {})",
+                crate::auth::token::MAX_LEEWAY_S,
+                self.auth.leeway_s
+            )));
+        }
+        for (name, value) in [("audience", &self.auth.audience), ("issuer", &self.auth.issuer)] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(ConfigError::Invalid(format!("auth.{name} must not be empty when set")));
+            }
+        }
+        if let Some(url) = &self.auth.jwks_url {
+            crate::hooks::check_url(url).map_err(|e| ConfigError::Invalid(format!("auth.jwks_url: {e}")))?;
+        }
         for (name, url) in self.hooks.urls() {
             crate::hooks::check_url(url).map_err(|e| ConfigError::Invalid(format!("hooks.{name}: {e}")))?;
         }
@@ -890,11 +951,18 @@ mod tests {
         assert_eq!((c.auth.publish, c.auth.play), (AuthMode::Token, AuthMode::Open));
         assert_eq!(c.auth.apps["private"], AppAuth { publish: None, play: Some(AuthMode::Token) });
         assert_eq!(c.auth.apps["a/b"].publish, Some(AuthMode::Open));
+        assert_eq!((c.auth.leeway_s, &c.auth.audience), (30, &None), "defaults");
+        let a =
+            Config::from_toml("[auth]\nleeway_s = 5\naudience = \"edge\"\nissuer = \"auth\"").unwrap().auth;
+        assert_eq!((a.leeway_s, a.audience.as_deref(), a.issuer.as_deref()), (5, Some("edge"), Some("auth")));
         assert_eq!((c.hooks.publish.as_deref(), c.hooks.timeout_ms), (Some("http://127.0.0.1:9/p"), 500));
         // Without hooks their timeout does not matter.
         assert!(Config::from_toml("handshake_timeout_ms = 1000").is_ok());
         for (bad, key) in [
             ("[auth]\npublish = \"tokens\"", "publish"),
+            ("[auth]\nleeway_s = 601", "auth.leeway_s"),
+            ("[auth]\naudience = \"\"", "auth.audience"),
+            ("[auth]\njwks_url = \"file:///etc/jwks.json\"", "auth.jwks_url"),
             ("[auth]\nsecret = \"x\"", "secret"),
             ("[auth.apps.x]\nplay = \"token\"\nrecord = \"open\"", "record"),
             ("[auth.apps.\"x?y\"]\nplay = \"token\"", "auth.apps"),
@@ -969,6 +1037,13 @@ mod tests {
         assert_eq!(c.hooks.play.as_deref(), Some("http://h/p"));
         let c = resolve(&["t", "--config", f, "--auth-publish", "open"]);
         assert_eq!(c.auth.publish, AuthMode::Open);
+        // Public keys: repeated, or comma-separated (as QRELAY_AUTH_PUBLIC_KEYS holds them).
+        let c = resolve(&["t", "--auth-public-key", "/a.pem", "--auth-public-key", "/b.pem,/c.pem"]);
+        let want: Vec<PathBuf> = ["/a.pem", "/b.pem", "/c.pem"].iter().map(PathBuf::from).collect();
+        assert_eq!(c.auth.public_keys, want);
+        std::fs::write(&file, "[auth]\npublic_keys = [\"/f.pem\"]\n").unwrap();
+        assert_eq!(resolve(&["t", "--config", f]).auth.public_keys, [PathBuf::from("/f.pem")]);
+        assert_eq!(resolve(&["t", "--config", f, "--auth-public-key", "/a.pem"]).auth.public_keys, want[..1]);
         std::fs::write(&file, "chunk_size = 1024\nplay_wait_ms = 5\nmax_publishers = 3\n").unwrap();
         // So does the environment (a variable no other test reads).
         std::env::set_var("QRELAY_MAX_GOP_BYTES", "1048576");

@@ -75,7 +75,25 @@ pub struct HookStats {
     pub dropped: AtomicU64,
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// The HTTP/1 client hooks and the JWKS fetch (`auth::jwks`) use.
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A client for `http://` and `https://` URLs, trusting the web PKI roots.
+pub(crate) fn http_client() -> Result<HttpClient, tls::TlsError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls::rtmps_client_config(&tls::Trust::WebPki)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    // Idle connections kept are bounded too; open ones are by the hooks' semaphores.
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(32)
+        .build(connector))
+}
 
 /// The configured hooks with their HTTP client.
 #[derive(Debug, Clone)]
@@ -120,21 +138,8 @@ impl Hooks {
         let uri = |name: &'static str, url: &Option<String>| {
             url.as_deref().map(check_url).transpose().map_err(|reason| HookError::Url { name, reason })
         };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls::rtmps_client_config(&tls::Trust::WebPki)?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        // Idle connections kept are bounded too; open ones are by the two semaphores.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(32)
-            .build(connector);
         Ok(Some(Self {
-            client,
+            client: http_client()?,
             publish: uri("publish", &config.publish)?,
             unpublish: uri("unpublish", &config.unpublish)?,
             play: uri("play", &config.play)?,

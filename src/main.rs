@@ -90,6 +90,12 @@ struct TokenArgs {
     /// How long the token is valid: 30s, 15m, 1h, 7d (a bare number is seconds).
     #[arg(long, default_value = "1h", value_parser = qrelay::auth::token::parse_ttl)]
     ttl: Duration,
+    /// The audience the relay expects (its `auth.audience`), carried as `aud`.
+    #[arg(long, env = "QRELAY_AUTH_AUDIENCE")]
+    audience: Option<String>,
+    /// The issuer the relay expects (its `auth.issuer`), carried as `iss`.
+    #[arg(long, env = "QRELAY_AUTH_ISSUER")]
+    issuer: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -243,7 +249,7 @@ fn parse_url(url: &str) -> anyhow::Result<StreamUrl> {
 
 /// `qrelay token`: the token for the requested pattern and role.
 fn token(args: &TokenArgs) -> anyhow::Result<String> {
-    use qrelay::auth::token::{mint, Secret, SECRET_ENV};
+    use qrelay::auth::token::{mint_for, Expect, Secret, SECRET_ENV};
     use qrelay::auth::TokenRole;
     let (pattern, role) = match (&args.publish, &args.play) {
         (Some(a), Some(b)) if a != b => {
@@ -256,7 +262,8 @@ fn token(args: &TokenArgs) -> anyhow::Result<String> {
     };
     let secret = Secret::load(args.secret_file.as_deref())?
         .with_context(|| format!("no secret: give --secret-file FILE or set {SECRET_ENV}"))?;
-    Ok(mint(&secret, pattern, role, args.ttl)?)
+    let expect = Expect { audience: args.audience.clone(), issuer: args.issuer.clone(), leeway_s: 0 };
+    Ok(mint_for(&secret, &expect, pattern, role, args.ttl)?)
 }
 
 async fn serve(args: ServeArgs, matches: clap::ArgMatches) -> anyhow::Result<()> {

@@ -122,6 +122,8 @@ reasons! {
     TokenWrongRole = 0x1a3, "token_wrong_role";
     /// A token for other session IDs.
     TokenWrongStream = 0x1a4, "token_wrong_stream";
+    /// A token whose `nbf` (not before) is still ahead, beyond the clock leeway.
+    TokenNotYetValid = 0x1a5, "token_not_yet_valid";
     /// The publish or play hook answered with a status other than 2xx.
     HookRefused = 0x1a8, "hook_refused";
     /// The publish or play hook did not answer within `hooks.timeout_ms`.
@@ -297,6 +299,7 @@ mod tests {
         assert_eq!(Reason::Normal.code(), 0x100);
         assert_eq!(Reason::PublishTaken.code(), 0x160);
         assert_eq!(Reason::TokenMissing.code(), 0x1a0);
+        assert_eq!(Reason::TokenNotYetValid.code(), 0x1a5);
         assert_eq!(Reason::HookRefused.code(), 0x1a8);
         assert_eq!(Reason::from_code(0x3), None);
     }

@@ -1,6 +1,8 @@
 //! Publish/play gates end to end: tokens (`[auth]`) over TCP, RTMPS, RoQR and the QUIC
 //! tunnel, in the stream key and in the app; `qrelay token` output accepted by `qrelay
-//! serve` with ffmpeg and the project's client, and no token in any log; HTTP hooks
+//! serve` with ffmpeg and the project's client, and no token in any log; tokens signed
+//! elsewhere (ES256, EdDSA) checked with public keys from files and from a JWKS URL served
+//! on loopback; HTTP hooks
 //! (`[hooks]`) against a real HTTP server on loopback that allows, refuses, holds or never
 //! answers, and hears of every allowed publish and play ending.
 
@@ -116,7 +118,8 @@ async fn tokens_are_checked_over_every_transport_in_the_key_and_in_the_app() -> 
                 (ClientMode::Publish, TokenRole::Publish, &play, "not valid for publishing"),
                 (ClientMode::Play, TokenRole::Play, &publish, "not valid for playing"),
             ] {
-                let expired = mint_until(&secret(), &pattern, own, unix_now() - 1)?;
+                // Past the default 30 s leeway for clocks that disagree.
+                let expired = mint_until(&secret(), &pattern, own, unix_now() - 31)?;
                 let cases = [
                     (k.clone(), "a token is required"),
                     (format!("{k}?token={}", tok(&other, own)?), "token signature does not verify"),
@@ -186,7 +189,11 @@ async fn tokens_are_checked_over_every_transport_in_the_key_and_in_the_app() -> 
 /// Runs `qrelay token ARGS` and returns what it printed.
 async fn qrelay_token(args: &[&str]) -> Result<std::process::Output> {
     let mut cmd = qrelay(["token"]);
-    cmd.args(args).env_remove("QRELAY_AUTH_SECRET").env_remove("QRELAY_AUTH_SECRET_FILE");
+    for var in ["QRELAY_AUTH_SECRET", "QRELAY_AUTH_SECRET_FILE", "QRELAY_AUTH_AUDIENCE", "QRELAY_AUTH_ISSUER"]
+    {
+        cmd.env_remove(var);
+    }
+    cmd.args(args);
     cmd.stdout(std::process::Stdio::piped());
     finish(spawn(&mut cmd)?, "qrelay token", Duration::from_secs(10)).await
 }
@@ -200,7 +207,8 @@ async fn qrelay_token_output_is_accepted_by_qrelay_serve_and_no_log_shows_a_toke
         let token = |args: &'static [&'static str]| {
             let f = f.to_owned();
             async move {
-                let mut all = vec!["--secret-file", &f];
+                // The relay below expects an audience and an issuer.
+                let mut all = vec!["--secret-file", &f, "--audience", "edge", "--issuer", "auth"];
                 all.extend_from_slice(args);
                 let out = qrelay_token(&all).await?;
                 expect_success(&out, "qrelay token")?;
@@ -231,7 +239,12 @@ async fn qrelay_token_output_is_accepted_by_qrelay_serve_and_no_log_shows_a_toke
 
         // Publish needs a token from the command line, play from the file.
         let config = dir.path().join("qrelay.toml");
-        std::fs::write(&config, format!("[auth]\nsecret_file = {f:?}\nplay = \"token\"\n"))?;
+        std::fs::write(
+            &config,
+            format!(
+                "[auth]\nsecret_file = {f:?}\nplay = \"token\"\naudience = \"edge\"\nissuer = \"auth\"\n"
+            ),
+        )?;
         let certs = dir.path().join("certs");
         let mut serve = spawn_serve([
             "--listen".as_ref(),
@@ -265,6 +278,18 @@ async fn qrelay_token_output_is_accepted_by_qrelay_serve_and_no_log_shows_a_toke
         ensure!(!refused.status.success(), "ffmpeg published with a play token");
         wait_until("the refusal in the relay's log", Duration::from_secs(5), || {
             serve.logs().contains("token_wrong_role").then_some(())
+        })
+        .await?;
+        // Nor does a token without the audience and issuer the relay expects.
+        let out = qrelay_token(&["--secret-file", f, "--publish", "live/cam3"]).await?;
+        expect_success(&out, "qrelay token")?;
+        let plain = String::from_utf8(out.stdout)?.trim().to_owned();
+        let refused =
+            spawn(&mut ffmpeg_publisher(&media().flv, &format!("{base}/live/cam3?token={plain}"), false))?;
+        let refused = finish(refused, "refused ffmpeg", Duration::from_secs(20)).await?;
+        ensure!(!refused.status.success(), "ffmpeg published without the audience");
+        wait_until("the refusal in the relay's log", Duration::from_secs(5), || {
+            serve.logs().contains("token_invalid").then_some(())
         })
         .await?;
         serve.child.start_kill()?;
@@ -565,6 +590,188 @@ async fn hook_decisions_in_flight_are_capped_and_fail_closed() -> Result {
         let ok = connect(&srv, &url(&srv, "rtmp", "live", "fourth")?, ClientMode::Publish).await?;
         hooks.expect("publish", "fourth").await?;
         drop(ok);
+        Ok(())
+    })
+    .await
+}
+
+/// A P-256 or Ed25519 key pair as an auth service holds it: it signs with the private
+/// half; the relay is given the public half as PEM (SubjectPublicKeyInfo).
+struct SigningKey {
+    alg: jsonwebtoken::Algorithm,
+    private: jsonwebtoken::EncodingKey,
+    public_pem: String,
+    /// The public key's bytes: a P-256 point, or 32 Ed25519 bytes.
+    raw: Vec<u8>,
+}
+
+impl SigningKey {
+    fn new(alg: jsonwebtoken::Algorithm) -> Result<Self> {
+        use base64::Engine;
+        use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let bad = |_| anyhow!("ring could not make a key");
+        let (private, spki) = match alg {
+            jsonwebtoken::Algorithm::ES256 => {
+                let pkcs8 =
+                    EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map_err(bad)?;
+                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                    .map_err(|_| anyhow!("ring could not read its key"))?;
+                let prefix = "3059301306072a8648ce3d020106082a8648ce3d030107034200";
+                (
+                    jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()),
+                    (prefix, pair.public_key().as_ref().to_vec()),
+                )
+            }
+            _ => {
+                let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(bad)?;
+                let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+                    .map_err(|_| anyhow!("ring could not read its key"))?;
+                (
+                    jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()),
+                    ("302a300506032b6570032100", pair.public_key().as_ref().to_vec()),
+                )
+            }
+        };
+        let (prefix, raw) = spki;
+        let mut der: Vec<u8> = (0..prefix.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&prefix[i..i + 2], 16))
+            .collect::<std::result::Result<_, _>>()?;
+        der.extend(&raw);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let public_pem = format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n");
+        Ok(Self { alg, private, public_pem, raw })
+    }
+
+    fn sign(&self, claims: &Value) -> Result<String> {
+        Ok(jsonwebtoken::encode(&jsonwebtoken::Header::new(self.alg), claims, &self.private)?)
+    }
+
+    fn sign_with_kid(&self, claims: &Value, kid: &str) -> Result<String> {
+        let header =
+            jsonwebtoken::Header { kid: Some(kid.to_owned()), ..jsonwebtoken::Header::new(self.alg) };
+        Ok(jsonwebtoken::encode(&header, claims, &self.private)?)
+    }
+
+    /// The public key as a JWKS entry.
+    fn jwk(&self, kid: &str) -> Value {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        match self.alg {
+            jsonwebtoken::Algorithm::ES256 => json!({
+                "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig",
+                "x": b64(&self.raw[1..33]), "y": b64(&self.raw[33..]),
+            }),
+            _ => json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(&self.raw)}),
+        }
+    }
+}
+
+/// `[auth] public_keys`: an edge with no secret accepts what an auth service signs with
+/// ES256 or EdDSA, and refuses an HS256 token whose HMAC key is a public key's PEM
+/// (algorithm confusion) or anything signed by another key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_signed_elsewhere_are_checked_with_public_keys() -> Result {
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let (ec, ed) = (SigningKey::new(jsonwebtoken::Algorithm::ES256)?, SigningKey::new(jsonwebtoken::Algorithm::EdDSA)?);
+        let mut files = Vec::new();
+        for (name, key) in [("ec.pem", &ec), ("ed.pem", &ed)] {
+            std::fs::write(dir.path().join(name), &key.public_pem)?;
+            files.push(dir.path().join(name));
+        }
+        let srv = start_server_with(|c| {
+            c.auth.public_keys = files;
+            c.auth.publish = AuthMode::Token;
+            c.auth.play = AuthMode::Token;
+            c.auth.issuer = Some("https://auth.example".into());
+        })
+        .await?;
+        let claims = |role: &str| json!({"sub": "live/*", "role": role, "exp": unix_now() + 3600, "iss": "https://auth.example"});
+        let publish = ec.sign(&claims("publish"))?;
+        let play = ed.sign(&claims("play"))?;
+        let confused = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims("publish"),
+            &jsonwebtoken::EncodingKey::from_secret(ec.public_pem.as_bytes()),
+        )?;
+        let stranger = SigningKey::new(jsonwebtoken::Algorithm::ES256)?.sign(&claims("publish"))?;
+        let no_iss = ec.sign(&json!({"sub": "live/*", "role": "publish", "exp": unix_now() + 3600}))?;
+        for (token, message) in [
+            (&confused, "no key for this token"),
+            (&stranger, "token signature does not verify"),
+            (&no_iss, "token from another issuer"),
+        ] {
+            let refused = connect(&srv, &url(&srv, "rtmp", "live", &format!("cam?token={token}"))?, ClientMode::Publish).await;
+            expect_refused(refused, ClientMode::Publish, message)?;
+        }
+        let _publisher =
+            connect(&srv, &url(&srv, "rtmp+quic", "live", &format!("cam?token={publish}"))?, ClientMode::Publish).await?;
+        srv.wait_live("cam").await?;
+        let _player = connect(&srv, &url(&srv, "rtmp", "live", &format!("cam?token={play}"))?, ClientMode::Play).await?;
+        ensure!(count(&srv, Reason::TokenInvalid) == 3, "counted {}", count(&srv, Reason::TokenInvalid));
+        Ok(())
+    })
+    .await
+}
+
+/// `[auth] jwks_url` against a JWKS endpoint on loopback: fetched before the relay
+/// listens; a key rotated in later is fetched when a token names its `kid`, and a made-up
+/// `kid` soon after is refused without another fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_jwks_url_are_fetched_at_start_and_on_an_unknown_kid() -> Result {
+    bounded(async {
+        #[derive(Default)]
+        struct Jwks {
+            set: std::sync::Mutex<Value>,
+            hits: std::sync::atomic::AtomicUsize,
+        }
+        async fn jwks(State(s): State<Arc<Jwks>>) -> Json<Value> {
+            s.hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Json(s.set.lock().map(|v| v.clone()).unwrap_or_default())
+        }
+        let hits = |s: &Jwks| s.hits.load(std::sync::atomic::Ordering::SeqCst);
+        let (old, new) = (
+            SigningKey::new(jsonwebtoken::Algorithm::EdDSA)?,
+            SigningKey::new(jsonwebtoken::Algorithm::ES256)?,
+        );
+        let served = Arc::new(Jwks::default());
+        *served.set.lock().map_err(|_| anyhow!("poisoned"))? = json!({"keys": [old.jwk("2024")]});
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let jwks_url = format!("http://{}/.well-known/jwks.json", listener.local_addr()?);
+        let app = Router::new()
+            .route("/.well-known/jwks.json", axum::routing::get(jwks))
+            .with_state(served.clone());
+        let http: JoinHandle<()> = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let srv = start_server_with(|c| {
+            c.auth.jwks_url = Some(jwks_url);
+            c.auth.publish = AuthMode::Token;
+        })
+        .await?;
+        ensure!(hits(&served) == 1, "fetched {} times before listening", hits(&served));
+        let claims = json!({"sub": "live/*", "role": "publish", "exp": unix_now() + 3600});
+        let srv = &srv;
+        let publish = |key: &str, token: String| {
+            let url = url(srv, "rtmp", "live", &format!("{key}?token={token}"));
+            async move { connect(srv, &url?, ClientMode::Publish).await.map_err(anyhow::Error::from) }
+        };
+        let _a = publish("a", old.sign_with_kid(&claims, "2024")?).await?;
+        // The auth service rotates: the new key's first token brings a fetch.
+        *served.set.lock().map_err(|_| anyhow!("poisoned"))? =
+            json!({"keys": [old.jwk("2024"), new.jwk("2025")]});
+        let _b = publish("b", new.sign_with_kid(&claims, "2025")?).await.context("the rotated key")?;
+        ensure!(hits(&served) == 2, "fetched {} times", hits(&served));
+        // A made-up kid right after: refused, no fetch.
+        let made_up = SigningKey::new(jsonwebtoken::Algorithm::ES256)?.sign_with_kid(&claims, "2026")?;
+        let refused =
+            connect(srv, &url(srv, "rtmp", "live", &format!("c?token={made_up}"))?, ClientMode::Publish)
+                .await;
+        expect_refused(refused, ClientMode::Publish, "no key for this token")?;
+        ensure!(hits(&served) == 2, "fetched {} times", hits(&served));
+        http.abort();
         Ok(())
     })
     .await

@@ -6,9 +6,11 @@
 //! of the app (`live?token=...`, OBS's "Server" box); the key's wins when both have one.
 //! Tokens and the secret are never logged: refusals name the reason, not the token.
 
+pub mod jwks;
 pub mod token;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -16,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{AppAuth, AuthConfig};
 use crate::gate::{Decision, Gate, Pending, Request, Role};
 use crate::reason::Reason;
-pub use token::{Secret, SecretError, TokenError, TokenRole};
+pub use jwks::{Jwks, JwksError};
+pub use token::{Expect, KeyError, PublicKey, Secret, SecretError, TokenError, TokenRole};
 
 /// The query parameter a token travels in.
 pub const TOKEN_PARAM: &str = "token";
@@ -44,10 +47,11 @@ impl std::fmt::Display for AuthMode {
 /// Why token checking could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// A mode needs tokens and no secret is configured.
+    /// A mode needs tokens and no secret or public key is configured.
     #[error(
         "{rule} = \"token\" needs a token secret: set auth.secret_file (--auth-secret-file, \
-         QRELAY_AUTH_SECRET_FILE) or the secret itself in QRELAY_AUTH_SECRET"
+         QRELAY_AUTH_SECRET_FILE) or the secret itself in QRELAY_AUTH_SECRET, or public keys \
+         to check tokens signed elsewhere (auth.public_keys, auth.jwks_url)"
     )]
     NoSecret {
         /// The setting that asks for tokens (`auth.publish`, `auth.apps."private".play`).
@@ -56,6 +60,12 @@ pub enum AuthError {
     /// The secret could not be read or is unusable.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// A public key could not be read or is unusable.
+    #[error(transparent)]
+    PublicKey(#[from] KeyError),
+    /// The JWKS URL is unusable.
+    #[error(transparent)]
+    Jwks(#[from] JwksError),
     /// Minting needs a secret and none is configured.
     #[error("no token secret is configured (auth.secret_file or QRELAY_AUTH_SECRET)")]
     CannotMint,
@@ -68,23 +78,46 @@ pub enum AuthError {
 #[derive(Debug)]
 pub struct Auth {
     secret: Option<Secret>,
+    /// Keys of whoever signs tokens elsewhere: they verify, they do not mint.
+    public_keys: Vec<PublicKey>,
+    /// More such keys, fetched from a JWKS URL and kept fresh.
+    jwks: Option<Arc<Jwks>>,
+    /// What tokens must carry besides their scope, and the clock leeway.
+    expect: Expect,
     publish: AuthMode,
     play: AuthMode,
     apps: BTreeMap<String, AppAuth>,
 }
 
 impl Auth {
-    /// The rules of `[auth]` with the secret loaded. `None` when nothing needs a token
-    /// and no secret is configured; an error when a rule needs tokens and there is no
-    /// usable secret.
+    /// The rules of `[auth]` with the secret and public keys loaded. `None` when nothing
+    /// needs a token and no secret is configured; an error when a rule needs tokens and
+    /// there is no usable secret or public key.
     pub fn from_config(config: &AuthConfig) -> Result<Option<Self>, AuthError> {
         if let Some(path) = &config.secret_file {
             crate::files::warn_if_shared(path, "the token secret file");
         }
         let secret = Secret::load(config.secret_file.as_deref())?;
-        let auth = Self { secret, publish: config.publish, play: config.play, apps: config.apps.clone() };
+        let public_keys =
+            config.public_keys.iter().map(|p| PublicKey::load(p)).collect::<Result<Vec<_>, _>>()?;
+        let jwks = config.jwks_url.as_deref().map(Jwks::new).transpose()?.map(Arc::new);
+        let expect = Expect {
+            audience: config.audience.clone(),
+            issuer: config.issuer.clone(),
+            leeway_s: config.leeway_s,
+        };
+        let auth = Self {
+            secret,
+            public_keys,
+            jwks,
+            expect,
+            publish: config.publish,
+            play: config.play,
+            apps: config.apps.clone(),
+        };
         if auth.secret.is_none() {
             return match auth.first_token_rule() {
+                Some(_) if !auth.public_keys.is_empty() || auth.jwks.is_some() => Ok(Some(auth)),
                 Some(rule) => Err(AuthError::NoSecret { rule }),
                 None => Ok(None),
             };
@@ -92,9 +125,27 @@ impl Auth {
         Ok(Some(auth))
     }
 
-    /// Rules with a given secret (tests, embedders).
+    /// Rules with a given secret (tests, embedders), with the default leeway and no
+    /// issuer or audience (see [`Auth::expecting`]).
     pub fn new(secret: Secret, publish: AuthMode, play: AuthMode, apps: BTreeMap<String, AppAuth>) -> Self {
-        Self { secret: Some(secret), publish, play, apps }
+        let expect = Expect { leeway_s: token::DEFAULT_LEEWAY_S, ..Expect::default() };
+        Self { secret: Some(secret), public_keys: Vec::new(), jwks: None, expect, publish, play, apps }
+    }
+
+    /// These rules also accepting tokens signed for `keys`.
+    pub fn with_public_keys(self, keys: Vec<PublicKey>) -> Self {
+        Self { public_keys: keys, ..self }
+    }
+
+    /// The JWKS key set, when `jwks_url` is configured: the server fetches it before it
+    /// listens and keeps it fresh ([`Jwks::run`]).
+    pub fn jwks(&self) -> Option<Arc<Jwks>> {
+        self.jwks.clone()
+    }
+
+    /// These rules checking and minting tokens as `expect` says.
+    pub fn expecting(self, expect: Expect) -> Self {
+        Self { expect, ..self }
     }
 
     /// The first setting that asks for tokens, for the error that says a secret is needed.
@@ -124,24 +175,49 @@ impl Auth {
     /// A token for `pattern` (a session ID, `app/*`, `*`) and `role`, valid for `ttl`.
     pub fn mint(&self, pattern: &str, role: TokenRole, ttl: Duration) -> Result<String, AuthError> {
         let secret = self.secret.as_ref().ok_or(AuthError::CannotMint)?;
-        Ok(token::mint(secret, pattern, role, ttl)?)
+        Ok(token::mint_for(secret, &self.expect, pattern, role, ttl)?)
     }
 
     /// Decides `request` at `now` (Unix seconds).
     pub fn check(&self, request: &Request, now: u64) -> Decision {
-        if self.mode(&request.session_id, request.role) == AuthMode::Open {
-            return Decision::Allow;
+        match self.outcome(request, now) {
+            Ok(()) => Decision::Allow,
+            Err(refusal) => refusal.into(),
         }
-        let Some(secret) = &self.secret else {
-            // Not reachable through from_config, which refuses such rules without a secret.
-            return Decision::refuse(Reason::TokenInvalid, "no token secret configured");
-        };
+    }
+
+    /// Why `request` is refused at `now`, if it is.
+    fn outcome(&self, request: &Request, now: u64) -> Result<(), Refused> {
+        if self.mode(&request.session_id, request.role) == AuthMode::Open {
+            return Ok(());
+        }
         let Some(token) = request.param(TOKEN_PARAM).filter(|t| !t.is_empty()) else {
-            return Decision::refuse(Reason::TokenMissing, "a token is required (?token=...)");
+            return Err(Refused::NoToken);
         };
-        match token::authorize(secret, token, request.role, &request.session_id, now) {
-            Ok(_) => Decision::Allow,
-            Err(e) => Decision::refuse(reason_of(&e), e.to_string()),
+        let fetched = self.jwks.as_ref().map(|j| j.keys());
+        let keys = token::Keys {
+            secret: self.secret.as_ref(),
+            public: &self.public_keys,
+            fetched: fetched.as_deref().unwrap_or_default(),
+        };
+        match token::authorize_with(&keys, &self.expect, token, request.role, &request.session_id, now) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Refused::Token(e)),
+        }
+    }
+}
+
+/// Why the token gate refuses a request.
+enum Refused {
+    NoToken,
+    Token(TokenError),
+}
+
+impl From<Refused> for Decision {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::NoToken => Decision::refuse(Reason::TokenMissing, "a token is required (?token=...)"),
+            Refused::Token(e) => Decision::refuse(reason_of(&e), e.to_string()),
         }
     }
 }
@@ -190,17 +266,57 @@ pub fn publish_credential<'a>(config: &AuthConfig, request: &'a Request) -> Opti
 fn reason_of(e: &TokenError) -> Reason {
     match e {
         TokenError::Expired => Reason::TokenExpired,
+        TokenError::NotYetValid => Reason::TokenNotYetValid,
         TokenError::WrongRole(_) => Reason::TokenWrongRole,
         TokenError::WrongStream => Reason::TokenWrongStream,
-        TokenError::Malformed | TokenError::BadSignature | TokenError::BadPattern(_) | TokenError::BadTtl => {
-            Reason::TokenInvalid
-        }
+        TokenError::Malformed
+        | TokenError::BadSignature
+        | TokenError::WrongAudience
+        | TokenError::WrongIssuer
+        | TokenError::Algorithm
+        | TokenError::UnknownKey
+        | TokenError::BadPattern(_)
+        | TokenError::BadTtl => Reason::TokenInvalid,
     }
 }
 
+/// How long a request whose token names an unknown key ID waits for the JWKS fetch it
+/// asked for (the publish/play decision is bounded by the handshake timeout anyway).
+const JWKS_WAIT: Duration = jwks::FETCH_TIMEOUT;
+
 impl Gate for Auth {
     fn decide(&self, request: &Request) -> Pending {
-        Box::pin(std::future::ready(self.check(request, token::unix_now())))
+        let now = token::unix_now();
+        let refused = match self.outcome(request, now) {
+            Ok(()) => return Box::pin(std::future::ready(Decision::Allow)),
+            Err(refused) => refused,
+        };
+        // A key the JWKS does not have yet (the auth service rotated): fetch, then check
+        // once more with the new set. Rate-limited by `Jwks::ask`: made-up key IDs are
+        // refused at once.
+        let asked = match (&refused, &self.jwks) {
+            (Refused::Token(TokenError::UnknownKey), Some(jwks)) => jwks.ask(),
+            _ => None,
+        };
+        let Some(mut changed) = asked else {
+            return Box::pin(std::future::ready(refused.into()));
+        };
+        let again = Self {
+            secret: self.secret.clone(),
+            public_keys: self.public_keys.clone(),
+            jwks: self.jwks.clone(),
+            expect: self.expect.clone(),
+            publish: self.publish,
+            play: self.play,
+            apps: self.apps.clone(),
+        };
+        let request = request.clone();
+        Box::pin(async move {
+            if tokio::time::timeout(JWKS_WAIT, changed.changed()).await.is_err() {
+                return refused.into();
+            }
+            again.check(&request, token::unix_now())
+        })
     }
 }
 
@@ -253,8 +369,21 @@ mod tests {
         );
         let play = t("live/*", TokenRole::Play);
         assert_eq!(check(Role::Publish, "live", &format!("cam1?token={play}")), Some(Reason::TokenWrongRole));
-        let old = token::mint_until(&secret, "live/cam1", TokenRole::Publish, NOW).unwrap();
+        let old = token::mint_until(&secret, "live/cam1", TokenRole::Publish, NOW - 30).unwrap();
         assert_eq!(check(Role::Publish, "live", &format!("cam1?token={old}")), Some(Reason::TokenExpired));
+        let late = token::mint_until(&secret, "live/cam1", TokenRole::Publish, NOW - 29).unwrap();
+        assert_eq!(check(Role::Publish, "live", &format!("cam1?token={late}")), None, "within the leeway");
+        let early = token::Claims {
+            sub: "live/cam1".into(),
+            role: TokenRole::Publish,
+            exp: NOW + 600,
+            nbf: Some(NOW + 31),
+        };
+        let early = token::mint_claims(&secret, &Expect::default(), &early).unwrap();
+        assert_eq!(
+            check(Role::Publish, "live", &format!("cam1?token={early}")),
+            Some(Reason::TokenNotYetValid)
+        );
         let other = Secret::new(b"another secret, long enough", "test").unwrap();
         let forged = token::mint_until(&other, "live/cam1", TokenRole::Publish, NOW + 60).unwrap();
         assert_eq!(check(Role::Publish, "live", &format!("cam1?token={forged}")), Some(Reason::TokenInvalid));
@@ -289,6 +418,71 @@ mod tests {
         assert_eq!(check("live", "cam"), None);
         let r = request(Role::Play, "private", "team/cam?token=x");
         assert_eq!((r.app_name(), r.key_name()), ("private/team", "cam"), "what hooks are told");
+    }
+
+    /// `[auth] audience` and `issuer`: refused without them (as invalid), and what the
+    /// relay mints (control API, pulls) carries them.
+    #[test]
+    fn audience_and_issuer_from_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "0123456789abcdef0123\n").unwrap();
+        let config = AuthConfig {
+            secret_file: Some(file),
+            play: AuthMode::Token,
+            audience: Some("edge.example".into()),
+            issuer: Some("auth.example".into()),
+            ..AuthConfig::default()
+        };
+        let auth = Auth::from_config(&config).unwrap().unwrap();
+        let minted = auth.mint("live/cam1", TokenRole::Play, Duration::from_secs(60)).unwrap();
+        let play =
+            |t: &str| reason(auth.decide_now(&request(Role::Play, "live", &format!("cam1?token={t}"))));
+        assert_eq!(play(&minted), None);
+        let secret = Secret::new(b"0123456789abcdef0123", "test").unwrap();
+        let plain = token::mint(&secret, "live/cam1", TokenRole::Play, Duration::from_secs(60)).unwrap();
+        assert_eq!(play(&plain), Some(Reason::TokenInvalid));
+        let other = Expect { issuer: Some("elsewhere".into()), ..auth.expect.clone() };
+        let foreign =
+            token::mint_for(&secret, &other, "live/cam1", TokenRole::Play, Duration::from_secs(60)).unwrap();
+        assert_eq!(play(&foreign), Some(Reason::TokenInvalid));
+    }
+
+    /// `[auth] public_keys` alone: tokens an auth service signs are checked, nothing is
+    /// minted (an edge holding only public keys cannot make tokens).
+    #[test]
+    fn public_keys_check_tokens_and_mint_none() {
+        use token::test_keys::{ed25519, es256};
+        let dir = tempfile::tempdir().unwrap();
+        let (ec, ed) = (es256(), ed25519());
+        let mut config = AuthConfig { publish: AuthMode::Token, ..AuthConfig::default() };
+        for (name, key) in [("ec.pem", &ec), ("ed.pem", &ed)] {
+            std::fs::write(dir.path().join(name), &key.pem).unwrap();
+            config.public_keys.push(dir.path().join(name));
+        }
+        let auth = Auth::from_config(&config).unwrap().unwrap();
+        assert!(matches!(
+            auth.mint("live/x", TokenRole::Publish, Duration::from_secs(60)),
+            Err(AuthError::CannotMint)
+        ));
+        let claims =
+            token::Claims { sub: "live/*".into(), role: TokenRole::Publish, exp: NOW + 60, nbf: None };
+        let publish =
+            |t: &str| reason(auth.check(&request(Role::Publish, "live", &format!("x?token={t}")), NOW));
+        assert_eq!(publish(&ec.sign(&claims, None)), None);
+        assert_eq!(publish(&ed.sign(&claims, Some("any"))), None);
+        assert_eq!(publish(&es256().sign(&claims, None)), Some(Reason::TokenInvalid));
+        let hs = token::mint_until(
+            &Secret::new(b"0123456789abcdef", "t").unwrap(),
+            "live/*",
+            TokenRole::Publish,
+            NOW + 60,
+        )
+        .unwrap();
+        assert_eq!(publish(&hs), Some(Reason::TokenInvalid), "no secret: no HS256");
+        config.public_keys.push(dir.path().join("absent.pem"));
+        let e = Auth::from_config(&config).unwrap_err().to_string();
+        assert!(e.contains("absent.pem"), "{e}");
     }
 
     #[test]

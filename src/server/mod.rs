@@ -182,6 +182,11 @@ impl Server {
         config.validate()?;
         // Before any port is taken: a missing secret is a configuration error at start.
         let gate::Configured { gate, auth, hooks } = gate::from_config(&config)?;
+        if let Some(jwks) = auth.as_ref().and_then(|a| a.jwks()) {
+            // Before listening, so tokens signed with the set's keys are good from the first
+            // connection; a failure is logged and retried by the task `run` starts.
+            jwks.fetch_logged().await;
+        }
         let (identity, created) = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => (tls::load_identity(cert, key)?, false),
             _ => tls::dev_identity(&config.cert_dir)?,
@@ -349,6 +354,9 @@ impl Server {
 
     /// Runs until shutdown.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ServerError> {
+        if let Some(jwks) = self.auth.as_ref().and_then(|a| a.jwks()) {
+            tokio::spawn(jwks.run(shutdown.graceful.clone()));
+        }
         let puller = self.puller(shutdown.graceful.clone());
         let ctx = ConnContext {
             hub: self.hub.clone(),
