@@ -56,6 +56,11 @@ pub struct Config {
     /// peer cannot hold every publisher slot.
     #[arg(long, env = "QRELAY_MAX_PUBLISHERS_PER_IP", default_value_t = Config::default().max_publishers_per_ip)]
     pub max_publishers_per_ip: usize,
+    /// The process's memory budget (`2GiB`, `512MiB`, bytes; `auto`: three quarters of
+    /// the machine's or the cgroup's memory). While the resident set is over it, new
+    /// connections and publishers are refused (counted `memory_budget`).
+    #[arg(long, env = "QRELAY_MAX_MEMORY", default_value = "auto")]
+    pub max_memory: String,
     /// How long a session may go without asking to publish or play; it is closed then
     /// (counted `no_role`), however much else it sends.
     #[arg(long, env = "QRELAY_ROLE_TIMEOUT_MS", default_value_t = Config::default().role_timeout_ms)]
@@ -465,6 +470,7 @@ impl Default for Config {
             max_publishers: 1_000,
             max_publishers_per_ip: 100,
             role_timeout_ms: 30_000,
+            max_memory: "auto".to_owned(),
             metrics_max_streams: 500,
             max_pulls: 1_000,
             pull_not_found_ms: 2_000,
@@ -703,6 +709,10 @@ impl Config {
         if self.write_coalesce_ms > 1000 {
             return bad("write_coalesce_ms must be at most 1000 (it bounds the delay added to live media)");
         }
+        if self.max_memory != "auto" {
+            crate::transport::memory::parse_size(&self.max_memory)
+                .map_err(|e| ConfigError::Invalid(format!("max_memory: {e}")))?;
+        }
         if self.queue_max_bytes == 0 {
             return bad("queue_max_bytes must be non-zero (every frame would be dropped)");
         }
@@ -850,6 +860,14 @@ impl Config {
             keep_alive: Duration::from_millis(self.quic_keep_alive_ms),
             max_bidi_streams: self.max_quic_streams,
             redundancy: self.quic_redundancy,
+        }
+    }
+
+    /// The memory budget in bytes (`max_memory`, resolved).
+    pub fn memory_budget(&self) -> u64 {
+        match self.max_memory.as_str() {
+            "auto" => crate::transport::memory::default_limit(),
+            size => crate::transport::memory::parse_size(size).unwrap_or(u64::MAX),
         }
     }
 

@@ -97,6 +97,8 @@ reasons! {
     AddressLimit = 0x171, "address_limit";
     /// A publish over `max_publishers_per_ip` from one address.
     AddressPublisherLimit = 0x172, "address_publisher_limit";
+    /// A connection or publish refused while the process was over `max_memory`.
+    MemoryBudget = 0x173, "memory_budget";
     /// Bytes on a RoQR stream that are not frames (or partial frames over the limit).
     FrameEncoding = 0x180, "frame_encoding";
     /// A RoQR stream of a flow nobody bound, stopped past the bound.
@@ -195,6 +197,7 @@ impl Reason {
                 | Reason::ConnectionLimit
                 | Reason::AddressLimit
                 | Reason::AddressPublisherLimit
+                | Reason::MemoryBudget
                 | Reason::UnsupportedAlpn
                 | Reason::BadHttpRequest
                 | Reason::HttpNotFound
@@ -229,6 +232,7 @@ impl Reason {
             Refusal::Total(_) => Reason::ConnectionLimit,
             Refusal::PerIp(_) => Reason::AddressLimit,
             Refusal::PublishersPerIp(_) => Reason::AddressPublisherLimit,
+            Refusal::Memory(_) => Reason::MemoryBudget,
         }
     }
 

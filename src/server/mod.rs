@@ -251,6 +251,11 @@ impl Server {
         let registry = registry_from(&config, local_addr)?;
         let config_limits =
             (config.max_connections, config.max_connections_per_ip, config.max_publishers_per_ip);
+        let memory_budget = config.memory_budget();
+        info!(
+            max_memory_mib = memory_budget >> 20,
+            "memory budget: new connections and publishers refused above it"
+        );
         Ok(Self {
             config: Arc::new(config),
             tcp,
@@ -272,7 +277,12 @@ impl Server {
             relays: RelayBoard::default(),
             minter: None,
             registry,
-            admission: Admission::with_publishers(config_limits.0, config_limits.1, config_limits.2),
+            admission: Admission::with_budget(
+                config_limits.0,
+                config_limits.1,
+                config_limits.2,
+                crate::transport::memory::MemoryBudget::new(memory_budget),
+            ),
             webtransport,
         })
     }

@@ -202,3 +202,79 @@ async fn chunk_stream_abuse_is_refused() -> Result {
     )
     .await
 }
+
+/// Opens a session and sends `bytes` of one message that claims 16 MiB, then holds the
+/// connection open: a peer making the relay hold a partial message, below the
+/// per-connection bound.
+async fn hold_partial(addr: SocketAddr, bytes: usize) -> Result<RawPeer> {
+    let mut peer = RawPeer::connected(addr).await?;
+    peer.send_msg(&RtmpMessage::SetChunkSize(CLAIM_CHUNK), 0).await?;
+    let data = vec![0x27u8; CLAIM_CHUNK as usize];
+    let mut sent = 0;
+    while sent < bytes {
+        let mut chunk = BytesMut::with_capacity(16 + data.len());
+        if sent == 0 {
+            // Type 0: timestamp 0, length 0xffffff, video, message stream 1.
+            chunk.put_u8(3);
+            chunk.put_slice(&[0, 0, 0, 0xFF, 0xFF, 0xFF, 9, 1, 0, 0, 0]);
+        } else {
+            chunk.put_u8(0xC3);
+        }
+        chunk.put_slice(&data);
+        peer.send(&chunk).await?;
+        sent += data.len();
+    }
+    Ok(peer)
+}
+
+/// Issue 22 #9: the per-connection bounds each hold, but summed they could take the
+/// process past the machine: 24 connections holding 8 MiB partial messages each (192 MiB,
+/// under max_pending_bytes every one). With `max_memory` set 48 MiB above what the
+/// process holds now, new connections are refused once it is reached (counted
+/// `memory_budget`), the process stays near the budget, and the steady pair plays on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_attack_stops_at_the_budget() -> Result {
+    const ATTACKERS: usize = 24;
+    const HELD: usize = 8 * 1024 * 1024;
+    const HEADROOM_MIB: u64 = 48;
+    let base_kib = rss_kib("self")?;
+    let tweak = move |c: &mut Config| {
+        c.max_message_size = 16 * 1024 * 1024;
+        c.idle_timeout_ms = 60_000;
+        c.role_timeout_ms = 60_000;
+        c.max_memory = format!("{}MiB", base_kib / 1024 + HEADROOM_MIB + 24);
+    };
+    // The budget plus one attacker's 8 MiB admitted just before it was reached, buffers
+    // and allocator slack; without the budget the attackers would add 192 MiB.
+    run_case("memory budget", tweak, PlayerOver::Tcp, HEADROOM_MIB + 24 + 40, |env| async move {
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..ATTACKERS {
+            let before = rss_kib("self")?;
+            match hold_partial(env.addr, HELD).await {
+                Ok(peer) => {
+                    held.push(peer);
+                    // Until the relay has read what was sent (the process grew), so the
+                    // next connection meets the memory this one made it hold.
+                    // Polled: the relay's reading of the socket is no event this side sees.
+                    let grown = timeout(Duration::from_secs(5), async {
+                        while rss_kib("self").is_ok_and(|now| now < before + 6 * 1024) {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    })
+                    .await;
+                    if grown.is_err() {
+                        println!("  RSS did not grow by 6 MiB for one attacker (allocator reuse)");
+                    }
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        println!("  {} attackers held their partial messages, {refused} refused", held.len());
+        ensure!(refused > 0, "no attacker was refused: the budget never bit");
+        ensure!(env.counters.get(Reason::MemoryBudget) > 0, "refusals not counted as memory_budget");
+        drop(held);
+        Ok(())
+    })
+    .await
+}

@@ -21,6 +21,9 @@ pub enum Refusal {
     /// This address is at `max_publishers_per_ip`.
     #[error("address at its publisher limit ({0})")]
     PublishersPerIp(usize),
+    /// The process is over its memory budget (`max_memory`, in bytes).
+    #[error("server over its memory budget ({0} bytes)")]
+    Memory(u64),
 }
 
 /// What per-address limits count by: an IPv4 address (IPv4-mapped IPv6 included) or an
@@ -51,6 +54,7 @@ pub struct Admission {
     max_total: usize,
     max_per_ip: usize,
     max_publishers_per_ip: usize,
+    memory: Option<super::memory::MemoryBudget>,
     state: Mutex<Counts>,
 }
 
@@ -69,7 +73,32 @@ impl Admission {
 
     /// Counters with these caps, publishers per address included.
     pub fn with_publishers(max_total: usize, max_per_ip: usize, max_publishers_per_ip: usize) -> Arc<Self> {
-        Arc::new(Self { max_total, max_per_ip, max_publishers_per_ip, state: Mutex::default() })
+        Arc::new(Self { max_total, max_per_ip, max_publishers_per_ip, memory: None, state: Mutex::default() })
+    }
+
+    /// Counters with these caps, refusing anything new while the process's resident
+    /// memory is over `memory`.
+    pub fn with_budget(
+        max_total: usize,
+        max_per_ip: usize,
+        max_publishers_per_ip: usize,
+        memory: super::memory::MemoryBudget,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            max_total,
+            max_per_ip,
+            max_publishers_per_ip,
+            memory: Some(memory),
+            state: Mutex::default(),
+        })
+    }
+
+    /// The memory budget's refusal, if the process is over it.
+    fn check_memory(&self) -> Result<(), Refusal> {
+        match &self.memory {
+            Some(m) if m.over() => Err(Refusal::Memory(m.limit())),
+            _ => Ok(()),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, Counts> {
@@ -78,6 +107,7 @@ impl Admission {
 
     /// Admits one more connection from `ip`, or says why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refusal> {
+        self.check_memory()?;
         let key = AddrKey::from(ip);
         let mut st = self.state();
         if st.total >= self.max_total {
@@ -94,6 +124,7 @@ impl Admission {
 
     /// Admits one more publisher from `ip`, or says why not.
     pub fn admit_publisher(self: &Arc<Self>, ip: IpAddr) -> Result<PublisherPermit, Refusal> {
+        self.check_memory()?;
         let key = AddrKey::from(ip);
         let mut st = self.state();
         let n = st.publishers.entry(key).or_default();
@@ -184,6 +215,17 @@ mod tests {
         let _p4 = a.admit(mapped).unwrap();
         assert_eq!(a.admit(v4).unwrap_err(), Refusal::PerIp(2));
         assert_eq!(a.current_from(mapped), 2);
+    }
+
+    #[test]
+    fn nothing_new_is_admitted_over_the_memory_budget() {
+        let a = Admission::with_budget(100, 100, 100, crate::transport::memory::MemoryBudget::new(1 << 20));
+        let ip: IpAddr = [10, 0, 0, 9].into();
+        assert_eq!(a.admit(ip).unwrap_err(), Refusal::Memory(1 << 20));
+        assert_eq!(a.admit_publisher(ip).unwrap_err(), Refusal::Memory(1 << 20));
+        let roomy =
+            Admission::with_budget(100, 100, 100, crate::transport::memory::MemoryBudget::new(u64::MAX));
+        assert!(roomy.admit(ip).is_ok());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the session drivers are in `server`.
 
 pub mod admission;
+pub mod memory;
 pub mod quic;
 pub mod redundancy;
 pub mod roqr;
