@@ -892,6 +892,13 @@ pub fn http_request(data: &[u8]) {
             assert!(head.path.starts_with('/'), "path {:?}", head.path);
             assert!(head.headers.len() <= MAX_HEADERS);
             assert!(head.headers.iter().all(|(n, _)| *n == n.to_ascii_lowercase()));
+            // The stream a player's path names (HTTP-FLV, the page, WebTransport).
+            let stream = head.path.trim_start_matches('/').trim_end_matches(".flv");
+            if let Ok((app, key)) = qrelay::http::split_stream(stream) {
+                assert_eq!(format!("{app}/{key}"), stream, "the split loses or adds bytes");
+                assert!(!key.is_empty() && !key.contains('/'), "key {key:?}");
+                assert!(app.split('/').all(|s| !s.is_empty() && s != "." && s != ".."), "app {app:?}");
+            }
             let again = parse_head(&data[..len]);
             assert_eq!(again, Ok(Some((head.clone(), len))), "the head's own bytes parse otherwise");
             for cut in [len / 2, len.saturating_sub(1)] {

@@ -103,6 +103,22 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HttpError>
     )))
 }
 
+/// A stream path (`app/key`, without the leading `/`) split at its last `/`, as RTMP
+/// URLs split (`a/b/key` is app `a/b`), each part checked: empty, `.` and `..` segments
+/// and control characters are refused with the reason. HTTP-FLV, the player page and
+/// WebTransport sessions all name streams this way.
+pub fn split_stream(stream: &str) -> Result<(&str, &str), &'static str> {
+    let (app, key) = stream.rsplit_once('/').ok_or("a stream path needs an app and a key: /{app}/{key}")?;
+    let bad_segment = |s: &str| s.is_empty() || s == "." || s == "..";
+    if app.split('/').any(bad_segment) || bad_segment(key) {
+        return Err("empty, `.` or `..` path segment");
+    }
+    if stream.chars().any(|c| c.is_control()) {
+        return Err("control character in the path");
+    }
+    Ok((app, key))
+}
+
 /// A response head: status line, `headers`, then `Connection: close` and the blank line.
 /// Every response of the relay's HTTP side closes its connection after its body (a
 /// player's body runs until the stream ends, a page's is short), so there is no

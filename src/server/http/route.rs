@@ -60,7 +60,7 @@ pub(crate) fn route(head: &RequestHead) -> Route {
         return Route::WebTransport;
     }
     if let Some(stream) = path.strip_prefix("/play/") {
-        return match split_stream(stream) {
+        return match crate::http::split_stream(stream) {
             Ok(_) => Route::Asset(PLAYER_PAGE),
             Err(why) => Route::NotFound(why),
         };
@@ -68,26 +68,13 @@ pub(crate) fn route(head: &RequestHead) -> Route {
     let Some(stream) = path.strip_prefix('/').and_then(|p| p.strip_suffix(".flv")) else {
         return Route::NotFound("no such path: players ask for /{app}/{key}.flv or /play/{app}/{key}");
     };
-    match split_stream(stream) {
+    match crate::http::split_stream(stream) {
         Ok((app, key)) => {
             let key = if head.query.is_empty() { key.to_owned() } else { format!("{key}?{}", head.query) };
             Route::Flv { app: app.to_owned(), key }
         }
         Err(why) => Route::NotFound(why),
     }
-}
-
-/// `app/key` split at the last `/`, each part checked.
-pub(crate) fn split_stream(stream: &str) -> Result<(&str, &str), &'static str> {
-    let (app, key) = stream.rsplit_once('/').ok_or("a stream path needs an app and a key: /{app}/{key}")?;
-    let bad_segment = |s: &str| s.is_empty() || s == "." || s == "..";
-    if app.split('/').any(bad_segment) || bad_segment(key) {
-        return Err("empty, `.` or `..` path segment");
-    }
-    if stream.chars().any(|c| c.is_control()) {
-        return Err("control character in the path");
-    }
-    Ok((app, key))
 }
 
 #[cfg(test)]

@@ -176,7 +176,7 @@ pub mod priority {
 /// are refused.
 pub fn stream_of(path: &str, query: Option<&str>) -> Result<(String, String), &'static str> {
     let stream = path.strip_prefix('/').ok_or("the path must start with /")?;
-    let (app, key) = crate::server::http::route::split_stream(stream)?;
+    let (app, key) = crate::http::split_stream(stream)?;
     let key = match query {
         Some(q) if !q.is_empty() => format!("{key}?{q}"),
         _ => key.to_owned(),
