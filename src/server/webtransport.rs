@@ -187,6 +187,10 @@ struct Player {
     gops: u64,
     gops_cut: u64,
     frames_skipped: u64,
+    /// The connection's send window, fitted to what the path delivers, as RoQR's
+    /// sender does: on a path slower than the stream, media waits in the hub's queue
+    /// (where lateness is seen and GOPs are cut) rather than in QUIC's.
+    window: crate::transport::roqr::SendWindow,
 }
 
 /// Consecutive frames for one stream, written together.
@@ -213,6 +217,7 @@ impl Player {
             gops: 0,
             gops_cut: 0,
             frames_skipped: 0,
+            window: crate::transport::roqr::SendWindow::new(Duration::from_millis(ctx.config.max_latency_ms)),
         }
     }
 
@@ -244,6 +249,7 @@ impl Player {
                         return Ok(());
                     }
                     sub.drain_into(&mut batch, WRITE_BATCH);
+                    self.window.fit(&conn);
                     self.send(&mut batch).await?;
                 }
             }

@@ -533,8 +533,7 @@ pub struct MediaSender {
     /// The current GOP was cut: video frames are skipped up to the next keyframe.
     skip_video: bool,
     /// When the send window next follows the path's rate.
-    fit_window_at: Option<tokio::time::Instant>,
-    delivery: DeliveryRate,
+    window: SendWindow,
     /// When the sender was made: nothing is due before (a player that joins gets the
     /// cached GOP, received up to a GOP ago, as fresh).
     started: tokio::time::Instant,
@@ -569,6 +568,41 @@ impl DeliveryRate {
         let (first_at, first) = *self.samples.front()?;
         let span = now.duration_since(first_at);
         (span >= Self::MIN_SPAN).then(|| delivered.saturating_sub(first) as f64 / span.as_secs_f64())
+    }
+}
+
+/// Keeps a connection's send window (bytes in flight) at what the path delivers in
+/// 1/[`BUDGET_SHARE`] of the latency budget, so what is queued in QUIC never holds more
+/// than that of media: a frame that waits for room waits behind at most that much.
+/// Shared by the RoQR sender and the relay's WebTransport players.
+#[derive(Debug)]
+pub struct SendWindow {
+    max_latency: Duration,
+    next_at: Option<tokio::time::Instant>,
+    delivery: DeliveryRate,
+}
+
+impl SendWindow {
+    /// A fitter for a latency budget of `max_latency`.
+    pub fn new(max_latency: Duration) -> Self {
+        Self { max_latency, next_at: None, delivery: DeliveryRate::default() }
+    }
+
+    /// Fits `conn`'s send window to its delivery rate (at most every
+    /// [`FIT_WINDOW_EVERY`]; cheap to call on every write).
+    pub fn fit(&mut self, conn: &Connection) {
+        let now = tokio::time::Instant::now();
+        if self.next_at.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_at = Some(now + FIT_WINDOW_EVERY);
+        let stats = conn.stats();
+        let delivered = stats.udp_tx.bytes.saturating_sub(stats.path.lost_bytes);
+        let Some(rate) = self.delivery.on_sample(now, delivered) else { return };
+        let share = self.max_latency / BUDGET_SHARE;
+        let window = ((rate * share.as_secs_f64()) as u64).clamp(MIN_SEND_WINDOW, MAX_SEND_WINDOW);
+        tracing::trace!(rate_kbps = rate * 8e-3, window, "send window fitted to the path");
+        conn.set_send_window(window);
     }
 }
 
@@ -607,8 +641,7 @@ impl MediaSender {
             video_config: None,
             audio_config: None,
             skip_video: false,
-            fit_window_at: None,
-            delivery: DeliveryRate::default(),
+            window: SendWindow::new(max_latency),
             started: tokio::time::Instant::now(),
             stats: Arc::default(),
         }
@@ -778,18 +811,7 @@ impl MediaSender {
     /// at the rate the path delivers, so that what is accepted is sent within that
     /// share, and a write that finds no room tells the sender the path fell behind.
     fn fit_send_window(&mut self) {
-        let now = tokio::time::Instant::now();
-        if self.fit_window_at.is_some_and(|t| now < t) {
-            return;
-        }
-        self.fit_window_at = Some(now + FIT_WINDOW_EVERY);
-        let stats = self.conn.stats();
-        let delivered = stats.udp_tx.bytes.saturating_sub(stats.path.lost_bytes);
-        let Some(rate) = self.delivery.on_sample(now, delivered) else { return };
-        let share = self.max_latency / BUDGET_SHARE;
-        let window = ((rate * share.as_secs_f64()) as u64).clamp(MIN_SEND_WINDOW, MAX_SEND_WINDOW);
-        tracing::trace!(rate_kbps = rate * 8e-3, window, "send window fitted to the path");
-        self.conn.set_send_window(window);
+        self.window.fit(&self.conn);
     }
 
     /// Ends the media streams and waits (at most `limit`) until the peer has all of
