@@ -90,12 +90,19 @@ async fn handle(stream: TcpStream, peer: std::net::SocketAddr, tls: Option<TlsAc
             return warn!("closed: handshake timed out");
         }
     };
-    let (kind, label) = match protocol {
-        Protocol::Tls => (ConnKind::Tls, "tls"),
-        Protocol::Http => (ConnKind::Http, "http"),
-        Protocol::Rtmp => (ConnKind::Tcp, "tcp"),
+    // Recorded once (a field recorded twice is logged twice): TLS when what it carries
+    // is known.
+    let kind = match protocol {
+        Protocol::Tls => ConnKind::Tls,
+        Protocol::Http => {
+            tracing::Span::current().record("transport", "http");
+            ConnKind::Http
+        }
+        Protocol::Rtmp => {
+            tracing::Span::current().record("transport", "tcp");
+            ConnKind::Tcp
+        }
     };
-    tracing::Span::current().record("transport", label);
     let _counted = ctx.conns.open(kind);
     info!("connected");
     let result = match (protocol, tls) {
@@ -103,16 +110,19 @@ async fn handle(stream: TcpStream, peer: std::net::SocketAddr, tls: Option<TlsAc
             match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                 Ok(Ok(tls_stream)) => serve_tls(tls_stream, ctx, peer, deadline).await,
                 Ok(Err(e)) => {
+                    tracing::Span::current().record("transport", "tls");
                     ctx.counters.count(Reason::TlsFailed);
                     return warn!(error = %e, "TLS handshake failed");
                 }
                 Err(_) => {
+                    tracing::Span::current().record("transport", "tls");
                     ctx.counters.count(Reason::HandshakeTimeout);
                     return warn!("closed: TLS handshake timed out");
                 }
             }
         }
         (Protocol::Tls, None) => {
+            tracing::Span::current().record("transport", "tls");
             ctx.counters.count(Reason::TlsFailed);
             return warn!("closed: TLS offered but RTMPS is not configured");
         }
@@ -162,12 +172,13 @@ async fn serve_tls(
     let n = tokio::time::timeout_at(deadline, r.read(&mut first))
         .await
         .map_err(|_| ConnError::Timeout("nothing after the TLS handshake", Reason::HandshakeTimeout))??;
+    let https = n == 1 && Protocol::of_first_byte(first[0]) == Protocol::Http;
+    tracing::Span::current().record("transport", if https { "https" } else { "tls" });
     if n == 0 {
         return Ok(());
     }
     let r = std::io::Cursor::new(first).chain(r);
-    if Protocol::of_first_byte(first[0]) == Protocol::Http {
-        tracing::Span::current().record("transport", "https");
+    if https {
         serve_http(r, w, ctx, (peer, "https"), deadline).await
     } else {
         serve_rtmp(r, w, ctx, (peer, "tls"), deadline).await
