@@ -88,6 +88,11 @@ async fn drive_with(
     if let Some(js) = before_load {
         cmd.args(["--before-load", js]);
     }
+    if url.starts_with("https://") {
+        // What a viewer does once, clicking through the warning for the relay's
+        // development certificate (a real one needs nothing).
+        cmd.args(["--flag", "--ignore-certificate-errors"]);
+    }
     let output = cmd.arg("--screenshot").arg(screenshot).stdin(Stdio::null()).kill_on_drop(true).output();
     let limit = Duration::from_secs(u64::from(seconds) + 40);
     let output = tokio::time::timeout(limit, output).await.context("the browser driver hung")??;
@@ -127,10 +132,15 @@ fn decoded_in_window(samples: &[Sample], counter: &str) -> Result<(f64, f64)> {
 /// Opens the player page (its transport chosen by itself, `auto`) and checks it plays
 /// over `transport`; `before_load` runs in the page first.
 async fn the_player_page_plays(transport: &str, key: &str, before_load: Option<&str>) -> Result {
+    the_page_plays_from("http", transport, key, before_load).await
+}
+
+/// [`the_player_page_plays`], the page loaded over `scheme` (http or https).
+async fn the_page_plays_from(scheme: &str, transport: &str, key: &str, before_load: Option<&str>) -> Result {
     let srv = start_server().await?;
     let _publisher = spawn(&mut live_publisher(&srv.url("rtmp", key)))?;
     srv.wait_live(key).await?;
-    let page = format!("http://{}/play/live/{key}", srv.addr);
+    let page = format!("{scheme}://{}/play/live/{key}", srv.addr);
     let shot = screenshot_path(key);
     let samples = drive_with(&page, "qrelay-player", 13, &shot, before_load).await?;
     let last = samples.last().context("no samples")?;
@@ -161,6 +171,13 @@ async fn the_player_page_plays(transport: &str, key: &str, before_load: Option<&
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_player_page_plays_webtransport_in_chromium() -> Result {
     bounded(the_player_page_plays("webtransport", "page-wt", None)).await
+}
+
+/// The page over HTTPS on the relay's one port, as a viewer on another machine opens it
+/// (browsers decode only in secure contexts): it plays over WebTransport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_player_page_plays_over_https_too() -> Result {
+    bounded(the_page_plays_from("https", "webtransport", "page-https", None)).await
 }
 
 /// A browser without WebTransport: the same page falls back to HTTP-FLV.

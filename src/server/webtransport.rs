@@ -141,6 +141,7 @@ async fn play(
         skipped = sub.skipped(),
         gops = player.gops,
         gops_cut = player.gops_cut,
+        stale_gops_reset = player.stale_gops.load(std::sync::atomic::Ordering::Relaxed),
         frames_skipped = player.frames_skipped,
         "webtransport play ended"
     );
@@ -186,6 +187,8 @@ struct Player {
     watchers: JoinSet<()>,
     gops: u64,
     gops_cut: u64,
+    /// Ended GOP streams reset because they were still unacknowledged past the budget.
+    stale_gops: std::sync::Arc<std::sync::atomic::AtomicU64>,
     frames_skipped: u64,
     /// The connection's send window, fitted to what the path delivers, as RoQR's
     /// sender does: on a path slower than the stream, media waits in the hub's queue
@@ -216,6 +219,7 @@ impl Player {
             watchers: JoinSet::new(),
             gops: 0,
             gops_cut: 0,
+            stale_gops: std::sync::Arc::default(),
             frames_skipped: 0,
             window: crate::transport::roqr::SendWindow::new(Duration::from_millis(ctx.config.max_latency_ms)),
         }
@@ -359,9 +363,11 @@ impl Player {
         let Some(mut old) = self.gop.take() else { return };
         let _ = old.finish();
         let budget = self.max_latency;
+        let stale = self.stale_gops.clone();
         self.watchers.spawn(async move {
             if tokio::time::timeout(budget, old.stopped()).await.is_err() {
                 debug!(stream = %old.quic_id(), "stale GOP stream reset");
+                stale.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = old.reset(GOP_CANCELLED);
             }
         });

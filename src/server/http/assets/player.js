@@ -281,6 +281,7 @@ class QrelayPlayer extends HTMLElement {
     this.statsBox = root.querySelector('.stats');
     this.unmute = root.querySelector('.unmute');
     this.unmute.addEventListener('click', () => this.resumeAudio());
+    this.frames = [];
     this.stats = { decoded: 0, dropped: 0, received: 0, latency: NaN, firstFrame: NaN, error: '' };
     /** Latencies of the last pictures shown (ms), for the percentiles. */
     this.latencies = [];
@@ -341,6 +342,18 @@ class QrelayPlayer extends HTMLElement {
     const abort = new AbortController();
     this.abort = abort;
     const src = new URL(this.getAttribute('src'), location.href);
+    if (!window.isSecureContext || typeof VideoDecoder !== 'function') {
+      // Browsers offer WebCodecs and WebTransport to secure contexts only: https://, or
+      // http://localhost. A page over plain http from another machine cannot decode.
+      const https = new URL(location.href);
+      https.protocol = 'https:';
+      this.transport = '';
+      return this.fail(
+        window.isSecureContext
+          ? 'this browser has no WebCodecs (VideoDecoder)'
+          : `not a secure context: open ${https.href} (the relay serves HTTPS on the same port)`,
+      );
+    }
     while (this.running && !abort.signal.aborted) {
       this.resetMedia();
       this.setState('connecting');
