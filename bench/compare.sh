@@ -24,7 +24,8 @@
 # IDLE_CONNS (1000), QRELAY_PORT (19350), NGINX_PORT (19351), BITRATE (3M), AUDIO (1:
 # synthetic AAC beside the video, as `qrelay bench` does by default; 0: video only),
 # OUT (results dir, default a temp dir), RESULTS (bench/RESULTS.md), SKIP_QUIC (0/1: the
-# tunnel and RoQR), SKIP_ROQR (0/1: RoQR only),
+# tunnel, RoQR and WebTransport), SKIP_TUNNEL (0/1: the tunnel only), SKIP_ROQR (0/1: RoQR
+# only), SKIP_WEBTRANSPORT (0/1: qrelay's WebTransport players, beside its RoQR ones),
 # SKIP_NAGLE (0/1), SKIP_HTTP_FLV (0/1: qrelay's HTTP-FLV players, beside its RTMP ones), QRELAY_BIN (use this binary instead of building), BASE_BIN (another
 # qrelay build, e.g. the commit before a change: adds target qrelay-base, over TCP, run in
 # turn with the others, and a table of both builds against nginx-rtmp).
@@ -42,7 +43,9 @@ AUDIO=${AUDIO:-1}
 AUDIO_ARGS=()
 [[ $AUDIO == 0 ]] && AUDIO_ARGS=(--no-audio)
 SKIP_QUIC=${SKIP_QUIC:-0}
+SKIP_TUNNEL=${SKIP_TUNNEL:-0}
 SKIP_ROQR=${SKIP_ROQR:-0}
+SKIP_WEBTRANSPORT=${SKIP_WEBTRANSPORT:-0}
 SKIP_NAGLE=${SKIP_NAGLE:-0}
 SKIP_HTTP_FLV=${SKIP_HTTP_FLV:-0}
 RESULTS=${RESULTS:-$ROOT/bench/RESULTS.md}
@@ -51,7 +54,9 @@ OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"
 COMMAND="DURATION=$DURATION REPS=$REPS LOADS=\"$LOADS\" IDLE_CONNS=$IDLE_CONNS BITRATE=$BITRATE AUDIO=$AUDIO"
 [[ $SKIP_QUIC == 0 ]] || COMMAND+=" SKIP_QUIC=1"
+[[ $SKIP_TUNNEL == 0 ]] || COMMAND+=" SKIP_TUNNEL=1"
 [[ $SKIP_ROQR == 0 ]] || COMMAND+=" SKIP_ROQR=1"
+[[ $SKIP_WEBTRANSPORT == 0 ]] || COMMAND+=" SKIP_WEBTRANSPORT=1"
 [[ $SKIP_NAGLE == 0 ]] || COMMAND+=" SKIP_NAGLE=1"
 [[ $SKIP_HTTP_FLV == 0 ]] || COMMAND+=" SKIP_HTTP_FLV=1"
 [[ -z "${BASE_BIN:-}" ]] || COMMAND+=" BASE_BIN=(previous build)"
@@ -138,9 +143,9 @@ printf 'tcp_nodelay = false\n' >"$WORK/nagle.toml"
 QUIC_ARGS=(--quic-streams-per-conn 1)
 
 # run_one TARGET STREAMS PLAYERS REP: TARGET is qrelay-tcp, nginx, qrelay-quic (tunnel),
-# qrelay-roqr or qrelay-nagle.
+# qrelay-roqr, qrelay-webtransport, qrelay-http-flv or qrelay-nagle.
 run_one() {
-    local target=$1 streams=$2 players=$3 rep=$4 url extra=()
+    local target=$1 streams=$2 players=$3 rep=$4 url extra=() log=${RUST_LOG:-info}
     case $target in
         qrelay-tcp) start_qrelay; url="rtmp://127.0.0.1:$QPORT/live/b" ;;
         qrelay-base) start_qrelay "" "$WORK/qrelay-base"; url="rtmp://127.0.0.1:$QPORT/live/b" ;;
@@ -148,12 +153,18 @@ run_one() {
         qrelay-quic) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/b?mode=tunnel"; extra=(--ca "$WORK/certs/dev-ca.pem" "${QUIC_ARGS[@]}") ;;
         qrelay-roqr) start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/b?mode=roqr"; extra=(--ca "$WORK/certs/dev-ca.pem") ;;
         qrelay-http-flv) start_qrelay; url="rtmp://127.0.0.1:$QPORT/live/b"; extra=(--http-flv) ;;
+        # Published over RoQR as the qrelay-roqr runs are, so the two differ only in their
+        # players. The players pin the relay's h3 certificate by its hash, as a page does;
+        # web-transport-quinn warns of every session the bench closes itself at the end.
+        qrelay-webtransport)
+            start_qrelay; url="rtmp+quic://127.0.0.1:$QPORT/live/b?mode=roqr"
+            extra=(--webtransport --ca "$WORK/certs/dev-ca.pem"); log="$log,web_transport_quinn::session=error" ;;
         nginx) start_nginx; url="rtmp://127.0.0.1:$NPORT/live/b" ;;
     esac
     local json="$OUT/s${streams}-p${players}.${target}.${rep}.json"
     log "$target: $streams stream(s) x $players players, rep $rep"
     # shellcheck disable=SC2046
-    "$QRELAY" bench --url "$url" --streams "$streams" --players "$players" --duration "$DURATION" \
+    RUST_LOG=$log "$QRELAY" bench --url "$url" --streams "$streams" --players "$players" --duration "$DURATION" \
         --bitrate "$BITRATE" "${AUDIO_ARGS[@]}" --quiet --json "$json" $(server_args) "${extra[@]}" >&2 \
         || echo "bench failed for $target (see above)" >&2
     stop_server
@@ -177,8 +188,9 @@ run_idle() {
 
 TARGETS=(qrelay-tcp nginx)
 [[ -z "${BASE_BIN:-}" ]] || TARGETS+=(qrelay-base)
-[[ $SKIP_QUIC == 1 ]] || TARGETS+=(qrelay-quic)
+[[ $SKIP_QUIC == 1 || $SKIP_TUNNEL == 1 ]] || TARGETS+=(qrelay-quic)
 [[ $SKIP_QUIC == 1 || $SKIP_ROQR == 1 ]] || TARGETS+=(qrelay-roqr)
+[[ $SKIP_QUIC == 1 || $SKIP_WEBTRANSPORT == 1 ]] || TARGETS+=(qrelay-webtransport)
 [[ $SKIP_NAGLE == 1 ]] || TARGETS+=(qrelay-nagle)
 [[ $SKIP_HTTP_FLV == 1 ]] || TARGETS+=(qrelay-http-flv)
 
@@ -193,7 +205,9 @@ for target in "${TARGETS[@]}"; do
     # Idle connections never get media: Nagle changes nothing there (nor the fan-out
     # changes a base build is compared for).
     # RoQR idles like the tunnel (a QUIC connection per session): measured once, as the tunnel.
-    [[ $target == qrelay-nagle || $target == qrelay-base || $target == qrelay-roqr || $target == qrelay-http-flv || $IDLE_CONNS == 0 ]] || run_idle "$target"
+    # Browser players (HTTP-FLV, WebTransport) have no idle mode: they play or they go.
+    [[ $target == qrelay-nagle || $target == qrelay-base || $target == qrelay-roqr || $target == qrelay-http-flv \
+        || $target == qrelay-webtransport || $IDLE_CONNS == 0 ]] || run_idle "$target"
 done
 
 # --- summary --------------------------------------------------------------------------
@@ -210,7 +224,8 @@ import os
 import statistics
 import sys
 
-TARGETS = ["qrelay-tcp", "nginx", "qrelay-quic", "qrelay-roqr", "qrelay-nagle", "qrelay-base", "qrelay-http-flv"]
+TARGETS = ["qrelay-tcp", "nginx", "qrelay-quic", "qrelay-roqr", "qrelay-nagle", "qrelay-base", "qrelay-http-flv",
+           "qrelay-webtransport"]
 
 
 def load_runs(out, name):
@@ -282,6 +297,7 @@ def main():
     ratios = []
     base_rows = []
     flv_rows = []
+    wt_rows = []
     for load in loads.split():
         streams, players = load.split(":")
         name = f"s{streams}-p{players}"
@@ -311,6 +327,8 @@ def main():
         ratios.append((label, q, n, u, a, m.get("qrelay-roqr")))
         if "qrelay-http-flv" in m:
             flv_rows.append((label, m["qrelay-http-flv"], q))
+        if "qrelay-webtransport" in m:
+            wt_rows.append((label, m["qrelay-webtransport"], m.get("qrelay-roqr")))
         if "qrelay-base" in m:
             base_rows.append((label, runs))
     p("")
@@ -340,6 +358,16 @@ def main():
         for label, f, q in flv_rows:
             g = lambda x, y, k: fmt_ratio(ratio(x and x[k], y and y[k]))  # noqa: E731
             p(f"| {label} | {g(f, q, 'gbit')} | {g(f, q, 'p99')} | {g(f, q, 'ff50')} |")
+    if wt_rows:
+        p("")
+        p("WebTransport players against RoQR players of the same build, both published over RoQR, one "
+          "QUIC connection per player (below 1 = WebTransport better):")
+        p("")
+        p("| load | CPU s/Gbit WebTransport/RoQR | latency p99 WebTransport/RoQR | first frame p50 WebTransport/RoQR |")
+        p("|---|---|---|---|")
+        for label, w, r in wt_rows:
+            g = lambda x, y, k: fmt_ratio(ratio(x and x[k], y and y[k]))  # noqa: E731
+            p(f"| {label} | {g(w, r, 'gbit')} | {g(w, r, 'p99')} | {g(w, r, 'ff50')} |")
     if base_rows:
         p("")
         p("This build (qrelay-tcp) and the previous one (qrelay-base) against nginx-rtmp, CPU s/Gbit "

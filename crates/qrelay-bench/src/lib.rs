@@ -1,5 +1,6 @@
 //! `qrelay bench`: a load generator for any RTMP server over TCP (nginx-rtmp too) and
-//! for qrelay over QUIC (tunnel mapping).
+//! for qrelay over QUIC (tunnel mapping, RoQR), with qrelay's browser players (HTTP-FLV,
+//! WebTransport) too.
 //!
 //! One process publishes `--streams` streams (synthetic H.264 and AAC whose video frames
 //! carry a send time and a sequence number, see [`synth`], or an FLV file) at real-time
@@ -116,6 +117,13 @@ pub struct BenchArgs {
     /// its TCP port).
     #[arg(long)]
     pub http_flv: bool,
+    /// Players play over WebTransport (ALPN `h3`, one QUIC connection each, what a
+    /// browser does) at the play URL's host and port, whatever its scheme. The relay's
+    /// `h3` certificate is pinned by the hash `GET /webtransport.json` lists (on that
+    /// port over TCP), as a page pins it; a relay with a configured certificate lists
+    /// none and is checked against `--ca` (or the web PKI).
+    #[arg(long, conflicts_with_all = ["http_flv", "idle"])]
+    pub webtransport: bool,
     /// Idle mode: open N connections that handshake and `connect` but never play,
     /// and report the server's RSS per connection (needs --server-pid).
     #[arg(long, conflicts_with_all = ["publish", "no_publish"])]
@@ -157,6 +165,7 @@ impl BenchArgs {
             ramp_ms: None,
             quic_streams_per_conn: 16,
             http_flv: false,
+            webtransport: false,
             idle: None,
             churn_rate: 0.0,
             churn_hold_ms: 1000,
@@ -297,7 +306,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         Some(u) => StreamUrl::parse(u).with_context(|| format!("bad --play-url `{u}`"))?,
         None => base.clone(),
     };
-    let dialer = Dialer::new(&play_base, &opts, args.quic_streams_per_conn).await?;
+    let dialer = if args.webtransport {
+        Dialer::webtransport(&play_base, &opts).await?
+    } else {
+        Dialer::new(&play_base, &opts, args.quic_streams_per_conn).await?
+    };
     let dialer = Arc::new(if args.http_flv { dialer.into_http_flv()? } else { dialer });
     let acct = Accounting::new(&args.server_pid);
     let shared = Arc::new(Shared::default());
@@ -305,6 +318,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let sampler = acct.spawn_sampler(sampler_stop.clone());
     let transport = match play_base.transport {
         _ if args.http_flv => "http-flv",
+        _ if args.webtransport => "webtransport",
         Transport::Quic(_) => "quic",
         _ => "tcp",
     };

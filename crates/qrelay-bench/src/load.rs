@@ -1,14 +1,16 @@
 //! The load itself: publishers (synthetic or FLV, real-time pace), players (one task
 //! each, a [`ClientSession`] straight on the socket) and idle connections, over TCP or
-//! over QUIC with several sessions sharing one connection.
+//! over QUIC with several sessions sharing one connection; players over HTTP-FLV and
+//! over WebTransport (the relay's browser mapping) too.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -25,6 +27,7 @@ use qrelay_proto::rtmp::chunk::{self, ChunkDecoder};
 use qrelay_proto::rtmp::handshake::Handshake;
 use qrelay_proto::rtmp::message::{Command, RtmpMessage};
 use qrelay_proto::rtmp::session::{ClientEvent, ClientMode, ClientSession, SessionConfig};
+use qrelay_proto::transport::{quic, tls};
 use qrelay_proto::url::{StreamUrl, Transport};
 
 /// Bytes a player reads from its socket at a time.
@@ -94,6 +97,12 @@ pub(super) enum Dialer {
     Roqr(Box<ClientOptions>),
     /// HTTP-FLV over TCP: `GET /{app}/{key}.flv` on the relay's TCP port.
     HttpFlv(SocketAddr),
+    /// WebTransport (ALPN `h3`) on the relay's UDP port: one QUIC connection per player,
+    /// as a browser tab has, trusting what `opts.trust` says.
+    WebTransport {
+        addr: SocketAddr,
+        opts: Box<ClientOptions>,
+    },
 }
 
 impl Dialer {
@@ -122,6 +131,36 @@ impl Dialer {
         }
     }
 
+    /// WebTransport players of the play URL's host and port (its scheme does not matter:
+    /// the relay's UDP port has the number of its TCP one). With `opts.trust` as given
+    /// unless the relay lists certificate hashes at `/webtransport.json` on that port
+    /// (its short-lived `h3` certificate, which no CA signed): then those are pinned,
+    /// as a page pins them with `serverCertificateHashes`. `--insecure` skips the
+    /// lookup; with `--ca` a failed lookup falls back to the CA.
+    pub(super) async fn webtransport(url: &StreamUrl, opts: &ClientOptions) -> anyhow::Result<Self> {
+        let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", url.host))?;
+        let mut opts = opts.clone();
+        if !matches!(opts.trust, tls::Trust::Insecure) {
+            match webtransport_hashes(addr, &url.host).await {
+                Ok(hashes) if !hashes.is_empty() => opts.trust = tls::Trust::CertHashes(hashes),
+                // A configured certificate: ordinary verification (`--ca` or web PKI).
+                Ok(_) => {}
+                Err(e) if matches!(opts.trust, tls::Trust::CaFile(_)) => {
+                    eprintln!("GET /webtransport.json on {addr} failed ({e:#}); trusting --ca instead");
+                }
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "GET /webtransport.json on {addr} (pass --ca or --insecure for a relay without it)"
+                    )))
+                }
+            }
+        }
+        Ok(Dialer::WebTransport { addr, opts: Box::new(opts) })
+    }
+
     /// A byte stream for a session, with its place on a shared connection (kept as long
     /// as the stream).
     async fn open(&self) -> Result<(Box<dyn Io>, Option<Lease>), String> {
@@ -132,6 +171,7 @@ impl Dialer {
                 Ok((Box::new(s), None))
             }
             Dialer::Roqr(_) => Err("RoQR sessions are not byte streams".to_owned()),
+            Dialer::WebTransport { .. } => Err("WebTransport sessions are not byte streams".to_owned()),
             Dialer::Quic { addr, host, pool } => {
                 let (conn, lease) = pool
                     .connection(*addr, host, qrelay_proto::transport::tls::ALPN_RTMP)
@@ -146,7 +186,7 @@ impl Dialer {
     /// QUIC connections opened (0 for TCP).
     pub(super) fn quic_connections(&self) -> usize {
         match self {
-            Dialer::Tcp(_) | Dialer::Roqr(_) | Dialer::HttpFlv(_) => 0,
+            Dialer::Tcp(_) | Dialer::Roqr(_) | Dialer::HttpFlv(_) | Dialer::WebTransport { .. } => 0,
             Dialer::Quic { pool, .. } => pool.connections(),
         }
     }
@@ -205,6 +245,9 @@ pub(super) async fn player(
     let result = async {
         if let Dialer::Roqr(opts) = &*dialer {
             return play_roqr(&url, opts, &shared, permit, &mut out).await;
+        }
+        if let Dialer::WebTransport { addr, opts } = &*dialer {
+            return play_webtransport(&url, *addr, opts, &shared, permit, &mut out).await;
         }
         let (io, _lease) = tokio::time::timeout(CONNECT_TIMEOUT, dialer.open())
             .await
@@ -430,6 +473,205 @@ async fn play_http_flv(
     result
 }
 
+/// The session URL of `url`'s stream at `addr`: `https://HOST:PORT/{app}/{key}`, the
+/// key's `?token=` as the query.
+fn webtransport_url(url: &StreamUrl, addr: SocketAddr) -> Result<url::Url, String> {
+    let host = match url.host.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{}]", url.host),
+        Err(_) => url.host.clone(),
+    };
+    let text = format!("https://{host}:{}/{}/{}", addr.port(), url.app, url.key);
+    url::Url::parse(&text).map_err(|e| format!("bad session URL {text}: {e}"))
+}
+
+/// Largest frame a WebTransport player accepts (the relay's own message limit).
+const WT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// One relay-opened stream of a WebTransport session and its bytes not yet parsed.
+struct WtStream {
+    recv: web_transport_quinn::RecvStream,
+    pending: BytesMut,
+}
+
+/// A WebTransport player: the session (CONNECT on `h3`), then every unidirectional
+/// stream the relay opens (config, audio, one per GOP), each parsed as 17-byte headers
+/// and payloads, video going to the same accounting as [`play`]. Started, as a RoQR
+/// player, once the relay accepted (it answers when the stream is live) and opened the
+/// first stream. Bytes are those read from the streams (headers and payloads).
+async fn play_webtransport(
+    url: &StreamUrl,
+    addr: SocketAddr,
+    opts: &ClientOptions,
+    shared: &Shared,
+    permit: OwnedSemaphorePermit,
+    out: &mut PlayerOutcome,
+) -> Result<(), String> {
+    out.tracker = PlayerTracker::new(now_us());
+    out.tracker.play_sent_us = now_us();
+    let setup = async {
+        let endpoint =
+            quic::client_endpoint(addr, &opts.trust, &opts.quic, tls::ALPN_H3).map_err(|e| e.to_string())?;
+        let conn = endpoint.connect(addr, &url.host).await.map_err(|e| e.to_string())?;
+        let request = web_transport_quinn::proto::ConnectRequest::new(webtransport_url(url, addr)?);
+        let session = web_transport_quinn::Session::connect(conn, request)
+            .await
+            .map_err(|e| format!("session: {e}"))?;
+        let first = session.accept_uni().await.map_err(|e| format!("first stream: {e}"))?;
+        Ok::<_, String>((endpoint, session, first))
+    };
+    let (_endpoint, session, first) = tokio::time::timeout(CONNECT_TIMEOUT, setup)
+        .await
+        .map_err(|_| "timed out waiting for the session and its first stream".to_owned())??;
+    out.started = true;
+    drop(permit);
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+    shared.started.fetch_add(1, Ordering::Relaxed);
+    // In the order the relay opened them: when several have bytes, the oldest is read
+    // first, so a GOP's tail is accounted before the next GOP's keyframe.
+    let mut streams = vec![WtStream { recv: first, pending: BytesMut::new() }];
+    let mut buf = vec![0u8; READ_BUF];
+    let mut latencies: Vec<u32> = Vec::with_capacity(LATENCY_BATCH);
+    let result = loop {
+        let (i, read) = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => break Ok(()),
+            r = session.accept_uni() => match r {
+                Ok(recv) => {
+                    streams.push(WtStream { recv, pending: BytesMut::new() });
+                    continue;
+                }
+                Err(e) => break Err(format!("session closed: {e}")),
+            },
+            r = read_any(&mut streams, &mut buf) => r,
+        };
+        let n = match read {
+            Ok(0) => {
+                // Finished by the relay: it ends streams between frames.
+                if !streams[i].pending.is_empty() {
+                    break Err("a stream ended inside a frame".to_owned());
+                }
+                streams.remove(i);
+                continue;
+            }
+            Ok(n) => n,
+            Err(_) => {
+                // Reset: a GOP cut for lateness; what was lost shows as skips at the next
+                // keyframe. A lost session shows at `accept_uni`.
+                streams.remove(i);
+                continue;
+            }
+        };
+        let now = now_us();
+        shared.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        let pending = &mut streams[i].pending;
+        pending.extend_from_slice(&buf[..n]);
+        if let Err(e) = drain_frames(pending, |kind, payload| {
+            if kind == MediaKind::Video {
+                on_video(out, shared, &mut latencies, payload, now);
+            }
+        }) {
+            break Err(e);
+        }
+    };
+    session.close(0, b"bench done");
+    shared.merge_latencies(&mut latencies);
+    shared.connected.fetch_sub(1, Ordering::Relaxed);
+    result
+}
+
+/// The next read on any of `streams`, the oldest first: its index and what
+/// `poll_read` gave (`Ok(0)` at the stream's end). Pending while there are none.
+fn read_any<'a>(
+    streams: &'a mut [WtStream],
+    buf: &'a mut [u8],
+) -> impl std::future::Future<Output = (usize, std::io::Result<usize>)> + 'a {
+    std::future::poll_fn(move |cx| {
+        for (i, s) in streams.iter_mut().enumerate() {
+            let mut rb = ReadBuf::new(&mut *buf);
+            match Pin::new(&mut s.recv).poll_read(cx, &mut rb) {
+                std::task::Poll::Ready(Ok(())) => return std::task::Poll::Ready((i, Ok(rb.filled().len()))),
+                std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready((i, Err(e))),
+                std::task::Poll::Pending => {}
+            }
+        }
+        std::task::Poll::Pending
+    })
+}
+
+/// Takes every whole `[u8 kind][u32 ts][u64 ingest ms][u32 len][payload]` frame off the
+/// front of `pending`, handing each kind and payload to `each`; a partial frame stays.
+fn drain_frames(pending: &mut BytesMut, mut each: impl FnMut(MediaKind, &[u8])) -> Result<(), String> {
+    const HEADER: usize = 17;
+    while let Some(h) = pending.get(..HEADER) {
+        let kind = MediaKind::from_type_id(h[0]).ok_or_else(|| format!("unknown frame kind {}", h[0]))?;
+        let len = u32::from_be_bytes([h[13], h[14], h[15], h[16]]) as usize;
+        if len > WT_MAX_FRAME {
+            return Err(format!("a {len}-byte frame"));
+        }
+        let Some(payload) = pending.get(HEADER..HEADER + len) else { break };
+        each(kind, payload);
+        pending.advance(HEADER + len);
+    }
+    Ok(())
+}
+
+/// The certificate hashes the relay at `addr` lists at `/webtransport.json` (one plain
+/// HTTP/1.1 request on its TCP port).
+async fn webtransport_hashes(addr: SocketAddr, host: &str) -> anyhow::Result<Vec<[u8; 32]>> {
+    let fetch = async {
+        let mut s = TcpStream::connect(addr).await?;
+        let request = format!("GET /webtransport.json HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(body) = http_body(&answer)? {
+                return Ok(body.to_vec());
+            }
+            anyhow::ensure!(answer.len() < 64 * 1024, "answer too long");
+            let n = s.read(&mut chunk).await?;
+            anyhow::ensure!(n > 0, "closed before the whole answer");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let body =
+        tokio::time::timeout(CONNECT_TIMEOUT, fetch).await.map_err(|_| anyhow::anyhow!("timed out"))??;
+    parse_hashes(&body)
+}
+
+/// The body of a whole `200` answer with a `Content-Length`, `None` while more is due.
+fn http_body(answer: &[u8]) -> anyhow::Result<Option<&[u8]>> {
+    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
+    let head = std::str::from_utf8(&answer[..end])?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or_default();
+    anyhow::ensure!(status.split(' ').nth(1) == Some("200"), "answered `{status}`");
+    let len = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.trim().parse::<usize>())
+        .ok_or_else(|| anyhow::anyhow!("no Content-Length"))??;
+    let body = &answer[end + 4..];
+    Ok((body.len() >= len).then(|| &body[..len]))
+}
+
+/// `certificate_hashes` of `/webtransport.json`: base64 SHA-256 digests.
+fn parse_hashes(body: &[u8]) -> anyhow::Result<Vec<[u8; 32]>> {
+    use base64::Engine;
+    let json: serde_json::Value = serde_json::from_slice(body)?;
+    let list = json
+        .get("certificate_hashes")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| anyhow::anyhow!("no certificate_hashes list"))?;
+    list.iter()
+        .map(|v| {
+            let text = v.as_str().ok_or_else(|| anyhow::anyhow!("a hash that is not a string"))?;
+            let raw = base64::engine::general_purpose::STANDARD.decode(text)?;
+            <[u8; 32]>::try_from(raw.as_slice()).map_err(|_| anyhow::anyhow!("a hash of {} bytes", raw.len()))
+        })
+        .collect()
+}
+
 /// Accounts a video frame a player received: its sequence (skips) and, inside the
 /// measurement window, its relay latency (batched into the shared histogram).
 fn on_video(out: &mut PlayerOutcome, shared: &Shared, latencies: &mut Vec<u32>, payload: &[u8], now: u64) {
@@ -639,4 +881,62 @@ async fn wait_until(
 /// Options for publisher connections.
 pub(super) fn client_options(trust: qrelay_proto::transport::tls::Trust) -> ClientOptions {
     ClientOptions { trust, connect_timeout: CONNECT_TIMEOUT, ..ClientOptions::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![kind, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 9];
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn frames_come_off_whole_and_a_partial_one_waits() {
+        let mut wire = frame(9, b"video");
+        wire.extend(frame(8, b""));
+        wire.extend(frame(18, b"meta"));
+        let mut seen = Vec::new();
+        let mut pending = BytesMut::new();
+        // Byte by byte: every split of a header or payload.
+        for b in &wire {
+            pending.extend_from_slice(&[*b]);
+            drain_frames(&mut pending, |k, p| seen.push((k, p.to_vec()))).unwrap();
+        }
+        assert!(pending.is_empty());
+        let want = [
+            (MediaKind::Video, b"video".to_vec()),
+            (MediaKind::Audio, vec![]),
+            (MediaKind::Data, b"meta".to_vec()),
+        ];
+        assert_eq!(seen, want);
+        let mut bad = BytesMut::from(&frame(20, b"x")[..]);
+        assert!(drain_frames(&mut bad, |_, _| {}).is_err());
+        let mut huge = BytesMut::from(&[9u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff][..]);
+        assert!(drain_frames(&mut huge, |_, _| {}).is_err(), "no 4 GiB wait");
+    }
+
+    #[test]
+    fn the_certificate_hashes_of_webtransport_json() {
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 80\r\n\r\n{\"port\":1,\"certificate_hashes\":[\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]}";
+        let body = http_body(answer).unwrap().unwrap();
+        assert_eq!(parse_hashes(body).unwrap(), vec![[0u8; 32]]);
+        assert!(http_body(&answer[..answer.len() - 1]).unwrap().is_none(), "the body is not all in");
+        assert!(http_body(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").is_err());
+        assert_eq!(parse_hashes(br#"{"certificate_hashes":[]}"#).unwrap(), Vec::<[u8; 32]>::new());
+        assert!(parse_hashes(br#"{"certificate_hashes":["AAAA"]}"#).is_err(), "3 bytes");
+        assert!(parse_hashes(b"{").is_err());
+    }
+
+    #[test]
+    fn session_urls() {
+        let addr: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+        let url = StreamUrl::parse("rtmp://example.com:1935/live/b?token=x").unwrap();
+        assert_eq!(webtransport_url(&url, addr).unwrap().as_str(), "https://example.com:4433/live/b?token=x");
+        let url = StreamUrl::parse("rtmp://[::1]:1935/live/b").unwrap();
+        assert_eq!(webtransport_url(&url, addr).unwrap().as_str(), "https://[::1]:4433/live/b");
+    }
 }

@@ -408,6 +408,11 @@ pub enum Trust {
     CaFile(PathBuf),
     /// No verification at all (development only).
     Insecure,
+    /// A server certificate whose DER has one of these SHA-256 hashes, whatever signed
+    /// it: what a browser's `serverCertificateHashes` does, so a client can reach the
+    /// relay's short-lived `h3` certificate (listed at `/webtransport.json`) as a page
+    /// does.
+    CertHashes(Vec<[u8; 32]>),
 }
 
 /// Client config for QUIC (TLS 1.3 only) with the given ALPN list.
@@ -432,6 +437,13 @@ fn client_config_with(
         Trust::Insecure => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
+            .with_no_client_auth(),
+        Trust::CertHashes(hashes) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(HashPinned {
+                hashes: hashes.clone(),
+                provider: provider(),
+            }))
             .with_no_client_auth(),
         Trust::WebPki | Trust::CaFile(_) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -489,6 +501,64 @@ impl ServerCertVerifier for NoVerification {
     }
 }
 
+/// [`Trust::CertHashes`]: the end-entity certificate must hash to a listed value; the
+/// handshake signatures are checked as always, so the peer holds that certificate's key.
+#[derive(Debug)]
+struct HashPinned {
+    hashes: Vec<[u8; 32]>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for HashPinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // The hash names one certificate, so neither the name nor a chain says more.
+        if self.hashes.contains(&sha256(end_entity)) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,6 +596,20 @@ mod tests {
         assert!(a.dev_ca.unwrap().ends_with(DEV_CA_FILE));
         server_config(&b, &[ALPN_RTMP]).unwrap();
         client_config(&Trust::CaFile(dir.path().join(DEV_CA_FILE)), &[ALPN_RTMP]).unwrap();
+    }
+
+    #[test]
+    fn a_pinned_hash_accepts_that_certificate_only() {
+        let now = SystemTime::now();
+        let listed = short_lived_cert(now, Duration::from_secs(3600)).unwrap();
+        let other = short_lived_cert(now, Duration::from_secs(3600)).unwrap();
+        let pinned = HashPinned { hashes: vec![listed.sha256()], provider: provider() };
+        let name = ServerName::try_from("example.invalid").unwrap();
+        let check =
+            |cert: &CertificateDer<'_>| pinned.verify_server_cert(cert, &[], &name, &[], UnixTime::now());
+        assert!(check(&listed.cert).is_ok(), "any name: the hash is the identity");
+        assert!(check(&other.cert).is_err());
+        client_config(&Trust::CertHashes(vec![listed.sha256()]), &[ALPN_H3]).unwrap();
     }
 
     #[test]
