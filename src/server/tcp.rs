@@ -90,10 +90,13 @@ async fn handle(stream: TcpStream, peer: std::net::SocketAddr, tls: Option<TlsAc
             return warn!("closed: handshake timed out");
         }
     };
-    // Recorded once (a field recorded twice is logged twice): TLS when what it carries
-    // is known.
+    // Recorded once (a field recorded twice is logged twice): HTTPS inside TLS shows as
+    // `tls`, its requests as HTTP's.
     let kind = match protocol {
-        Protocol::Tls => ConnKind::Tls,
+        Protocol::Tls => {
+            tracing::Span::current().record("transport", "tls");
+            ConnKind::Tls
+        }
         Protocol::Http => {
             tracing::Span::current().record("transport", "http");
             ConnKind::Http
@@ -110,19 +113,16 @@ async fn handle(stream: TcpStream, peer: std::net::SocketAddr, tls: Option<TlsAc
             match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                 Ok(Ok(tls_stream)) => serve_tls(tls_stream, ctx, peer, deadline).await,
                 Ok(Err(e)) => {
-                    tracing::Span::current().record("transport", "tls");
                     ctx.counters.count(Reason::TlsFailed);
                     return warn!(error = %e, "TLS handshake failed");
                 }
                 Err(_) => {
-                    tracing::Span::current().record("transport", "tls");
                     ctx.counters.count(Reason::HandshakeTimeout);
                     return warn!("closed: TLS handshake timed out");
                 }
             }
         }
         (Protocol::Tls, None) => {
-            tracing::Span::current().record("transport", "tls");
             ctx.counters.count(Reason::TlsFailed);
             return warn!("closed: TLS offered but RTMPS is not configured");
         }
@@ -173,7 +173,6 @@ async fn serve_tls(
         .await
         .map_err(|_| ConnError::Timeout("nothing after the TLS handshake", Reason::HandshakeTimeout))??;
     let https = n == 1 && Protocol::of_first_byte(first[0]) == Protocol::Http;
-    tracing::Span::current().record("transport", if https { "https" } else { "tls" });
     if n == 0 {
         return Ok(());
     }

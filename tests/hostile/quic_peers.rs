@@ -269,3 +269,51 @@ async fn spoofed_initials_cannot_lock_an_address_out() -> Result {
     })
     .await
 }
+
+/// Issue 19, bad input on the WebTransport side: h3 connections that never ask for a
+/// session (a CONNECT flood that stops after the handshake), and ones that send garbage on
+/// a stream of their own, are each closed by the handshake deadline and counted, while
+/// the steady pair plays on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webtransport_connections_without_a_session_are_closed() -> Result {
+    const SILENT: usize = 20;
+    const NOISY: usize = 5;
+    run_case(
+        "h3 without a session",
+        |_| {},
+        PlayerOver::Quic,
+        RSS_BOUND_MIB,
+        |env| async move {
+            let endpoint = quic::client_endpoint(
+                env.addr,
+                &Trust::Insecure,
+                &Default::default(),
+                qrelay::transport::tls::ALPN_H3,
+            )?;
+            let mut conns = Vec::new();
+            for _ in 0..SILENT + NOISY {
+                let conn = timeout(Duration::from_secs(5), endpoint.connect(env.addr, "localhost"))
+                    .await
+                    .context("h3 connect timed out")??;
+                conns.push(conn);
+            }
+            for conn in &conns[SILENT..] {
+                // Not HTTP/3 at all: a control stream of garbage.
+                let mut s = conn.open_uni().await?;
+                s.write_all(&[0xff; 4096]).await?;
+                let _ = s.finish();
+            }
+            let opened = Instant::now();
+            for conn in &conns {
+                timeout(env.handshake_timeout() + CLOSE_MARGIN, conn.closed()).await.map_err(|_| {
+                    anyhow!("an h3 connection without a session still open after {:?}", opened.elapsed())
+                })?;
+            }
+            println!("  {} h3 connections closed within {:.2?}", conns.len(), opened.elapsed());
+            let counted = env.counters.get(Reason::NoSession) + env.counters.get(Reason::BadHttpRequest);
+            ensure!(counted as usize >= SILENT + NOISY, "only {counted} of {} counted", SILENT + NOISY);
+            Ok(())
+        },
+    )
+    .await
+}
