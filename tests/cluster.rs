@@ -343,16 +343,23 @@ async fn edge_pulls_are_capped_and_absent_streams_are_remembered() -> Result {
             let opts = client_options(&edge);
             async move { RtmpClient::connect(&url?, ClientMode::Play, &opts).await.map_err(anyhow::Error::from) }
         };
-        let (a, b, c) = tokio::join!(ask("ghost1"), ask("ghost2"), ask("ghost3"));
-        ensure!(a.is_err() && b.is_err() && c.is_err(), "a player of an absent stream played");
-        ensure!(edge.counters.get(Reason::PullLimit) >= 1, "no pull was refused at max_pulls = 2");
-        let asked = origin.counters.get(Reason::StreamNotFound);
-        ensure!(asked >= 1, "the origin was never asked");
-        // The origin said "no such stream" for ghost1: another player of it starts no pull.
-        wait_until("the pull of ghost1 to end", Duration::from_secs(10), || {
-            edge.relays.get("live/ghost1").pull.is_none().then_some(())
+        // Two players, two pulls; a third stream while both run is not pulled.
+        let (a, b) = (tokio::spawn(ask("ghost1")), tokio::spawn(ask("ghost2")));
+        wait_until("two pulls", Duration::from_secs(10), || {
+            ["live/ghost1", "live/ghost2"].iter().all(|k| edge.relays.get(k).pull.is_some()).then_some(())
         })
         .await?;
+        ensure!(ask("ghost3").await.is_err(), "ghost3 played");
+        ensure!(edge.counters.get(Reason::PullLimit) == 1, "the third pull was not refused at max_pulls = 2");
+        ensure!(a.await?.is_err() && b.await?.is_err(), "a player of an absent stream played");
+        // The origin said "no such stream" for ghost1: once the pulls have ended (and with
+        // them every request they had in flight), another player of it starts no pull.
+        for key in ["live/ghost1", "live/ghost2"] {
+            wait_until("the pulls to end", Duration::from_secs(10), || edge.relays.get(key).pull.is_none().then_some(()))
+                .await?;
+        }
+        let asked = origin.counters.get(Reason::StreamNotFound);
+        ensure!(asked >= 1, "the origin was never asked");
         ensure!(ask("ghost1").await.is_err(), "ghost1 played");
         ensure!(
             origin.counters.get(Reason::StreamNotFound) == asked,
