@@ -14,6 +14,7 @@ pub mod connection;
 mod http;
 mod hub_link;
 pub mod quic;
+mod refusal_log;
 pub mod roqr_conn;
 pub mod tcp;
 pub mod webtransport;

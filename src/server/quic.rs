@@ -30,6 +30,7 @@ pub async fn accept_loop(
     ctx: ConnContext,
     tasks: TaskTracker,
 ) {
+    let refusals = super::refusal_log::RefusalLog::default();
     loop {
         let incoming = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -59,7 +60,7 @@ pub async fn accept_loop(
             Ok(p) => p,
             Err(reason) => {
                 ctx.counters.count(Reason::of_refusal(reason));
-                warn!(%peer, %reason, "quic connection refused");
+                refusals.refused("quic", peer, &reason);
                 incoming.refuse();
                 continue;
             }

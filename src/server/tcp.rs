@@ -32,6 +32,7 @@ pub async fn accept_loop(
     tasks: TaskTracker,
 ) {
     let mut backoff = Duration::from_millis(1);
+    let refusals = super::refusal_log::RefusalLog::default();
     loop {
         let accepted = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -54,7 +55,7 @@ pub async fn accept_loop(
             Ok(p) => p,
             Err(reason) => {
                 ctx.counters.count(Reason::of_refusal(reason));
-                warn!(%peer, %reason, "tcp connection refused");
+                refusals.refused("tcp", peer, &reason);
                 continue;
             }
         };
