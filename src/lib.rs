@@ -39,7 +39,6 @@ pub mod auth;
 pub mod bridge;
 pub mod config;
 pub mod control;
-pub mod files;
 pub mod gate;
 pub mod glob;
 pub mod hooks;
@@ -49,7 +48,7 @@ pub mod registry;
 pub mod relay;
 pub mod server;
 
-pub use qrelay_proto::{client, http, media, rtmp, transport, url};
+pub use qrelay_proto::{client, files, http, media, rtmp, transport, url};
 
 pub use config::Config;
 pub use server::{run, Server, ServerError};

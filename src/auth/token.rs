@@ -557,19 +557,7 @@ pub fn authorize(
     session_id: &str,
     now: u64,
 ) -> Result<Claims, TokenError> {
-    authorize_as(secret, &Expect::default(), token, role, session_id, now)
-}
-
-/// Verifies `token` as `expect` says and checks that it allows `role` on `session_id`.
-pub fn authorize_as(
-    secret: &Secret,
-    expect: &Expect,
-    token: &str,
-    role: Role,
-    session_id: &str,
-    now: u64,
-) -> Result<Claims, TokenError> {
-    authorize_with(&Keys::secret(secret), expect, token, role, session_id, now)
+    authorize_with(&Keys::secret(secret), &Expect::default(), token, role, session_id, now)
 }
 
 /// Verifies `token` with `keys` as `expect` says and checks that it allows `role` on
@@ -832,7 +820,7 @@ mod tests {
         let s = secret("0123456789abcdef-secret");
         let edge = Expect { audience: Some("edge".into()), issuer: Some("auth".into()), leeway_s: 0 };
         let minted = mint_for(&s, &edge, "live/*", TokenRole::Play, Duration::from_secs(60)).unwrap();
-        assert!(authorize_as(&s, &edge, &minted, Role::Play, "live/x", unix_now()).is_ok());
+        assert!(authorize_with(&Keys::secret(&s), &edge, &minted, Role::Play, "live/x", unix_now()).is_ok());
         let plain = mint_until(&s, "live/*", TokenRole::Play, NOW + 60).unwrap();
         // Both missing: either is named (the library checks required claims in no order).
         let both = verify_as(&s, &edge, &plain, NOW);

@@ -59,7 +59,7 @@ impl ApiToken {
 fn load_or_create(path: &Path) -> std::io::Result<String> {
     match std::fs::read_to_string(path) {
         Ok(text) if text.trim().len() >= MIN_TOKEN_LEN => {
-            make_private(path)?;
+            crate::files::make_private(path, "the API token file")?;
             return Ok(text.trim().to_owned());
         }
         Ok(_) => tracing::warn!(path = %path.display(), "API token file too short; making a new token"),
@@ -80,24 +80,8 @@ fn load_or_create(path: &Path) -> std::io::Result<String> {
     let mut file = opts.open(path)?;
     file.write_all(token.as_bytes())?;
     file.write_all(b"\n")?;
-    make_private(path)?;
+    crate::files::make_private(path, "the API token file")?;
     Ok(token)
-}
-
-#[cfg(unix)]
-fn make_private(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "secret file readable by others; making it 0600");
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn make_private(_: &Path) -> std::io::Result<()> {
-    Ok(())
 }
 
 /// Whether a request's Host header names this API: an IP literal (with or without a

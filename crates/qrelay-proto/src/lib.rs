@@ -6,6 +6,7 @@
 //! - [`rtmp`]: the RTMP protocol, sans-IO: handshake, chunk codec, AMF0, typed messages,
 //!   the message-level session cores with their chunk framing (`rtmp::session`), and
 //!   the RoQR framing (`rtmp::roqr`).
+//! - [`files`]: permission checks on files that hold secrets.
 //! - [`http`]: HTTP/1.1 request and response heads, sans-IO and bounded.
 //! - [`media`]: frames shared by reference, codec inspection, FLV files.
 //! - [`transport`]: building blocks of the I/O edge: TLS, the QUIC endpoints and
@@ -14,6 +15,7 @@
 //!   connection pool), with its own options.
 
 pub mod client;
+pub mod files;
 pub mod http;
 pub mod media;
 pub mod rtmp;

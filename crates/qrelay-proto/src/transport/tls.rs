@@ -112,7 +112,7 @@ pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
         Err(pem::Error::NoItemsFound) => return Err(TlsError::Empty(key.to_owned())),
         Err(e) => return Err(TlsError::Pem { path: key.to_owned(), error: e }),
     };
-    warn_if_shared(key);
+    crate::files::warn_if_shared(key, "a private key");
     // A certificate from another key pair would only fail later, in every handshake,
     // with an error no peer can explain: refuse it now, naming both files.
     let signer = provider().key_provider.load_private_key(key_der.clone_key())?;
@@ -121,38 +121,6 @@ pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
         Err(_) => return Err(TlsError::KeyMismatch { cert: cert.to_owned(), key: key.to_owned() }),
     }
     Ok(Identity { chain, key: key_der, dev_ca: None })
-}
-
-/// Warns when a private key file is readable by group or others.
-#[cfg(unix)]
-fn warn_if_shared(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "private key readable by group or others (chmod 600 it)");
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn warn_if_shared(_: &Path) {}
-
-/// Makes a private key file of ours owner-only, whenever it was found otherwise.
-#[cfg(unix)]
-fn make_private(path: &Path) -> Result<(), TlsError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = fs::metadata(path).map_err(io_err(path))?.permissions().mode() & 0o777;
-    if mode != 0o600 {
-        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "development key was not private; making it 0600");
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err(path))?;
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn make_private(_: &Path) -> Result<(), TlsError> {
-    Ok(())
 }
 
 /// Loads every certificate in a PEM file.
@@ -175,7 +143,7 @@ pub fn dev_identity(dir: &Path) -> Result<(Identity, bool), TlsError> {
     let cert = dir.join(DEV_CERT_FILE);
     let key = dir.join(DEV_KEY_FILE);
     if ca.exists() && cert.exists() && key.exists() {
-        make_private(&key)?;
+        crate::files::make_private(&key, "the development key").map_err(io_err(&key))?;
         let mut id = load_identity(&cert, &key)?;
         id.dev_ca = Some(ca);
         return Ok((id, false));

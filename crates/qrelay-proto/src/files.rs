@@ -1,5 +1,6 @@
-//! Permission checks on files that hold secrets (a token secret, a config file with the
-//! API token): other local users must not read them.
+//! Files that hold secrets (private keys, token secrets, the API token, config files
+//! holding one): other local users must not read them. One place for the check, the
+//! warning and the repair, used by TLS, auth, the config and the control API.
 
 use std::path::Path;
 
@@ -23,13 +24,27 @@ pub fn warn_if_shared(path: &Path, what: &str) {
     }
 }
 
+/// Makes `path`, a file of the relay's own holding `what`, owner-only (0600) when its
+/// group or others may read it, and says so.
+pub fn make_private(path: &Path, what: &str) -> std::io::Result<()> {
+    if readable_by_others(path) {
+        tracing::warn!(path = %path.display(), "{what} was readable by other users; making it 0600");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn group_or_other_read_is_noticed() {
+    fn group_or_other_read_is_noticed_and_repaired() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("secret");
         std::fs::write(&f, "x").unwrap();
@@ -39,5 +54,7 @@ mod tests {
         assert!(readable_by_others(&f));
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o604)).unwrap();
         assert!(readable_by_others(&f));
+        make_private(&f, "a test secret").unwrap();
+        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }
