@@ -295,17 +295,11 @@ async fn play(
                 out.tracker.play_sent_us = now_us();
             }
         }
-        let n = tokio::select! {
-            biased;
-            _ = shared.stop.cancelled() => break Ok(()),
-            _ = tokio::time::sleep_until(setup_deadline), if !out.started => {
-                break Err("timed out waiting for NetStream.Play.Start".to_owned());
-            }
-            r = io.read(&mut buf) => match r {
-                Ok(0) => break Err("server closed the connection".to_owned()),
-                Ok(n) => n,
-                Err(e) => break Err(e.to_string()),
-            },
+        let deadline = (!out.started).then_some(setup_deadline);
+        let n = match read_some(&mut io, &mut buf, shared, deadline, "NetStream.Play.Start").await {
+            Ok(Some(n)) => n,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
         };
         let now = now_us();
         shared.bytes.fetch_add(n as u64, Ordering::Relaxed);
@@ -392,6 +386,34 @@ async fn play_roqr(
     result
 }
 
+/// The next bytes a byte-stream player reads: `Ok(None)` once the bench stops; an error
+/// when the server closes, the socket fails, or `deadline` (set until the play started)
+/// passes before `waiting_for` arrived.
+async fn read_some(
+    io: &mut Box<dyn Io>,
+    buf: &mut [u8],
+    shared: &Shared,
+    deadline: Option<Instant>,
+    waiting_for: &str,
+) -> Result<Option<usize>, String> {
+    let timeout = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = shared.stop.cancelled() => Ok(None),
+        _ = timeout => Err(format!("timed out waiting for {waiting_for}")),
+        r = io.read(buf) => match r {
+            Ok(0) => Err("server closed the connection".to_owned()),
+            Ok(n) => Ok(Some(n)),
+            Err(e) => Err(e.to_string()),
+        },
+    }
+}
+
 /// An HTTP-FLV player: the request, the response head, then FLV tags, with the same
 /// accounting as [`play`] (bytes are the socket's).
 async fn play_http_flv(
@@ -412,17 +434,11 @@ async fn play_http_flv(
     let mut latencies: Vec<u32> = Vec::with_capacity(LATENCY_BATCH);
     let setup_deadline = Instant::now() + CONNECT_TIMEOUT;
     let result = loop {
-        let n = tokio::select! {
-            biased;
-            _ = shared.stop.cancelled() => break Ok(()),
-            _ = tokio::time::sleep_until(setup_deadline), if !out.started => {
-                break Err("timed out waiting for the response".to_owned());
-            }
-            r = io.read(&mut buf) => match r {
-                Ok(0) => break Err("server closed the connection".to_owned()),
-                Ok(n) => n,
-                Err(e) => break Err(e.to_string()),
-            },
+        let deadline = (!out.started).then_some(setup_deadline);
+        let n = match read_some(&mut io, &mut buf, shared, deadline, "the response").await {
+            Ok(Some(n)) => n,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
         };
         let now = now_us();
         shared.bytes.fetch_add(n as u64, Ordering::Relaxed);
