@@ -797,7 +797,13 @@ async fn bridge_reconnects_to_a_restarted_upstream_without_the_encoder_noticing(
                 Err(e) => return Err(e.context("a new relay on the old relay's port")),
             }
         };
-        second.wait_live("re").await.context("the bridge did not publish to the new upstream")?;
+        // The bridge's reconnect backoff plus a new QUIC handshake: on a loaded CI machine
+        // (a flake hunt saw over 10 s) this needs a generous bound.
+        wait_until("live/re on the new upstream", Duration::from_secs(30), || {
+            second.stats("re").filter(|s| s.live)
+        })
+        .await
+        .context("the bridge did not publish to the new upstream")?;
         // A player of the new upstream gets the stream from a keyframe, with its headers.
         let out = second.path("after.flv");
         // Media resumes at the encoder's next keyframe, at most one GOP (2 s) later.
